@@ -1,0 +1,3 @@
+module github.com/credmatrix/credmatrix/clients
+
+go 1.26

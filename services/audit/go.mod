@@ -1,0 +1,3 @@
+module github.com/credmatrix/credmatrix/services/audit
+
+go 1.26
