@@ -1,0 +1,233 @@
+// Package grpcapi serves the audit.v1 AuditService over gRPC. It only
+// translates: protobuf requests become calls on audit.Log, domain errors
+// become gRPC statuses in one place (toStatus), and the caller's identity,
+// supplied by the server plumbing from the mTLS certificate, is checked
+// against the principals allowed to append or read.
+package grpcapi
+
+import (
+	"context"
+	"errors"
+
+	"github.com/hashicorp/go-hclog"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/credmatrix/credmatrix/services/audit"
+
+	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
+)
+
+// errNotYet is the answer of the proof RPCs until the Merkle log lands.
+const errNotYet = "not available yet: checkpoints and proofs arrive with the Merkle log"
+
+// Server implements auditv1.AuditServiceServer over an audit.Log.
+type Server struct {
+	auditv1.UnimplementedAuditServiceServer
+
+	log       *audit.Log
+	identity  func(context.Context) (string, bool)
+	appenders map[string]bool
+	readers   map[string]bool
+	logger    hclog.Logger
+}
+
+var _ auditv1.AuditServiceServer = (*Server)(nil)
+
+// Option configures a Server.
+type Option func(*Server)
+
+// WithIdentity sets how the caller's verified identity (e.g. the SPIFFE
+// URI SAN of its mTLS certificate) is read from a request context. Without
+// it no caller has an identity, so only empty principal lists let anyone in.
+func WithIdentity(identity func(ctx context.Context) (string, bool)) Option {
+	return func(s *Server) { s.identity = identity }
+}
+
+// WithAppendPrincipals limits Append to these identities (the broker and
+// keyguard). An empty list lets anyone append; that is only for the dev
+// plaintext mode on loopback.
+func WithAppendPrincipals(principals []string) Option {
+	return func(s *Server) { s.appenders = set(principals) }
+}
+
+// WithReadPrincipals limits Query, Subscribe and the proof RPCs to these
+// identities (operators). An empty list lets anyone read.
+func WithReadPrincipals(principals []string) Option {
+	return func(s *Server) { s.readers = set(principals) }
+}
+
+// WithLogger sets where the causes of internal and unavailable errors are
+// logged (once, here at the edge; callers get a fixed message). The
+// default discards them.
+func WithLogger(logger hclog.Logger) Option {
+	return func(s *Server) { s.logger = logger }
+}
+
+// New returns a Server over log.
+func New(log *audit.Log, opts ...Option) *Server {
+	s := &Server{
+		log:      log,
+		identity: func(context.Context) (string, bool) { return "", false },
+		logger:   hclog.NewNullLogger(),
+	}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
+}
+
+// Append implements auditv1.AuditServiceServer. The caller's identity is
+// recorded as each event's source_service.
+func (s *Server) Append(ctx context.Context, req *auditv1.AppendRequest) (*auditv1.AppendResponse, error) {
+	source, err := s.authorize(ctx, s.appenders, "append to")
+	if err != nil {
+		return nil, s.fail("Append", err)
+	}
+	results, err := s.log.Append(ctx, source, req.GetEvents())
+	if err != nil {
+		return nil, s.fail("Append", err)
+	}
+	return &auditv1.AppendResponse{Results: results}, nil
+}
+
+// Query implements auditv1.AuditServiceServer.
+func (s *Server) Query(ctx context.Context, req *auditv1.QueryRequest) (*auditv1.QueryResponse, error) {
+	if _, err := s.authorize(ctx, s.readers, "query"); err != nil {
+		return nil, s.fail("Query", err)
+	}
+	f := audit.Filter{
+		Kinds:     req.GetKinds(),
+		Subject:   req.GetSubject(),
+		AccountID: req.GetAccountId(),
+		RoleName:  req.GetRoleName(),
+		DataClass: req.GetDataClass(),
+		TraceID:   req.GetTraceId(),
+		Decision:  req.GetDecision(),
+		PageSize:  int(req.GetPageSize()),
+		PageToken: req.GetPageToken(),
+	}
+	if ts := req.GetStartTime(); ts != nil {
+		if ts.CheckValid() != nil {
+			return nil, s.fail("Query", audit.Errorf(audit.Invalid, "start_time: not a valid timestamp"))
+		}
+		f.Start = ts.AsTime()
+	}
+	if ts := req.GetEndTime(); ts != nil {
+		if ts.CheckValid() != nil {
+			return nil, s.fail("Query", audit.Errorf(audit.Invalid, "end_time: not a valid timestamp"))
+		}
+		f.End = ts.AsTime()
+	}
+	events, next, err := s.log.Query(ctx, f)
+	if err != nil {
+		return nil, s.fail("Query", err)
+	}
+	return &auditv1.QueryResponse{Events: events, NextPageToken: next}, nil
+}
+
+// Subscribe implements auditv1.AuditServiceServer: stored events from
+// from_sequence, then live ones, until the client goes away.
+func (s *Server) Subscribe(req *auditv1.SubscribeRequest, stream auditv1.AuditService_SubscribeServer) error {
+	ctx := stream.Context()
+	if _, err := s.authorize(ctx, s.readers, "subscribe to"); err != nil {
+		return s.fail("Subscribe", err)
+	}
+	var sendErr error
+	err := s.log.Subscribe(ctx, req.GetFromSequence(), req.GetKinds(), func(e *auditv1.Event) error {
+		sendErr = stream.Send(&auditv1.SubscribeResponse{Event: e})
+		return sendErr
+	})
+	if sendErr != nil {
+		return sendErr // the transport's own status; the stream is gone
+	}
+	return s.fail("Subscribe", err)
+}
+
+// GetCheckpoint implements auditv1.AuditServiceServer; not available yet.
+func (s *Server) GetCheckpoint(ctx context.Context, _ *auditv1.GetCheckpointRequest) (*auditv1.GetCheckpointResponse, error) {
+	return nil, s.notYet(ctx)
+}
+
+// GetInclusionProof implements auditv1.AuditServiceServer; not available yet.
+func (s *Server) GetInclusionProof(ctx context.Context, _ *auditv1.GetInclusionProofRequest) (*auditv1.GetInclusionProofResponse, error) {
+	return nil, s.notYet(ctx)
+}
+
+// GetConsistencyProof implements auditv1.AuditServiceServer; not available yet.
+func (s *Server) GetConsistencyProof(ctx context.Context, _ *auditv1.GetConsistencyProofRequest) (*auditv1.GetConsistencyProofResponse, error) {
+	return nil, s.notYet(ctx)
+}
+
+func (s *Server) notYet(ctx context.Context) error {
+	if _, err := s.authorize(ctx, s.readers, "read"); err != nil {
+		return toStatus(err)
+	}
+	return status.Error(codes.Unimplemented, errNotYet)
+}
+
+// authorize returns the caller's identity if allowed is empty or holds it.
+// The message does not say which identity was seen or which are allowed.
+func (s *Server) authorize(ctx context.Context, allowed map[string]bool, action string) (string, error) {
+	id, ok := s.identity(ctx)
+	if len(allowed) == 0 || ok && allowed[id] {
+		return id, nil
+	}
+	return "", audit.Errorf(audit.PermissionDenied, "caller may not %s the audit log", action)
+}
+
+// fail logs the cause of a server-side failure once and maps err.
+func (s *Server) fail(method string, err error) error {
+	if err == nil {
+		return nil
+	}
+	switch audit.ErrorCodeOf(err) {
+	case audit.Unavailable, audit.ResourceExhausted:
+		s.logger.Warn("audit request failed", "method", method, "error", err)
+	case "":
+		if !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
+			s.logger.Error("audit request failed", "method", method, "error", err)
+		}
+	}
+	return toStatus(err)
+}
+
+// toStatus is the one mapping from domain errors to gRPC statuses. Only a
+// domain error's Message reaches the caller; anything unrecognised is
+// Internal with a fixed message.
+func toStatus(err error) error {
+	if err == nil {
+		return nil
+	}
+	switch {
+	case errors.Is(err, context.Canceled):
+		return status.Error(codes.Canceled, context.Canceled.Error())
+	case errors.Is(err, context.DeadlineExceeded):
+		return status.Error(codes.DeadlineExceeded, context.DeadlineExceeded.Error())
+	}
+	var e *audit.Error
+	if !errors.As(err, &e) {
+		return status.Error(codes.Internal, "internal error")
+	}
+	switch e.Code {
+	case audit.Invalid:
+		return status.Error(codes.InvalidArgument, e.Message)
+	case audit.Unavailable:
+		return status.Error(codes.Unavailable, e.Message)
+	case audit.NotFound:
+		return status.Error(codes.NotFound, e.Message)
+	case audit.PermissionDenied:
+		return status.Error(codes.PermissionDenied, e.Message)
+	case audit.ResourceExhausted:
+		return status.Error(codes.ResourceExhausted, e.Message)
+	}
+	return status.Error(codes.Internal, "internal error")
+}
+
+func set(items []string) map[string]bool {
+	m := make(map[string]bool, len(items))
+	for _, it := range items {
+		m[it] = true
+	}
+	return m
+}
