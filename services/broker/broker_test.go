@@ -1,0 +1,191 @@
+package broker_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
+	"github.com/credmatrix/credmatrix/services/broker"
+	"github.com/credmatrix/credmatrix/services/broker/brokertest"
+	"github.com/credmatrix/credmatrix/services/broker/policy"
+	"github.com/google/go-cmp/cmp"
+	"go.opentelemetry.io/otel/trace"
+)
+
+func deployDev() []broker.Target { return []broker.Target{{Role: "deploy", Account: "dev"}} }
+
+func TestIssueSessionRecordsEvent(t *testing.T) {
+	e := brokertest.NewEnv(t, "")
+	tok := e.Token(t, "acme/app", "refs/heads/main", time.Hour)
+	sc := trace.NewSpanContext(trace.SpanContextConfig{
+		TraceID:    trace.TraceID{0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e, 0x47, 0x36},
+		SpanID:     trace.SpanID{0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7},
+		TraceFlags: trace.FlagsSampled,
+	})
+	ctx := trace.ContextWithSpanContext(context.Background(), sc)
+	sessions, err := e.Service.IssueSession(ctx, broker.IssueRequest{Token: tok, Targets: deployDev(), Reason: "release", Peer: "spiffe://credmatrix.dev/ci"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	events := e.Auditor.Events()
+	if len(events) != 1 || len(sessions) != 1 {
+		t.Fatalf("got %d events and %d sessions, want 1 and 1", len(events), len(sessions))
+	}
+	ev, ss := events[0], sessions[0]
+	d := ev.GetSession()
+	got := map[string]any{
+		"kind":            ev.GetKind().String(),
+		"decision":        ev.GetDecision().String(),
+		"trace_id":        ev.GetTraceId(),
+		"span_id":         ev.GetSpanId(),
+		"issuer":          ev.GetActor().GetIssuer(),
+		"subject":         ev.GetActor().GetSubject(),
+		"claims":          ev.GetActor().GetClaims(),
+		"account":         d.GetAccountId() + " " + d.GetAccountName() + " " + d.GetOuPath() + " " + d.GetResidency(),
+		"role":            d.GetRoleArn(),
+		"region":          d.GetRegion(),
+		"session_name":    d.GetSessionName(),
+		"source_identity": d.GetSourceIdentity() == "cm-"+ss.ID,
+		"session_id":      d.GetSessionId() == ss.ID,
+		"access_key_id":   d.GetAccessKeyId() == ss.Credentials.AccessKeyID,
+		"expiration":      d.GetExpiration().AsTime().Equal(ss.Credentials.Expiration),
+		"duration":        d.GetDuration().AsDuration(),
+		"provider":        d.GetProvider(),
+		"secret_refs":     []string{ev.GetSecretRefs()[0].GetName(), ev.GetSecretRefs()[1].GetName()},
+		"oidc_token_ref":  cmp.Equal(ev.GetSecretRefs()[0].GetHmacSha256(), e.Hasher.Ref("oidc_token", []byte(tok)).GetHmacSha256()),
+		"session_ref":     cmp.Equal(ev.GetSecretRefs()[1].GetHmacSha256(), e.Hasher.Ref("session_token", []byte(ss.Credentials.SessionToken)).GetHmacSha256()),
+		"event_id":        ss.AuditEventID == ev.GetId() && ss.AuditSequence == ev.GetSequence(),
+	}
+	want := map[string]any{
+		"kind":     "KIND_SESSION_ISSUE",
+		"decision": "DECISION_ALLOW",
+		"trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
+		"span_id":  "00f067aa0ba902b7",
+		"issuer":   e.Issuer.URL(),
+		"subject":  "repo:acme/app:ref:refs/heads/main",
+		"claims": map[string]string{
+			"repository": "acme/app", "ref": "refs/heads/main", "run_id": "4242", "workflow": "deploy", "event_name": "push",
+			"sha":              ev.GetActor().GetClaims()["sha"],
+			"job_workflow_ref": "acme/app/.github/workflows/deploy.yml@refs/heads/main",
+		},
+		"account":         "111111111111 dev /root/dev eu",
+		"role":            "arn:aws:iam::111111111111:role/deploy",
+		"region":          "eu-west-1",
+		"session_name":    "acme-app@4242",
+		"source_identity": true,
+		"session_id":      true,
+		"access_key_id":   true,
+		"expiration":      true,
+		"duration":        time.Hour,
+		"provider":        "local",
+		"secret_refs":     []string{"oidc_token", "session_token"},
+		"oidc_token_ref":  true,
+		"session_ref":     true,
+		"event_id":        true,
+	}
+	if diff := cmp.Diff(got, want); diff != "" {
+		t.Errorf("event (-got +want):\n%s", diff)
+	}
+	if len(ev.GetActor().GetClaims()["sha"]) != 40 {
+		t.Errorf("sha claim = %q", ev.GetActor().GetClaims()["sha"])
+	}
+}
+
+// failingProvider is a Provider whose Issue returns err.
+type failingProvider struct{ err error }
+
+func (failingProvider) Name() string { return "failing" }
+func (p failingProvider) Issue(context.Context, broker.SessionSpec) (broker.Credentials, error) {
+	return broker.Credentials{}, p.err
+}
+
+func TestIssueSessionProviderFails(t *testing.T) {
+	tests := []struct {
+		name string
+		err  error
+		want broker.Code
+	}{
+		{"unavailable/throttled", errors.Join(broker.ErrProviderUnavailable, errors.New("Throttling: Rate exceeded")), broker.Unavailable},
+		{"internal/upstream-invalid", errors.New("ValidationError: 1 validation error detected"), broker.Internal},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e := brokertest.NewEnv(t, "")
+			svc, err := broker.New(broker.Config{Policy: e.Policy, Verifier: e.Verifier, Provider: failingProvider{tc.err}, Auditor: e.Auditor, Hasher: e.Hasher})
+			if err != nil {
+				t.Fatal(err)
+			}
+			sessions, err := svc.IssueSession(context.Background(), broker.IssueRequest{Token: e.Token(t, "acme/app", "refs/heads/main", time.Hour), Targets: deployDev()})
+			var be *broker.Error
+			if !errors.As(err, &be) {
+				t.Fatalf("IssueSession error = %v, want *broker.Error", err)
+			}
+			events := e.Auditor.Events()
+			got := []any{broker.ErrorCode(err), len(sessions), len(events), events[0].GetDecision(), strings.Contains(be.Message, "Throttling") || strings.Contains(be.Message, "Validation")}
+			if diff := cmp.Diff(got, []any{tc.want, 0, 1, auditv1.Decision_DECISION_ERROR, false}); diff != "" {
+				t.Errorf("(code, sessions, events, decision, upstream text in message) (-got +want):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestSetPolicy(t *testing.T) {
+	e := brokertest.NewEnv(t, "")
+	tok := e.Token(t, "acme/app", "refs/heads/dev", time.Hour)
+	if _, err := e.Service.IssueSession(context.Background(), broker.IssueRequest{Token: tok, Targets: deployDev()}); broker.ErrorCode(err) != broker.PermissionDenied {
+		t.Fatalf("before SetPolicy: %v, want PermissionDenied", err)
+	}
+	doc := strings.ReplaceAll(brokertest.DefaultPolicy, "ref: refs/heads/main", "ref: refs/heads/dev")
+	doc = strings.ReplaceAll(doc, brokertest.IssuerPlaceholder, e.Issuer.URL())
+	p, err := policy.Parse("new.yaml", []byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.Service.SetPolicy(p)
+	e.Service.SetPolicy(nil) // ignored
+	if e.Service.Policy() != p {
+		t.Fatal("Policy() is not the policy set")
+	}
+	if _, err := e.Service.IssueSession(context.Background(), broker.IssueRequest{Token: tok, Targets: deployDev()}); err != nil {
+		t.Fatalf("after SetPolicy: %v", err)
+	}
+}
+
+func TestNewRequiresDependencies(t *testing.T) {
+	e := brokertest.NewEnv(t, "")
+	full := broker.Config{Policy: e.Policy, Verifier: e.Verifier, Provider: e.Provider, Auditor: e.Auditor, Hasher: e.Hasher}
+	for name, edit := range map[string]func(*broker.Config){
+		"policy":   func(c *broker.Config) { c.Policy = nil },
+		"verifier": func(c *broker.Config) { c.Verifier = nil },
+		"provider": func(c *broker.Config) { c.Provider = nil },
+		"auditor":  func(c *broker.Config) { c.Auditor = nil },
+		"hasher":   func(c *broker.Config) { c.Hasher = nil },
+	} {
+		cfg := full
+		edit(&cfg)
+		if _, err := broker.New(cfg); err == nil {
+			t.Errorf("New without %s succeeded", name)
+		}
+	}
+}
+
+func TestErrorCode(t *testing.T) {
+	wrapped := &broker.Error{Code: broker.NotFound, Message: "session not found"}
+	got := []broker.Code{broker.ErrorCode(nil), broker.ErrorCode(errors.New("x")), broker.ErrorCode(errors.Join(errors.New("ctx"), wrapped))}
+	if diff := cmp.Diff(got, []broker.Code{"", broker.Internal, broker.NotFound}); diff != "" {
+		t.Errorf("ErrorCode (-got +want):\n%s", diff)
+	}
+}
+
+func TestIssueSessionCancelled(t *testing.T) {
+	e := brokertest.NewEnv(t, "")
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, err := e.Service.IssueSession(ctx, broker.IssueRequest{Token: e.Token(t, "acme/app", "refs/heads/main", time.Hour), Targets: deployDev()})
+	if !errors.Is(err, context.Canceled) {
+		t.Errorf("IssueSession error = %v, want context.Canceled", err)
+	}
+}

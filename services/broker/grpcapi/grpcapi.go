@@ -1,0 +1,243 @@
+// Package grpcapi serves the broker over gRPC: it translates
+// credmatrix.broker.v1 messages to domain calls and back, and maps domain
+// errors to statuses in one place (toStatus).
+//
+// Handlers do nothing else. Authentication of the connection, logging,
+// metrics, tracing and panic recovery are interceptors of the shared
+// server plumbing; this package only learns the peer's identity through
+// WithIdentity.
+package grpcapi
+
+import (
+	"context"
+	"regexp"
+	"strconv"
+	"strings"
+
+	brokerv1 "github.com/credmatrix/credmatrix/proto/credmatrix/broker/v1"
+	"github.com/credmatrix/credmatrix/services/broker"
+	"github.com/credmatrix/credmatrix/services/broker/policy"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// Broker is what the server needs from the domain; *broker.Service
+// implements it.
+type Broker interface {
+	IssueSession(ctx context.Context, req broker.IssueRequest) ([]broker.Session, error)
+	ListRoles(ctx context.Context, token string) ([]policy.Grant, error)
+	ExplainDecision(ctx context.Context, token string, target broker.Target) (broker.Explanation, error)
+	GetSession(ctx context.Context, accessKeyID, sessionToken string) (*broker.SessionInfo, error)
+}
+
+var _ Broker = (*broker.Service)(nil)
+
+// Option configures a Server.
+type Option func(*Server)
+
+// WithIdentity sets how the caller's mTLS identity (its SPIFFE URI SAN)
+// is read from a request context; it is recorded as the peer in audit
+// events.
+func WithIdentity(f func(ctx context.Context) (string, bool)) Option {
+	return func(s *Server) { s.identity = f }
+}
+
+// WithErrorHandler sets a function called with every error a handler
+// returns, before it becomes a status. Statuses carry only safe messages;
+// this is where the cause can be logged, once.
+func WithErrorHandler(f func(ctx context.Context, err error)) Option {
+	return func(s *Server) { s.onError = f }
+}
+
+// Server implements brokerv1.BrokerServiceServer.
+type Server struct {
+	brokerv1.UnimplementedBrokerServiceServer
+	b        Broker
+	identity func(context.Context) (string, bool)
+	onError  func(context.Context, error)
+}
+
+var _ brokerv1.BrokerServiceServer = (*Server)(nil)
+
+// New returns a Server for b.
+func New(b Broker, opts ...Option) *Server {
+	s := &Server{b: b}
+	for _, opt := range opts {
+		opt(s)
+	}
+	return s
+}
+
+// fail reports err to the error handler and returns its status.
+func (s *Server) fail(ctx context.Context, err error) error {
+	if s.onError != nil {
+		s.onError(ctx, err)
+	}
+	return toStatus(err)
+}
+
+// IssueSession implements brokerv1.BrokerServiceServer.
+func (s *Server) IssueSession(ctx context.Context, req *brokerv1.IssueSessionRequest) (*brokerv1.IssueSessionResponse, error) {
+	in := broker.IssueRequest{Token: req.GetToken(), Reason: req.GetReason()}
+	for i, t := range req.GetTargets() {
+		target, err := targetFromProto("targets["+strconv.Itoa(i)+"]", t)
+		if err != nil {
+			return nil, s.fail(ctx, err)
+		}
+		in.Targets = append(in.Targets, target)
+	}
+	if s.identity != nil {
+		in.Peer, _ = s.identity(ctx)
+	}
+	sessions, err := s.b.IssueSession(ctx, in)
+	if err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	resp := &brokerv1.IssueSessionResponse{Sessions: make([]*brokerv1.Session, 0, len(sessions))}
+	for _, ss := range sessions {
+		resp.Sessions = append(resp.Sessions, sessionToProto(ss))
+	}
+	return resp, nil
+}
+
+// ListRoles implements brokerv1.BrokerServiceServer.
+func (s *Server) ListRoles(ctx context.Context, req *brokerv1.ListRolesRequest) (*brokerv1.ListRolesResponse, error) {
+	grants, err := s.b.ListRoles(ctx, req.GetToken())
+	if err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	resp := &brokerv1.ListRolesResponse{Roles: make([]*brokerv1.RoleSummary, 0, len(grants))}
+	for _, g := range grants {
+		resp.Roles = append(resp.Roles, &brokerv1.RoleSummary{
+			AccountId:   g.Account.ID,
+			AccountName: g.Account.Name,
+			Role:        g.Role.Name,
+			RoleArn:     g.Role.ARN,
+			Region:      g.Account.Region,
+			MaxDuration: durationpb.New(g.Role.MaxDuration),
+			Rule:        g.Rule,
+		})
+	}
+	return resp, nil
+}
+
+// ExplainDecision implements brokerv1.BrokerServiceServer.
+func (s *Server) ExplainDecision(ctx context.Context, req *brokerv1.ExplainDecisionRequest) (*brokerv1.ExplainDecisionResponse, error) {
+	target, err := targetFromProto("target", req.GetTarget())
+	if err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	ex, err := s.b.ExplainDecision(ctx, req.GetToken(), target)
+	if err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	d := ex.Decision
+	resp := &brokerv1.ExplainDecisionResponse{
+		Allowed:      d.Allowed,
+		DecidingRule: d.Rule,
+		Reason:       d.Reason,
+		Evaluations:  make([]*brokerv1.RuleEvaluation, 0, len(d.Evaluations)),
+	}
+	for _, ev := range d.Evaluations {
+		resp.Evaluations = append(resp.Evaluations, &brokerv1.RuleEvaluation{
+			Rule:    ev.Rule,
+			Effect:  brokerv1.Effect(ev.Effect),
+			Matched: ev.Matched,
+			Reason:  ev.Reason,
+		})
+	}
+	if ex.Duration > 0 {
+		resp.EffectiveDuration = durationpb.New(ex.Duration)
+	}
+	return resp, nil
+}
+
+// GetSession implements brokerv1.BrokerServiceServer.
+func (s *Server) GetSession(ctx context.Context, req *brokerv1.GetSessionRequest) (*brokerv1.GetSessionResponse, error) {
+	info, err := s.b.GetSession(ctx, req.GetAccessKeyId(), req.GetSessionToken())
+	if err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	return &brokerv1.GetSessionResponse{
+		SessionId:   info.SessionID,
+		Subject:     info.Subject,
+		AccountId:   info.AccountID,
+		Role:        info.RoleName,
+		RoleArn:     info.RoleARN,
+		Region:      info.Region,
+		IssueTime:   timestamppb.New(info.IssuedAt),
+		Expiration:  timestamppb.New(info.Expiration),
+		Revoked:     info.Revoked,
+		SessionTags: info.Tags,
+	}, nil
+}
+
+// errNotYet answers the operator RPCs that arrive with the full broker.
+var errNotYet = status.Error(codes.Unimplemented, "not available yet")
+
+// RevokeSessions is not available yet.
+func (s *Server) RevokeSessions(context.Context, *brokerv1.RevokeSessionsRequest) (*brokerv1.RevokeSessionsResponse, error) {
+	return nil, errNotYet
+}
+
+// FreezeAccount is not available yet.
+func (s *Server) FreezeAccount(context.Context, *brokerv1.FreezeAccountRequest) (*brokerv1.FreezeAccountResponse, error) {
+	return nil, errNotYet
+}
+
+// UnfreezeAccount is not available yet.
+func (s *Server) UnfreezeAccount(context.Context, *brokerv1.UnfreezeAccountRequest) (*brokerv1.UnfreezeAccountResponse, error) {
+	return nil, errNotYet
+}
+
+// ReloadPolicy is not available yet.
+func (s *Server) ReloadPolicy(context.Context, *brokerv1.ReloadPolicyRequest) (*brokerv1.ReloadPolicyResponse, error) {
+	return nil, errNotYet
+}
+
+func targetFromProto(field string, t *brokerv1.SessionTarget) (broker.Target, error) {
+	out := broker.Target{Role: t.GetRole(), Account: t.GetAccount(), Region: t.GetRegion(), Policy: t.GetPolicy()}
+	if d := t.GetDuration(); d != nil {
+		if err := d.CheckValid(); err != nil {
+			return broker.Target{}, &broker.Error{Code: broker.Invalid, Message: field + ".duration: invalid"}
+		}
+		out.Duration = d.AsDuration()
+	}
+	return out, nil
+}
+
+func sessionToProto(s broker.Session) *brokerv1.Session {
+	return &brokerv1.Session{
+		SessionId: s.ID,
+		Credentials: &brokerv1.Credentials{
+			AccessKeyId:     s.Credentials.AccessKeyID,
+			SecretAccessKey: s.Credentials.SecretAccessKey,
+			SessionToken:    s.Credentials.SessionToken,
+			Expiration:      timestamppb.New(s.Credentials.Expiration),
+		},
+		AccountId:      s.AccountID,
+		AccountName:    s.AccountName,
+		Role:           s.Role,
+		RoleArn:        s.RoleARN,
+		Region:         s.Region,
+		StsEndpoint:    s.STSEndpoint,
+		SessionName:    s.SessionName,
+		SourceIdentity: s.SourceIdentity,
+		Rule:           s.Rule,
+		AuditEventId:   s.AuditEventID,
+		AuditSequence:  s.AuditSequence,
+		Duration:       durationpb.New(s.Duration),
+	}
+}
+
+var shellSafeRE = regexp.MustCompile(`^[A-Za-z0-9_.@=+,/:-]+$`)
+
+// shellQuote quotes a caller-supplied word for the hint's command line.
+func shellQuote(s string) string {
+	if shellSafeRE.MatchString(s) {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}

@@ -1,0 +1,130 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+)
+
+// Sentinels that providers wrap so the broker can classify their errors
+// without knowing the provider.
+var (
+	// ErrSessionNotFound means a session does not exist or its token does
+	// not prove possession of it.
+	ErrSessionNotFound = errors.New("session not found")
+	// ErrProviderUnavailable marks a retryable provider failure
+	// (throttling, an unreachable STS endpoint).
+	ErrProviderUnavailable = errors.New("credential provider unavailable")
+)
+
+// Provider mints the credentials of one session: the local issuer in
+// development, AWS STS in production.
+type Provider interface {
+	// Name identifies the provider in audit events ("local", "aws").
+	Name() string
+	// Issue mints credentials for spec, valid for spec.Duration. Errors
+	// wrap ErrProviderUnavailable when a retry may succeed.
+	Issue(ctx context.Context, spec SessionSpec) (Credentials, error)
+}
+
+// Introspector is implemented by providers that can describe the sessions
+// they issued (the local provider), for GetSession.
+type Introspector interface {
+	// Introspect verifies sessionToken, which must belong to accessKeyID,
+	// and describes its session. Expired sessions are described too, with
+	// Expired set. A token that does not verify wraps ErrSessionNotFound.
+	Introspect(accessKeyID, sessionToken string) (*SessionInfo, error)
+}
+
+// SessionSpec is everything a provider needs to mint one session, decided
+// by the broker from the token, the policy and the request.
+type SessionSpec struct {
+	// SessionID is the credmatrix session id.
+	SessionID string
+	// AccountID is the 12-digit target account.
+	AccountID string
+	// RoleARN is the role to assume.
+	RoleARN string
+	// RoleName is the role's name in the trust policy.
+	RoleName string
+	// Region is the region the session is for.
+	Region string
+	// SessionName is the RoleSessionName, already sanitised.
+	SessionName string
+	// SourceIdentity is unique per session, so a targeted deny can revoke
+	// exactly this session.
+	SourceIdentity string
+	// Subject is the OIDC subject the session is issued to.
+	Subject string
+	// Duration is the granted duration.
+	Duration time.Duration
+	// Tags are the session tags, already sanitised.
+	Tags map[string]string
+	// Policy is an optional scope-down session policy (JSON).
+	Policy string
+}
+
+// Credentials are AWS temporary credentials. SecretAccessKey and
+// SessionToken are secrets: the String, GoString and LogValue methods
+// redact them, so printing or logging Credentials cannot leak them.
+type Credentials struct {
+	// AccessKeyID is the access key id ("ASIA..."). Not secret.
+	AccessKeyID string
+	// SecretAccessKey is the secret key. Secret.
+	SecretAccessKey string
+	// SessionToken is the session token. Secret.
+	SessionToken string
+	// Expiration is when the credentials stop working.
+	Expiration time.Time
+}
+
+const redacted = "[redacted]"
+
+// String describes the credentials with the secrets redacted.
+func (c Credentials) String() string {
+	return fmt.Sprintf("Credentials{AccessKeyID: %s, SecretAccessKey: %s, SessionToken: %s, Expiration: %s}",
+		c.AccessKeyID, redacted, redacted, c.Expiration.UTC().Format(time.RFC3339))
+}
+
+// GoString is String, so that %#v redacts too.
+func (c Credentials) GoString() string { return c.String() }
+
+// LogValue implements slog.LogValuer with the secrets redacted.
+func (c Credentials) LogValue() slog.Value {
+	return slog.GroupValue(
+		slog.String("access_key_id", c.AccessKeyID),
+		slog.String("secret_access_key", redacted),
+		slog.String("session_token", redacted),
+		slog.Time("expiration", c.Expiration),
+	)
+}
+
+// SessionInfo describes an issued session.
+type SessionInfo struct {
+	// SessionID is the credmatrix session id.
+	SessionID string
+	// AccessKeyID is the session's access key id.
+	AccessKeyID string
+	// AccountID is the account the session is in.
+	AccountID string
+	// RoleARN is the assumed role.
+	RoleARN string
+	// RoleName is the role's name in the trust policy.
+	RoleName string
+	// Region is the session's region.
+	Region string
+	// Subject is the OIDC subject it was issued to.
+	Subject string
+	// IssuedAt is when it was issued.
+	IssuedAt time.Time
+	// Expiration is when it expires.
+	Expiration time.Time
+	// Expired reports whether Expiration has passed.
+	Expired bool
+	// Revoked reports whether the session was revoked.
+	Revoked bool
+	// Tags are the session tags.
+	Tags map[string]string
+}
