@@ -1,0 +1,182 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/credmatrix/credmatrix/clients/brokerclient"
+	"github.com/credmatrix/credmatrix/platform/grpcclient"
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// Exit codes, distinct so scripts and CI steps can tell why a call failed.
+const (
+	exitOK          = 0
+	exitError       = 1 // anything else (internal error, I/O)
+	exitUsage       = 2 // bad flags or arguments, INVALID_ARGUMENT
+	exitDenied      = 3 // the policy or a grant refused, or the token was rejected
+	exitUnavailable = 4 // a service (or the audit log behind it) is down; retry later
+)
+
+// version is set by the linker (-X main.version=...).
+var version = "dev"
+
+type streams struct {
+	in       io.Reader
+	out, err io.Writer
+}
+
+// app holds what every subcommand shares: the streams, the environment and
+// the connection settings.
+type app struct {
+	streams
+	getenv func(string) string
+
+	brokerAddr, keyguardAddr, auditAddr string
+	caFile, certFile, keyFile           string
+	devPlaintext                        bool
+}
+
+// usageError marks errors caused by the caller's input.
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+func usagef(format string, args ...any) error { return usageError{fmt.Errorf(format, args...)} }
+
+func run(ctx context.Context, args []string, s streams, getenv func(string) string) int {
+	a := &app{streams: s, getenv: getenv}
+	root := a.rootCommand()
+	root.SetArgs(args)
+	root.SetIn(s.in)
+	root.SetOut(s.out)
+	root.SetErr(s.err)
+	err := root.ExecuteContext(ctx)
+	if err == nil {
+		return exitOK
+	}
+	code, msg := classify(err)
+	fmt.Fprintf(s.err, "credmatrix: %s\n", msg)
+	return code
+}
+
+// classify maps an error to an exit code and a message for humans.
+func classify(err error) (int, string) {
+	var ue usageError
+	if errors.As(err, &ue) {
+		return exitUsage, err.Error()
+	}
+	var denied *brokerclient.DeniedError
+	if errors.As(err, &denied) {
+		msg := "access denied"
+		if denied.Rule != "" {
+			msg += " by rule " + denied.Rule
+		}
+		if denied.Reason != "" {
+			msg += ": " + denied.Reason
+		}
+		if denied.AuditEventID != "" {
+			msg += "\n  audit event: " + denied.AuditEventID
+		}
+		if denied.Hint != "" {
+			msg += "\n  reproduce locally: " + denied.Hint
+		}
+		return exitDenied, msg
+	}
+	if st, ok := status.FromError(err); ok {
+		switch st.Code() {
+		case codes.InvalidArgument, codes.OutOfRange, codes.FailedPrecondition:
+			return exitUsage, "invalid request: " + st.Message()
+		case codes.PermissionDenied, codes.Unauthenticated:
+			return exitDenied, "access denied: " + st.Message()
+		case codes.Unavailable, codes.ResourceExhausted, codes.DeadlineExceeded, codes.Aborted:
+			return exitUnavailable, "service unavailable (retry later): " + st.Message()
+		case codes.NotFound:
+			return exitError, "not found: " + st.Message()
+		default:
+			return exitError, st.Code().String() + ": " + st.Message()
+		}
+	}
+	return exitError, err.Error()
+}
+
+func (a *app) env(name, def string) string {
+	if v := a.getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+func (a *app) rootCommand() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "credmatrix",
+		Short: "Short-lived AWS credentials, envelope encryption and a tamper-evident audit log",
+		Long: `credmatrix swaps a CI job's OIDC token for a scoped, short-lived AWS session
+as a Git-reviewed trust policy allows, encrypts data by class and region, and
+records every issuance, denial and key operation in a tamper-evident audit log.
+
+Connection settings come from flags or environment variables
+(CREDMATRIX_BROKER_ADDR, CREDMATRIX_KEYGUARD_ADDR, CREDMATRIX_AUDIT_ADDR,
+CREDMATRIX_CA_FILE, CREDMATRIX_CERT_FILE, CREDMATRIX_KEY_FILE).
+'credmatrix dev' starts a local stack and prints them.
+
+Exit codes: 0 ok, 1 error, 2 bad usage or invalid request, 3 denied,
+4 unavailable (retry later).`,
+		Version:       version,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	pf := root.PersistentFlags()
+	pf.StringVar(&a.brokerAddr, "broker-addr", a.env("CREDMATRIX_BROKER_ADDR", "127.0.0.1:7401"), "broker address (env CREDMATRIX_BROKER_ADDR)")
+	pf.StringVar(&a.keyguardAddr, "keyguard-addr", a.env("CREDMATRIX_KEYGUARD_ADDR", "127.0.0.1:7402"), "keyguard address (env CREDMATRIX_KEYGUARD_ADDR)")
+	pf.StringVar(&a.auditAddr, "audit-addr", a.env("CREDMATRIX_AUDIT_ADDR", "127.0.0.1:7403"), "audit address (env CREDMATRIX_AUDIT_ADDR)")
+	pf.StringVar(&a.caFile, "ca-file", a.getenv("CREDMATRIX_CA_FILE"), "CA certificate (PEM) the services' certificates chain to (env CREDMATRIX_CA_FILE)")
+	pf.StringVar(&a.certFile, "cert-file", a.getenv("CREDMATRIX_CERT_FILE"), "client certificate (PEM) for mTLS (env CREDMATRIX_CERT_FILE)")
+	pf.StringVar(&a.keyFile, "key-file", a.getenv("CREDMATRIX_KEY_FILE"), "client key (PEM) for mTLS (env CREDMATRIX_KEY_FILE)")
+	pf.BoolVar(&a.devPlaintext, "dev-plaintext", a.getenv("CREDMATRIX_DEV_PLAINTEXT") == "true", "connect without TLS (loopback only; development)")
+
+	root.AddCommand(a.credsCommand(), a.encryptCommand(), a.decryptCommand(), a.auditCommand(), a.devCommand())
+	return root
+}
+
+// dial connects to one service with the shared TLS settings.
+func (a *app) dial(addr string) (*grpc.ClientConn, error) {
+	cfg := grpcclient.Config{
+		Target: addr, CAFile: a.caFile, CertFile: a.certFile, KeyFile: a.keyFile, DevPlaintext: a.devPlaintext,
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, usageError{err}
+	}
+	conn, err := grpcclient.Dial(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("connect to %s: %w", addr, err)
+	}
+	return conn, nil
+}
+
+// parsePairs parses repeated k=v flags into a map.
+func parsePairs(flag string, pairs []string) (map[string]string, error) {
+	if len(pairs) == 0 {
+		return nil, nil
+	}
+	m := make(map[string]string, len(pairs))
+	for _, p := range pairs {
+		k, v, ok := strings.Cut(p, "=")
+		if !ok || k == "" {
+			return nil, usagef("--%s %q: want key=value", flag, p)
+		}
+		if _, dup := m[k]; dup {
+			return nil, usagef("--%s: key %q given twice", flag, k)
+		}
+		m[k] = v
+	}
+	return m, nil
+}

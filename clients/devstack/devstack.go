@@ -1,0 +1,401 @@
+// Package devstack runs the whole credmatrix stack in one process on
+// loopback with embedded defaults: a generated development CA and mTLS
+// certificates, a development OIDC issuer, and the audit, broker and
+// keyguard services. `credmatrix dev`, `make demo` and the end-to-end tests
+// use it. Nothing in it is meant for production: the issuer mints any token
+// its mint secret asks for.
+package devstack
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/subtle"
+	_ "embed"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/credmatrix/credmatrix/platform/devpki"
+	"github.com/credmatrix/credmatrix/platform/keyfile"
+	"github.com/credmatrix/credmatrix/platform/logging"
+	auditserver "github.com/credmatrix/credmatrix/services/audit/server"
+	"github.com/credmatrix/credmatrix/services/broker/devissuer"
+	brokerserver "github.com/credmatrix/credmatrix/services/broker/server"
+	keyguardserver "github.com/credmatrix/credmatrix/services/keyguard/server"
+	"github.com/hashicorp/go-hclog"
+)
+
+//go:embed policy.yaml
+var defaultPolicy string
+
+//go:embed keyguard.yaml
+var defaultKeyguard string
+
+// IssuerURLPlaceholder in a policy is replaced by the dev issuer's URL.
+const IssuerURLPlaceholder = "${DEV_ISSUER_URL}"
+
+// MintPath is the dev issuer's token endpoint (POST a MintRequest with the
+// mint secret as bearer token).
+const MintPath = "/dev/mint"
+
+// Ports are the listen addresses of the stack's parts.
+type Ports struct {
+	Audit, Broker, Keyguard, Issuer string
+}
+
+// DefaultPorts are the fixed loopback ports of `credmatrix dev`.
+func DefaultPorts() Ports {
+	return Ports{Broker: "127.0.0.1:7401", Keyguard: "127.0.0.1:7402", Audit: "127.0.0.1:7403", Issuer: "127.0.0.1:7404"}
+}
+
+// EphemeralPorts lets the kernel pick free loopback ports.
+func EphemeralPorts() Ports {
+	return Ports{Broker: "127.0.0.1:0", Keyguard: "127.0.0.1:0", Audit: "127.0.0.1:0", Issuer: "127.0.0.1:0"}
+}
+
+// Config configures a stack.
+type Config struct {
+	// StateDir holds certificates, keys, the audit database and the key
+	// store. Created when missing. Keys and data persist across restarts;
+	// certificates are made anew each start.
+	StateDir string
+	// Ports are the listen addresses.
+	Ports Ports
+	// Log receives every service's JSON log lines (io.Discard if nil).
+	Log io.Writer
+	// LogLevel of the services ("info" if empty).
+	LogLevel string
+	// Policy is the broker's trust policy YAML; empty means the embedded
+	// development policy.
+	Policy string
+}
+
+// Stack is a running local stack.
+type Stack struct {
+	pki       *devpki.Bundle
+	issuer    *devissuer.Issuer
+	httpSrv   *http.Server
+	issuerURL string
+	mintFile  string
+
+	audit    *auditserver.Server
+	broker   *brokerserver.Server
+	keyguard *keyguardserver.Server
+
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	mu     sync.Mutex
+	errs   []error
+	stops  map[string]context.CancelFunc
+	dones  map[string]chan struct{}
+}
+
+// Start brings up the stack; every service is serving when it returns.
+func Start(ctx context.Context, cfg Config) (s *Stack, err error) {
+	if cfg.StateDir == "" {
+		return nil, errors.New("devstack: StateDir is required")
+	}
+	if cfg.Log == nil {
+		cfg.Log = io.Discard
+	}
+	if cfg.LogLevel == "" {
+		cfg.LogLevel = "info"
+	}
+	if cfg.Policy == "" {
+		cfg.Policy = defaultPolicy
+	}
+	dir, err := filepath.Abs(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("devstack: state dir: %w", err)
+	}
+	s = &Stack{stops: map[string]context.CancelFunc{}, dones: map[string]chan struct{}{}}
+	defer func() {
+		if err != nil {
+			s.Close()
+		}
+	}()
+
+	s.pki, err = devpki.Generate(filepath.Join(dir, "pki"), "audit", "broker", "keyguard", "cli")
+	if err != nil {
+		return nil, fmt.Errorf("devstack: dev PKI: %w", err)
+	}
+	if err := s.startIssuer(cfg.Ports.Issuer, filepath.Join(dir, "mint-secret")); err != nil {
+		return nil, err
+	}
+	hmacKey := filepath.Join(dir, "audit-hmac.key")
+	for _, k := range []struct {
+		path string
+		n    int
+	}{{hmacKey, 32}, {filepath.Join(dir, "local-sts.key"), 32}, {filepath.Join(dir, "keyguard-root.key"), 32}} {
+		if _, err := keyfile.Ensure(k.path, k.n); err != nil {
+			return nil, fmt.Errorf("devstack: %w", err)
+		}
+	}
+	policyFile := filepath.Join(dir, "policy.yaml")
+	if err := os.WriteFile(policyFile, []byte(strings.ReplaceAll(cfg.Policy, IssuerURLPlaceholder, s.issuerURL)), 0o600); err != nil {
+		return nil, err
+	}
+	keyguardFile := filepath.Join(dir, "keyguard.yaml")
+	if err := os.WriteFile(keyguardFile, []byte(defaultKeyguard), 0o600); err != nil {
+		return nil, err
+	}
+	logger := func(name string) hclog.Logger { return logging.New(cfg.Log, name, cfg.LogLevel) }
+
+	// audit first: the others refuse to issue without it.
+	ac := auditserver.DefaultConfig()
+	ac.Server.ListenAddr = cfg.Ports.Audit
+	ac.Server.TLS = s.pki.Files("audit")
+	ac.DBPath = filepath.Join(dir, "audit.db")
+	ac.AppendPrincipals = []string{devpki.SPIFFEID("broker"), devpki.SPIFFEID("keyguard")}
+	ac.ReadPrincipals = []string{devpki.SPIFFEID("cli")}
+	if s.audit, err = auditserver.New(ctx, ac, logger("audit")); err != nil {
+		return nil, fmt.Errorf("devstack: audit: %w", err)
+	}
+	s.serve("audit", s.audit.Serve)
+	auditAddr := s.audit.Addr().String()
+
+	bc := brokerserver.DefaultConfig()
+	bc.Server.ListenAddr = cfg.Ports.Broker
+	bc.Server.TLS = s.pki.Files("broker")
+	bc.PolicyFile = policyFile
+	bc.Audit = s.pki.Client("broker", auditAddr)
+	bc.AuditHMACKeyFile = hmacKey
+	bc.LocalSTS.SigningKeyFile = filepath.Join(dir, "local-sts.key")
+	if s.broker, err = brokerserver.New(ctx, bc, logger("broker")); err != nil {
+		return nil, fmt.Errorf("devstack: broker: %w", err)
+	}
+	s.serve("broker", s.broker.Serve)
+
+	kc := keyguardserver.DefaultConfig()
+	kc.Server.ListenAddr = cfg.Ports.Keyguard
+	kc.Server.TLS = s.pki.Files("keyguard")
+	kc.Audit = s.pki.Client("keyguard", auditAddr)
+	kc.KeyringFile = keyguardFile
+	kc.Local.KeystoreFile = filepath.Join(dir, "keyguard-keystore.json")
+	kc.Local.RootKeyFile = filepath.Join(dir, "keyguard-root.key")
+	if s.keyguard, err = keyguardserver.New(ctx, kc, logger("keyguard")); err != nil {
+		return nil, fmt.Errorf("devstack: keyguard: %w", err)
+	}
+	s.serve("keyguard", s.keyguard.Serve)
+	return s, nil
+}
+
+// serve runs one service until Close or Stop.
+func (s *Stack) serve(name string, serve func(context.Context) error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	s.mu.Lock()
+	s.stops[name], s.dones[name] = cancel, done
+	s.mu.Unlock()
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer close(done)
+		if err := serve(ctx); err != nil {
+			s.mu.Lock()
+			s.errs = append(s.errs, fmt.Errorf("%s: %w", name, err))
+			s.mu.Unlock()
+		}
+	}()
+}
+
+// StopAudit takes the audit service down at once (in-flight requests are
+// cancelled) and leaves the others running: tests use it to check that the
+// broker and keyguard fail closed.
+func (s *Stack) StopAudit() {
+	s.audit.Stop()
+	s.mu.Lock()
+	stop, done := s.stops["audit"], s.dones["audit"]
+	s.mu.Unlock()
+	stop()
+	<-done
+}
+
+// Addrs returns the services' listen addresses.
+func (s *Stack) Addrs() (audit, broker, keyguard string) {
+	return s.audit.Addr().String(), s.broker.Addr().String(), s.keyguard.Addr().String()
+}
+
+// IssuerURL is the dev OIDC issuer's URL.
+func (s *Stack) IssuerURL() string { return s.issuerURL }
+
+// Issuer is the dev OIDC issuer, for tests that mint tokens directly.
+func (s *Stack) Issuer() *devissuer.Issuer { return s.issuer }
+
+// PKI is the dev certificate bundle.
+func (s *Stack) PKI() *devpki.Bundle { return s.pki }
+
+// Env returns NAME=value pairs that point the credmatrix CLI at the stack
+// with the "cli" certificate.
+func (s *Stack) Env() []string {
+	audit, broker, keyguard := s.Addrs()
+	cli := s.pki.Client("cli", "")
+	return []string{
+		"CREDMATRIX_BROKER_ADDR=" + broker,
+		"CREDMATRIX_KEYGUARD_ADDR=" + keyguard,
+		"CREDMATRIX_AUDIT_ADDR=" + audit,
+		"CREDMATRIX_CA_FILE=" + cli.CAFile,
+		"CREDMATRIX_CERT_FILE=" + cli.CertFile,
+		"CREDMATRIX_KEY_FILE=" + cli.KeyFile,
+		"CREDMATRIX_DEV_ISSUER=" + s.issuerURL,
+		"CREDMATRIX_DEV_MINT_SECRET_FILE=" + s.mintFile,
+	}
+}
+
+// WriteEnvFile writes Env as shell exports, atomically, so a reader that
+// sees the file sees all of it.
+func (s *Stack) WriteEnvFile(path string) error {
+	var b strings.Builder
+	b.WriteString("# credmatrix dev stack: source this file\n")
+	for _, kv := range s.Env() {
+		k, v, _ := strings.Cut(kv, "=")
+		fmt.Fprintf(&b, "export %s=%s\n", k, strconv.Quote(v))
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(b.String()), 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// Close stops every service (graceful drain) and the issuer.
+func (s *Stack) Close() error {
+	// Reverse order: the callers of audit go first.
+	for _, name := range []string{"keyguard", "broker", "audit"} {
+		s.mu.Lock()
+		stop, done := s.stops[name], s.dones[name]
+		s.mu.Unlock()
+		if stop != nil {
+			stop()
+			<-done
+		}
+	}
+	s.wg.Wait()
+	if s.httpSrv != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = s.httpSrv.Shutdown(ctx)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return errors.Join(s.errs...)
+}
+
+// MintRequest asks the dev issuer for a token with GitHub Actions-style
+// claims. Empty fields take defaults.
+type MintRequest struct {
+	Repository string            `json:"repository"`
+	Ref        string            `json:"ref"`
+	EventName  string            `json:"event_name"`
+	Subject    string            `json:"sub"`
+	Audience   string            `json:"aud"`
+	TTL        string            `json:"ttl"`
+	Claims     map[string]string `json:"claims"`
+}
+
+// Claims turns the request into token claims.
+func (r MintRequest) claimsMap(runID string) (map[string]any, time.Duration, error) {
+	repo, ref, aud := r.Repository, r.Ref, r.Audience
+	if repo == "" {
+		repo = "acme/app"
+	}
+	if ref == "" {
+		ref = "refs/heads/main"
+	}
+	if aud == "" {
+		aud = "credmatrix"
+	}
+	ttl := 5 * time.Minute
+	if r.TTL != "" {
+		d, err := time.ParseDuration(r.TTL)
+		if err != nil || d <= 0 || d > time.Hour {
+			return nil, 0, fmt.Errorf("ttl %q: want a duration between 1s and 1h", r.TTL)
+		}
+		ttl = d
+	}
+	claims := devissuer.GitHubActionsClaims(repo, ref, runID, aud)
+	if r.EventName != "" {
+		claims["event_name"] = r.EventName
+	}
+	if r.Subject != "" {
+		claims["sub"] = r.Subject
+	}
+	for k, v := range r.Claims {
+		switch k {
+		case "iss", "exp", "iat", "nbf":
+			return nil, 0, fmt.Errorf("claim %q is set by the issuer", k)
+		}
+		claims[k] = v
+	}
+	return claims, ttl, nil
+}
+
+// startIssuer serves the dev OIDC issuer (discovery, JWKS) plus the mint
+// endpoint, guarded by a random secret written to secretFile (0600).
+func (s *Stack) startIssuer(addr, secretFile string) error {
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("devstack: issuer listen %s: %w", addr, err)
+	}
+	s.issuerURL = "http://" + lis.Addr().String()
+	s.issuer, err = devissuer.New(devissuer.WithURL(s.issuerURL))
+	if err != nil {
+		lis.Close()
+		return err
+	}
+	secret := make([]byte, 32)
+	if _, err := rand.Read(secret); err != nil {
+		lis.Close()
+		return err
+	}
+	secretHex := hex.EncodeToString(secret)
+	if err := os.WriteFile(secretFile, []byte(secretHex+"\n"), 0o600); err != nil {
+		lis.Close()
+		return err
+	}
+	s.mintFile = secretFile
+	mux := http.NewServeMux()
+	mux.Handle("/", s.issuer.Handler())
+	mux.HandleFunc("POST "+MintPath, func(w http.ResponseWriter, r *http.Request) {
+		got := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if subtle.ConstantTimeCompare([]byte(got), []byte(secretHex)) != 1 {
+			http.Error(w, "mint secret required", http.StatusUnauthorized)
+			return
+		}
+		var req MintRequest
+		if err := json.NewDecoder(io.LimitReader(r.Body, 64<<10)).Decode(&req); err != nil {
+			http.Error(w, "bad mint request: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		run := make([]byte, 4)
+		_, _ = rand.Read(run)
+		claims, ttl, err := req.claimsMap(strconv.FormatUint(uint64(run[0])<<24|uint64(run[1])<<16|uint64(run[2])<<8|uint64(run[3]), 10))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		tok, err := s.issuer.Mint(claims, ttl)
+		if err != nil {
+			http.Error(w, "mint failed", http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", "text/plain")
+		io.WriteString(w, tok+"\n")
+	})
+	s.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go s.httpSrv.Serve(lis)
+	return nil
+}
