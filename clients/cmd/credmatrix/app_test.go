@@ -1,0 +1,135 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/credmatrix/credmatrix/clients/brokerclient"
+	brokerv1 "github.com/credmatrix/credmatrix/proto/credmatrix/broker/v1"
+	"github.com/google/go-cmp/cmp"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+func TestClassify(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		err  error
+		code int
+		msg  string
+	}{
+		{"usage", usagef("--role is required"), exitUsage, "--role is required"},
+		{"invalid-argument", status.Error(codes.InvalidArgument, "targets[0].role: required"), exitUsage, "targets[0].role"},
+		{"denied-with-detail", &brokerclient.DeniedError{Rule: "no-prod", Reason: "prod needs a tag", AuditEventID: "e-1", Hint: "credmatrix policy test"}, exitDenied, "reproduce locally"},
+		{"unauthenticated", status.Error(codes.Unauthenticated, "token verification failed"), exitDenied, "token verification failed"},
+		{"unavailable", status.Error(codes.Unavailable, "audit log unavailable"), exitUnavailable, "retry later"},
+		{"exhausted", status.Error(codes.ResourceExhausted, "slow down"), exitUnavailable, "slow down"},
+		{"internal", status.Error(codes.Internal, "internal error"), exitError, "Internal"},
+		{"plain", errors.New("disk full"), exitError, "disk full"},
+		{"wrapped-usage", fmt.Errorf("ctx: %w", usagef("bad")), exitUsage, "bad"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, msg := classify(tc.err)
+			if code != tc.code || !strings.Contains(msg, tc.msg) {
+				t.Fatalf("classify = %d %q, want %d containing %q", code, msg, tc.code, tc.msg)
+			}
+		})
+	}
+}
+
+func TestParsePairs(t *testing.T) {
+	got, err := parsePairs("context", []string{"a=1", "b=x=y", "c="})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(got, map[string]string{"a": "1", "b": "x=y", "c": ""}); diff != "" {
+		t.Fatal(diff)
+	}
+	for _, bad := range [][]string{{"noequals"}, {"=v"}, {"a=1", "a=2"}} {
+		if _, err := parsePairs("context", bad); err == nil {
+			t.Errorf("parsePairs(%q) accepted", bad)
+		}
+	}
+}
+
+func session() *brokerv1.Session {
+	return &brokerv1.Session{
+		Credentials: &brokerv1.Credentials{
+			AccessKeyId: "ASIAEXAMPLEEXAMPLE12", SecretAccessKey: "se'cret", SessionToken: "tok$en",
+			Expiration: timestamppb.New(time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)),
+		},
+		AccountId: "111111111111", Role: "deploy", Region: "eu-west-1",
+	}
+}
+
+func TestWriteSessionCredentialProcess(t *testing.T) {
+	var b bytes.Buffer
+	if err := writeSession(&b, "credential-process", session()); err != nil {
+		t.Fatal(err)
+	}
+	var got map[string]any
+	if err := json.Unmarshal(b.Bytes(), &got); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]any{"Version": float64(1), "AccessKeyId": "ASIAEXAMPLEEXAMPLE12", "SecretAccessKey": "se'cret", "SessionToken": "tok$en", "Expiration": "2026-11-27T10:00:00Z"}
+	if diff := cmp.Diff(got, want); diff != "" {
+		t.Fatalf("credential_process JSON (-got +want):\n%s", diff)
+	}
+}
+
+// TestWriteSessionEnvIsShellSafe evaluates the env output in a real shell:
+// quotes and dollars in values must come through unchanged.
+func TestWriteSessionEnvIsShellSafe(t *testing.T) {
+	sh, err := exec.LookPath("sh")
+	if err != nil {
+		t.Skip("no sh on PATH")
+	}
+	var b bytes.Buffer
+	if err := writeSession(&b, "env", session()); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.CommandContext(context.Background(), sh, "-c", b.String()+`printf '%s|%s|%s' "$AWS_SECRET_ACCESS_KEY" "$AWS_SESSION_TOKEN" "$AWS_REGION"`).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := string(out); got != "se'cret|tok$en|eu-west-1" {
+		t.Fatalf("shell saw %q", got)
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	noenv := func(string) string { return "" }
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"creds/no-role", []string{"creds", "--account", "a"}, "--role is required"},
+		{"creds/bad-output", []string{"creds", "--role", "r", "--account", "a", "--output", "xml"}, "--output"},
+		{"creds/no-token", []string{"creds", "--role", "r", "--account", "a"}, "no OIDC token"},
+		{"unknown-flag", []string{"creds", "--nope"}, "unknown flag"},
+		{"audit/bad-kind", []string{"audit", "query", "--kind", "nope"}, "--kind"},
+		{"audit/bad-since", []string{"audit", "query", "--since", "yesterday"}, "RFC 3339"},
+		{"dev-token/no-stack", []string{"dev", "token"}, "no dev stack"},
+		{"encrypt/bad-context", []string{"encrypt", "--context", "novalue"}, "key=value"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var out, errb bytes.Buffer
+			code := run(context.Background(), tc.args, streams{in: strings.NewReader(""), out: &out, err: &errb}, noenv)
+			if code != exitUsage || !strings.Contains(errb.String(), tc.want) {
+				t.Fatalf("exit %d, stderr %q; want %d containing %q", code, errb.String(), exitUsage, tc.want)
+			}
+			if out.Len() != 0 {
+				t.Fatalf("stdout not empty: %q", out.String())
+			}
+		})
+	}
+}
