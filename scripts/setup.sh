@@ -1,21 +1,26 @@
 #!/usr/bin/env bash
-# Installs what the build and tests need beyond Go itself. Run once on a fresh
-# machine (`make setup`); .ci/run runs it too. Go modules and Go tools are
-# fetched by the go command; only Debian packages are installed here.
+# Installs what the build and the tests need beyond Go itself. Run once on a
+# fresh machine (`make setup`); .ci/run runs it too. Go modules and Go tools
+# are fetched by the go command; only Debian packages are installed here.
+#
+#   git make gcc   build (gcc for go test -race)
+#   postgresql     throwaway PostgreSQL clusters in the store tests
 set -euo pipefail
 
-need=(git make gcc)
+packages=(git make gcc postgresql)
 missing=()
-for p in "${need[@]}"; do
-  command -v "$p" >/dev/null 2>&1 || missing+=("$p")
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if ((${#missing[@]})); then
   if [[ $(id -u) -ne 0 ]]; then
-    echo "setup: missing ${missing[*]}; install them (Debian: apt-get install ${missing[*]})" >&2
+    echo "setup: missing Debian packages: ${missing[*]}; run: sudo apt-get install ${missing[*]}" >&2
     exit 1
   fi
+  echo "setup: installing ${missing[*]}"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-command -v go >/dev/null 2>&1 || { echo "setup: Go 1.26 is required (https://go.dev/dl); the Makefile fetches the patched toolchain itself" >&2; exit 1; }
+command -v go >/dev/null 2>&1 || { echo "setup: Go is required (https://go.dev/dl); the Makefile fetches the patched toolchain itself" >&2; exit 1; }
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { echo "setup: PostgreSQL server binaries not found under /usr/lib/postgresql" >&2; exit 1; }
 echo "setup: ok ($(GOTOOLCHAIN=go1.26.10 go version))"
