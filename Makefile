@@ -6,6 +6,7 @@
 #   make proto   regenerate Go from proto/
 #   make run     the local stack in the foreground until Ctrl-C
 #   make bench   benchmarks
+#   make fuzz    every fuzz target briefly (FUZZTIME=10s each)
 #
 # The patched toolchain is fetched by the go command from the module proxy.
 export GOTOOLCHAIN := go1.26.10
@@ -17,7 +18,7 @@ BIN       := $(CURDIR)/bin
 BUF       := $(BIN)/buf
 GO_TEST_FLAGS ?= -race -count=1 -timeout 15m
 
-.PHONY: all build demo run test lint proto proto-check fmt bench tools clean setup
+.PHONY: all build demo run test lint proto proto-check fmt bench fuzz tools clean setup
 
 all: lint test
 
@@ -36,6 +37,9 @@ test:
 
 bench:
 	go test -run '^$$' -bench . -benchmem $(PKGS)
+
+fuzz:
+	scripts/fuzz.sh
 
 $(BUF): tools/buf/go.mod tools/buf/go.sum
 	@mkdir -p $(BIN)
