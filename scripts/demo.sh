@@ -34,6 +34,7 @@ done
 [[ -s $state/env ]] || { cat "$state/dev.log" >&2; echo "demo: the dev stack did not start within 30s" >&2; exit 1; }
 # shellcheck disable=SC1091
 source "$state/env"
+export CREDMATRIX_CACHE_DIR=$state/cache   # credential_process cache, private to this run
 echo "broker $CREDMATRIX_BROKER_ADDR, keyguard $CREDMATRIX_KEYGUARD_ADDR, audit $CREDMATRIX_AUDIT_ADDR"
 
 step "1. The CI job gets its OIDC token (like GitHub Actions: repo acme/app, branch main)"
@@ -50,6 +51,19 @@ expiry=$(printf '%s' "$creds" | sed -n 's/.*"Expiration":"\([^"]*\)".*/\1/p')
 [[ $key_id == ASIA* ]] || { echo "demo: unexpected credentials" >&2; exit 1; }
 echo "issued AccessKeyId $key_id, expires $expiry (secret key and session token not shown)"
 
+step "2b. Policy-driven issuance into a regional account: acme/payments deploys to payments-eu (EU residency)"
+show 'credmatrix dev token --repository acme/payments --claim environment=production'
+pay_token=$("$cm" dev token --repository acme/payments --ref refs/heads/main --claim environment=production)
+show 'credmatrix creds --role deploy --account payments-eu --output json'
+pay=$(CREDMATRIX_OIDC_TOKEN=$pay_token "$cm" creds --role deploy --account payments-eu --output json --reason "make demo")
+pay_key=$(printf '%s' "$pay" | sed -n 's/.*"AccessKeyId": "\([^"]*\)".*/\1/p')
+pay_region=$(printf '%s' "$pay" | sed -n 's/.*"Region": "\([^"]*\)".*/\1/p')
+pay_rule=$(printf '%s' "$pay" | sed -n 's/.*"Rule": "\([^"]*\)".*/\1/p')
+pay_expiry=$(printf '%s' "$pay" | sed -n 's/.*"Expiration": "\([^"]*\)".*/\1/p')
+[[ $pay_key == ASIA* && $pay_region == eu-central-1 && $pay_rule == payments-deploys-eu ]] || { echo "demo: unexpected regional session: $pay_region $pay_rule" >&2; exit 1; }
+echo "issued AccessKeyId $pay_key in payments-eu ($pay_region) by rule $pay_rule, expires $pay_expiry"
+echo "(15 minutes at most: the /root/prod OU cap; the session policy denies aws:RequestedRegion outside eu-west-1, eu-central-1)"
+
 step "3. Encrypt a record as an internal app (data class confidential, region eu-west-1)"
 record='{"customer":"c-1042","iban":"DE89370400440532013000"}'
 show "echo '$record' | credmatrix encrypt --data-class confidential --region eu-west-1 --context table=customers"
@@ -65,6 +79,23 @@ if printf '%s' "$envelope" | "$cm" decrypt --context table=orders 2>"$state/err"
 fi
 sed 's/^/  /' "$state/err"
 
+step "3b. Two data classes in two regions: an internal record in us-east-1"
+event='{"event":"login","user":"u-77"}'
+show "echo '$event' | credmatrix encrypt --data-class internal --region us-east-1 --context table=events"
+envelope2=$(printf '%s' "$event" | "$cm" encrypt --data-class internal --region us-east-1 --context table=events)
+plain2=$(printf '%s' "$envelope2" | "$cm" decrypt --context table=events)
+[[ $plain2 == "$event" ]] || { echo "demo: decrypt of the internal record returned something else" >&2; exit 1; }
+echo "internal/us-east-1 envelope: ${envelope2:0:40}...; decrypted: $plain2"
+show "echo '$record' | credmatrix encrypt --data-class confidential --region us-east-1   # residency: no grant names us-east-1"
+set +e
+printf '%s' "$record" | "$cm" encrypt --data-class confidential --region us-east-1 --context table=customers >"$state/residency.out" 2>"$state/err"
+rc=$?
+set -e
+[[ $rc -eq 3 ]] || { cat "$state/err" >&2; echo "demo: expected the residency denial (exit code 3), got $rc" >&2; exit 1; }
+[[ ! -s $state/residency.out ]] || { echo "demo: a denied encrypt printed an envelope" >&2; exit 1; }
+sed 's/^/  /' "$state/err"
+echo "exit code $rc (denied: confidential data stays in eu-west-1); denial recorded"
+
 step "4. A forbidden request: the same job asks for role deploy in account prod"
 show 'credmatrix creds --role deploy --account prod'
 set +e
@@ -75,17 +106,44 @@ set -e
 [[ ! -s $state/denied.out ]] || { echo "demo: a denied request printed credentials" >&2; exit 1; }
 sed 's/^/  /' "$state/err"
 echo "exit code $rc (denied); no credentials printed"
+show "credmatrix policy test --policy policy.yaml --token-env CREDMATRIX_OIDC_TOKEN --role deploy --account prod   # offline, as a PR check"
+set +e
+"$cm" policy test --policy "$state/policy.yaml" --token-env CREDMATRIX_OIDC_TOKEN --role deploy --account prod >"$state/explain.txt" 2>&1
+rc=$?
+set -e
+[[ $rc -eq 3 ]] && grep -q "decided by default-deny" "$state/explain.txt" || { cat "$state/explain.txt" >&2; echo "demo: policy test did not explain the denial" >&2; exit 1; }
+sed 's/^/  /' "$state/explain.txt"
 
 step "5. The audit log: every issuance, denial and key operation, in order"
 show 'credmatrix audit tail --from 0 --follow=false'
 "$cm" audit tail --from 0 --follow=false | tee "$state/audit.txt"
 events=$(($(wc -l <"$state/audit.txt") - 1))
 
+step "6. Verify the audit log: every leaf, the signed checkpoint (Ed25519, C2SP note), no rollback"
+show 'credmatrix audit verify --checkpoint-file audit.checkpoint   # public key: $CREDMATRIX_AUDIT_PUBLIC_KEY_FILE'
+"$cm" audit verify --checkpoint-file "$state/audit.checkpoint" | tee "$state/verify.txt"
+verified=$(sed -n 's/^verified: \([0-9]*\) events.*tree size \([0-9]*\).*/\2/p' "$state/verify.txt")
+[[ -n $verified && -s $state/audit.checkpoint ]] || { echo "demo: audit verify did not verify" >&2; exit 1; }
+show 'credmatrix audit export --out audit.bundle && credmatrix audit verify --bundle audit.bundle --checkpoint-file audit.checkpoint'
+"$cm" audit export --out "$state/audit.bundle"
+"$cm" audit verify --bundle "$state/audit.bundle" --checkpoint-file "$state/audit.checkpoint" >/dev/null
+echo "offline: the exported bundle verifies against the kept checkpoint"
+
+step "7. Replay: which sessions were live in account sandbox just now?"
+show 'credmatrix audit replay sessions --at now --account sandbox'
+"$cm" audit replay sessions --at now --account sandbox 2>/dev/null | tee "$state/replay.txt"
+grep -q "$key_id" "$state/replay.txt" || { echo "demo: replay does not show the issued session" >&2; exit 1; }
+live=$(sed -n 's/^\([0-9]*\) session(s) live.*/\1/p' "$state/replay.txt")
+
 step "Summary"
 cat <<SUMMARY
   session issued     $key_id for deploy@sandbox (eu-west-1), audited before it was returned
+  regional session   $pay_key for deploy@payments-eu ($pay_region) by rule $pay_rule, residency-scoped
   record encrypted   confidential/eu-west-1, decrypted with its context, refused with another
-  request denied     deploy@prod, exit code 3, denial recorded
+  two classes        internal/us-east-1 record encrypted and decrypted; confidential/us-east-1 denied (residency)
+  request denied     deploy@prod, exit code 3, denial recorded and explained by credmatrix policy test
   audit log          $events events with gap-free sequence numbers
+  audit verified     tree size $verified under a signed checkpoint, kept for the next rollback check
+  replay             $live session(s) live in sandbox now, including $key_id
 Demo complete.
 SUMMARY

@@ -5,9 +5,10 @@
 #
 #   git make gcc   build (gcc for go test -race)
 #   postgresql     throwaway PostgreSQL clusters in the store tests
+#   awscli         the real AWS CLI v2 (/usr/bin/aws) as a credential_process consumer
 set -euo pipefail
 
-packages=(git make gcc postgresql)
+packages=(git make gcc postgresql awscli)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -23,4 +24,5 @@ if ((${#missing[@]})); then
 fi
 command -v go >/dev/null 2>&1 || { echo "setup: Go is required (https://go.dev/dl); the Makefile fetches the patched toolchain itself" >&2; exit 1; }
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { echo "setup: PostgreSQL server binaries not found under /usr/lib/postgresql" >&2; exit 1; }
+[[ -x /usr/bin/aws ]] || { echo "setup: /usr/bin/aws (AWS CLI v2 from Debian's awscli) not found" >&2; exit 1; }
 echo "setup: ok ($(GOTOOLCHAIN=go1.26.10 go version))"

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/credmatrix/credmatrix/platform/grpcclient"
 	brokerv1 "github.com/credmatrix/credmatrix/proto/credmatrix/broker/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -22,12 +23,24 @@ import (
 // Client calls one broker. It is safe for concurrent use; share one per
 // connection.
 type Client struct {
-	rpc brokerv1.BrokerServiceClient
+	rpc   brokerv1.BrokerServiceClient
+	retry Retry
 }
 
+// Option configures a Client.
+type Option func(*Client)
+
+// WithRetry replaces DefaultRetry.
+func WithRetry(r Retry) Option { return func(c *Client) { c.retry = r } }
+
 // New returns a client using conn (see platform/grpcclient.Dial for mTLS).
-func New(conn grpc.ClientConnInterface) *Client {
-	return &Client{rpc: brokerv1.NewBrokerServiceClient(conn)}
+// Share one connection for many calls: it is reused.
+func New(conn grpc.ClientConnInterface, opts ...Option) *Client {
+	c := &Client{rpc: brokerv1.NewBrokerServiceClient(conn), retry: DefaultRetry}
+	for _, o := range opts {
+		o(c)
+	}
+	return c
 }
 
 // Target is one session to ask for.
@@ -71,7 +84,8 @@ func (e *DeniedError) Error() string {
 // Unwrap returns the gRPC status error.
 func (e *DeniedError) Unwrap() error { return e.err }
 
-// IssueSession asks for one session per target, all or none.
+// IssueSession asks for one session per target, all or none. Unavailable
+// and throttled calls are retried (see Retry) within ctx's deadline.
 func (c *Client) IssueSession(ctx context.Context, token, reason string, targets ...Target) ([]*brokerv1.Session, error) {
 	req := &brokerv1.IssueSessionRequest{Token: token, Reason: reason}
 	for _, t := range targets {
@@ -81,7 +95,11 @@ func (c *Client) IssueSession(ctx context.Context, token, reason string, targets
 		}
 		req.Targets = append(req.Targets, pt)
 	}
-	resp, err := c.rpc.IssueSession(ctx, req)
+	var resp *brokerv1.IssueSessionResponse
+	err := c.retry.do(ctx, func(ctx context.Context) (err error) {
+		resp, err = c.rpc.IssueSession(ctx, req)
+		return err
+	})
 	if err != nil {
 		return nil, wrap(err)
 	}
@@ -115,3 +133,26 @@ func Describe(s *brokerv1.Session) string {
 	return fmt.Sprintf("%s in %s (%s) %s until %s", s.GetRole(), s.GetAccountName(), s.GetAccountId(), s.GetRegion(),
 		s.GetCredentials().GetExpiration().AsTime().Format(time.RFC3339))
 }
+
+// Conn is a Client that owns its connection.
+type Conn struct {
+	*Client
+	conn *grpc.ClientConn
+}
+
+// Dial connects to the broker at cfg.Target (TLS 1.3; mTLS when cfg has a
+// client certificate) and returns a client that owns the connection: reuse
+// it for every call, Close it when done.
+func Dial(cfg grpcclient.Config, opts ...Option) (*Conn, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	conn, err := grpcclient.Dial(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &Conn{Client: New(conn, opts...), conn: conn}, nil
+}
+
+// Close closes the connection.
+func (c *Conn) Close() error { return c.conn.Close() }

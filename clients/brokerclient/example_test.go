@@ -10,7 +10,6 @@ import (
 
 	"github.com/credmatrix/credmatrix/clients/brokerclient"
 	"github.com/credmatrix/credmatrix/clients/devstack"
-	"github.com/credmatrix/credmatrix/platform/grpcclient"
 	"github.com/credmatrix/credmatrix/services/broker/devissuer"
 )
 
@@ -27,12 +26,11 @@ func Example() {
 	token, _ := stack.Issuer().Mint(devissuer.GitHubActionsClaims("acme/app", "refs/heads/main", "42", "credmatrix"), time.Minute)
 
 	_, brokerAddr, _ := stack.Addrs()
-	conn, err := grpcclient.Dial(stack.PKI().Client("cli", brokerAddr)) // mTLS
+	client, err := brokerclient.Dial(stack.PKI().Client("cli", brokerAddr)) // mTLS; reuse for every call
 	if err != nil {
 		log.Fatal(err)
 	}
-	defer conn.Close()
-	client := brokerclient.New(conn)
+	defer client.Close()
 
 	ctx := context.Background()
 	sessions, err := client.IssueSession(ctx, token, "example", brokerclient.Target{Role: "deploy", Account: "sandbox"})

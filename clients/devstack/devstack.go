@@ -41,6 +41,10 @@ var defaultPolicy string
 //go:embed keyguard.yaml
 var defaultKeyguard string
 
+// KeyguardAudience is the audience keyguard requires of the dev issuer's
+// bearer tokens: a token minted for the broker is refused by keyguard.
+const KeyguardAudience = "credmatrix-keyguard"
+
 // IssuerURLPlaceholder in a policy is replaced by the dev issuer's URL.
 const IssuerURLPlaceholder = "${DEV_ISSUER_URL}"
 
@@ -87,6 +91,8 @@ type Stack struct {
 	httpSrv   *http.Server
 	issuerURL string
 	mintFile  string
+
+	auditPublicKeyFile string // verifier key of the audit checkpoints
 
 	audit    *auditserver.Server
 	broker   *brokerserver.Server
@@ -159,6 +165,11 @@ func Start(ctx context.Context, cfg Config) (s *Stack, err error) {
 	ac.Server.ListenAddr = cfg.Ports.Audit
 	ac.Server.TLS = s.pki.Files("audit")
 	ac.DBPath = filepath.Join(dir, "audit.db")
+	// The checkpoint signing key is generated on first start and kept;
+	// its public half (audit-checkpoint.key.pub) is what verify trusts.
+	ac.Checkpoint.KeyFile = filepath.Join(dir, "audit-checkpoint.key")
+	ac.Checkpoint.GenerateKey = true
+	s.auditPublicKeyFile = ac.Checkpoint.KeyFile + ".pub"
 	ac.AppendPrincipals = []string{devpki.SPIFFEID("broker"), devpki.SPIFFEID("keyguard")}
 	ac.ReadPrincipals = []string{devpki.SPIFFEID("cli")}
 	if s.audit, err = auditserver.New(ctx, ac, logger("audit")); err != nil {
@@ -174,6 +185,8 @@ func Start(ctx context.Context, cfg Config) (s *Stack, err error) {
 	bc.Audit = s.pki.Client("broker", auditAddr)
 	bc.AuditHMACKeyFile = hmacKey
 	bc.LocalSTS.SigningKeyFile = filepath.Join(dir, "local-sts.key")
+	bc.State.SQLitePath = filepath.Join(dir, "broker-state.db")
+	bc.AdminPrincipals = []string{devpki.SPIFFEID("cli")}
 	if s.broker, err = brokerserver.New(ctx, bc, logger("broker")); err != nil {
 		return nil, fmt.Errorf("devstack: broker: %w", err)
 	}
@@ -186,6 +199,10 @@ func Start(ctx context.Context, cfg Config) (s *Stack, err error) {
 	kc.KeyringFile = keyguardFile
 	kc.Local.KeystoreFile = filepath.Join(dir, "keyguard-keystore.json")
 	kc.Local.RootKeyFile = filepath.Join(dir, "keyguard-root.key")
+	kc.StateFile = filepath.Join(dir, "keyguard-state.db")
+	kc.OIDC.Issuers = []string{s.issuerURL}
+	kc.OIDC.Audience = KeyguardAudience
+	kc.Admins = []string{devpki.SPIFFEID("cli")}
 	if s.keyguard, err = keyguardserver.New(ctx, kc, logger("keyguard")); err != nil {
 		return nil, fmt.Errorf("devstack: keyguard: %w", err)
 	}
@@ -247,6 +264,7 @@ func (s *Stack) Env() []string {
 		"CREDMATRIX_BROKER_ADDR=" + broker,
 		"CREDMATRIX_KEYGUARD_ADDR=" + keyguard,
 		"CREDMATRIX_AUDIT_ADDR=" + audit,
+		"CREDMATRIX_AUDIT_PUBLIC_KEY_FILE=" + s.auditPublicKeyFile,
 		"CREDMATRIX_CA_FILE=" + cli.CAFile,
 		"CREDMATRIX_CERT_FILE=" + cli.CertFile,
 		"CREDMATRIX_KEY_FILE=" + cli.KeyFile,

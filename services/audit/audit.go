@@ -1,7 +1,10 @@
 // Package audit is the domain of the credmatrix audit log: the rules for
-// accepting events (validation, gap-free sequencing, idempotency on event
-// id, durable-before-acknowledged) and the Store interface its backends
-// (sqlite, memstore, later postgres) implement.
+// accepting events (validation, secrets only as HMAC refs, gap-free
+// sequencing, idempotency on event id, durable-before-acknowledged with
+// group commit), the tamper evidence (every event a leaf of an RFC 6962
+// Merkle tree kept in memory, signed checkpoints, proofs, a store that
+// does not match its last checkpoint refused at Open), and the Store
+// interface its backends (sqlite, postgres, memstore) implement.
 //
 // The package knows nothing about gRPC: errors are *Error values with an
 // ErrorCode, mapped to status codes once, in grpcapi.
@@ -47,8 +50,45 @@ type Store interface {
 	// 1..MaxPageSize (Log normalises it). A malformed f.PageToken is an
 	// Invalid error naming page_token; use DecodePageToken.
 	Query(ctx context.Context, f Filter) (events []*auditv1.Event, nextPageToken string, err error)
+	// AddCheckpoint stores a signed checkpoint. Its Size must be larger
+	// than every stored checkpoint's and at most Head (otherwise
+	// ErrSequence); it is durable when AddCheckpoint returns nil.
+	AddCheckpoint(ctx context.Context, cp StoredCheckpoint) error
+	// Checkpoints returns up to limit stored checkpoints whose Size is at
+	// least fromSize, in increasing Size order.
+	Checkpoints(ctx context.Context, fromSize uint64, limit int) ([]StoredCheckpoint, error)
+	// LatestCheckpoint returns the stored checkpoint with the largest Size;
+	// ok is false when none is stored.
+	LatestCheckpoint(ctx context.Context) (cp StoredCheckpoint, ok bool, err error)
 	// Close releases the store's resources.
 	Close() error
+}
+
+// Record is an event with its serialisation, MarshalEvent(Event).
+type Record struct {
+	// Event is the event, sequence set.
+	Event *auditv1.Event
+	// Data is its deterministic serialisation: the Merkle leaf bytes.
+	Data []byte
+}
+
+// RecordAppender is implemented by stores that can take events already
+// serialised, which spares the single committer goroutine a second
+// serialisation per event. AppendRecords has Append's contract.
+type RecordAppender interface {
+	AppendRecords(ctx context.Context, records []Record) error
+}
+
+// StoredCheckpoint is a signed checkpoint as a Store keeps it. The store
+// does not interpret Note; Log verifies it against the signing key when it
+// opens the store.
+type StoredCheckpoint struct {
+	// Size is the tree size the checkpoint commits to.
+	Size uint64
+	// Note is the C2SP signed note (checkpoint body and signatures).
+	Note []byte
+	// Time is when the log signed it.
+	Time time.Time
 }
 
 // Store errors. Backends wrap them with %w so that Log and the conformance

@@ -3,6 +3,7 @@ package audit
 import (
 	"errors"
 	"fmt"
+	"time"
 )
 
 // ErrorCode classifies a domain error so that the edge (gRPC, CLI) can pick
@@ -36,6 +37,9 @@ type Error struct {
 	Message string
 	// Err is the underlying cause, if any. It is never shown to callers.
 	Err error
+	// RetryAfter, for ResourceExhausted and Unavailable, is how long the
+	// caller should wait before retrying; 0 means no advice.
+	RetryAfter time.Duration
 }
 
 // Error returns the message followed by the cause, for logs.

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -18,6 +19,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/credmatrix/credmatrix/services/audit"
+	"github.com/credmatrix/credmatrix/services/audit/audittest"
 	"github.com/credmatrix/credmatrix/services/audit/memstore"
 
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
@@ -70,7 +72,7 @@ func leafHash(t *testing.T, e *auditv1.Event) []byte {
 
 func TestAppendSetsServerFields(t *testing.T) {
 	store := memstore.New()
-	log := audit.NewLog(store, audit.WithClock(fixedClock))
+	log := audittest.OpenLog(t, store, audit.WithClock(fixedClock))
 	in := events("a", "b")
 	in[0].Sequence = 99                    // ignored
 	in[0].SourceService = "forged"         // overwritten
@@ -107,7 +109,7 @@ func TestAppendSetsServerFields(t *testing.T) {
 func TestAppendConcurrentIsGapFree(t *testing.T) {
 	const workers, batches = 8, 40
 	store := memstore.New()
-	log := audit.NewLog(store)
+	log := audittest.OpenLog(t, store)
 	var (
 		mu   sync.Mutex
 		seqs []uint64
@@ -157,7 +159,7 @@ func TestAppendConcurrentIsGapFree(t *testing.T) {
 
 func TestAppendIsIdempotentOnID(t *testing.T) {
 	store := memstore.New()
-	log := audit.NewLog(store, audit.WithClock(fixedClock))
+	log := audittest.OpenLog(t, store, audit.WithClock(fixedClock))
 	ctx := context.Background()
 	first, err := log.Append(ctx, broker, events("a", "b"))
 	if err != nil {
@@ -185,6 +187,9 @@ func TestAppendIsIdempotentOnID(t *testing.T) {
 		t.Errorf("retry replaced the stored event: reason %q", stored[1].GetReason())
 	}
 }
+
+// testJWT is a syntactically valid, unsigned-looking compact JWT.
+const testJWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJyZXBvOmFjbWUvYXBwIn0.c2lnbmF0dXJlLWJ5dGVzLWhlcmUtYW5kLW1vcmU"
 
 func TestAppendValidation(t *testing.T) {
 	with := func(mod func(e *auditv1.Event)) *auditv1.Event {
@@ -221,10 +226,30 @@ func TestAppendValidation(t *testing.T) {
 		{"invalid/span-id-short", []*auditv1.Event{with(func(e *auditv1.Event) { e.SpanId = "abc" })}, "events[0].span_id: must be empty or 16 lowercase hex digits"},
 		{"invalid/not-serialisable", []*auditv1.Event{with(func(e *auditv1.Event) { e.Reason = "\xff" })}, "events[0]: cannot be serialised (invalid UTF-8 in a string field?)"},
 		{"invalid/oversized", []*auditv1.Event{oversized}, fmt.Sprintf("events[0]: %d bytes serialised, at most 65536", proto.Size(oversized))},
+		// Secrets never stored: refs carry an HMAC and its key id, and a
+		// raw token anywhere in the event is refused.
+		{"secret/ref-without-hmac", []*auditv1.Event{with(func(e *auditv1.Event) {
+			e.SecretRefs = []*auditv1.SecretRef{{Name: "session_token", KeyId: "k1"}}
+		})}, "events[0].secret_refs[0].hmac_sha256: must be the 32-byte HMAC-SHA256 of the secret, never the secret itself"},
+		{"secret/ref-holding-the-secret", []*auditv1.Event{with(func(e *auditv1.Event) {
+			e.SecretRefs = []*auditv1.SecretRef{{Name: "secret_access_key", HmacSha256: []byte("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"), KeyId: "k1"}}
+		})}, "events[0].secret_refs[0].hmac_sha256: must be the 32-byte HMAC-SHA256 of the secret, never the secret itself"},
+		{"secret/ref-without-key-id", []*auditv1.Event{with(func(e *auditv1.Event) {
+			e.SecretRefs = []*auditv1.SecretRef{{Name: "oidc_token", HmacSha256: make([]byte, 32)}}
+		})}, "events[0].secret_refs[0].key_id: required: name the HMAC key so investigators can recompute it"},
+		{"secret/ref-without-name", []*auditv1.Event{with(func(e *auditv1.Event) {
+			e.SecretRefs = []*auditv1.SecretRef{{HmacSha256: make([]byte, 32), KeyId: "k1"}}
+		})}, "events[0].secret_refs[0].name: required, at most 64 bytes"},
+		{"secret/jwt-in-reason", []*auditv1.Event{with(func(e *auditv1.Event) { e.Reason = "token " + testJWT + " rejected" })},
+			"events[0].reason: looks like a raw token (a JWT); record secrets only as secret_refs HMACs"},
+		{"secret/jwt-in-claim", []*auditv1.Event{with(func(e *auditv1.Event) { e.Actor.Claims = map[string]string{"raw": testJWT} })},
+			`events[0].actor.claims["raw"]: looks like a raw token (a JWT); record secrets only as secret_refs HMACs`},
+		{"secret/jwt-in-session-tag", []*auditv1.Event{with(func(e *auditv1.Event) { e.GetSession().SessionTags = map[string]string{"t": testJWT} })},
+			`events[0].session.session_tags["t"]: looks like a raw token (a JWT); record secrets only as secret_refs HMACs`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			store := memstore.New()
-			log := audit.NewLog(store)
+			log := audittest.OpenLog(t, store)
 			res, err := log.Append(context.Background(), broker, tc.events)
 			var got audit.Error
 			if e := (*audit.Error)(nil); errors.As(err, &e) {
@@ -262,7 +287,7 @@ func TestAppendLimitsAreInclusive(t *testing.T) {
 		{"valid/max-id", []*auditv1.Event{event(strings.Repeat("i", audit.MaxIDBytes))}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			log := audit.NewLog(memstore.New())
+			log := audittest.OpenLog(t, memstore.New())
 			if _, err := log.Append(context.Background(), broker, tc.events); err != nil {
 				t.Errorf("Append: %v", err)
 			}
@@ -273,7 +298,7 @@ func TestAppendLimitsAreInclusive(t *testing.T) {
 // flakyStore fails the next calls it is told to, around a real store.
 type flakyStore struct {
 	audit.Store
-	failHead, failLookup, failAppend atomic.Int32
+	failHead, failLookup, failAppend, failRead atomic.Int32
 	// commitThenFail makes Append store the batch and still report an
 	// error, like a commit whose acknowledgement was lost.
 	commitThenFail atomic.Bool
@@ -286,6 +311,13 @@ func (s *flakyStore) Head(ctx context.Context) (uint64, error) {
 		return 0, errDisk
 	}
 	return s.Store.Head(ctx)
+}
+
+func (s *flakyStore) Read(ctx context.Context, from uint64, limit int) ([]*auditv1.Event, error) {
+	if s.failRead.Add(-1) >= 0 {
+		return nil, errDisk
+	}
+	return s.Store.Read(ctx, from, limit)
 }
 
 func (s *flakyStore) Lookup(ctx context.Context, ids []string) (map[string]*auditv1.Event, error) {
@@ -316,14 +348,13 @@ func TestAppendStoreFailure(t *testing.T) {
 	}{
 		{"unavailable/append-fails", func(s *flakyStore) { s.failAppend.Store(1) }, false, []string{"a", "c"}},
 		{"unavailable/append-commits-then-fails", func(s *flakyStore) { s.failAppend.Store(1) }, true, []string{"a", "b", "c"}},
-		{"unavailable/lookup-fails", func(s *flakyStore) { s.failLookup.Store(1) }, false, []string{"a", "c"}},
-		{"unavailable/head-fails-after-failure", func(s *flakyStore) { s.failAppend.Store(1); s.failHead.Store(1) }, false, []string{"a"}},
+		{"unavailable/resync-read-fails-after-failure", func(s *flakyStore) { s.failAppend.Store(1); s.failRead.Store(1) }, false, []string{"a"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := context.Background()
 			store := &flakyStore{Store: memstore.New()}
 			store.commitThenFail.Store(tc.commitThenFail)
-			log := audit.NewLog(store)
+			log := audittest.OpenLog(t, store)
 			if _, err := log.Append(ctx, broker, events("a")); err != nil {
 				t.Fatalf("Append a: %v", err)
 			}
@@ -356,7 +387,7 @@ func TestAppendStoreFailure(t *testing.T) {
 }
 
 func TestQueryValidation(t *testing.T) {
-	log := audit.NewLog(memstore.New())
+	log := audittest.OpenLog(t, memstore.New())
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	for _, tc := range []struct {
 		name string
@@ -383,7 +414,7 @@ func TestQueryValidation(t *testing.T) {
 
 func TestQueryDefaults(t *testing.T) {
 	ctx := context.Background()
-	log := audit.NewLog(memstore.New())
+	log := audittest.OpenLog(t, memstore.New())
 	batch := make([]*auditv1.Event, 150)
 	for i := range batch {
 		batch[i] = event(fmt.Sprint(i))
@@ -454,7 +485,7 @@ func (s *subscriber) wait(t *testing.T) error {
 
 func TestSubscribeStoredThenLive(t *testing.T) {
 	ctx := context.Background()
-	log := audit.NewLog(memstore.New())
+	log := audittest.OpenLog(t, memstore.New())
 	if _, err := log.Append(ctx, broker, events("s0", "s1", "s2")); err != nil {
 		t.Fatalf("Append: %v", err)
 	}
@@ -478,7 +509,7 @@ func TestSubscribeStoredThenLive(t *testing.T) {
 
 func TestSubscribeCatchesUpManyAndFiltersKinds(t *testing.T) {
 	ctx := context.Background()
-	log := audit.NewLog(memstore.New())
+	log := audittest.OpenLog(t, memstore.New())
 	batch := make([]*auditv1.Event, 700)
 	var wantDenials []string
 	for i := range batch {
@@ -505,7 +536,7 @@ func TestSubscribeEnds(t *testing.T) {
 	ctx := context.Background()
 	errGone := errors.New("client gone")
 	t.Run("send-error", func(t *testing.T) {
-		log := audit.NewLog(memstore.New())
+		log := audittest.OpenLog(t, memstore.New())
 		if _, err := log.Append(ctx, broker, events("a")); err != nil {
 			t.Fatalf("Append: %v", err)
 		}
@@ -515,7 +546,7 @@ func TestSubscribeEnds(t *testing.T) {
 		}
 	})
 	t.Run("log-closed", func(t *testing.T) {
-		log := audit.NewLog(memstore.New())
+		log := audittest.OpenLog(t, memstore.New())
 		sub := subscribe(t, log, 0)
 		if err := log.Close(); err != nil {
 			t.Fatalf("Close: %v", err)
@@ -527,4 +558,63 @@ func TestSubscribeEnds(t *testing.T) {
 			t.Errorf("Append after Close = %v, want Unavailable", err)
 		}
 	})
+}
+
+// blockingStore holds every Append until release is closed, so a test can
+// fill the commit queue deterministically.
+type blockingStore struct {
+	audit.Store
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (s *blockingStore) Append(ctx context.Context, events []*auditv1.Event) error {
+	s.entered <- struct{}{}
+	<-s.release
+	return s.Store.Append(ctx, events)
+}
+
+// TestBackpressure fills the queue behind a stuck commit: the next append
+// is refused with ResourceExhausted and retry advice, records nothing, and
+// every queued append is still acknowledged once the store moves again.
+func TestBackpressure(t *testing.T) {
+	ctx := context.Background()
+	store := &blockingStore{Store: memstore.New(), entered: make(chan struct{}, 10), release: make(chan struct{})}
+	log := audittest.OpenLog(t, store, audit.WithGroupCommit(audit.MaxBatch, 0, 0, 123*time.Millisecond))
+
+	firstDone := make(chan error, 1)
+	go func() { _, err := log.Append(ctx, broker, events("first")); firstDone <- err }()
+	<-store.entered // the committer is stuck in the store with "first"
+
+	big := make([]string, audit.MaxBatch)
+	for i := range big {
+		big[i] = fmt.Sprintf("big-%d", i)
+	}
+	fill := make(chan error, 1)
+	go func() { _, err := log.Append(ctx, broker, events(big...)); fill <- err }()
+	// Poll, with a deadline, until the full batch waits in the queue.
+	deadline := time.Now().Add(10 * time.Second)
+	for log.Queued() < audit.MaxBatch {
+		if time.Now().After(deadline) {
+			t.Fatalf("the batch never reached the queue (%d queued)", log.Queued())
+		}
+		runtime.Gosched()
+	}
+	_, err := log.Append(ctx, broker, events("one-too-many"))
+	var de *audit.Error
+	if !errors.As(err, &de) || de.Code != audit.ResourceExhausted || de.RetryAfter != 123*time.Millisecond {
+		t.Fatalf("Append on a full queue = %v, want ResourceExhausted with RetryAfter 123ms", err)
+	}
+	close(store.release)
+	if err := <-firstDone; err != nil {
+		t.Errorf("first append: %v", err)
+	}
+	if err := <-fill; err != nil {
+		t.Errorf("queued append: %v", err)
+	}
+	for _, e := range readAll(t, store) {
+		if e.GetId() == "one-too-many" {
+			t.Errorf("the refused event was stored")
+		}
+	}
 }

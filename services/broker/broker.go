@@ -13,6 +13,7 @@ package broker
 import (
 	"context"
 	"errors"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -46,30 +47,58 @@ type SecretHasherFunc func(name string, secret []byte) *auditv1.SecretRef
 // Ref calls f.
 func (f SecretHasherFunc) Ref(name string, secret []byte) *auditv1.SecretRef { return f(name, secret) }
 
-// Config holds a Service's dependencies. Every field but Clock is required.
+// Config holds a Service's dependencies. Policy, Verifier, Provider,
+// Auditor, Hasher and Store are required.
 type Config struct {
-	// Policy is the trust policy in force at start; see Service.SetPolicy.
+	// Policy is the trust policy in force at start; see Service.Reload.
 	Policy *policy.Policy
-	// Verifier verifies callers' tokens.
+	// Verifier verifies callers' tokens for Policy's issuers.
 	Verifier TokenVerifier
 	// Provider mints credentials. If it also implements Introspector,
-	// GetSession works.
+	// GetSession works; if it implements SessionRevoker, revocations
+	// reach sessions already issued.
 	Provider Provider
 	// Auditor records every decision, before credentials are returned.
 	Auditor Auditor
 	// Hasher names secrets in audit events.
 	Hasher SecretHasher
+	// Store keeps single-use token ids, revocations and freezes.
+	Store Store
+	// Admins are the mTLS identities (SPIFFE URI SANs) allowed to call
+	// the operator RPCs. Empty: nobody.
+	Admins []string
+	// Reload loads the trust policy afresh and builds the verifier for
+	// its issuers; nil disables reloading.
+	Reload func(ctx context.Context) (*policy.Policy, TokenVerifier, error)
+	// Limits are the rate limits; the zero value disables them.
+	Limits Limits
+	// StateTTL is how long freezes and revocations read from the Store
+	// are trusted; 0 means DefaultStateTTL.
+	StateTTL time.Duration
 	// Clock replaces time.Now.
 	Clock func() time.Time
 }
 
+// snapshot is the policy in force and the verifier of its issuers; a
+// reload swaps both at once.
+type snapshot struct {
+	policy   *policy.Policy
+	verifier TokenVerifier
+}
+
 // Service issues sessions. It is safe for concurrent use.
 type Service struct {
-	policy   atomic.Pointer[policy.Policy]
-	verifier TokenVerifier
+	snap     atomic.Pointer[snapshot]
 	provider Provider
 	auditor  Auditor
 	hasher   SecretHasher
+	store    Store
+	admins   map[string]bool
+	reload   func(ctx context.Context) (*policy.Policy, TokenVerifier, error)
+	reloadMu sync.Mutex
+	limiter  *limiter
+	cache    stateCache
+	stateTTL time.Duration
 	now      func() time.Time
 }
 
@@ -86,28 +115,53 @@ func New(cfg Config) (*Service, error) {
 		return nil, errors.New("broker: config: Auditor is required")
 	case cfg.Hasher == nil:
 		return nil, errors.New("broker: config: Hasher is required")
+	case cfg.Store == nil:
+		return nil, errors.New("broker: config: Store is required")
 	}
-	s := &Service{verifier: cfg.Verifier, provider: cfg.Provider, auditor: cfg.Auditor, hasher: cfg.Hasher, now: cfg.Clock}
+	s := &Service{
+		provider: cfg.Provider, auditor: cfg.Auditor, hasher: cfg.Hasher, store: cfg.Store,
+		admins: map[string]bool{}, reload: cfg.Reload, now: cfg.Clock, stateTTL: cfg.StateTTL,
+	}
+	if s.stateTTL <= 0 {
+		s.stateTTL = DefaultStateTTL
+	}
 	if s.now == nil {
 		s.now = time.Now
 	}
-	s.policy.Store(cfg.Policy)
+	for _, a := range cfg.Admins {
+		s.admins[a] = true
+	}
+	s.limiter = newLimiter(cfg.Limits, s.now)
+	s.snap.Store(&snapshot{policy: cfg.Policy, verifier: cfg.Verifier})
 	return s, nil
 }
 
 // Policy returns the trust policy in force.
-func (s *Service) Policy() *policy.Policy { return s.policy.Load() }
+func (s *Service) Policy() *policy.Policy { return s.snap.Load().policy }
 
-// SetPolicy atomically replaces the trust policy; requests already
-// evaluating keep the policy they started with. A nil policy is ignored,
-// so a failed reload can never leave the service without one.
+// SetPolicy atomically replaces the trust policy, keeping the verifier;
+// requests already evaluating keep the policy they started with. A nil
+// policy is ignored, so a failed reload can never leave the service
+// without one.
 func (s *Service) SetPolicy(p *policy.Policy) {
 	if p != nil {
-		s.policy.Store(p)
+		s.snap.Store(&snapshot{policy: p, verifier: s.snap.Load().verifier})
 	}
 }
 
 // identity is the policy's view of verified claims.
 func identity(c *oidc.Claims) policy.Identity {
-	return policy.Identity{Issuer: c.Issuer, Subject: c.Subject, Claim: c.String}
+	return policy.Identity{Issuer: c.Issuer, Subject: c.Subject, Claim: c.String, Raw: c.Raw}
+}
+
+// NewVerifier builds the token verifier for the issuers of pol, with
+// their audiences, algorithms, leeway and strict-audience settings.
+func NewVerifier(ctx context.Context, pol *policy.Policy, opts ...oidc.Option) (*oidc.Verifier, error) {
+	var issuers []oidc.IssuerConfig
+	for _, is := range pol.Issuers() {
+		issuers = append(issuers, oidc.IssuerConfig{
+			URL: is.URL, Audiences: is.Audiences, Algorithms: is.Algorithms, Leeway: is.Leeway, StrictAudience: is.StrictAudience,
+		})
+	}
+	return oidc.NewVerifier(ctx, issuers, opts...)
 }

@@ -10,6 +10,7 @@ import (
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
 	"github.com/credmatrix/credmatrix/services/broker"
 	"github.com/credmatrix/credmatrix/services/broker/brokertest"
+	"github.com/credmatrix/credmatrix/services/broker/localsts"
 	"github.com/credmatrix/credmatrix/services/broker/policy"
 	"github.com/google/go-cmp/cmp"
 	"go.opentelemetry.io/otel/trace"
@@ -114,7 +115,7 @@ func TestIssueSessionProviderFails(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			e := brokertest.NewEnv(t, "")
-			svc, err := broker.New(broker.Config{Policy: e.Policy, Verifier: e.Verifier, Provider: failingProvider{tc.err}, Auditor: e.Auditor, Hasher: e.Hasher})
+			svc, err := broker.New(broker.Config{Policy: e.Policy, Verifier: e.Verifier, Provider: failingProvider{tc.err}, Auditor: e.Auditor, Hasher: e.Hasher, Store: e.Store})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -156,13 +157,14 @@ func TestSetPolicy(t *testing.T) {
 
 func TestNewRequiresDependencies(t *testing.T) {
 	e := brokertest.NewEnv(t, "")
-	full := broker.Config{Policy: e.Policy, Verifier: e.Verifier, Provider: e.Provider, Auditor: e.Auditor, Hasher: e.Hasher}
+	full := broker.Config{Policy: e.Policy, Verifier: e.Verifier, Provider: e.Provider, Auditor: e.Auditor, Hasher: e.Hasher, Store: e.Store}
 	for name, edit := range map[string]func(*broker.Config){
 		"policy":   func(c *broker.Config) { c.Policy = nil },
 		"verifier": func(c *broker.Config) { c.Verifier = nil },
 		"provider": func(c *broker.Config) { c.Provider = nil },
 		"auditor":  func(c *broker.Config) { c.Auditor = nil },
 		"hasher":   func(c *broker.Config) { c.Hasher = nil },
+		"store":    func(c *broker.Config) { c.Store = nil },
 	} {
 		cfg := full
 		edit(&cfg)
@@ -187,5 +189,95 @@ func TestIssueSessionCancelled(t *testing.T) {
 	_, err := e.Service.IssueSession(ctx, broker.IssueRequest{Token: e.Token(t, "acme/app", "refs/heads/main", time.Hour), Targets: deployDev()})
 	if !errors.Is(err, context.Canceled) {
 		t.Errorf("IssueSession error = %v, want context.Canceled", err)
+	}
+}
+
+// TestFreezeReachesOtherReplicas runs two brokers on one state store: a
+// freeze made at one refuses sessions at the other once its state copy
+// is older than the TTL, and at once at the replica that made it.
+func TestFreezeReachesOtherReplicas(t *testing.T) {
+	e := brokertest.NewEnv(t, "")
+	now := time.Now()
+	clock := func() time.Time { return now }
+	other, err := broker.New(broker.Config{Policy: e.Policy, Verifier: e.Verifier, Provider: e.Provider, Auditor: e.Auditor,
+		Hasher: e.Hasher, Store: e.Store, Admins: []string{brokertest.AdminPeer}, Clock: clock, StateTTL: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	issue := func(svc *broker.Service) broker.Code {
+		_, err := svc.IssueSession(context.Background(), broker.IssueRequest{Token: e.Token(t, "acme/app", "refs/heads/main", time.Hour), Targets: deployDev()})
+		return broker.ErrorCode(err)
+	}
+	if code := issue(other); code != "" {
+		t.Fatalf("before the freeze: %v", code)
+	}
+	if _, err := e.Service.FreezeAccount(context.Background(), brokertest.AdminPeer, "dev", "", "incident"); err != nil {
+		t.Fatal(err)
+	}
+	got := []broker.Code{issue(e.Service), issue(other)}
+	now = now.Add(1100 * time.Millisecond)
+	got = append(got, issue(other))
+	want := []broker.Code{broker.PermissionDenied, "", broker.PermissionDenied}
+	if diff := cmp.Diff(got, want); diff != "" {
+		t.Errorf("(this replica, other replica within TTL, other replica after TTL) (-got +want):\n%s", diff)
+	}
+}
+
+// revokingProvider is the local provider plus a SessionRevoker that
+// records what it was asked to revoke, failing when err is set.
+type revokingProvider struct {
+	*localsts.Provider
+	roles []string
+	err   error
+}
+
+func (p *revokingProvider) RevokeSessions(_ context.Context, roles []broker.RoleRef, _ broker.Revocation) (int, error) {
+	for _, r := range roles {
+		p.roles = append(p.roles, r.ARN)
+	}
+	if p.err != nil {
+		return 0, p.err
+	}
+	return len(roles), nil
+}
+
+func TestRevokeSessionsReachesTheProvider(t *testing.T) {
+	tests := []struct {
+		name    string
+		err     error
+		code    broker.Code
+		updated int
+	}{
+		{"ok", nil, "", 2},
+		{"iam-fails", errors.Join(broker.ErrProviderUnavailable, errors.New("Throttling: Rate exceeded")), broker.Unavailable, 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e := brokertest.NewEnv(t, "")
+			p := &revokingProvider{Provider: e.Provider, err: tc.err}
+			svc, err := broker.New(broker.Config{Policy: e.Policy, Verifier: e.Verifier, Provider: p, Auditor: e.Auditor,
+				Hasher: e.Hasher, Store: e.Store, Admins: []string{brokertest.AdminPeer}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			res, err := svc.RevokeSessions(context.Background(), brokertest.AdminPeer, broker.RevokeRequest{Role: "readonly", Reason: "leak"})
+			var msg string
+			var be *broker.Error
+			if errors.As(err, &be) {
+				msg = be.Message
+			}
+			got := []any{broker.ErrorCode(err), res.RolesUpdated, p.roles, strings.Contains(msg, "Throttling")}
+			want := []any{tc.code, tc.updated, []string{"arn:aws:iam::111111111111:role/readonly", "arn:aws:iam::222222222222:role/readonly"}, false}
+			if diff := cmp.Diff(got, want); diff != "" {
+				t.Errorf("(code, roles updated, roles asked, upstream text in message) (-got +want):\n%s", diff)
+			}
+			// Either way, new sessions for the match are blocked.
+			_, err = svc.IssueSession(context.Background(), broker.IssueRequest{
+				Token: e.Token(t, "acme/app", "refs/heads/main", time.Hour), Targets: []broker.Target{{Role: "readonly", Account: "dev"}},
+			})
+			if broker.ErrorCode(err) != broker.PermissionDenied {
+				t.Errorf("issuance after the revocation: %v", err)
+			}
+		})
 	}
 }

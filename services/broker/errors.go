@@ -2,6 +2,7 @@ package broker
 
 import (
 	"errors"
+	"time"
 )
 
 // Code classifies a domain error. The gRPC edge maps each code to one
@@ -26,6 +27,13 @@ const (
 	NotFound Code = "not_found"
 	// Internal is a bug or an unexpected failure; callers are told nothing.
 	Internal Code = "internal"
+	// ResourceExhausted means a rate limit refused the request; Error.RetryAfter
+	// says when to retry.
+	ResourceExhausted Code = "resource_exhausted"
+	// FailedPrecondition means the operation cannot run in the current
+	// state (e.g. a new trust policy failed validation); the message says
+	// why.
+	FailedPrecondition Code = "failed_precondition"
 )
 
 // Messages shown to callers for failures whose cause must stay private.
@@ -35,6 +43,8 @@ const (
 	msgIssuerUnavailable   = "token issuer unavailable; no credentials issued"
 	msgProviderUnavailable = "credential provider unavailable; no credentials issued"
 	msgInternal            = "internal error"
+	msgStateUnavailable    = "broker state store unavailable; no credentials issued"
+	msgTokenReplayed       = "token verification failed"
 )
 
 // Error is a domain error. Message is safe to show the caller; Err is the
@@ -48,6 +58,8 @@ type Error struct {
 	Err error
 	// Denial details a PermissionDenied error.
 	Denial *Denial
+	// RetryAfter says when a ResourceExhausted request may be retried.
+	RetryAfter time.Duration
 }
 
 // Error returns the message and the cause, for logs.

@@ -6,6 +6,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
@@ -87,22 +89,70 @@ type plan struct {
 // is durable: an audit failure at any step is an Unavailable error and no
 // credentials. Denials and failed verifications are audited too.
 func (s *Service) IssueSession(ctx context.Context, req IssueRequest) ([]Session, error) {
+	now := s.now()
+	if err := validateToken(req.Token); err != nil && req.Token != "" {
+		// An oversized token is a probe: record it (by HMAC) too.
+		var e *Error
+		errors.As(err, &e)
+		if aerr := s.auditTokenRefusal(ctx, req, now, e.Message); aerr != nil {
+			return nil, aerr
+		}
+		return nil, err
+	}
 	if err := validateIssue(req); err != nil {
 		return nil, err
 	}
-	now := s.now()
-	claims, err := s.verifier.Verify(ctx, req.Token)
+	snap := s.snap.Load()
+	claims, err := snap.verifier.Verify(ctx, req.Token)
 	if err != nil {
 		return nil, s.verifyFailed(ctx, req, now, err)
 	}
+	if err := s.useOnce(ctx, req, snap.policy, claims, now); err != nil {
+		return nil, err
+	}
 
-	pol := s.policy.Load()
 	id := identity(claims)
 	plans := make([]plan, len(req.Targets))
 	denied := false
 	for i, t := range req.Targets {
-		plans[i] = plan{target: t, decision: pol.Evaluate(id, policy.Target{Role: t.Role, Account: t.Account, Region: t.Region})}
-		denied = denied || !plans[i].decision.Allowed
+		d, err := s.decide(ctx, snap.policy, id, t, now)
+		if err != nil {
+			return nil, err
+		}
+		plans[i] = plan{target: t, decision: d}
+		denied = denied || !d.Allowed
+	}
+	if !denied {
+		roles := make([]string, len(plans))
+		for i, p := range plans {
+			roles[i] = p.decision.Role.ARN
+		}
+		if ok, wait := s.limiter.allow(claims.Issuer+"#"+claims.Subject, roles); !ok {
+			return nil, s.rateLimited(ctx, req, claims, plans, now, wait)
+		}
+		for i := range plans {
+			p := &plans[i]
+			p.spec = buildSpec(claims, p.target, p.decision)
+			if dl, ok := s.provider.(DurationLimiter); ok && p.spec.Duration > dl.MaxDuration() {
+				p.spec.Duration = dl.MaxDuration()
+			}
+			p.spec.WebIdentityToken = req.Token
+			p.spec.Policy, err = snap.policy.SessionPolicy(p.decision, policy.RenderValues{
+				Claim: claims.String, Subject: claims.Subject, SessionID: p.spec.SessionID,
+			}, p.target.Policy)
+			if err != nil {
+				var extra *policy.ExtraPolicyError
+				if errors.As(err, &extra) {
+					return nil, invalidf(fmt.Sprintf("targets[%d].policy", i), extra.Msg)
+				}
+				// The role's template needs a claim this token lacks:
+				// a denial, explained.
+				p.decision.Allowed = false
+				p.decision.Reason = err.Error()
+				p.spec = SessionSpec{}
+				denied = true
+			}
+		}
 	}
 	if denied {
 		return nil, s.denied(ctx, req, claims, plans, now)
@@ -110,10 +160,14 @@ func (s *Service) IssueSession(ctx context.Context, req IssueRequest) ([]Session
 
 	for i := range plans {
 		p := &plans[i]
-		p.spec = buildSpec(claims, p.target, p.decision)
 		p.creds, err = s.provider.Issue(ctx, p.spec)
 		if err != nil {
 			return nil, s.providerFailed(ctx, req, claims, p, now, err)
+		}
+		if si := p.creds.SourceIdentity; si != "" && si != p.spec.SourceIdentity {
+			// Coalesced with an identical request: record the session
+			// the caller really holds.
+			p.spec.SourceIdentity, p.spec.SessionID = si, strings.TrimPrefix(si, "cm-")
 		}
 	}
 
@@ -132,6 +186,7 @@ func (s *Service) IssueSession(ctx context.Context, req IssueRequest) ([]Session
 			Role:           p.decision.Role.Name,
 			RoleARN:        p.decision.Role.ARN,
 			Region:         p.spec.Region,
+			STSEndpoint:    p.creds.Endpoint,
 			SessionName:    p.spec.SessionName,
 			SourceIdentity: p.spec.SourceIdentity,
 			Rule:           p.decision.Rule,
@@ -143,6 +198,117 @@ func (s *Service) IssueSession(ctx context.Context, req IssueRequest) ([]Session
 	return sessions, nil
 }
 
+// Rules named in decisions made by the broker's state rather than the
+// policy document.
+const (
+	// RuleAccountFrozen refuses every session in a frozen account or OU.
+	RuleAccountFrozen = "account-frozen"
+	// RuleRevoked refuses sessions matching a revocation.
+	RuleRevoked = "revoked"
+	// RuleRateLimited refuses requests over a rate limit.
+	RuleRateLimited = "rate-limited"
+)
+
+// decide evaluates the policy for one target, then the freezes and
+// revocations of the broker's state, which beat any allow rule.
+func (s *Service) decide(ctx context.Context, pol *policy.Policy, id policy.Identity, t Target, now time.Time) (policy.Decision, error) {
+	d := pol.Evaluate(id, policy.Target{Role: t.Role, Account: t.Account, Region: t.Region, Time: now})
+	if d.Account.ID == "" || d.Role.Name == "" {
+		return d, nil
+	}
+	frozenSet, revs, err := s.state(ctx, now)
+	if err != nil {
+		return d, s.stateUnavailable(ctx, err)
+	}
+	frozen := ""
+	for _, sc := range freezeScopes(d.Account) {
+		if frozenSet[sc] {
+			frozen = sc
+			break
+		}
+	}
+	target := RevocationTarget{Subject: id.Subject, Issuer: id.Issuer, Role: d.Role.Name, AccountID: d.Account.ID, Claims: id.Claim}
+	var blocking *Revocation
+	for i := range revs {
+		if revs[i].Blocks(target, now) {
+			blocking = &revs[i]
+			break
+		}
+	}
+	state := []policy.RuleEvaluation{
+		{Rule: RuleAccountFrozen, Effect: policy.EffectDeny, Matched: frozen != "", Reason: "account and its OUs are not frozen"},
+		{Rule: RuleRevoked, Effect: policy.EffectDeny, Matched: blocking != nil, Reason: "no revocation matches"},
+	}
+	switch {
+	case frozen != "":
+		state[0].Reason = "frozen: " + frozen
+		d.Allowed, d.Rule, d.MaxDuration = false, RuleAccountFrozen, 0
+		d.Reason = fmt.Sprintf("account %q is frozen (%s) for incident response", d.Account.Name, frozen)
+	case blocking != nil:
+		state[1].Reason = "revocation " + blocking.ID
+		d.Allowed, d.Rule, d.MaxDuration = false, RuleRevoked, 0
+		d.Reason = fmt.Sprintf("sessions for this caller in role %q of account %q are revoked until %s (revocation %s)",
+			d.Role.Name, d.Account.Name, blocking.BlockUntil.UTC().Format(time.RFC3339), blocking.ID)
+	}
+	d.Evaluations = append(state, d.Evaluations...)
+	return d, nil
+}
+
+// freezeScopes are the scopes whose freeze covers an account: the
+// account and every OU above it.
+func freezeScopes(a policy.Account) []string {
+	scopes := []string{FreezeScope("account", a.ID)}
+	for ou := a.OU; ou != ""; ou = ou[:strings.LastIndexByte(ou, '/')] {
+		scopes = append(scopes, FreezeScope("ou", ou))
+	}
+	return scopes
+}
+
+func (s *Service) stateUnavailable(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return &Error{Code: Unavailable, Message: msgStateUnavailable, Err: err}
+}
+
+// useOnce enforces single use of the token's jti for issuers that ask
+// for it: a missing jti or a replay is an audited authentication
+// failure.
+func (s *Service) useOnce(ctx context.Context, req IssueRequest, pol *policy.Policy, c *oidc.Claims, now time.Time) error {
+	is, ok := pol.IssuerByURL(c.Issuer)
+	if !ok || !is.SingleUse {
+		return nil
+	}
+	jti, ok := c.String("jti")
+	if !ok || jti == "" || len(jti) > maxFieldBytes {
+		return s.verifyFailed(ctx, req, now, errors.New("single-use issuer: jti missing or too long"))
+	}
+	first, err := s.store.UseJTI(ctx, c.Issuer, jti, c.Expiry.Add(oidc.MaxLeeway))
+	if err != nil {
+		return s.stateUnavailable(ctx, err)
+	}
+	if !first {
+		return s.verifyFailed(ctx, req, now, errReplayed)
+	}
+	return nil
+}
+
+// errReplayed is the cause recorded when a single-use token comes back.
+var errReplayed = errors.New("token replayed: its jti was already used")
+
+// rateLimited audits a refusal by rate limit.
+func (s *Service) rateLimited(ctx context.Context, req IssueRequest, claims *oidc.Claims, plans []plan, now time.Time, wait time.Duration) error {
+	for _, p := range plans {
+		p.decision.Allowed, p.decision.Rule = false, RuleRateLimited
+		p.decision.Reason = "rate limit exceeded; retry later"
+		ev := s.sessionEvent(ctx, now, auditv1.Decision_DECISION_DENY, req, claims, p)
+		if _, err := s.append(ctx, ev); err != nil {
+			return err
+		}
+	}
+	return &Error{Code: ResourceExhausted, Message: "rate limit exceeded; retry later", RetryAfter: wait}
+}
+
 // verifyFailed audits a failed verification and returns the error for the
 // caller.
 func (s *Service) verifyFailed(ctx context.Context, req IssueRequest, now time.Time, err error) error {
@@ -152,14 +318,24 @@ func (s *Service) verifyFailed(ctx context.Context, req IssueRequest, now time.T
 	case errors.Is(err, oidc.ErrIssuerUnavailable):
 		return &Error{Code: Unavailable, Message: msgIssuerUnavailable, Err: err}
 	}
-	ev := s.newEvent(ctx, now, auditv1.Decision_DECISION_DENY)
-	ev.Reason = msgUnauthenticated
-	ev.Actor = &auditv1.Actor{Peer: req.Peer, RequestReason: req.Reason}
-	ev.SecretRefs = []*auditv1.SecretRef{s.hasher.Ref("oidc_token", []byte(req.Token))}
-	if _, aerr := s.append(ctx, ev); aerr != nil {
+	reason := msgUnauthenticated
+	if errors.Is(err, errReplayed) {
+		reason = "token verification failed: replayed single-use token"
+	}
+	if aerr := s.auditTokenRefusal(ctx, req, now, reason); aerr != nil {
 		return aerr
 	}
 	return &Error{Code: Unauthenticated, Message: msgUnauthenticated, Err: err}
+}
+
+// auditTokenRefusal records a refused token, named by its HMAC only.
+func (s *Service) auditTokenRefusal(ctx context.Context, req IssueRequest, now time.Time, reason string) error {
+	ev := s.newEvent(ctx, now, auditv1.Decision_DECISION_DENY)
+	ev.Reason = reason
+	ev.Actor = &auditv1.Actor{Peer: req.Peer, RequestReason: truncate(req.Reason, MaxReasonBytes)}
+	ev.SecretRefs = []*auditv1.SecretRef{s.hasher.Ref("oidc_token", []byte(req.Token))}
+	_, err := s.append(ctx, ev)
+	return err
 }
 
 // denied audits every refused target and returns a PermissionDenied error
@@ -200,36 +376,54 @@ func (s *Service) providerFailed(ctx context.Context, req IssueRequest, claims *
 	if _, aerr := s.append(ctx, ev); aerr != nil {
 		return aerr
 	}
-	if errors.Is(err, ErrProviderUnavailable) {
+	switch {
+	case errors.Is(err, ErrProviderUnavailable):
 		return &Error{Code: Unavailable, Message: msgProviderUnavailable, Err: err}
+	case errors.Is(err, ErrProviderRefused):
+		return &Error{Code: FailedPrecondition, Message: fmt.Sprintf("AWS refused to issue role %q in account %q (check the role's trust policy); no credentials issued",
+			p.decision.Role.Name, p.decision.Account.Name), Err: err}
 	}
 	return &Error{Code: Internal, Message: msgInternal, Err: fmt.Errorf("provider %s: %w", s.provider.Name(), err)}
 }
 
-// buildSpec turns an allowed target into what the provider needs.
+// buildSpec turns an allowed target into what the provider needs; the
+// session policy is rendered separately.
 func buildSpec(c *oidc.Claims, t Target, d policy.Decision) SessionSpec {
 	id := newUUID()
+	tags := sessionTags(c)
+	for k, v := range d.Role.SessionTags {
+		tags[k] = v
+	}
 	return SessionSpec{
-		SessionID:      id,
-		AccountID:      d.Account.ID,
-		RoleARN:        d.Role.ARN,
-		RoleName:       d.Role.Name,
-		Region:         d.Region,
-		SessionName:    sessionName(c),
-		SourceIdentity: "cm-" + id,
-		Subject:        c.Subject,
-		Duration:       grantedDuration(t, d),
-		Tags:           sessionTags(c),
-		Policy:         t.Policy,
+		SessionID:         id,
+		AccountID:         d.Account.ID,
+		RoleARN:           d.Role.ARN,
+		RoleName:          d.Role.Name,
+		Region:            d.Region,
+		SessionName:       sessionName(c),
+		SourceIdentity:    "cm-" + id,
+		Subject:           c.Subject,
+		Issuer:            c.Issuer,
+		Duration:          grantedDuration(t, d),
+		Tags:              tags,
+		TransitiveTagKeys: slices.Clone(d.Role.TransitiveTagKeys),
+		PolicyARNs:        slices.Clone(d.Role.PolicyARNs),
+		ExternalID:        d.Role.ExternalID,
 	}
 }
 
-// grantedDuration is min(requested, role maximum); 0 asks for the maximum.
+// grantedDuration is min(requested, decision maximum); 0 asks for the
+// maximum. The decision's maximum already folds in the role, the rule
+// and the OU caps.
 func grantedDuration(t Target, d policy.Decision) time.Duration {
-	if t.Duration > 0 && t.Duration < d.Role.MaxDuration {
+	m := d.MaxDuration
+	if m == 0 {
+		m = d.Role.MaxDuration
+	}
+	if t.Duration > 0 && t.Duration < m {
 		return t.Duration
 	}
-	return d.Role.MaxDuration
+	return m
 }
 
 func policyDigest(doc string) string {

@@ -17,7 +17,18 @@ var (
 	// ErrProviderUnavailable marks a retryable provider failure
 	// (throttling, an unreachable STS endpoint).
 	ErrProviderUnavailable = errors.New("credential provider unavailable")
+	// ErrProviderRefused marks an upstream refusal that retrying will not
+	// change (the role does not trust the broker, the policy is too
+	// large): a configuration problem on the AWS side.
+	ErrProviderRefused = errors.New("credential provider refused")
 )
+
+// DurationLimiter is implemented by providers that cannot mint sessions
+// as long as MaxSessionDuration (role chaining caps sessions at 1h).
+type DurationLimiter interface {
+	// MaxDuration is the longest session the provider mints.
+	MaxDuration() time.Duration
+}
 
 // Provider mints the credentials of one session: the local issuer in
 // development, AWS STS in production.
@@ -58,12 +69,53 @@ type SessionSpec struct {
 	SourceIdentity string
 	// Subject is the OIDC subject the session is issued to.
 	Subject string
+	// Issuer is the OIDC issuer of that subject.
+	Issuer string
 	// Duration is the granted duration.
 	Duration time.Duration
 	// Tags are the session tags, already sanitised.
 	Tags map[string]string
-	// Policy is an optional scope-down session policy (JSON).
+	// TransitiveTagKeys are the tags that survive role chaining.
+	TransitiveTagKeys []string
+	// Policy is the rendered session policy (JSON), empty for none.
 	Policy string
+	// PolicyARNs are managed policies passed as session policies.
+	PolicyARNs []string
+	// ExternalID is passed to AssumeRole when set.
+	ExternalID string
+	// WebIdentityToken is the caller's OIDC token, for providers that
+	// pass it through (AssumeRoleWithWebIdentity). Secret: never logged;
+	// String redacts it.
+	WebIdentityToken string
+}
+
+// String describes the spec with the token redacted.
+func (s SessionSpec) String() string {
+	s.WebIdentityToken = redacted
+	type plain SessionSpec
+	return fmt.Sprintf("%+v", plain(s))
+}
+
+// GoString is String, so that %#v redacts too.
+func (s SessionSpec) GoString() string { return s.String() }
+
+// SessionRevoker is implemented by providers that can make sessions they
+// already issued stop working (the aws provider, through an inline deny
+// policy on the role).
+type SessionRevoker interface {
+	// RevokeSessions makes the sessions of roles matching r stop
+	// working and returns how many roles it updated.
+	RevokeSessions(ctx context.Context, roles []RoleRef, r Revocation) (int, error)
+}
+
+// RoleRef names a role for SessionRevoker.
+type RoleRef struct {
+	// AccountID is the role's account.
+	AccountID string
+	// Name is the role's name in the trust policy.
+	Name string
+	// ARN is the role's ARN.
+	ARN string
 }
 
 // Credentials are AWS temporary credentials. SecretAccessKey and
@@ -78,6 +130,12 @@ type Credentials struct {
 	SessionToken string
 	// Expiration is when the credentials stop working.
 	Expiration time.Time
+	// Endpoint is the STS endpoint that issued them ("" for the local
+	// provider).
+	Endpoint string
+	// SourceIdentity is the SourceIdentity STS recorded, when it differs
+	// from the spec's (a coalesced request shares another's session).
+	SourceIdentity string
 }
 
 const redacted = "[redacted]"
@@ -117,6 +175,8 @@ type SessionInfo struct {
 	Region string
 	// Subject is the OIDC subject it was issued to.
 	Subject string
+	// Issuer is the OIDC issuer of that subject.
+	Issuer string
 	// IssuedAt is when it was issued.
 	IssuedAt time.Time
 	// Expiration is when it expires.
@@ -127,4 +187,6 @@ type SessionInfo struct {
 	Revoked bool
 	// Tags are the session tags.
 	Tags map[string]string
+	// SessionPolicy is the session policy it was scoped down with.
+	SessionPolicy string
 }

@@ -20,11 +20,25 @@ type Explanation struct {
 // ListRoles lists the roles token may assume, in policy order. It issues
 // nothing and is not audited.
 func (s *Service) ListRoles(ctx context.Context, token string) ([]policy.Grant, error) {
-	claims, err := s.verifyOnly(ctx, token)
+	snap := s.snap.Load()
+	claims, err := s.verifyOnly(ctx, snap, token)
 	if err != nil {
 		return nil, err
 	}
-	return s.policy.Load().RolesFor(identity(claims)), nil
+	now := s.now()
+	id := identity(claims)
+	var out []policy.Grant
+	for _, g := range snap.policy.RolesFor(id, now) {
+		// The broker's state (freezes, revocations) can still refuse.
+		d, err := s.decide(ctx, snap.policy, id, Target{Role: g.Role.Name, Account: g.Account.ID}, now)
+		if err != nil {
+			return nil, err
+		}
+		if d.Allowed {
+			out = append(out, g)
+		}
+	}
+	return out, nil
 }
 
 // ExplainDecision evaluates the policy for token and target without
@@ -36,11 +50,15 @@ func (s *Service) ExplainDecision(ctx context.Context, token string, target Targ
 	if err := validateTarget("target", target); err != nil {
 		return Explanation{}, err
 	}
-	claims, err := s.verifyOnly(ctx, token)
+	snap := s.snap.Load()
+	claims, err := s.verifyOnly(ctx, snap, token)
 	if err != nil {
 		return Explanation{}, err
 	}
-	d := s.policy.Load().Evaluate(identity(claims), policy.Target{Role: target.Role, Account: target.Account, Region: target.Region})
+	d, err := s.decide(ctx, snap.policy, identity(claims), target, s.now())
+	if err != nil {
+		return Explanation{}, err
+	}
 	ex := Explanation{Decision: d}
 	if d.Allowed {
 		ex.Duration = grantedDuration(target, d)
@@ -68,16 +86,30 @@ func (s *Service) GetSession(ctx context.Context, accessKeyID, sessionToken stri
 	case err != nil:
 		return nil, &Error{Code: Internal, Message: msgInternal, Err: err}
 	}
+	// A revocation covers a session it names, or one of the callers,
+	// roles and accounts it names issued before its time.
+	_, revs, err := s.state(ctx, s.now())
+	if err != nil {
+		return nil, s.stateUnavailable(ctx, err)
+	}
+	t := RevocationTarget{SessionID: info.SessionID, Subject: info.Subject, Issuer: info.Issuer, Role: info.RoleName, AccountID: info.AccountID, IssuedAt: info.IssuedAt,
+		Claims: func(name string) (string, bool) { v, ok := info.Tags[name]; return v, ok }}
+	for _, r := range revs {
+		if r.Revokes(t) {
+			info.Revoked = true
+			break
+		}
+	}
 	return info, nil
 }
 
 // verifyOnly verifies a token for the read-only calls, which are not
 // audited.
-func (s *Service) verifyOnly(ctx context.Context, token string) (*oidc.Claims, error) {
+func (s *Service) verifyOnly(ctx context.Context, snap *snapshot, token string) (*oidc.Claims, error) {
 	if err := validateToken(token); err != nil {
 		return nil, err
 	}
-	claims, err := s.verifier.Verify(ctx, token)
+	claims, err := snap.verifier.Verify(ctx, token)
 	switch {
 	case err == nil:
 		return claims, nil

@@ -10,7 +10,7 @@ import (
 // tagClaims are the claims passed on as session tags, when present, so
 // that IAM conditions and CloudTrail can see which pipeline holds a
 // session.
-var tagClaims = []string{"repository", "ref", "environment", "namespace"}
+var tagClaims = []string{"repository", "ref", "sha", "run_id", "environment", "namespace"}
 
 const (
 	maxSessionName = 64

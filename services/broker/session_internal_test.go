@@ -2,6 +2,7 @@ package broker
 
 import (
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -51,5 +52,14 @@ func TestNewUUID(t *testing.T) {
 			t.Fatalf("bad or repeated UUIDv4 %q", id)
 		}
 		seen[id] = true
+	}
+}
+
+func TestSessionSpecRedactsToken(t *testing.T) {
+	s := SessionSpec{RoleARN: "arn:aws:iam::111111111111:role/deploy", WebIdentityToken: "eyJ.secret.token"}
+	for _, out := range []string{fmt.Sprint(s), fmt.Sprintf("%+v", s), fmt.Sprintf("%#v", s)} {
+		if strings.Contains(out, "secret") || !strings.Contains(out, "role/deploy") {
+			t.Errorf("SessionSpec printed as %q", out)
+		}
 	}
 }

@@ -15,6 +15,9 @@ const (
 	NotFound Code = "not_found"
 	// PermissionDenied means no grant allows the caller the operation.
 	PermissionDenied Code = "permission_denied"
+	// FailedPrecondition means the request is well formed but the state
+	// refuses it: a retired key version, a grant defined in configuration.
+	FailedPrecondition Code = "failed_precondition"
 	// Unavailable means a dependency (the audit log, the KEK backend) is
 	// down; nothing was performed and the request may be retried.
 	Unavailable Code = "unavailable"

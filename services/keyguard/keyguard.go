@@ -3,18 +3,22 @@
 // default-deny grants per caller, and an audit event recorded before any
 // result leaves the service.
 //
-// The package holds the types, the errors, the rules and the interfaces it
-// needs from the outside (a KEK backend, an audit log). The backends
-// (localkms, later awskms), the gRPC translation (grpcapi) and the wiring
-// (cmd/keyguard) live in packages of their own beside it; none of them is
-// imported here, so the rules can be tested with any backend and without a
-// network.
+// The package holds the types, the errors, the rules (grants, residency,
+// key versions, rotation and retirement) and the interfaces it needs from
+// the outside (a KEK backend, an audit log, a state store). The backends
+// (localkms, awskms), the state store (sqlite), the audit writer
+// (auditclient), token verification (oidcauth), the gRPC translation
+// (grpcapi) and the wiring (server, cmd/keyguard) live in packages of their
+// own beside it; none of them is imported here, so the rules can be tested
+// with any backend and without a network.
 package keyguard
 
 import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
+	"time"
 
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
 
@@ -30,6 +34,15 @@ type Auditor interface {
 	Append(ctx context.Context, ev *auditv1.Event) (*auditv1.AppendResult, error)
 }
 
+// BatchAuditor is an Auditor that can record many events in one durable
+// append. The batch operations use it when the Auditor has it, so a batch of
+// 100 items costs one audit round trip, not 100.
+type BatchAuditor interface {
+	// AppendBatch records evs atomically and returns their positions, in
+	// order.
+	AppendBatch(ctx context.Context, evs []*auditv1.Event) ([]*auditv1.AppendResult, error)
+}
+
 // KeyBackend holds the key-encryption keys (KEKs) of the key rings and wraps
 // and unwraps data keys with them; the KEKs never leave it. Implementations
 // wrap ErrKeyNotFound, ErrUnwrap and ErrBackendUnavailable so the Service
@@ -43,6 +56,66 @@ type KeyBackend interface {
 	Wrap(ctx context.Context, dataClass, region string, version uint32, dataKey []byte) ([]byte, error)
 	// Unwrap reverses Wrap.
 	Unwrap(ctx context.Context, dataClass, region string, version uint32, wrapped []byte) ([]byte, error)
+	// Rotate adds the next key version to an existing ring and makes it
+	// primary; versions are consecutive from 1, so the new one is the old
+	// primary plus one.
+	Rotate(ctx context.Context, dataClass, region string) (uint32, error)
+	// Versions describes the ring's key versions, oldest first.
+	Versions(ctx context.Context, dataClass, region string) ([]VersionInfo, error)
+}
+
+// VersionInfo describes one key version held by a backend. Nothing in it is
+// secret.
+type VersionInfo struct {
+	// Version is the key version, from 1.
+	Version uint32
+	// Created is when the version was created.
+	Created time.Time
+	// BackendKey names the KEK in the backend (a KMS key ARN, a local key
+	// id).
+	BackendKey string
+}
+
+// Store persists what keyguard changes at run time: grants created through
+// the API and the state of each ring (minimum decryption version, usage
+// counts). Writes are durable when they return. One keyguard process owns a
+// store; the Service keeps a write-through copy in memory, so a revoked
+// grant stops the very next request.
+type Store interface {
+	// PutGrant stores a new grant.
+	PutGrant(ctx context.Context, g Grant) error
+	// DeleteGrant removes a grant, reporting whether it existed.
+	DeleteGrant(ctx context.Context, id string) (bool, error)
+	// Grants returns every stored grant.
+	Grants(ctx context.Context) ([]Grant, error)
+	// RingStates returns the stored state of every ring that has one.
+	RingStates(ctx context.Context) (map[Ring]RingState, error)
+	// PutRingState replaces the stored state of one ring.
+	PutRingState(ctx context.Context, r Ring, st RingState) error
+}
+
+// RingState is the run-time state of a ring that outlives the process.
+type RingState struct {
+	// MinDecryptVersion is the oldest version allowed to decrypt, as last
+	// set through the API (the configured floor applies on top).
+	MinDecryptVersion uint32
+	// EncryptCounts counts the messages sealed under each version.
+	EncryptCounts map[uint32]uint64
+}
+
+// RingPolicy is the configured life cycle of one ring.
+type RingPolicy struct {
+	// Ring names the ring.
+	Ring Ring
+	// RotationPeriod rotates the ring when its primary version is this old;
+	// zero means never by age.
+	RotationPeriod time.Duration
+	// MaxEncryptions rotates the ring when its primary version has sealed
+	// this many messages; zero means never by usage.
+	MaxEncryptions uint64
+	// MinDecryptVersion is the oldest version allowed to decrypt (a floor:
+	// the API may raise it, never lower it); zero means 1.
+	MinDecryptVersion uint32
 }
 
 // Ring names a key ring. Data in one region is encrypted with that region's
@@ -86,6 +159,17 @@ const (
 	OpDescribe Operation = 5
 )
 
+// ParseOperation turns the lowercase name of an operation (as String
+// returns it, or with '_' for '-') back into the Operation.
+func ParseOperation(s string) (Operation, bool) {
+	for o := OpEncrypt; o <= OpDescribe; o++ {
+		if s == o.String() || s == strings.ReplaceAll(o.String(), "-", "_") {
+			return o, true
+		}
+	}
+	return 0, false
+}
+
 // String returns the lowercase name of the operation, as used in messages.
 func (o Operation) String() string {
 	switch o {
@@ -106,11 +190,10 @@ func (o Operation) String() string {
 func (o Operation) valid() bool { return o >= OpEncrypt && o <= OpDescribe }
 
 // Grant allows one principal some operations on one data class in some
-// regions. Without a grant nothing is allowed. In this version grants are
-// static, from configuration; a grant store with expiry and required
-// encryption-context pairs comes later.
+// regions. Without a grant nothing is allowed.
 type Grant struct {
-	// ID names the grant in audit events. Empty means "config/<index>".
+	// ID names the grant in audit events. Empty in configuration means
+	// "config/<index>"; the API assigns "g-<random>".
 	ID string
 	// Principal is the caller it applies to, exactly as the identity layer
 	// names it (a certificate URI SAN or "<issuer>#<sub>").
@@ -119,14 +202,46 @@ type Grant struct {
 	DataClass string
 	// Operations are the operations it allows; at least one.
 	Operations []Operation
-	// Regions are the regions whose rings it applies to; at least one.
+	// Regions are the regions whose rings it applies to; at least one. A
+	// ring's region is a hard boundary: no other grant field widens it.
 	Regions []string
+	// RequiredContext are pairs every request's encryption context must
+	// hold, with these values.
+	RequiredContext map[string]string
+	// ExpireTime is when the grant stops working. Grants created through the
+	// API always have one; zero (configuration only) means never.
+	ExpireTime time.Time
+	// CreateTime is when the grant was created (API grants).
+	CreateTime time.Time
+	// CreatedBy is who created it (API grants).
+	CreatedBy string
+
+	static bool
 }
 
-// allows reports whether g lets caller perform op on the ring.
-func (g *Grant) allows(caller string, op Operation, ring Ring) bool {
-	return g.Principal == caller && g.DataClass == ring.DataClass &&
-		slices.Contains(g.Operations, op) && slices.Contains(g.Regions, ring.Region)
+// Static reports whether the grant comes from configuration (and so cannot
+// be revoked through the API).
+func (g *Grant) Static() bool { return g.static }
+
+// allows reports whether g lets caller perform op on the ring with the
+// encryption context encCtx at time now.
+func (g *Grant) allows(caller string, op Operation, ring Ring, encCtx map[string]string, now time.Time) bool {
+	if g.Principal != caller || g.DataClass != ring.DataClass ||
+		!slices.Contains(g.Operations, op) || !slices.Contains(g.Regions, ring.Region) {
+		return false
+	}
+	if !g.ExpireTime.IsZero() && !now.Before(g.ExpireTime) {
+		return false
+	}
+	if op == OpDescribe {
+		return true // describing a ring involves no encryption context
+	}
+	for k, v := range g.RequiredContext {
+		if got, ok := encCtx[k]; !ok || got != v {
+			return false
+		}
+	}
+	return true
 }
 
 // Limits of the API. They keep single requests cheap to hold in memory and

@@ -3,10 +3,12 @@ package keyguard
 import (
 	"context"
 	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"maps"
+	"sync"
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
@@ -17,24 +19,38 @@ import (
 	"github.com/credmatrix/credmatrix/services/keyguard/envelope"
 )
 
+// SystemPrincipal is the actor of the operations keyguard performs on its
+// own, such as automatic rotation.
+const SystemPrincipal = "keyguard"
+
 // Config is what a Service is built from. Values only: the cmd reads files
-// and flags, builds the backend and the audit client, and hands them over.
+// and flags, builds the backend, the store and the audit client, and hands
+// them over.
 type Config struct {
 	// Backend holds the key-encryption keys. Required.
 	Backend KeyBackend
 	// Auditor records every operation before its result is returned.
-	// Required.
+	// Required. If it also implements BatchAuditor, batches use one append.
 	Auditor Auditor
+	// Store persists API grants and ring state; nil keeps them in memory
+	// only (tests, throwaway stacks).
+	Store Store
 	// Rings are the key rings this service serves; a request for any other
 	// (data class, region) is NotFound. The backend must have a key for
 	// each (the cmd ensures that at start-up).
 	Rings []Ring
-	// Grants are the static grants; without one, every request is denied.
+	// RingPolicies set rotation and retirement per ring; a ring without one
+	// never rotates by itself and decrypts from version 1.
+	RingPolicies []RingPolicy
+	// Grants are the static grants from configuration; the API adds more.
 	Grants []Grant
-	// Clock stamps audit events; nil means time.Now.
+	// Admins are the principals allowed RotateKey, SetMinDecryptVersion and
+	// the grant operations, and DescribeKeyRing on every ring.
+	Admins []string
+	// Clock stamps audit events and checks expiry; nil means time.Now.
 	Clock func() time.Time
-	// Rand supplies data keys, salts and event ids; nil means
-	// crypto/rand.Reader. It must be safe for concurrent use.
+	// Rand supplies data keys, salts and ids; nil means crypto/rand.Reader.
+	// It must be safe for concurrent use.
 	Rand io.Reader
 	// BackendName names the backend in audit events ("local", "awskms").
 	// Required.
@@ -45,38 +61,51 @@ type Config struct {
 type Service struct {
 	backend     KeyBackend
 	auditor     Auditor
-	rings       map[Ring]bool
-	grants      []Grant
+	batch       BatchAuditor
+	store       Store
 	clock       func() time.Time
 	rand        io.Reader
 	backendName string
+	admins      map[string]bool
+	rings       map[Ring]*ringState
+
+	// gmu guards the grants. Writers update the store first, then the map,
+	// under the write lock, so every request that starts after a
+	// CreateGrant or RevokeGrant returns sees it.
+	gmu    sync.RWMutex
+	grants map[string]*Grant
+	byWho  map[string][]*Grant
+
+	// kick asks the rotation loop to look at the rings now (a usage limit
+	// was reached); see RotationKick.
+	kick chan struct{}
 }
 
-// New checks cfg and returns a Service. A bad configuration is an error that
-// names the field, so the cmd can refuse to start.
-func New(cfg Config) (*Service, error) {
+// New checks cfg, loads the stored grants and ring state, and returns a
+// Service. A bad configuration is an error that names the field, so the cmd
+// can refuse to start.
+func New(ctx context.Context, cfg Config) (*Service, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
 	s := &Service{
 		backend:     cfg.Backend,
 		auditor:     cfg.Auditor,
-		rings:       make(map[Ring]bool, len(cfg.Rings)),
-		grants:      make([]Grant, len(cfg.Grants)),
+		store:       cfg.Store,
 		clock:       cfg.Clock,
 		rand:        cfg.Rand,
 		backendName: cfg.BackendName,
+		admins:      map[string]bool{},
+		rings:       make(map[Ring]*ringState, len(cfg.Rings)),
+		grants:      map[string]*Grant{},
+		byWho:       map[string][]*Grant{},
+		kick:        make(chan struct{}, 1),
 	}
-	for _, r := range cfg.Rings {
-		s.rings[r] = true
+	if b, ok := cfg.Auditor.(BatchAuditor); ok {
+		s.batch = b
 	}
-	for i, g := range cfg.Grants {
-		g.Operations = append([]Operation(nil), g.Operations...)
-		g.Regions = append([]string(nil), g.Regions...)
-		if g.ID == "" {
-			g.ID = fmt.Sprintf("config/%d", i)
-		}
-		s.grants[i] = g
+	if s.store == nil {
+		s.store = newMemStore()
 	}
 	if s.clock == nil {
 		s.clock = time.Now
@@ -84,7 +113,52 @@ func New(cfg Config) (*Service, error) {
 	if s.rand == nil {
 		s.rand = rand.Reader
 	}
+	for _, a := range cfg.Admins {
+		s.admins[a] = true
+	}
+	for _, r := range cfg.Rings {
+		s.rings[r] = newRingState(RingPolicy{Ring: r})
+	}
+	for i, p := range cfg.RingPolicies {
+		rs, ok := s.rings[p.Ring]
+		if !ok {
+			return nil, fmt.Errorf("keyguard: config: ring_policies[%d]: ring %s is not configured", i, p.Ring)
+		}
+		rs.policy = p
+	}
+	states, err := s.store.RingStates(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("keyguard: load ring state: %w", err)
+	}
+	for r, rs := range s.rings {
+		st := states[r]
+		rs.load(st)
+	}
+	for i, g := range cfg.Grants {
+		g := cloneGrant(g)
+		if g.ID == "" {
+			g.ID = fmt.Sprintf("config/%d", i)
+		}
+		g.static = true
+		s.addGrantLocked(&g)
+	}
+	stored, err := s.store.Grants(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("keyguard: load grants: %w", err)
+	}
+	for _, g := range stored {
+		g := cloneGrant(g)
+		g.static = false
+		s.addGrantLocked(&g)
+	}
 	return s, nil
+}
+
+func cloneGrant(g Grant) Grant {
+	g.Operations = append([]Operation(nil), g.Operations...)
+	g.Regions = append([]string(nil), g.Regions...)
+	g.RequiredContext = maps.Clone(g.RequiredContext)
+	return g
 }
 
 // EncryptInput is one plaintext to encrypt.
@@ -141,14 +215,113 @@ func errAuthFailed(err error) error {
 // op is one operation in flight: what the audit event needs to say about
 // it.
 type op struct {
-	caller    string
-	kind      auditv1.Kind
-	operation Operation
-	ring      Ring
-	grantID   string
-	version   uint32
-	context   map[string]string
-	size      int
+	caller      string
+	kind        auditv1.Kind
+	operation   Operation
+	ring        Ring
+	grantID     string
+	version     uint32
+	fromVersion uint32
+	context     map[string]string
+	size        int
+	items       uint32
+	detail      func(*auditv1.KeyDetail)
+	wrapped     []byte
+}
+
+// sealed is the result of sealing one plaintext, before it is audited.
+type sealed struct {
+	ciphertext []byte
+	version    uint32
+}
+
+// dataKey is a fresh data key wrapped under a ring's primary version.
+type dataKey struct {
+	version uint32
+	key     []byte
+	wrapped []byte
+}
+
+// newDataKey generates a data key and wraps it under the ring's primary
+// version.
+func (s *Service) newDataKey(ctx context.Context, ring Ring) (*dataKey, error) {
+	version, err := s.backend.Primary(ctx, ring.DataClass, ring.Region)
+	if err != nil {
+		return nil, backendError(ring, err)
+	}
+	dk := &dataKey{version: version, key: make([]byte, DataKeySize)}
+	if _, err := io.ReadFull(s.rand, dk.key); err != nil {
+		return dk, &Error{Code: Internal, Message: "internal error", Err: fmt.Errorf("generate data key: %w", err)}
+	}
+	if dk.wrapped, err = s.backend.Wrap(ctx, ring.DataClass, ring.Region, version, dk.key); err != nil {
+		clear(dk.key)
+		return dk, backendError(ring, err)
+	}
+	return dk, nil
+}
+
+// sealWith seals plaintext in a new envelope under dk.
+func (s *Service) sealWith(dk *dataKey, ring Ring, encCtx map[string]string, plaintext []byte) (sealed, error) {
+	ct, err := envelope.Seal(dk.key, envelope.Header{
+		DataClass: ring.DataClass, Region: ring.Region, KeyVersion: dk.version, WrappedKey: dk.wrapped,
+	}, encCtx, plaintext, s.rand)
+	if err != nil {
+		return sealed{version: dk.version}, &Error{Code: Internal, Message: "internal error", Err: err}
+	}
+	return sealed{ciphertext: ct, version: dk.version}, nil
+}
+
+// seal generates a data key, wraps it under the ring's primary version and
+// seals plaintext with it.
+func (s *Service) seal(ctx context.Context, ring Ring, encCtx map[string]string, plaintext []byte) (sealed, error) {
+	dk, err := s.newDataKey(ctx, ring)
+	if err != nil {
+		if dk != nil {
+			return sealed{version: dk.version}, err
+		}
+		return sealed{}, err
+	}
+	defer clear(dk.key)
+	return s.sealWith(dk, ring, encCtx, plaintext)
+}
+
+// open parses, authorizes (through check) and opens an envelope. The header
+// is parsed before anything else; o is filled in from it.
+func (s *Service) open(ctx context.Context, o *op, ciphertext []byte, encCtx map[string]string) ([]byte, error) {
+	dataKey, err := s.backend.Unwrap(ctx, o.ring.DataClass, o.ring.Region, o.version, o.wrapped)
+	if err != nil {
+		switch {
+		case errors.Is(err, ErrUnwrap):
+			err = errAuthFailed(err)
+		case errors.Is(err, ErrKeyNotFound):
+			err = &Error{Code: NotFound, Message: fmt.Sprintf("no key version %d for data class %s in region %s", o.version, o.ring.DataClass, o.ring.Region), Err: err}
+		default:
+			err = backendError(o.ring, err)
+		}
+		return nil, err
+	}
+	plaintext, _, err := envelope.Open(dataKey, ciphertext, encCtx)
+	clear(dataKey)
+	if err != nil {
+		if errors.Is(err, envelope.ErrAuthentication) {
+			return nil, errAuthFailed(err)
+		}
+		return nil, &Error{Code: Invalid, Message: "ciphertext: " + err.Error(), Err: err}
+	}
+	return plaintext, nil
+}
+
+// parse parses an envelope's header into a new op of the given kind.
+func parse(caller string, kind auditv1.Kind, operation Operation, ciphertext []byte, encCtx map[string]string) (*op, error) {
+	h, _, err := envelope.ParseHeader(ciphertext)
+	if err != nil {
+		return nil, &Error{Code: Invalid, Message: "ciphertext: " + err.Error(), Err: err}
+	}
+	return &op{
+		caller: caller, kind: kind, operation: operation,
+		ring: Ring{DataClass: h.DataClass, Region: h.Region}, version: h.KeyVersion, context: encCtx,
+		wrapped: h.WrappedKey,
+	}, nil
 }
 
 // Encrypt seals in.Plaintext under the primary key version of the ring of
@@ -161,125 +334,322 @@ type op struct {
 // durable: if the audit log fails, Encrypt fails with Unavailable and
 // returns nothing.
 func (s *Service) Encrypt(ctx context.Context, caller string, in EncryptInput) (EncryptOutput, error) {
-	if err := in.validate(); err != nil {
-		return EncryptOutput{}, err
-	}
-	o := &op{
-		caller: caller, kind: auditv1.Kind_KIND_KEY_ENCRYPT, operation: OpEncrypt,
-		ring: Ring{DataClass: in.DataClass, Region: in.Region}, context: in.Context, size: len(in.Plaintext),
-	}
-	if err := s.authorize(ctx, o); err != nil {
-		return EncryptOutput{}, err
-	}
-
-	version, err := s.backend.Primary(ctx, o.ring.DataClass, o.ring.Region)
-	if err != nil {
-		return EncryptOutput{}, s.fail(ctx, o, backendError(o.ring, err))
-	}
-	o.version = version
-	dataKey := make([]byte, DataKeySize)
-	defer clear(dataKey)
-	if _, err := io.ReadFull(s.rand, dataKey); err != nil {
-		return EncryptOutput{}, s.fail(ctx, o, &Error{Code: Internal, Message: "internal error", Err: fmt.Errorf("generate data key: %w", err)})
-	}
-	wrapped, err := s.backend.Wrap(ctx, o.ring.DataClass, o.ring.Region, version, dataKey)
-	if err != nil {
-		return EncryptOutput{}, s.fail(ctx, o, backendError(o.ring, err))
-	}
-	ciphertext, err := envelope.Seal(dataKey, envelope.Header{
-		DataClass: o.ring.DataClass, Region: o.ring.Region, KeyVersion: version, WrappedKey: wrapped,
-	}, in.Context, in.Plaintext, s.rand)
-	if err != nil {
-		return EncryptOutput{}, s.fail(ctx, o, &Error{Code: Internal, Message: "internal error", Err: err})
-	}
-
-	seq, err := s.record(ctx, o, auditv1.Decision_DECISION_ALLOW, "allowed by grant "+o.grantID)
-	if err != nil {
-		return EncryptOutput{}, err
-	}
-	return EncryptOutput{
-		Ciphertext:    ciphertext,
-		Key:           KeyRef{DataClass: o.ring.DataClass, Region: o.ring.Region, Version: version},
-		AuditSequence: seq,
-	}, nil
+	res := s.EncryptBatch(ctx, caller, []EncryptInput{in})
+	return res[0].Output, res[0].Err
 }
 
 // Decrypt opens an envelope for caller. The ring and key version come from
 // the envelope's header, which is parsed (and a malformed one rejected)
 // before anything else; then a grant must allow decryption on that ring (a
-// denial is audited), the data key is unwrapped and the envelope opened. A
-// wrong context or a tampered envelope is Invalid and audited as an error.
-// The plaintext is returned only after the audit event is durable.
+// denial is audited), the version must not be retired, the data key is
+// unwrapped and the envelope opened. A wrong context or a tampered envelope
+// is Invalid and audited as an error. The plaintext is returned only after
+// the audit event is durable.
 func (s *Service) Decrypt(ctx context.Context, caller string, in DecryptInput) (DecryptOutput, error) {
-	if err := in.validate(); err != nil {
-		return DecryptOutput{}, err
+	res := s.DecryptBatch(ctx, caller, []DecryptInput{in})
+	return res[0].Output, res[0].Err
+}
+
+// EncryptResult is one item's outcome in a batch.
+type EncryptResult struct {
+	// Output is set when Err is nil.
+	Output EncryptOutput
+	// Err is the item's failure.
+	Err error
+}
+
+// DecryptResult is one item's outcome in a batch.
+type DecryptResult struct {
+	// Output is set when Err is nil.
+	Output DecryptOutput
+	// Err is the item's failure.
+	Err error
+}
+
+// pending is one audited item of a batch: its event, and what becomes of it
+// once the event is durable.
+type pending struct {
+	ev   *auditv1.Event
+	done func(seq uint64)
+}
+
+// EncryptBatch encrypts each item as Encrypt would and reports failures per
+// item, in order. The audit events of all items (allowed, denied, failed)
+// are recorded in one append; if it fails, every item fails with
+// Unavailable and no ciphertext is returned.
+//
+// The items of one ring share one fresh data key, wrapped once: each
+// envelope still derives its own AES key from its own salt (see
+// envelope.Seal), so sharing is as safe as a client's cached data key, and
+// it saves a KEK wrap (a KMS call with awskms) per item.
+func (s *Service) EncryptBatch(ctx context.Context, caller string, items []EncryptInput) []EncryptResult {
+	res := make([]EncryptResult, len(items))
+	evs := make([]pending, 0, len(items))
+	keys := map[Ring]*dataKey{}
+	defer func() {
+		for _, dk := range keys {
+			clear(dk.key)
+		}
+	}()
+	for i := range items {
+		in := &items[i]
+		if err := in.validate(); err != nil {
+			res[i].Err = err
+			continue
+		}
+		o := &op{
+			caller: caller, kind: auditv1.Kind_KIND_KEY_ENCRYPT, operation: OpEncrypt,
+			ring: Ring{DataClass: in.DataClass, Region: in.Region}, context: in.Context, size: len(in.Plaintext),
+		}
+		if err := s.check(o); err != nil {
+			res[i].Err = err
+			if e := s.deniedEvent(ctx, o, err); e != nil {
+				evs = append(evs, pending{ev: e})
+			}
+			continue
+		}
+		dk := keys[o.ring]
+		var err error
+		if dk == nil {
+			if dk, err = s.newDataKey(ctx, o.ring); err == nil {
+				keys[o.ring] = dk
+			}
+		}
+		var sl sealed
+		if err == nil {
+			sl, err = s.sealWith(dk, o.ring, in.Context, in.Plaintext)
+		}
+		if dk != nil {
+			o.version = dk.version
+		}
+		if err != nil {
+			res[i].Err = err
+			evs = append(evs, pending{ev: s.event(ctx, o, auditv1.Decision_DECISION_ERROR, ErrorMessage(err))})
+			continue
+		}
+		s.rings[o.ring].count(sl.version, s.kick)
+		evs = append(evs, pending{
+			ev: s.event(ctx, o, auditv1.Decision_DECISION_ALLOW, "allowed by grant "+o.grantID),
+			done: func(seq uint64) {
+				res[i].Output = EncryptOutput{Ciphertext: sl.ciphertext, Key: KeyRef{o.ring.DataClass, o.ring.Region, sl.version}, AuditSequence: seq}
+			},
+		})
 	}
-	h, _, err := envelope.ParseHeader(in.Ciphertext)
-	if err != nil {
-		return DecryptOutput{}, &Error{Code: Invalid, Message: "ciphertext: " + err.Error(), Err: err}
+	if err := s.appendAll(ctx, evs); err != nil {
+		for i := range res {
+			res[i] = EncryptResult{Err: err}
+		}
+	}
+	return res
+}
+
+// DecryptBatch decrypts each item as Decrypt would and reports failures per
+// item, in order, with one audit append for all items (see EncryptBatch).
+func (s *Service) DecryptBatch(ctx context.Context, caller string, items []DecryptInput) []DecryptResult {
+	res := make([]DecryptResult, len(items))
+	var evs []pending
+	for i := range items {
+		in := &items[i]
+		if err := in.validate(); err != nil {
+			res[i].Err = err
+			continue
+		}
+		o, err := parse(caller, auditv1.Kind_KIND_KEY_DECRYPT, OpDecrypt, in.Ciphertext, in.Context)
+		if err != nil {
+			res[i].Err = err
+			continue
+		}
+		if err := s.check(o); err != nil {
+			res[i].Err = err
+			if e := s.deniedEvent(ctx, o, err); e != nil {
+				evs = append(evs, pending{ev: e})
+			}
+			continue
+		}
+		plaintext, err := s.open(ctx, o, in.Ciphertext, in.Context)
+		if err != nil {
+			res[i].Err = err
+			evs = append(evs, pending{ev: s.event(ctx, o, auditv1.Decision_DECISION_ERROR, ErrorMessage(err))})
+			continue
+		}
+		o.size = len(plaintext)
+		evs = append(evs, pending{
+			ev: s.event(ctx, o, auditv1.Decision_DECISION_ALLOW, "allowed by grant "+o.grantID),
+			done: func(seq uint64) {
+				res[i].Output = DecryptOutput{Plaintext: plaintext, Key: KeyRef{o.ring.DataClass, o.ring.Region, o.version}, AuditSequence: seq}
+			},
+		})
+	}
+	if err := s.appendAll(ctx, evs); err != nil {
+		for i := range res {
+			clear(res[i].Output.Plaintext)
+			res[i] = DecryptResult{Err: err}
+		}
+	}
+	return res
+}
+
+// GenerateDataKeyInput asks for a data key for client-side envelopes.
+type GenerateDataKeyInput struct {
+	// DataClass and Region name the ring. Required.
+	DataClass, Region string
+	// Context is bound to the wrapped key: Decrypt of WrappedKey needs it.
+	Context map[string]string
+}
+
+// GenerateDataKeyOutput is a fresh data key, in plaintext and wrapped.
+type GenerateDataKeyOutput struct {
+	// PlaintextKey is the 32-byte data key. Secret.
+	PlaintextKey []byte
+	// WrappedKey is an envelope whose plaintext is the data key: Decrypt
+	// with the same context returns it.
+	WrappedKey []byte
+	// Key is the key version that wraps it.
+	Key KeyRef
+	// AuditSequence is the sequence number of the audit event.
+	AuditSequence uint64
+}
+
+// GenerateDataKey returns a fresh data key and the same key sealed in an
+// envelope of the ring, for envelopes made by the client. It needs a
+// generate-data-key grant; the key is returned only once audited.
+func (s *Service) GenerateDataKey(ctx context.Context, caller string, in GenerateDataKeyInput) (GenerateDataKeyOutput, error) {
+	if err := (&EncryptInput{DataClass: in.DataClass, Region: in.Region, Context: in.Context}).validate(); err != nil {
+		return GenerateDataKeyOutput{}, err
 	}
 	o := &op{
-		caller: caller, kind: auditv1.Kind_KIND_KEY_DECRYPT, operation: OpDecrypt,
-		ring: Ring{DataClass: h.DataClass, Region: h.Region}, version: h.KeyVersion, context: in.Context,
+		caller: caller, kind: auditv1.Kind_KIND_KEY_GENERATE_DATA_KEY, operation: OpGenerateDataKey,
+		ring: Ring{DataClass: in.DataClass, Region: in.Region}, context: in.Context, size: DataKeySize,
 	}
 	if err := s.authorize(ctx, o); err != nil {
-		return DecryptOutput{}, err
+		return GenerateDataKeyOutput{}, err
 	}
-
-	dataKey, err := s.backend.Unwrap(ctx, o.ring.DataClass, o.ring.Region, h.KeyVersion, h.WrappedKey)
+	dataKey := make([]byte, DataKeySize)
+	if _, err := io.ReadFull(s.rand, dataKey); err != nil {
+		return GenerateDataKeyOutput{}, s.fail(ctx, o, &Error{Code: Internal, Message: "internal error", Err: fmt.Errorf("generate data key: %w", err)})
+	}
+	sl, err := s.seal(ctx, o.ring, in.Context, dataKey)
+	o.version = sl.version
 	if err != nil {
-		switch {
-		case errors.Is(err, ErrUnwrap):
-			err = errAuthFailed(err)
-		case errors.Is(err, ErrKeyNotFound):
-			err = &Error{Code: NotFound, Message: fmt.Sprintf("no key version %d for data class %s in region %s", h.KeyVersion, h.DataClass, h.Region), Err: err}
-		default:
-			err = backendError(o.ring, err)
-		}
-		return DecryptOutput{}, s.fail(ctx, o, err)
+		clear(dataKey)
+		return GenerateDataKeyOutput{}, s.fail(ctx, o, err)
 	}
-	plaintext, _, err := envelope.Open(dataKey, in.Ciphertext, in.Context)
-	clear(dataKey)
-	if err != nil {
-		if errors.Is(err, envelope.ErrAuthentication) {
-			err = errAuthFailed(err)
-		} else {
-			err = &Error{Code: Invalid, Message: "ciphertext: " + err.Error(), Err: err}
-		}
-		return DecryptOutput{}, s.fail(ctx, o, err)
-	}
-	o.size = len(plaintext)
-
+	s.rings[o.ring].count(sl.version, s.kick)
 	seq, err := s.record(ctx, o, auditv1.Decision_DECISION_ALLOW, "allowed by grant "+o.grantID)
 	if err != nil {
-		clear(plaintext)
-		return DecryptOutput{}, err
+		clear(dataKey)
+		return GenerateDataKeyOutput{}, err
 	}
-	return DecryptOutput{
-		Plaintext:     plaintext,
-		Key:           KeyRef{DataClass: o.ring.DataClass, Region: o.ring.Region, Version: h.KeyVersion},
+	return GenerateDataKeyOutput{
+		PlaintextKey: dataKey, WrappedKey: sl.ciphertext,
+		Key: KeyRef{o.ring.DataClass, o.ring.Region, sl.version}, AuditSequence: seq,
+	}, nil
+}
+
+// RewrapOutput is an envelope moved to the newest key version.
+type RewrapOutput struct {
+	// Ciphertext is the new envelope, same plaintext and context.
+	Ciphertext []byte
+	// From and To are the key versions before and after.
+	From, To KeyRef
+	// AuditSequence is the sequence number of the audit event.
+	AuditSequence uint64
+}
+
+// Rewrap opens an envelope and seals its plaintext again, under a fresh data
+// key wrapped by the ring's primary version, with the same context. The
+// plaintext never leaves the service. It needs a rewrap grant; retired
+// versions cannot be rewrapped (raise the minimum only after rewrapping).
+func (s *Service) Rewrap(ctx context.Context, caller string, in DecryptInput) (RewrapOutput, error) {
+	if err := in.validate(); err != nil {
+		return RewrapOutput{}, err
+	}
+	o, err := parse(caller, auditv1.Kind_KIND_KEY_REWRAP, OpRewrap, in.Ciphertext, in.Context)
+	if err != nil {
+		return RewrapOutput{}, err
+	}
+	o.fromVersion = o.version
+	if err := s.authorize(ctx, o); err != nil {
+		return RewrapOutput{}, err
+	}
+	plaintext, err := s.open(ctx, o, in.Ciphertext, in.Context)
+	if err != nil {
+		return RewrapOutput{}, s.fail(ctx, o, err)
+	}
+	o.size = len(plaintext)
+	sl, err := s.seal(ctx, o.ring, in.Context, plaintext)
+	clear(plaintext)
+	if sl.version != 0 {
+		o.version = sl.version
+	}
+	if err != nil {
+		return RewrapOutput{}, s.fail(ctx, o, err)
+	}
+	s.rings[o.ring].count(sl.version, s.kick)
+	seq, err := s.record(ctx, o, auditv1.Decision_DECISION_ALLOW, "allowed by grant "+o.grantID)
+	if err != nil {
+		return RewrapOutput{}, err
+	}
+	return RewrapOutput{
+		Ciphertext:    sl.ciphertext,
+		From:          KeyRef{o.ring.DataClass, o.ring.Region, o.fromVersion},
+		To:            KeyRef{o.ring.DataClass, o.ring.Region, sl.version},
 		AuditSequence: seq,
 	}, nil
 }
 
-// authorize checks that the ring exists and that a grant allows the
-// operation, recording the grant in o. A denial is audited before it is
-// returned.
-func (s *Service) authorize(ctx context.Context, o *op) error {
-	if !s.rings[o.ring] {
+// check verifies that the ring exists, that a grant allows the operation
+// (recording the grant in o) and, for operations that read an envelope,
+// that its key version is not retired. It records nothing.
+func (s *Service) check(o *op) error {
+	rs, ok := s.rings[o.ring]
+	if !ok {
 		return &Error{Code: NotFound, Message: fmt.Sprintf("no key ring for data class %s in region %s", o.ring.DataClass, o.ring.Region)}
 	}
-	for i := range s.grants {
-		if s.grants[i].allows(o.caller, o.operation, o.ring) {
-			o.grantID = s.grants[i].ID
-			return nil
+	now := s.clock()
+	s.gmu.RLock()
+	for _, g := range s.byWho[o.caller] {
+		if g.allows(o.caller, o.operation, o.ring, o.context, now) {
+			o.grantID = g.ID
+			break
 		}
 	}
-	deny := &Error{Code: PermissionDenied, Message: fmt.Sprintf("no grant allows %s to %s data class %s in region %s", o.caller, o.operation, o.ring.DataClass, o.ring.Region)}
-	if _, err := s.record(ctx, o, auditv1.Decision_DECISION_DENY, deny.Message); err != nil {
-		return err
+	s.gmu.RUnlock()
+	if o.grantID == "" {
+		// One message whatever part of the grant failed (region,
+		// operation, context, expiry): the caller learns no more.
+		return &Error{Code: PermissionDenied, Message: fmt.Sprintf("no grant allows %s to %s data class %s in region %s", o.caller, o.operation, o.ring.DataClass, o.ring.Region)}
 	}
-	return deny
+	if o.operation == OpDecrypt || o.operation == OpRewrap {
+		if min := rs.minDecrypt(); o.version < min {
+			return &Error{Code: FailedPrecondition, Message: fmt.Sprintf("key version %d of data class %s in region %s is retired (minimum decryption version %d)", o.version, o.ring.DataClass, o.ring.Region, min)}
+		}
+	}
+	return nil
+}
+
+// deniedEvent returns the audit event of a refused operation, or nil when
+// nothing is recorded (no such ring).
+func (s *Service) deniedEvent(ctx context.Context, o *op, err error) *auditv1.Event {
+	if ErrorCode(err) == NotFound {
+		return nil
+	}
+	return s.event(ctx, o, auditv1.Decision_DECISION_DENY, ErrorMessage(err))
+}
+
+// authorize is check for single operations: a denial is audited before it
+// is returned.
+func (s *Service) authorize(ctx context.Context, o *op) error {
+	err := s.check(o)
+	if err == nil {
+		return nil
+	}
+	if ev := s.deniedEvent(ctx, o, err); ev != nil {
+		if _, aerr := s.append(ctx, ev); aerr != nil {
+			return aerr
+		}
+	}
+	return err
 }
 
 // fail audits an allowed operation that failed, then returns its error, or
@@ -310,9 +680,26 @@ func backendError(ring Ring, err error) error {
 // record appends the audit event of o and returns its sequence number. Any
 // failure is Unavailable: the operation must then not be performed.
 func (s *Service) record(ctx context.Context, o *op, decision auditv1.Decision, reason string) (uint64, error) {
-	id, err := newUUID(s.rand)
-	if err != nil {
-		return 0, errAuditUnavailable(fmt.Errorf("event id: %w", err))
+	return s.append(ctx, s.event(ctx, o, decision, reason))
+}
+
+// event builds the audit event of o. An event id that cannot be generated
+// leaves the id empty, which the audit log refuses: fail closed.
+func (s *Service) event(ctx context.Context, o *op, decision auditv1.Decision, reason string) *auditv1.Event {
+	id, _ := newUUID(s.rand)
+	kd := &auditv1.KeyDetail{
+		DataClass:         o.ring.DataClass,
+		Region:            o.ring.Region,
+		KeyVersion:        o.version,
+		FromKeyVersion:    o.fromVersion,
+		GrantId:           o.grantID,
+		EncryptionContext: maps.Clone(o.context),
+		PlaintextBytes:    uint64(o.size),
+		ItemCount:         o.items,
+		Backend:           s.backendName,
+	}
+	if o.detail != nil {
+		o.detail(kd)
 	}
 	ev := &auditv1.Event{
 		Id:       id,
@@ -322,19 +709,19 @@ func (s *Service) record(ctx context.Context, o *op, decision auditv1.Decision, 
 		Reason:   reason,
 		Rule:     o.grantID,
 		Actor:    &auditv1.Actor{Principal: o.caller},
-		Detail: &auditv1.Event_Key{Key: &auditv1.KeyDetail{
-			DataClass:         o.ring.DataClass,
-			Region:            o.ring.Region,
-			KeyVersion:        o.version,
-			GrantId:           o.grantID,
-			EncryptionContext: maps.Clone(o.context),
-			PlaintextBytes:    uint64(o.size),
-			Backend:           s.backendName,
-		}},
+		Detail:   &auditv1.Event_Key{Key: kd},
 	}
 	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
 		ev.TraceId = sc.TraceID().String()
 		ev.SpanId = sc.SpanID().String()
+	}
+	return ev
+}
+
+// append records one event durably.
+func (s *Service) append(ctx context.Context, ev *auditv1.Event) (uint64, error) {
+	if ev.GetId() == "" {
+		return 0, errAuditUnavailable(errors.New("no event id: random source failed"))
 	}
 	res, err := s.auditor.Append(ctx, ev)
 	if err != nil {
@@ -346,6 +733,49 @@ func (s *Service) record(ctx context.Context, o *op, decision auditv1.Decision, 
 	return res.GetSequence(), nil
 }
 
+// appendAll records the events of a batch, in one append when the auditor
+// can, and then calls each item's done with its sequence number. On error
+// nothing is done.
+func (s *Service) appendAll(ctx context.Context, items []pending) error {
+	if len(items) == 0 {
+		return nil
+	}
+	seqs := make([]uint64, len(items))
+	if s.batch != nil && len(items) > 1 {
+		evs := make([]*auditv1.Event, len(items))
+		for i, p := range items {
+			if p.ev.GetId() == "" {
+				return errAuditUnavailable(errors.New("no event id: random source failed"))
+			}
+			evs[i] = p.ev
+		}
+		res, err := s.batch.AppendBatch(ctx, evs)
+		if err != nil {
+			return errAuditUnavailable(err)
+		}
+		if len(res) != len(evs) {
+			return errAuditUnavailable(fmt.Errorf("append returned %d results for %d events", len(res), len(evs)))
+		}
+		for i, r := range res {
+			seqs[i] = r.GetSequence()
+		}
+	} else {
+		for i, p := range items {
+			seq, err := s.append(ctx, p.ev)
+			if err != nil {
+				return err
+			}
+			seqs[i] = seq
+		}
+	}
+	for i, p := range items {
+		if p.done != nil {
+			p.done(seqs[i])
+		}
+	}
+	return nil
+}
+
 // newUUID returns a random (version 4) UUID read from r.
 func newUUID(r io.Reader) (string, error) {
 	var b [16]byte
@@ -354,5 +784,15 @@ func newUUID(r io.Reader) (string, error) {
 	}
 	b[6] = b[6]&0x0f | 0x40
 	b[8] = b[8]&0x3f | 0x80
-	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16]), nil
+	var out [36]byte
+	hex.Encode(out[0:8], b[0:4])
+	out[8] = '-'
+	hex.Encode(out[9:13], b[4:6])
+	out[13] = '-'
+	hex.Encode(out[14:18], b[6:8])
+	out[18] = '-'
+	hex.Encode(out[19:23], b[8:10])
+	out[23] = '-'
+	hex.Encode(out[24:], b[10:16])
+	return string(out[:]), nil
 }

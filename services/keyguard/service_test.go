@@ -93,7 +93,7 @@ func newHarness(t *testing.T) *harness {
 		}
 	}
 	a := &fakeAuditor{}
-	svc, err := keyguard.New(keyguard.Config{
+	svc, err := keyguard.New(context.Background(), keyguard.Config{
 		Backend: kr, Auditor: a, Rings: []keyguard.Ring{euRing, usRing}, Grants: grants,
 		Clock: func() time.Time { return now }, BackendName: "local",
 	})
@@ -454,12 +454,12 @@ func TestNewRejectsBadConfig(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			if _, err := keyguard.New(tc.cfg); err == nil || !strings.Contains(err.Error(), tc.wantMsg) {
+			if _, err := keyguard.New(context.Background(), tc.cfg); err == nil || !strings.Contains(err.Error(), tc.wantMsg) {
 				t.Fatalf("New error %v, want one saying %q", err, tc.wantMsg)
 			}
 		})
 	}
-	if _, err := keyguard.New(ok); err != nil {
+	if _, err := keyguard.New(context.Background(), ok); err != nil {
 		t.Fatalf("New with a good config: %v", err)
 	}
 }

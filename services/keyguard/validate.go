@@ -130,6 +130,17 @@ func (c *Config) validate() error {
 				return fmt.Errorf("keyguard: config: grants[%d]: region %q must match %s", i, r, namePattern)
 			}
 		}
+		if err := validateContext(g.RequiredContext); err != nil {
+			return fmt.Errorf("keyguard: config: grants[%d]: required context: %s", i, ErrorMessage(err))
+		}
+		if strings.HasPrefix(g.ID, "g-") {
+			return fmt.Errorf("keyguard: config: grants[%d]: id %q: the prefix \"g-\" is kept for grants created through the API", i, g.ID)
+		}
+	}
+	for i, a := range c.Admins {
+		if a == "" {
+			return fmt.Errorf("keyguard: config: admins[%d]: empty principal", i)
+		}
 	}
 	return nil
 }

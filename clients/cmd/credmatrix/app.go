@@ -62,6 +62,10 @@ func run(ctx context.Context, args []string, s streams, getenv func(string) stri
 	if err == nil {
 		return exitOK
 	}
+	var child childExit
+	if errors.As(err, &child) {
+		return child.code
+	}
 	code, msg := classify(err)
 	fmt.Fprintf(s.err, "credmatrix: %s\n", msg)
 	return code
@@ -143,7 +147,7 @@ Exit codes: 0 ok, 1 error, 2 bad usage or invalid request, 3 denied,
 	pf.StringVar(&a.keyFile, "key-file", a.getenv("CREDMATRIX_KEY_FILE"), "client key (PEM) for mTLS (env CREDMATRIX_KEY_FILE)")
 	pf.BoolVar(&a.devPlaintext, "dev-plaintext", a.getenv("CREDMATRIX_DEV_PLAINTEXT") == "true", "connect without TLS (loopback only; development)")
 
-	root.AddCommand(a.credsCommand(), a.encryptCommand(), a.decryptCommand(), a.auditCommand(), a.devCommand())
+	root.AddCommand(a.credsCommand(), a.serveCredentialsCommand(), a.encryptCommand(), a.decryptCommand(), a.keyguardCommand(), a.auditCommand(), a.devCommand(), a.policyCommand())
 	return root
 }
 

@@ -6,7 +6,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -72,7 +74,7 @@ func session() *brokerv1.Session {
 
 func TestWriteSessionCredentialProcess(t *testing.T) {
 	var b bytes.Buffer
-	if err := writeSession(&b, "credential-process", session()); err != nil {
+	if err := writeSession(&b, "credential-process", session(), func(string) string { return "" }); err != nil {
 		t.Fatal(err)
 	}
 	var got map[string]any
@@ -93,7 +95,7 @@ func TestWriteSessionEnvIsShellSafe(t *testing.T) {
 		t.Skip("no sh on PATH")
 	}
 	var b bytes.Buffer
-	if err := writeSession(&b, "env", session()); err != nil {
+	if err := writeSession(&b, "env", session(), func(string) string { return "" }); err != nil {
 		t.Fatal(err)
 	}
 	out, err := exec.CommandContext(context.Background(), sh, "-c", b.String()+`printf '%s|%s|%s' "$AWS_SECRET_ACCESS_KEY" "$AWS_SESSION_TOKEN" "$AWS_REGION"`).Output()
@@ -112,7 +114,13 @@ func TestUsageErrors(t *testing.T) {
 		args []string
 		want string
 	}{
-		{"creds/no-role", []string{"creds", "--account", "a"}, "--role is required"},
+		{"creds/no-role", []string{"creds", "--account", "a"}, "--role and --account go together"},
+		{"creds/no-target", []string{"creds"}, "are required"},
+		{"creds/bad-target", []string{"creds", "--target", "deploy"}, "role@account"},
+		{"creds/env-with-two-targets", []string{"creds", "--target", "a@b", "--target", "c@d", "--output", "env"}, "one target"},
+		{"creds/profile-without-name", []string{"creds", "--target", "a@b", "--output", "aws-profile"}, "name its profile"},
+		{"creds/github-env-outside-actions", []string{"creds", "--target", "a@b", "--output", "github-env", "--token-source", "env"}, "no OIDC token"},
+		{"serve-credentials/no-role", []string{"serve-credentials"}, "--role and --account are required"},
 		{"creds/bad-output", []string{"creds", "--role", "r", "--account", "a", "--output", "xml"}, "--output"},
 		{"creds/no-token", []string{"creds", "--role", "r", "--account", "a"}, "no OIDC token"},
 		{"unknown-flag", []string{"creds", "--nope"}, "unknown flag"},
@@ -131,5 +139,59 @@ func TestUsageErrors(t *testing.T) {
 				t.Fatalf("stdout not empty: %q", out.String())
 			}
 		})
+	}
+}
+
+func TestGitHubEnvMasksEverySecret(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "github_env")
+	var out bytes.Buffer
+	s := session()
+	if err := writeSession(&out, "github-env", s, func(k string) string {
+		if k == "GITHUB_ENV" {
+			return path
+		}
+		return ""
+	}); err != nil {
+		t.Fatal(err)
+	}
+	file, _ := os.ReadFile(path)
+	for _, want := range []string{"AWS_ACCESS_KEY_ID=ASIAEXAMPLEEXAMPLE12\n", "AWS_SECRET_ACCESS_KEY=se'cret\n", "AWS_SESSION_TOKEN=tok$en\n", "AWS_REGION=eu-west-1\n"} {
+		if !strings.Contains(string(file), want) {
+			t.Errorf("GITHUB_ENV lacks %q:\n%s", want, file)
+		}
+	}
+	// Every secret is masked before anything else mentions it, and stdout
+	// mentions secrets only in ::add-mask:: commands.
+	for _, secret := range []string{"se'cret", "tok$en", "ASIAEXAMPLEEXAMPLE12"} {
+		if !strings.Contains(out.String(), "::add-mask::"+secret+"\n") {
+			t.Errorf("%q not masked", secret)
+		}
+	}
+	for _, line := range strings.Split(out.String(), "\n") {
+		if strings.HasPrefix(line, "::add-mask::") {
+			continue
+		}
+		if strings.Contains(line, "se'cret") || strings.Contains(line, "tok$en") {
+			t.Errorf("unmasked secret on stdout: %q", line)
+		}
+	}
+	if info, _ := os.Stat(path); info.Mode().Perm()&0o077 != 0 {
+		t.Errorf("GITHUB_ENV created with mode %v", info.Mode().Perm())
+	}
+}
+
+func TestSetProfile(t *testing.T) {
+	old := "[default]\nregion = us-east-1\n\n[profile prod]\ncredential_process = old\nregion = x\n\n[profile other]\noutput = json\n"
+	got := setProfile(old, "prod", []string{"credential_process = new", "region = eu-west-1"})
+	want := "[default]\nregion = us-east-1\n\n[profile prod]\ncredential_process = new\nregion = eu-west-1\n[profile other]\noutput = json\n"
+	if diff := cmp.Diff(got, want); diff != "" {
+		t.Fatalf("replace (-got +want):\n%s", diff)
+	}
+	got = setProfile("", "dev", []string{"credential_process = x"})
+	if got != "[profile dev]\ncredential_process = x\n" {
+		t.Fatalf("append to empty: %q", got)
+	}
+	if got := commandLine([]string{"/opt/my tools/credmatrix", "creds", "--token-exec", `echo "$T"`}); got != `"/opt/my tools/credmatrix" creds --token-exec "echo \"\$T\""` {
+		t.Fatalf("commandLine: %s", got)
 	}
 }

@@ -19,9 +19,9 @@ import (
 func (a *app) auditCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "audit",
-		Short: "Read the audit log: tail and query",
+		Short: "Read the audit log: tail, query, export, verify and replay",
 	}
-	cmd.AddCommand(a.auditTailCommand(), a.auditQueryCommand())
+	cmd.AddCommand(a.auditTailCommand(), a.auditQueryCommand(), a.auditExportCommand(), a.auditVerifyCommand(), a.auditReplayCommand())
 	return cmd
 }
 

@@ -118,6 +118,7 @@ func dialAs(t *testing.T, stack *devstack.Stack, name, addr string) *grpc.Client
 func TestDemoFlow(t *testing.T) {
 	stack, logs, stateDir := startStack(t)
 	c := &cli{t: t, env: envMap(stack.Env()), transcript: &syncBuffer{}}
+	c.env["CREDMATRIX_CACHE_DIR"] = filepath.Join(t.TempDir(), "cache")
 
 	// 1. The CI job's OIDC token, from the dev issuer's mint endpoint.
 	token := strings.TrimSpace(c.ok("", "dev", "token", "--repository", "acme/app", "--ref", "refs/heads/main"))
@@ -217,7 +218,7 @@ func TestDemoFlow(t *testing.T) {
 
 	// 6. Audit down: both services fail closed with UNAVAILABLE.
 	stack.StopAudit()
-	if r := c.run("", "creds", "--role", "deploy", "--account", "sandbox", "--output", "credential-process"); r.code != exitUnavailable || r.stdout != "" {
+	if r := c.run("", "creds", "--role", "deploy", "--account", "sandbox", "--output", "credential-process", "--cache=false"); r.code != exitUnavailable || r.stdout != "" {
 		t.Fatalf("creds with audit down: %+v", r)
 	}
 	if r := c.run(record, "encrypt", "--data-class", "confidential", "--region", "eu-west-1"); r.code != exitUnavailable || r.stdout != "" {

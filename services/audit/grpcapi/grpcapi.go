@@ -10,16 +10,16 @@ import (
 	"errors"
 
 	"github.com/hashicorp/go-hclog"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/credmatrix/credmatrix/services/audit"
 
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
 )
-
-// errNotYet is the answer of the proof RPCs until the Merkle log lands.
-const errNotYet = "not available yet: checkpoints and proofs arrive with the Merkle log"
 
 // Server implements auditv1.AuditServiceServer over an audit.Log.
 type Server struct {
@@ -144,26 +144,48 @@ func (s *Server) Subscribe(req *auditv1.SubscribeRequest, stream auditv1.AuditSe
 	return s.fail("Subscribe", err)
 }
 
-// GetCheckpoint implements auditv1.AuditServiceServer; not available yet.
+// GetCheckpoint implements auditv1.AuditServiceServer: a signed
+// checkpoint covering every durable event.
 func (s *Server) GetCheckpoint(ctx context.Context, _ *auditv1.GetCheckpointRequest) (*auditv1.GetCheckpointResponse, error) {
-	return nil, s.notYet(ctx)
-}
-
-// GetInclusionProof implements auditv1.AuditServiceServer; not available yet.
-func (s *Server) GetInclusionProof(ctx context.Context, _ *auditv1.GetInclusionProofRequest) (*auditv1.GetInclusionProofResponse, error) {
-	return nil, s.notYet(ctx)
-}
-
-// GetConsistencyProof implements auditv1.AuditServiceServer; not available yet.
-func (s *Server) GetConsistencyProof(ctx context.Context, _ *auditv1.GetConsistencyProofRequest) (*auditv1.GetConsistencyProofResponse, error) {
-	return nil, s.notYet(ctx)
-}
-
-func (s *Server) notYet(ctx context.Context) error {
 	if _, err := s.authorize(ctx, s.readers, "read"); err != nil {
-		return toStatus(err)
+		return nil, s.fail("GetCheckpoint", err)
 	}
-	return status.Error(codes.Unimplemented, errNotYet)
+	cp, err := s.log.LatestCheckpoint(ctx)
+	if err != nil {
+		return nil, s.fail("GetCheckpoint", err)
+	}
+	return &auditv1.GetCheckpointResponse{
+		SignedNote: cp.Note,
+		Origin:     cp.Origin,
+		TreeSize:   cp.Size,
+		RootHash:   cp.Root,
+		KeyId:      cp.KeyID,
+		Time:       timestamppb.New(cp.Time),
+	}, nil
+}
+
+// GetInclusionProof implements auditv1.AuditServiceServer.
+func (s *Server) GetInclusionProof(ctx context.Context, req *auditv1.GetInclusionProofRequest) (*auditv1.GetInclusionProofResponse, error) {
+	if _, err := s.authorize(ctx, s.readers, "read"); err != nil {
+		return nil, s.fail("GetInclusionProof", err)
+	}
+	leaf, path, size, err := s.log.InclusionProof(req.GetSequence(), req.GetTreeSize())
+	if err != nil {
+		return nil, s.fail("GetInclusionProof", err)
+	}
+	return &auditv1.GetInclusionProofResponse{Sequence: req.GetSequence(), TreeSize: size, LeafHash: leaf, Hashes: path}, nil
+}
+
+// GetConsistencyProof implements auditv1.AuditServiceServer.
+func (s *Server) GetConsistencyProof(ctx context.Context, req *auditv1.GetConsistencyProofRequest) (*auditv1.GetConsistencyProofResponse, error) {
+	if _, err := s.authorize(ctx, s.readers, "read"); err != nil {
+		return nil, s.fail("GetConsistencyProof", err)
+	}
+	proof, second, err := s.log.ConsistencyProof(req.GetFirstSize(), req.GetSecondSize())
+	if err != nil {
+		return nil, s.fail("GetConsistencyProof", err)
+	}
+	return &auditv1.GetConsistencyProofResponse{FirstSize: req.GetFirstSize(), SecondSize: second, Hashes: proof}, nil
 }
 
 // authorize returns the caller's identity if allowed is empty or holds it.
@@ -213,15 +235,27 @@ func toStatus(err error) error {
 	case audit.Invalid:
 		return status.Error(codes.InvalidArgument, e.Message)
 	case audit.Unavailable:
-		return status.Error(codes.Unavailable, e.Message)
+		return withRetry(codes.Unavailable, e)
 	case audit.NotFound:
 		return status.Error(codes.NotFound, e.Message)
 	case audit.PermissionDenied:
 		return status.Error(codes.PermissionDenied, e.Message)
 	case audit.ResourceExhausted:
-		return status.Error(codes.ResourceExhausted, e.Message)
+		return withRetry(codes.ResourceExhausted, e)
 	}
 	return status.Error(codes.Internal, "internal error")
+}
+
+// withRetry is the status of a retryable error, with a RetryInfo detail
+// when the domain advised a delay.
+func withRetry(code codes.Code, e *audit.Error) error {
+	st := status.New(code, e.Message)
+	if e.RetryAfter > 0 {
+		if d, err := st.WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(e.RetryAfter)}); err == nil {
+			st = d
+		}
+	}
+	return st.Err()
 }
 
 func set(items []string) map[string]bool {

@@ -2,6 +2,7 @@ package grpcapi_test
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"path/filepath"
 	"strings"
@@ -9,6 +10,9 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/transparency-dev/merkle/proof"
+	"github.com/transparency-dev/merkle/rfc6962"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -18,6 +22,8 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/credmatrix/credmatrix/services/audit"
+	"github.com/credmatrix/credmatrix/services/audit/audittest"
+	"github.com/credmatrix/credmatrix/services/audit/checkpoint"
 	"github.com/credmatrix/credmatrix/services/audit/grpcapi"
 	"github.com/credmatrix/credmatrix/services/audit/sqlite"
 
@@ -52,6 +58,7 @@ func as(id string) context.Context {
 }
 
 type fixture struct {
+	signer *checkpoint.Signer
 	client auditv1.AuditServiceClient
 	store  *sqlite.Store
 }
@@ -65,7 +72,8 @@ func newServer(t *testing.T, opts ...grpcapi.Option) fixture {
 		t.Fatalf("sqlite.Open: %v", err)
 	}
 	t.Cleanup(func() { store.Close() })
-	log := audit.NewLog(store)
+	signer := audittest.NewSigner(t)
+	log := audittest.OpenLog(t, store, audit.WithSigner(signer, 0, 0), audit.WithGroupCommit(audit.MaxBatch, 0, 0, 0))
 	lis := bufconn.Listen(1 << 20)
 	srv := grpc.NewServer()
 	auditv1.RegisterAuditServiceServer(srv, grpcapi.New(log, opts...))
@@ -79,7 +87,7 @@ func newServer(t *testing.T, opts ...grpcapi.Option) fixture {
 		t.Fatalf("grpc.NewClient: %v", err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	return fixture{client: auditv1.NewAuditServiceClient(conn), store: store}
+	return fixture{client: auditv1.NewAuditServiceClient(conn), store: store, signer: signer}
 }
 
 func secured(t *testing.T) fixture {
@@ -265,7 +273,7 @@ func TestPermissions(t *testing.T) {
 		{"deny/query-without-identity", queryAs, "", codes.PermissionDenied},
 		{"deny/subscribe-by-broker", subscribeAs, broker, codes.PermissionDenied},
 		{"deny/checkpoint-by-broker", checkpointAs, broker, codes.PermissionDenied},
-		{"unimplemented/checkpoint-by-operator", checkpointAs, operator, codes.Unimplemented},
+		{"allow/checkpoint-by-operator", checkpointAs, operator, codes.OK},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			st := status.Convert(tc.call(tc.id))
@@ -279,30 +287,136 @@ func TestPermissions(t *testing.T) {
 	}
 }
 
-func TestProofsNotAvailableYet(t *testing.T) {
+func TestCheckpointAndProofs(t *testing.T) {
 	f := newServer(t)
 	ctx := context.Background()
-	const want = "not available yet: checkpoints and proofs arrive with the Merkle log"
-	for name, call := range map[string]func() error{
-		"GetCheckpoint": func() error {
-			_, err := f.client.GetCheckpoint(ctx, &auditv1.GetCheckpointRequest{})
+	if _, err := f.client.GetCheckpoint(ctx, &auditv1.GetCheckpointRequest{}); status.Code(err) != codes.NotFound {
+		t.Fatalf("GetCheckpoint of an empty log = %v, want NotFound", err)
+	}
+	var batch []*auditv1.Event
+	for _, id := range []string{"a", "b", "c", "d", "e"} {
+		batch = append(batch, event(id, auditv1.Kind_KIND_KEY_ENCRYPT))
+	}
+	app, err := f.client.Append(ctx, &auditv1.AppendRequest{Events: batch})
+	if err != nil {
+		t.Fatalf("Append: %v", err)
+	}
+	cpResp, err := f.client.GetCheckpoint(ctx, &auditv1.GetCheckpointRequest{})
+	if err != nil {
+		t.Fatalf("GetCheckpoint: %v", err)
+	}
+	cp, err := f.signer.Verifier().Open(cpResp.GetSignedNote())
+	if err != nil {
+		t.Fatalf("the served checkpoint does not verify: %v", err)
+	}
+	if diff := cmp.Diff([]any{cp.Size, cp.Root, cpResp.GetTreeSize(), cpResp.GetOrigin(), cpResp.GetKeyId()},
+		[]any{uint64(5), cpResp.GetRootHash(), uint64(5), audittest.Origin, f.signer.KeyID()}); diff != "" {
+		t.Errorf("checkpoint (-got +want):\n%s", diff)
+	}
+	for i, r := range app.GetResults() {
+		p, err := f.client.GetInclusionProof(ctx, &auditv1.GetInclusionProofRequest{Sequence: r.GetSequence()})
+		if err != nil {
+			t.Fatalf("GetInclusionProof(%d): %v", i, err)
+		}
+		if diff := cmp.Diff(p.GetLeafHash(), r.GetLeafHash()); diff != "" {
+			t.Errorf("leaf %d hash (-got +want):\n%s", i, diff)
+		}
+		if err := proof.VerifyInclusion(rfc6962.DefaultHasher, r.GetSequence(), p.GetTreeSize(), r.GetLeafHash(), p.GetHashes(), cp.Root); err != nil {
+			t.Errorf("inclusion of %d: %v", i, err)
+		}
+	}
+	// A consistency proof from size 2 to 5, checked against the root at 2.
+	incl, err := f.client.GetInclusionProof(ctx, &auditv1.GetInclusionProofRequest{Sequence: 0, TreeSize: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	root2, err := proof.RootFromInclusionProof(rfc6962.DefaultHasher, 0, 2, app.GetResults()[0].GetLeafHash(), incl.GetHashes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cons, err := f.client.GetConsistencyProof(ctx, &auditv1.GetConsistencyProofRequest{FirstSize: 2})
+	if err != nil {
+		t.Fatalf("GetConsistencyProof: %v", err)
+	}
+	if err := proof.VerifyConsistency(rfc6962.DefaultHasher, 2, cons.GetSecondSize(), cons.GetHashes(), root2, cp.Root); err != nil {
+		t.Errorf("consistency 2 -> 5: %v", err)
+	}
+
+	for _, tc := range []struct {
+		name  string
+		call  func() error
+		field string
+	}{
+		{"inclusion/sequence-beyond-size", func() error {
+			_, err := f.client.GetInclusionProof(ctx, &auditv1.GetInclusionProofRequest{Sequence: 5})
 			return err
-		},
-		"GetInclusionProof": func() error {
-			_, err := f.client.GetInclusionProof(ctx, &auditv1.GetInclusionProofRequest{Sequence: 1})
+		}, "sequence"},
+		{"inclusion/size-beyond-log", func() error {
+			_, err := f.client.GetInclusionProof(ctx, &auditv1.GetInclusionProofRequest{Sequence: 0, TreeSize: 6})
 			return err
-		},
-		"GetConsistencyProof": func() error {
-			_, err := f.client.GetConsistencyProof(ctx, &auditv1.GetConsistencyProofRequest{FirstSize: 1})
+		}, "tree_size"},
+		{"consistency/zero-first", func() error {
+			_, err := f.client.GetConsistencyProof(ctx, &auditv1.GetConsistencyProofRequest{FirstSize: 0})
 			return err
-		},
+		}, "first_size"},
+		{"consistency/first-after-second", func() error {
+			_, err := f.client.GetConsistencyProof(ctx, &auditv1.GetConsistencyProofRequest{FirstSize: 4, SecondSize: 3})
+			return err
+		}, "first_size"},
+		{"consistency/second-beyond-log", func() error {
+			_, err := f.client.GetConsistencyProof(ctx, &auditv1.GetConsistencyProofRequest{FirstSize: 1, SecondSize: 99})
+			return err
+		}, "second_size"},
 	} {
-		t.Run(name, func(t *testing.T) {
-			st := status.Convert(call())
-			if st.Code() != codes.Unimplemented || st.Message() != want {
-				t.Errorf("got %v %q, want Unimplemented %q", st.Code(), st.Message(), want)
+		t.Run(tc.name, func(t *testing.T) {
+			st := status.Convert(tc.call())
+			if st.Code() != codes.InvalidArgument || !strings.HasPrefix(st.Message(), tc.field+":") {
+				t.Errorf("got %v %q, want InvalidArgument naming %s", st.Code(), st.Message(), tc.field)
 			}
 		})
+	}
+}
+
+func TestOverloadIsResourceExhaustedWithRetryInfo(t *testing.T) {
+	f := newServer(t)
+	// The queue holds MaxBatch events: a second full batch while the first
+	// waits would overflow. Block commits by holding many requests in
+	// flight and look for at least one RESOURCE_EXHAUSTED with RetryInfo.
+	ctx := context.Background()
+	results := make(chan error, 16)
+	for g := range 16 {
+		go func() {
+			var batch []*auditv1.Event
+			for i := range audit.MaxBatch {
+				batch = append(batch, event(fmt.Sprintf("o-%d-%d", g, i), auditv1.Kind_KIND_KEY_ENCRYPT))
+			}
+			_, err := f.client.Append(ctx, &auditv1.AppendRequest{Events: batch})
+			results <- err
+		}()
+	}
+	var exhausted int
+	for range 16 {
+		err := <-results
+		if err == nil {
+			continue
+		}
+		st := status.Convert(err)
+		if st.Code() != codes.ResourceExhausted {
+			t.Fatalf("Append = %v, want OK or ResourceExhausted", err)
+		}
+		exhausted++
+		var ri *errdetails.RetryInfo
+		for _, d := range st.Details() {
+			if r, ok := d.(*errdetails.RetryInfo); ok {
+				ri = r
+			}
+		}
+		if ri == nil || ri.GetRetryDelay().AsDuration() <= 0 {
+			t.Errorf("RESOURCE_EXHAUSTED without a RetryInfo delay: %v", st.Details())
+		}
+	}
+	if exhausted == 0 {
+		t.Skip("the committer kept up with 16 concurrent full batches; no overload to observe")
 	}
 }
 
@@ -336,5 +450,57 @@ func TestDevModeRecordsNoSource(t *testing.T) {
 	}
 	if got := q.GetEvents()[0].GetSourceService(); got != "" {
 		t.Errorf("source_service = %q, want empty without an identity", got)
+	}
+}
+
+// TestSubscribeResumesAfterDisconnect reads part of the log, drops the
+// stream, appends more, and resumes from the last sequence seen plus one:
+// nothing is lost or repeated.
+func TestSubscribeResumesAfterDisconnect(t *testing.T) {
+	f := newServer(t)
+	bg := context.Background()
+	appendIDs := func(ids ...string) {
+		var batch []*auditv1.Event
+		for _, id := range ids {
+			batch = append(batch, event(id, auditv1.Kind_KIND_KEY_ENCRYPT))
+		}
+		if _, err := f.client.Append(bg, &auditv1.AppendRequest{Events: batch}); err != nil {
+			t.Fatalf("Append: %v", err)
+		}
+	}
+	appendIDs("a", "b", "c", "d")
+	ctx, cancel := context.WithCancel(bg)
+	stream, err := f.client.Subscribe(ctx, &auditv1.SubscribeRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	var last uint64
+	for range 2 {
+		resp, err := stream.Recv()
+		if err != nil {
+			t.Fatalf("Recv: %v", err)
+		}
+		got = append(got, resp.GetEvent().GetId())
+		last = resp.GetEvent().GetSequence()
+	}
+	cancel() // the client disconnects mid-stream
+	appendIDs("e", "f")
+
+	ctx2, cancel2 := context.WithCancel(bg)
+	defer cancel2()
+	stream, err = f.client.Subscribe(ctx2, &auditv1.SubscribeRequest{FromSequence: last + 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 4 {
+		resp, err := stream.Recv()
+		if err != nil {
+			t.Fatalf("Recv after resume: %v", err)
+		}
+		got = append(got, resp.GetEvent().GetId())
+	}
+	if diff := cmp.Diff(got, []string{"a", "b", "c", "d", "e", "f"}); diff != "" {
+		t.Errorf("events across the reconnect (-got +want):\n%s", diff)
 	}
 }

@@ -1,9 +1,12 @@
 package grpcapi
 
 import (
+	"time"
+
 	"context"
 	"errors"
 	"fmt"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -44,5 +47,31 @@ func TestToStatus(t *testing.T) {
 	}
 	if err := toStatus(nil); err != nil {
 		t.Errorf("toStatus(nil) = %v, want nil", err)
+	}
+}
+
+func TestToStatusRetryInfo(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		err   error
+		code  codes.Code
+		delay time.Duration
+	}{
+		{"exhausted/with-delay", &audit.Error{Code: audit.ResourceExhausted, Message: "overloaded", RetryAfter: 50 * time.Millisecond}, codes.ResourceExhausted, 50 * time.Millisecond},
+		{"unavailable/with-delay", &audit.Error{Code: audit.Unavailable, Message: "down", RetryAfter: time.Second}, codes.Unavailable, time.Second},
+		{"exhausted/no-delay", &audit.Error{Code: audit.ResourceExhausted, Message: "overloaded"}, codes.ResourceExhausted, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st := status.Convert(toStatus(tc.err))
+			var got time.Duration
+			for _, d := range st.Details() {
+				if ri, ok := d.(*errdetails.RetryInfo); ok {
+					got = ri.GetRetryDelay().AsDuration()
+				}
+			}
+			if st.Code() != tc.code || got != tc.delay {
+				t.Errorf("toStatus = %v with retry delay %v, want %v with %v", st.Code(), got, tc.code, tc.delay)
+			}
+		})
 	}
 }

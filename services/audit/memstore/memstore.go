@@ -5,6 +5,7 @@
 package memstore
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -24,9 +25,10 @@ var errClosed = errors.New("memstore: closed")
 // data is the log shared by a Store and the handles Reopen makes from it,
 // standing in for a file that outlives the process.
 type data struct {
-	mu     sync.RWMutex
-	events []*auditv1.Event
-	byID   map[string]uint64
+	mu          sync.RWMutex
+	events      []*auditv1.Event
+	byID        map[string]uint64
+	checkpoints []audit.StoredCheckpoint
 }
 
 // Store is an in-memory audit.Store. The zero value is not usable; call New.
@@ -143,6 +145,66 @@ func (s *Store) Query(ctx context.Context, f audit.Filter) ([]*auditv1.Event, st
 		out = append(out, proto.CloneOf(e))
 	}
 	return out, "", nil
+}
+
+// AddCheckpoint implements audit.Store.
+func (s *Store) AddCheckpoint(ctx context.Context, cp audit.StoredCheckpoint) error {
+	if s.closed.Load() {
+		return errClosed
+	}
+	s.d.mu.Lock()
+	defer s.d.mu.Unlock()
+	if n := len(s.d.checkpoints); cp.Size == 0 || n > 0 && cp.Size <= s.d.checkpoints[n-1].Size || cp.Size > uint64(len(s.d.events)) {
+		return fmt.Errorf("add checkpoint of size %d: %w", cp.Size, audit.ErrSequence)
+	}
+	cp.Note = bytes.Clone(cp.Note)
+	s.d.checkpoints = append(s.d.checkpoints, cp)
+	return nil
+}
+
+// Checkpoints implements audit.Store.
+func (s *Store) Checkpoints(ctx context.Context, fromSize uint64, limit int) ([]audit.StoredCheckpoint, error) {
+	if s.closed.Load() {
+		return nil, errClosed
+	}
+	s.d.mu.RLock()
+	defer s.d.mu.RUnlock()
+	var out []audit.StoredCheckpoint
+	for _, cp := range s.d.checkpoints {
+		if cp.Size >= fromSize && len(out) < limit {
+			cp.Note = bytes.Clone(cp.Note)
+			out = append(out, cp)
+		}
+	}
+	return out, nil
+}
+
+// LatestCheckpoint implements audit.Store.
+func (s *Store) LatestCheckpoint(ctx context.Context) (audit.StoredCheckpoint, bool, error) {
+	if s.closed.Load() {
+		return audit.StoredCheckpoint{}, false, errClosed
+	}
+	s.d.mu.RLock()
+	defer s.d.mu.RUnlock()
+	n := len(s.d.checkpoints)
+	if n == 0 {
+		return audit.StoredCheckpoint{}, false, nil
+	}
+	cp := s.d.checkpoints[n-1]
+	cp.Note = bytes.Clone(cp.Note)
+	return cp, true, nil
+}
+
+// Mutate calls f with the stored events and checkpoints under the write
+// lock, so tamper tests can edit "the file" behind the log's back.
+func (s *Store) Mutate(f func(events *[]*auditv1.Event, checkpoints *[]audit.StoredCheckpoint)) {
+	s.d.mu.Lock()
+	defer s.d.mu.Unlock()
+	f(&s.d.events, &s.d.checkpoints)
+	s.d.byID = make(map[string]uint64, len(s.d.events))
+	for i, e := range s.d.events {
+		s.d.byID[e.GetId()] = uint64(i)
+	}
 }
 
 // Close implements audit.Store. The events stay reachable through handles

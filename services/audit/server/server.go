@@ -1,6 +1,7 @@
-// Package server assembles the audit service: SQLite store, log, gRPC API
-// and the shared gRPC server plumbing. cmd/audit runs it; the local stack
-// and end-to-end tests start it in-process.
+// Package server assembles the audit service: store (SQLite or PostgreSQL),
+// checkpoint signer, log, gRPC API and the shared gRPC server plumbing.
+// cmd/audit runs it; the local stack and end-to-end tests start it
+// in-process.
 package server
 
 import (
@@ -8,12 +9,17 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"strings"
+	"time"
 
 	"github.com/credmatrix/credmatrix/platform/config"
 	"github.com/credmatrix/credmatrix/platform/grpcserver"
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
 	"github.com/credmatrix/credmatrix/services/audit"
+	"github.com/credmatrix/credmatrix/services/audit/checkpoint"
 	"github.com/credmatrix/credmatrix/services/audit/grpcapi"
+	"github.com/credmatrix/credmatrix/services/audit/postgres"
 	"github.com/credmatrix/credmatrix/services/audit/sqlite"
 	"github.com/hashicorp/go-hclog"
 )
@@ -21,15 +27,57 @@ import (
 // Config is the whole configuration of the audit service.
 type Config struct {
 	Server           grpcserver.Config `cfg:"server"`
-	DBPath           string            `cfg:"db_path" help:"SQLite database file of the audit log (created when missing)"`
+	Store            string            `cfg:"store" help:"where the log is kept: sqlite (one file, embedded default) or postgres (replicas; one sequencer at a time)"`
+	DBPath           string            `cfg:"db_path" help:"SQLite database file of the audit log (created when missing); store=sqlite"`
+	Postgres         PostgresConfig    `cfg:"postgres"`
 	AppendPrincipals []string          `cfg:"append_principals" help:"mTLS identities (certificate URI SANs) allowed to append: the broker and keyguard"`
 	ReadPrincipals   []string          `cfg:"read_principals" help:"mTLS identities allowed to query and subscribe: operators"`
 	LogLevel         string            `cfg:"log_level" help:"trace, debug, info, warn or error"`
+	Checkpoint       CheckpointConfig  `cfg:"checkpoint"`
+	Commit           CommitConfig      `cfg:"commit"`
+}
+
+// PostgresConfig locates the PostgreSQL database of store=postgres.
+type PostgresConfig struct {
+	DSN     string `cfg:"dsn" help:"PostgreSQL connection string (libpq form or URL); prefer dsn_file, a DSN may hold a password"`
+	DSNFile string `cfg:"dsn_file" help:"file holding the PostgreSQL connection string (e.g. a mounted Secret)"`
+}
+
+// CheckpointConfig says how checkpoints are signed.
+type CheckpointConfig struct {
+	KeyFile     string        `cfg:"key_file" help:"signed-note Ed25519 private key (PRIVATE+KEY+<origin>+...) that signs checkpoints; its public key is written beside it as <key_file>.pub"`
+	GenerateKey bool          `cfg:"generate_key" help:"development only: create key_file with a fresh key when it is missing"`
+	Origin      string        `cfg:"origin" help:"unique log origin; names a generated key (empty: credmatrix.local/audit/<random>) and must match a loaded key's name when set"`
+	Every       int           `cfg:"every" help:"sign a checkpoint after this many new events"`
+	Interval    time.Duration `cfg:"interval" help:"sign a checkpoint this often when the log has grown"`
+}
+
+// CommitConfig tunes group commit.
+type CommitConfig struct {
+	QueueLimit int           `cfg:"queue_limit" help:"events that may wait for a commit before appends get RESOURCE_EXHAUSTED"`
+	MaxEvents  int           `cfg:"max_events" help:"most events in one group commit (one transaction, one fsync)"`
+	Window     time.Duration `cfg:"window" help:"how long a commit waits for more appends (0: commit what is waiting at once)"`
+	RetryAfter time.Duration `cfg:"retry_after" help:"retry delay advised with RESOURCE_EXHAUSTED"`
 }
 
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
-	c := Config{Server: grpcserver.DefaultConfig(), DBPath: "credmatrix-audit.db", LogLevel: "info"}
+	c := Config{
+		Server:   grpcserver.DefaultConfig(),
+		Store:    "sqlite",
+		DBPath:   "credmatrix-audit.db",
+		LogLevel: "info",
+		Checkpoint: CheckpointConfig{
+			KeyFile:  "credmatrix-audit-checkpoint.key",
+			Every:    audit.DefaultCheckpointEvery,
+			Interval: audit.DefaultCheckpointInterval,
+		},
+		Commit: CommitConfig{
+			QueueLimit: audit.DefaultQueueLimit,
+			MaxEvents:  audit.DefaultCommitMaxEvents,
+			RetryAfter: audit.DefaultRetryAfter,
+		},
+	}
 	c.Server.ListenAddr = "127.0.0.1:7403"
 	return c
 }
@@ -38,8 +86,38 @@ func DefaultConfig() Config {
 // itself.
 func (c Config) Validate() error {
 	var errs []error
-	if c.DBPath == "" {
-		errs = append(errs, &config.FieldError{Field: "db_path", Msg: "required"})
+	switch c.Store {
+	case "sqlite":
+		if c.DBPath == "" {
+			errs = append(errs, &config.FieldError{Field: "db_path", Msg: "required"})
+		}
+	case "postgres":
+		if (c.Postgres.DSN == "") == (c.Postgres.DSNFile == "") {
+			errs = append(errs, &config.FieldError{Field: "postgres.dsn", Msg: "give postgres.dsn or postgres.dsn_file (exactly one) with store=postgres"})
+		}
+	default:
+		errs = append(errs, &config.FieldError{Field: "store", Msg: fmt.Sprintf("%q: want sqlite or postgres", c.Store)})
+	}
+	if c.Checkpoint.KeyFile == "" {
+		errs = append(errs, &config.FieldError{Field: "checkpoint.key_file", Msg: "required: the key that signs checkpoints"})
+	}
+	if c.Checkpoint.Origin != "" && !validOrigin(c.Checkpoint.Origin) {
+		errs = append(errs, &config.FieldError{Field: "checkpoint.origin", Msg: "must be printable, without spaces or '+'"})
+	}
+	for _, f := range []struct {
+		name string
+		ok   bool
+	}{
+		{"checkpoint.every", c.Checkpoint.Every >= 1},
+		{"checkpoint.interval", c.Checkpoint.Interval > 0},
+		{"commit.queue_limit", c.Commit.QueueLimit >= audit.MaxBatch},
+		{"commit.max_events", c.Commit.MaxEvents >= 1},
+		{"commit.window", c.Commit.Window >= 0 && c.Commit.Window <= time.Second},
+		{"commit.retry_after", c.Commit.RetryAfter > 0},
+	} {
+		if !f.ok {
+			errs = append(errs, &config.FieldError{Field: f.name, Msg: "out of range (see --help)"})
+		}
 	}
 	// With TLS on, an empty list would let any certificate the CA signed
 	// write to (or read) the log: refuse rather than guess.
@@ -58,7 +136,34 @@ func (c Config) Validate() error {
 type Server struct {
 	grpc  *grpcserver.Server
 	log   *audit.Log
-	store *sqlite.Store
+	store audit.Store
+}
+
+// openStore is the one place that picks the backend. where names the store
+// for messages (never the DSN, which may hold a password).
+func openStore(ctx context.Context, cfg Config) (audit.Store, string, error) {
+	switch cfg.Store {
+	case "postgres":
+		dsn := cfg.Postgres.DSN
+		if cfg.Postgres.DSNFile != "" {
+			b, err := os.ReadFile(cfg.Postgres.DSNFile)
+			if err != nil {
+				return nil, "postgres", fmt.Errorf("postgres.dsn_file: %w", err)
+			}
+			dsn = strings.TrimSpace(string(b))
+		}
+		s, err := postgres.Open(ctx, dsn)
+		if err != nil {
+			return nil, "postgres", fmt.Errorf("open audit store (postgres): %w", err)
+		}
+		return s, "postgres", nil
+	default:
+		s, err := sqlite.Open(ctx, cfg.DBPath)
+		if err != nil {
+			return nil, cfg.DBPath, fmt.Errorf("open audit store %s: %w", cfg.DBPath, err)
+		}
+		return s, cfg.DBPath, nil
+	}
 }
 
 // New opens the store and starts listening. Serve starts answering.
@@ -66,13 +171,26 @@ func New(ctx context.Context, cfg Config, logger hclog.Logger, opts ...grpcserve
 	if err := errors.Join(cfg.Validate(), cfg.Server.Validate()); err != nil {
 		return nil, err
 	}
-	store, err := sqlite.Open(ctx, cfg.DBPath)
+	signer, err := LoadSigner(cfg.Checkpoint)
 	if err != nil {
-		return nil, fmt.Errorf("open audit store %s: %w", cfg.DBPath, err)
+		return nil, err
 	}
-	log := audit.NewLog(store)
+	store, where, err := openStore(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	log, err := audit.Open(ctx, store,
+		audit.WithSigner(signer, uint64(cfg.Checkpoint.Every), cfg.Checkpoint.Interval),
+		audit.WithGroupCommit(cfg.Commit.QueueLimit, cfg.Commit.MaxEvents, cfg.Commit.Window, cfg.Commit.RetryAfter),
+	)
+	if err != nil {
+		store.Close()
+		return nil, fmt.Errorf("audit store %s: %w", where, err)
+	}
+	logger.Info("audit log open", "origin", signer.Origin(), "key_id", signer.KeyID(), "size", log.Size())
 	gs, err := grpcserver.New(cfg.Server, logger, opts...)
 	if err != nil {
+		log.Close()
 		store.Close()
 		return nil, err
 	}
@@ -101,6 +219,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		cancel()
 	}()
 	err := s.grpc.Serve(serveCtx)
+	s.log.Close() // drains the committer and signs a last checkpoint
 	return errors.Join(err, s.store.Close())
 }
 
@@ -110,4 +229,55 @@ func (s *Server) Stop() {
 	s.log.Close()
 	s.grpc.Stop()
 	s.store.Close()
+}
+
+// LoadSigner reads the checkpoint signing key from cfg.KeyFile, creating it
+// (with a unique origin) when it is missing and cfg.GenerateKey is set, and
+// writes the public key beside it as <key_file>.pub for investigators.
+func LoadSigner(cfg CheckpointConfig) (*checkpoint.Signer, error) {
+	b, err := os.ReadFile(cfg.KeyFile)
+	switch {
+	case errors.Is(err, os.ErrNotExist) && cfg.GenerateKey:
+		origin := cfg.Origin
+		if origin == "" {
+			if origin, err = checkpoint.NewOrigin("credmatrix.local/audit"); err != nil {
+				return nil, err
+			}
+		}
+		skey, _, err := checkpoint.GenerateKey(origin)
+		if err != nil {
+			return nil, err
+		}
+		if err := os.WriteFile(cfg.KeyFile, []byte(skey+"\n"), 0o600); err != nil {
+			return nil, fmt.Errorf("checkpoint.key_file: write %s: %w", cfg.KeyFile, err)
+		}
+		b = []byte(skey)
+	case errors.Is(err, os.ErrNotExist):
+		return nil, &config.FieldError{Field: "checkpoint.key_file", Msg: fmt.Sprintf("%s does not exist (set checkpoint.generate_key to create one in development)", cfg.KeyFile)}
+	case err != nil:
+		return nil, fmt.Errorf("checkpoint.key_file: read %s: %w", cfg.KeyFile, err)
+	}
+	signer, err := checkpoint.NewSigner(string(b))
+	if err != nil {
+		return nil, &config.FieldError{Field: "checkpoint.key_file", Msg: err.Error()}
+	}
+	if cfg.Origin != "" && signer.Origin() != cfg.Origin {
+		return nil, &config.FieldError{Field: "checkpoint.origin", Msg: fmt.Sprintf("%q does not match the key's origin %q", cfg.Origin, signer.Origin())}
+	}
+	pub := cfg.KeyFile + ".pub"
+	if old, err := os.ReadFile(pub); err != nil || strings.TrimSpace(string(old)) != signer.PublicKey() {
+		if err := os.WriteFile(pub, []byte(signer.PublicKey()+"\n"), 0o644); err != nil {
+			return nil, fmt.Errorf("checkpoint.key_file: write public key %s: %w", pub, err)
+		}
+	}
+	return signer, nil
+}
+
+func validOrigin(s string) bool {
+	for _, r := range s {
+		if r <= ' ' || r == '+' || r > '~' {
+			return false
+		}
+	}
+	return true
 }

@@ -2,7 +2,9 @@ package server
 
 import (
 	"context"
+	"database/sql"
 	"io"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -10,6 +12,7 @@ import (
 
 	"github.com/credmatrix/credmatrix/platform/devpki"
 	"github.com/credmatrix/credmatrix/platform/grpcclient"
+	"github.com/credmatrix/credmatrix/platform/pgtest"
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc/codes"
@@ -25,6 +28,8 @@ func start(t *testing.T, dbPath string, pki *devpki.Bundle) (*Server, func(name 
 	cfg.Server.ListenAddr = "127.0.0.1:0"
 	cfg.Server.TLS = pki.Files("audit")
 	cfg.DBPath = dbPath
+	cfg.Checkpoint.KeyFile = filepath.Join(filepath.Dir(dbPath), "checkpoint.key")
+	cfg.Checkpoint.GenerateKey = true
 	cfg.AppendPrincipals = []string{devpki.SPIFFEID("broker")}
 	cfg.ReadPrincipals = []string{devpki.SPIFFEID("cli")}
 	srv, err := New(context.Background(), cfg, hclog.New(&hclog.LoggerOptions{Output: io.Discard}))
@@ -109,5 +114,135 @@ func TestConfigValidate(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), field) {
 			t.Errorf("Validate() = %v, want an error naming %s", err, field)
 		}
+	}
+	for _, tc := range []struct {
+		name  string
+		edit  func(c *Config)
+		field string
+	}{
+		{"store/unknown", func(c *Config) { c.Store = "mysql" }, "store"},
+		{"store/postgres-without-dsn", func(c *Config) { c.Store = "postgres" }, "postgres.dsn"},
+		{"store/postgres-two-dsns", func(c *Config) { c.Store = "postgres"; c.Postgres.DSN, c.Postgres.DSNFile = "x", "y" }, "postgres.dsn"},
+		{"checkpoint/no-key-file", func(c *Config) { c.Checkpoint.KeyFile = "" }, "checkpoint.key_file"},
+		{"checkpoint/bad-origin", func(c *Config) { c.Checkpoint.Origin = "a b" }, "checkpoint.origin"},
+		{"checkpoint/every-zero", func(c *Config) { c.Checkpoint.Every = 0 }, "checkpoint.every"},
+		{"checkpoint/interval-zero", func(c *Config) { c.Checkpoint.Interval = 0 }, "checkpoint.interval"},
+		{"commit/queue-below-batch", func(c *Config) { c.Commit.QueueLimit = 10 }, "commit.queue_limit"},
+		{"commit/window-too-long", func(c *Config) { c.Commit.Window = time.Minute }, "commit.window"},
+		{"commit/no-retry-advice", func(c *Config) { c.Commit.RetryAfter = 0 }, "commit.retry_after"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := DefaultConfig()
+			c.Server.DevPlaintext = true
+			tc.edit(&c)
+			if err := c.Validate(); err == nil || !strings.Contains(err.Error(), tc.field) {
+				t.Errorf("Validate() = %v, want an error naming %s", err, tc.field)
+			}
+		})
+	}
+}
+
+func TestKeyFileRequiredUnlessGenerated(t *testing.T) {
+	cfg := CheckpointConfig{KeyFile: filepath.Join(t.TempDir(), "missing.key")}
+	if _, err := LoadSigner(cfg); err == nil || !strings.Contains(err.Error(), "checkpoint.key_file") {
+		t.Errorf("LoadSigner without the key file = %v, want an error naming checkpoint.key_file", err)
+	}
+	cfg.GenerateKey, cfg.Origin = true, "example.com/audit"
+	s, err := LoadSigner(cfg)
+	if err != nil {
+		t.Fatalf("LoadSigner generating: %v", err)
+	}
+	again, err := LoadSigner(CheckpointConfig{KeyFile: cfg.KeyFile})
+	if err != nil || again.KeyID() != s.KeyID() || s.Origin() != "example.com/audit" {
+		t.Fatalf("reloading the generated key = %v, %v", again, err)
+	}
+	if _, err := LoadSigner(CheckpointConfig{KeyFile: cfg.KeyFile, Origin: "other.example/audit"}); err == nil || !strings.Contains(err.Error(), "checkpoint.origin") {
+		t.Errorf("LoadSigner with another origin = %v, want an error naming checkpoint.origin", err)
+	}
+}
+
+// TestRefusesTamperedStore edits one event in the SQLite file behind the
+// service's back: the next start refuses the store with a clear error.
+func TestRefusesTamperedStore(t *testing.T) {
+	dir := t.TempDir()
+	pki, err := devpki.Generate(filepath.Join(dir, "pki"), "audit", "broker", "cli")
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := filepath.Join(dir, "audit.db")
+	srv, client := start(t, db, pki)
+	if _, err := client("broker").Append(context.Background(), &auditv1.AppendRequest{Events: []*auditv1.Event{event("a"), event("b")}}); err != nil {
+		t.Fatal(err)
+	}
+	srv.Stop()
+	raw, err := sql.Open("sqlite", db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := raw.Exec("UPDATE events SET data = CAST(replace(CAST(data AS TEXT), 'b', 'c') AS BLOB) WHERE sequence = 1"); err != nil {
+		t.Fatal(err)
+	}
+	raw.Close()
+	cfg := DefaultConfig()
+	cfg.Server.ListenAddr = "127.0.0.1:0"
+	cfg.Server.DevPlaintext = true
+	cfg.DBPath = db
+	cfg.Checkpoint.KeyFile = filepath.Join(dir, "checkpoint.key")
+	_, err = New(context.Background(), cfg, hclog.New(&hclog.LoggerOptions{Output: io.Discard}))
+	if err == nil || !strings.Contains(err.Error(), "does not match its last signed checkpoint") {
+		t.Fatalf("New on a tampered store = %v, want a refusal naming the checkpoint", err)
+	}
+}
+
+// TestPostgresStore runs the service on PostgreSQL, configured the way the
+// Helm chart does it (store=postgres, the DSN in a file).
+func TestPostgresStore(t *testing.T) {
+	dir := t.TempDir()
+	dsnFile := filepath.Join(dir, "dsn")
+	if err := os.WriteFile(dsnFile, []byte(pgtest.Start(t).NewDatabase(t)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := DefaultConfig()
+	cfg.Server.ListenAddr = "127.0.0.1:0"
+	cfg.Server.DevPlaintext = true
+	cfg.Store, cfg.Postgres.DSNFile = "postgres", dsnFile
+	cfg.Checkpoint.KeyFile, cfg.Checkpoint.GenerateKey = filepath.Join(dir, "checkpoint.key"), true
+	srv, err := New(context.Background(), cfg, hclog.New(&hclog.LoggerOptions{Output: io.Discard}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	conn, err := grpcclient.Dial(grpcclient.Config{Target: srv.Addr().String(), DevPlaintext: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	client := auditv1.NewAuditServiceClient(conn)
+	// Appends answer UNAVAILABLE until this replica holds the sequencer
+	// lock (a moment after start): poll with a deadline.
+	deadline := time.After(30 * time.Second)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+poll:
+	for {
+		_, err = client.Append(context.Background(), &auditv1.AppendRequest{Events: []*auditv1.Event{event("pg-1")}})
+		if err == nil || status.Code(err) != codes.Unavailable {
+			break
+		}
+		select {
+		case <-tick.C:
+		case <-deadline:
+			break poll
+		}
+	}
+	if err != nil {
+		t.Fatalf("Append on postgres: %v", err)
+	}
+	cp, err := client.GetCheckpoint(context.Background(), &auditv1.GetCheckpointRequest{})
+	if err != nil || cp.GetTreeSize() != 1 {
+		t.Fatalf("GetCheckpoint = %v, %v; want tree size 1", cp, err)
 	}
 }

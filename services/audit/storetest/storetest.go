@@ -1,5 +1,5 @@
 // Package storetest is the conformance suite for audit.Store: every
-// backend (sqlite, memstore, later postgres) runs the same tests, so Log can
+// backend (sqlite, postgres, memstore) runs the same tests, so Log can
 // rely on the same semantics whichever store it is given.
 package storetest
 
@@ -45,6 +45,8 @@ func Run(t *testing.T, open func(t *testing.T, dir string) audit.Store) {
 		{"query/pagination", s.testPagination},
 		{"query/malformed-token", s.testMalformedToken},
 		{"persistence", s.testPersistence},
+		{"checkpoints", s.testCheckpoints},
+		{"checkpoints/persistence", s.testCheckpointPersistence},
 	} {
 		t.Run(tc.name, tc.run)
 	}
@@ -442,4 +444,90 @@ func (s suite) testPersistence(t *testing.T) {
 	st, _ = s.openAt(t, dir)
 	mustHead(t, st, uint64(len(first)+len(more)))
 	diffEvents(t, "Read after second reopen", mustRead(t, st, 0, 100), append(first, more...))
+}
+
+func cp(size uint64) audit.StoredCheckpoint {
+	return audit.StoredCheckpoint{Size: size, Note: []byte(fmt.Sprintf("note %d\n", size)), Time: t0.Add(time.Duration(size) * time.Second)}
+}
+
+func (s suite) testCheckpoints(t *testing.T) {
+	ctx := context.Background()
+	st := s.fresh(t)
+	if _, ok, err := st.LatestCheckpoint(ctx); ok || err != nil {
+		t.Fatalf("LatestCheckpoint of an empty store = ok %v, %v; want none", ok, err)
+	}
+	if err := st.AddCheckpoint(ctx, cp(1)); !errors.Is(err, audit.ErrSequence) {
+		t.Errorf("AddCheckpoint beyond head of an empty store = %v, want ErrSequence", err)
+	}
+	mustAppend(t, st, Events(0, 5, "cp"))
+	for _, size := range []uint64{3, 5} {
+		if err := st.AddCheckpoint(ctx, cp(size)); err != nil {
+			t.Fatalf("AddCheckpoint(%d): %v", size, err)
+		}
+	}
+	for _, tc := range []struct {
+		name string
+		size uint64
+	}{{"reject/zero", 0}, {"reject/older", 4}, {"reject/same", 5}, {"reject/beyond-head", 6}} {
+		if err := st.AddCheckpoint(ctx, cp(tc.size)); !errors.Is(err, audit.ErrSequence) {
+			t.Errorf("%s: AddCheckpoint(%d) = %v, want ErrSequence", tc.name, tc.size, err)
+		}
+	}
+	for _, tc := range []struct {
+		name     string
+		from     uint64
+		limit    int
+		wantSize []uint64
+	}{
+		{"all", 0, 10, []uint64{3, 5}},
+		{"from", 4, 10, []uint64{5}},
+		{"from-exact", 3, 10, []uint64{3, 5}},
+		{"limit", 0, 1, []uint64{3}},
+		{"none", 6, 10, nil},
+		{"zero-limit", 0, 0, nil},
+	} {
+		got, err := st.Checkpoints(ctx, tc.from, tc.limit)
+		if err != nil {
+			t.Fatalf("%s: Checkpoints: %v", tc.name, err)
+		}
+		var want []audit.StoredCheckpoint
+		for _, size := range tc.wantSize {
+			want = append(want, cp(size))
+		}
+		if diff := cmp.Diff(got, want, cmpopts.EquateEmpty()); diff != "" {
+			t.Errorf("%s: Checkpoints(%d, %d) (-got +want):\n%s", tc.name, tc.from, tc.limit, diff)
+		}
+	}
+	got, ok, err := st.LatestCheckpoint(ctx)
+	if err != nil || !ok {
+		t.Fatalf("LatestCheckpoint = ok %v, %v", ok, err)
+	}
+	if diff := cmp.Diff(got, cp(5)); diff != "" {
+		t.Errorf("LatestCheckpoint (-got +want):\n%s", diff)
+	}
+	// The store returns copies.
+	got.Note[0] = 'X'
+	again, _, _ := st.LatestCheckpoint(ctx)
+	if diff := cmp.Diff(again, cp(5)); diff != "" {
+		t.Errorf("LatestCheckpoint after mutating a returned note (-got +want):\n%s", diff)
+	}
+}
+
+func (s suite) testCheckpointPersistence(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	st, closeFirst := s.openAt(t, dir)
+	mustAppend(t, st, Events(0, 2, "cpp"))
+	if err := st.AddCheckpoint(ctx, cp(2)); err != nil {
+		t.Fatalf("AddCheckpoint: %v", err)
+	}
+	closeFirst()
+	st, _ = s.openAt(t, dir)
+	got, ok, err := st.LatestCheckpoint(ctx)
+	if err != nil || !ok {
+		t.Fatalf("LatestCheckpoint after reopen = ok %v, %v", ok, err)
+	}
+	if diff := cmp.Diff(got, cp(2)); diff != "" {
+		t.Errorf("LatestCheckpoint after reopen (-got +want):\n%s", diff)
+	}
 }

@@ -3,7 +3,9 @@ package brokertest
 import (
 	"context"
 	"crypto/rand"
+	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -12,6 +14,7 @@ import (
 	"github.com/credmatrix/credmatrix/services/broker/localsts"
 	"github.com/credmatrix/credmatrix/services/broker/oidc"
 	"github.com/credmatrix/credmatrix/services/broker/policy"
+	"github.com/credmatrix/credmatrix/services/broker/sqlite"
 )
 
 // Audience is the audience Env's policy accepts.
@@ -80,8 +83,23 @@ type Env struct {
 	Auditor *Auditor
 	// Hasher names secrets in those events.
 	Hasher *Hasher
-	// Service is the broker under test.
+	// Store is the broker's state, a SQLite file in a temp dir.
+	Store *sqlite.Store
+	// Service is the broker under test; AdminPeer is its administrator.
 	Service *broker.Service
+
+	issuerURL  string
+	policyYAML atomic.Pointer[string]
+}
+
+// AdminPeer is the mTLS identity Env's Service accepts as an
+// administrator.
+const AdminPeer = "spiffe://credmatrix.dev/cli"
+
+// SetPolicy replaces the policy text Service.Reload reads next.
+func (e *Env) SetPolicy(policyYAML string) {
+	text := strings.ReplaceAll(policyYAML, IssuerPlaceholder, e.issuerURL)
+	e.policyYAML.Store(&text)
 }
 
 // NewEnv starts an Env with policyYAML (DefaultPolicy when empty). The
@@ -105,22 +123,35 @@ func NewEnv(t testing.TB, policyYAML string) *Env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var issuers []oidc.IssuerConfig
-	for _, is := range pol.Issuers() {
-		issuers = append(issuers, oidc.IssuerConfig{URL: is.URL, Audiences: is.Audiences})
-	}
-	verifier, err := oidc.NewVerifier(context.Background(), issuers)
+	verifier, err := broker.NewVerifier(context.Background(), pol)
 	if err != nil {
 		t.Fatal(err)
 	}
+	store, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "broker.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
 	key := make([]byte, localsts.KeySize)
 	_, _ = rand.Read(key) // crypto/rand.Read never fails
 	provider, err := localsts.New(key)
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &Env{Issuer: iss, Verifier: verifier, Policy: pol, Provider: provider, Auditor: NewAuditor(), Hasher: NewHasher()}
-	e.Service, err = broker.New(broker.Config{Policy: pol, Verifier: verifier, Provider: provider, Auditor: e.Auditor, Hasher: e.Hasher})
+	e := &Env{Issuer: iss, Verifier: verifier, Policy: pol, Provider: provider, Auditor: NewAuditor(), Hasher: NewHasher(), Store: store, issuerURL: url}
+	e.SetPolicy(policyYAML)
+	e.Service, err = broker.New(broker.Config{
+		Policy: pol, Verifier: verifier, Provider: provider, Auditor: e.Auditor, Hasher: e.Hasher, Store: store,
+		Admins: []string{AdminPeer},
+		Reload: func(ctx context.Context) (*policy.Policy, broker.TokenVerifier, error) {
+			p, err := policy.Parse("policy.yaml", []byte(*e.policyYAML.Load()))
+			if err != nil {
+				return nil, nil, err
+			}
+			v, err := broker.NewVerifier(ctx, p)
+			return p, v, err
+		},
+	})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,8 +17,6 @@ import (
 	brokerv1 "github.com/credmatrix/credmatrix/proto/credmatrix/broker/v1"
 	"github.com/credmatrix/credmatrix/services/broker"
 	"github.com/credmatrix/credmatrix/services/broker/policy"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
@@ -30,6 +28,10 @@ type Broker interface {
 	ListRoles(ctx context.Context, token string) ([]policy.Grant, error)
 	ExplainDecision(ctx context.Context, token string, target broker.Target) (broker.Explanation, error)
 	GetSession(ctx context.Context, accessKeyID, sessionToken string) (*broker.SessionInfo, error)
+	RevokeSessions(ctx context.Context, peer string, req broker.RevokeRequest) (broker.RevokeResult, error)
+	FreezeAccount(ctx context.Context, peer, account, ou, reason string) (broker.FreezeResult, error)
+	UnfreezeAccount(ctx context.Context, peer, account, ou, reason string) (broker.FreezeResult, error)
+	ReloadPolicy(ctx context.Context, peer string) (broker.ReloadResult, error)
 }
 
 var _ Broker = (*broker.Service)(nil)
@@ -88,9 +90,7 @@ func (s *Server) IssueSession(ctx context.Context, req *brokerv1.IssueSessionReq
 		}
 		in.Targets = append(in.Targets, target)
 	}
-	if s.identity != nil {
-		in.Peer, _ = s.identity(ctx)
-	}
+	in.Peer = s.peer(ctx)
 	sessions, err := s.b.IssueSession(ctx, in)
 	if err != nil {
 		return nil, s.fail(ctx, err)
@@ -116,7 +116,7 @@ func (s *Server) ListRoles(ctx context.Context, req *brokerv1.ListRolesRequest) 
 			Role:        g.Role.Name,
 			RoleArn:     g.Role.ARN,
 			Region:      g.Account.Region,
-			MaxDuration: durationpb.New(g.Role.MaxDuration),
+			MaxDuration: durationpb.New(g.MaxDuration),
 			Rule:        g.Rule,
 		})
 	}
@@ -161,40 +161,79 @@ func (s *Server) GetSession(ctx context.Context, req *brokerv1.GetSessionRequest
 		return nil, s.fail(ctx, err)
 	}
 	return &brokerv1.GetSessionResponse{
-		SessionId:   info.SessionID,
-		Subject:     info.Subject,
-		AccountId:   info.AccountID,
-		Role:        info.RoleName,
-		RoleArn:     info.RoleARN,
-		Region:      info.Region,
-		IssueTime:   timestamppb.New(info.IssuedAt),
-		Expiration:  timestamppb.New(info.Expiration),
-		Revoked:     info.Revoked,
-		SessionTags: info.Tags,
+		SessionId:     info.SessionID,
+		Subject:       info.Subject,
+		AccountId:     info.AccountID,
+		Role:          info.RoleName,
+		RoleArn:       info.RoleARN,
+		Region:        info.Region,
+		IssueTime:     timestamppb.New(info.IssuedAt),
+		Expiration:    timestamppb.New(info.Expiration),
+		Revoked:       info.Revoked,
+		SessionTags:   info.Tags,
+		SessionPolicy: info.SessionPolicy,
 	}, nil
 }
 
-// errNotYet answers the operator RPCs that arrive with the full broker.
-var errNotYet = status.Error(codes.Unimplemented, "not available yet")
-
-// RevokeSessions is not available yet.
-func (s *Server) RevokeSessions(context.Context, *brokerv1.RevokeSessionsRequest) (*brokerv1.RevokeSessionsResponse, error) {
-	return nil, errNotYet
+// peer returns the caller's mTLS identity, "" when unknown.
+func (s *Server) peer(ctx context.Context) string {
+	if s.identity == nil {
+		return ""
+	}
+	id, _ := s.identity(ctx)
+	return id
 }
 
-// FreezeAccount is not available yet.
-func (s *Server) FreezeAccount(context.Context, *brokerv1.FreezeAccountRequest) (*brokerv1.FreezeAccountResponse, error) {
-	return nil, errNotYet
+// RevokeSessions implements brokerv1.BrokerServiceServer.
+func (s *Server) RevokeSessions(ctx context.Context, req *brokerv1.RevokeSessionsRequest) (*brokerv1.RevokeSessionsResponse, error) {
+	in := broker.RevokeRequest{
+		Subject: req.GetSubject(), Issuer: req.GetIssuer(), Role: req.GetRole(), AccountID: req.GetAccountId(),
+		SessionID: req.GetSessionId(), Claims: req.GetClaims(), Reason: req.GetReason(),
+	}
+	if ts := req.GetIssuedBefore(); ts != nil {
+		if err := ts.CheckValid(); err != nil {
+			return nil, s.fail(ctx, &broker.Error{Code: broker.Invalid, Message: "issued_before: invalid"})
+		}
+		in.IssuedBefore = ts.AsTime()
+	}
+	if d := req.GetBlockFor(); d != nil {
+		if err := d.CheckValid(); err != nil || d.AsDuration() == 0 {
+			return nil, s.fail(ctx, &broker.Error{Code: broker.Invalid, Message: "block_for: invalid"})
+		}
+		in.BlockFor = d.AsDuration()
+	}
+	res, err := s.b.RevokeSessions(ctx, s.peer(ctx), in)
+	if err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	return &brokerv1.RevokeSessionsResponse{RevocationId: res.ID, RolesUpdated: uint32(res.RolesUpdated), AuditSequence: res.AuditSequence}, nil
 }
 
-// UnfreezeAccount is not available yet.
-func (s *Server) UnfreezeAccount(context.Context, *brokerv1.UnfreezeAccountRequest) (*brokerv1.UnfreezeAccountResponse, error) {
-	return nil, errNotYet
+// FreezeAccount implements brokerv1.BrokerServiceServer.
+func (s *Server) FreezeAccount(ctx context.Context, req *brokerv1.FreezeAccountRequest) (*brokerv1.FreezeAccountResponse, error) {
+	res, err := s.b.FreezeAccount(ctx, s.peer(ctx), req.GetAccount(), req.GetOuPath(), req.GetReason())
+	if err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	return &brokerv1.FreezeAccountResponse{AccountIds: res.AccountIDs, AuditSequence: res.AuditSequence}, nil
 }
 
-// ReloadPolicy is not available yet.
-func (s *Server) ReloadPolicy(context.Context, *brokerv1.ReloadPolicyRequest) (*brokerv1.ReloadPolicyResponse, error) {
-	return nil, errNotYet
+// UnfreezeAccount implements brokerv1.BrokerServiceServer.
+func (s *Server) UnfreezeAccount(ctx context.Context, req *brokerv1.UnfreezeAccountRequest) (*brokerv1.UnfreezeAccountResponse, error) {
+	res, err := s.b.UnfreezeAccount(ctx, s.peer(ctx), req.GetAccount(), req.GetOuPath(), req.GetReason())
+	if err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	return &brokerv1.UnfreezeAccountResponse{AccountIds: res.AccountIDs, AuditSequence: res.AuditSequence}, nil
+}
+
+// ReloadPolicy implements brokerv1.BrokerServiceServer.
+func (s *Server) ReloadPolicy(ctx context.Context, _ *brokerv1.ReloadPolicyRequest) (*brokerv1.ReloadPolicyResponse, error) {
+	res, err := s.b.ReloadPolicy(ctx, s.peer(ctx))
+	if err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	return &brokerv1.ReloadPolicyResponse{Sha256: res.SHA256, RuleCount: uint32(res.Rules), AuditSequence: res.AuditSequence}, nil
 }
 
 func targetFromProto(field string, t *brokerv1.SessionTarget) (broker.Target, error) {

@@ -6,6 +6,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -35,11 +36,26 @@ type stack struct {
 
 func newStack(t *testing.T) *stack {
 	t.Helper()
-	s := &stack{Env: brokertest.NewEnv(t, "")}
+	return newStackWith(t, "", peerID)
+}
+
+// newStackWith serves a broker with policyYAML (brokertest.DefaultPolicy
+// when empty) to a caller whose mTLS identity is peer.
+func newStackWith(t *testing.T, policyYAML, peer string) *stack {
+	t.Helper()
+	s := &stack{Env: brokertest.NewEnv(t, policyYAML)}
+	s.client = serve(t, s, peer)
+	return s
+}
+
+// serve serves s's broker over bufconn to a caller whose identity is peer.
+func serve(t testing.TB, s *stack, peer string) brokerv1.BrokerServiceClient {
+	t.Helper()
+	var mu sync.Mutex
 	srv := grpc.NewServer()
 	brokerv1.RegisterBrokerServiceServer(srv, grpcapi.New(s.Service,
-		grpcapi.WithIdentity(func(context.Context) (string, bool) { return peerID, true }),
-		grpcapi.WithErrorHandler(func(_ context.Context, err error) { s.errs = append(s.errs, err) }),
+		grpcapi.WithIdentity(func(context.Context) (string, bool) { return peer, peer != "" }),
+		grpcapi.WithErrorHandler(func(_ context.Context, err error) { mu.Lock(); s.errs = append(s.errs, err); mu.Unlock() }),
 	))
 	lis := bufconn.Listen(1 << 20)
 	go func() { _ = srv.Serve(lis) }()
@@ -51,8 +67,7 @@ func newStack(t *testing.T) *stack {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = conn.Close() })
-	s.client = brokerv1.NewBrokerServiceClient(conn)
-	return s
+	return brokerv1.NewBrokerServiceClient(conn)
 }
 
 func target(role, account string) *brokerv1.SessionTarget {
@@ -279,7 +294,9 @@ func TestIssueSession(t *testing.T) {
 		{
 			name: "invalid/oversized-token",
 			req:  &brokerv1.IssueSessionRequest{Token: strings.Repeat("a", 16<<10+1), Targets: []*brokerv1.SessionTarget{target("deploy", "dev")}},
-			want: outcome{Code: codes.InvalidArgument, Message: "token: exceeds 16384 bytes"},
+			want: outcome{Code: codes.InvalidArgument, Message: "token: exceeds 16384 bytes", Events: []event{
+				{Decision: auditv1.Decision_DECISION_DENY, Reason: "token: exceeds 16384 bytes", Peer: peerID, SecretRefs: []string{"oidc_token"}},
+			}},
 		},
 		{
 			name: "invalid/no-targets",
@@ -422,6 +439,8 @@ func TestExplainDecision(t *testing.T) {
 		DecidingRule: "default-deny",
 		Reason:       `no allow rule matches role "deploy" in account "dev" for this token`,
 		Evaluations: []*brokerv1.RuleEvaluation{
+			{Rule: "account-frozen", Effect: brokerv1.Effect_EFFECT_DENY, Reason: "account and its OUs are not frozen"},
+			{Rule: "revoked", Effect: brokerv1.Effect_EFFECT_DENY, Reason: "no revocation matches"},
 			{Rule: "main-branch-deploys-dev", Effect: brokerv1.Effect_EFFECT_ALLOW, Reason: "claim ref: want refs/heads/main, got refs/heads/dev"},
 			{Rule: "tags-read-prod", Effect: brokerv1.Effect_EFFECT_ALLOW, Reason: "role deploy: not covered by the rule; account dev: not covered by the rule; claim ref_type: want tag, got branch"},
 		},
@@ -466,15 +485,22 @@ func TestGetSession(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := &brokerv1.GetSessionResponse{
-		SessionId:   issued.GetSessionId(),
-		Subject:     "repo:acme/app:ref:refs/heads/main",
-		AccountId:   "111111111111",
-		Role:        "deploy",
-		RoleArn:     "arn:aws:iam::111111111111:role/deploy",
-		Region:      "eu-west-1",
-		IssueTime:   got.GetIssueTime(),
-		Expiration:  creds.GetExpiration(),
-		SessionTags: map[string]string{"sub": "repo:acme/app:ref:refs/heads/main", "repository": "acme/app", "ref": "refs/heads/main"},
+		SessionId:  issued.GetSessionId(),
+		Subject:    "repo:acme/app:ref:refs/heads/main",
+		AccountId:  "111111111111",
+		Role:       "deploy",
+		RoleArn:    "arn:aws:iam::111111111111:role/deploy",
+		Region:     "eu-west-1",
+		IssueTime:  got.GetIssueTime(),
+		Expiration: creds.GetExpiration(),
+		SessionTags: map[string]string{"sub": "repo:acme/app:ref:refs/heads/main", "repository": "acme/app", "ref": "refs/heads/main",
+			"run_id": "4242", "sha": got.GetSessionTags()["sha"]},
+		SessionPolicy: `{"Version":"2012-10-17","Statement":[{"Sid":"CredmatrixRole","Effect":"Allow","Action":"*","Resource":"*"},` +
+			`{"Sid":"CredmatrixResidency","Effect":"Deny","NotAction":["iam:*","sts:*","organizations:*","route53:*","cloudfront:*","support:*","health:*","account:*"],` +
+			`"Resource":"*","Condition":{"StringNotLike":{"aws:RequestedRegion":["eu-*"]}}}]}`,
+	}
+	if len(got.GetSessionTags()["sha"]) != 40 {
+		t.Errorf("sha tag = %q, want the commit sha", got.GetSessionTags()["sha"])
 	}
 	if diff := cmp.Diff(prototext.Format(got), prototext.Format(want)); diff != "" {
 		t.Errorf("GetSession (-got +want):\n%s", diff)
@@ -498,22 +524,5 @@ func TestGetSession(t *testing.T) {
 				t.Errorf("GetSession (-got +want):\n%s", diff)
 			}
 		})
-	}
-}
-
-func TestOperatorRPCsNotAvailableYet(t *testing.T) {
-	s := newStack(t)
-	ctx := context.Background()
-	calls := map[string]func() error{
-		"RevokeSessions":  func() error { _, err := s.client.RevokeSessions(ctx, &brokerv1.RevokeSessionsRequest{}); return err },
-		"FreezeAccount":   func() error { _, err := s.client.FreezeAccount(ctx, &brokerv1.FreezeAccountRequest{}); return err },
-		"UnfreezeAccount": func() error { _, err := s.client.UnfreezeAccount(ctx, &brokerv1.UnfreezeAccountRequest{}); return err },
-		"ReloadPolicy":    func() error { _, err := s.client.ReloadPolicy(ctx, &brokerv1.ReloadPolicyRequest{}); return err },
-	}
-	for name, call := range calls {
-		err := call()
-		if diff := cmp.Diff([]any{status.Code(err), status.Convert(err).Message()}, []any{codes.Unimplemented, "not available yet"}); diff != "" {
-			t.Errorf("%s (-got +want):\n%s", name, diff)
-		}
 	}
 }

@@ -7,8 +7,10 @@ import (
 
 	brokerv1 "github.com/credmatrix/credmatrix/proto/credmatrix/broker/v1"
 	"github.com/credmatrix/credmatrix/services/broker"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 )
 
 // Fixed messages for statuses whose cause must not reach the caller.
@@ -42,6 +44,14 @@ func toStatus(err error) error {
 		return status.Error(codes.Unavailable, e.Message)
 	case broker.NotFound:
 		return status.Error(codes.NotFound, e.Message)
+	case broker.FailedPrecondition:
+		return status.Error(codes.FailedPrecondition, e.Message)
+	case broker.ResourceExhausted:
+		st := status.New(codes.ResourceExhausted, e.Message)
+		if withInfo, err := st.WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(e.RetryAfter)}); err == nil {
+			st = withInfo
+		}
+		return st.Err()
 	default:
 		return status.Error(codes.Internal, msgInternal)
 	}
@@ -61,6 +71,11 @@ func denialStatus(e *broker.Error) error {
 		AuditEventId: e.Denial.AuditEventID,
 		Hint: fmt.Sprintf("credmatrix policy test --claims claims.json --role %s --account %s",
 			shellQuote(e.Denial.Role), shellQuote(e.Denial.Account)),
+	}
+	switch e.Denial.Rule {
+	case broker.RuleAccountFrozen, broker.RuleRevoked:
+		// Broker state, not the policy: an offline simulation would allow.
+		detail.Hint = "an operator froze the account or revoked these sessions (incident response); ask them, quoting audit event " + e.Denial.AuditEventID
 	}
 	if withDetail, err := st.WithDetails(detail); err == nil {
 		st = withDetail

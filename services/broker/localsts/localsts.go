@@ -78,6 +78,8 @@ type payload struct {
 	RoleName    string            `json:"rname,omitempty"`
 	Region      string            `json:"region"`
 	Subject     string            `json:"sub"`
+	Issuer      string            `json:"iss,omitempty"`
+	Policy      string            `json:"pol,omitempty"`
 	IssuedAt    int64             `json:"iat"`
 	Expiration  int64             `json:"exp"`
 	Tags        map[string]string `json:"tags,omitempty"`
@@ -114,6 +116,8 @@ func (p *Provider) Issue(ctx context.Context, spec broker.SessionSpec) (broker.C
 		RoleName:    spec.RoleName,
 		Region:      spec.Region,
 		Subject:     spec.Subject,
+		Issuer:      spec.Issuer,
+		Policy:      spec.Policy,
 		IssuedAt:    now.Unix(),
 		Expiration:  exp.Unix(),
 		Tags:        spec.Tags,
@@ -164,16 +168,18 @@ func (p *Provider) Introspect(accessKeyID, sessionToken string) (*broker.Session
 	}
 	exp := time.Unix(pl.Expiration, 0)
 	return &broker.SessionInfo{
-		SessionID:   pl.SessionID,
-		AccessKeyID: pl.AccessKeyID,
-		AccountID:   pl.AccountID,
-		RoleARN:     pl.RoleARN,
-		RoleName:    pl.RoleName,
-		Region:      pl.Region,
-		Subject:     pl.Subject,
-		IssuedAt:    time.Unix(pl.IssuedAt, 0),
-		Expiration:  exp,
-		Expired:     !p.now().Before(exp),
-		Tags:        pl.Tags,
+		SessionID:     pl.SessionID,
+		AccessKeyID:   pl.AccessKeyID,
+		AccountID:     pl.AccountID,
+		RoleARN:       pl.RoleARN,
+		RoleName:      pl.RoleName,
+		Region:        pl.Region,
+		Subject:       pl.Subject,
+		Issuer:        pl.Issuer,
+		IssuedAt:      time.Unix(pl.IssuedAt, 0),
+		Expiration:    exp,
+		Expired:       !p.now().Before(exp),
+		Tags:          pl.Tags,
+		SessionPolicy: pl.Policy,
 	}, nil
 }

@@ -6,8 +6,9 @@
 // only used to pick one of the configured issuers: an unknown issuer is
 // refused before any network call, and the signature, algorithm, audience
 // and times are checked against what is configured for that issuer alone.
-// Discovery and the remote JWKS (with refresh on an unknown kid) come from
-// github.com/coreos/go-oidc/v3.
+// Discovery comes from github.com/coreos/go-oidc/v3; the JWKS is cached
+// here, parsed once, and refreshed on an unknown kid at most once per
+// cooldown (a forged kid cannot make the broker hammer the issuer).
 //
 // Every verification failure is an error that wraps ErrUnauthenticated.
 // Its Error text carries the cause, for logs; callers are told only

@@ -3,7 +3,6 @@ package oidc
 import (
 	"bytes"
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -17,6 +16,7 @@ import (
 	"unicode/utf8"
 
 	gooidc "github.com/coreos/go-oidc/v3/oidc"
+	jose "github.com/go-jose/go-jose/v4"
 )
 
 // IssuerConfig is one trusted token issuer.
@@ -36,6 +36,9 @@ type IssuerConfig struct {
 	// Leeway is the clock skew tolerated on exp, nbf and iat; 0 means
 	// DefaultLeeway, at most MaxLeeway.
 	Leeway time.Duration
+	// StrictAudience requires `aud` to hold exactly one value: a token
+	// minted for several relying parties is refused.
+	StrictAudience bool
 }
 
 // Option configures a Verifier.
@@ -53,16 +56,20 @@ func WithClock(now func() time.Time) Option { return func(v *Verifier) { v.now =
 // a burst of requests does not hammer an issuer that is down.
 func WithDiscoveryRetry(d time.Duration) Option { return func(v *Verifier) { v.retry = d } }
 
+// WithKeyRefreshCooldown sets the least time between two JWKS fetches of
+// one issuer caused by unknown kids (default DefaultKeyRefreshCooldown).
+func WithKeyRefreshCooldown(d time.Duration) Option { return func(v *Verifier) { v.cooldown = d } }
+
 // Verifier verifies ID tokens from a fixed set of issuers. Providers are
 // discovered lazily, on the first token from each issuer, so the broker
 // can start before its issuers are reachable. It is safe for concurrent
 // use.
 type Verifier struct {
-	client  *http.Client
-	now     func() time.Time
-	retry   time.Duration
-	base    context.Context
-	issuers map[string]*issuer
+	client   *http.Client
+	now      func() time.Time
+	retry    time.Duration
+	cooldown time.Duration
+	issuers  map[string]*issuer
 }
 
 // issuer is a configured issuer and its lazily discovered verifier.
@@ -70,7 +77,7 @@ type issuer struct {
 	cfg       IssuerConfig
 	algs      []string
 	mu        sync.Mutex
-	verifier  *gooidc.IDTokenVerifier
+	keys      *keySet
 	lastError time.Time
 }
 
@@ -82,19 +89,19 @@ var allowedAlgorithms = map[string]bool{
 }
 
 // NewVerifier checks the issuer configurations and returns a Verifier.
-// It makes no network call; ctx only carries values (not cancellation)
-// into the background JWKS fetches.
+// It makes no network call; ctx is unused and kept for symmetry with the
+// other constructors.
 func NewVerifier(ctx context.Context, issuers []IssuerConfig, opts ...Option) (*Verifier, error) {
 	v := &Verifier{
-		client:  &http.Client{Timeout: 10 * time.Second},
-		now:     time.Now,
-		retry:   5 * time.Second,
-		issuers: make(map[string]*issuer, len(issuers)),
+		client:   &http.Client{Timeout: 10 * time.Second},
+		now:      time.Now,
+		retry:    5 * time.Second,
+		cooldown: DefaultKeyRefreshCooldown,
+		issuers:  make(map[string]*issuer, len(issuers)),
 	}
 	for _, opt := range opts {
 		opt(v)
 	}
-	v.base = gooidc.ClientContext(context.WithoutCancel(ctx), v.client)
 	if len(issuers) == 0 {
 		return nil, errors.New("oidc: at least one issuer is required")
 	}
@@ -164,11 +171,15 @@ func checkIssuerURL(raw string) error {
 // Verify checks rawToken and returns its claims. Failures wrap
 // ErrUnauthenticated; a configured issuer that cannot be discovered
 // gives ErrIssuerUnavailable; a cancelled ctx gives ctx.Err().
+//
+// The token is parsed once: the compact JWS, then its payload (which
+// only selects the configured issuer until the signature is checked),
+// then the signature with the issuer's keys and algorithms.
 func (v *Verifier) Verify(ctx context.Context, rawToken string) (*Claims, error) {
 	if len(rawToken) > MaxTokenBytes {
 		return nil, failf("token exceeds %d bytes", MaxTokenBytes)
 	}
-	iss, err := unverifiedIssuer(rawToken)
+	jws, raw, iss, err := parseUnverified(rawToken)
 	if err != nil {
 		return nil, err
 	}
@@ -176,31 +187,53 @@ func (v *Verifier) Verify(ctx context.Context, rawToken string) (*Claims, error)
 	if !ok {
 		return nil, failf("unknown issuer %q", truncate(iss, 200))
 	}
-	verifier, err := v.verifierFor(ctx, is)
+	alg := jws.Signatures[0].Header.Algorithm
+	if !slices.Contains(is.algs, alg) {
+		return nil, failf("alg: %q not accepted from this issuer", truncate(alg, 20))
+	}
+	keys, err := v.keysFor(ctx, is)
 	if err != nil {
 		return nil, err
 	}
-	tok, err := verifier.Verify(ctx, rawToken)
-	if err != nil {
+	if err := keys.verify(ctx, jws); err != nil {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
 		return nil, &VerificationError{Cause: err}
 	}
-	var payload json.RawMessage
-	if err := tok.Claims(&payload); err != nil {
-		return nil, failf("claims: %v", err)
+	c := &Claims{Issuer: iss, Raw: raw}
+	c.Subject, _ = raw["sub"].(string)
+	switch aud := raw["aud"].(type) {
+	case string:
+		c.Audience = []string{aud}
+	case []any:
+		for _, a := range aud {
+			s, ok := a.(string)
+			if !ok {
+				return nil, failf("aud: not a string or a list of strings")
+			}
+			c.Audience = append(c.Audience, s)
+		}
+	case nil:
+	default:
+		return nil, failf("aud: not a string or a list of strings")
 	}
-	raw, err := decodeObject(payload)
-	if err != nil {
-		return nil, failf("claims: %v", err)
-	}
-	c := &Claims{Issuer: tok.Issuer, Subject: tok.Subject, Audience: tok.Audience, Raw: raw}
 	if err := v.checkClaims(is.cfg, c); err != nil {
 		return nil, err
 	}
 	return c, nil
 }
+
+// allAlgorithms are the algorithms the parser accepts at all; each issuer
+// narrows them.
+var allAlgorithms = func() []jose.SignatureAlgorithm {
+	var out []jose.SignatureAlgorithm
+	for a := range allowedAlgorithms {
+		out = append(out, jose.SignatureAlgorithm(a))
+	}
+	slices.Sort(out)
+	return out
+}()
 
 // checkClaims checks what go-oidc is told to skip: the audience against a
 // list, and the times with our leeway and clock.
@@ -210,6 +243,9 @@ func (v *Verifier) checkClaims(cfg IssuerConfig, c *Claims) error {
 	}
 	if !slices.ContainsFunc(c.Audience, func(a string) bool { return slices.Contains(cfg.Audiences, a) }) {
 		return failf("aud: %q not among the accepted audiences", truncate(strings.Join(c.Audience, ","), 200))
+	}
+	if cfg.StrictAudience && len(c.Audience) != 1 {
+		return failf("aud: %d audiences, strict mode accepts exactly one", len(c.Audience))
 	}
 	now := v.now()
 	exp, ok, err := numericDate(c.Raw, "exp")
@@ -240,13 +276,13 @@ func (v *Verifier) checkClaims(cfg IssuerConfig, c *Claims) error {
 	return nil
 }
 
-// verifierFor returns the issuer's go-oidc verifier, discovering the
-// provider on first use.
-func (v *Verifier) verifierFor(ctx context.Context, is *issuer) (*gooidc.IDTokenVerifier, error) {
+// keysFor returns the issuer's key set, discovering the provider (for
+// its jwks_uri) on first use.
+func (v *Verifier) keysFor(ctx context.Context, is *issuer) (*keySet, error) {
 	is.mu.Lock()
 	defer is.mu.Unlock()
-	if is.verifier != nil {
-		return is.verifier, nil
+	if is.keys != nil {
+		return is.keys, nil
 	}
 	if !is.lastError.IsZero() && v.now().Sub(is.lastError) < v.retry {
 		return nil, fmt.Errorf("%w: %s: discovery failed recently", ErrIssuerUnavailable, is.cfg.URL)
@@ -259,38 +295,44 @@ func (v *Verifier) verifierFor(ctx context.Context, is *issuer) (*gooidc.IDToken
 		is.lastError = v.now()
 		return nil, fmt.Errorf("%w: %s: %w", ErrIssuerUnavailable, is.cfg.URL, err)
 	}
-	is.verifier = p.VerifierContext(v.base, &gooidc.Config{
-		SupportedSigningAlgs: is.algs,
-		// Audience (a list) and times (our leeway and clock) are checked
-		// in checkClaims.
-		SkipClientIDCheck: true,
-		SkipExpiryCheck:   true,
-	})
-	return is.verifier, nil
+	var meta struct {
+		JWKSURL string `json:"jwks_uri"`
+	}
+	if err := p.Claims(&meta); err != nil || meta.JWKSURL == "" {
+		is.lastError = v.now()
+		return nil, fmt.Errorf("%w: %s: discovery document has no jwks_uri", ErrIssuerUnavailable, is.cfg.URL)
+	}
+	algs := make([]jose.SignatureAlgorithm, len(is.algs))
+	for i, a := range is.algs {
+		algs[i] = jose.SignatureAlgorithm(a)
+	}
+	is.keys = &keySet{url: meta.JWKSURL, client: v.client, cooldown: v.cooldown, now: v.now, algs: algs}
+	return is.keys, nil
 }
 
-// unverifiedIssuer reads `iss` from a compact JWS without trusting it; it
-// only selects which configured issuer verifies the token.
-func unverifiedIssuer(raw string) (string, error) {
-	parts := strings.Split(raw, ".")
-	if len(parts) != 3 {
-		return "", failf("malformed token: want 3 dot-separated parts, got %d", len(parts))
+// parseUnverified parses a compact JWS and its payload without trusting
+// either: the payload's `iss` only selects which configured issuer
+// verifies the token.
+func parseUnverified(rawToken string) (*jose.JSONWebSignature, map[string]any, string, error) {
+	if n := strings.Count(rawToken, "."); n != 2 {
+		return nil, nil, "", failf("malformed token: want 3 dot-separated parts, got %d", n+1)
 	}
-	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
+	jws, err := jose.ParseSignedCompact(rawToken, allAlgorithms)
 	if err != nil {
-		return "", failf("malformed token payload: %v", err)
+		return nil, nil, "", failf("malformed token: %v", err)
 	}
-	var body struct {
-		Iss any `json:"iss"`
+	if len(jws.Signatures) != 1 {
+		return nil, nil, "", failf("malformed token: want one signature")
 	}
-	if err := json.Unmarshal(payload, &body); err != nil {
-		return "", failf("malformed token payload: %v", err)
+	raw, err := decodeObject(jws.UnsafePayloadWithoutVerification())
+	if err != nil {
+		return nil, nil, "", failf("malformed token payload: %v", err)
 	}
-	iss, ok := body.Iss.(string)
+	iss, ok := raw["iss"].(string)
 	if !ok || iss == "" {
-		return "", failf("iss: missing or not a string")
+		return nil, nil, "", failf("iss: missing or not a string")
 	}
-	return iss, nil
+	return jws, raw, iss, nil
 }
 
 func decodeObject(data []byte) (map[string]any, error) {

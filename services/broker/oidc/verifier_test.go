@@ -160,16 +160,45 @@ func TestClaims(t *testing.T) {
 	}
 }
 
-func TestVerifyRefreshesKeysOnUnknownKid(t *testing.T) {
-	e := newEnv(t)
-	if _, err := e.verifier.Verify(context.Background(), mint(t, e.rsa, time.Hour, nil)); err != nil {
+func TestVerifyRefreshesKeysOnUnknownKidAfterCooldown(t *testing.T) {
+	now := time.Now().Truncate(time.Second)
+	clock := func() time.Time { return now }
+	iss := startIssuer(t, devissuer.WithClock(clock))
+	ct := &countingTransport{}
+	v, err := oidc.NewVerifier(context.Background(), []oidc.IssuerConfig{{URL: iss.URL(), Audiences: []string{audience}}},
+		oidc.WithHTTPClient(&http.Client{Transport: ct}), oidc.WithClock(clock), oidc.WithKeyRefreshCooldown(10*time.Second))
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := e.rsa.RotateKey(); err != nil {
+	if _, err := v.Verify(context.Background(), mint(t, iss, time.Hour, nil)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.verifier.Verify(context.Background(), mint(t, e.rsa, time.Hour, nil)); err != nil {
-		t.Fatalf("token signed with a rotated key: %v", err)
+	fetches := ct.n.Load() // discovery + JWKS
+	// Tokens with unknown kids and bad signatures cost no request.
+	forged := brokertest.TamperSignature(mint(t, iss, time.Hour, nil))
+	if err := iss.RotateKey(); err != nil {
+		t.Fatal(err)
+	}
+	rotated := mint(t, iss, time.Hour, nil)
+	for range 50 {
+		if _, err := v.Verify(context.Background(), forged); !errors.Is(err, oidc.ErrUnauthenticated) {
+			t.Fatalf("forged token: %v", err)
+		}
+	}
+	// The first unknown kid after the cooldown refreshes; the cooldown
+	// has not passed since the first fetch, so it is refused for now.
+	if _, err := v.Verify(context.Background(), rotated); !errors.Is(err, oidc.ErrUnauthenticated) {
+		t.Fatalf("rotated key within the cooldown: %v", err)
+	}
+	if n := ct.n.Load(); n != fetches {
+		t.Errorf("%d requests within the cooldown, want none", n-fetches)
+	}
+	now = now.Add(11 * time.Second)
+	if _, err := v.Verify(context.Background(), rotated); err != nil {
+		t.Fatalf("token signed with a rotated key after the cooldown: %v", err)
+	}
+	if n := ct.n.Load(); n != fetches+1 {
+		t.Errorf("%d requests to refresh, want 1", n-fetches)
 	}
 }
 

@@ -3,8 +3,10 @@ package policy
 import (
 	"fmt"
 	"slices"
-	"sort"
 	"strings"
+	"time"
+
+	"github.com/google/cel-go/cel"
 )
 
 // Identity is a verified caller as the policy sees it: the token's issuer
@@ -16,6 +18,8 @@ type Identity struct {
 	Subject string
 	// Claim returns a scalar claim; nil means the token has no other claims.
 	Claim func(name string) (string, bool)
+	// Raw holds every claim as decoded JSON, for CEL conditions.
+	Raw map[string]any
 }
 
 func (id Identity) claim(name string) (string, bool) {
@@ -39,6 +43,9 @@ type Target struct {
 	Account string
 	// Region is the region asked for; empty means the account's home region.
 	Region string
+	// Time is when the decision is made, for CEL time windows; zero means
+	// now.
+	Time time.Time
 }
 
 // RuleEvaluation is one rule's outcome in a Decision.
@@ -69,13 +76,20 @@ type Decision struct {
 	Role Role
 	// Region is the region the session would be for.
 	Region string
-	// Evaluations lists every rule considered, in evaluation order.
+	// Evaluations lists every rule considered, in evaluation order (deny
+	// rules first).
 	Evaluations []RuleEvaluation
+	// MaxDuration is the longest session an allowed decision grants:
+	// min(role maximum, the allow rule's cap, every cap of the account's
+	// OUs).
+	MaxDuration time.Duration
 }
 
 // Evaluate decides whether id may assume target. It never fails: an
 // unknown role or account, or a region outside the account's residency
-// zone, is a denial with a reason, not an error.
+// zone, is a denial with a reason, not an error. Deny rules are evaluated
+// first and win; then the first matching allow rule grants. Every rule is
+// evaluated so that the decision can explain why each did not match.
 func (p *Policy) Evaluate(id Identity, target Target) Decision {
 	acct, ok := p.Account(target.Account)
 	if !ok {
@@ -95,34 +109,74 @@ func (p *Policy) Evaluate(id Identity, target Target) Decision {
 		return d
 	}
 	d.Role = role
-	if !inResidency(acct, d.Region) {
+	if acct.Residency != "" && !p.inZone(acct.Residency, d.Region) {
+		d.Rule = ResidencyRule
 		d.Reason = fmt.Sprintf("region %q is outside residency zone %q of account %q", d.Region, acct.Residency, acct.Name)
 		return d
 	}
+	now := target.Time
+	if now.IsZero() {
+		now = time.Now()
+	}
+	ct := celTarget{acct: acct, role: role, region: d.Region}
+	var denyRule, allowRule *rule
 	for _, r := range p.rules {
-		ev := r.evaluate(id, role, acct)
+		if r.effect != EffectDeny {
+			continue
+		}
+		ev := r.evaluate(id, ct, now)
 		d.Evaluations = append(d.Evaluations, ev)
-		if ev.Matched && !d.Allowed {
-			d.Allowed, d.Rule = true, r.name
-			d.Reason = fmt.Sprintf("allowed by rule %q", r.name)
+		if ev.Matched && denyRule == nil {
+			denyRule = r
 		}
 	}
-	if !d.Allowed {
+	for _, r := range p.rules {
+		if r.effect == EffectDeny {
+			continue
+		}
+		ev := r.evaluate(id, ct, now)
+		d.Evaluations = append(d.Evaluations, ev)
+		if ev.Matched && allowRule == nil {
+			allowRule = r
+		}
+	}
+	switch {
+	case denyRule != nil:
+		d.Rule = denyRule.name
+		d.Reason = fmt.Sprintf("denied by guardrail %q", denyRule.name)
+		if denyRule.reason != "" {
+			d.Reason += ": " + denyRule.reason
+		}
+	case allowRule != nil:
+		d.Allowed, d.Rule = true, allowRule.name
+		d.Reason = fmt.Sprintf("allowed by rule %q", allowRule.name)
+		d.MaxDuration = p.maxDuration(role, acct, allowRule)
+	default:
 		d.Reason = fmt.Sprintf("no allow rule matches role %q in account %q for this token", role.Name, acct.Name)
 	}
 	return d
 }
 
-func deny(reason string) Decision {
-	return Decision{Rule: DefaultDeny, Reason: reason}
+// ResidencyRule is the rule named in a Decision that refuses a region
+// outside the account's residency zone.
+const ResidencyRule = "residency"
+
+// maxDuration is min(role maximum, rule cap, OU caps).
+func (p *Policy) maxDuration(role Role, acct Account, r *rule) time.Duration {
+	m := role.MaxDuration
+	if r.maxDuration > 0 && r.maxDuration < m {
+		m = r.maxDuration
+	}
+	for _, ou := range p.ous {
+		if underOU(acct.OU, ou.Path) && ou.MaxDuration < m {
+			m = ou.MaxDuration
+		}
+	}
+	return m
 }
 
-// inResidency reports whether region lies in the account's residency zone:
-// the home region always does, and a zone "eu" holds the "eu-*" regions.
-// An account without a zone accepts any region. The full residency
-// guardrails come with deny rules.
-func inResidency(acct Account, region string) bool {
-	return region == acct.Region || acct.Residency == "" || strings.HasPrefix(region, acct.Residency+"-")
+func deny(reason string) Decision {
+	return Decision{Rule: DefaultDeny, Reason: reason}
 }
 
 // Grant is a role an identity may assume.
@@ -133,16 +187,18 @@ type Grant struct {
 	Role Role
 	// Rule is the allow rule that grants it.
 	Rule string
+	// MaxDuration is the longest session the identity would get.
+	MaxDuration time.Duration
 }
 
 // RolesFor lists every declared role id may assume in its account's home
 // region, in document order.
-func (p *Policy) RolesFor(id Identity) []Grant {
+func (p *Policy) RolesFor(id Identity, now time.Time) []Grant {
 	var out []Grant
 	for _, r := range p.roles {
-		d := p.Evaluate(id, Target{Role: r.Name, Account: r.AccountID})
+		d := p.Evaluate(id, Target{Role: r.Name, Account: r.AccountID, Time: now})
 		if d.Allowed {
-			out = append(out, Grant{Account: d.Account, Role: d.Role, Rule: d.Rule})
+			out = append(out, Grant{Account: d.Account, Role: d.Role, Rule: d.Rule, MaxDuration: d.MaxDuration})
 		}
 	}
 	return out
@@ -150,13 +206,19 @@ func (p *Policy) RolesFor(id Identity) []Grant {
 
 // rule is a validated rule with its matchers.
 type rule struct {
-	name        string
-	effect      Effect
-	issuer      Issuer
-	roles       []string
-	accounts    []string // account ids
-	claimValues map[string]string
-	claims      []claimCondition // sorted by claim name
+	name          string
+	effect        Effect
+	issuer        *Issuer // nil: any issuer (deny rules only)
+	roles         []string
+	accounts      []string // account ids
+	ous           []string
+	residency     []string
+	claims        []claimCondition // sorted by claim name
+	claimText     map[string]string
+	condition     cel.Program
+	conditionText string
+	maxDuration   time.Duration
+	reason        string
 }
 
 // claimCondition is one condition on a claim.
@@ -165,57 +227,47 @@ type claimCondition struct {
 	match matcher
 }
 
-// matcher tests one claim value. Exact matching is the only kind for now;
-// glob, list and CEL matchers will implement it too.
-type matcher interface {
-	// match reports whether value (present is false for a missing claim)
-	// satisfies the condition and, when it does not, why.
-	match(value string, present bool) (bool, string)
-}
-
-// exact matches one literal value.
-type exact string
-
-func (e exact) match(value string, present bool) (bool, string) {
-	switch {
-	case !present:
-		return false, fmt.Sprintf("want %s, claim missing", string(e))
-	case value != string(e):
-		return false, fmt.Sprintf("want %s, got %s", string(e), value)
-	default:
-		return true, ""
-	}
-}
-
-func newClaimConditions(claims map[string]string) []claimCondition {
-	names := make([]string, 0, len(claims))
-	for k := range claims {
-		names = append(names, k)
-	}
-	sort.Strings(names)
-	out := make([]claimCondition, 0, len(names))
-	for _, k := range names {
-		out = append(out, claimCondition{claim: k, match: exact(claims[k])})
-	}
-	return out
-}
-
-func (r *rule) evaluate(id Identity, role Role, acct Account) RuleEvaluation {
+// evaluate matches one rule. Allow rules need every selector and
+// condition to hold. Deny rules match when every scope selector (issuer,
+// roles, accounts, OUs, residency) holds and every claim condition holds
+// or cannot be decided (missing claim, CEL error): guardrails fail
+// closed.
+func (r *rule) evaluate(id Identity, t celTarget, now time.Time) RuleEvaluation {
 	ev := RuleEvaluation{Rule: r.name, Effect: r.effect}
+	isDeny := r.effect == EffectDeny
 	var why []string
-	if id.Issuer != r.issuer.URL {
+	if r.issuer != nil && id.Issuer != r.issuer.URL {
 		why = append(why, fmt.Sprintf("issuer: want %s, got %s", r.issuer.URL, id.Issuer))
 	}
-	if !slices.Contains(r.roles, role.Name) {
-		why = append(why, fmt.Sprintf("role %s: not covered by the rule", role.Name))
+	if len(r.roles) > 0 && !slices.Contains(r.roles, t.role.Name) {
+		why = append(why, fmt.Sprintf("role %s: not covered by the rule", t.role.Name))
 	}
-	if !slices.Contains(r.accounts, acct.ID) {
-		why = append(why, fmt.Sprintf("account %s: not covered by the rule", acct.Name))
+	inAccounts := slices.Contains(r.accounts, t.acct.ID)
+	inOUs := slices.ContainsFunc(r.ous, func(ou string) bool { return underOU(t.acct.OU, ou) })
+	if (len(r.accounts) > 0 || len(r.ous) > 0) && !inAccounts && !inOUs {
+		why = append(why, fmt.Sprintf("account %s: not covered by the rule", t.acct.Name))
+	}
+	if len(r.residency) > 0 && !slices.Contains(r.residency, t.acct.Residency) {
+		why = append(why, fmt.Sprintf("residency %q: not covered by the rule", t.acct.Residency))
 	}
 	for _, c := range r.claims {
 		v, ok := id.claim(c.claim)
+		if isDeny && !ok {
+			continue // a missing claim satisfies a guardrail
+		}
 		if matched, reason := c.match.match(v, ok); !matched {
 			why = append(why, fmt.Sprintf("claim %s: %s", c.claim, reason))
+		}
+	}
+	if r.condition != nil {
+		ok, err := evalCEL(r.condition, id, t, now)
+		switch {
+		case err != nil && isDeny:
+			// undecidable: the guardrail holds
+		case err != nil:
+			why = append(why, fmt.Sprintf("condition: %s", truncateText(err.Error(), 200)))
+		case !ok:
+			why = append(why, "condition: false")
 		}
 	}
 	if len(why) > 0 {
@@ -223,6 +275,17 @@ func (r *rule) evaluate(id Identity, role Role, acct Account) RuleEvaluation {
 		return ev
 	}
 	ev.Matched = true
-	ev.Reason = "issuer, role, account and every claim match"
+	if isDeny {
+		ev.Reason = "every selector and condition of the guardrail holds"
+	} else {
+		ev.Reason = "issuer, role, account and every condition match"
+	}
 	return ev
+}
+
+func truncateText(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
 }

@@ -9,6 +9,8 @@ import (
 	"net/url"
 	"os"
 	"regexp"
+	"slices"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -67,15 +69,31 @@ func Load(path string) (*Policy, error) {
 type document struct {
 	Version  int          `yaml:"version"`
 	Issuers  []issuerDoc  `yaml:"issuers"`
+	Zones    []zoneDoc    `yaml:"zones"`
+	OUs      []ouDoc      `yaml:"ous"`
 	Accounts []accountDoc `yaml:"accounts"`
 	Roles    []roleDoc    `yaml:"roles"`
 	Rules    []ruleDoc    `yaml:"rules"`
 }
 
 type issuerDoc struct {
-	Name      string   `yaml:"name"`
-	URL       string   `yaml:"url"`
-	Audiences []string `yaml:"audiences"`
+	Name           string   `yaml:"name"`
+	URL            string   `yaml:"url"`
+	Audiences      []string `yaml:"audiences"`
+	StrictAudience bool     `yaml:"strict_audience"`
+	Algorithms     []string `yaml:"algorithms"`
+	Leeway         string   `yaml:"leeway"`
+	SingleUse      bool     `yaml:"single_use"`
+}
+
+type zoneDoc struct {
+	Name    string   `yaml:"name"`
+	Regions []string `yaml:"regions"`
+}
+
+type ouDoc struct {
+	Path        string `yaml:"path"`
+	MaxDuration string `yaml:"max_duration"`
 }
 
 type accountDoc struct {
@@ -87,18 +105,29 @@ type accountDoc struct {
 }
 
 type roleDoc struct {
-	Name        string `yaml:"name"`
-	Account     string `yaml:"account"`
-	ARN         string `yaml:"arn"`
-	MaxDuration string `yaml:"max_duration"`
+	Name              string            `yaml:"name"`
+	Account           string            `yaml:"account"`
+	ARN               string            `yaml:"arn"`
+	MaxDuration       string            `yaml:"max_duration"`
+	SessionPolicy     string            `yaml:"session_policy"`
+	PolicyARNs        []string          `yaml:"policy_arns"`
+	SessionTags       map[string]string `yaml:"session_tags"`
+	TransitiveTagKeys []string          `yaml:"transitive_tag_keys"`
+	ExternalID        string            `yaml:"external_id"`
 }
 
 type ruleDoc struct {
-	Name     string            `yaml:"name"`
-	Issuer   string            `yaml:"issuer"`
-	Roles    []string          `yaml:"roles"`
-	Accounts []string          `yaml:"accounts"`
-	Claims   map[string]string `yaml:"claims"`
+	Name        string               `yaml:"name"`
+	Effect      string               `yaml:"effect"`
+	Issuer      string               `yaml:"issuer"`
+	Roles       []string             `yaml:"roles"`
+	Accounts    []string             `yaml:"accounts"`
+	OUs         []string             `yaml:"ous"`
+	Residency   []string             `yaml:"residency"`
+	Claims      map[string]yaml.Node `yaml:"claims"`
+	Condition   string               `yaml:"condition"`
+	MaxDuration string               `yaml:"max_duration"`
+	Reason      string               `yaml:"reason"`
 }
 
 // Parse parses and validates a policy document; name (usually the file
@@ -131,23 +160,41 @@ func Parse(name string, data []byte) (*Policy, error) {
 	}
 	p.source = name
 	p.sha256 = digest(data)
+	p.lines = lines
 	return p, nil
 }
 
 var (
-	nameRE      = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
-	accountIDRE = regexp.MustCompile(`^[0-9]{12}$`)
-	regionRE    = regexp.MustCompile(`^[a-z]{2}(-[a-z]+)+-[0-9]+$`)
-	residencyRE = regexp.MustCompile(`^[a-z][a-z0-9]*$`)
-	roleNameRE  = regexp.MustCompile(`^[\w+=,.@-]{1,64}$`)
-	roleARNRE   = regexp.MustCompile(`^arn:aws(-[a-z]+)*:iam::([0-9]{12}):role/([\w+=,.@/-]+)$`)
-	ouRE        = regexp.MustCompile(`^(/[\w.-]+)+$`)
+	nameRE       = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
+	accountIDRE  = regexp.MustCompile(`^[0-9]{12}$`)
+	regionRE     = regexp.MustCompile(`^[a-z]{2}(-[a-z]+)+-[0-9]+$`)
+	residencyRE  = regexp.MustCompile(`^[a-z][a-z0-9]*$`)
+	roleNameRE   = regexp.MustCompile(`^[\w+=,.@-]{1,64}$`)
+	roleARNRE    = regexp.MustCompile(`^arn:aws(-[a-z]+)*:iam::([0-9]{12}):role/([\w+=,.@/-]+)$`)
+	ouRE         = regexp.MustCompile(`^(/[\w.-]+)+$`)
+	regionGlobRE = regexp.MustCompile(`^[a-z0-9*?-]{1,32}$`)
+	policyARNRE  = regexp.MustCompile(`^arn:aws(-[a-z]+)*:iam::(aws|[0-9]{12}):policy/[\w+=,.@/-]+$`)
+	tagKeyRE     = regexp.MustCompile(`^[\w .:/=+@-]{1,128}$`)
+	tagValueRE   = regexp.MustCompile(`^[\w .:/=+@-]{0,256}$`)
+	externalIDRE = regexp.MustCompile(`^[\w+=,.@:/-]{2,1000}$`)
+	safeTextRE   = regexp.MustCompile(`^[[:print:]]{1,200}$`)
 )
+
+// MaxLeeway is the largest clock-skew leeway an issuer may declare.
+const MaxLeeway = 5 * time.Minute
+
+var allowedAlgorithms = map[string]bool{
+	"RS256": true, "RS384": true, "RS512": true,
+	"PS256": true, "PS384": true, "PS512": true,
+	"ES256": true, "ES384": true, "ES512": true,
+	"EdDSA": true,
+}
 
 // validator turns a document into a Policy, collecting every problem.
 type validator struct {
 	lines    lineIndex
 	problems []Problem
+	cel      *celEnv
 }
 
 func (v *validator) addf(field, format string, args ...any) {
@@ -164,11 +211,13 @@ func (v *validator) unique(seen map[string]string, name, field string) {
 }
 
 func (v *validator) build(doc *document) *Policy {
-	p := &Policy{}
+	p := &Policy{zones: map[string][]string{}, templates: map[string]*template{}}
 	if doc.Version != 1 {
 		v.addf("version", "must be 1")
 	}
 	v.issuers(p, doc.Issuers)
+	v.zones(p, doc.Zones)
+	v.ous(p, doc.OUs)
 	v.accounts(p, doc.Accounts)
 	v.roles(p, doc.Roles)
 	v.rules(p, doc.Rules)
@@ -191,14 +240,64 @@ func (v *validator) issuers(p *Policy, docs []issuerDoc) {
 			v.unique(urls, d.URL, f+".url")
 		}
 		if len(d.Audiences) == 0 {
-			v.addf(f+".audiences", "at least one is required")
+			v.addf(f+".audiences", "at least one is required: the audience is what says a token was minted for credmatrix")
 		}
 		for j, a := range d.Audiences {
 			if a == "" {
 				v.addf(fmt.Sprintf("%s.audiences[%d]", f, j), "required")
 			}
 		}
-		p.issuers = append(p.issuers, Issuer{Name: d.Name, URL: d.URL, Audiences: d.Audiences})
+		for j, a := range d.Algorithms {
+			if !allowedAlgorithms[a] {
+				v.addf(fmt.Sprintf("%s.algorithms[%d]", f, j), "%q not allowed (asymmetric JWS algorithms only: RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, ES512, EdDSA)", a)
+			}
+		}
+		is := Issuer{Name: d.Name, URL: d.URL, Audiences: d.Audiences, StrictAudience: d.StrictAudience, Algorithms: d.Algorithms, SingleUse: d.SingleUse}
+		if d.Leeway != "" {
+			l, err := time.ParseDuration(d.Leeway)
+			if err != nil || l < 0 || l > MaxLeeway {
+				v.addf(f+".leeway", "must be a duration between 0s and %s", MaxLeeway)
+			}
+			is.Leeway = l
+		}
+		p.issuers = append(p.issuers, is)
+	}
+}
+
+func (v *validator) zones(p *Policy, docs []zoneDoc) {
+	for i, d := range docs {
+		f := fmt.Sprintf("zones[%d]", i)
+		if !residencyRE.MatchString(d.Name) {
+			v.addf(f+".name", "must be a lowercase zone name such as eu")
+		} else if _, dup := p.zones[d.Name]; dup {
+			v.addf(f+".name", "duplicate zone %q", d.Name)
+		}
+		if len(d.Regions) == 0 {
+			v.addf(f+".regions", "at least one is required")
+		}
+		for j, r := range d.Regions {
+			if !regionGlobRE.MatchString(r) {
+				v.addf(fmt.Sprintf("%s.regions[%d]", f, j), "%q: must be a region or a region pattern such as eu-*", r)
+			}
+		}
+		p.zones[d.Name] = slices.Clone(d.Regions)
+	}
+}
+
+func (v *validator) ous(p *Policy, docs []ouDoc) {
+	seen := map[string]string{}
+	for i, d := range docs {
+		f := fmt.Sprintf("ous[%d]", i)
+		if !ouRE.MatchString(d.Path) {
+			v.addf(f+".path", "must be a path such as /root/prod")
+		} else {
+			v.unique(seen, d.Path, f+".path")
+		}
+		cap, err := time.ParseDuration(d.MaxDuration)
+		if err != nil || cap < MinDuration || cap > MaxDuration {
+			v.addf(f+".max_duration", "must be a duration between %s and %s", shortDuration(MinDuration), shortDuration(MaxDuration))
+		}
+		p.ous = append(p.ous, OU{Path: d.Path, MaxDuration: cap})
 	}
 }
 
@@ -229,6 +328,8 @@ func (v *validator) accounts(p *Policy, docs []accountDoc) {
 		}
 		if d.Residency != "" && !residencyRE.MatchString(d.Residency) {
 			v.addf(f+".residency", "must be a lowercase zone name such as eu")
+		} else if d.Residency != "" && regionRE.MatchString(d.Region) && !p.inZone(d.Residency, d.Region) {
+			v.addf(f+".region", "%s is outside the account's residency zone %q", d.Region, d.Residency)
 		}
 		p.accounts = append(p.accounts, Account(d))
 	}
@@ -258,7 +359,8 @@ func (v *validator) roles(p *Policy, docs []roleDoc) {
 				seen[key] = f + ".name"
 			}
 		}
-		r := Role{Name: d.Name, AccountID: acct.ID, ARN: d.ARN, MaxDuration: DefaultDuration}
+		r := Role{Name: d.Name, AccountID: acct.ID, ARN: d.ARN, MaxDuration: DefaultDuration,
+			PolicyARNs: d.PolicyARNs, SessionTags: d.SessionTags, TransitiveTagKeys: d.TransitiveTagKeys, ExternalID: d.ExternalID}
 		if d.ARN == "" {
 			r.ARN = fmt.Sprintf("arn:aws:iam::%s:role/%s", acct.ID, d.Name)
 		} else if m := roleARNRE.FindStringSubmatch(d.ARN); m == nil {
@@ -272,6 +374,35 @@ func (v *validator) roles(p *Policy, docs []roleDoc) {
 				v.addf(f+".max_duration", "must be a duration between %s and %s", shortDuration(MinDuration), shortDuration(MaxDuration))
 			}
 			r.MaxDuration = dur
+		}
+		if d.SessionPolicy != "" {
+			tmpl, err := parseTemplate(d.SessionPolicy)
+			if err != nil {
+				v.addf(f+".session_policy", "%v", err)
+			}
+			r.SessionPolicy = d.SessionPolicy
+			p.templates[roleKey(r.Name, r.AccountID)] = tmpl
+		}
+		for j, arn := range d.PolicyARNs {
+			if !policyARNRE.MatchString(arn) {
+				v.addf(fmt.Sprintf("%s.policy_arns[%d]", f, j), "must be a managed policy ARN such as arn:aws:iam::aws:policy/ReadOnlyAccess")
+			}
+		}
+		if len(d.PolicyARNs) > 10 {
+			v.addf(f+".policy_arns", "at most 10 (the STS limit)")
+		}
+		for k, val := range d.SessionTags {
+			if !tagKeyRE.MatchString(k) || !tagValueRE.MatchString(val) {
+				v.addf(f+".session_tags."+k, "tag keys are 1 to 128 and values 0 to 256 of letters, digits, spaces and _.:/=+-@")
+			}
+		}
+		for j, k := range d.TransitiveTagKeys {
+			if !tagKeyRE.MatchString(k) {
+				v.addf(fmt.Sprintf("%s.transitive_tag_keys[%d]", f, j), "not a tag key")
+			}
+		}
+		if d.ExternalID != "" && !externalIDRE.MatchString(d.ExternalID) {
+			v.addf(f+".external_id", "must be 2 to 1000 of letters, digits and +=,.@:/-")
 		}
 		p.roles = append(p.roles, r)
 	}
@@ -287,16 +418,26 @@ func (v *validator) rules(p *Policy, docs []ruleDoc) {
 		if v.checkName(f+".name", d.Name) {
 			v.unique(seen, d.Name, f+".name")
 		}
-		r := &rule{name: d.Name, effect: EffectAllow, roles: d.Roles, claimValues: d.Claims}
+		r := &rule{name: d.Name, roles: d.Roles, reason: d.Reason, ous: d.OUs, residency: d.Residency, claimText: map[string]string{}}
+		switch d.Effect {
+		case "", "allow":
+			r.effect = EffectAllow
+		case "deny":
+			r.effect = EffectDeny
+		default:
+			v.addf(f+".effect", "must be allow or deny")
+		}
+		allow := r.effect != EffectDeny
 		switch idx := issuerIndex(p.issuers, d.Issuer); {
-		case d.Issuer == "":
+		case d.Issuer == "" && allow:
 			v.addf(f+".issuer", "required")
+		case d.Issuer == "":
 		case idx < 0:
 			v.addf(f+".issuer", "unknown issuer %q", d.Issuer)
 		default:
-			r.issuer = p.issuers[idx]
+			r.issuer = &p.issuers[idx]
 		}
-		if len(d.Roles) == 0 {
+		if len(d.Roles) == 0 && allow {
 			v.addf(f+".roles", "at least one is required")
 		}
 		for j, name := range d.Roles {
@@ -304,8 +445,8 @@ func (v *validator) rules(p *Policy, docs []ruleDoc) {
 				v.addf(fmt.Sprintf("%s.roles[%d]", f, j), "unknown role %q", name)
 			}
 		}
-		if len(d.Accounts) == 0 {
-			v.addf(f+".accounts", "at least one is required")
+		if len(d.Accounts) == 0 && len(d.OUs) == 0 && allow {
+			v.addf(f+".accounts", "at least one account (or ous) is required")
 		}
 		for j, ref := range d.Accounts {
 			acct, ok := p.Account(ref)
@@ -314,17 +455,62 @@ func (v *validator) rules(p *Policy, docs []ruleDoc) {
 			}
 			r.accounts = append(r.accounts, acct.ID)
 		}
-		// A rule without claim conditions would let anyone with a token
-		// from the issuer (for GitHub, anyone on GitHub) in.
-		if len(d.Claims) == 0 {
-			v.addf(f+".claims", "at least one claim condition is required")
-		}
-		for k, val := range d.Claims {
-			if k == "" || val == "" {
-				v.addf(f+".claims."+k, "claim name and value are required")
+		for j, ou := range d.OUs {
+			if !ouRE.MatchString(ou) {
+				v.addf(fmt.Sprintf("%s.ous[%d]", f, j), "must be a path such as /root/prod")
+			} else if !slices.ContainsFunc(p.accounts, func(a Account) bool { return underOU(a.OU, ou) }) {
+				v.addf(fmt.Sprintf("%s.ous[%d]", f, j), "no account is under OU %q", ou)
 			}
 		}
-		r.claims = newClaimConditions(d.Claims)
+		for j, z := range d.Residency {
+			if !residencyRE.MatchString(z) {
+				v.addf(fmt.Sprintf("%s.residency[%d]", f, j), "must be a lowercase zone name such as eu")
+			}
+		}
+		// A rule without claim conditions would let anyone with a token
+		// from the issuer (for GitHub, anyone on GitHub) in.
+		if len(d.Claims) == 0 && d.Condition == "" && allow {
+			v.addf(f+".claims", "at least one claim condition (or a condition) is required")
+		}
+		names := make([]string, 0, len(d.Claims))
+		for k := range d.Claims {
+			names = append(names, k)
+		}
+		sort.Strings(names)
+		for _, k := range names {
+			node := d.Claims[k]
+			if k == "" {
+				v.addf(f+".claims", "claim name is required")
+				continue
+			}
+			m, text, err := parseCondition(&node)
+			if err != nil {
+				v.problems = append(v.problems, Problem{Line: node.Line, Field: f + ".claims." + k, Message: err.Error()})
+				continue
+			}
+			r.claims = append(r.claims, claimCondition{claim: k, match: m})
+			r.claimText[k] = text
+		}
+		if d.Condition != "" {
+			prg, err := v.compileCEL(d.Condition)
+			if err != nil {
+				v.addf(f+".condition", "%v", err)
+			}
+			r.condition, r.conditionText = prg, d.Condition
+		}
+		if d.MaxDuration != "" {
+			if !allow {
+				v.addf(f+".max_duration", "only allow rules cap durations")
+			}
+			dur, err := time.ParseDuration(d.MaxDuration)
+			if err != nil || dur < MinDuration || dur > MaxDuration {
+				v.addf(f+".max_duration", "must be a duration between %s and %s", shortDuration(MinDuration), shortDuration(MaxDuration))
+			}
+			r.maxDuration = dur
+		}
+		if d.Reason != "" && !safeTextRE.MatchString(d.Reason) {
+			v.addf(f+".reason", "at most 200 printable characters")
+		}
 		p.rules = append(p.rules, r)
 	}
 }

@@ -8,9 +8,14 @@
 // the line to fix. A parsed Policy is immutable and safe for concurrent
 // use; a reload builds a new one and swaps it in.
 //
-// Only allow rules with exact claim matches exist for now. Rule keeps its
-// matchers behind an interface so glob, list and CEL matchers and deny
-// guardrails can be added without changing Evaluate's callers.
+// Evaluation order: the target must resolve (account, role, residency
+// zone), then deny rules (guardrails) are evaluated before allow rules and
+// a matching deny rule always wins; the first matching allow rule grants
+// the session. Claim conditions are exact values, globs ("refs/heads/*"),
+// lists of alternatives, negations ({not: ...}) and, for the rare complex
+// case, CEL expressions over the claims, the target and the time. A
+// missing claim never satisfies an allow rule and always satisfies a deny
+// rule's condition: guardrails fail closed.
 package policy
 
 import (
@@ -18,6 +23,7 @@ import (
 	"encoding/hex"
 	"maps"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -44,6 +50,24 @@ type Issuer struct {
 	URL string
 	// Audiences are the `aud` values accepted from this issuer.
 	Audiences []string
+	// StrictAudience requires `aud` to hold exactly one value.
+	StrictAudience bool
+	// Algorithms are the accepted JWS algorithms; empty means the
+	// verifier's defaults.
+	Algorithms []string
+	// Leeway is the tolerated clock skew; 0 means the verifier's default.
+	Leeway time.Duration
+	// SingleUse makes every token usable for one issuance only (by `jti`,
+	// which becomes required), across broker replicas.
+	SingleUse bool
+}
+
+// OU caps the session duration of every account under an OU path.
+type OU struct {
+	// Path is the OU path ("/root/prod"); it covers its sub-OUs.
+	Path string
+	// MaxDuration caps sessions in accounts under Path.
+	MaxDuration time.Duration
 }
 
 // Account is one account of the account matrix.
@@ -70,6 +94,19 @@ type Role struct {
 	ARN string
 	// MaxDuration is the longest session the role may be given.
 	MaxDuration time.Duration
+	// SessionPolicy is the session policy template (JSON with
+	// ${claim:NAME}, ${account_id}, ${account}, ${region}, ${role},
+	// ${session_id} placeholders inside strings), empty for none.
+	SessionPolicy string
+	// PolicyARNs are managed policies passed as session policies.
+	PolicyARNs []string
+	// SessionTags are static session tags added to the claim-derived ones.
+	SessionTags map[string]string
+	// TransitiveTagKeys are the session tags that survive role chaining.
+	TransitiveTagKeys []string
+	// ExternalID is passed to AssumeRole when the role's trust policy
+	// requires one.
+	ExternalID string
 }
 
 // Effect is what a rule does when it matches. The values are those of
@@ -79,8 +116,8 @@ type Effect int
 const (
 	// EffectAllow rules grant a session when they match.
 	EffectAllow Effect = 1
-	// EffectDeny rules refuse a session when they match; they are
-	// evaluated before allow rules. Reserved: no deny rule exists yet.
+	// EffectDeny rules (guardrails) refuse a session when they match;
+	// they are evaluated before allow rules and beat them.
 	EffectDeny Effect = 2
 )
 
@@ -102,14 +139,25 @@ type Rule struct {
 	Name string
 	// Effect is what the rule does when it matches.
 	Effect Effect
-	// Issuer is the name of the issuer the token must come from.
+	// Issuer is the name of the issuer the token must come from (empty:
+	// any, deny rules only).
 	Issuer string
-	// Roles are the role names the rule covers.
+	// Roles are the role names the rule covers (empty: all, deny rules
+	// only).
 	Roles []string
 	// Accounts are the account ids the rule covers.
 	Accounts []string
-	// Claims are the claims the token must carry, with their exact values.
+	// OUs are the OU paths whose accounts the rule covers.
+	OUs []string
+	// Residency are the residency zones whose accounts the rule covers.
+	Residency []string
+	// Claims describes each claim condition ("acme/app",
+	// "glob refs/heads/*", "any of [a b]", "not ...").
 	Claims map[string]string
+	// Condition is the CEL condition, if any.
+	Condition string
+	// MaxDuration caps sessions the rule grants (0: no cap of its own).
+	MaxDuration time.Duration
 }
 
 // Policy is a parsed, validated trust policy.
@@ -117,10 +165,19 @@ type Policy struct {
 	source   string
 	sha256   string
 	issuers  []Issuer
+	zones    map[string][]string
+	ous      []OU
 	accounts []Account
 	roles    []Role
 	rules    []*rule
+	// templates holds the compiled session policy of each role that has
+	// one, by roleKey.
+	templates map[string]*template
+	// lines maps field paths to source lines, for lint findings.
+	lines lineIndex
 }
+
+func roleKey(name, accountID string) string { return name + "@" + accountID }
 
 // Source returns the name the policy was parsed under (its file path).
 func (p *Policy) Source() string { return p.source }
@@ -150,15 +207,59 @@ func (p *Policy) Rules() []Rule {
 	out := make([]Rule, len(p.rules))
 	for i, r := range p.rules {
 		out[i] = Rule{
-			Name:     r.name,
-			Effect:   r.effect,
-			Issuer:   r.issuer.Name,
-			Roles:    slices.Clone(r.roles),
-			Accounts: slices.Clone(r.accounts),
-			Claims:   maps.Clone(r.claimValues),
+			Name:        r.name,
+			Effect:      r.effect,
+			Roles:       slices.Clone(r.roles),
+			Accounts:    slices.Clone(r.accounts),
+			OUs:         slices.Clone(r.ous),
+			Residency:   slices.Clone(r.residency),
+			Claims:      maps.Clone(r.claimText),
+			Condition:   r.conditionText,
+			MaxDuration: r.maxDuration,
+		}
+		if r.issuer != nil {
+			out[i].Issuer = r.issuer.Name
 		}
 	}
 	return out
+}
+
+// OUs returns the OU duration caps, in document order.
+func (p *Policy) OUs() []OU { return slices.Clone(p.ous) }
+
+// ZoneRegions returns the region patterns of a residency zone: as
+// declared under zones, or "<zone>-*" for an undeclared zone.
+func (p *Policy) ZoneRegions(zone string) []string {
+	if r, ok := p.zones[zone]; ok {
+		return slices.Clone(r)
+	}
+	return []string{zone + "-*"}
+}
+
+// inZone reports whether region is in the residency zone.
+func (p *Policy) inZone(zone, region string) bool {
+	for _, pat := range p.ZoneRegions(zone) {
+		if globMatch(pat, region) {
+			return true
+		}
+	}
+	return false
+}
+
+// underOU reports whether an account OU path lies at or under ou.
+func underOU(accountOU, ou string) bool {
+	return accountOU == ou || strings.HasPrefix(accountOU, ou+"/")
+}
+
+// IssuerByURL finds a trusted issuer by its URL.
+func (p *Policy) IssuerByURL(url string) (Issuer, bool) {
+	for _, is := range p.issuers {
+		if is.URL == url {
+			is.Audiences = slices.Clone(is.Audiences)
+			return is, true
+		}
+	}
+	return Issuer{}, false
 }
 
 // Account finds an account by id or name.

@@ -2,6 +2,7 @@ package policy_test
 
 import (
 	"errors"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -88,7 +89,16 @@ func TestParseErrors(t *testing.T) {
 		{"unknown-field", "    region: eu-west-1\n", "    region: eu-west-1\n    regoin: eu-west-2\n", `policy.yaml:10: accounts[0].regoin: unknown field`},
 		{"unknown-top-level-field", "version: 1\n", "version: 1\ndefaults: {}\n", `policy.yaml:2: defaults: unknown field`},
 		{"wrong-type", "roles: [deploy]", "roles: deploy", `policy.yaml:17: rules[0].roles: want a list, got a string`},
-		{"claim-not-scalar", "repository: acme/app", "repository: [acme/app]", `policy.yaml:20: rules[0].claims.repository: want a string, got a list`},
+		{"claim-unknown-condition", "repository: acme/app", "repository: {regex: x}", `policy.yaml:20: rules[0].claims.repository: unknown condition "regex" (want not, glob, equals or any_of)`},
+		{"claim-empty-list", "repository: acme/app", "repository: []", `policy.yaml:20: rules[0].claims.repository: a list needs 1 to 256 values`},
+		{"cel-not-bool", "      repository: acme/app\n", "      repository: acme/app\n    condition: claims.run_id\n", `policy.yaml:21: rules[0].condition: CEL: must be a bool expression, is dyn`},
+		{"cel-syntax", "      repository: acme/app\n", "      repository: acme/app\n    condition: 'claims.ref =='\n", "policy.yaml:21: rules[0].condition: CEL: ERROR: <input>:1:14: Syntax error: mismatched input '<EOF>' expecting {'[', '{', '(', '.', '-', '!', 'true', 'false', 'null', NUM_FLOAT, NUM_INT, NUM_UINT, STRING, BYTES, IDENTIFIER}  | claims.ref ==  | .............^"},
+		{"deny-with-cap", "rules:\n", "rules:\n  - name: g\n    effect: deny\n    max_duration: 1h\n", `policy.yaml:17: rules[0].max_duration: only allow rules cap durations`},
+		{"bad-effect", "    issuer: github\n", "    issuer: github\n    effect: maybe\n", `policy.yaml:17: rules[0].effect: must be allow or deny`},
+		{"template-outside-string", "    max_duration: 1h\n", "    max_duration: 1h\n    session_policy: '{\"Statement\": {{claim.repository}}}'\n", `policy.yaml:14: roles[0].session_policy: placeholder {{claim.repository}} must be inside a JSON string`},
+		{"template-unknown", "    max_duration: 1h\n", "    max_duration: 1h\n    session_policy: '{\"Statement\": \"{{secret}}\"}'\n", `policy.yaml:14: roles[0].session_policy: unknown placeholder {{secret}} (want claim.NAME, account_id, account, region, role, session_id or subject)`},
+		{"ou-cap", "accounts:\n", "ous:\n  - path: /root/prod\n    max_duration: 1m\naccounts:\n", `policy.yaml:8: ous[0].max_duration: must be a duration between 15m and 12h`},
+		{"hmac-alg", "audiences: [credmatrix]", "audiences: [credmatrix]\n    algorithms: [HS256]", `policy.yaml:6: issuers[0].algorithms[0]: "HS256" not allowed (asymmetric JWS algorithms only: RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, ES512, EdDSA)`},
 		{"account-id-short", `id: "111111111111"`, `id: "11111"`, `policy.yaml:7: accounts[0].id: must be 12 digits (quote it to keep leading zeros)`},
 		{"duration-too-long", "max_duration: 1h", "max_duration: 13h", `policy.yaml:13: roles[0].max_duration: must be a duration between 15m and 12h`},
 		{"duration-too-short", "max_duration: 1h", "max_duration: 5m", `policy.yaml:13: roles[0].max_duration: must be a duration between 15m and 12h`},
@@ -97,7 +107,7 @@ func TestParseErrors(t *testing.T) {
 			`policy.yaml:20: rules[1].name: duplicate "main" (first at line 15)`},
 		{"duplicate-role", "roles:\n", "roles:\n  - name: deploy\n    account: \"111111111111\"\n",
 			`policy.yaml:13: roles[1].name: duplicate role "deploy" in account "dev" (first at line 11)`},
-		{"rule-without-claims", "    claims:\n      repository: acme/app\n", "", `policy.yaml:15: rules[0].claims: at least one claim condition is required`},
+		{"rule-without-claims", "    claims:\n      repository: acme/app\n", "", `policy.yaml:15: rules[0].claims: at least one claim condition (or a condition) is required`},
 		{"rule-without-name", "  - name: main\n    issuer", "  - issuer", `policy.yaml:15: rules[0].name: required`},
 		{"version", "version: 1", "version: 2", `policy.yaml:1: version: must be 1`},
 		{"http-issuer", "url: https://token", "url: http://token", `policy.yaml:4: issuers[0].url: "http://token.actions.githubusercontent.com": http is only allowed on loopback`},
@@ -175,9 +185,9 @@ func TestEvaluate(t *testing.T) {
 			target: policy.Target{Role: "deploy", Account: "dev"},
 			want: policy.Decision{
 				Allowed: true, Rule: "main-branch-deploys-dev", Reason: `allowed by rule "main-branch-deploys-dev"`,
-				Account: dev, Role: p.Roles()[0], Region: "eu-west-1",
+				Account: dev, Role: p.Roles()[0], Region: "eu-west-1", MaxDuration: time.Hour,
 				Evaluations: []policy.RuleEvaluation{
-					{Rule: "main-branch-deploys-dev", Effect: policy.EffectAllow, Matched: true, Reason: "issuer, role, account and every claim match"},
+					{Rule: "main-branch-deploys-dev", Effect: policy.EffectAllow, Matched: true, Reason: "issuer, role, account and every condition match"},
 					{Rule: "tags-deploy-prod", Effect: policy.EffectAllow, Reason: "account dev: not covered by the rule; claim ref_type: want tag, got branch"},
 				},
 			},
@@ -188,9 +198,9 @@ func TestEvaluate(t *testing.T) {
 			target: policy.Target{Role: "deploy", Account: "111111111111", Region: "eu-central-1"},
 			want: policy.Decision{
 				Allowed: true, Rule: "main-branch-deploys-dev", Reason: `allowed by rule "main-branch-deploys-dev"`,
-				Account: dev, Role: p.Roles()[0], Region: "eu-central-1",
+				Account: dev, Role: p.Roles()[0], Region: "eu-central-1", MaxDuration: time.Hour,
 				Evaluations: []policy.RuleEvaluation{
-					{Rule: "main-branch-deploys-dev", Effect: policy.EffectAllow, Matched: true, Reason: "issuer, role, account and every claim match"},
+					{Rule: "main-branch-deploys-dev", Effect: policy.EffectAllow, Matched: true, Reason: "issuer, role, account and every condition match"},
 					{Rule: "tags-deploy-prod", Effect: policy.EffectAllow, Reason: "account dev: not covered by the rule; claim ref_type: want tag, got branch"},
 				},
 			},
@@ -243,7 +253,7 @@ func TestEvaluate(t *testing.T) {
 			name:   "deny/outside-residency",
 			id:     identity(mainBranch),
 			target: policy.Target{Role: "deploy", Account: "dev", Region: "us-east-1"},
-			want: policy.Decision{Rule: policy.DefaultDeny, Reason: `region "us-east-1" is outside residency zone "eu" of account "dev"`,
+			want: policy.Decision{Rule: policy.ResidencyRule, Reason: `region "us-east-1" is outside residency zone "eu" of account "dev"`,
 				Account: dev, Role: p.Roles()[0], Region: "us-east-1"},
 		},
 	}
@@ -259,11 +269,25 @@ func TestEvaluate(t *testing.T) {
 func TestRolesFor(t *testing.T) {
 	p := load(t)
 	var got []string
-	for _, g := range p.RolesFor(identity(map[string]string{"repository": "acme/app", "ref": "refs/tags/v1", "ref_type": "tag"})) {
+	for _, g := range p.RolesFor(identity(map[string]string{"repository": "acme/app", "ref": "refs/tags/v1", "ref_type": "tag"}), time.Now()) {
 		got = append(got, g.Role.Name+"@"+g.Account.Name+" by "+g.Rule)
 	}
 	want := []string{"deploy@prod by tags-deploy-prod", "readonly@prod by tags-deploy-prod"}
 	if diff := cmp.Diff(got, want); diff != "" {
 		t.Errorf("RolesFor (-got +want):\n%s", diff)
+	}
+}
+
+// TestReadmeExample keeps the documented example valid and lint-clean.
+func TestReadmeExample(t *testing.T) {
+	data, err := os.ReadFile("testdata/example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := policy.Parse("example.yaml", data); err != nil {
+		t.Fatal(err)
+	}
+	if got := policy.FormatFindings("example.yaml", policy.Lint("example.yaml", data)); got != "" {
+		t.Errorf("lint findings:\n%s", got)
 	}
 }

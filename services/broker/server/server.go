@@ -1,15 +1,24 @@
-// Package server assembles the broker: trust policy, OIDC verifier, the
-// local STS provider, the audit client and the gRPC API on the shared
-// server plumbing. cmd/broker runs it; the local stack and end-to-end tests
-// start it in-process.
+// Package server assembles the broker: trust policy (reloaded on file
+// change, SIGHUP or RPC), OIDC verifier, the state store (SQLite or
+// PostgreSQL), the local STS provider, the audit client and the gRPC API
+// on the shared server plumbing. cmd/broker runs it; the local stack and
+// end-to-end tests start it in-process.
 package server
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
 
+	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 	"github.com/credmatrix/credmatrix/platform/auditsink"
 	"github.com/credmatrix/credmatrix/platform/config"
 	"github.com/credmatrix/credmatrix/platform/grpcclient"
@@ -18,10 +27,13 @@ import (
 	"github.com/credmatrix/credmatrix/platform/logging"
 	brokerv1 "github.com/credmatrix/credmatrix/proto/credmatrix/broker/v1"
 	"github.com/credmatrix/credmatrix/services/broker"
+	"github.com/credmatrix/credmatrix/services/broker/auditbatch"
+	"github.com/credmatrix/credmatrix/services/broker/awssts"
 	"github.com/credmatrix/credmatrix/services/broker/grpcapi"
 	"github.com/credmatrix/credmatrix/services/broker/localsts"
-	"github.com/credmatrix/credmatrix/services/broker/oidc"
 	"github.com/credmatrix/credmatrix/services/broker/policy"
+	"github.com/credmatrix/credmatrix/services/broker/postgres"
+	"github.com/credmatrix/credmatrix/services/broker/sqlite"
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc"
 )
@@ -31,20 +43,68 @@ type LocalSTSConfig struct {
 	SigningKeyFile string `cfg:"signing_key_file" help:"file holding the 32-byte hex key that signs local session tokens"`
 }
 
+// AWSConfig configures the aws provider. The broker's own AWS identity
+// comes from the standard SDK chain (IRSA, instance role, AWS_* env).
+type AWSConfig struct {
+	Mode            string        `cfg:"mode" help:"assume-role (the broker's identity assumes the target role) or web-identity (the caller's token is passed to AssumeRoleWithWebIdentity)"`
+	HubRoleARN      string        `cfg:"hub_role_arn" help:"role assumed first; target roles are assumed from it (sessions capped at 1h by role chaining)"`
+	RevokerRoleName string        `cfg:"revoker_role_name" help:"role assumed in each account to put revocation deny policies through IAM; empty uses the broker's identity"`
+	STSEndpoint     string        `cfg:"sts_endpoint" help:"override of the regional STS endpoint (VPC endpoint, tests)"`
+	IAMEndpoint     string        `cfg:"iam_endpoint" help:"override of the IAM endpoint"`
+	MaxAttempts     int           `cfg:"max_attempts" help:"STS calls per request, retrying throttling with jittered backoff inside the caller's deadline"`
+	CallTimeout     time.Duration `cfg:"call_timeout" help:"deadline of one STS or IAM call"`
+}
+
+// AuditBatchConfig configures how concurrent audit appends are coalesced.
+type AuditBatchConfig struct {
+	MaxEvents   int `cfg:"max_events" help:"most events in one audit Append request (events queue while requests are in flight); 1 sends each alone"`
+	MaxInFlight int `cfg:"max_in_flight" help:"most audit Append requests in flight at once"`
+}
+
+// StateConfig configures the broker's state store (single-use token ids,
+// revocations, freezes).
+type StateConfig struct {
+	Driver      string        `cfg:"driver" help:"state store: sqlite (one replica, embedded) or postgres (shared by replicas)"`
+	SQLitePath  string        `cfg:"sqlite_path" help:"SQLite file of the state store (driver sqlite)"`
+	PostgresDSN string        `cfg:"postgres_dsn" help:"PostgreSQL connection string (driver postgres); prefer the environment variable for its password"`
+	CacheTTL    time.Duration `cfg:"cache_ttl" help:"how long freezes and revocations read from the store are trusted; a change made at another replica applies within it"`
+}
+
+// LimitsConfig configures rate limits; 0 disables one.
+type LimitsConfig struct {
+	PerSubject   float64 `cfg:"per_subject" help:"sustained issuances per second per caller (issuer and subject); 0 disables"`
+	SubjectBurst int     `cfg:"subject_burst" help:"issuances a caller may make at once"`
+	PerRole      float64 `cfg:"per_role" help:"sustained issuances per second per role and account, whoever asks; 0 disables"`
+	RoleBurst    int     `cfg:"role_burst" help:"issuances per role at once"`
+}
+
 // Config is the whole configuration of the broker.
 type Config struct {
-	Server           grpcserver.Config `cfg:"server"`
-	PolicyFile       string            `cfg:"policy_file" help:"trust policy YAML (issuers, accounts, roles, rules)"`
-	Audit            grpcclient.Config `cfg:"audit"`
-	AuditHMACKeyFile string            `cfg:"audit_hmac_key_file" help:"file holding the 32-byte hex key of the HMACs that name secrets in audit events"`
-	Provider         string            `cfg:"provider" help:"STS provider: local"`
-	LocalSTS         LocalSTSConfig    `cfg:"local_sts"`
-	LogLevel         string            `cfg:"log_level" help:"trace, debug, info, warn or error"`
+	Server               grpcserver.Config `cfg:"server"`
+	PolicyFile           string            `cfg:"policy_file" help:"trust policy YAML (issuers, accounts, roles, rules)"`
+	PolicyReloadInterval time.Duration     `cfg:"policy_reload_interval" help:"how often the policy file is checked for changes (reloaded atomically; a bad file keeps the old policy); 0 disables. SIGHUP and the ReloadPolicy RPC reload too"`
+	Audit                grpcclient.Config `cfg:"audit"`
+	AuditHMACKeyFile     string            `cfg:"audit_hmac_key_file" help:"file holding the 32-byte hex key of the HMACs that name secrets in audit events"`
+	AuditBatch           AuditBatchConfig  `cfg:"audit_batch"`
+	AdminPrincipals      []string          `cfg:"admin_principals" help:"mTLS identities (certificate URI SANs) allowed to revoke, freeze and reload"`
+	State                StateConfig       `cfg:"state"`
+	Limits               LimitsConfig      `cfg:"limits"`
+	Provider             string            `cfg:"provider" help:"STS provider: local (embedded, development) or aws"`
+	LocalSTS             LocalSTSConfig    `cfg:"local_sts"`
+	AWS                  AWSConfig         `cfg:"aws"`
+	LogLevel             string            `cfg:"log_level" help:"trace, debug, info, warn or error"`
 }
 
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
-	c := Config{Server: grpcserver.DefaultConfig(), Provider: "local", LogLevel: "info"}
+	c := Config{
+		Server: grpcserver.DefaultConfig(), Provider: "local", LogLevel: "info",
+		PolicyReloadInterval: 5 * time.Second,
+		State:                StateConfig{Driver: "sqlite", CacheTTL: broker.DefaultStateTTL},
+		Limits:               LimitsConfig{SubjectBurst: 20, RoleBurst: 100},
+		AuditBatch:           AuditBatchConfig{MaxEvents: auditbatch.DefaultMaxBatch, MaxInFlight: auditbatch.DefaultMaxInFlight},
+		AWS:                  AWSConfig{Mode: awssts.ModeAssumeRole, MaxAttempts: 5, CallTimeout: 5 * time.Second},
+	}
 	c.Server.ListenAddr = "127.0.0.1:7401"
 	c.Audit.Target = "127.0.0.1:7403"
 	return c
@@ -62,37 +122,109 @@ func (c Config) Validate() error {
 	req("policy_file", c.PolicyFile, "required: the trust policy")
 	req("audit.target", c.Audit.Target, "required: the broker records every issuance before returning it")
 	req("audit_hmac_key_file", c.AuditHMACKeyFile, "required")
+	switch c.State.Driver {
+	case "sqlite":
+		req("state.sqlite_path", c.State.SQLitePath, "required with state.driver sqlite")
+	case "postgres":
+		req("state.postgres_dsn", c.State.PostgresDSN, "required with state.driver postgres")
+	default:
+		errs = append(errs, &config.FieldError{Field: "state.driver", Msg: fmt.Sprintf("unknown driver %q (want sqlite or postgres)", c.State.Driver)})
+	}
+	if c.AuditBatch.MaxEvents < 1 || c.AuditBatch.MaxEvents > 1000 || c.AuditBatch.MaxInFlight < 1 {
+		errs = append(errs, &config.FieldError{Field: "audit_batch", Msg: "max_events must be 1 to 1000 and max_in_flight at least 1"})
+	}
+	if c.PolicyReloadInterval < 0 {
+		errs = append(errs, &config.FieldError{Field: "policy_reload_interval", Msg: "must not be negative"})
+	}
+	if c.Limits.PerSubject < 0 || c.Limits.PerRole < 0 || c.Limits.SubjectBurst < 0 || c.Limits.RoleBurst < 0 {
+		errs = append(errs, &config.FieldError{Field: "limits", Msg: "rates and bursts must not be negative"})
+	}
+	for i, p := range c.AdminPrincipals {
+		if !strings.HasPrefix(p, "spiffe://") {
+			errs = append(errs, &config.FieldError{Field: fmt.Sprintf("admin_principals[%d]", i), Msg: "must be a SPIFFE id (spiffe://...)"})
+		}
+	}
 	switch c.Provider {
 	case "local":
 		req("local_sts.signing_key_file", c.LocalSTS.SigningKeyFile, "required with provider local")
+	case "aws":
+		if c.AWS.Mode != awssts.ModeAssumeRole && c.AWS.Mode != awssts.ModeWebIdentity {
+			errs = append(errs, &config.FieldError{Field: "aws.mode", Msg: "want assume-role or web-identity"})
+		}
+		if c.AWS.MaxAttempts < 1 || c.AWS.CallTimeout <= 0 {
+			errs = append(errs, &config.FieldError{Field: "aws.max_attempts", Msg: "max_attempts must be at least 1 and call_timeout positive"})
+		}
 	default:
-		errs = append(errs, &config.FieldError{Field: "provider", Msg: fmt.Sprintf("unknown provider %q (want local)", c.Provider)})
+		errs = append(errs, &config.FieldError{Field: "provider", Msg: fmt.Sprintf("unknown provider %q (want local or aws)", c.Provider)})
 	}
 	return errors.Join(errs...)
 }
 
 // Server is a running broker.
 type Server struct {
-	grpc  *grpcserver.Server
-	audit *grpc.ClientConn
+	grpc     *grpcserver.Server
+	audit    *grpc.ClientConn
+	store    broker.Store
+	svc      *broker.Service
+	log      hclog.Logger
+	cfg      Config
+	lastSeen string // sha256 of the policy file last acted on
 }
 
-// New loads the policy and keys, connects to audit and starts listening.
+// loadPolicy reads the policy file and builds the verifier of its
+// issuers.
+func loadPolicy(ctx context.Context, path string) (*policy.Policy, broker.TokenVerifier, error) {
+	pol, err := policy.Load(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	v, err := broker.NewVerifier(ctx, pol)
+	if err != nil {
+		return nil, nil, fmt.Errorf("oidc verifier: %w", err)
+	}
+	return pol, v, nil
+}
+
+// newProvider is the one place a provider is chosen.
+func newProvider(ctx context.Context, cfg Config) (broker.Provider, error) {
+	switch cfg.Provider {
+	case "aws":
+		base, err := awsconfig.LoadDefaultConfig(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("aws: load the broker's AWS identity: %w", err)
+		}
+		return awssts.New(base, awssts.Config{
+			Mode: cfg.AWS.Mode, HubRoleARN: cfg.AWS.HubRoleARN, RevokerRoleName: cfg.AWS.RevokerRoleName,
+			STSEndpoint: cfg.AWS.STSEndpoint, IAMEndpoint: cfg.AWS.IAMEndpoint,
+			MaxAttempts: cfg.AWS.MaxAttempts, CallTimeout: cfg.AWS.CallTimeout,
+		})
+	default:
+		key, err := keyfile.Read(cfg.LocalSTS.SigningKeyFile, localsts.KeySize)
+		if err != nil {
+			return nil, fmt.Errorf("local_sts.signing_key_file: %w", err)
+		}
+		return localsts.New(key)
+	}
+}
+
+func openStore(ctx context.Context, cfg StateConfig) (broker.Store, error) {
+	switch cfg.Driver {
+	case "postgres":
+		return postgres.Open(ctx, cfg.PostgresDSN)
+	default:
+		return sqlite.Open(ctx, cfg.SQLitePath)
+	}
+}
+
+// New loads the policy and keys, opens the state store, connects to
+// audit and starts listening.
 func New(ctx context.Context, cfg Config, log hclog.Logger, opts ...grpcserver.Option) (*Server, error) {
 	if err := errors.Join(cfg.Validate(), cfg.Server.Validate(), cfg.Audit.Validate()); err != nil {
 		return nil, err
 	}
-	pol, err := policy.Load(cfg.PolicyFile)
+	pol, verifier, err := loadPolicy(ctx, cfg.PolicyFile)
 	if err != nil {
 		return nil, err
-	}
-	var issuers []oidc.IssuerConfig
-	for _, is := range pol.Issuers() {
-		issuers = append(issuers, oidc.IssuerConfig{URL: is.URL, Audiences: is.Audiences})
-	}
-	verifier, err := oidc.NewVerifier(ctx, issuers)
-	if err != nil {
-		return nil, fmt.Errorf("oidc verifier: %w", err)
 	}
 	hmacKey, err := keyfile.Read(cfg.AuditHMACKeyFile, auditsink.MinKeyBytes)
 	if err != nil {
@@ -102,30 +234,39 @@ func New(ctx context.Context, cfg Config, log hclog.Logger, opts ...grpcserver.O
 	if err != nil {
 		return nil, err
 	}
-	stsKey, err := keyfile.Read(cfg.LocalSTS.SigningKeyFile, localsts.KeySize)
-	if err != nil {
-		return nil, fmt.Errorf("local_sts.signing_key_file: %w", err)
-	}
-	provider, err := localsts.New(stsKey)
+	provider, err := newProvider(ctx, cfg)
 	if err != nil {
 		return nil, err
+	}
+	store, err := openStore(ctx, cfg.State)
+	if err != nil {
+		return nil, fmt.Errorf("state: %w", err)
 	}
 	// grpc.NewClient connects lazily: an audit service that is down now
 	// makes requests fail UNAVAILABLE, not the start-up.
 	auditConn, err := grpcclient.Dial(cfg.Audit)
 	if err != nil {
+		store.Close()
 		return nil, fmt.Errorf("audit client: %w", err)
 	}
 	svc, err := broker.New(broker.Config{
-		Policy: pol, Verifier: verifier, Provider: provider, Auditor: auditsink.New(auditConn), Hasher: hasher,
+		Policy: pol, Verifier: verifier, Provider: provider, Auditor: auditbatch.New(auditConn, auditbatch.WithLimits(cfg.AuditBatch.MaxEvents, cfg.AuditBatch.MaxInFlight)), Hasher: hasher,
+		Store: store, Admins: cfg.AdminPrincipals,
+		Reload: func(ctx context.Context) (*policy.Policy, broker.TokenVerifier, error) {
+			return loadPolicy(ctx, cfg.PolicyFile)
+		},
+		StateTTL: cfg.State.CacheTTL,
+		Limits:   broker.Limits{PerSubject: cfg.Limits.PerSubject, SubjectBurst: cfg.Limits.SubjectBurst, PerRole: cfg.Limits.PerRole, RoleBurst: cfg.Limits.RoleBurst},
 	})
 	if err != nil {
 		auditConn.Close()
+		store.Close()
 		return nil, err
 	}
 	gs, err := grpcserver.New(cfg.Server, log, opts...)
 	if err != nil {
 		auditConn.Close()
+		store.Close()
 		return nil, err
 	}
 	brokerv1.RegisterBrokerServiceServer(gs.GRPC(), grpcapi.New(svc,
@@ -134,21 +275,76 @@ func New(ctx context.Context, cfg Config, log hclog.Logger, opts ...grpcserver.O
 			logging.WithTrace(ctx, log).Warn("request failed", "error", err)
 		}),
 	))
-	log.Info("trust policy loaded", "file", cfg.PolicyFile, "sha256", pol.SHA256(), "rules", len(pol.Rules()), "provider", provider.Name())
-	return &Server{grpc: gs, audit: auditConn}, nil
+	log.Info("trust policy loaded", "file", cfg.PolicyFile, "sha256", pol.SHA256(), "rules", len(pol.Rules()), "provider", provider.Name(), "state", cfg.State.Driver)
+	return &Server{grpc: gs, audit: auditConn, store: store, svc: svc, log: log, cfg: cfg, lastSeen: pol.SHA256()}, nil
 }
 
 // Addr is where the broker listens.
 func (s *Server) Addr() net.Addr { return s.grpc.Addr() }
 
-// Serve answers until ctx is cancelled, then drains.
+// Service is the broker domain service, for in-process callers (tests).
+func (s *Server) Service() *broker.Service { return s.svc }
+
+// Serve answers until ctx is cancelled, then drains. Meanwhile it
+// reloads the policy when its file changes (every
+// policy_reload_interval) and on SIGHUP.
 func (s *Server) Serve(ctx context.Context) error {
+	wctx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.watch(wctx)
+	}()
 	err := s.grpc.Serve(ctx)
-	return errors.Join(err, s.audit.Close())
+	stop()
+	<-done
+	return errors.Join(err, s.audit.Close(), s.store.Close())
+}
+
+// watch reloads on file changes and SIGHUP until ctx ends.
+func (s *Server) watch(ctx context.Context) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	var tick <-chan time.Time
+	if s.cfg.PolicyReloadInterval > 0 {
+		t := time.NewTicker(s.cfg.PolicyReloadInterval)
+		defer t.Stop()
+		tick = t.C
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			s.reload(ctx, "signal")
+		case <-tick:
+			data, err := os.ReadFile(s.cfg.PolicyFile)
+			if err != nil {
+				continue // reported by the next reload that can read it
+			}
+			sum := sha256.Sum256(data)
+			if sha := hex.EncodeToString(sum[:]); sha != s.lastSeen {
+				s.lastSeen = sha
+				s.reload(ctx, "file")
+			}
+		}
+	}
+}
+
+// reload reloads and logs the outcome; the Service audits it.
+func (s *Server) reload(ctx context.Context, trigger string) {
+	res, err := s.svc.Reload(ctx, trigger)
+	if err != nil {
+		s.log.Error("trust policy reload refused; the policy in force stays", "trigger", trigger, "error", err)
+		return
+	}
+	s.log.Info("trust policy reloaded", "trigger", trigger, "sha256", res.SHA256, "rules", res.Rules, "changed", res.Changed)
 }
 
 // Stop stops at once.
 func (s *Server) Stop() {
 	s.grpc.Stop()
 	s.audit.Close()
+	s.store.Close()
 }

@@ -1,5 +1,5 @@
 // Package backendtest is the conformance suite every keyguard.KeyBackend
-// passes: localkms now, awskms (against local-kms) later. A backend's own
+// passes: localkms, and awskms against local-kms. A backend's own
 // tests call Run with a function that builds a backend holding the given
 // rings, so that every backend is held to the same behaviour, errors
 // included.
@@ -121,6 +121,44 @@ func Run(t *testing.T, newBackend NewBackend) {
 			if _, err := b.Unwrap(ctx, ringA.DataClass, ringA.Region, v, w); !errors.Is(err, keyguard.ErrUnwrap) {
 				t.Fatalf("Unwrap of %d bytes: error %v, want ErrUnwrap", len(w), err)
 			}
+		}
+	})
+
+	t.Run("rotate", func(t *testing.T) {
+		b, v := setup(t)
+		old, err := b.Wrap(ctx, ringA.DataClass, ringA.Region, v, dataKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		nv, err := b.Rotate(ctx, ringA.DataClass, ringA.Region)
+		if err != nil {
+			t.Fatalf("Rotate: %v", err)
+		}
+		if nv != v+1 {
+			t.Fatalf("Rotate made version %d, want %d", nv, v+1)
+		}
+		if p, err := b.Primary(ctx, ringA.DataClass, ringA.Region); err != nil || p != nv {
+			t.Fatalf("Primary after Rotate = %d, %v; want %d", p, err, nv)
+		}
+		if p, err := b.Primary(ctx, ringB.DataClass, ringB.Region); err != nil || p != 1 {
+			t.Fatalf("Primary of the other ring after Rotate = %d, %v; want 1", p, err)
+		}
+		vs, err := b.Versions(ctx, ringA.DataClass, ringA.Region)
+		if err != nil || len(vs) != int(nv) || vs[len(vs)-1].Version != nv || vs[0].Version != 1 || vs[0].BackendKey == "" {
+			t.Fatalf("Versions after Rotate = %+v, %v", vs, err)
+		}
+		got, err := b.Unwrap(ctx, ringA.DataClass, ringA.Region, v, old)
+		if err != nil || !bytes.Equal(got, dataKey) {
+			t.Fatalf("Unwrap under the old version after Rotate: %v", err)
+		}
+		if _, err := b.Unwrap(ctx, ringA.DataClass, ringA.Region, nv, old); !errors.Is(err, keyguard.ErrUnwrap) {
+			t.Fatalf("Unwrap of an old-version key under the new version: %v, want ErrUnwrap", err)
+		}
+		if _, err := b.Rotate(ctx, "restricted", "eu-west-1"); !errors.Is(err, keyguard.ErrKeyNotFound) {
+			t.Errorf("Rotate of a missing ring: %v, want ErrKeyNotFound", err)
+		}
+		if _, err := b.Versions(ctx, "restricted", "eu-west-1"); !errors.Is(err, keyguard.ErrKeyNotFound) {
+			t.Errorf("Versions of a missing ring: %v, want ErrKeyNotFound", err)
 		}
 	})
 

@@ -10,13 +10,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	keyguardv1 "github.com/credmatrix/credmatrix/proto/credmatrix/keyguard/v1"
 
@@ -34,12 +37,20 @@ const (
 )
 
 // Service is what the API needs from the domain; *keyguard.Service
-// implements it.
+// implements it. See the methods of keyguard.Service for the rules.
 type Service interface {
-	// Encrypt seals a plaintext for caller (see keyguard.Service.Encrypt).
 	Encrypt(ctx context.Context, caller string, in keyguard.EncryptInput) (keyguard.EncryptOutput, error)
-	// Decrypt opens an envelope for caller (see keyguard.Service.Decrypt).
 	Decrypt(ctx context.Context, caller string, in keyguard.DecryptInput) (keyguard.DecryptOutput, error)
+	EncryptBatch(ctx context.Context, caller string, items []keyguard.EncryptInput) []keyguard.EncryptResult
+	DecryptBatch(ctx context.Context, caller string, items []keyguard.DecryptInput) []keyguard.DecryptResult
+	GenerateDataKey(ctx context.Context, caller string, in keyguard.GenerateDataKeyInput) (keyguard.GenerateDataKeyOutput, error)
+	Rewrap(ctx context.Context, caller string, in keyguard.DecryptInput) (keyguard.RewrapOutput, error)
+	RotateKey(ctx context.Context, caller, dataClass, region, reason string) (keyguard.KeyRef, uint64, error)
+	SetMinDecryptVersion(ctx context.Context, caller, dataClass, region string, min uint32, reason string) (uint64, error)
+	CreateGrant(ctx context.Context, caller string, g keyguard.Grant) (keyguard.Grant, uint64, error)
+	RevokeGrant(ctx context.Context, caller, id, reason string) (uint64, error)
+	ListGrants(ctx context.Context, caller string, in keyguard.ListGrantsInput) ([]keyguard.Grant, string, error)
+	DescribeKeyRing(ctx context.Context, caller, dataClass, region string) (keyguard.RingDescription, error)
 }
 
 var _ Service = (*keyguard.Service)(nil)
@@ -54,6 +65,15 @@ func WithIdentity(identify func(ctx context.Context) (string, bool)) Option {
 	return func(s *Server) { s.identify = identify }
 }
 
+// WithBearer accepts OIDC bearer tokens ("authorization: Bearer <token>"
+// metadata) as the caller's identity, verified by verify (see oidcauth);
+// a request with a token is identified by it alone, and a token that does
+// not verify is Unauthenticated, never a fall back to the certificate.
+// Without this option, requests carrying a token are refused.
+func WithBearer(verify func(ctx context.Context, token string) (string, error)) Option {
+	return func(s *Server) { s.bearer = verify }
+}
+
 // WithLogger sets the logger that records the cause of internal and
 // unavailable errors, which callers only see as a fixed message. The default
 // discards them.
@@ -65,6 +85,7 @@ type Server struct {
 
 	svc      Service
 	identify func(ctx context.Context) (string, bool)
+	bearer   func(ctx context.Context, token string) (string, error)
 	log      hclog.Logger
 }
 
@@ -103,8 +124,25 @@ func PeerCertIdentity(ctx context.Context) (string, bool) {
 	return leaf.URIs[0].String(), true
 }
 
-// caller returns the verified identity of the requester.
+// caller returns the verified identity of the requester: its OIDC bearer
+// token if it sent one, else its certificate.
 func (s *Server) caller(ctx context.Context) (string, error) {
+	if md, _ := metadata.FromIncomingContext(ctx); len(md.Get("authorization")) > 0 {
+		vals := md.Get("authorization")
+		token, ok := strings.CutPrefix(vals[0], "Bearer ")
+		switch {
+		case len(vals) != 1 || !ok || token == "":
+			return "", status.Error(codes.Unauthenticated, "authorization: want one \"Bearer <token>\"")
+		case s.bearer == nil:
+			return "", status.Error(codes.Unauthenticated, "authorization: bearer tokens are not accepted by this keyguard")
+		}
+		caller, err := s.bearer(ctx, token)
+		if err != nil || caller == "" {
+			s.log.Debug("bearer token refused", "error", err)
+			return "", status.Error(codes.Unauthenticated, "invalid bearer token")
+		}
+		return caller, nil
+	}
 	caller, ok := s.identify(ctx)
 	if !ok || caller == "" {
 		return "", status.Error(codes.Unauthenticated, "caller identity required")
@@ -124,6 +162,8 @@ func toStatus(err error) *status.Status {
 			return status.New(codes.NotFound, e.Message)
 		case keyguard.PermissionDenied:
 			return status.New(codes.PermissionDenied, e.Message)
+		case keyguard.FailedPrecondition:
+			return status.New(codes.FailedPrecondition, e.Message)
 		case keyguard.Unavailable:
 			return status.New(codes.Unavailable, e.Message)
 		}
@@ -214,7 +254,8 @@ func itemError(st *status.Status) *keyguardv1.ItemError {
 }
 
 // BatchEncrypt encrypts each item as Encrypt would, each with its own audit
-// event, and reports failures per item, in request order.
+// event (all recorded in one append), and reports failures per item, in
+// request order.
 func (s *Server) BatchEncrypt(ctx context.Context, req *keyguardv1.BatchEncryptRequest) (*keyguardv1.BatchEncryptResponse, error) {
 	caller, err := s.caller(ctx)
 	if err != nil {
@@ -223,20 +264,27 @@ func (s *Server) BatchEncrypt(ctx context.Context, req *keyguardv1.BatchEncryptR
 	if err := checkBatch(len(req.GetItems()), req); err != nil {
 		return nil, err
 	}
-	resp := &keyguardv1.BatchEncryptResponse{Results: make([]*keyguardv1.BatchEncryptResult, len(req.GetItems()))}
-	for i, item := range req.GetItems() {
-		out, st := s.encrypt(ctx, caller, item)
-		if st != nil {
-			resp.Results[i] = &keyguardv1.BatchEncryptResult{Result: &keyguardv1.BatchEncryptResult_Error{Error: itemError(st)}}
+	items := make([]keyguard.EncryptInput, len(req.GetItems()))
+	for i, it := range req.GetItems() {
+		items[i] = keyguard.EncryptInput{DataClass: it.GetDataClass(), Region: it.GetRegion(), Plaintext: it.GetPlaintext(), Context: it.GetEncryptionContext()}
+	}
+	res := s.svc.EncryptBatch(ctx, caller, items)
+	resp := &keyguardv1.BatchEncryptResponse{Results: make([]*keyguardv1.BatchEncryptResult, len(res))}
+	for i, r := range res {
+		if r.Err != nil {
+			resp.Results[i] = &keyguardv1.BatchEncryptResult{Result: &keyguardv1.BatchEncryptResult_Error{Error: itemError(s.fail("BatchEncrypt", r.Err))}}
 			continue
 		}
-		resp.Results[i] = &keyguardv1.BatchEncryptResult{Result: &keyguardv1.BatchEncryptResult_Response{Response: out}}
+		resp.Results[i] = &keyguardv1.BatchEncryptResult{Result: &keyguardv1.BatchEncryptResult_Response{Response: &keyguardv1.EncryptResponse{
+			Ciphertext: r.Output.Ciphertext, Key: keyRef(r.Output.Key), AuditSequence: r.Output.AuditSequence,
+		}}}
 	}
 	return resp, nil
 }
 
 // BatchDecrypt decrypts each item as Decrypt would, each with its own audit
-// event, and reports failures per item, in request order.
+// event (all recorded in one append), and reports failures per item, in
+// request order.
 func (s *Server) BatchDecrypt(ctx context.Context, req *keyguardv1.BatchDecryptRequest) (*keyguardv1.BatchDecryptResponse, error) {
 	caller, err := s.caller(ctx)
 	if err != nil {
@@ -245,52 +293,200 @@ func (s *Server) BatchDecrypt(ctx context.Context, req *keyguardv1.BatchDecryptR
 	if err := checkBatch(len(req.GetItems()), req); err != nil {
 		return nil, err
 	}
-	resp := &keyguardv1.BatchDecryptResponse{Results: make([]*keyguardv1.BatchDecryptResult, len(req.GetItems()))}
-	for i, item := range req.GetItems() {
-		out, st := s.decrypt(ctx, caller, item)
-		if st != nil {
-			resp.Results[i] = &keyguardv1.BatchDecryptResult{Result: &keyguardv1.BatchDecryptResult_Error{Error: itemError(st)}}
+	items := make([]keyguard.DecryptInput, len(req.GetItems()))
+	for i, it := range req.GetItems() {
+		items[i] = keyguard.DecryptInput{Ciphertext: it.GetCiphertext(), Context: it.GetEncryptionContext()}
+	}
+	res := s.svc.DecryptBatch(ctx, caller, items)
+	resp := &keyguardv1.BatchDecryptResponse{Results: make([]*keyguardv1.BatchDecryptResult, len(res))}
+	for i, r := range res {
+		if r.Err != nil {
+			resp.Results[i] = &keyguardv1.BatchDecryptResult{Result: &keyguardv1.BatchDecryptResult_Error{Error: itemError(s.fail("BatchDecrypt", r.Err))}}
 			continue
 		}
-		resp.Results[i] = &keyguardv1.BatchDecryptResult{Result: &keyguardv1.BatchDecryptResult_Response{Response: out}}
+		resp.Results[i] = &keyguardv1.BatchDecryptResult{Result: &keyguardv1.BatchDecryptResult_Response{Response: &keyguardv1.DecryptResponse{
+			Plaintext: r.Output.Plaintext, Key: keyRef(r.Output.Key), AuditSequence: r.Output.AuditSequence,
+		}}}
 	}
 	return resp, nil
 }
 
-// errNotYet answers the RPCs of the API that this version does not serve.
-var errNotYet = status.Error(codes.Unimplemented, "not available yet")
-
-// GenerateDataKey is not available yet.
-func (s *Server) GenerateDataKey(context.Context, *keyguardv1.GenerateDataKeyRequest) (*keyguardv1.GenerateDataKeyResponse, error) {
-	return nil, errNotYet
+// GenerateDataKey returns a fresh data key, in plaintext and wrapped.
+func (s *Server) GenerateDataKey(ctx context.Context, req *keyguardv1.GenerateDataKeyRequest) (*keyguardv1.GenerateDataKeyResponse, error) {
+	caller, err := s.caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out, err := s.svc.GenerateDataKey(ctx, caller, keyguard.GenerateDataKeyInput{
+		DataClass: req.GetDataClass(), Region: req.GetRegion(), Context: req.GetEncryptionContext(),
+	})
+	if err != nil {
+		return nil, s.fail("GenerateDataKey", err).Err()
+	}
+	return &keyguardv1.GenerateDataKeyResponse{
+		PlaintextDataKey: out.PlaintextKey, WrappedDataKey: out.WrappedKey, Key: keyRef(out.Key), AuditSequence: out.AuditSequence,
+	}, nil
 }
 
-// Rewrap is not available yet.
-func (s *Server) Rewrap(context.Context, *keyguardv1.RewrapRequest) (*keyguardv1.RewrapResponse, error) {
-	return nil, errNotYet
+// Rewrap moves an envelope to the newest key version of its ring.
+func (s *Server) Rewrap(ctx context.Context, req *keyguardv1.RewrapRequest) (*keyguardv1.RewrapResponse, error) {
+	caller, err := s.caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out, err := s.svc.Rewrap(ctx, caller, keyguard.DecryptInput{Ciphertext: req.GetCiphertext(), Context: req.GetEncryptionContext()})
+	if err != nil {
+		return nil, s.fail("Rewrap", err).Err()
+	}
+	return &keyguardv1.RewrapResponse{Ciphertext: out.Ciphertext, FromKey: keyRef(out.From), ToKey: keyRef(out.To), AuditSequence: out.AuditSequence}, nil
 }
 
-// RotateKey is not available yet.
-func (s *Server) RotateKey(context.Context, *keyguardv1.RotateKeyRequest) (*keyguardv1.RotateKeyResponse, error) {
-	return nil, errNotYet
+// RotateKey adds a key version to a ring.
+func (s *Server) RotateKey(ctx context.Context, req *keyguardv1.RotateKeyRequest) (*keyguardv1.RotateKeyResponse, error) {
+	caller, err := s.caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ref, seq, err := s.svc.RotateKey(ctx, caller, req.GetDataClass(), req.GetRegion(), req.GetReason())
+	if err != nil {
+		return nil, s.fail("RotateKey", err).Err()
+	}
+	return &keyguardv1.RotateKeyResponse{Key: keyRef(ref), AuditSequence: seq}, nil
 }
 
-// CreateGrant is not available yet.
-func (s *Server) CreateGrant(context.Context, *keyguardv1.CreateGrantRequest) (*keyguardv1.CreateGrantResponse, error) {
-	return nil, errNotYet
+// SetMinDecryptVersion retires the versions of a ring below a minimum.
+func (s *Server) SetMinDecryptVersion(ctx context.Context, req *keyguardv1.SetMinDecryptVersionRequest) (*keyguardv1.SetMinDecryptVersionResponse, error) {
+	caller, err := s.caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	seq, err := s.svc.SetMinDecryptVersion(ctx, caller, req.GetDataClass(), req.GetRegion(), req.GetMinDecryptVersion(), req.GetReason())
+	if err != nil {
+		return nil, s.fail("SetMinDecryptVersion", err).Err()
+	}
+	return &keyguardv1.SetMinDecryptVersionResponse{AuditSequence: seq}, nil
 }
 
-// RevokeGrant is not available yet.
-func (s *Server) RevokeGrant(context.Context, *keyguardv1.RevokeGrantRequest) (*keyguardv1.RevokeGrantResponse, error) {
-	return nil, errNotYet
+// operations maps API operations to the domain's; both use the same
+// numbers, but the mapping is explicit so an unknown value is refused.
+func operationFromProto(op keyguardv1.Operation) (keyguard.Operation, bool) {
+	switch op {
+	case keyguardv1.Operation_OPERATION_ENCRYPT:
+		return keyguard.OpEncrypt, true
+	case keyguardv1.Operation_OPERATION_DECRYPT:
+		return keyguard.OpDecrypt, true
+	case keyguardv1.Operation_OPERATION_GENERATE_DATA_KEY:
+		return keyguard.OpGenerateDataKey, true
+	case keyguardv1.Operation_OPERATION_REWRAP:
+		return keyguard.OpRewrap, true
+	case keyguardv1.Operation_OPERATION_DESCRIBE:
+		return keyguard.OpDescribe, true
+	}
+	return 0, false
 }
 
-// ListGrants is not available yet.
-func (s *Server) ListGrants(context.Context, *keyguardv1.ListGrantsRequest) (*keyguardv1.ListGrantsResponse, error) {
-	return nil, errNotYet
+func grantToProto(g keyguard.Grant) *keyguardv1.Grant {
+	pg := &keyguardv1.Grant{
+		GrantId: g.ID, Principal: g.Principal, DataClass: g.DataClass, Regions: g.Regions,
+		RequiredContext: g.RequiredContext, CreatedBy: g.CreatedBy,
+	}
+	for _, op := range g.Operations {
+		pg.Operations = append(pg.Operations, keyguardv1.Operation(op))
+	}
+	if !g.ExpireTime.IsZero() {
+		pg.ExpireTime = timestamppb.New(g.ExpireTime)
+	}
+	if !g.CreateTime.IsZero() {
+		pg.CreateTime = timestamppb.New(g.CreateTime)
+	}
+	return pg
 }
 
-// DescribeKeyRing is not available yet.
-func (s *Server) DescribeKeyRing(context.Context, *keyguardv1.DescribeKeyRingRequest) (*keyguardv1.DescribeKeyRingResponse, error) {
-	return nil, errNotYet
+// CreateGrant creates a grant.
+func (s *Server) CreateGrant(ctx context.Context, req *keyguardv1.CreateGrantRequest) (*keyguardv1.CreateGrantResponse, error) {
+	caller, err := s.caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	pg := req.GetGrant()
+	if pg == nil {
+		return nil, status.Error(codes.InvalidArgument, "grant: required")
+	}
+	g := keyguard.Grant{Principal: pg.GetPrincipal(), DataClass: pg.GetDataClass(), Regions: pg.GetRegions(), RequiredContext: pg.GetRequiredContext()}
+	for i, op := range pg.GetOperations() {
+		o, ok := operationFromProto(op)
+		if !ok {
+			return nil, status.Error(codes.InvalidArgument, fmt.Sprintf("grant.operations[%d]: unknown operation %v", i, op))
+		}
+		g.Operations = append(g.Operations, o)
+	}
+	if pg.GetExpireTime() != nil {
+		if err := pg.GetExpireTime().CheckValid(); err != nil {
+			return nil, status.Error(codes.InvalidArgument, "grant.expire_time: not a valid timestamp")
+		}
+		g.ExpireTime = pg.GetExpireTime().AsTime()
+	}
+	out, seq, err := s.svc.CreateGrant(ctx, caller, g)
+	if err != nil {
+		return nil, s.fail("CreateGrant", err).Err()
+	}
+	return &keyguardv1.CreateGrantResponse{Grant: grantToProto(out), AuditSequence: seq}, nil
+}
+
+// RevokeGrant removes a grant.
+func (s *Server) RevokeGrant(ctx context.Context, req *keyguardv1.RevokeGrantRequest) (*keyguardv1.RevokeGrantResponse, error) {
+	caller, err := s.caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	seq, err := s.svc.RevokeGrant(ctx, caller, req.GetGrantId(), req.GetReason())
+	if err != nil {
+		return nil, s.fail("RevokeGrant", err).Err()
+	}
+	return &keyguardv1.RevokeGrantResponse{AuditSequence: seq}, nil
+}
+
+// ListGrants lists grants.
+func (s *Server) ListGrants(ctx context.Context, req *keyguardv1.ListGrantsRequest) (*keyguardv1.ListGrantsResponse, error) {
+	caller, err := s.caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	gs, next, err := s.svc.ListGrants(ctx, caller, keyguard.ListGrantsInput{
+		Principal: req.GetPrincipal(), DataClass: req.GetDataClass(), PageSize: int(req.GetPageSize()), PageToken: req.GetPageToken(),
+	})
+	if err != nil {
+		return nil, s.fail("ListGrants", err).Err()
+	}
+	resp := &keyguardv1.ListGrantsResponse{NextPageToken: next}
+	for _, g := range gs {
+		resp.Grants = append(resp.Grants, grantToProto(g))
+	}
+	return resp, nil
+}
+
+// DescribeKeyRing describes a ring.
+func (s *Server) DescribeKeyRing(ctx context.Context, req *keyguardv1.DescribeKeyRingRequest) (*keyguardv1.DescribeKeyRingResponse, error) {
+	caller, err := s.caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	d, err := s.svc.DescribeKeyRing(ctx, caller, req.GetDataClass(), req.GetRegion())
+	if err != nil {
+		return nil, s.fail("DescribeKeyRing", err).Err()
+	}
+	resp := &keyguardv1.DescribeKeyRingResponse{
+		DataClass: d.Ring.DataClass, Region: d.Ring.Region, Backend: d.Backend,
+		PrimaryVersion: d.Primary, MinDecryptVersion: d.MinDecryptVersion, RotationDue: d.RotationDue,
+	}
+	if !d.NextRotation.IsZero() {
+		resp.NextRotationTime = timestamppb.New(d.NextRotation)
+	}
+	for _, v := range d.Versions {
+		resp.Versions = append(resp.Versions, &keyguardv1.KeyVersion{
+			Version: v.Version, State: keyguardv1.KeyVersionState(v.State), CreateTime: timestamppb.New(v.Created),
+			EncryptCount: v.EncryptCount, BackendKey: v.BackendKey,
+		})
+	}
+	return resp, nil
 }

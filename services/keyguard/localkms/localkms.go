@@ -543,3 +543,23 @@ func (k *Keyring) String() string {
 
 // GoString is String, so that %#v does not dump the keys either.
 func (k *Keyring) GoString() string { return k.String() }
+
+// Versions describes the ring's key versions, oldest first. The backend key
+// of a version is "local:<root key id>/<class>/<region>/v<version>".
+func (k *Keyring) Versions(ctx context.Context, dataClass, region string) ([]keyguard.VersionInfo, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	ring := keyguard.Ring{DataClass: dataClass, Region: region}
+	k.mu.RLock()
+	defer k.mu.RUnlock()
+	vs := k.rings[ring]
+	if len(vs) == 0 {
+		return nil, fmt.Errorf("localkms: ring %s: %w", ring, keyguard.ErrKeyNotFound)
+	}
+	out := make([]keyguard.VersionInfo, len(vs))
+	for i, v := range vs {
+		out[i] = keyguard.VersionInfo{Version: v.version, Created: v.created, BackendKey: fmt.Sprintf("local:%s/%s/v%d", k.rootKeyID, ring, v.version)}
+	}
+	return out, nil
+}

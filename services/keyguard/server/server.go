@@ -1,5 +1,5 @@
-// Package server assembles keyguard: the key-ring and grant file, the local
-// KEK backend, the audit client and the gRPC API on the shared server
+// Package server assembles keyguard: the key-ring and grant file, the KEK
+// backend (local or awskms), the state store, the audit client and the gRPC API on the shared server
 // plumbing. cmd/keyguard runs it; the local stack and end-to-end tests
 // start it in-process.
 package server
@@ -11,16 +11,23 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strings"
+	"time"
 
-	"github.com/credmatrix/credmatrix/platform/auditsink"
+	awsconfig "github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/service/kms"
 	"github.com/credmatrix/credmatrix/platform/config"
 	"github.com/credmatrix/credmatrix/platform/grpcclient"
 	"github.com/credmatrix/credmatrix/platform/grpcserver"
 	"github.com/credmatrix/credmatrix/platform/keyfile"
 	keyguardv1 "github.com/credmatrix/credmatrix/proto/credmatrix/keyguard/v1"
 	"github.com/credmatrix/credmatrix/services/keyguard"
+	"github.com/credmatrix/credmatrix/services/keyguard/auditclient"
+	"github.com/credmatrix/credmatrix/services/keyguard/awskms"
 	"github.com/credmatrix/credmatrix/services/keyguard/grpcapi"
 	"github.com/credmatrix/credmatrix/services/keyguard/localkms"
+	"github.com/credmatrix/credmatrix/services/keyguard/oidcauth"
+	"github.com/credmatrix/credmatrix/services/keyguard/sqlite"
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc"
 	"gopkg.in/yaml.v3"
@@ -32,19 +39,36 @@ type LocalConfig struct {
 	RootKeyFile  string `cfg:"root_key_file" help:"file holding the 32-byte hex root key that seals the keystore"`
 }
 
+// AWSKMSConfig configures the awskms backend.
+type AWSKMSConfig struct {
+	VersionsFile string `cfg:"versions_file" help:"file recording each ring's key versions (KMS key ARNs), created when missing"`
+	Endpoint     string `cfg:"endpoint" help:"KMS endpoint URL override (local-kms in tests); empty means the AWS endpoint of each ring's region"`
+}
+
+// OIDCConfig configures OIDC bearer-token callers.
+type OIDCConfig struct {
+	Issuers  []string `cfg:"issuers" help:"issuer URLs whose tokens identify callers as <issuer>#<sub> (empty: certificates only)"`
+	Audience string   `cfg:"audience" help:"audience (aud) the tokens must carry"`
+}
+
 // Config is the whole configuration of keyguard.
 type Config struct {
-	Server      grpcserver.Config `cfg:"server"`
-	Audit       grpcclient.Config `cfg:"audit"`
-	KeyringFile string            `cfg:"keyring_file" help:"YAML file of key rings (data class x region) and grants"`
-	Backend     string            `cfg:"backend" help:"KEK backend: local"`
-	Local       LocalConfig       `cfg:"local"`
-	LogLevel    string            `cfg:"log_level" help:"trace, debug, info, warn or error"`
+	Server        grpcserver.Config `cfg:"server"`
+	Audit         grpcclient.Config `cfg:"audit"`
+	KeyringFile   string            `cfg:"keyring_file" help:"YAML file of key rings (data class x region, rotation policy) and static grants"`
+	StateFile     string            `cfg:"state_file" help:"SQLite file of grants created through the API and ring state (created when missing)"`
+	Admins        []string          `cfg:"admins" help:"principals (certificate URI SANs) allowed RotateKey, SetMinDecryptVersion and the grant RPCs"`
+	RotationCheck time.Duration     `cfg:"rotation_check" help:"how often rings are checked for rotation by age and usage counters are saved"`
+	Backend       string            `cfg:"backend" help:"KEK backend: local or awskms"`
+	Local         LocalConfig       `cfg:"local"`
+	AWSKMS        AWSKMSConfig      `cfg:"awskms"`
+	OIDC          OIDCConfig        `cfg:"oidc"`
+	LogLevel      string            `cfg:"log_level" help:"trace, debug, info, warn or error"`
 }
 
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
-	c := Config{Server: grpcserver.DefaultConfig(), Backend: "local", LogLevel: "info"}
+	c := Config{Server: grpcserver.DefaultConfig(), Backend: "local", LogLevel: "info", RotationCheck: time.Minute}
 	c.Server.ListenAddr = "127.0.0.1:7402"
 	c.Audit.Target = "127.0.0.1:7403"
 	return c
@@ -60,13 +84,27 @@ func (c Config) Validate() error {
 		}
 	}
 	req("keyring_file", c.KeyringFile, "required: the key rings and grants")
+	req("state_file", c.StateFile, "required: grants and ring state are kept there")
 	req("audit.target", c.Audit.Target, "required: keyguard records every operation before returning its result")
+	if c.RotationCheck < time.Second {
+		errs = append(errs, &config.FieldError{Field: "rotation_check", Msg: "must be at least 1s"})
+	}
+	for i, a := range c.Admins {
+		if a == "" || strings.ContainsAny(a, " *") {
+			errs = append(errs, &config.FieldError{Field: fmt.Sprintf("admins[%d]", i), Msg: "must name one principal exactly"})
+		}
+	}
+	if len(c.OIDC.Issuers) > 0 {
+		req("oidc.audience", c.OIDC.Audience, "required with oidc.issuers")
+	}
 	switch c.Backend {
 	case "local":
 		req("local.keystore_file", c.Local.KeystoreFile, "required with backend local")
 		req("local.root_key_file", c.Local.RootKeyFile, "required with backend local")
+	case "awskms":
+		req("awskms.versions_file", c.AWSKMS.VersionsFile, "required with backend awskms")
 	default:
-		errs = append(errs, &config.FieldError{Field: "backend", Msg: fmt.Sprintf("unknown backend %q (want local)", c.Backend)})
+		errs = append(errs, &config.FieldError{Field: "backend", Msg: fmt.Sprintf("unknown backend %q (want local or awskms)", c.Backend)})
 	}
 	return errors.Join(errs...)
 }
@@ -74,123 +112,235 @@ func (c Config) Validate() error {
 // keyringFile is the YAML document of rings and grants.
 type keyringFile struct {
 	Rings []struct {
-		DataClass string `yaml:"data_class"`
-		Region    string `yaml:"region"`
+		DataClass         string        `yaml:"data_class"`
+		Region            string        `yaml:"region"`
+		RotationPeriod    time.Duration `yaml:"rotation_period"`
+		MaxEncryptions    uint64        `yaml:"max_encryptions"`
+		MinDecryptVersion uint32        `yaml:"min_decrypt_version"`
+		KMSKey            string        `yaml:"kms_key"`
 	} `yaml:"rings"`
 	Grants []struct {
-		ID         string   `yaml:"id"`
-		Principal  string   `yaml:"principal"`
-		DataClass  string   `yaml:"data_class"`
-		Operations []string `yaml:"operations"`
-		Regions    []string `yaml:"regions"`
+		ID              string            `yaml:"id"`
+		Principal       string            `yaml:"principal"`
+		DataClass       string            `yaml:"data_class"`
+		Operations      []string          `yaml:"operations"`
+		Regions         []string          `yaml:"regions"`
+		RequiredContext map[string]string `yaml:"required_context"`
+		ExpireTime      time.Time         `yaml:"expire_time"`
 	} `yaml:"grants"`
 }
 
-var operations = map[string]keyguard.Operation{
-	"encrypt":           keyguard.OpEncrypt,
-	"decrypt":           keyguard.OpDecrypt,
-	"generate_data_key": keyguard.OpGenerateDataKey,
-	"rewrap":            keyguard.OpRewrap,
-	"describe":          keyguard.OpDescribe,
+// Keyrings is the content of the keyring file.
+type Keyrings struct {
+	// Rings are the configured rings.
+	Rings []keyguard.Ring
+	// Policies are their rotation and retirement policies.
+	Policies []keyguard.RingPolicy
+	// Grants are the static grants.
+	Grants []keyguard.Grant
+	// KMSKeys are the KMS key ids (or aliases) of the rings, for the
+	// awskms backend.
+	KMSKeys map[keyguard.Ring]string
 }
 
 // LoadKeyrings reads the rings and grants file. Unknown fields and
 // operations are errors naming the file and field; the domain validates the
 // values.
-func LoadKeyrings(path string) ([]keyguard.Ring, []keyguard.Grant, error) {
+func LoadKeyrings(path string) (Keyrings, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, nil, fmt.Errorf("keyring file: %w", err)
+		return Keyrings{}, fmt.Errorf("keyring file: %w", err)
 	}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	var f keyringFile
 	if err := dec.Decode(&f); err != nil {
-		return nil, nil, fmt.Errorf("keyring file %s: %w", path, err)
+		return Keyrings{}, fmt.Errorf("keyring file %s: %w", path, err)
 	}
-	rings := make([]keyguard.Ring, 0, len(f.Rings))
+	k := Keyrings{KMSKeys: map[keyguard.Ring]string{}}
 	for _, r := range f.Rings {
-		rings = append(rings, keyguard.Ring{DataClass: r.DataClass, Region: r.Region})
+		ring := keyguard.Ring{DataClass: r.DataClass, Region: r.Region}
+		k.Rings = append(k.Rings, ring)
+		if r.KMSKey != "" {
+			k.KMSKeys[ring] = r.KMSKey
+		}
+		k.Policies = append(k.Policies, keyguard.RingPolicy{Ring: ring, RotationPeriod: r.RotationPeriod, MaxEncryptions: r.MaxEncryptions, MinDecryptVersion: r.MinDecryptVersion})
 	}
-	grants := make([]keyguard.Grant, 0, len(f.Grants))
 	for i, g := range f.Grants {
-		kg := keyguard.Grant{ID: g.ID, Principal: g.Principal, DataClass: g.DataClass, Regions: g.Regions}
+		kg := keyguard.Grant{ID: g.ID, Principal: g.Principal, DataClass: g.DataClass, Regions: g.Regions, RequiredContext: g.RequiredContext, ExpireTime: g.ExpireTime}
 		for j, op := range g.Operations {
-			o, ok := operations[op]
+			o, ok := keyguard.ParseOperation(op)
 			if !ok {
-				return nil, nil, fmt.Errorf("keyring file %s: grants[%d].operations[%d]: unknown operation %q (want encrypt, decrypt, generate_data_key, rewrap or describe)", path, i, j, op)
+				return Keyrings{}, fmt.Errorf("keyring file %s: grants[%d].operations[%d]: unknown operation %q (want encrypt, decrypt, generate_data_key, rewrap or describe)", path, i, j, op)
 			}
 			kg.Operations = append(kg.Operations, o)
 		}
-		grants = append(grants, kg)
+		k.Grants = append(k.Grants, kg)
 	}
-	return rings, grants, nil
+	return k, nil
 }
 
 // Server is a running keyguard.
 type Server struct {
-	grpc  *grpcserver.Server
-	audit *grpc.ClientConn
+	grpc   *grpcserver.Server
+	audit  *grpc.ClientConn
+	svc    *keyguard.Service
+	store  *sqlite.Store
+	log    hclog.Logger
+	period time.Duration
 }
 
-// New opens the backend, ensures every configured ring exists, connects to
-// audit and starts listening.
+// New opens the backend and the state store, ensures every configured ring
+// exists, connects to audit and starts listening.
 func New(ctx context.Context, cfg Config, log hclog.Logger, opts ...grpcserver.Option) (*Server, error) {
 	if err := errors.Join(cfg.Validate(), cfg.Server.Validate(), cfg.Audit.Validate()); err != nil {
 		return nil, err
 	}
-	rings, grants, err := LoadKeyrings(cfg.KeyringFile)
+	k, err := LoadKeyrings(cfg.KeyringFile)
 	if err != nil {
 		return nil, err
 	}
-	rootKey, err := keyfile.Read(cfg.Local.RootKeyFile, localkms.RootKeySize)
+	backend, backendID, err := openBackend(ctx, cfg, k)
 	if err != nil {
-		return nil, fmt.Errorf("local.root_key_file: %w", err)
+		return nil, err
 	}
-	backend, err := localkms.Open(cfg.Local.KeystoreFile, rootKey)
+	store, err := sqlite.Open(ctx, cfg.StateFile)
 	if err != nil {
-		return nil, fmt.Errorf("local.keystore_file: %w", err)
-	}
-	for _, r := range rings {
-		if err := backend.EnsureRing(ctx, r.DataClass, r.Region); err != nil {
-			return nil, fmt.Errorf("key ring %s: %w", r, err)
-		}
+		return nil, fmt.Errorf("state_file: %w", err)
 	}
 	auditConn, err := grpcclient.Dial(cfg.Audit)
 	if err != nil {
+		store.Close()
 		return nil, fmt.Errorf("audit client: %w", err)
 	}
-	svc, err := keyguard.New(keyguard.Config{
-		Backend: backend, BackendName: cfg.Backend, Auditor: auditsink.New(auditConn), Rings: rings, Grants: grants,
+	fail := func(err error) (*Server, error) {
+		auditConn.Close()
+		store.Close()
+		return nil, err
+	}
+	svc, err := keyguard.New(ctx, keyguard.Config{
+		Backend: backend, BackendName: cfg.Backend, Auditor: auditclient.New(auditConn), Store: store,
+		Rings: k.Rings, RingPolicies: k.Policies, Grants: k.Grants, Admins: cfg.Admins,
 	})
 	if err != nil {
-		auditConn.Close()
-		return nil, fmt.Errorf("keyring file %s: %w", cfg.KeyringFile, err)
+		return fail(fmt.Errorf("keyring file %s: %w", cfg.KeyringFile, err))
 	}
 	gs, err := grpcserver.New(cfg.Server, log, opts...)
 	if err != nil {
-		auditConn.Close()
-		return nil, err
+		return fail(err)
 	}
-	keyguardv1.RegisterKeyguardServiceServer(gs.GRPC(), grpcapi.New(svc,
-		grpcapi.WithIdentity(grpcserver.PeerIdentity),
-		grpcapi.WithLogger(log),
-	))
-	log.Info("key rings ready", "rings", len(rings), "grants", len(grants), "backend", cfg.Backend, "root_key_id", backend.RootKeyID())
-	return &Server{grpc: gs, audit: auditConn}, nil
+	apiOpts := []grpcapi.Option{grpcapi.WithIdentity(grpcserver.PeerIdentity), grpcapi.WithLogger(log)}
+	if len(cfg.OIDC.Issuers) > 0 {
+		v, err := oidcauth.New(cfg.OIDC.Issuers, cfg.OIDC.Audience)
+		if err != nil {
+			gs.Stop()
+			return fail(fmt.Errorf("oidc: %w", err))
+		}
+		apiOpts = append(apiOpts, grpcapi.WithBearer(v.Verify))
+	}
+	keyguardv1.RegisterKeyguardServiceServer(gs.GRPC(), grpcapi.New(svc, apiOpts...))
+	log.Info("key rings ready", "rings", len(k.Rings), "grants", len(k.Grants), "backend", cfg.Backend, "backend_id", backendID)
+	return &Server{grpc: gs, audit: auditConn, svc: svc, store: store, log: log, period: cfg.RotationCheck}, nil
+}
+
+// openBackend opens the configured KEK backend and makes sure every ring
+// has a key. backendID identifies it in the log (never secret).
+func openBackend(ctx context.Context, cfg Config, k Keyrings) (keyguard.KeyBackend, string, error) {
+	switch cfg.Backend {
+	case "awskms":
+		var rks []awskms.RingKey
+		clients := map[string]awskms.KMS{}
+		for _, r := range k.Rings {
+			id := k.KMSKeys[r]
+			if id == "" {
+				return nil, "", fmt.Errorf("keyring file %s: ring %s: kms_key required with backend awskms", cfg.KeyringFile, r)
+			}
+			rks = append(rks, awskms.RingKey{Ring: r, KeyID: id})
+			if clients[r.Region] != nil {
+				continue
+			}
+			awsCfg, err := awsconfig.LoadDefaultConfig(ctx, awsconfig.WithRegion(r.Region))
+			if err != nil {
+				return nil, "", fmt.Errorf("awskms: AWS configuration for %s: %w", r.Region, err)
+			}
+			clients[r.Region] = kms.NewFromConfig(awsCfg, func(o *kms.Options) {
+				if cfg.AWSKMS.Endpoint != "" {
+					o.BaseEndpoint = &cfg.AWSKMS.Endpoint
+				}
+			})
+		}
+		b, err := awskms.Open(ctx, cfg.AWSKMS.VersionsFile, rks, clients)
+		if err != nil {
+			return nil, "", fmt.Errorf("awskms: %w", err)
+		}
+		return b, "awskms:" + cfg.AWSKMS.VersionsFile, nil
+	default:
+		rootKey, err := keyfile.Read(cfg.Local.RootKeyFile, localkms.RootKeySize)
+		if err != nil {
+			return nil, "", fmt.Errorf("local.root_key_file: %w", err)
+		}
+		b, err := localkms.Open(cfg.Local.KeystoreFile, rootKey)
+		clear(rootKey)
+		if err != nil {
+			return nil, "", fmt.Errorf("local.keystore_file: %w", err)
+		}
+		for _, r := range k.Rings {
+			if err := b.EnsureRing(ctx, r.DataClass, r.Region); err != nil {
+				return nil, "", fmt.Errorf("key ring %s: %w", r, err)
+			}
+		}
+		return b, "root key " + b.RootKeyID(), nil
+	}
 }
 
 // Addr is where keyguard listens.
 func (s *Server) Addr() net.Addr { return s.grpc.Addr() }
 
-// Serve answers until ctx is cancelled, then drains.
+// Serve answers until ctx is cancelled, then drains. Beside the gRPC
+// server it runs the rotation loop: rings due by age or usage are rotated,
+// and usage counters saved, every rotation_check and whenever a ring
+// reaches its usage limit.
 func (s *Server) Serve(ctx context.Context) error {
+	loopCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.rotationLoop(loopCtx)
+	}()
 	err := s.grpc.Serve(ctx)
-	return errors.Join(err, s.audit.Close())
+	cancel()
+	<-done
+	flushCtx, cancelFlush := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancelFlush()
+	return errors.Join(err, s.svc.Flush(flushCtx), s.audit.Close(), s.store.Close())
+}
+
+func (s *Server) rotationLoop(ctx context.Context) {
+	t := time.NewTicker(s.period)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-s.svc.RotationKick():
+		}
+		refs, err := s.svc.RotateDue(ctx)
+		for _, r := range refs {
+			s.log.Info("key ring rotated", "data_class", r.DataClass, "region", r.Region, "version", r.Version)
+		}
+		if err != nil {
+			s.log.Error("automatic rotation failed", "error", err)
+		}
+		if err := s.svc.Flush(ctx); err != nil {
+			s.log.Error("saving ring state failed", "error", err)
+		}
+	}
 }
 
 // Stop stops at once.
 func (s *Server) Stop() {
 	s.grpc.Stop()
 	s.audit.Close()
+	s.store.Close()
 }

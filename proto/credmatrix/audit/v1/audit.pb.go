@@ -816,7 +816,22 @@ type KeyDetail struct {
 	// Backend of the key-encryption key ("local", "awskms").
 	Backend string `protobuf:"bytes,9,opt,name=backend,proto3" json:"backend,omitempty"`
 	// For grant events: the grantee principal.
-	Grantee       string `protobuf:"bytes,10,opt,name=grantee,proto3" json:"grantee,omitempty"`
+	Grantee string `protobuf:"bytes,10,opt,name=grantee,proto3" json:"grantee,omitempty"`
+	// For grant events: the regions the grant covers.
+	GrantRegions []string `protobuf:"bytes,11,rep,name=grant_regions,json=grantRegions,proto3" json:"grant_regions,omitempty"`
+	// For grant events: the operations the grant allows ("encrypt",
+	// "decrypt", "generate-data-key", "rewrap", "describe").
+	GrantOperations []string `protobuf:"bytes,12,rep,name=grant_operations,json=grantOperations,proto3" json:"grant_operations,omitempty"`
+	// For grant events: the encryption-context pairs the grant requires.
+	GrantRequiredContext map[string]string `protobuf:"bytes,13,rep,name=grant_required_context,json=grantRequiredContext,proto3" json:"grant_required_context,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// For grant events: when the grant expires.
+	GrantExpireTime *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=grant_expire_time,json=grantExpireTime,proto3" json:"grant_expire_time,omitempty"`
+	// For minimum-version changes: the new minimum decryption version of the
+	// ring (versions below it are retired).
+	MinDecryptVersion uint32 `protobuf:"varint,15,opt,name=min_decrypt_version,json=minDecryptVersion,proto3" json:"min_decrypt_version,omitempty"`
+	// The keyguard operation, where the event kind alone does not name it:
+	// "describe", "list-grants", "set-min-decrypt-version".
+	Operation     string `protobuf:"bytes,16,opt,name=operation,proto3" json:"operation,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -921,6 +936,48 @@ func (x *KeyDetail) GetGrantee() string {
 	return ""
 }
 
+func (x *KeyDetail) GetGrantRegions() []string {
+	if x != nil {
+		return x.GrantRegions
+	}
+	return nil
+}
+
+func (x *KeyDetail) GetGrantOperations() []string {
+	if x != nil {
+		return x.GrantOperations
+	}
+	return nil
+}
+
+func (x *KeyDetail) GetGrantRequiredContext() map[string]string {
+	if x != nil {
+		return x.GrantRequiredContext
+	}
+	return nil
+}
+
+func (x *KeyDetail) GetGrantExpireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.GrantExpireTime
+	}
+	return nil
+}
+
+func (x *KeyDetail) GetMinDecryptVersion() uint32 {
+	if x != nil {
+		return x.MinDecryptVersion
+	}
+	return 0
+}
+
+func (x *KeyDetail) GetOperation() string {
+	if x != nil {
+		return x.Operation
+	}
+	return ""
+}
+
 // PolicyDetail describes a trust-policy load.
 type PolicyDetail struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1006,7 +1063,24 @@ type AdminDetail struct {
 	// Target role name, when the action names one.
 	RoleName string `protobuf:"bytes,4,opt,name=role_name,json=roleName,proto3" json:"role_name,omitempty"`
 	// Free-text description of the action.
-	Action        string `protobuf:"bytes,5,opt,name=action,proto3" json:"action,omitempty"`
+	Action string `protobuf:"bytes,5,opt,name=action,proto3" json:"action,omitempty"`
+	// Account ids the action applied to (a freeze of an OU lists every
+	// account under it).
+	AccountIds []string `protobuf:"bytes,6,rep,name=account_ids,json=accountIds,proto3" json:"account_ids,omitempty"`
+	// Id of the revocation, for KIND_SESSION_REVOKE.
+	RevocationId string `protobuf:"bytes,7,opt,name=revocation_id,json=revocationId,proto3" json:"revocation_id,omitempty"`
+	// Session id a revocation names, if any.
+	SessionId string `protobuf:"bytes,8,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	// OIDC issuer a revocation names, if any.
+	Issuer string `protobuf:"bytes,9,opt,name=issuer,proto3" json:"issuer,omitempty"`
+	// Claim values a revocation matches.
+	Claims map[string]string `protobuf:"bytes,10,rep,name=claims,proto3" json:"claims,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Sessions issued before this time are revoked.
+	IssuedBefore *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=issued_before,json=issuedBefore,proto3" json:"issued_before,omitempty"`
+	// Further issuance for the match is blocked until this time.
+	BlockUntil *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=block_until,json=blockUntil,proto3" json:"block_until,omitempty"`
+	// Number of IAM roles whose inline policy was updated (aws provider).
+	RolesUpdated  uint32 `protobuf:"varint,13,opt,name=roles_updated,json=rolesUpdated,proto3" json:"roles_updated,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1074,6 +1148,62 @@ func (x *AdminDetail) GetAction() string {
 		return x.Action
 	}
 	return ""
+}
+
+func (x *AdminDetail) GetAccountIds() []string {
+	if x != nil {
+		return x.AccountIds
+	}
+	return nil
+}
+
+func (x *AdminDetail) GetRevocationId() string {
+	if x != nil {
+		return x.RevocationId
+	}
+	return ""
+}
+
+func (x *AdminDetail) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+func (x *AdminDetail) GetIssuer() string {
+	if x != nil {
+		return x.Issuer
+	}
+	return ""
+}
+
+func (x *AdminDetail) GetClaims() map[string]string {
+	if x != nil {
+		return x.Claims
+	}
+	return nil
+}
+
+func (x *AdminDetail) GetIssuedBefore() *timestamppb.Timestamp {
+	if x != nil {
+		return x.IssuedBefore
+	}
+	return nil
+}
+
+func (x *AdminDetail) GetBlockUntil() *timestamppb.Timestamp {
+	if x != nil {
+		return x.BlockUntil
+	}
+	return nil
+}
+
+func (x *AdminDetail) GetRolesUpdated() uint32 {
+	if x != nil {
+		return x.RolesUpdated
+	}
+	return 0
 }
 
 // AppendRequest carries a batch of events to record.
@@ -1966,7 +2096,7 @@ const file_credmatrix_audit_v1_audit_proto_rawDesc = "" +
 	"\x0erevoked_before\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampR\rrevokedBefore\x1a>\n" +
 	"\x10SessionTagsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd0\x03\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xef\x06\n" +
 	"\tKeyDetail\x12\x1d\n" +
 	"\n" +
 	"data_class\x18\x01 \x01(\tR\tdataClass\x12\x16\n" +
@@ -1981,8 +2111,17 @@ const file_credmatrix_audit_v1_audit_proto_rawDesc = "" +
 	"item_count\x18\b \x01(\rR\titemCount\x12\x18\n" +
 	"\abackend\x18\t \x01(\tR\abackend\x12\x18\n" +
 	"\agrantee\x18\n" +
-	" \x01(\tR\agrantee\x1aD\n" +
+	" \x01(\tR\agrantee\x12#\n" +
+	"\rgrant_regions\x18\v \x03(\tR\fgrantRegions\x12)\n" +
+	"\x10grant_operations\x18\f \x03(\tR\x0fgrantOperations\x12n\n" +
+	"\x16grant_required_context\x18\r \x03(\v28.credmatrix.audit.v1.KeyDetail.GrantRequiredContextEntryR\x14grantRequiredContext\x12F\n" +
+	"\x11grant_expire_time\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\x0fgrantExpireTime\x12.\n" +
+	"\x13min_decrypt_version\x18\x0f \x01(\rR\x11minDecryptVersion\x12\x1c\n" +
+	"\toperation\x18\x10 \x01(\tR\toperation\x1aD\n" +
 	"\x16EncryptionContextEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1aG\n" +
+	"\x19GrantRequiredContextEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"s\n" +
 	"\fPolicyDetail\x12\x16\n" +
@@ -1990,14 +2129,29 @@ const file_credmatrix_audit_v1_audit_proto_rawDesc = "" +
 	"\x06source\x18\x02 \x01(\tR\x06source\x12\x1d\n" +
 	"\n" +
 	"rule_count\x18\x03 \x01(\rR\truleCount\x12\x14\n" +
-	"\x05error\x18\x04 \x01(\tR\x05error\"\x94\x01\n" +
+	"\x05error\x18\x04 \x01(\tR\x05error\"\xb5\x04\n" +
 	"\vAdminDetail\x12\x1d\n" +
 	"\n" +
 	"account_id\x18\x01 \x01(\tR\taccountId\x12\x17\n" +
 	"\aou_path\x18\x02 \x01(\tR\x06ouPath\x12\x18\n" +
 	"\asubject\x18\x03 \x01(\tR\asubject\x12\x1b\n" +
 	"\trole_name\x18\x04 \x01(\tR\broleName\x12\x16\n" +
-	"\x06action\x18\x05 \x01(\tR\x06action\"C\n" +
+	"\x06action\x18\x05 \x01(\tR\x06action\x12\x1f\n" +
+	"\vaccount_ids\x18\x06 \x03(\tR\n" +
+	"accountIds\x12#\n" +
+	"\rrevocation_id\x18\a \x01(\tR\frevocationId\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\b \x01(\tR\tsessionId\x12\x16\n" +
+	"\x06issuer\x18\t \x01(\tR\x06issuer\x12D\n" +
+	"\x06claims\x18\n" +
+	" \x03(\v2,.credmatrix.audit.v1.AdminDetail.ClaimsEntryR\x06claims\x12?\n" +
+	"\rissued_before\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\fissuedBefore\x12;\n" +
+	"\vblock_until\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"blockUntil\x12#\n" +
+	"\rroles_updated\x18\r \x01(\rR\frolesUpdated\x1a9\n" +
+	"\vClaimsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"C\n" +
 	"\rAppendRequest\x122\n" +
 	"\x06events\x18\x01 \x03(\v2\x1a.credmatrix.audit.v1.EventR\x06events\"M\n" +
 	"\x0eAppendResponse\x12;\n" +
@@ -2101,7 +2255,7 @@ func file_credmatrix_audit_v1_audit_proto_rawDescGZIP() []byte {
 }
 
 var file_credmatrix_audit_v1_audit_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_credmatrix_audit_v1_audit_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_credmatrix_audit_v1_audit_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_credmatrix_audit_v1_audit_proto_goTypes = []any{
 	(Kind)(0),                           // 0: credmatrix.audit.v1.Kind
 	(Decision)(0),                       // 1: credmatrix.audit.v1.Decision
@@ -2128,12 +2282,14 @@ var file_credmatrix_audit_v1_audit_proto_goTypes = []any{
 	nil,                                 // 22: credmatrix.audit.v1.Actor.ClaimsEntry
 	nil,                                 // 23: credmatrix.audit.v1.SessionDetail.SessionTagsEntry
 	nil,                                 // 24: credmatrix.audit.v1.KeyDetail.EncryptionContextEntry
-	(*timestamppb.Timestamp)(nil),       // 25: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),         // 26: google.protobuf.Duration
+	nil,                                 // 25: credmatrix.audit.v1.KeyDetail.GrantRequiredContextEntry
+	nil,                                 // 26: credmatrix.audit.v1.AdminDetail.ClaimsEntry
+	(*timestamppb.Timestamp)(nil),       // 27: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),         // 28: google.protobuf.Duration
 }
 var file_credmatrix_audit_v1_audit_proto_depIdxs = []int32{
-	25, // 0: credmatrix.audit.v1.Event.time:type_name -> google.protobuf.Timestamp
-	25, // 1: credmatrix.audit.v1.Event.recorded_time:type_name -> google.protobuf.Timestamp
+	27, // 0: credmatrix.audit.v1.Event.time:type_name -> google.protobuf.Timestamp
+	27, // 1: credmatrix.audit.v1.Event.recorded_time:type_name -> google.protobuf.Timestamp
 	0,  // 2: credmatrix.audit.v1.Event.kind:type_name -> credmatrix.audit.v1.Kind
 	1,  // 3: credmatrix.audit.v1.Event.decision:type_name -> credmatrix.audit.v1.Decision
 	3,  // 4: credmatrix.audit.v1.Event.actor:type_name -> credmatrix.audit.v1.Actor
@@ -2143,38 +2299,43 @@ var file_credmatrix_audit_v1_audit_proto_depIdxs = []int32{
 	8,  // 8: credmatrix.audit.v1.Event.admin:type_name -> credmatrix.audit.v1.AdminDetail
 	4,  // 9: credmatrix.audit.v1.Event.secret_refs:type_name -> credmatrix.audit.v1.SecretRef
 	22, // 10: credmatrix.audit.v1.Actor.claims:type_name -> credmatrix.audit.v1.Actor.ClaimsEntry
-	25, // 11: credmatrix.audit.v1.SessionDetail.expiration:type_name -> google.protobuf.Timestamp
-	26, // 12: credmatrix.audit.v1.SessionDetail.duration:type_name -> google.protobuf.Duration
+	27, // 11: credmatrix.audit.v1.SessionDetail.expiration:type_name -> google.protobuf.Timestamp
+	28, // 12: credmatrix.audit.v1.SessionDetail.duration:type_name -> google.protobuf.Duration
 	23, // 13: credmatrix.audit.v1.SessionDetail.session_tags:type_name -> credmatrix.audit.v1.SessionDetail.SessionTagsEntry
-	25, // 14: credmatrix.audit.v1.SessionDetail.revoked_before:type_name -> google.protobuf.Timestamp
+	27, // 14: credmatrix.audit.v1.SessionDetail.revoked_before:type_name -> google.protobuf.Timestamp
 	24, // 15: credmatrix.audit.v1.KeyDetail.encryption_context:type_name -> credmatrix.audit.v1.KeyDetail.EncryptionContextEntry
-	2,  // 16: credmatrix.audit.v1.AppendRequest.events:type_name -> credmatrix.audit.v1.Event
-	11, // 17: credmatrix.audit.v1.AppendResponse.results:type_name -> credmatrix.audit.v1.AppendResult
-	25, // 18: credmatrix.audit.v1.QueryRequest.start_time:type_name -> google.protobuf.Timestamp
-	25, // 19: credmatrix.audit.v1.QueryRequest.end_time:type_name -> google.protobuf.Timestamp
-	0,  // 20: credmatrix.audit.v1.QueryRequest.kinds:type_name -> credmatrix.audit.v1.Kind
-	1,  // 21: credmatrix.audit.v1.QueryRequest.decision:type_name -> credmatrix.audit.v1.Decision
-	2,  // 22: credmatrix.audit.v1.QueryResponse.events:type_name -> credmatrix.audit.v1.Event
-	0,  // 23: credmatrix.audit.v1.SubscribeRequest.kinds:type_name -> credmatrix.audit.v1.Kind
-	2,  // 24: credmatrix.audit.v1.SubscribeResponse.event:type_name -> credmatrix.audit.v1.Event
-	25, // 25: credmatrix.audit.v1.GetCheckpointResponse.time:type_name -> google.protobuf.Timestamp
-	9,  // 26: credmatrix.audit.v1.AuditService.Append:input_type -> credmatrix.audit.v1.AppendRequest
-	12, // 27: credmatrix.audit.v1.AuditService.Query:input_type -> credmatrix.audit.v1.QueryRequest
-	14, // 28: credmatrix.audit.v1.AuditService.Subscribe:input_type -> credmatrix.audit.v1.SubscribeRequest
-	16, // 29: credmatrix.audit.v1.AuditService.GetCheckpoint:input_type -> credmatrix.audit.v1.GetCheckpointRequest
-	18, // 30: credmatrix.audit.v1.AuditService.GetInclusionProof:input_type -> credmatrix.audit.v1.GetInclusionProofRequest
-	20, // 31: credmatrix.audit.v1.AuditService.GetConsistencyProof:input_type -> credmatrix.audit.v1.GetConsistencyProofRequest
-	10, // 32: credmatrix.audit.v1.AuditService.Append:output_type -> credmatrix.audit.v1.AppendResponse
-	13, // 33: credmatrix.audit.v1.AuditService.Query:output_type -> credmatrix.audit.v1.QueryResponse
-	15, // 34: credmatrix.audit.v1.AuditService.Subscribe:output_type -> credmatrix.audit.v1.SubscribeResponse
-	17, // 35: credmatrix.audit.v1.AuditService.GetCheckpoint:output_type -> credmatrix.audit.v1.GetCheckpointResponse
-	19, // 36: credmatrix.audit.v1.AuditService.GetInclusionProof:output_type -> credmatrix.audit.v1.GetInclusionProofResponse
-	21, // 37: credmatrix.audit.v1.AuditService.GetConsistencyProof:output_type -> credmatrix.audit.v1.GetConsistencyProofResponse
-	32, // [32:38] is the sub-list for method output_type
-	26, // [26:32] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	25, // 16: credmatrix.audit.v1.KeyDetail.grant_required_context:type_name -> credmatrix.audit.v1.KeyDetail.GrantRequiredContextEntry
+	27, // 17: credmatrix.audit.v1.KeyDetail.grant_expire_time:type_name -> google.protobuf.Timestamp
+	26, // 18: credmatrix.audit.v1.AdminDetail.claims:type_name -> credmatrix.audit.v1.AdminDetail.ClaimsEntry
+	27, // 19: credmatrix.audit.v1.AdminDetail.issued_before:type_name -> google.protobuf.Timestamp
+	27, // 20: credmatrix.audit.v1.AdminDetail.block_until:type_name -> google.protobuf.Timestamp
+	2,  // 21: credmatrix.audit.v1.AppendRequest.events:type_name -> credmatrix.audit.v1.Event
+	11, // 22: credmatrix.audit.v1.AppendResponse.results:type_name -> credmatrix.audit.v1.AppendResult
+	27, // 23: credmatrix.audit.v1.QueryRequest.start_time:type_name -> google.protobuf.Timestamp
+	27, // 24: credmatrix.audit.v1.QueryRequest.end_time:type_name -> google.protobuf.Timestamp
+	0,  // 25: credmatrix.audit.v1.QueryRequest.kinds:type_name -> credmatrix.audit.v1.Kind
+	1,  // 26: credmatrix.audit.v1.QueryRequest.decision:type_name -> credmatrix.audit.v1.Decision
+	2,  // 27: credmatrix.audit.v1.QueryResponse.events:type_name -> credmatrix.audit.v1.Event
+	0,  // 28: credmatrix.audit.v1.SubscribeRequest.kinds:type_name -> credmatrix.audit.v1.Kind
+	2,  // 29: credmatrix.audit.v1.SubscribeResponse.event:type_name -> credmatrix.audit.v1.Event
+	27, // 30: credmatrix.audit.v1.GetCheckpointResponse.time:type_name -> google.protobuf.Timestamp
+	9,  // 31: credmatrix.audit.v1.AuditService.Append:input_type -> credmatrix.audit.v1.AppendRequest
+	12, // 32: credmatrix.audit.v1.AuditService.Query:input_type -> credmatrix.audit.v1.QueryRequest
+	14, // 33: credmatrix.audit.v1.AuditService.Subscribe:input_type -> credmatrix.audit.v1.SubscribeRequest
+	16, // 34: credmatrix.audit.v1.AuditService.GetCheckpoint:input_type -> credmatrix.audit.v1.GetCheckpointRequest
+	18, // 35: credmatrix.audit.v1.AuditService.GetInclusionProof:input_type -> credmatrix.audit.v1.GetInclusionProofRequest
+	20, // 36: credmatrix.audit.v1.AuditService.GetConsistencyProof:input_type -> credmatrix.audit.v1.GetConsistencyProofRequest
+	10, // 37: credmatrix.audit.v1.AuditService.Append:output_type -> credmatrix.audit.v1.AppendResponse
+	13, // 38: credmatrix.audit.v1.AuditService.Query:output_type -> credmatrix.audit.v1.QueryResponse
+	15, // 39: credmatrix.audit.v1.AuditService.Subscribe:output_type -> credmatrix.audit.v1.SubscribeResponse
+	17, // 40: credmatrix.audit.v1.AuditService.GetCheckpoint:output_type -> credmatrix.audit.v1.GetCheckpointResponse
+	19, // 41: credmatrix.audit.v1.AuditService.GetInclusionProof:output_type -> credmatrix.audit.v1.GetInclusionProofResponse
+	21, // 42: credmatrix.audit.v1.AuditService.GetConsistencyProof:output_type -> credmatrix.audit.v1.GetConsistencyProofResponse
+	37, // [37:43] is the sub-list for method output_type
+	31, // [31:37] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_credmatrix_audit_v1_audit_proto_init() }
@@ -2194,7 +2355,7 @@ func file_credmatrix_audit_v1_audit_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_credmatrix_audit_v1_audit_proto_rawDesc), len(file_credmatrix_audit_v1_audit_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   23,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

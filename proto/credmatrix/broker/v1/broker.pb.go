@@ -1013,7 +1013,14 @@ type RevokeSessionsRequest struct {
 	// Revoke sessions issued before this time; unset means now.
 	IssuedBefore *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=issued_before,json=issuedBefore,proto3" json:"issued_before,omitempty"`
 	// Why (recorded in the audit log). Required.
-	Reason        string `protobuf:"bytes,7,opt,name=reason,proto3" json:"reason,omitempty"`
+	Reason string `protobuf:"bytes,7,opt,name=reason,proto3" json:"reason,omitempty"`
+	// Claim values the callers' tokens carried (e.g. repository, ref); every
+	// pair must match. At most 16.
+	Claims map[string]string `protobuf:"bytes,8,rep,name=claims,proto3" json:"claims,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// How long further issuance for the match stays blocked; unset means 12
+	// hours (the longest session). Between 1 minute and 30 days. A revocation
+	// naming only session_id blocks nothing further.
+	BlockFor      *durationpb.Duration `protobuf:"bytes,9,opt,name=block_for,json=blockFor,proto3" json:"block_for,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1095,6 +1102,20 @@ func (x *RevokeSessionsRequest) GetReason() string {
 		return x.Reason
 	}
 	return ""
+}
+
+func (x *RevokeSessionsRequest) GetClaims() map[string]string {
+	if x != nil {
+		return x.Claims
+	}
+	return nil
+}
+
+func (x *RevokeSessionsRequest) GetBlockFor() *durationpb.Duration {
+	if x != nil {
+		return x.BlockFor
+	}
+	return nil
 }
 
 // RevokeSessionsResponse reports a revocation.
@@ -1577,7 +1598,9 @@ type GetSessionResponse struct {
 	// True when it was revoked.
 	Revoked bool `protobuf:"varint,9,opt,name=revoked,proto3" json:"revoked,omitempty"`
 	// Session tags.
-	SessionTags   map[string]string `protobuf:"bytes,10,rep,name=session_tags,json=sessionTags,proto3" json:"session_tags,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	SessionTags map[string]string `protobuf:"bytes,10,rep,name=session_tags,json=sessionTags,proto3" json:"session_tags,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// The session policy the session was scoped down with (empty for none).
+	SessionPolicy string `protobuf:"bytes,11,opt,name=session_policy,json=sessionPolicy,proto3" json:"session_policy,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1682,6 +1705,13 @@ func (x *GetSessionResponse) GetSessionTags() map[string]string {
 	return nil
 }
 
+func (x *GetSessionResponse) GetSessionPolicy() string {
+	if x != nil {
+		return x.SessionPolicy
+	}
+	return ""
+}
+
 var File_credmatrix_broker_v1_broker_proto protoreflect.FileDescriptor
 
 const file_credmatrix_broker_v1_broker_proto_rawDesc = "" +
@@ -1755,7 +1785,7 @@ const file_credmatrix_broker_v1_broker_proto_rawDesc = "" +
 	"\rdeciding_rule\x18\x02 \x01(\tR\fdecidingRule\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x12F\n" +
 	"\vevaluations\x18\x04 \x03(\v2$.credmatrix.broker.v1.RuleEvaluationR\vevaluations\x12H\n" +
-	"\x12effective_duration\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\x11effectiveDuration\"\xf4\x01\n" +
+	"\x12effective_duration\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\x11effectiveDuration\"\xb8\x03\n" +
 	"\x15RevokeSessionsRequest\x12\x18\n" +
 	"\asubject\x18\x01 \x01(\tR\asubject\x12\x16\n" +
 	"\x06issuer\x18\x02 \x01(\tR\x06issuer\x12\x12\n" +
@@ -1765,7 +1795,12 @@ const file_credmatrix_broker_v1_broker_proto_rawDesc = "" +
 	"\n" +
 	"session_id\x18\x05 \x01(\tR\tsessionId\x12?\n" +
 	"\rissued_before\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\fissuedBefore\x12\x16\n" +
-	"\x06reason\x18\a \x01(\tR\x06reason\"\x89\x01\n" +
+	"\x06reason\x18\a \x01(\tR\x06reason\x12O\n" +
+	"\x06claims\x18\b \x03(\v27.credmatrix.broker.v1.RevokeSessionsRequest.ClaimsEntryR\x06claims\x126\n" +
+	"\tblock_for\x18\t \x01(\v2\x19.google.protobuf.DurationR\bblockFor\x1a9\n" +
+	"\vClaimsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x89\x01\n" +
 	"\x16RevokeSessionsResponse\x12#\n" +
 	"\rrevocation_id\x18\x01 \x01(\tR\frevocationId\x12#\n" +
 	"\rroles_updated\x18\x02 \x01(\rR\frolesUpdated\x12%\n" +
@@ -1794,7 +1829,7 @@ const file_credmatrix_broker_v1_broker_proto_rawDesc = "" +
 	"\x0eaudit_sequence\x18\x03 \x01(\x04R\rauditSequence\"\\\n" +
 	"\x11GetSessionRequest\x12\"\n" +
 	"\raccess_key_id\x18\x01 \x01(\tR\vaccessKeyId\x12#\n" +
-	"\rsession_token\x18\x02 \x01(\tR\fsessionToken\"\xe2\x03\n" +
+	"\rsession_token\x18\x02 \x01(\tR\fsessionToken\"\x89\x04\n" +
 	"\x12GetSessionResponse\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x18\n" +
@@ -1811,7 +1846,8 @@ const file_credmatrix_broker_v1_broker_proto_rawDesc = "" +
 	"expiration\x12\x18\n" +
 	"\arevoked\x18\t \x01(\bR\arevoked\x12\\\n" +
 	"\fsession_tags\x18\n" +
-	" \x03(\v29.credmatrix.broker.v1.GetSessionResponse.SessionTagsEntryR\vsessionTags\x1a>\n" +
+	" \x03(\v29.credmatrix.broker.v1.GetSessionResponse.SessionTagsEntryR\vsessionTags\x12%\n" +
+	"\x0esession_policy\x18\v \x01(\tR\rsessionPolicy\x1a>\n" +
 	"\x10SessionTagsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01*C\n" +
@@ -1843,7 +1879,7 @@ func file_credmatrix_broker_v1_broker_proto_rawDescGZIP() []byte {
 }
 
 var file_credmatrix_broker_v1_broker_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_credmatrix_broker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_credmatrix_broker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_credmatrix_broker_v1_broker_proto_goTypes = []any{
 	(Effect)(0),                     // 0: credmatrix.broker.v1.Effect
 	(*SessionTarget)(nil),           // 1: credmatrix.broker.v1.SessionTarget
@@ -1868,48 +1904,51 @@ var file_credmatrix_broker_v1_broker_proto_goTypes = []any{
 	(*ReloadPolicyResponse)(nil),    // 20: credmatrix.broker.v1.ReloadPolicyResponse
 	(*GetSessionRequest)(nil),       // 21: credmatrix.broker.v1.GetSessionRequest
 	(*GetSessionResponse)(nil),      // 22: credmatrix.broker.v1.GetSessionResponse
-	nil,                             // 23: credmatrix.broker.v1.GetSessionResponse.SessionTagsEntry
-	(*durationpb.Duration)(nil),     // 24: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),   // 25: google.protobuf.Timestamp
+	nil,                             // 23: credmatrix.broker.v1.RevokeSessionsRequest.ClaimsEntry
+	nil,                             // 24: credmatrix.broker.v1.GetSessionResponse.SessionTagsEntry
+	(*durationpb.Duration)(nil),     // 25: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),   // 26: google.protobuf.Timestamp
 }
 var file_credmatrix_broker_v1_broker_proto_depIdxs = []int32{
-	24, // 0: credmatrix.broker.v1.SessionTarget.duration:type_name -> google.protobuf.Duration
+	25, // 0: credmatrix.broker.v1.SessionTarget.duration:type_name -> google.protobuf.Duration
 	1,  // 1: credmatrix.broker.v1.IssueSessionRequest.targets:type_name -> credmatrix.broker.v1.SessionTarget
 	5,  // 2: credmatrix.broker.v1.IssueSessionResponse.sessions:type_name -> credmatrix.broker.v1.Session
-	25, // 3: credmatrix.broker.v1.Credentials.expiration:type_name -> google.protobuf.Timestamp
+	26, // 3: credmatrix.broker.v1.Credentials.expiration:type_name -> google.protobuf.Timestamp
 	4,  // 4: credmatrix.broker.v1.Session.credentials:type_name -> credmatrix.broker.v1.Credentials
-	24, // 5: credmatrix.broker.v1.Session.duration:type_name -> google.protobuf.Duration
+	25, // 5: credmatrix.broker.v1.Session.duration:type_name -> google.protobuf.Duration
 	9,  // 6: credmatrix.broker.v1.ListRolesResponse.roles:type_name -> credmatrix.broker.v1.RoleSummary
-	24, // 7: credmatrix.broker.v1.RoleSummary.max_duration:type_name -> google.protobuf.Duration
+	25, // 7: credmatrix.broker.v1.RoleSummary.max_duration:type_name -> google.protobuf.Duration
 	1,  // 8: credmatrix.broker.v1.ExplainDecisionRequest.target:type_name -> credmatrix.broker.v1.SessionTarget
 	0,  // 9: credmatrix.broker.v1.RuleEvaluation.effect:type_name -> credmatrix.broker.v1.Effect
 	11, // 10: credmatrix.broker.v1.ExplainDecisionResponse.evaluations:type_name -> credmatrix.broker.v1.RuleEvaluation
-	24, // 11: credmatrix.broker.v1.ExplainDecisionResponse.effective_duration:type_name -> google.protobuf.Duration
-	25, // 12: credmatrix.broker.v1.RevokeSessionsRequest.issued_before:type_name -> google.protobuf.Timestamp
-	25, // 13: credmatrix.broker.v1.GetSessionResponse.issue_time:type_name -> google.protobuf.Timestamp
-	25, // 14: credmatrix.broker.v1.GetSessionResponse.expiration:type_name -> google.protobuf.Timestamp
-	23, // 15: credmatrix.broker.v1.GetSessionResponse.session_tags:type_name -> credmatrix.broker.v1.GetSessionResponse.SessionTagsEntry
-	2,  // 16: credmatrix.broker.v1.BrokerService.IssueSession:input_type -> credmatrix.broker.v1.IssueSessionRequest
-	7,  // 17: credmatrix.broker.v1.BrokerService.ListRoles:input_type -> credmatrix.broker.v1.ListRolesRequest
-	10, // 18: credmatrix.broker.v1.BrokerService.ExplainDecision:input_type -> credmatrix.broker.v1.ExplainDecisionRequest
-	13, // 19: credmatrix.broker.v1.BrokerService.RevokeSessions:input_type -> credmatrix.broker.v1.RevokeSessionsRequest
-	15, // 20: credmatrix.broker.v1.BrokerService.FreezeAccount:input_type -> credmatrix.broker.v1.FreezeAccountRequest
-	17, // 21: credmatrix.broker.v1.BrokerService.UnfreezeAccount:input_type -> credmatrix.broker.v1.UnfreezeAccountRequest
-	19, // 22: credmatrix.broker.v1.BrokerService.ReloadPolicy:input_type -> credmatrix.broker.v1.ReloadPolicyRequest
-	21, // 23: credmatrix.broker.v1.BrokerService.GetSession:input_type -> credmatrix.broker.v1.GetSessionRequest
-	3,  // 24: credmatrix.broker.v1.BrokerService.IssueSession:output_type -> credmatrix.broker.v1.IssueSessionResponse
-	8,  // 25: credmatrix.broker.v1.BrokerService.ListRoles:output_type -> credmatrix.broker.v1.ListRolesResponse
-	12, // 26: credmatrix.broker.v1.BrokerService.ExplainDecision:output_type -> credmatrix.broker.v1.ExplainDecisionResponse
-	14, // 27: credmatrix.broker.v1.BrokerService.RevokeSessions:output_type -> credmatrix.broker.v1.RevokeSessionsResponse
-	16, // 28: credmatrix.broker.v1.BrokerService.FreezeAccount:output_type -> credmatrix.broker.v1.FreezeAccountResponse
-	18, // 29: credmatrix.broker.v1.BrokerService.UnfreezeAccount:output_type -> credmatrix.broker.v1.UnfreezeAccountResponse
-	20, // 30: credmatrix.broker.v1.BrokerService.ReloadPolicy:output_type -> credmatrix.broker.v1.ReloadPolicyResponse
-	22, // 31: credmatrix.broker.v1.BrokerService.GetSession:output_type -> credmatrix.broker.v1.GetSessionResponse
-	24, // [24:32] is the sub-list for method output_type
-	16, // [16:24] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	25, // 11: credmatrix.broker.v1.ExplainDecisionResponse.effective_duration:type_name -> google.protobuf.Duration
+	26, // 12: credmatrix.broker.v1.RevokeSessionsRequest.issued_before:type_name -> google.protobuf.Timestamp
+	23, // 13: credmatrix.broker.v1.RevokeSessionsRequest.claims:type_name -> credmatrix.broker.v1.RevokeSessionsRequest.ClaimsEntry
+	25, // 14: credmatrix.broker.v1.RevokeSessionsRequest.block_for:type_name -> google.protobuf.Duration
+	26, // 15: credmatrix.broker.v1.GetSessionResponse.issue_time:type_name -> google.protobuf.Timestamp
+	26, // 16: credmatrix.broker.v1.GetSessionResponse.expiration:type_name -> google.protobuf.Timestamp
+	24, // 17: credmatrix.broker.v1.GetSessionResponse.session_tags:type_name -> credmatrix.broker.v1.GetSessionResponse.SessionTagsEntry
+	2,  // 18: credmatrix.broker.v1.BrokerService.IssueSession:input_type -> credmatrix.broker.v1.IssueSessionRequest
+	7,  // 19: credmatrix.broker.v1.BrokerService.ListRoles:input_type -> credmatrix.broker.v1.ListRolesRequest
+	10, // 20: credmatrix.broker.v1.BrokerService.ExplainDecision:input_type -> credmatrix.broker.v1.ExplainDecisionRequest
+	13, // 21: credmatrix.broker.v1.BrokerService.RevokeSessions:input_type -> credmatrix.broker.v1.RevokeSessionsRequest
+	15, // 22: credmatrix.broker.v1.BrokerService.FreezeAccount:input_type -> credmatrix.broker.v1.FreezeAccountRequest
+	17, // 23: credmatrix.broker.v1.BrokerService.UnfreezeAccount:input_type -> credmatrix.broker.v1.UnfreezeAccountRequest
+	19, // 24: credmatrix.broker.v1.BrokerService.ReloadPolicy:input_type -> credmatrix.broker.v1.ReloadPolicyRequest
+	21, // 25: credmatrix.broker.v1.BrokerService.GetSession:input_type -> credmatrix.broker.v1.GetSessionRequest
+	3,  // 26: credmatrix.broker.v1.BrokerService.IssueSession:output_type -> credmatrix.broker.v1.IssueSessionResponse
+	8,  // 27: credmatrix.broker.v1.BrokerService.ListRoles:output_type -> credmatrix.broker.v1.ListRolesResponse
+	12, // 28: credmatrix.broker.v1.BrokerService.ExplainDecision:output_type -> credmatrix.broker.v1.ExplainDecisionResponse
+	14, // 29: credmatrix.broker.v1.BrokerService.RevokeSessions:output_type -> credmatrix.broker.v1.RevokeSessionsResponse
+	16, // 30: credmatrix.broker.v1.BrokerService.FreezeAccount:output_type -> credmatrix.broker.v1.FreezeAccountResponse
+	18, // 31: credmatrix.broker.v1.BrokerService.UnfreezeAccount:output_type -> credmatrix.broker.v1.UnfreezeAccountResponse
+	20, // 32: credmatrix.broker.v1.BrokerService.ReloadPolicy:output_type -> credmatrix.broker.v1.ReloadPolicyResponse
+	22, // 33: credmatrix.broker.v1.BrokerService.GetSession:output_type -> credmatrix.broker.v1.GetSessionResponse
+	26, // [26:34] is the sub-list for method output_type
+	18, // [18:26] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_credmatrix_broker_v1_broker_proto_init() }
@@ -1923,7 +1962,7 @@ func file_credmatrix_broker_v1_broker_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_credmatrix_broker_v1_broker_proto_rawDesc), len(file_credmatrix_broker_v1_broker_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   23,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

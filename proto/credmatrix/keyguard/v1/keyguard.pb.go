@@ -1443,7 +1443,9 @@ func (x *CreateGrantRequest) GetGrant() *Grant {
 type CreateGrantResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The grant with its id.
-	Grant         *Grant `protobuf:"bytes,1,opt,name=grant,proto3" json:"grant,omitempty"`
+	Grant *Grant `protobuf:"bytes,1,opt,name=grant,proto3" json:"grant,omitempty"`
+	// Sequence number of the audit event.
+	AuditSequence uint64 `protobuf:"varint,2,opt,name=audit_sequence,json=auditSequence,proto3" json:"audit_sequence,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1483,6 +1485,13 @@ func (x *CreateGrantResponse) GetGrant() *Grant {
 		return x.Grant
 	}
 	return nil
+}
+
+func (x *CreateGrantResponse) GetAuditSequence() uint64 {
+	if x != nil {
+		return x.AuditSequence
+	}
+	return 0
 }
 
 // RevokeGrantRequest names a grant.
@@ -1960,6 +1969,126 @@ func (x *DescribeKeyRingResponse) GetRotationDue() bool {
 	return false
 }
 
+// SetMinDecryptVersionRequest names a ring and its new minimum.
+type SetMinDecryptVersionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Data class. Required.
+	DataClass string `protobuf:"bytes,1,opt,name=data_class,json=dataClass,proto3" json:"data_class,omitempty"`
+	// Region. Required.
+	Region string `protobuf:"bytes,2,opt,name=region,proto3" json:"region,omitempty"`
+	// The oldest version still allowed to decrypt: 1 to the primary version,
+	// not below the configured floor.
+	MinDecryptVersion uint32 `protobuf:"varint,3,opt,name=min_decrypt_version,json=minDecryptVersion,proto3" json:"min_decrypt_version,omitempty"`
+	// Why (recorded in the audit log).
+	Reason        string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetMinDecryptVersionRequest) Reset() {
+	*x = SetMinDecryptVersionRequest{}
+	mi := &file_credmatrix_keyguard_v1_keyguard_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetMinDecryptVersionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetMinDecryptVersionRequest) ProtoMessage() {}
+
+func (x *SetMinDecryptVersionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_credmatrix_keyguard_v1_keyguard_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetMinDecryptVersionRequest.ProtoReflect.Descriptor instead.
+func (*SetMinDecryptVersionRequest) Descriptor() ([]byte, []int) {
+	return file_credmatrix_keyguard_v1_keyguard_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *SetMinDecryptVersionRequest) GetDataClass() string {
+	if x != nil {
+		return x.DataClass
+	}
+	return ""
+}
+
+func (x *SetMinDecryptVersionRequest) GetRegion() string {
+	if x != nil {
+		return x.Region
+	}
+	return ""
+}
+
+func (x *SetMinDecryptVersionRequest) GetMinDecryptVersion() uint32 {
+	if x != nil {
+		return x.MinDecryptVersion
+	}
+	return 0
+}
+
+func (x *SetMinDecryptVersionRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// SetMinDecryptVersionResponse acknowledges the change.
+type SetMinDecryptVersionResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Sequence number of the audit event.
+	AuditSequence uint64 `protobuf:"varint,1,opt,name=audit_sequence,json=auditSequence,proto3" json:"audit_sequence,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetMinDecryptVersionResponse) Reset() {
+	*x = SetMinDecryptVersionResponse{}
+	mi := &file_credmatrix_keyguard_v1_keyguard_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetMinDecryptVersionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetMinDecryptVersionResponse) ProtoMessage() {}
+
+func (x *SetMinDecryptVersionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_credmatrix_keyguard_v1_keyguard_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetMinDecryptVersionResponse.ProtoReflect.Descriptor instead.
+func (*SetMinDecryptVersionResponse) Descriptor() ([]byte, []int) {
+	return file_credmatrix_keyguard_v1_keyguard_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *SetMinDecryptVersionResponse) GetAuditSequence() uint64 {
+	if x != nil {
+		return x.AuditSequence
+	}
+	return 0
+}
+
 var File_credmatrix_keyguard_v1_keyguard_proto protoreflect.FileDescriptor
 
 const file_credmatrix_keyguard_v1_keyguard_proto_rawDesc = "" +
@@ -2072,9 +2201,10 @@ const file_credmatrix_keyguard_v1_keyguard_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"I\n" +
 	"\x12CreateGrantRequest\x123\n" +
-	"\x05grant\x18\x01 \x01(\v2\x1d.credmatrix.keyguard.v1.GrantR\x05grant\"J\n" +
+	"\x05grant\x18\x01 \x01(\v2\x1d.credmatrix.keyguard.v1.GrantR\x05grant\"q\n" +
 	"\x13CreateGrantResponse\x123\n" +
-	"\x05grant\x18\x01 \x01(\v2\x1d.credmatrix.keyguard.v1.GrantR\x05grant\"G\n" +
+	"\x05grant\x18\x01 \x01(\v2\x1d.credmatrix.keyguard.v1.GrantR\x05grant\x12%\n" +
+	"\x0eaudit_sequence\x18\x02 \x01(\x04R\rauditSequence\"G\n" +
 	"\x12RevokeGrantRequest\x12\x19\n" +
 	"\bgrant_id\x18\x01 \x01(\tR\agrantId\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"<\n" +
@@ -2112,7 +2242,15 @@ const file_credmatrix_keyguard_v1_keyguard_proto_rawDesc = "" +
 	"\x0fprimary_version\x18\x05 \x01(\rR\x0eprimaryVersion\x12.\n" +
 	"\x13min_decrypt_version\x18\x06 \x01(\rR\x11minDecryptVersion\x12H\n" +
 	"\x12next_rotation_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x10nextRotationTime\x12!\n" +
-	"\frotation_due\x18\b \x01(\bR\vrotationDue*\xa3\x01\n" +
+	"\frotation_due\x18\b \x01(\bR\vrotationDue\"\x9c\x01\n" +
+	"\x1bSetMinDecryptVersionRequest\x12\x1d\n" +
+	"\n" +
+	"data_class\x18\x01 \x01(\tR\tdataClass\x12\x16\n" +
+	"\x06region\x18\x02 \x01(\tR\x06region\x12.\n" +
+	"\x13min_decrypt_version\x18\x03 \x01(\rR\x11minDecryptVersion\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\"E\n" +
+	"\x1cSetMinDecryptVersionResponse\x12%\n" +
+	"\x0eaudit_sequence\x18\x01 \x01(\x04R\rauditSequence*\xa3\x01\n" +
 	"\tOperation\x12\x19\n" +
 	"\x15OPERATION_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11OPERATION_ENCRYPT\x10\x01\x12\x15\n" +
@@ -2124,7 +2262,7 @@ const file_credmatrix_keyguard_v1_keyguard_proto_rawDesc = "" +
 	"\x1dKEY_VERSION_STATE_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19KEY_VERSION_STATE_PRIMARY\x10\x01\x12\"\n" +
 	"\x1eKEY_VERSION_STATE_DECRYPT_ONLY\x10\x02\x12\x1d\n" +
-	"\x19KEY_VERSION_STATE_RETIRED\x10\x032\xf7\b\n" +
+	"\x19KEY_VERSION_STATE_RETIRED\x10\x032\xfb\t\n" +
 	"\x0fKeyguardService\x12Z\n" +
 	"\aEncrypt\x12&.credmatrix.keyguard.v1.EncryptRequest\x1a'.credmatrix.keyguard.v1.EncryptResponse\x12Z\n" +
 	"\aDecrypt\x12&.credmatrix.keyguard.v1.DecryptRequest\x1a'.credmatrix.keyguard.v1.DecryptResponse\x12i\n" +
@@ -2137,7 +2275,8 @@ const file_credmatrix_keyguard_v1_keyguard_proto_rawDesc = "" +
 	"\vRevokeGrant\x12*.credmatrix.keyguard.v1.RevokeGrantRequest\x1a+.credmatrix.keyguard.v1.RevokeGrantResponse\x12c\n" +
 	"\n" +
 	"ListGrants\x12).credmatrix.keyguard.v1.ListGrantsRequest\x1a*.credmatrix.keyguard.v1.ListGrantsResponse\x12r\n" +
-	"\x0fDescribeKeyRing\x12..credmatrix.keyguard.v1.DescribeKeyRingRequest\x1a/.credmatrix.keyguard.v1.DescribeKeyRingResponseBJZHgithub.com/credmatrix/credmatrix/proto/credmatrix/keyguard/v1;keyguardv1b\x06proto3"
+	"\x0fDescribeKeyRing\x12..credmatrix.keyguard.v1.DescribeKeyRingRequest\x1a/.credmatrix.keyguard.v1.DescribeKeyRingResponse\x12\x81\x01\n" +
+	"\x14SetMinDecryptVersion\x123.credmatrix.keyguard.v1.SetMinDecryptVersionRequest\x1a4.credmatrix.keyguard.v1.SetMinDecryptVersionResponseBJZHgithub.com/credmatrix/credmatrix/proto/credmatrix/keyguard/v1;keyguardv1b\x06proto3"
 
 var (
 	file_credmatrix_keyguard_v1_keyguard_proto_rawDescOnce sync.Once
@@ -2152,49 +2291,51 @@ func file_credmatrix_keyguard_v1_keyguard_proto_rawDescGZIP() []byte {
 }
 
 var file_credmatrix_keyguard_v1_keyguard_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_credmatrix_keyguard_v1_keyguard_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
+var file_credmatrix_keyguard_v1_keyguard_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_credmatrix_keyguard_v1_keyguard_proto_goTypes = []any{
-	(Operation)(0),                  // 0: credmatrix.keyguard.v1.Operation
-	(KeyVersionState)(0),            // 1: credmatrix.keyguard.v1.KeyVersionState
-	(*KeyRef)(nil),                  // 2: credmatrix.keyguard.v1.KeyRef
-	(*EncryptRequest)(nil),          // 3: credmatrix.keyguard.v1.EncryptRequest
-	(*EncryptResponse)(nil),         // 4: credmatrix.keyguard.v1.EncryptResponse
-	(*DecryptRequest)(nil),          // 5: credmatrix.keyguard.v1.DecryptRequest
-	(*DecryptResponse)(nil),         // 6: credmatrix.keyguard.v1.DecryptResponse
-	(*ItemError)(nil),               // 7: credmatrix.keyguard.v1.ItemError
-	(*BatchEncryptRequest)(nil),     // 8: credmatrix.keyguard.v1.BatchEncryptRequest
-	(*BatchEncryptResponse)(nil),    // 9: credmatrix.keyguard.v1.BatchEncryptResponse
-	(*BatchEncryptResult)(nil),      // 10: credmatrix.keyguard.v1.BatchEncryptResult
-	(*BatchDecryptRequest)(nil),     // 11: credmatrix.keyguard.v1.BatchDecryptRequest
-	(*BatchDecryptResponse)(nil),    // 12: credmatrix.keyguard.v1.BatchDecryptResponse
-	(*BatchDecryptResult)(nil),      // 13: credmatrix.keyguard.v1.BatchDecryptResult
-	(*GenerateDataKeyRequest)(nil),  // 14: credmatrix.keyguard.v1.GenerateDataKeyRequest
-	(*GenerateDataKeyResponse)(nil), // 15: credmatrix.keyguard.v1.GenerateDataKeyResponse
-	(*RewrapRequest)(nil),           // 16: credmatrix.keyguard.v1.RewrapRequest
-	(*RewrapResponse)(nil),          // 17: credmatrix.keyguard.v1.RewrapResponse
-	(*RotateKeyRequest)(nil),        // 18: credmatrix.keyguard.v1.RotateKeyRequest
-	(*RotateKeyResponse)(nil),       // 19: credmatrix.keyguard.v1.RotateKeyResponse
-	(*Grant)(nil),                   // 20: credmatrix.keyguard.v1.Grant
-	(*CreateGrantRequest)(nil),      // 21: credmatrix.keyguard.v1.CreateGrantRequest
-	(*CreateGrantResponse)(nil),     // 22: credmatrix.keyguard.v1.CreateGrantResponse
-	(*RevokeGrantRequest)(nil),      // 23: credmatrix.keyguard.v1.RevokeGrantRequest
-	(*RevokeGrantResponse)(nil),     // 24: credmatrix.keyguard.v1.RevokeGrantResponse
-	(*ListGrantsRequest)(nil),       // 25: credmatrix.keyguard.v1.ListGrantsRequest
-	(*ListGrantsResponse)(nil),      // 26: credmatrix.keyguard.v1.ListGrantsResponse
-	(*DescribeKeyRingRequest)(nil),  // 27: credmatrix.keyguard.v1.DescribeKeyRingRequest
-	(*KeyVersion)(nil),              // 28: credmatrix.keyguard.v1.KeyVersion
-	(*DescribeKeyRingResponse)(nil), // 29: credmatrix.keyguard.v1.DescribeKeyRingResponse
-	nil,                             // 30: credmatrix.keyguard.v1.EncryptRequest.EncryptionContextEntry
-	nil,                             // 31: credmatrix.keyguard.v1.DecryptRequest.EncryptionContextEntry
-	nil,                             // 32: credmatrix.keyguard.v1.GenerateDataKeyRequest.EncryptionContextEntry
-	nil,                             // 33: credmatrix.keyguard.v1.RewrapRequest.EncryptionContextEntry
-	nil,                             // 34: credmatrix.keyguard.v1.Grant.RequiredContextEntry
-	(*timestamppb.Timestamp)(nil),   // 35: google.protobuf.Timestamp
+	(Operation)(0),                       // 0: credmatrix.keyguard.v1.Operation
+	(KeyVersionState)(0),                 // 1: credmatrix.keyguard.v1.KeyVersionState
+	(*KeyRef)(nil),                       // 2: credmatrix.keyguard.v1.KeyRef
+	(*EncryptRequest)(nil),               // 3: credmatrix.keyguard.v1.EncryptRequest
+	(*EncryptResponse)(nil),              // 4: credmatrix.keyguard.v1.EncryptResponse
+	(*DecryptRequest)(nil),               // 5: credmatrix.keyguard.v1.DecryptRequest
+	(*DecryptResponse)(nil),              // 6: credmatrix.keyguard.v1.DecryptResponse
+	(*ItemError)(nil),                    // 7: credmatrix.keyguard.v1.ItemError
+	(*BatchEncryptRequest)(nil),          // 8: credmatrix.keyguard.v1.BatchEncryptRequest
+	(*BatchEncryptResponse)(nil),         // 9: credmatrix.keyguard.v1.BatchEncryptResponse
+	(*BatchEncryptResult)(nil),           // 10: credmatrix.keyguard.v1.BatchEncryptResult
+	(*BatchDecryptRequest)(nil),          // 11: credmatrix.keyguard.v1.BatchDecryptRequest
+	(*BatchDecryptResponse)(nil),         // 12: credmatrix.keyguard.v1.BatchDecryptResponse
+	(*BatchDecryptResult)(nil),           // 13: credmatrix.keyguard.v1.BatchDecryptResult
+	(*GenerateDataKeyRequest)(nil),       // 14: credmatrix.keyguard.v1.GenerateDataKeyRequest
+	(*GenerateDataKeyResponse)(nil),      // 15: credmatrix.keyguard.v1.GenerateDataKeyResponse
+	(*RewrapRequest)(nil),                // 16: credmatrix.keyguard.v1.RewrapRequest
+	(*RewrapResponse)(nil),               // 17: credmatrix.keyguard.v1.RewrapResponse
+	(*RotateKeyRequest)(nil),             // 18: credmatrix.keyguard.v1.RotateKeyRequest
+	(*RotateKeyResponse)(nil),            // 19: credmatrix.keyguard.v1.RotateKeyResponse
+	(*Grant)(nil),                        // 20: credmatrix.keyguard.v1.Grant
+	(*CreateGrantRequest)(nil),           // 21: credmatrix.keyguard.v1.CreateGrantRequest
+	(*CreateGrantResponse)(nil),          // 22: credmatrix.keyguard.v1.CreateGrantResponse
+	(*RevokeGrantRequest)(nil),           // 23: credmatrix.keyguard.v1.RevokeGrantRequest
+	(*RevokeGrantResponse)(nil),          // 24: credmatrix.keyguard.v1.RevokeGrantResponse
+	(*ListGrantsRequest)(nil),            // 25: credmatrix.keyguard.v1.ListGrantsRequest
+	(*ListGrantsResponse)(nil),           // 26: credmatrix.keyguard.v1.ListGrantsResponse
+	(*DescribeKeyRingRequest)(nil),       // 27: credmatrix.keyguard.v1.DescribeKeyRingRequest
+	(*KeyVersion)(nil),                   // 28: credmatrix.keyguard.v1.KeyVersion
+	(*DescribeKeyRingResponse)(nil),      // 29: credmatrix.keyguard.v1.DescribeKeyRingResponse
+	(*SetMinDecryptVersionRequest)(nil),  // 30: credmatrix.keyguard.v1.SetMinDecryptVersionRequest
+	(*SetMinDecryptVersionResponse)(nil), // 31: credmatrix.keyguard.v1.SetMinDecryptVersionResponse
+	nil,                                  // 32: credmatrix.keyguard.v1.EncryptRequest.EncryptionContextEntry
+	nil,                                  // 33: credmatrix.keyguard.v1.DecryptRequest.EncryptionContextEntry
+	nil,                                  // 34: credmatrix.keyguard.v1.GenerateDataKeyRequest.EncryptionContextEntry
+	nil,                                  // 35: credmatrix.keyguard.v1.RewrapRequest.EncryptionContextEntry
+	nil,                                  // 36: credmatrix.keyguard.v1.Grant.RequiredContextEntry
+	(*timestamppb.Timestamp)(nil),        // 37: google.protobuf.Timestamp
 }
 var file_credmatrix_keyguard_v1_keyguard_proto_depIdxs = []int32{
-	30, // 0: credmatrix.keyguard.v1.EncryptRequest.encryption_context:type_name -> credmatrix.keyguard.v1.EncryptRequest.EncryptionContextEntry
+	32, // 0: credmatrix.keyguard.v1.EncryptRequest.encryption_context:type_name -> credmatrix.keyguard.v1.EncryptRequest.EncryptionContextEntry
 	2,  // 1: credmatrix.keyguard.v1.EncryptResponse.key:type_name -> credmatrix.keyguard.v1.KeyRef
-	31, // 2: credmatrix.keyguard.v1.DecryptRequest.encryption_context:type_name -> credmatrix.keyguard.v1.DecryptRequest.EncryptionContextEntry
+	33, // 2: credmatrix.keyguard.v1.DecryptRequest.encryption_context:type_name -> credmatrix.keyguard.v1.DecryptRequest.EncryptionContextEntry
 	2,  // 3: credmatrix.keyguard.v1.DecryptResponse.key:type_name -> credmatrix.keyguard.v1.KeyRef
 	3,  // 4: credmatrix.keyguard.v1.BatchEncryptRequest.items:type_name -> credmatrix.keyguard.v1.EncryptRequest
 	10, // 5: credmatrix.keyguard.v1.BatchEncryptResponse.results:type_name -> credmatrix.keyguard.v1.BatchEncryptResult
@@ -2204,23 +2345,23 @@ var file_credmatrix_keyguard_v1_keyguard_proto_depIdxs = []int32{
 	13, // 9: credmatrix.keyguard.v1.BatchDecryptResponse.results:type_name -> credmatrix.keyguard.v1.BatchDecryptResult
 	6,  // 10: credmatrix.keyguard.v1.BatchDecryptResult.response:type_name -> credmatrix.keyguard.v1.DecryptResponse
 	7,  // 11: credmatrix.keyguard.v1.BatchDecryptResult.error:type_name -> credmatrix.keyguard.v1.ItemError
-	32, // 12: credmatrix.keyguard.v1.GenerateDataKeyRequest.encryption_context:type_name -> credmatrix.keyguard.v1.GenerateDataKeyRequest.EncryptionContextEntry
+	34, // 12: credmatrix.keyguard.v1.GenerateDataKeyRequest.encryption_context:type_name -> credmatrix.keyguard.v1.GenerateDataKeyRequest.EncryptionContextEntry
 	2,  // 13: credmatrix.keyguard.v1.GenerateDataKeyResponse.key:type_name -> credmatrix.keyguard.v1.KeyRef
-	33, // 14: credmatrix.keyguard.v1.RewrapRequest.encryption_context:type_name -> credmatrix.keyguard.v1.RewrapRequest.EncryptionContextEntry
+	35, // 14: credmatrix.keyguard.v1.RewrapRequest.encryption_context:type_name -> credmatrix.keyguard.v1.RewrapRequest.EncryptionContextEntry
 	2,  // 15: credmatrix.keyguard.v1.RewrapResponse.from_key:type_name -> credmatrix.keyguard.v1.KeyRef
 	2,  // 16: credmatrix.keyguard.v1.RewrapResponse.to_key:type_name -> credmatrix.keyguard.v1.KeyRef
 	2,  // 17: credmatrix.keyguard.v1.RotateKeyResponse.key:type_name -> credmatrix.keyguard.v1.KeyRef
 	0,  // 18: credmatrix.keyguard.v1.Grant.operations:type_name -> credmatrix.keyguard.v1.Operation
-	34, // 19: credmatrix.keyguard.v1.Grant.required_context:type_name -> credmatrix.keyguard.v1.Grant.RequiredContextEntry
-	35, // 20: credmatrix.keyguard.v1.Grant.expire_time:type_name -> google.protobuf.Timestamp
-	35, // 21: credmatrix.keyguard.v1.Grant.create_time:type_name -> google.protobuf.Timestamp
+	36, // 19: credmatrix.keyguard.v1.Grant.required_context:type_name -> credmatrix.keyguard.v1.Grant.RequiredContextEntry
+	37, // 20: credmatrix.keyguard.v1.Grant.expire_time:type_name -> google.protobuf.Timestamp
+	37, // 21: credmatrix.keyguard.v1.Grant.create_time:type_name -> google.protobuf.Timestamp
 	20, // 22: credmatrix.keyguard.v1.CreateGrantRequest.grant:type_name -> credmatrix.keyguard.v1.Grant
 	20, // 23: credmatrix.keyguard.v1.CreateGrantResponse.grant:type_name -> credmatrix.keyguard.v1.Grant
 	20, // 24: credmatrix.keyguard.v1.ListGrantsResponse.grants:type_name -> credmatrix.keyguard.v1.Grant
 	1,  // 25: credmatrix.keyguard.v1.KeyVersion.state:type_name -> credmatrix.keyguard.v1.KeyVersionState
-	35, // 26: credmatrix.keyguard.v1.KeyVersion.create_time:type_name -> google.protobuf.Timestamp
+	37, // 26: credmatrix.keyguard.v1.KeyVersion.create_time:type_name -> google.protobuf.Timestamp
 	28, // 27: credmatrix.keyguard.v1.DescribeKeyRingResponse.versions:type_name -> credmatrix.keyguard.v1.KeyVersion
-	35, // 28: credmatrix.keyguard.v1.DescribeKeyRingResponse.next_rotation_time:type_name -> google.protobuf.Timestamp
+	37, // 28: credmatrix.keyguard.v1.DescribeKeyRingResponse.next_rotation_time:type_name -> google.protobuf.Timestamp
 	3,  // 29: credmatrix.keyguard.v1.KeyguardService.Encrypt:input_type -> credmatrix.keyguard.v1.EncryptRequest
 	5,  // 30: credmatrix.keyguard.v1.KeyguardService.Decrypt:input_type -> credmatrix.keyguard.v1.DecryptRequest
 	8,  // 31: credmatrix.keyguard.v1.KeyguardService.BatchEncrypt:input_type -> credmatrix.keyguard.v1.BatchEncryptRequest
@@ -2232,19 +2373,21 @@ var file_credmatrix_keyguard_v1_keyguard_proto_depIdxs = []int32{
 	23, // 37: credmatrix.keyguard.v1.KeyguardService.RevokeGrant:input_type -> credmatrix.keyguard.v1.RevokeGrantRequest
 	25, // 38: credmatrix.keyguard.v1.KeyguardService.ListGrants:input_type -> credmatrix.keyguard.v1.ListGrantsRequest
 	27, // 39: credmatrix.keyguard.v1.KeyguardService.DescribeKeyRing:input_type -> credmatrix.keyguard.v1.DescribeKeyRingRequest
-	4,  // 40: credmatrix.keyguard.v1.KeyguardService.Encrypt:output_type -> credmatrix.keyguard.v1.EncryptResponse
-	6,  // 41: credmatrix.keyguard.v1.KeyguardService.Decrypt:output_type -> credmatrix.keyguard.v1.DecryptResponse
-	9,  // 42: credmatrix.keyguard.v1.KeyguardService.BatchEncrypt:output_type -> credmatrix.keyguard.v1.BatchEncryptResponse
-	12, // 43: credmatrix.keyguard.v1.KeyguardService.BatchDecrypt:output_type -> credmatrix.keyguard.v1.BatchDecryptResponse
-	15, // 44: credmatrix.keyguard.v1.KeyguardService.GenerateDataKey:output_type -> credmatrix.keyguard.v1.GenerateDataKeyResponse
-	17, // 45: credmatrix.keyguard.v1.KeyguardService.Rewrap:output_type -> credmatrix.keyguard.v1.RewrapResponse
-	19, // 46: credmatrix.keyguard.v1.KeyguardService.RotateKey:output_type -> credmatrix.keyguard.v1.RotateKeyResponse
-	22, // 47: credmatrix.keyguard.v1.KeyguardService.CreateGrant:output_type -> credmatrix.keyguard.v1.CreateGrantResponse
-	24, // 48: credmatrix.keyguard.v1.KeyguardService.RevokeGrant:output_type -> credmatrix.keyguard.v1.RevokeGrantResponse
-	26, // 49: credmatrix.keyguard.v1.KeyguardService.ListGrants:output_type -> credmatrix.keyguard.v1.ListGrantsResponse
-	29, // 50: credmatrix.keyguard.v1.KeyguardService.DescribeKeyRing:output_type -> credmatrix.keyguard.v1.DescribeKeyRingResponse
-	40, // [40:51] is the sub-list for method output_type
-	29, // [29:40] is the sub-list for method input_type
+	30, // 40: credmatrix.keyguard.v1.KeyguardService.SetMinDecryptVersion:input_type -> credmatrix.keyguard.v1.SetMinDecryptVersionRequest
+	4,  // 41: credmatrix.keyguard.v1.KeyguardService.Encrypt:output_type -> credmatrix.keyguard.v1.EncryptResponse
+	6,  // 42: credmatrix.keyguard.v1.KeyguardService.Decrypt:output_type -> credmatrix.keyguard.v1.DecryptResponse
+	9,  // 43: credmatrix.keyguard.v1.KeyguardService.BatchEncrypt:output_type -> credmatrix.keyguard.v1.BatchEncryptResponse
+	12, // 44: credmatrix.keyguard.v1.KeyguardService.BatchDecrypt:output_type -> credmatrix.keyguard.v1.BatchDecryptResponse
+	15, // 45: credmatrix.keyguard.v1.KeyguardService.GenerateDataKey:output_type -> credmatrix.keyguard.v1.GenerateDataKeyResponse
+	17, // 46: credmatrix.keyguard.v1.KeyguardService.Rewrap:output_type -> credmatrix.keyguard.v1.RewrapResponse
+	19, // 47: credmatrix.keyguard.v1.KeyguardService.RotateKey:output_type -> credmatrix.keyguard.v1.RotateKeyResponse
+	22, // 48: credmatrix.keyguard.v1.KeyguardService.CreateGrant:output_type -> credmatrix.keyguard.v1.CreateGrantResponse
+	24, // 49: credmatrix.keyguard.v1.KeyguardService.RevokeGrant:output_type -> credmatrix.keyguard.v1.RevokeGrantResponse
+	26, // 50: credmatrix.keyguard.v1.KeyguardService.ListGrants:output_type -> credmatrix.keyguard.v1.ListGrantsResponse
+	29, // 51: credmatrix.keyguard.v1.KeyguardService.DescribeKeyRing:output_type -> credmatrix.keyguard.v1.DescribeKeyRingResponse
+	31, // 52: credmatrix.keyguard.v1.KeyguardService.SetMinDecryptVersion:output_type -> credmatrix.keyguard.v1.SetMinDecryptVersionResponse
+	41, // [41:53] is the sub-list for method output_type
+	29, // [29:41] is the sub-list for method input_type
 	29, // [29:29] is the sub-list for extension type_name
 	29, // [29:29] is the sub-list for extension extendee
 	0,  // [0:29] is the sub-list for field type_name
@@ -2269,7 +2412,7 @@ func file_credmatrix_keyguard_v1_keyguard_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_credmatrix_keyguard_v1_keyguard_proto_rawDesc), len(file_credmatrix_keyguard_v1_keyguard_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   33,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

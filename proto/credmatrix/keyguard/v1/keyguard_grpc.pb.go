@@ -27,17 +27,18 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	KeyguardService_Encrypt_FullMethodName         = "/credmatrix.keyguard.v1.KeyguardService/Encrypt"
-	KeyguardService_Decrypt_FullMethodName         = "/credmatrix.keyguard.v1.KeyguardService/Decrypt"
-	KeyguardService_BatchEncrypt_FullMethodName    = "/credmatrix.keyguard.v1.KeyguardService/BatchEncrypt"
-	KeyguardService_BatchDecrypt_FullMethodName    = "/credmatrix.keyguard.v1.KeyguardService/BatchDecrypt"
-	KeyguardService_GenerateDataKey_FullMethodName = "/credmatrix.keyguard.v1.KeyguardService/GenerateDataKey"
-	KeyguardService_Rewrap_FullMethodName          = "/credmatrix.keyguard.v1.KeyguardService/Rewrap"
-	KeyguardService_RotateKey_FullMethodName       = "/credmatrix.keyguard.v1.KeyguardService/RotateKey"
-	KeyguardService_CreateGrant_FullMethodName     = "/credmatrix.keyguard.v1.KeyguardService/CreateGrant"
-	KeyguardService_RevokeGrant_FullMethodName     = "/credmatrix.keyguard.v1.KeyguardService/RevokeGrant"
-	KeyguardService_ListGrants_FullMethodName      = "/credmatrix.keyguard.v1.KeyguardService/ListGrants"
-	KeyguardService_DescribeKeyRing_FullMethodName = "/credmatrix.keyguard.v1.KeyguardService/DescribeKeyRing"
+	KeyguardService_Encrypt_FullMethodName              = "/credmatrix.keyguard.v1.KeyguardService/Encrypt"
+	KeyguardService_Decrypt_FullMethodName              = "/credmatrix.keyguard.v1.KeyguardService/Decrypt"
+	KeyguardService_BatchEncrypt_FullMethodName         = "/credmatrix.keyguard.v1.KeyguardService/BatchEncrypt"
+	KeyguardService_BatchDecrypt_FullMethodName         = "/credmatrix.keyguard.v1.KeyguardService/BatchDecrypt"
+	KeyguardService_GenerateDataKey_FullMethodName      = "/credmatrix.keyguard.v1.KeyguardService/GenerateDataKey"
+	KeyguardService_Rewrap_FullMethodName               = "/credmatrix.keyguard.v1.KeyguardService/Rewrap"
+	KeyguardService_RotateKey_FullMethodName            = "/credmatrix.keyguard.v1.KeyguardService/RotateKey"
+	KeyguardService_CreateGrant_FullMethodName          = "/credmatrix.keyguard.v1.KeyguardService/CreateGrant"
+	KeyguardService_RevokeGrant_FullMethodName          = "/credmatrix.keyguard.v1.KeyguardService/RevokeGrant"
+	KeyguardService_ListGrants_FullMethodName           = "/credmatrix.keyguard.v1.KeyguardService/ListGrants"
+	KeyguardService_DescribeKeyRing_FullMethodName      = "/credmatrix.keyguard.v1.KeyguardService/DescribeKeyRing"
+	KeyguardService_SetMinDecryptVersion_FullMethodName = "/credmatrix.keyguard.v1.KeyguardService/SetMinDecryptVersion"
 )
 
 // KeyguardServiceClient is the client API for KeyguardService service.
@@ -77,6 +78,10 @@ type KeyguardServiceClient interface {
 	ListGrants(ctx context.Context, in *ListGrantsRequest, opts ...grpc.CallOption) (*ListGrantsResponse, error)
 	// DescribeKeyRing describes a ring's versions, usage and rotation.
 	DescribeKeyRing(ctx context.Context, in *DescribeKeyRingRequest, opts ...grpc.CallOption) (*DescribeKeyRingResponse, error)
+	// SetMinDecryptVersion retires the key versions of a ring below a
+	// minimum: envelopes under them no longer decrypt or rewrap. Rewrap them
+	// first. Operators only.
+	SetMinDecryptVersion(ctx context.Context, in *SetMinDecryptVersionRequest, opts ...grpc.CallOption) (*SetMinDecryptVersionResponse, error)
 }
 
 type keyguardServiceClient struct {
@@ -197,6 +202,16 @@ func (c *keyguardServiceClient) DescribeKeyRing(ctx context.Context, in *Describ
 	return out, nil
 }
 
+func (c *keyguardServiceClient) SetMinDecryptVersion(ctx context.Context, in *SetMinDecryptVersionRequest, opts ...grpc.CallOption) (*SetMinDecryptVersionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetMinDecryptVersionResponse)
+	err := c.cc.Invoke(ctx, KeyguardService_SetMinDecryptVersion_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // KeyguardServiceServer is the server API for KeyguardService service.
 // All implementations must embed UnimplementedKeyguardServiceServer
 // for forward compatibility.
@@ -234,6 +249,10 @@ type KeyguardServiceServer interface {
 	ListGrants(context.Context, *ListGrantsRequest) (*ListGrantsResponse, error)
 	// DescribeKeyRing describes a ring's versions, usage and rotation.
 	DescribeKeyRing(context.Context, *DescribeKeyRingRequest) (*DescribeKeyRingResponse, error)
+	// SetMinDecryptVersion retires the key versions of a ring below a
+	// minimum: envelopes under them no longer decrypt or rewrap. Rewrap them
+	// first. Operators only.
+	SetMinDecryptVersion(context.Context, *SetMinDecryptVersionRequest) (*SetMinDecryptVersionResponse, error)
 	mustEmbedUnimplementedKeyguardServiceServer()
 }
 
@@ -276,6 +295,9 @@ func (UnimplementedKeyguardServiceServer) ListGrants(context.Context, *ListGrant
 }
 func (UnimplementedKeyguardServiceServer) DescribeKeyRing(context.Context, *DescribeKeyRingRequest) (*DescribeKeyRingResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DescribeKeyRing not implemented")
+}
+func (UnimplementedKeyguardServiceServer) SetMinDecryptVersion(context.Context, *SetMinDecryptVersionRequest) (*SetMinDecryptVersionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetMinDecryptVersion not implemented")
 }
 func (UnimplementedKeyguardServiceServer) mustEmbedUnimplementedKeyguardServiceServer() {}
 func (UnimplementedKeyguardServiceServer) testEmbeddedByValue()                         {}
@@ -496,6 +518,24 @@ func _KeyguardService_DescribeKeyRing_Handler(srv interface{}, ctx context.Conte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _KeyguardService_SetMinDecryptVersion_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetMinDecryptVersionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeyguardServiceServer).SetMinDecryptVersion(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeyguardService_SetMinDecryptVersion_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeyguardServiceServer).SetMinDecryptVersion(ctx, req.(*SetMinDecryptVersionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // KeyguardService_ServiceDesc is the grpc.ServiceDesc for KeyguardService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -546,6 +586,10 @@ var KeyguardService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DescribeKeyRing",
 			Handler:    _KeyguardService_DescribeKeyRing_Handler,
+		},
+		{
+			MethodName: "SetMinDecryptVersion",
+			Handler:    _KeyguardService_SetMinDecryptVersion_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -1,0 +1,245 @@
+{{/*
+Helpers of the credmatrix chart. Component helpers take a dict
+{"root": $, "component": "audit"|"broker"|"keyguard"}.
+*/}}
+
+{{- define "credmatrix.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "credmatrix.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "credmatrix.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Name of a component's resources: <fullname>-<component>. */}}
+{{- define "credmatrix.component.name" -}}
+{{- printf "%s-%s" (include "credmatrix.fullname" .root) .component -}}
+{{- end -}}
+
+{{- define "credmatrix.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "credmatrix.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "credmatrix.labels" -}}
+{{ include "credmatrix.selectorLabels" . }}
+helm.sh/chart: {{ include "credmatrix.chart" .root }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+app.kubernetes.io/part-of: credmatrix
+{{- end -}}
+
+{{- define "credmatrix.serviceAccountName" -}}
+{{- $v := index .root.Values .component -}}
+{{- default (include "credmatrix.component.name" .) $v.serviceAccount.name -}}
+{{- end -}}
+
+{{/* The component's SPIFFE identity: the URI SAN of its certificate. */}}
+{{- define "credmatrix.identity" -}}
+{{- printf "spiffe://%s/ns/%s/sa/%s" .root.Values.identity.trustDomain .root.Release.Namespace (include "credmatrix.serviceAccountName" .) -}}
+{{- end -}}
+
+{{/* In-cluster DNS name of the component's Service. */}}
+{{- define "credmatrix.serviceHost" -}}
+{{- printf "%s.%s.svc" (include "credmatrix.component.name" .) .root.Release.Namespace -}}
+{{- end -}}
+
+{{- define "credmatrix.image" -}}
+{{- $img := .root.Values.image -}}
+{{- if $img.digest -}}
+{{- printf "%s/%s@%s" $img.repository .component $img.digest -}}
+{{- else -}}
+{{- printf "%s/%s:%s" $img.repository .component (default .root.Chart.AppVersion $img.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "credmatrix.tlsSecret" -}}
+{{- $name := index .root.Values.tls.existingSecrets .component -}}
+{{- if eq .root.Values.tls.source "certManager" -}}
+{{- $name = "" -}}
+{{- end -}}
+{{- default (printf "%s-tls" (include "credmatrix.component.name" .)) $name -}}
+{{- end -}}
+
+{{/* Secret holding the component's keys, mounted at /etc/credmatrix/keys. */}}
+{{- define "credmatrix.keysSecret" -}}
+{{- if eq .component "broker" -}}
+{{- default (printf "%s-keys" (include "credmatrix.component.name" .)) .root.Values.broker.keys.existingSecret -}}
+{{- else if eq .component "keyguard" -}}
+{{- default (printf "%s-keys" (include "credmatrix.component.name" .)) .root.Values.keyguard.local.existingSecret -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Whether the component keeps its state on a volume of its own and so runs
+as a StatefulSet of one: audit on SQLite, and keyguard, whose state file
+(API grants, ring state; and the keystore with backend local) is SQLite.
+*/}}
+{{- define "credmatrix.stateful" -}}
+{{- if and (eq .component "audit") (eq .root.Values.audit.store "sqlite") -}}true
+{{- else if and (eq .component "broker") (eq .root.Values.broker.state.driver "sqlite") -}}true
+{{- else if eq .component "keyguard" -}}true
+{{- end -}}
+{{- end -}}
+
+{{/* Values of the component's volume (size, storageClassName). */}}
+{{- define "credmatrix.volumeValues" -}}
+{{- $v := index .root.Values .component -}}
+{{- if eq .component "audit" -}}{{- toYaml $v.sqlite -}}
+{{- else if eq .component "broker" -}}{{- toYaml (pick $v.state "size" "storageClassName") -}}
+{{- else -}}{{- toYaml $v.persistence -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Environment variables the chart sets: secrets by secretKeyRef only. */}}
+{{- define "credmatrix.env" -}}
+{{- $v := index .root.Values .component -}}
+{{- if and (eq .component "broker") (eq $v.state.driver "postgres") }}
+- name: CREDMATRIX_BROKER_STATE_POSTGRES_DSN
+  valueFrom:
+    secretKeyRef:
+      name: {{ $v.state.postgres.existingSecret }}
+      key: {{ $v.state.postgres.dsnKey }}
+{{- end }}
+{{- with $v.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{- define "credmatrix.autoscaled" -}}
+{{- if and (ne .component "audit") (not (include "credmatrix.stateful" .)) -}}
+{{- $v := index .root.Values .component -}}
+{{- if $v.autoscaling.enabled -}}true{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The server block every service shares: mTLS on grpcPort. */}}
+{{- define "credmatrix.config.server" -}}
+listen_addr: {{ printf ":%d" (int .Values.grpcPort) | quote }}
+drain_timeout: {{ .Values.drainTimeout | quote }}
+tls:
+  cert_file: /etc/credmatrix/tls/tls.crt
+  key_file: /etc/credmatrix/tls/tls.key
+  client_ca_file: /etc/credmatrix/tls/ca.crt
+{{- end -}}
+
+{{/* The audit client block of broker and keyguard. */}}
+{{- define "credmatrix.config.auditClient" -}}
+target: {{ printf "%s:%d" (include "credmatrix.serviceHost" (dict "root" . "component" "audit")) (int .Values.grpcPort) | quote }}
+ca_file: /etc/credmatrix/tls/ca.crt
+cert_file: /etc/credmatrix/tls/tls.crt
+key_file: /etc/credmatrix/tls/tls.key
+{{- end -}}
+
+{{/*
+Config files: keys and names as in each binary's --help. Settings the
+chart does not model go in <component>.config, merged last.
+*/}}
+{{- define "credmatrix.config.audit" -}}
+{{- $v := .Values.audit -}}
+{{- $c := dict "server" (include "credmatrix.config.server" . | fromYaml) "log_level" $v.logLevel -}}
+{{- $append := $v.appendPrincipals -}}
+{{- if not $append -}}
+{{- $append = list (include "credmatrix.identity" (dict "root" . "component" "broker")) (include "credmatrix.identity" (dict "root" . "component" "keyguard")) -}}
+{{- end -}}
+{{- $_ := set $c "append_principals" $append -}}
+{{- $_ = set $c "read_principals" $v.readPrincipals -}}
+{{- if eq $v.store "sqlite" -}}
+{{- $_ = set $c "db_path" "/var/lib/credmatrix/audit.db" -}}
+{{- else -}}
+{{- $_ = set $c "store" "postgres" -}}
+{{- $_ = set $c "postgres" (dict "dsn_file" (printf "/etc/credmatrix/keys/%s" $v.postgres.dsnKey)) -}}
+{{- end -}}
+{{- if $v.checkpointKey.existingSecret -}}
+{{- $_ = set $c "checkpoint" (dict "key_file" (printf "/etc/credmatrix/keys/%s" $v.checkpointKey.key)) -}}
+{{- else -}}
+{{- $_ = set $c "checkpoint" (dict "key_file" "/var/lib/credmatrix/checkpoint.key" "generate_key" true) -}}
+{{- end -}}
+{{- toYaml (mustMergeOverwrite $c (deepCopy $v.config)) -}}
+{{- end -}}
+
+{{- define "credmatrix.config.broker" -}}
+{{- $v := .Values.broker -}}
+{{- $c := dict "server" (include "credmatrix.config.server" . | fromYaml) "log_level" $v.logLevel -}}
+{{- $_ := set $c "audit" (include "credmatrix.config.auditClient" . | fromYaml) -}}
+{{- $_ = set $c "policy_file" "/etc/credmatrix/policy/policy.yaml" -}}
+{{- $_ = set $c "audit_hmac_key_file" (printf "/etc/credmatrix/keys/%s" $v.keys.auditHMACKey) -}}
+{{- $_ = set $c "provider" $v.provider -}}
+{{- with $v.adminPrincipals -}}
+{{- $_ = set $c "admin_principals" . -}}
+{{- end -}}
+{{- if eq $v.state.driver "sqlite" -}}
+{{- $_ = set $c "state" (dict "driver" "sqlite" "sqlite_path" "/var/lib/credmatrix/broker-state.db") -}}
+{{- else -}}
+{{- $_ = set $c "state" (dict "driver" "postgres") -}}
+{{- end -}}
+{{- if eq $v.provider "local" -}}
+{{- $_ = set $c "local_sts" (dict "signing_key_file" (printf "/etc/credmatrix/keys/%s" $v.keys.localSTSSigningKey)) -}}
+{{- end -}}
+{{- toYaml (mustMergeOverwrite $c (deepCopy $v.config)) -}}
+{{- end -}}
+
+{{- define "credmatrix.config.keyguard" -}}
+{{- $v := .Values.keyguard -}}
+{{- $c := dict "server" (include "credmatrix.config.server" . | fromYaml) "log_level" $v.logLevel -}}
+{{- $_ := set $c "audit" (include "credmatrix.config.auditClient" . | fromYaml) -}}
+{{- $_ = set $c "keyring_file" "/etc/credmatrix/keyring/keyring.yaml" -}}
+{{- $_ = set $c "state_file" "/var/lib/credmatrix/keyguard-state.db" -}}
+{{- with $v.admins -}}
+{{- $_ = set $c "admins" . -}}
+{{- end -}}
+{{- $_ = set $c "backend" $v.backend -}}
+{{- if eq $v.backend "local" -}}
+{{- $_ = set $c "local" (dict "keystore_file" "/var/lib/credmatrix/keystore" "root_key_file" (printf "/etc/credmatrix/keys/%s" $v.local.rootKey)) -}}
+{{- end -}}
+{{- toYaml (mustMergeOverwrite $c (deepCopy $v.config)) -}}
+{{- end -}}
+
+{{/* Items of the keys Secret the component mounts (none: no volume). */}}
+{{- define "credmatrix.keyItems" -}}
+{{- $v := index .root.Values .component -}}
+{{- if eq .component "broker" }}
+- key: {{ $v.keys.auditHMACKey }}
+  path: {{ $v.keys.auditHMACKey }}
+{{- if eq $v.provider "local" }}
+- key: {{ $v.keys.localSTSSigningKey }}
+  path: {{ $v.keys.localSTSSigningKey }}
+{{- end }}
+{{- else if and (eq .component "keyguard") (eq $v.backend "local") }}
+- key: {{ $v.local.rootKey }}
+  path: {{ $v.local.rootKey }}
+{{- end }}
+{{- end -}}
+
+{{/* gRPC health probe handler: exec (mTLS) or native grpc. */}}
+{{- define "credmatrix.probeHandler" -}}
+{{- $p := .root.Values.probes -}}
+{{- if eq $p.mode "grpc" -}}
+grpc:
+  port: {{ $p.grpcPort }}
+{{- else -}}
+exec:
+  command:
+    - /credmatrix-probe
+    - {{ printf "--addr=127.0.0.1:%d" (int .root.Values.grpcPort) }}
+    - {{ printf "--server-name=%s" (include "credmatrix.serviceHost" .) }}
+    - --ca-file=/etc/credmatrix/tls/ca.crt
+    - --cert-file=/etc/credmatrix/tls/tls.crt
+    - --key-file=/etc/credmatrix/tls/tls.key
+    - {{ printf "--timeout=%ds" (sub (int $p.timeoutSeconds) 1 | max 1) }}
+{{- end -}}
+{{- end -}}

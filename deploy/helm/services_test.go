@@ -1,0 +1,229 @@
+package helm
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/credmatrix/credmatrix/deploy/internal/testpki"
+)
+
+// TestRenderedConfigsStartServices runs the real service binaries with the
+// config files, trust policy and key rings the chart renders by default,
+// laid out as the pods mount them (paths moved under a temp dir), and
+// checks each becomes SERVING through credmatrix-probe over mTLS — the
+// exact check the chart's probes exec. It keeps the chart in step with the
+// binaries' configuration: a renamed or new required setting fails here.
+func TestRenderedConfigsStartServices(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and starts the three services")
+	}
+	ms := render(t)
+	bin := buildBinaries(t)
+	root := t.TempDir()
+	ca := testpki.New(t, "cluster")
+	stranger := testpki.New(t, "stranger")
+
+	ports := map[string]string{}
+	for _, c := range components {
+		ports[c] = freePort(t)
+	}
+	host := func(c string) string { return name(c) + "." + namespace + ".svc" }
+
+	// The pod's files: its certificate (tls Secret), keys (keys Secret),
+	// config, policy and key rings (ConfigMaps) and its data volume.
+	dirs := map[string]map[string]string{}
+	for _, c := range components {
+		d := map[string]string{}
+		for _, sub := range []string{"tls", "keys", "config", "policy", "keyring", "data"} {
+			d[sub] = filepath.Join(root, c, sub)
+			if err := os.MkdirAll(d[sub], 0o750); err != nil {
+				t.Fatal(err)
+			}
+		}
+		dirs[c] = d
+		cert, key := ca.Issue(c, "spiffe://cluster.local/ns/"+namespace+"/sa/"+name(c), host(c))
+		copyFile(t, cert, filepath.Join(d["tls"], "tls.crt"))
+		copyFile(t, key, filepath.Join(d["tls"], "tls.key"))
+		copyFile(t, ca.File, filepath.Join(d["tls"], "ca.crt"))
+		for _, k := range []string{"audit-hmac-key", "local-sts-signing-key", "root-key"} {
+			writeFile(t, filepath.Join(d["keys"], k), randomHex(t))
+		}
+		cfg := ms.get(t, "ConfigMap", name(c)+"-config").Data["config.yaml"]
+		cfg = strings.NewReplacer(
+			"/etc/credmatrix/tls", d["tls"],
+			"/etc/credmatrix/keys", d["keys"],
+			"/etc/credmatrix/policy", d["policy"],
+			"/etc/credmatrix/keyring", d["keyring"],
+			"/var/lib/credmatrix", d["data"],
+		).Replace(cfg)
+		writeFile(t, filepath.Join(d["config"], "config.yaml"), cfg)
+	}
+	writeFile(t, filepath.Join(dirs["broker"]["policy"], "policy.yaml"), ms.get(t, "ConfigMap", name("broker")+"-policy").Data["policy.yaml"])
+	writeFile(t, filepath.Join(dirs["keyguard"]["keyring"], "keyring.yaml"), ms.get(t, "ConfigMap", name("keyguard")+"-keyring").Data["keyring.yaml"])
+
+	// Only the listen address and audit's address differ from the pod: the
+	// test has no cluster DNS, so callers dial loopback and verify audit's
+	// certificate under its Service name, as in the cluster.
+	auditAddr := "127.0.0.1:" + ports["audit"]
+	exited := map[string]<-chan struct{}{}
+	for _, c := range components {
+		args := []string{"--config=" + filepath.Join(dirs[c]["config"], "config.yaml"), "--server.listen-addr=127.0.0.1:" + ports[c]}
+		if c != "audit" {
+			args = append(args, "--audit.target="+auditAddr, "--audit.server-name="+host("audit"))
+		}
+		exited[c] = startService(t, filepath.Join(bin, c), args...)
+	}
+
+	probe := func(c string, certDir string) []string {
+		return []string{
+			"--addr=127.0.0.1:" + ports[c], "--server-name=" + host(c),
+			"--ca-file=" + filepath.Join(certDir, "ca.crt"),
+			"--cert-file=" + filepath.Join(certDir, "tls.crt"),
+			"--key-file=" + filepath.Join(certDir, "tls.key"),
+			"--timeout=2s",
+		}
+	}
+	for _, c := range components {
+		t.Run("serving/"+c, func(t *testing.T) {
+			waitServing(t, filepath.Join(bin, "credmatrix-probe"), probe(c, dirs[c]["tls"]), exited[c])
+		})
+	}
+
+	strangerDir := filepath.Join(root, "stranger")
+	if err := os.MkdirAll(strangerDir, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	cert, key := stranger.Issue("stranger", "spiffe://cluster.local/ns/"+namespace+"/sa/"+name("broker"), host("broker"))
+	copyFile(t, cert, filepath.Join(strangerDir, "tls.crt"))
+	copyFile(t, key, filepath.Join(strangerDir, "tls.key"))
+	copyFile(t, ca.File, filepath.Join(strangerDir, "ca.crt"))
+	for _, c := range components {
+		t.Run("attack/client-certificate-from-another-ca/"+c, func(t *testing.T) {
+			out, err := exec.Command(filepath.Join(bin, "credmatrix-probe"), probe(c, strangerDir)...).CombinedOutput()
+			if err == nil {
+				t.Errorf("%s accepted a client certificate from another CA that claims the broker's identity: %s", c, out)
+			}
+		})
+	}
+}
+
+// buildBinaries builds the three services and the probe as the images do.
+func buildBinaries(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	cmd := exec.Command("go", "build", "-trimpath", "-o", dir+string(os.PathSeparator),
+		"./services/audit/cmd/audit", "./services/broker/cmd/broker", "./services/keyguard/cmd/keyguard", "./deploy/cmd/credmatrix-probe")
+	cmd.Dir = filepath.Join("..", "..")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build the service binaries: %v\n%s", err, out)
+	}
+	return dir
+}
+
+// startService runs a service until the test ends, without the developer's
+// CREDMATRIX_* variables, and prints its log if the test failed. The
+// channel closes when the process exits.
+func startService(t *testing.T, path string, args ...string) <-chan struct{} {
+	t.Helper()
+	var env []string
+	for _, e := range os.Environ() {
+		if !strings.HasPrefix(e, "CREDMATRIX_") && !strings.HasPrefix(e, "OTEL_") {
+			env = append(env, e)
+		}
+	}
+	var log bytes.Buffer
+	cmd := exec.Command(path, args...)
+	cmd.Env = env
+	cmd.Stdout, cmd.Stderr = &log, &log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(15 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+		if t.Failed() {
+			t.Logf("%s log:\n%s", filepath.Base(path), log.String())
+		}
+	})
+	return done
+}
+
+// waitServing polls the probe until it reports SERVING, the service exits
+// or a deadline passes.
+func waitServing(t *testing.T, probe string, args []string, exited <-chan struct{}) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	var last []byte
+	for {
+		out, err := exec.CommandContext(ctx, probe, args...).CombinedOutput()
+		if err == nil && bytes.Contains(out, []byte("SERVING")) {
+			return
+		}
+		last = out
+		select {
+		case <-exited:
+			t.Fatalf("service exited before it was SERVING (its log follows)")
+		case <-ctx.Done():
+			t.Fatalf("not SERVING before the deadline; last probe output: %s", last)
+		case <-tick.C:
+		}
+	}
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lis.Close()
+	_, port, _ := net.SplitHostPort(lis.Addr().String())
+	return port
+}
+
+// writeFile writes with mode 0440, as the chart's Secret volumes do.
+func writeFile(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), 0o440); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func copyFile(t *testing.T, from, to string) {
+	t.Helper()
+	b, err := os.ReadFile(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, to, string(b))
+}
+
+func randomHex(t *testing.T) string {
+	t.Helper()
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(b) + "\n"
+}

@@ -1,0 +1,374 @@
+package awssts_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/credmatrix/credmatrix/services/broker"
+	"github.com/credmatrix/credmatrix/services/broker/awssts"
+	"github.com/google/go-cmp/cmp"
+)
+
+// fakeAWS is an in-process STS and IAM query-protocol endpoint: it parses
+// the form posts aws-sdk-go-v2 sends, records them, and answers with
+// real-format XML, or with the errors queued in fail.
+type fakeAWS struct {
+	mu    sync.Mutex
+	calls []url.Values
+	auth  []string
+	fail  []fakeError // served first, one per call
+	gate  chan struct{}
+	n     atomic.Int32
+}
+
+type fakeError struct {
+	status           int
+	code, message    string
+	service, xmlname string
+}
+
+func (f *fakeAWS) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	f.n.Add(1)
+	if f.gate != nil {
+		<-f.gate
+	}
+	if err := r.ParseForm(); err != nil || r.Method != http.MethodPost {
+		http.Error(w, "bad request", http.StatusBadRequest)
+		return
+	}
+	f.mu.Lock()
+	f.calls = append(f.calls, r.PostForm)
+	f.auth = append(f.auth, r.Header.Get("Authorization"))
+	var fe *fakeError
+	if len(f.fail) > 0 {
+		fe = &f.fail[0]
+		f.fail = f.fail[1:]
+	}
+	f.mu.Unlock()
+	w.Header().Set("Content-Type", "text/xml")
+	if fe != nil {
+		w.WriteHeader(fe.status)
+		fmt.Fprintf(w, `<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
+  <Error><Type>Sender</Type><Code>%s</Code><Message>%s</Message></Error>
+  <RequestId>4ec3c3b3-f1c5-4b9c-9d1e-7d9c1d1b8f00</RequestId>
+</ErrorResponse>`, fe.code, fe.message)
+		return
+	}
+	switch r.PostForm.Get("Action") {
+	case "AssumeRole", "AssumeRoleWithWebIdentity":
+		action := r.PostForm.Get("Action")
+		fmt.Fprintf(w, `<%[1]sResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
+  <%[1]sResult>
+    <SourceIdentity>%[2]s</SourceIdentity>
+    <AssumedRoleUser>
+      <Arn>arn:aws:sts::111111111111:assumed-role/deploy/%[3]s</Arn>
+      <AssumedRoleId>AROA3XFRBF535PLBIFPI4:%[3]s</AssumedRoleId>
+    </AssumedRoleUser>
+    <Credentials>
+      <AccessKeyId>ASIAIOSFODNN7EXAMPLE</AccessKeyId>
+      <SecretAccessKey>wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY</SecretAccessKey>
+      <SessionToken>FwoGZXIvYXdzEXAMPLETOKEN</SessionToken>
+      <Expiration>2030-01-02T03:04:05Z</Expiration>
+    </Credentials>
+    <PackedPolicySize>12</PackedPolicySize>
+  </%[1]sResult>
+  <ResponseMetadata><RequestId>c6104cbe-af31-11e0-8154-cbc7ccf896c7</RequestId></ResponseMetadata>
+</%[1]sResponse>`, action, r.PostForm.Get("SourceIdentity"), r.PostForm.Get("RoleSessionName"))
+	case "PutRolePolicy":
+		fmt.Fprint(w, `<PutRolePolicyResponse xmlns="https://iam.amazonaws.com/doc/2010-05-08/">
+  <ResponseMetadata><RequestId>7a62c49f-347e-4fc4-9331-6e8eEXAMPLE</RequestId></ResponseMetadata>
+</PutRolePolicyResponse>`)
+	default:
+		http.Error(w, "unknown action", http.StatusBadRequest)
+	}
+}
+
+func (f *fakeAWS) recorded() ([]url.Values, []string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]url.Values(nil), f.calls...), append([]string(nil), f.auth...)
+}
+
+func newProvider(t *testing.T, f *fakeAWS, cfg awssts.Config) *awssts.Provider {
+	t.Helper()
+	srv := httptest.NewServer(f)
+	t.Cleanup(srv.Close)
+	cfg.STSEndpoint, cfg.IAMEndpoint = srv.URL, srv.URL
+	if cfg.BaseDelay == 0 {
+		cfg.BaseDelay, cfg.MaxDelay = time.Millisecond, 5*time.Millisecond
+	}
+	base := aws.Config{
+		Region:      "us-east-1",
+		Credentials: credentials.NewStaticCredentialsProvider("AKIDBROKEREXAMPLE", "broker-secret", ""),
+		HTTPClient:  srv.Client(),
+	}
+	p, err := awssts.New(base, cfg, awssts.WithJitter(func() float64 { return 0.5 }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func spec() broker.SessionSpec {
+	return broker.SessionSpec{
+		SessionID: "0b7c9f3e-1d2a-4c5b-8e6f-7a8b9c0d1e2f", AccountID: "111111111111",
+		RoleARN: "arn:aws:iam::111111111111:role/ci/deploy", RoleName: "deploy", Region: "eu-central-1",
+		SessionName: "acme-app@42", SourceIdentity: "cm-0b7c9f3e-1d2a-4c5b-8e6f-7a8b9c0d1e2f",
+		Subject: "repo:acme/app:ref:refs/heads/main", Duration: 30 * time.Minute,
+		Tags:              map[string]string{"repository": "acme/app", "sub": "repo:acme/app:ref:refs/heads/main"},
+		TransitiveTagKeys: []string{"repository"},
+		Policy:            `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:*","Resource":"*"}]}`,
+		PolicyARNs:        []string{"arn:aws:iam::aws:policy/ReadOnlyAccess"},
+		ExternalID:        "ext-123",
+		WebIdentityToken:  "header.payload.signature",
+	}
+}
+
+func TestAssumeRoleSendsEveryParameter(t *testing.T) {
+	f := &fakeAWS{}
+	p := newProvider(t, f, awssts.Config{})
+	creds, err := p.Issue(context.Background(), spec())
+	if err != nil {
+		t.Fatal(err)
+	}
+	calls, auth := f.recorded()
+	if len(calls) != 1 {
+		t.Fatalf("%d calls, want 1", len(calls))
+	}
+	want := url.Values{
+		"Action": {"AssumeRole"}, "Version": {"2011-06-15"},
+		"RoleArn": {"arn:aws:iam::111111111111:role/ci/deploy"}, "RoleSessionName": {"acme-app@42"},
+		"DurationSeconds": {"1800"}, "ExternalId": {"ext-123"},
+		"SourceIdentity":          {"cm-0b7c9f3e-1d2a-4c5b-8e6f-7a8b9c0d1e2f"},
+		"Policy":                  {`{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:*","Resource":"*"}]}`},
+		"PolicyArns.member.1.arn": {"arn:aws:iam::aws:policy/ReadOnlyAccess"},
+		"Tags.member.1.Key":       {"repository"}, "Tags.member.1.Value": {"acme/app"},
+		"Tags.member.2.Key": {"sub"}, "Tags.member.2.Value": {"repo:acme/app:ref:refs/heads/main"},
+		"TransitiveTagKeys.member.1": {"repository"},
+	}
+	if diff := cmp.Diff(calls[0], want); diff != "" {
+		t.Errorf("AssumeRole form (-got +want):\n%s", diff)
+	}
+	// Signed by the broker's identity for the session's region (the
+	// regional endpoint).
+	if !strings.Contains(auth[0], "Credential=AKIDBROKEREXAMPLE/") || !strings.Contains(auth[0], "/eu-central-1/sts/aws4_request") {
+		t.Errorf("Authorization = %q, want SigV4 by the broker for eu-central-1 sts", auth[0])
+	}
+	wantCreds := broker.Credentials{
+		AccessKeyID: "ASIAIOSFODNN7EXAMPLE", SecretAccessKey: "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY",
+		SessionToken: "FwoGZXIvYXdzEXAMPLETOKEN", Expiration: time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC),
+		Endpoint: p.Endpoint("eu-central-1"), SourceIdentity: "cm-0b7c9f3e-1d2a-4c5b-8e6f-7a8b9c0d1e2f",
+	}
+	if diff := cmp.Diff(creds, wantCreds); diff != "" {
+		t.Errorf("credentials (-got +want):\n%s", diff)
+	}
+}
+
+func TestRegionalEndpoint(t *testing.T) {
+	p, err := awssts.New(aws.Config{Region: "us-east-1"}, awssts.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := p.Endpoint("eu-central-1"); got != "https://sts.eu-central-1.amazonaws.com" {
+		t.Errorf("Endpoint = %q", got)
+	}
+}
+
+func TestWebIdentityPassThrough(t *testing.T) {
+	f := &fakeAWS{}
+	p := newProvider(t, f, awssts.Config{Mode: awssts.ModeWebIdentity})
+	if _, err := p.Issue(context.Background(), spec()); err != nil {
+		t.Fatal(err)
+	}
+	calls, auth := f.recorded()
+	want := url.Values{
+		"Action": {"AssumeRoleWithWebIdentity"}, "Version": {"2011-06-15"},
+		"RoleArn": {"arn:aws:iam::111111111111:role/ci/deploy"}, "RoleSessionName": {"acme-app@42"},
+		"DurationSeconds": {"1800"}, "WebIdentityToken": {"header.payload.signature"},
+		"Policy":                  {`{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:*","Resource":"*"}]}`},
+		"PolicyArns.member.1.arn": {"arn:aws:iam::aws:policy/ReadOnlyAccess"},
+	}
+	if diff := cmp.Diff(calls[0], want); diff != "" {
+		t.Errorf("AssumeRoleWithWebIdentity form (-got +want):\n%s", diff)
+	}
+	if auth[0] != "" {
+		t.Errorf("AssumeRoleWithWebIdentity was signed (%q); it must be anonymous", auth[0])
+	}
+}
+
+func TestHubRoleChaining(t *testing.T) {
+	f := &fakeAWS{}
+	p := newProvider(t, f, awssts.Config{HubRoleARN: "arn:aws:iam::999999999999:role/credmatrix-hub"})
+	s := spec()
+	s.Duration = 4 * time.Hour
+	if _, err := p.Issue(context.Background(), s); err != nil {
+		t.Fatal(err)
+	}
+	calls, auth := f.recorded()
+	var got []string
+	for i, c := range calls {
+		got = append(got, c.Get("Action")+" "+c.Get("RoleArn")+" "+c.Get("DurationSeconds")+" "+fmt.Sprint(strings.Contains(auth[i], "ASIAIOSFODNN7EXAMPLE")))
+	}
+	want := []string{
+		"AssumeRole arn:aws:iam::999999999999:role/credmatrix-hub 3600 false",
+		"AssumeRole arn:aws:iam::111111111111:role/ci/deploy 3600 true", // chained: 1h cap, signed by the hub session
+	}
+	if diff := cmp.Diff(got, want); diff != "" {
+		t.Errorf("calls (-got +want):\n%s", diff)
+	}
+}
+
+func TestErrors(t *testing.T) {
+	throttle := fakeError{status: 400, code: "Throttling", message: "Rate exceeded"}
+	denied := fakeError{status: 403, code: "AccessDenied", message: "User: arn:aws:sts::999999999999:assumed-role/broker is not authorized to perform: sts:AssumeRole on resource: arn:aws:iam::111111111111:role/ci/deploy"}
+	internal := fakeError{status: 500, code: "InternalFailure", message: "oops"}
+	invalid := fakeError{status: 400, code: "ValidationError", message: "1 validation error detected: Value at 'roleSessionName'"}
+	tests := []struct {
+		name     string
+		fail     []fakeError
+		attempts int
+		calls    int32
+		kind     string
+	}{
+		{"retry/throttled-then-ok", []fakeError{throttle, throttle}, 5, 3, "ok"},
+		{"retry/5xx-then-ok", []fakeError{internal}, 5, 2, "ok"},
+		{"unavailable/throttled-throughout", []fakeError{throttle, throttle, throttle}, 3, 3, "unavailable"},
+		{"refused/access-denied-not-retried", []fakeError{denied}, 5, 1, "refused"},
+		{"internal/validation-not-retried", []fakeError{invalid}, 5, 1, "internal"},
+	}
+	kind := func(err error) string {
+		switch {
+		case err == nil:
+			return "ok"
+		case errors.Is(err, broker.ErrProviderUnavailable):
+			return "unavailable"
+		case errors.Is(err, broker.ErrProviderRefused):
+			return "refused"
+		default:
+			return "internal"
+		}
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f := &fakeAWS{fail: tc.fail}
+			p := newProvider(t, f, awssts.Config{MaxAttempts: tc.attempts})
+			_, err := p.Issue(context.Background(), spec())
+			if diff := cmp.Diff([]any{f.n.Load(), kind(err)}, []any{tc.calls, tc.kind}); diff != "" {
+				t.Errorf("(calls, error kind) (-got +want):\n%s\nerr: %v", diff, err)
+			}
+		})
+	}
+}
+
+func TestRetryStaysInsideTheDeadline(t *testing.T) {
+	f := &fakeAWS{fail: []fakeError{{status: 400, code: "Throttling", message: "Rate exceeded"}, {status: 400, code: "Throttling"}, {status: 400, code: "Throttling"}}}
+	p := newProvider(t, f, awssts.Config{MaxAttempts: 10, BaseDelay: time.Hour, MaxDelay: time.Hour})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err := p.Issue(ctx, spec())
+	if !errors.Is(err, broker.ErrProviderUnavailable) || f.n.Load() != 1 {
+		t.Errorf("err = %v after %d calls; want unavailable after 1 call (no backoff fits the deadline)", err, f.n.Load())
+	}
+}
+
+func TestSingleFlight(t *testing.T) {
+	f := &fakeAWS{gate: make(chan struct{})}
+	p := newProvider(t, f, awssts.Config{})
+	const n = 8
+	var wg sync.WaitGroup
+	var started atomic.Int32
+	results := make(chan string, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			started.Add(1)
+			s := spec()
+			s.SessionID = fmt.Sprintf("session-%d", i) // per-session ids do not split the flight
+			s.SourceIdentity = "cm-" + s.SessionID
+			creds, err := p.Issue(context.Background(), s)
+			if err != nil {
+				results <- err.Error()
+				return
+			}
+			results <- creds.AccessKeyID
+		}()
+	}
+	// Hold the first call at the endpoint until every caller has
+	// started; then answer it.
+	deadline := time.Now().Add(5 * time.Second)
+	for (f.n.Load() == 0 || started.Load() < n) && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	close(f.gate)
+	wg.Wait()
+	close(results)
+	for r := range results {
+		if r != "ASIAIOSFODNN7EXAMPLE" {
+			t.Errorf("caller got %q", r)
+		}
+	}
+	if got := f.n.Load(); got >= n {
+		t.Errorf("%d STS calls for %d identical concurrent requests, want them coalesced", got, n)
+	}
+}
+
+func TestRevokeSessionsPutsDenyPolicy(t *testing.T) {
+	f := &fakeAWS{}
+	p := newProvider(t, f, awssts.Config{RevokerRoleName: "credmatrix-revoker"})
+	before := time.Date(2026, 11, 27, 9, 0, 0, 0, time.UTC)
+	roles := []broker.RoleRef{
+		{AccountID: "222222222222", Name: "deploy", ARN: "arn:aws:iam::222222222222:role/deploy"},
+		{AccountID: "111111111111", Name: "deploy", ARN: "arn:aws:iam::111111111111:role/ci/deploy"},
+	}
+	n, err := p.RevokeSessions(context.Background(), roles, broker.Revocation{
+		ID: "r-1", Subject: "repo:acme/app:ref:refs/heads/main", Claims: map[string]string{"repository": "acme/app"}, IssuedBefore: before,
+	})
+	if err != nil || n != 2 {
+		t.Fatalf("RevokeSessions = %d, %v", n, err)
+	}
+	calls, _ := f.recorded()
+	var got []string
+	for _, c := range calls {
+		switch c.Get("Action") {
+		case "AssumeRole":
+			got = append(got, "AssumeRole "+c.Get("RoleArn"))
+		case "PutRolePolicy":
+			got = append(got, fmt.Sprintf("PutRolePolicy %s %s %s %s", c.Get("Version"), c.Get("RoleName"), c.Get("PolicyName"), c.Get("PolicyDocument")))
+		}
+	}
+	doc := `{"Statement":[{"Action":"*","Condition":{"DateLessThan":{"aws:TokenIssueTime":"2026-11-27T09:00:00Z"},` +
+		`"StringEquals":{"aws:PrincipalTag/repository":"acme/app","aws:PrincipalTag/sub":"repo:acme/app:ref:refs/heads/main"}},` +
+		`"Effect":"Deny","Resource":"*","Sid":"CredmatrixRevocation"}],"Version":"2012-10-17"}`
+	want := []string{
+		"AssumeRole arn:aws:iam::111111111111:role/credmatrix-revoker",
+		"PutRolePolicy 2010-05-08 deploy credmatrix-revocation-r-1 " + doc,
+		"AssumeRole arn:aws:iam::222222222222:role/credmatrix-revoker",
+		"PutRolePolicy 2010-05-08 deploy credmatrix-revocation-r-1 " + doc,
+	}
+	if diff := cmp.Diff(got, want); diff != "" {
+		t.Errorf("calls (-got +want):\n%s", diff)
+	}
+}
+
+func TestRevocationPolicyForOneSession(t *testing.T) {
+	got, err := awssts.RevocationPolicy(broker.Revocation{ID: "r", SessionID: "0b7c9f3e-1d2a-4c5b-8e6f-7a8b9c0d1e2f"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `{"Statement":[{"Action":"*","Condition":{"StringEquals":{"aws:SourceIdentity":"cm-0b7c9f3e-1d2a-4c5b-8e6f-7a8b9c0d1e2f"}},"Effect":"Deny","Resource":"*","Sid":"CredmatrixRevocation"}],"Version":"2012-10-17"}`
+	if diff := cmp.Diff(got, want); diff != "" {
+		t.Errorf("(-got +want):\n%s", diff)
+	}
+}

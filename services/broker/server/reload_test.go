@@ -1,0 +1,78 @@
+package server
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
+	"github.com/credmatrix/credmatrix/services/broker"
+	"github.com/credmatrix/credmatrix/services/broker/brokertest"
+	"github.com/credmatrix/credmatrix/services/broker/policy"
+	"github.com/hashicorp/go-hclog"
+)
+
+// TestWatchReloadsOnFileChange runs the reload loop against a policy
+// file: a broken edit is refused and audited while the old policy stays;
+// a good edit takes effect.
+func TestWatchReloadsOnFileChange(t *testing.T) {
+	e := brokertest.NewEnv(t, "")
+	path := filepath.Join(t.TempDir(), "policy.yaml")
+	write := func(text string) {
+		t.Helper()
+		text = strings.ReplaceAll(text, brokertest.IssuerPlaceholder, e.Issuer.URL())
+		if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(brokertest.DefaultPolicy)
+	svc, err := broker.New(broker.Config{Policy: e.Policy, Verifier: e.Verifier, Provider: e.Provider, Auditor: e.Auditor,
+		Hasher: e.Hasher, Store: e.Store,
+		Reload: func(ctx context.Context) (*policy.Policy, broker.TokenVerifier, error) { return loadPolicy(ctx, path) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &Server{svc: svc, log: hclog.NewNullLogger(), cfg: Config{PolicyFile: path, PolicyReloadInterval: 5 * time.Millisecond}, lastSeen: e.Policy.SHA256()}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); s.watch(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	reloads := func() []string {
+		var out []string
+		for _, ev := range e.Auditor.Events() {
+			if ev.GetKind() == auditv1.Kind_KIND_POLICY_RELOAD {
+				out = append(out, ev.GetDecision().String())
+			}
+		}
+		return out
+	}
+	waitFor := func(n int) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for len(reloads()) < n {
+			if time.Now().After(deadline) {
+				t.Fatalf("reload events %v, want %d", reloads(), n)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+
+	before := svc.Policy().SHA256()
+	write(strings.Replace(brokertest.DefaultPolicy, "max_duration: 1h", "max_duration: forever", 1))
+	waitFor(1)
+	if svc.Policy().SHA256() != before {
+		t.Fatal("a broken policy file replaced the policy in force")
+	}
+	write(strings.Replace(brokertest.DefaultPolicy, "max_duration: 1h", "max_duration: 2h", 1))
+	waitFor(2)
+	if got := reloads(); got[0] != "DECISION_DENY" || got[1] != "DECISION_ALLOW" {
+		t.Errorf("reload events %v, want a refusal then a reload", got)
+	}
+	if svc.Policy().SHA256() == before || svc.Policy().Roles()[0].MaxDuration != 2*time.Hour {
+		t.Error("the good policy file did not take effect")
+	}
+}
