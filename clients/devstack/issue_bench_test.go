@@ -3,13 +3,11 @@ package devstack_test
 import (
 	"context"
 	"fmt"
-	"runtime"
-	"slices"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/credmatrix/credmatrix/clients/devstack"
+	"github.com/credmatrix/credmatrix/platform/benchload"
 	"github.com/credmatrix/credmatrix/platform/grpcclient"
 	brokerv1 "github.com/credmatrix/credmatrix/proto/credmatrix/broker/v1"
 	"github.com/credmatrix/credmatrix/services/broker/devissuer"
@@ -58,42 +56,12 @@ func BenchmarkIssueSession(b *testing.B) {
 		b.Fatal(err) // warm up: discovery, JWKS, connections
 	}
 
-	var mu sync.Mutex
-	var latencies []time.Duration
-	b.SetParallelism((benchCallers + runtime.GOMAXPROCS(0) - 1) / runtime.GOMAXPROCS(0))
-	b.ReportAllocs()
-	b.ResetTimer()
-	start := time.Now()
-	b.RunParallel(func(pb *testing.PB) {
-		tok := <-tokens
-		var mine []time.Duration
-		for pb.Next() {
-			t0 := time.Now()
-			if _, err := client.IssueSession(ctx, req(tok)); err != nil {
-				b.Error(err)
-				return
-			}
-			mine = append(mine, time.Since(t0))
-		}
-		mu.Lock()
-		latencies = append(latencies, mine...)
-		mu.Unlock()
+	toks := make([]string, benchCallers)
+	for i := range toks {
+		toks[i] = <-tokens
+	}
+	benchload.Run(b, benchCallers, "issuances", func(caller int) error {
+		_, err := client.IssueSession(ctx, req(toks[caller]))
+		return err
 	})
-	elapsed := time.Since(start)
-	b.StopTimer()
-	reportLatencies(b, latencies, elapsed)
-}
-
-// reportLatencies reports throughput and the p50 and p99 latency.
-func reportLatencies(b *testing.B, latencies []time.Duration, elapsed time.Duration) {
-	if len(latencies) == 0 {
-		return
-	}
-	slices.Sort(latencies)
-	pct := func(p float64) float64 {
-		return float64(latencies[int(p*float64(len(latencies)-1))].Microseconds()) / 1000
-	}
-	b.ReportMetric(float64(len(latencies))/elapsed.Seconds(), "issuances/s")
-	b.ReportMetric(pct(0.50), "p50-ms")
-	b.ReportMetric(pct(0.99), "p99-ms")
 }

@@ -3,14 +3,12 @@ package keyguardclient_test
 import (
 	"context"
 	"os"
-	"slices"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/credmatrix/credmatrix/clients/devstack"
 	"github.com/credmatrix/credmatrix/clients/keyguardclient"
+	"github.com/credmatrix/credmatrix/platform/benchload"
 	"github.com/credmatrix/credmatrix/platform/grpcclient"
 	keyguardv1 "github.com/credmatrix/credmatrix/proto/credmatrix/keyguard/v1"
 	"google.golang.org/grpc"
@@ -58,39 +56,11 @@ func runConcurrent(b *testing.B, items int, call func(c keyguardv1.KeyguardServi
 			b.Fatal(err)
 		}
 	}
-	var next atomic.Int64
-	lat := make([][]time.Duration, benchCallers)
-	var wg sync.WaitGroup
-	b.ReportAllocs()
-	b.ResetTimer()
 	start := time.Now()
-	for i := range benchCallers {
-		wg.Go(func() {
-			for next.Add(1) <= int64(b.N) {
-				t0 := time.Now()
-				if err := call(clients[i]); err != nil {
-					b.Error(err)
-					return
-				}
-				lat[i] = append(lat[i], time.Since(t0))
-			}
-		})
-	}
-	wg.Wait()
-	elapsed := time.Since(start)
-	b.StopTimer()
-	all := slices.Concat(lat...)
-	slices.Sort(all)
-	if len(all) == 0 {
-		return
-	}
-	pct := func(p float64) float64 { return float64(all[int(float64(len(all)-1)*p)].Microseconds()) / 1000 }
-	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "ops/s")
+	benchload.Run(b, benchCallers, "ops", func(i int) error { return call(clients[i]) })
 	if items > 1 {
-		b.ReportMetric(float64(b.N*items)/elapsed.Seconds(), "records/s")
+		b.ReportMetric(float64(b.N*items)/time.Since(start).Seconds(), "records/s")
 	}
-	b.ReportMetric(pct(0.50), "p50-ms")
-	b.ReportMetric(pct(0.99), "p99-ms")
 }
 
 // BenchmarkEncrypt1KiB: Encrypt of 1 KiB over mTLS gRPC, every call audited

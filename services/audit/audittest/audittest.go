@@ -5,7 +5,6 @@ package audittest
 import (
 	"context"
 	"fmt"
-	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -14,6 +13,7 @@ import (
 
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
 
+	"github.com/credmatrix/credmatrix/platform/benchload"
 	"github.com/credmatrix/credmatrix/services/audit"
 	"github.com/credmatrix/credmatrix/services/audit/checkpoint"
 )
@@ -88,17 +88,7 @@ func RunAppendBenchmark(b *testing.B, log *audit.Log, callers int) {
 
 // ReportLatency reports events/s over elapsed and the p50/p99 of lat, in ms.
 func ReportLatency(b *testing.B, lat []time.Duration, elapsed time.Duration) {
-	if len(lat) == 0 {
-		return
-	}
-	slices.Sort(lat)
-	pct := func(p float64) float64 {
-		i := int(float64(len(lat)-1) * p)
-		return float64(lat[i].Microseconds()) / 1000
-	}
-	b.ReportMetric(float64(len(lat))/elapsed.Seconds(), "events/s")
-	b.ReportMetric(pct(0.50), "p50-ms")
-	b.ReportMetric(pct(0.99), "p99-ms")
+	benchload.Report(b, "events", len(lat), lat, elapsed)
 	b.ReportMetric(0, "ns/op")
 }
 

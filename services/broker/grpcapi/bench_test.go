@@ -3,12 +3,10 @@ package grpcapi_test
 import (
 	"context"
 	"fmt"
-	"runtime"
-	"slices"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/credmatrix/credmatrix/platform/benchload"
 	brokerv1 "github.com/credmatrix/credmatrix/proto/credmatrix/broker/v1"
 	"github.com/credmatrix/credmatrix/services/broker/brokertest"
 	"github.com/credmatrix/credmatrix/services/broker/devissuer"
@@ -40,36 +38,13 @@ func BenchmarkIssueSessionBrokerOnly(b *testing.B) {
 	if _, err := client.IssueSession(ctx, req(<-tokens)); err != nil {
 		b.Fatal(err)
 	}
-	var mu sync.Mutex
-	var lat []time.Duration
-	b.SetParallelism((16 + runtime.GOMAXPROCS(0) - 1) / runtime.GOMAXPROCS(0))
-	b.ReportAllocs()
-	b.ResetTimer()
-	start := time.Now()
-	b.RunParallel(func(pb *testing.PB) {
-		tok := <-tokens
-		var mine []time.Duration
-		for pb.Next() {
-			t0 := time.Now()
-			if _, err := client.IssueSession(ctx, req(tok)); err != nil {
-				b.Error(err)
-				return
-			}
-			mine = append(mine, time.Since(t0))
-		}
-		mu.Lock()
-		lat = append(lat, mine...)
-		mu.Unlock()
-	})
-	elapsed := time.Since(start)
-	b.StopTimer()
-	s.Auditor.Reset()
-	if len(lat) == 0 {
-		return
+	toks := make([]string, 16)
+	for i := range toks {
+		toks[i] = <-tokens
 	}
-	slices.Sort(lat)
-	pct := func(p float64) float64 { return float64(lat[int(p*float64(len(lat)-1))].Microseconds()) / 1000 }
-	b.ReportMetric(float64(len(lat))/elapsed.Seconds(), "issuances/s")
-	b.ReportMetric(pct(0.50), "p50-ms")
-	b.ReportMetric(pct(0.99), "p99-ms")
+	benchload.Run(b, 16, "issuances", func(caller int) error {
+		_, err := client.IssueSession(ctx, req(toks[caller]))
+		return err
+	})
+	s.Auditor.Reset()
 }

@@ -4,12 +4,10 @@ import (
 	"bytes"
 	"context"
 	"path/filepath"
-	"slices"
-	"sync"
 	"sync/atomic"
 	"testing"
-	"time"
 
+	"github.com/credmatrix/credmatrix/platform/benchload"
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
 	keyguardv1 "github.com/credmatrix/credmatrix/proto/credmatrix/keyguard/v1"
 
@@ -48,33 +46,8 @@ func BenchmarkEncryptNoAudit1KiB(b *testing.B) {
 	c := serve(b, svc)
 	req := &keyguardv1.EncryptRequest{DataClass: "confidential", Region: "eu-west-1", Plaintext: make([]byte, 1024), EncryptionContext: encCtx}
 	ctx := as(app)
-	const callers = 16
-	var next atomic.Int64
-	lat := make([][]time.Duration, callers)
-	var wg sync.WaitGroup
-	b.ReportAllocs()
-	b.ResetTimer()
-	start := time.Now()
-	for i := range callers {
-		wg.Go(func() {
-			for next.Add(1) <= int64(b.N) {
-				t0 := time.Now()
-				if _, err := c.Encrypt(ctx, req); err != nil {
-					b.Error(err)
-					return
-				}
-				lat[i] = append(lat[i], time.Since(t0))
-			}
-		})
-	}
-	wg.Wait()
-	elapsed := time.Since(start)
-	all := slices.Concat(lat...)
-	slices.Sort(all)
-	if len(all) == 0 {
-		return
-	}
-	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "ops/s")
-	b.ReportMetric(float64(all[len(all)/2].Microseconds())/1000, "p50-ms")
-	b.ReportMetric(float64(all[len(all)*99/100].Microseconds())/1000, "p99-ms")
+	benchload.Run(b, 16, "ops", func(int) error {
+		_, err := c.Encrypt(ctx, req)
+		return err
+	})
 }
