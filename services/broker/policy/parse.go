@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"gopkg.in/yaml.v3"
@@ -165,20 +166,35 @@ func Parse(name string, data []byte) (*Policy, error) {
 }
 
 var (
-	nameRE       = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
-	accountIDRE  = regexp.MustCompile(`^[0-9]{12}$`)
-	regionRE     = regexp.MustCompile(`^[a-z]{2}(-[a-z]+)+-[0-9]+$`)
-	residencyRE  = regexp.MustCompile(`^[a-z][a-z0-9]*$`)
-	roleNameRE   = regexp.MustCompile(`^[\w+=,.@-]{1,64}$`)
-	roleARNRE    = regexp.MustCompile(`^arn:aws(-[a-z]+)*:iam::([0-9]{12}):role/([\w+=,.@/-]+)$`)
-	ouRE         = regexp.MustCompile(`^(/[\w.-]+)+$`)
-	regionGlobRE = regexp.MustCompile(`^[a-z0-9*?-]{1,32}$`)
-	policyARNRE  = regexp.MustCompile(`^arn:aws(-[a-z]+)*:iam::(aws|[0-9]{12}):policy/[\w+=,.@/-]+$`)
-	tagKeyRE     = regexp.MustCompile(`^[\w .:/=+@-]{1,128}$`)
-	tagValueRE   = regexp.MustCompile(`^[\w .:/=+@-]{0,256}$`)
-	externalIDRE = regexp.MustCompile(`^[\w+=,.@:/-]{2,1000}$`)
-	safeTextRE   = regexp.MustCompile(`^[[:print:]]{1,200}$`)
+	nameRE       = lazyRegexp(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
+	accountIDRE  = lazyRegexp(`^[0-9]{12}$`)
+	regionRE     = lazyRegexp(`^[a-z]{2}(-[a-z]+)+-[0-9]+$`)
+	residencyRE  = lazyRegexp(`^[a-z][a-z0-9]*$`)
+	roleNameRE   = lazyRegexp(`^[\w+=,.@-]{1,64}$`)
+	roleARNRE    = lazyRegexp(`^arn:aws(-[a-z]+)*:iam::([0-9]{12}):role/([\w+=,.@/-]+)$`)
+	ouRE         = lazyRegexp(`^(/[\w.-]+)+$`)
+	regionGlobRE = lazyRegexp(`^[a-z0-9*?-]{1,32}$`)
+	policyARNRE  = lazyRegexp(`^arn:aws(-[a-z]+)*:iam::(aws|[0-9]{12}):policy/[\w+=,.@/-]+$`)
+	tagKeyRE     = lazyRegexp(`^[\w .:/=+@-]{1,128}$`)
+	tagValueRE   = lazyRegexp(`^[\w .:/=+@-]{0,256}$`)
+	externalIDRE = lazyRegexp(`^[\w+=,.@:/-]{2,1000}$`)
+	safeTextRE   = lazyRegexp(`^[[:print:]]{1,200}$`)
 )
+
+// lazyRE compiles its expression on first use: the CLI links this package,
+// and compiling every pattern at start-up cost milliseconds on every
+// credential_process call that never parses a policy.
+type lazyRE struct{ re func() *regexp.Regexp }
+
+func lazyRegexp(expr string) lazyRE {
+	return lazyRE{re: sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(expr) })}
+}
+
+// MatchString reports whether s matches.
+func (l lazyRE) MatchString(s string) bool { return l.re().MatchString(s) }
+
+// FindStringSubmatch is regexp.Regexp.FindStringSubmatch.
+func (l lazyRE) FindStringSubmatch(s string) []string { return l.re().FindStringSubmatch(s) }
 
 // MaxLeeway is the largest clock-skew leeway an issuer may declare.
 const MaxLeeway = 5 * time.Minute
@@ -628,9 +644,9 @@ func (l lineIndex) line(path string) int {
 }
 
 var (
-	yamlLineRE     = regexp.MustCompile(`^(?:yaml: )?line (\d+): (.*)$`)
-	unknownFieldRE = regexp.MustCompile(`^field (\S+) not found in type \S+$`)
-	cannotRE       = regexp.MustCompile("^cannot unmarshal (!!\\w+)(?: `[^`]*`)? into (\\S+)$")
+	yamlLineRE     = lazyRegexp(`^(?:yaml: )?line (\d+): (.*)$`)
+	unknownFieldRE = lazyRegexp(`^field (\S+) not found in type \S+$`)
+	cannotRE       = lazyRegexp("^cannot unmarshal (!!\\w+)(?: `[^`]*`)? into (\\S+)$")
 )
 
 func syntaxProblem(err error) Problem {
