@@ -135,6 +135,30 @@ show 'credmatrix audit replay sessions --at now --account sandbox'
 grep -q "$key_id" "$state/replay.txt" || { echo "demo: replay does not show the issued session" >&2; exit 1; }
 live=$(sed -n 's/^\([0-9]*\) session(s) live.*/\1/p' "$state/replay.txt")
 
+step "8. Metrics: each service's Prometheus endpoint (own loopback port, never the gRPC one)"
+# A plain HTTP/1.0 GET through bash's /dev/tcp, so the demo needs no curl.
+scrape() {
+  local hp=${1#http://}
+  hp=${hp%%/*}
+  exec 3<>"/dev/tcp/${hp%:*}/${hp##*:}"
+  printf 'GET /metrics HTTP/1.0\r\nHost: %s\r\n\r\n' "$hp" >&3
+  cat <&3
+  exec 3<&-
+}
+show 'curl -s $CREDMATRIX_BROKER_METRICS_URL | grep -E "credmatrix_broker_(issuances|denials)_total"'
+scrape "$CREDMATRIX_BROKER_METRICS_URL" >"$state/broker.metrics"
+grep -E '^credmatrix_broker_(issuances|denials)_total' "$state/broker.metrics" | sed 's/^/  /'
+show 'curl -s $CREDMATRIX_KEYGUARD_METRICS_URL | grep credmatrix_keyguard_grant_denials_total'
+scrape "$CREDMATRIX_KEYGUARD_METRICS_URL" >"$state/keyguard.metrics"
+grep -E '^credmatrix_keyguard_grant_denials_total' "$state/keyguard.metrics" | sed 's/^/  /'
+show 'curl -s $CREDMATRIX_AUDIT_METRICS_URL | grep -E "credmatrix_audit_(tree_size|queue_events|checkpoint_age_seconds)"'
+scrape "$CREDMATRIX_AUDIT_METRICS_URL" >"$state/audit.metrics"
+grep -E '^credmatrix_audit_(tree_size|queue_events|checkpoint_age_seconds) ' "$state/audit.metrics" | sed 's/^/  /'
+issued_series=$(grep -c '^credmatrix_broker_issuances_total' "$state/broker.metrics" || true)
+denied_series=$(grep -c '^credmatrix_broker_denials_total' "$state/broker.metrics" || true)
+[[ $issued_series -ge 1 && $denied_series -ge 1 ]] || { echo "demo: the broker's metrics lack issuances or denials" >&2; exit 1; }
+echo "names and alerts: docs/metrics.md; dashboard: deploy/grafana/credmatrix.json"
+
 step "Summary"
 cat <<SUMMARY
   session issued     $key_id for deploy@sandbox (eu-west-1), audited before it was returned
@@ -145,5 +169,6 @@ cat <<SUMMARY
   audit log          $events events with gap-free sequence numbers
   audit verified     tree size $verified under a signed checkpoint, kept for the next rollback check
   replay             $live session(s) live in sandbox now, including $key_id
+  metrics            issuances and denials by role/account on the broker's /metrics ($issued_series + $denied_series series)
 Demo complete.
 SUMMARY

@@ -41,6 +41,16 @@ var defaultPolicy string
 //go:embed keyguard.yaml
 var defaultKeyguard string
 
+// DefaultPolicy returns the local stack's sample trust policy with its
+// issuer set to issuerURL, for tests that run the services as processes.
+func DefaultPolicy(issuerURL string) string {
+	return strings.ReplaceAll(defaultPolicy, IssuerURLPlaceholder, issuerURL)
+}
+
+// DefaultKeyguardConfig returns the local stack's key rings and grants
+// (keyguard's keyring file), for tests that run keyguard as a process.
+func DefaultKeyguardConfig() string { return defaultKeyguard }
+
 // KeyguardAudience is the audience keyguard requires of the dev issuer's
 // bearer tokens: a token minted for the broker is refused by keyguard.
 const KeyguardAudience = "credmatrix-keyguard"
@@ -52,19 +62,27 @@ const IssuerURLPlaceholder = "${DEV_ISSUER_URL}"
 // mint secret as bearer token).
 const MintPath = "/dev/mint"
 
-// Ports are the listen addresses of the stack's parts.
+// Ports are the listen addresses of the stack's parts. The *Metrics
+// addresses are the services' Prometheus endpoints (empty: off).
 type Ports struct {
-	Audit, Broker, Keyguard, Issuer string
+	Audit, Broker, Keyguard, Issuer              string
+	AuditMetrics, BrokerMetrics, KeyguardMetrics string
 }
 
 // DefaultPorts are the fixed loopback ports of `credmatrix dev`.
 func DefaultPorts() Ports {
-	return Ports{Broker: "127.0.0.1:7401", Keyguard: "127.0.0.1:7402", Audit: "127.0.0.1:7403", Issuer: "127.0.0.1:7404"}
+	return Ports{
+		Broker: "127.0.0.1:7401", Keyguard: "127.0.0.1:7402", Audit: "127.0.0.1:7403", Issuer: "127.0.0.1:7404",
+		BrokerMetrics: "127.0.0.1:7411", KeyguardMetrics: "127.0.0.1:7412", AuditMetrics: "127.0.0.1:7413",
+	}
 }
 
 // EphemeralPorts lets the kernel pick free loopback ports.
 func EphemeralPorts() Ports {
-	return Ports{Broker: "127.0.0.1:0", Keyguard: "127.0.0.1:0", Audit: "127.0.0.1:0", Issuer: "127.0.0.1:0"}
+	return Ports{
+		Broker: "127.0.0.1:0", Keyguard: "127.0.0.1:0", Audit: "127.0.0.1:0", Issuer: "127.0.0.1:0",
+		BrokerMetrics: "127.0.0.1:0", KeyguardMetrics: "127.0.0.1:0", AuditMetrics: "127.0.0.1:0",
+	}
 }
 
 // Config configures a stack.
@@ -163,6 +181,7 @@ func Start(ctx context.Context, cfg Config) (s *Stack, err error) {
 	// audit first: the others refuse to issue without it.
 	ac := auditserver.DefaultConfig()
 	ac.Server.ListenAddr = cfg.Ports.Audit
+	ac.Metrics.ListenAddr = cfg.Ports.AuditMetrics
 	ac.Server.TLS = s.pki.Files("audit")
 	ac.DBPath = filepath.Join(dir, "audit.db")
 	// The checkpoint signing key is generated on first start and kept;
@@ -180,6 +199,7 @@ func Start(ctx context.Context, cfg Config) (s *Stack, err error) {
 
 	bc := brokerserver.DefaultConfig()
 	bc.Server.ListenAddr = cfg.Ports.Broker
+	bc.Metrics.ListenAddr = cfg.Ports.BrokerMetrics
 	bc.Server.TLS = s.pki.Files("broker")
 	bc.PolicyFile = policyFile
 	bc.Audit = s.pki.Client("broker", auditAddr)
@@ -194,6 +214,7 @@ func Start(ctx context.Context, cfg Config) (s *Stack, err error) {
 
 	kc := keyguardserver.DefaultConfig()
 	kc.Server.ListenAddr = cfg.Ports.Keyguard
+	kc.Metrics.ListenAddr = cfg.Ports.KeyguardMetrics
 	kc.Server.TLS = s.pki.Files("keyguard")
 	kc.Audit = s.pki.Client("keyguard", auditAddr)
 	kc.KeyringFile = keyguardFile
@@ -246,6 +267,18 @@ func (s *Stack) Addrs() (audit, broker, keyguard string) {
 	return s.audit.Addr().String(), s.broker.Addr().String(), s.keyguard.Addr().String()
 }
 
+// MetricsURLs returns the services' Prometheus endpoints
+// (http://host:port/metrics), "" for a service whose metrics are off.
+func (s *Stack) MetricsURLs() (audit, broker, keyguard string) {
+	url := func(a net.Addr) string {
+		if a == nil {
+			return ""
+		}
+		return "http://" + a.String() + "/metrics"
+	}
+	return url(s.audit.MetricsAddr()), url(s.broker.MetricsAddr()), url(s.keyguard.MetricsAddr())
+}
+
 // IssuerURL is the dev OIDC issuer's URL.
 func (s *Stack) IssuerURL() string { return s.issuerURL }
 
@@ -260,7 +293,7 @@ func (s *Stack) PKI() *devpki.Bundle { return s.pki }
 func (s *Stack) Env() []string {
 	audit, broker, keyguard := s.Addrs()
 	cli := s.pki.Client("cli", "")
-	return []string{
+	env := []string{
 		"CREDMATRIX_BROKER_ADDR=" + broker,
 		"CREDMATRIX_KEYGUARD_ADDR=" + keyguard,
 		"CREDMATRIX_AUDIT_ADDR=" + audit,
@@ -271,6 +304,15 @@ func (s *Stack) Env() []string {
 		"CREDMATRIX_DEV_ISSUER=" + s.issuerURL,
 		"CREDMATRIX_DEV_MINT_SECRET_FILE=" + s.mintFile,
 	}
+	am, bm, km := s.MetricsURLs()
+	for _, e := range []struct{ name, url string }{
+		{"CREDMATRIX_BROKER_METRICS_URL", bm}, {"CREDMATRIX_KEYGUARD_METRICS_URL", km}, {"CREDMATRIX_AUDIT_METRICS_URL", am},
+	} {
+		if e.url != "" {
+			env = append(env, e.name+"="+e.url)
+		}
+	}
+	return env
 }
 
 // WriteEnvFile writes Env as shell exports, atomically, so a reader that

@@ -25,9 +25,17 @@ const benchCallers = 16
 // concurrent callers. It reports issuances/s and the p50 and p99 latency.
 //
 //	go test -run '^$' -bench BenchmarkIssueSession -benchmem -benchtime 5s ./clients/devstack
-func BenchmarkIssueSession(b *testing.B) {
+func BenchmarkIssueSession(b *testing.B) { benchIssueSession(b) }
+
+// benchIssueSession is BenchmarkIssueSession's body, shared with the
+// traced and metrics-off variants; adjust changes the stack's ports.
+func benchIssueSession(b *testing.B, adjust ...func(*devstack.Ports)) {
 	ctx := context.Background()
-	stack, err := devstack.Start(ctx, devstack.Config{StateDir: b.TempDir(), Ports: devstack.EphemeralPorts(), LogLevel: "warn"})
+	ports := devstack.EphemeralPorts()
+	for _, f := range adjust {
+		f(&ports)
+	}
+	stack, err := devstack.Start(ctx, devstack.Config{StateDir: b.TempDir(), Ports: ports, LogLevel: "warn"})
 	if err != nil {
 		b.Fatal(err)
 	}

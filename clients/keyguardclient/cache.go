@@ -72,6 +72,11 @@ type keyCache struct {
 	order    []string // insertion order, for eviction
 	inflight map[string]*fetchCall
 	fetches  int // for tests: how many fetches ran
+
+	// observe, when set, is told the outcome of each get: "hit",
+	// "miss", "coalesced" (served by another caller's fetch) or
+	// "oversize".
+	observe func(result string)
 }
 
 func newKeyCache(l CacheLimits, now func() time.Time) *keyCache {
@@ -86,8 +91,10 @@ func (c *keyCache) get(ctx context.Context, k string, n uint64, fetch func(conte
 		c.mu.Lock()
 		c.fetches++
 		c.mu.Unlock()
+		c.note("oversize")
 		return fetch(ctx)
 	}
+	outcome := "hit" // "coalesced" after waiting for another's fetch; "" after our own
 	for {
 		c.mu.Lock()
 		if e := c.entries[k]; e != nil {
@@ -95,6 +102,9 @@ func (c *keyCache) get(ctx context.Context, k string, n uint64, fetch func(conte
 				e.messages++
 				e.bytes += n
 				c.mu.Unlock()
+				if outcome != "" {
+					c.note(outcome)
+				}
 				return e.key, nil
 			}
 			c.removeLocked(k)
@@ -109,12 +119,17 @@ func (c *keyCache) get(ctx context.Context, k string, n uint64, fetch func(conte
 			if call.err != nil {
 				return nil, call.err
 			}
+			if outcome != "" {
+				outcome = "coalesced"
+			}
 			continue // the new key is in the cache (or already used up)
 		}
 		call := &fetchCall{done: make(chan struct{})}
 		c.inflight[k] = call
 		c.fetches++
 		c.mu.Unlock()
+		c.note("miss")
+		outcome = ""
 
 		key, err := fetch(ctx)
 
@@ -133,6 +148,12 @@ func (c *keyCache) get(ctx context.Context, k string, n uint64, fetch func(conte
 		if err != nil {
 			return nil, err
 		}
+	}
+}
+
+func (c *keyCache) note(result string) {
+	if c.observe != nil {
+		c.observe(result)
 	}
 }
 

@@ -29,6 +29,7 @@ import (
 
 	keyguardv1 "github.com/credmatrix/credmatrix/proto/credmatrix/keyguard/v1"
 	"github.com/credmatrix/credmatrix/services/keyguard/envelope"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 )
@@ -43,6 +44,7 @@ type Client struct {
 	limits  CacheLimits
 	nowFunc func() time.Time
 	token   func(ctx context.Context) (string, error)
+	cacheM  *prometheus.CounterVec
 }
 
 // Option configures a Client.
@@ -74,6 +76,10 @@ func New(conn grpc.ClientConnInterface, opts ...Option) *Client {
 	}
 	c.enc = newKeyCache(c.limits, c.nowFunc)
 	c.dec = newKeyCache(c.limits, c.nowFunc)
+	if c.cacheM != nil {
+		c.enc.observe = func(r string) { c.cacheM.WithLabelValues("encrypt", r).Inc() }
+		c.dec.observe = func(r string) { c.cacheM.WithLabelValues("decrypt", r).Inc() }
+	}
 	return c
 }
 

@@ -390,6 +390,7 @@ func TestBadValuesFailAtInstall(t *testing.T) {
 		{"required/keyring", []string{"--set", "keyguard.keyring="}, "/keyguard"},
 		{"conflict/grpc-probe-on-mtls-port", []string{"--set", "probes.mode=grpc,probes.grpcPort=8443"}, "probes.grpcPort: must differ"},
 		{"conflict/servicemonitor-without-metrics", []string{"--set", "metrics.serviceMonitor.enabled=true"}, "metrics.serviceMonitor.enabled"},
+		{"conflict/metrics-on-grpc-port", []string{"--set", "metrics.enabled=true,metrics.port=8443"}, "metrics.port: must differ"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

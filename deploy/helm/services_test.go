@@ -5,7 +5,9 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -27,15 +29,16 @@ func TestRenderedConfigsStartServices(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and starts the three services")
 	}
-	ms := render(t)
+	ms := render(t, "--set", "metrics.enabled=true")
 	bin := buildBinaries(t)
 	root := t.TempDir()
 	ca := testpki.New(t, "cluster")
 	stranger := testpki.New(t, "stranger")
 
-	ports := map[string]string{}
+	ports, metricsPorts := map[string]string{}, map[string]string{}
 	for _, c := range components {
 		ports[c] = freePort(t)
+		metricsPorts[c] = freePort(t)
 	}
 	host := func(c string) string { return name(c) + "." + namespace + ".svc" }
 
@@ -77,7 +80,8 @@ func TestRenderedConfigsStartServices(t *testing.T) {
 	auditAddr := "127.0.0.1:" + ports["audit"]
 	exited := map[string]<-chan struct{}{}
 	for _, c := range components {
-		args := []string{"--config=" + filepath.Join(dirs[c]["config"], "config.yaml"), "--server.listen-addr=127.0.0.1:" + ports[c]}
+		args := []string{"--config=" + filepath.Join(dirs[c]["config"], "config.yaml"), "--server.listen-addr=127.0.0.1:" + ports[c],
+			"--metrics.listen-addr=127.0.0.1:" + metricsPorts[c]}
 		if c != "audit" {
 			args = append(args, "--audit.target="+auditAddr, "--audit.server-name="+host("audit"))
 		}
@@ -96,6 +100,20 @@ func TestRenderedConfigsStartServices(t *testing.T) {
 	for _, c := range components {
 		t.Run("serving/"+c, func(t *testing.T) {
 			waitServing(t, filepath.Join(bin, "credmatrix-probe"), probe(c, dirs[c]["tls"]), exited[c])
+		})
+	}
+
+	for _, c := range components {
+		t.Run("metrics/"+c, func(t *testing.T) {
+			resp, err := http.Get("http://127.0.0.1:" + metricsPorts[c] + "/metrics")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			body, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != http.StatusOK || !bytes.Contains(body, []byte("credmatrix_grpc_server_requests_total")) {
+				t.Errorf("GET /metrics: status %d, no gRPC request metrics in:\n%.500s", resp.StatusCode, body)
+			}
 		})
 	}
 

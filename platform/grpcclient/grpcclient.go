@@ -12,6 +12,8 @@ import (
 	"strings"
 
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
@@ -105,6 +107,18 @@ func TLSConfig(c Config) (*tls.Config, error) {
 // happens until the first call). opts are appended after the defaults, so a
 // caller may add interceptors or per-call credentials.
 func Dial(cfg Config, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
+	return dial(cfg, nil, opts)
+}
+
+// DialWithTracing is Dial with the client spans made by tp and the trace
+// context injected by prop, instead of the OpenTelemetry globals: the
+// credmatrix CLI keeps its tracer provider out of the globals (see
+// telemetry.NewProvider).
+func DialWithTracing(cfg Config, tp trace.TracerProvider, prop propagation.TextMapPropagator, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
+	return dial(cfg, []otelgrpc.Option{otelgrpc.WithTracerProvider(tp), otelgrpc.WithPropagators(prop)}, opts)
+}
+
+func dial(cfg Config, otelOpts []otelgrpc.Option, opts []grpc.DialOption) (*grpc.ClientConn, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -118,7 +132,7 @@ func Dial(cfg Config, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
 	}
 	all := append([]grpc.DialOption{
 		grpc.WithTransportCredentials(creds),
-		grpc.WithStatsHandler(otelgrpc.NewClientHandler()),
+		grpc.WithStatsHandler(otelgrpc.NewClientHandler(otelOpts...)),
 	}, opts...)
 	conn, err := grpc.NewClient(cfg.Target, all...)
 	if err != nil {

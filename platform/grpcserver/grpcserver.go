@@ -34,6 +34,8 @@ import (
 	"github.com/credmatrix/credmatrix/platform/internal/loopback"
 	"github.com/credmatrix/credmatrix/platform/internal/pemfile"
 	"github.com/credmatrix/credmatrix/platform/logging"
+	"github.com/credmatrix/credmatrix/platform/metrics"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Defaults applied by DefaultConfig and, for zero values, by New.
@@ -146,6 +148,7 @@ type options struct {
 	stream     []grpc.StreamServerInterceptor
 	serverOpts []grpc.ServerOption
 	otelOpts   []otelgrpc.Option
+	metrics    *metrics.GRPCServer
 }
 
 // WithUnaryInterceptors appends unary interceptors after the shared recovery
@@ -171,6 +174,13 @@ func WithServerOptions(opts ...grpc.ServerOption) Option {
 // global state.
 func WithTracerProvider(tp trace.TracerProvider) Option {
 	return func(o *options) { o.otelOpts = append(o.otelOpts, otelgrpc.WithTracerProvider(tp)) }
+}
+
+// WithMetrics counts and times every RPC (metrics.GRPCRequestsTotal and
+// metrics.GRPCRequestDuration) in reg. Its interceptors run first, so
+// recovered panics and authentication refusals are counted too.
+func WithMetrics(reg prometheus.Registerer) Option {
+	return func(o *options) { o.metrics = metrics.NewGRPCServer(reg) }
 }
 
 // Server is a gRPC server that is already listening. Register services on
@@ -220,12 +230,18 @@ func New(cfg Config, log hclog.Logger, opts ...Option) (*Server, error) {
 		return nil, fmt.Errorf("grpcserver: listen on %s: %w", cfg.ListenAddr, err)
 	}
 	s := &Server{cfg: cfg, log: log, lis: lis, health: health.NewServer()}
+	unary := []grpc.UnaryServerInterceptor{s.recoverUnary, s.logUnary}
+	stream := []grpc.StreamServerInterceptor{s.recoverStream, s.logStream}
+	if o.metrics != nil {
+		unary = append([]grpc.UnaryServerInterceptor{o.metrics.Unary()}, unary...)
+		stream = append([]grpc.StreamServerInterceptor{o.metrics.Stream()}, stream...)
+	}
 	serverOpts := []grpc.ServerOption{
 		grpc.Creds(creds),
 		grpc.StatsHandler(otelgrpc.NewServerHandler(o.otelOpts...)),
 		grpc.MaxRecvMsgSize(cfg.MaxRecvMsgBytes),
-		grpc.ChainUnaryInterceptor(append([]grpc.UnaryServerInterceptor{s.recoverUnary, s.logUnary}, o.unary...)...),
-		grpc.ChainStreamInterceptor(append([]grpc.StreamServerInterceptor{s.recoverStream, s.logStream}, o.stream...)...),
+		grpc.ChainUnaryInterceptor(append(unary, o.unary...)...),
+		grpc.ChainStreamInterceptor(append(stream, o.stream...)...),
 	}
 	s.grpc = grpc.NewServer(append(serverOpts, o.serverOpts...)...)
 	// Not ready until Serve runs.

@@ -52,7 +52,38 @@ func WithLogger(l hclog.Logger) Option {
 }
 
 // Setup installs, as the OpenTelemetry globals, the W3C trace-context
-// propagator and an SDK tracer provider whose resource names service.
+// propagator and the tracer provider NewProvider builds for service. The
+// services call it once at start-up (platform/daemon).
+//
+// shutdown flushes pending spans and stops the provider; call it on exit. It
+// is never nil, even when err is not.
+func Setup(ctx context.Context, service string, getenv func(string) string, opts ...Option) (shutdown func(context.Context) error, err error) {
+	s := newSettings(opts)
+	// Without a propagator, client and server spans land in separate traces.
+	otel.SetTextMapPropagator(Propagator())
+	if s.logger != nil {
+		l := s.logger
+		otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) {
+			l.Warn("opentelemetry error", "error", err)
+		}))
+	}
+	tp, err := newProvider(ctx, service, getenv, s)
+	if err != nil {
+		return func(context.Context) error { return nil }, err
+	}
+	otel.SetTracerProvider(tp)
+	return tp.Shutdown, nil
+}
+
+// Propagator is the context propagation every credmatrix process uses: W3C
+// trace context (traceparent, tracestate), nothing else — no baggage, so no
+// caller-chosen data rides along into the services.
+func Propagator() propagation.TextMapPropagator { return propagation.TraceContext{} }
+
+// NewProvider builds an SDK tracer provider whose resource names service,
+// without touching the OpenTelemetry globals: the CLI uses it so that a
+// command's spans (and their export) stay its own, and tests can run many
+// in one process.
 //
 // getenv supplies the OTEL_* variables that pick the exporter (nil means an
 // empty environment): an OTLP exporter is created when OTEL_TRACES_EXPORTER
@@ -60,33 +91,31 @@ func WithLogger(l hclog.Logger) Option {
 // is set, unless OTEL_TRACES_EXPORTER is "none" or OTEL_SDK_DISABLED is
 // "true". It speaks gRPC, or HTTP when OTEL_EXPORTER_OTLP_TRACES_PROTOCOL (or
 // OTEL_EXPORTER_OTLP_PROTOCOL) is "http/protobuf". The exporter and the SDK
-// read their remaining settings (headers, certificates, timeouts, sampler)
-// from the process environment themselves.
+// read their remaining settings (headers, certificates, timeouts, sampler,
+// OTEL_BSP_* batching) from the process environment themselves. Without an
+// exporter, spans are still created, so trace ids reach logs and audit
+// events.
 //
-// shutdown flushes pending spans and stops the provider; call it on exit. It
-// is never nil, even when err is not.
-func Setup(ctx context.Context, service string, getenv func(string) string, opts ...Option) (shutdown func(context.Context) error, err error) {
-	noop := func(context.Context) error { return nil }
-	if getenv == nil {
-		getenv = func(string) string { return "" }
-	}
+// Call Shutdown on the provider on exit to flush pending spans.
+func NewProvider(ctx context.Context, service string, getenv func(string) string, opts ...Option) (*sdktrace.TracerProvider, error) {
+	return newProvider(ctx, service, getenv, newSettings(opts))
+}
+
+func newSettings(opts []Option) settings {
 	s := settings{newExporter: newExporter}
 	for _, o := range opts {
 		o(&s)
 	}
+	return s
+}
 
-	// Without a propagator, client and server spans land in separate traces.
-	otel.SetTextMapPropagator(propagation.TraceContext{})
-	if s.logger != nil {
-		l := s.logger
-		otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) {
-			l.Warn("opentelemetry error", "error", err)
-		}))
+func newProvider(ctx context.Context, service string, getenv func(string) string, s settings) (*sdktrace.TracerProvider, error) {
+	if getenv == nil {
+		getenv = func(string) string { return "" }
 	}
-
 	protocol, err := exporterProtocol(getenv)
 	if err != nil {
-		return noop, err
+		return nil, err
 	}
 	res, err := resource.New(ctx,
 		resource.WithSchemaURL(semconv.SchemaURL),
@@ -94,22 +123,20 @@ func Setup(ctx context.Context, service string, getenv func(string) string, opts
 		resource.WithTelemetrySDK(),
 	)
 	if err != nil {
-		return noop, fmt.Errorf("telemetry: build resource: %w", err)
+		return nil, fmt.Errorf("telemetry: build resource: %w", err)
 	}
 	tpOpts := []sdktrace.TracerProviderOption{sdktrace.WithResource(res)}
 	if protocol != "" {
 		exp, err := s.newExporter(ctx, protocol, getenv)
 		if err != nil {
-			return noop, err
+			return nil, err
 		}
 		tpOpts = append(tpOpts, sdktrace.WithBatcher(exp))
 	}
 	for _, sp := range s.processors {
 		tpOpts = append(tpOpts, sdktrace.WithSpanProcessor(sp))
 	}
-	tp := sdktrace.NewTracerProvider(tpOpts...)
-	otel.SetTracerProvider(tp)
-	return tp.Shutdown, nil
+	return sdktrace.NewTracerProvider(tpOpts...), nil
 }
 
 // exporterProtocol decides from the environment whether to export and how;

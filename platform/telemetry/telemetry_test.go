@@ -205,3 +205,40 @@ func TestSetupInMemorySpans(t *testing.T) {
 		t.Errorf("shutdown: %v", err)
 	}
 }
+
+// TestNewProviderLeavesGlobals checks that NewProvider (the CLI's way)
+// records spans for its own provider and changes no OpenTelemetry global.
+func TestNewProviderLeavesGlobals(t *testing.T) {
+	prevTP, prevProp := otel.GetTracerProvider(), otel.GetTextMapPropagator()
+	exp := tracetest.NewInMemoryExporter()
+	tp, err := NewProvider(context.Background(), "credmatrix-cli", nil, WithSpanProcessor(sdktrace.NewSimpleSpanProcessor(exp)))
+	if err != nil {
+		t.Fatalf("NewProvider: %v", err)
+	}
+	_, span := tp.Tracer("test").Start(context.Background(), "credmatrix creds")
+	span.End()
+	var names []string
+	for _, s := range exp.GetSpans() {
+		names = append(names, s.Name)
+	}
+	if err := tp.Shutdown(context.Background()); err != nil {
+		t.Errorf("shutdown: %v", err)
+	}
+	got := []any{names, otel.GetTracerProvider() == prevTP, otel.GetTextMapPropagator() == prevProp}
+	if diff := cmp.Diff(got, []any{[]string{"credmatrix creds"}, true, true}); diff != "" {
+		t.Errorf("(spans, global provider kept, global propagator kept) (-got +want):\n%s", diff)
+	}
+	if _, err := NewProvider(context.Background(), "x", func(k string) string {
+		return map[string]string{"OTEL_TRACES_EXPORTER": "zipkin"}[k]
+	}); err == nil {
+		t.Errorf("NewProvider with OTEL_TRACES_EXPORTER=zipkin: no error")
+	}
+}
+
+// TestPropagatorIsTraceContextOnly checks that no baggage (caller-chosen
+// key/values) is propagated into the services.
+func TestPropagatorIsTraceContextOnly(t *testing.T) {
+	if diff := cmp.Diff(Propagator().Fields(), []string{"traceparent", "tracestate"}); diff != "" {
+		t.Errorf("propagated fields (-got +want):\n%s", diff)
+	}
+}

@@ -10,6 +10,10 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -281,6 +285,9 @@ func (l *Log) Close() error {
 
 func errShuttingDown() error { return Errorf(Unavailable, "audit log is shutting down") }
 
+// tracerName names the audit log's instrumentation scope.
+const tracerName = "github.com/credmatrix/credmatrix/services/audit"
+
 // Append records events on behalf of source (the producer's verified
 // identity, stored as source_service) and returns their positions in
 // request order, only once they are durable.
@@ -296,7 +303,20 @@ func errShuttingDown() error { return Errorf(Unavailable, "audit log is shutting
 // recorded_time is stamped when the log accepts the batch, so that the
 // event can be serialised in the caller's goroutine; it precedes
 // durability by at most one group commit (milliseconds).
-func (l *Log) Append(ctx context.Context, source string, events []*auditv1.Event) ([]*auditv1.AppendResult, error) {
+//
+// Append runs in an "audit.commit" span (a child of the Append RPC's span)
+// that covers waiting for the group commit; it names the event count and
+// the first sequence number, never event content.
+func (l *Log) Append(ctx context.Context, source string, events []*auditv1.Event) (results []*auditv1.AppendResult, err error) {
+	ctx, span := otel.Tracer(tracerName).Start(ctx, "audit.commit", trace.WithAttributes(attribute.Int("credmatrix.audit.batch_size", len(events))))
+	defer func() {
+		if err != nil {
+			span.SetStatus(codes.Error, "append failed")
+		} else if len(results) > 0 {
+			span.SetAttributes(attribute.Int64("credmatrix.audit.first_sequence", int64(results[0].GetSequence())))
+		}
+		span.End()
+	}()
 	if err := validateBatch(events); err != nil {
 		return nil, err
 	}

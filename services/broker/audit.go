@@ -23,7 +23,9 @@ var actorClaims = []string{
 
 // append records ev and fails closed: any error, or a missing result, is
 // an Unavailable error.
-func (s *Service) append(ctx context.Context, ev *auditv1.Event) (*auditv1.AppendResult, error) {
+func (s *Service) append(ctx context.Context, ev *auditv1.Event) (_ *auditv1.AppendResult, err error) {
+	ctx, span := startSpan(ctx, "broker.audit_append", eventAttrs(ev)...)
+	defer func() { endSpan(span, err) }()
 	res, err := s.auditor.Append(ctx, ev)
 	if err == nil && res == nil {
 		err = errors.New("audit append returned no result")

@@ -13,6 +13,7 @@ import (
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
 	"github.com/credmatrix/credmatrix/services/broker/oidc"
 	"github.com/credmatrix/credmatrix/services/broker/policy"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // IssueRequest asks for one or more sessions, all or none.
@@ -120,6 +121,10 @@ func (s *Service) IssueSession(ctx context.Context, req IssueRequest) ([]Session
 			return nil, err
 		}
 		plans[i] = plan{target: t, decision: d}
+		if i == 0 || (!denied && !d.Allowed) {
+			// The request span shows the first target, or the first denied.
+			annotateRequest(ctx, t, d)
+		}
 		denied = denied || !d.Allowed
 	}
 	if !denied {
@@ -150,6 +155,7 @@ func (s *Service) IssueSession(ctx context.Context, req IssueRequest) ([]Session
 				p.decision.Allowed = false
 				p.decision.Reason = err.Error()
 				p.spec = SessionSpec{}
+				annotateRequest(ctx, p.target, p.decision)
 				denied = true
 			}
 		}
@@ -160,7 +166,7 @@ func (s *Service) IssueSession(ctx context.Context, req IssueRequest) ([]Session
 
 	for i := range plans {
 		p := &plans[i]
-		p.creds, err = s.provider.Issue(ctx, p.spec)
+		p.creds, err = s.issueCreds(ctx, p)
 		if err != nil {
 			return nil, s.providerFailed(ctx, req, claims, p, now, err)
 		}
@@ -198,6 +204,19 @@ func (s *Service) IssueSession(ctx context.Context, req IssueRequest) ([]Session
 	return sessions, nil
 }
 
+// issueCreds calls the credential provider for one planned session in a
+// span of its own.
+func (s *Service) issueCreds(ctx context.Context, p *plan) (Credentials, error) {
+	ctx, span := startSpan(ctx, "broker.provider_issue",
+		AttrProvider.String(s.provider.Name()),
+		AttrRole.String(p.decision.Role.Name),
+		AttrAccount.String(p.decision.Account.Name),
+		AttrRegion.String(p.spec.Region))
+	creds, err := s.provider.Issue(ctx, p.spec)
+	endSpan(span, err)
+	return creds, err
+}
+
 // Rules named in decisions made by the broker's state rather than the
 // policy document.
 const (
@@ -211,8 +230,14 @@ const (
 
 // decide evaluates the policy for one target, then the freezes and
 // revocations of the broker's state, which beat any allow rule.
-func (s *Service) decide(ctx context.Context, pol *policy.Policy, id policy.Identity, t Target, now time.Time) (policy.Decision, error) {
-	d := pol.Evaluate(id, policy.Target{Role: t.Role, Account: t.Account, Region: t.Region, Time: now})
+func (s *Service) decide(ctx context.Context, pol *policy.Policy, id policy.Identity, t Target, now time.Time) (d policy.Decision, err error) {
+	ctx, span := startSpan(ctx, "broker.evaluate_policy")
+	defer func() {
+		span.SetAttributes(targetAttrs(t, d)...)
+		span.SetAttributes(decisionAttrs(d)...)
+		endSpan(span, err)
+	}()
+	d = pol.Evaluate(id, policy.Target{Role: t.Role, Account: t.Account, Region: t.Region, Time: now})
 	if d.Account.ID == "" || d.Role.Name == "" {
 		return d, nil
 	}
@@ -334,6 +359,7 @@ func (s *Service) auditTokenRefusal(ctx context.Context, req IssueRequest, now t
 	ev.Reason = reason
 	ev.Actor = &auditv1.Actor{Peer: req.Peer, RequestReason: truncate(req.Reason, MaxReasonBytes)}
 	ev.SecretRefs = []*auditv1.SecretRef{s.hasher.Ref("oidc_token", []byte(req.Token))}
+	trace.SpanFromContext(ctx).SetAttributes(AttrDecision.String("deny"))
 	_, err := s.append(ctx, ev)
 	return err
 }

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -89,7 +90,7 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 		return nil, err
 	}
 	s := &Service{
-		backend:     cfg.Backend,
+		backend:     tracedBackend{KeyBackend: cfg.Backend, name: cfg.BackendName},
 		auditor:     cfg.Auditor,
 		store:       cfg.Store,
 		clock:       cfg.Clock,
@@ -715,11 +716,14 @@ func (s *Service) event(ctx context.Context, o *op, decision auditv1.Decision, r
 		ev.TraceId = sc.TraceID().String()
 		ev.SpanId = sc.SpanID().String()
 	}
+	annotateRequest(ctx, ev)
 	return ev
 }
 
 // append records one event durably.
-func (s *Service) append(ctx context.Context, ev *auditv1.Event) (uint64, error) {
+func (s *Service) append(ctx context.Context, ev *auditv1.Event) (_ uint64, err error) {
+	ctx, span := startSpan(ctx, "keyguard.audit_append", AttrEventID.String(ev.GetId()), AttrOperation.String(ev.GetKind().String()))
+	defer func() { endSpan(span, err) }()
 	if ev.GetId() == "" {
 		return 0, errAuditUnavailable(errors.New("no event id: random source failed"))
 	}
@@ -736,12 +740,15 @@ func (s *Service) append(ctx context.Context, ev *auditv1.Event) (uint64, error)
 // appendAll records the events of a batch, in one append when the auditor
 // can, and then calls each item's done with its sequence number. On error
 // nothing is done.
-func (s *Service) appendAll(ctx context.Context, items []pending) error {
+func (s *Service) appendAll(ctx context.Context, items []pending) (err error) {
 	if len(items) == 0 {
 		return nil
 	}
 	seqs := make([]uint64, len(items))
 	if s.batch != nil && len(items) > 1 {
+		var span trace.Span
+		ctx, span = startSpan(ctx, "keyguard.audit_append", attribute.Int("credmatrix.audit.batch_size", len(items)))
+		defer func() { endSpan(span, err) }()
 		evs := make([]*auditv1.Event, len(items))
 		for i, p := range items {
 			if p.ev.GetId() == "" {

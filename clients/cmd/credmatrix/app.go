@@ -9,7 +9,10 @@ import (
 
 	"github.com/credmatrix/credmatrix/clients/brokerclient"
 	"github.com/credmatrix/credmatrix/platform/grpcclient"
+	"github.com/credmatrix/credmatrix/platform/telemetry"
 	"github.com/spf13/cobra"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -41,6 +44,11 @@ type app struct {
 	brokerAddr, keyguardAddr, auditAddr string
 	caFile, certFile, keyFile           string
 	devPlaintext                        bool
+
+	// tp makes this command's spans (nil for `dev`, which runs services
+	// on the global provider); span is the command's root span.
+	tp   *sdktrace.TracerProvider
+	span trace.Span
 }
 
 // usageError marks errors caused by the caller's input.
@@ -59,6 +67,7 @@ func run(ctx context.Context, args []string, s streams, getenv func(string) stri
 	root.SetOut(s.out)
 	root.SetErr(s.err)
 	err := root.ExecuteContext(ctx)
+	a.endTrace(ctx, err)
 	if err == nil {
 		return exitOK
 	}
@@ -131,6 +140,12 @@ Connection settings come from flags or environment variables
 CREDMATRIX_CA_FILE, CREDMATRIX_CERT_FILE, CREDMATRIX_KEY_FILE).
 'credmatrix dev' starts a local stack and prints them.
 
+Each command is one trace (root span "credmatrix <command>") that follows
+the request through broker or keyguard to audit; the audit event records its
+trace id (credmatrix audit query --trace-id). Spans are exported over OTLP
+only when the standard variables ask (OTEL_EXPORTER_OTLP_ENDPOINT,
+OTEL_TRACES_EXPORTER=otlp, OTEL_EXPORTER_OTLP_PROTOCOL=grpc|http/protobuf).
+
 Exit codes: 0 ok, 1 error, 2 bad usage or invalid request, 3 denied,
 4 unavailable (retry later).`,
 		Version:       version,
@@ -138,6 +153,7 @@ Exit codes: 0 ok, 1 error, 2 bad usage or invalid request, 3 denied,
 		SilenceErrors: true,
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error { return a.startTrace(cmd) }
 	pf := root.PersistentFlags()
 	pf.StringVar(&a.brokerAddr, "broker-addr", a.env("CREDMATRIX_BROKER_ADDR", "127.0.0.1:7401"), "broker address (env CREDMATRIX_BROKER_ADDR)")
 	pf.StringVar(&a.keyguardAddr, "keyguard-addr", a.env("CREDMATRIX_KEYGUARD_ADDR", "127.0.0.1:7402"), "keyguard address (env CREDMATRIX_KEYGUARD_ADDR)")
@@ -159,7 +175,13 @@ func (a *app) dial(addr string) (*grpc.ClientConn, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, usageError{err}
 	}
-	conn, err := grpcclient.Dial(cfg)
+	var conn *grpc.ClientConn
+	var err error
+	if a.tp != nil {
+		conn, err = grpcclient.DialWithTracing(cfg, a.tp, telemetry.Propagator())
+	} else {
+		conn, err = grpcclient.Dial(cfg)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("connect to %s: %w", addr, err)
 	}

@@ -30,6 +30,8 @@ func (a *app) devCommand() *cobra.Command {
 embedded defaults: a generated development CA and mTLS certificates, a
 development OIDC issuer, the audit log in SQLite, the broker with the local
 STS provider and a sample trust policy, and keyguard with a local key ring.
+Each service serves Prometheus metrics on its own loopback port
+(7411 broker, 7412 keyguard, 7413 audit; CREDMATRIX_*_METRICS_URL).
 It writes the connection settings to <state-dir>/env (source it) and runs
 until interrupted. Nothing here is for production.`,
 		Example: `  credmatrix dev --state-dir .dev &
@@ -74,7 +76,7 @@ until interrupted. Nothing here is for production.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&stateDir, "state-dir", ".dev", "directory for certificates, keys, the audit database and the env file")
-	f.BoolVar(&ephemeral, "ephemeral-ports", false, "listen on free ports instead of 7401-7404")
+	f.BoolVar(&ephemeral, "ephemeral-ports", false, "listen on free ports instead of 7401-7404 (and metrics on 7411-7413)")
 	f.StringVar(&logLevel, "log-level", "info", "service log level")
 	cmd.AddCommand(a.devTokenCommand())
 	return cmd

@@ -15,13 +15,16 @@ import (
 
 	"github.com/credmatrix/credmatrix/platform/config"
 	"github.com/credmatrix/credmatrix/platform/grpcserver"
+	"github.com/credmatrix/credmatrix/platform/metrics"
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
 	"github.com/credmatrix/credmatrix/services/audit"
+	"github.com/credmatrix/credmatrix/services/audit/auditmetrics"
 	"github.com/credmatrix/credmatrix/services/audit/checkpoint"
 	"github.com/credmatrix/credmatrix/services/audit/grpcapi"
 	"github.com/credmatrix/credmatrix/services/audit/postgres"
 	"github.com/credmatrix/credmatrix/services/audit/sqlite"
 	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Config is the whole configuration of the audit service.
@@ -35,6 +38,7 @@ type Config struct {
 	LogLevel         string            `cfg:"log_level" help:"trace, debug, info, warn or error"`
 	Checkpoint       CheckpointConfig  `cfg:"checkpoint"`
 	Commit           CommitConfig      `cfg:"commit"`
+	Metrics          metrics.Config    `cfg:"metrics"`
 }
 
 // PostgresConfig locates the PostgreSQL database of store=postgres.
@@ -119,6 +123,7 @@ func (c Config) Validate() error {
 			errs = append(errs, &config.FieldError{Field: f.name, Msg: "out of range (see --help)"})
 		}
 	}
+	errs = append(errs, metrics.CheckSeparate(c.Metrics.ListenAddr, c.Server.ListenAddr))
 	// With TLS on, an empty list would let any certificate the CA signed
 	// write to (or read) the log: refuse rather than guess.
 	if !c.Server.DevPlaintext {
@@ -134,9 +139,10 @@ func (c Config) Validate() error {
 
 // Server is a running audit service.
 type Server struct {
-	grpc  *grpcserver.Server
-	log   *audit.Log
-	store audit.Store
+	grpc    *grpcserver.Server
+	metrics *metrics.Server // nil when metrics are off
+	log     *audit.Log
+	store   audit.Store
 }
 
 // openStore is the one place that picks the backend. where names the store
@@ -168,7 +174,7 @@ func openStore(ctx context.Context, cfg Config) (audit.Store, string, error) {
 
 // New opens the store and starts listening. Serve starts answering.
 func New(ctx context.Context, cfg Config, logger hclog.Logger, opts ...grpcserver.Option) (*Server, error) {
-	if err := errors.Join(cfg.Validate(), cfg.Server.Validate()); err != nil {
+	if err := errors.Join(cfg.Validate(), cfg.Server.Validate(), cfg.Metrics.Validate()); err != nil {
 		return nil, err
 	}
 	signer, err := LoadSigner(cfg.Checkpoint)
@@ -179,6 +185,14 @@ func New(ctx context.Context, cfg Config, logger hclog.Logger, opts ...grpcserve
 	if err != nil {
 		return nil, err
 	}
+	var m *auditmetrics.Metrics
+	var reg *prometheus.Registry
+	if cfg.Metrics.Enabled() {
+		reg = metrics.NewRegistry()
+		m = auditmetrics.New(reg, cfg.Store)
+		store = m.Store(ctx, store)
+		opts = append([]grpcserver.Option{grpcserver.WithMetrics(reg)}, opts...)
+	}
 	log, err := audit.Open(ctx, store,
 		audit.WithSigner(signer, uint64(cfg.Checkpoint.Every), cfg.Checkpoint.Interval),
 		audit.WithGroupCommit(cfg.Commit.QueueLimit, cfg.Commit.MaxEvents, cfg.Commit.Window, cfg.Commit.RetryAfter),
@@ -188,8 +202,18 @@ func New(ctx context.Context, cfg Config, logger hclog.Logger, opts ...grpcserve
 		return nil, fmt.Errorf("audit store %s: %w", where, err)
 	}
 	logger.Info("audit log open", "origin", signer.Origin(), "key_id", signer.KeyID(), "size", log.Size())
+	var metricsSrv *metrics.Server
+	if m != nil {
+		m.ObserveLog(log)
+		if metricsSrv, err = metrics.Listen(cfg.Metrics, reg, logger); err != nil {
+			log.Close()
+			store.Close()
+			return nil, err
+		}
+	}
 	gs, err := grpcserver.New(cfg.Server, logger, opts...)
 	if err != nil {
+		metricsSrv.Close()
 		log.Close()
 		store.Close()
 		return nil, err
@@ -200,11 +224,15 @@ func New(ctx context.Context, cfg Config, logger hclog.Logger, opts ...grpcserve
 		grpcapi.WithReadPrincipals(cfg.ReadPrincipals),
 		grpcapi.WithLogger(logger),
 	))
-	return &Server{grpc: gs, log: log, store: store}, nil
+	return &Server{grpc: gs, metrics: metricsSrv, log: log, store: store}, nil
 }
 
 // Addr is where the service listens.
 func (s *Server) Addr() net.Addr { return s.grpc.Addr() }
+
+// MetricsAddr is where the Prometheus endpoint listens, or nil when
+// metrics are off.
+func (s *Server) MetricsAddr() net.Addr { return s.metrics.Addr() }
 
 // Serve answers until ctx is cancelled, then ends open subscriptions, drains
 // in-flight appends and closes the store.
@@ -218,9 +246,12 @@ func (s *Server) Serve(ctx context.Context) error {
 		s.log.Close()
 		cancel()
 	}()
+	merr := make(chan error, 1)
+	go func() { merr <- s.metrics.Serve(serveCtx) }()
 	err := s.grpc.Serve(serveCtx)
 	s.log.Close() // drains the committer and signs a last checkpoint
-	return errors.Join(err, s.store.Close())
+	cancel()
+	return errors.Join(err, <-merr, s.store.Close())
 }
 
 // Stop stops at once: in-flight RPCs are cancelled. Tests use it to take
@@ -228,6 +259,7 @@ func (s *Server) Serve(ctx context.Context) error {
 func (s *Server) Stop() {
 	s.log.Close()
 	s.grpc.Stop()
+	s.metrics.Close()
 	s.store.Close()
 }
 

@@ -4,6 +4,13 @@
 // sends each event at once (no added wait); a busy one sends fewer,
 // larger requests, which the audit service makes durable with one commit.
 //
+// Tracing: each batch is one "audit.append_batch" span whose parent is the
+// first queued request's span, so the common case (an idle broker, a batch
+// of one) is a plain parent/child chain request → batch → audit.Append. The
+// batch span links to every other request in it, and each of those
+// requests' spans links back to the batch span, so an investigator can
+// follow any request into the audit call that recorded its event.
+//
 // Every caller still waits for its own event's durable result; a failed
 // batch fails every event in it, so the broker fails closed exactly as it
 // would with one call per event.
@@ -17,8 +24,15 @@ import (
 	"time"
 
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 )
+
+// tracerName names this package's instrumentation scope.
+const tracerName = "github.com/credmatrix/credmatrix/services/broker/auditbatch"
 
 // Defaults.
 const (
@@ -51,6 +65,7 @@ type Batcher struct {
 
 type pending struct {
 	ev   *auditv1.Event
+	span trace.Span // the caller's span (may be a no-op)
 	done chan outcome
 }
 
@@ -96,7 +111,7 @@ func (b *Batcher) Append(ctx context.Context, ev *auditv1.Event) (*auditv1.Appen
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	p := &pending{ev: ev, done: make(chan outcome, 1)}
+	p := &pending{ev: ev, span: trace.SpanFromContext(ctx), done: make(chan outcome, 1)}
 	b.mu.Lock()
 	b.queue = append(b.queue, p)
 	if b.inFlight < b.maxInFlight {
@@ -134,9 +149,14 @@ func (b *Batcher) send(batch []*pending) {
 	for i, p := range batch {
 		req.Events[i] = p.ev
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), b.timeout)
+	ctx, span := startBatchSpan(batch)
+	defer span.End()
+	ctx, cancel := context.WithTimeout(ctx, b.timeout)
 	defer cancel()
 	resp, err := b.rpc.Append(ctx, req)
+	if err != nil {
+		span.SetStatus(codes.Error, "append failed")
+	}
 	if err == nil && len(resp.GetResults()) != len(batch) {
 		err = fmt.Errorf("audit returned %d results for %d events", len(resp.GetResults()), len(batch))
 	}
@@ -152,4 +172,27 @@ func (b *Batcher) send(batch []*pending) {
 		}
 		p.done <- outcome{res: r}
 	}
+}
+
+// startBatchSpan starts the span of one batch as a child of the first
+// request's span (on a fresh context: the request's deadline and metadata
+// must not leak into the shared call) with links to the other requests,
+// and links each other request's span back to it.
+func startBatchSpan(batch []*pending) (context.Context, trace.Span) {
+	parent := trace.ContextWithSpanContext(context.Background(), batch[0].span.SpanContext())
+	var links []trace.Link
+	for _, p := range batch[1:] {
+		if sc := p.span.SpanContext(); sc.IsValid() {
+			links = append(links, trace.Link{SpanContext: sc})
+		}
+	}
+	ctx, span := otel.Tracer(tracerName).Start(parent, "audit.append_batch",
+		trace.WithLinks(links...),
+		trace.WithAttributes(attribute.Int("credmatrix.audit.batch_size", len(batch))))
+	if sc := span.SpanContext(); sc.IsValid() {
+		for _, p := range batch[1:] {
+			p.span.AddLink(trace.Link{SpanContext: sc})
+		}
+	}
+	return ctx, span
 }

@@ -25,10 +25,12 @@ import (
 	"github.com/credmatrix/credmatrix/platform/grpcserver"
 	"github.com/credmatrix/credmatrix/platform/keyfile"
 	"github.com/credmatrix/credmatrix/platform/logging"
+	"github.com/credmatrix/credmatrix/platform/metrics"
 	brokerv1 "github.com/credmatrix/credmatrix/proto/credmatrix/broker/v1"
 	"github.com/credmatrix/credmatrix/services/broker"
 	"github.com/credmatrix/credmatrix/services/broker/auditbatch"
 	"github.com/credmatrix/credmatrix/services/broker/awssts"
+	"github.com/credmatrix/credmatrix/services/broker/brokermetrics"
 	"github.com/credmatrix/credmatrix/services/broker/grpcapi"
 	"github.com/credmatrix/credmatrix/services/broker/localsts"
 	"github.com/credmatrix/credmatrix/services/broker/policy"
@@ -93,6 +95,7 @@ type Config struct {
 	LocalSTS             LocalSTSConfig    `cfg:"local_sts"`
 	AWS                  AWSConfig         `cfg:"aws"`
 	LogLevel             string            `cfg:"log_level" help:"trace, debug, info, warn or error"`
+	Metrics              metrics.Config    `cfg:"metrics"`
 }
 
 // DefaultConfig returns the defaults.
@@ -144,6 +147,7 @@ func (c Config) Validate() error {
 			errs = append(errs, &config.FieldError{Field: fmt.Sprintf("admin_principals[%d]", i), Msg: "must be a SPIFFE id (spiffe://...)"})
 		}
 	}
+	errs = append(errs, metrics.CheckSeparate(c.Metrics.ListenAddr, c.Server.ListenAddr))
 	switch c.Provider {
 	case "local":
 		req("local_sts.signing_key_file", c.LocalSTS.SigningKeyFile, "required with provider local")
@@ -163,6 +167,7 @@ func (c Config) Validate() error {
 // Server is a running broker.
 type Server struct {
 	grpc     *grpcserver.Server
+	metrics  *metrics.Server // nil when metrics are off
 	audit    *grpc.ClientConn
 	store    broker.Store
 	svc      *broker.Service
@@ -219,7 +224,7 @@ func openStore(ctx context.Context, cfg StateConfig) (broker.Store, error) {
 // New loads the policy and keys, opens the state store, connects to
 // audit and starts listening.
 func New(ctx context.Context, cfg Config, log hclog.Logger, opts ...grpcserver.Option) (*Server, error) {
-	if err := errors.Join(cfg.Validate(), cfg.Server.Validate(), cfg.Audit.Validate()); err != nil {
+	if err := errors.Join(cfg.Validate(), cfg.Server.Validate(), cfg.Audit.Validate(), cfg.Metrics.Validate()); err != nil {
 		return nil, err
 	}
 	pol, verifier, err := loadPolicy(ctx, cfg.PolicyFile)
@@ -249,8 +254,21 @@ func New(ctx context.Context, cfg Config, log hclog.Logger, opts ...grpcserver.O
 		store.Close()
 		return nil, fmt.Errorf("audit client: %w", err)
 	}
+	var auditor broker.Auditor = auditbatch.New(auditConn, auditbatch.WithLimits(cfg.AuditBatch.MaxEvents, cfg.AuditBatch.MaxInFlight))
+	var metricsSrv *metrics.Server
+	if cfg.Metrics.Enabled() {
+		reg := metrics.NewRegistry()
+		m := brokermetrics.New(reg)
+		provider, auditor = m.Provider(provider), m.Auditor(auditor)
+		opts = append([]grpcserver.Option{grpcserver.WithMetrics(reg), grpcserver.WithUnaryInterceptors(brokermetrics.IssueTimer(m))}, opts...)
+		if metricsSrv, err = metrics.Listen(cfg.Metrics, reg, log); err != nil {
+			auditConn.Close()
+			store.Close()
+			return nil, err
+		}
+	}
 	svc, err := broker.New(broker.Config{
-		Policy: pol, Verifier: verifier, Provider: provider, Auditor: auditbatch.New(auditConn, auditbatch.WithLimits(cfg.AuditBatch.MaxEvents, cfg.AuditBatch.MaxInFlight)), Hasher: hasher,
+		Policy: pol, Verifier: verifier, Provider: provider, Auditor: auditor, Hasher: hasher,
 		Store: store, Admins: cfg.AdminPrincipals,
 		Reload: func(ctx context.Context) (*policy.Policy, broker.TokenVerifier, error) {
 			return loadPolicy(ctx, cfg.PolicyFile)
@@ -259,12 +277,14 @@ func New(ctx context.Context, cfg Config, log hclog.Logger, opts ...grpcserver.O
 		Limits:   broker.Limits{PerSubject: cfg.Limits.PerSubject, SubjectBurst: cfg.Limits.SubjectBurst, PerRole: cfg.Limits.PerRole, RoleBurst: cfg.Limits.RoleBurst},
 	})
 	if err != nil {
+		metricsSrv.Close()
 		auditConn.Close()
 		store.Close()
 		return nil, err
 	}
 	gs, err := grpcserver.New(cfg.Server, log, opts...)
 	if err != nil {
+		metricsSrv.Close()
 		auditConn.Close()
 		store.Close()
 		return nil, err
@@ -276,11 +296,15 @@ func New(ctx context.Context, cfg Config, log hclog.Logger, opts ...grpcserver.O
 		}),
 	))
 	log.Info("trust policy loaded", "file", cfg.PolicyFile, "sha256", pol.SHA256(), "rules", len(pol.Rules()), "provider", provider.Name(), "state", cfg.State.Driver)
-	return &Server{grpc: gs, audit: auditConn, store: store, svc: svc, log: log, cfg: cfg, lastSeen: pol.SHA256()}, nil
+	return &Server{grpc: gs, metrics: metricsSrv, audit: auditConn, store: store, svc: svc, log: log, cfg: cfg, lastSeen: pol.SHA256()}, nil
 }
 
 // Addr is where the broker listens.
 func (s *Server) Addr() net.Addr { return s.grpc.Addr() }
+
+// MetricsAddr is where the Prometheus endpoint listens, or nil when
+// metrics are off.
+func (s *Server) MetricsAddr() net.Addr { return s.metrics.Addr() }
 
 // Service is the broker domain service, for in-process callers (tests).
 func (s *Server) Service() *broker.Service { return s.svc }
@@ -295,10 +319,12 @@ func (s *Server) Serve(ctx context.Context) error {
 		defer close(done)
 		s.watch(wctx)
 	}()
+	merr := make(chan error, 1)
+	go func() { merr <- s.metrics.Serve(wctx) }()
 	err := s.grpc.Serve(ctx)
 	stop()
 	<-done
-	return errors.Join(err, s.audit.Close(), s.store.Close())
+	return errors.Join(err, <-merr, s.audit.Close(), s.store.Close())
 }
 
 // watch reloads on file changes and SIGHUP until ctx ends.
@@ -345,6 +371,7 @@ func (s *Server) reload(ctx context.Context, trigger string) {
 // Stop stops at once.
 func (s *Server) Stop() {
 	s.grpc.Stop()
+	s.metrics.Close()
 	s.audit.Close()
 	s.store.Close()
 }

@@ -5,6 +5,12 @@
 // concurrent Encrypt calls share one audit round trip (and one group
 // commit) instead of each paying its own. Every caller still returns only
 // once its own event is durable, and sees the error of its own batch.
+//
+// Tracing: each RPC is one "audit.append_batch" span whose parent is the
+// first live request's span, so a lone request is a plain parent/child
+// chain request → batch → audit.Append; the batch span links to every
+// other request in it and each of their spans links back, so any request
+// can be followed into the audit call that recorded its events.
 package auditclient
 
 import (
@@ -14,10 +20,17 @@ import (
 	"time"
 
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 
 	"github.com/credmatrix/credmatrix/services/keyguard"
 )
+
+// tracerName names this package's instrumentation scope.
+const tracerName = "github.com/credmatrix/credmatrix/services/keyguard/auditclient"
 
 // Defaults of a Client.
 const (
@@ -159,9 +172,14 @@ func (c *Client) send(batch []*request, n int) {
 	if len(live) == 0 {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
+	ctx, span := startBatchSpan(live, len(evs))
+	defer span.End()
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	resp, err := c.rpc.Append(ctx, &auditv1.AppendRequest{Events: evs})
+	if err != nil {
+		span.SetStatus(codes.Error, "append failed")
+	}
 	if err == nil && len(resp.GetResults()) != len(evs) {
 		err = fmt.Errorf("audit returned %d results for %d events", len(resp.GetResults()), len(evs))
 	}
@@ -178,4 +196,30 @@ func (c *Client) send(batch []*request, n int) {
 		off += len(r.evs)
 		close(r.done)
 	}
+}
+
+// startBatchSpan starts the span of one Append RPC as a child of the first
+// request's span (on a fresh context: that request's deadline and metadata
+// must not leak into the shared call) with links to the other requests,
+// and links each other request's span back to it.
+func startBatchSpan(live []*request, events int) (context.Context, trace.Span) {
+	first := trace.SpanFromContext(live[0].ctx).SpanContext()
+	var links []trace.Link
+	for _, r := range live[1:] {
+		if sc := trace.SpanContextFromContext(r.ctx); sc.IsValid() {
+			links = append(links, trace.Link{SpanContext: sc})
+		}
+	}
+	ctx, span := otel.Tracer(tracerName).Start(trace.ContextWithSpanContext(context.Background(), first), "audit.append_batch",
+		trace.WithLinks(links...),
+		trace.WithAttributes(
+			attribute.Int("credmatrix.audit.batch_size", events),
+			attribute.Int("credmatrix.audit.batch_requests", len(live)),
+		))
+	if sc := span.SpanContext(); sc.IsValid() {
+		for _, r := range live[1:] {
+			trace.SpanFromContext(r.ctx).AddLink(trace.Link{SpanContext: sc})
+		}
+	}
+	return ctx, span
 }

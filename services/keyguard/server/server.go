@@ -20,11 +20,13 @@ import (
 	"github.com/credmatrix/credmatrix/platform/grpcclient"
 	"github.com/credmatrix/credmatrix/platform/grpcserver"
 	"github.com/credmatrix/credmatrix/platform/keyfile"
+	"github.com/credmatrix/credmatrix/platform/metrics"
 	keyguardv1 "github.com/credmatrix/credmatrix/proto/credmatrix/keyguard/v1"
 	"github.com/credmatrix/credmatrix/services/keyguard"
 	"github.com/credmatrix/credmatrix/services/keyguard/auditclient"
 	"github.com/credmatrix/credmatrix/services/keyguard/awskms"
 	"github.com/credmatrix/credmatrix/services/keyguard/grpcapi"
+	"github.com/credmatrix/credmatrix/services/keyguard/keyguardmetrics"
 	"github.com/credmatrix/credmatrix/services/keyguard/localkms"
 	"github.com/credmatrix/credmatrix/services/keyguard/oidcauth"
 	"github.com/credmatrix/credmatrix/services/keyguard/sqlite"
@@ -64,6 +66,7 @@ type Config struct {
 	AWSKMS        AWSKMSConfig      `cfg:"awskms"`
 	OIDC          OIDCConfig        `cfg:"oidc"`
 	LogLevel      string            `cfg:"log_level" help:"trace, debug, info, warn or error"`
+	Metrics       metrics.Config    `cfg:"metrics"`
 }
 
 // DefaultConfig returns the defaults.
@@ -97,6 +100,7 @@ func (c Config) Validate() error {
 	if len(c.OIDC.Issuers) > 0 {
 		req("oidc.audience", c.OIDC.Audience, "required with oidc.issuers")
 	}
+	errs = append(errs, metrics.CheckSeparate(c.Metrics.ListenAddr, c.Server.ListenAddr))
 	switch c.Backend {
 	case "local":
 		req("local.keystore_file", c.Local.KeystoreFile, "required with backend local")
@@ -182,18 +186,19 @@ func LoadKeyrings(path string) (Keyrings, error) {
 
 // Server is a running keyguard.
 type Server struct {
-	grpc   *grpcserver.Server
-	audit  *grpc.ClientConn
-	svc    *keyguard.Service
-	store  *sqlite.Store
-	log    hclog.Logger
-	period time.Duration
+	grpc    *grpcserver.Server
+	metrics *metrics.Server // nil when metrics are off
+	audit   *grpc.ClientConn
+	svc     *keyguard.Service
+	store   *sqlite.Store
+	log     hclog.Logger
+	period  time.Duration
 }
 
 // New opens the backend and the state store, ensures every configured ring
 // exists, connects to audit and starts listening.
 func New(ctx context.Context, cfg Config, log hclog.Logger, opts ...grpcserver.Option) (*Server, error) {
-	if err := errors.Join(cfg.Validate(), cfg.Server.Validate(), cfg.Audit.Validate()); err != nil {
+	if err := errors.Join(cfg.Validate(), cfg.Server.Validate(), cfg.Audit.Validate(), cfg.Metrics.Validate()); err != nil {
 		return nil, err
 	}
 	k, err := LoadKeyrings(cfg.KeyringFile)
@@ -213,13 +218,25 @@ func New(ctx context.Context, cfg Config, log hclog.Logger, opts ...grpcserver.O
 		store.Close()
 		return nil, fmt.Errorf("audit client: %w", err)
 	}
+	var auditor keyguard.Auditor = auditclient.New(auditConn)
+	var metricsSrv *metrics.Server
 	fail := func(err error) (*Server, error) {
+		metricsSrv.Close()
 		auditConn.Close()
 		store.Close()
 		return nil, err
 	}
+	if cfg.Metrics.Enabled() {
+		reg := metrics.NewRegistry()
+		m := keyguardmetrics.New(reg, k.Rings)
+		backend, auditor = m.Backend(cfg.Backend, backend), m.Auditor(auditor)
+		opts = append([]grpcserver.Option{grpcserver.WithMetrics(reg)}, opts...)
+		if metricsSrv, err = metrics.Listen(cfg.Metrics, reg, log); err != nil {
+			return fail(err)
+		}
+	}
 	svc, err := keyguard.New(ctx, keyguard.Config{
-		Backend: backend, BackendName: cfg.Backend, Auditor: auditclient.New(auditConn), Store: store,
+		Backend: backend, BackendName: cfg.Backend, Auditor: auditor, Store: store,
 		Rings: k.Rings, RingPolicies: k.Policies, Grants: k.Grants, Admins: cfg.Admins,
 	})
 	if err != nil {
@@ -240,7 +257,7 @@ func New(ctx context.Context, cfg Config, log hclog.Logger, opts ...grpcserver.O
 	}
 	keyguardv1.RegisterKeyguardServiceServer(gs.GRPC(), grpcapi.New(svc, apiOpts...))
 	log.Info("key rings ready", "rings", len(k.Rings), "grants", len(k.Grants), "backend", cfg.Backend, "backend_id", backendID)
-	return &Server{grpc: gs, audit: auditConn, svc: svc, store: store, log: log, period: cfg.RotationCheck}, nil
+	return &Server{grpc: gs, metrics: metricsSrv, audit: auditConn, svc: svc, store: store, log: log, period: cfg.RotationCheck}, nil
 }
 
 // openBackend opens the configured KEK backend and makes sure every ring
@@ -296,6 +313,10 @@ func openBackend(ctx context.Context, cfg Config, k Keyrings) (keyguard.KeyBacke
 // Addr is where keyguard listens.
 func (s *Server) Addr() net.Addr { return s.grpc.Addr() }
 
+// MetricsAddr is where the Prometheus endpoint listens, or nil when
+// metrics are off.
+func (s *Server) MetricsAddr() net.Addr { return s.metrics.Addr() }
+
 // Serve answers until ctx is cancelled, then drains. Beside the gRPC
 // server it runs the rotation loop: rings due by age or usage are rotated,
 // and usage counters saved, every rotation_check and whenever a ring
@@ -307,9 +328,12 @@ func (s *Server) Serve(ctx context.Context) error {
 		defer close(done)
 		s.rotationLoop(loopCtx)
 	}()
+	merr := make(chan error, 1)
+	go func() { merr <- s.metrics.Serve(loopCtx) }()
 	err := s.grpc.Serve(ctx)
 	cancel()
 	<-done
+	err = errors.Join(err, <-merr)
 	flushCtx, cancelFlush := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancelFlush()
 	return errors.Join(err, s.svc.Flush(flushCtx), s.audit.Close(), s.store.Close())
@@ -341,6 +365,7 @@ func (s *Server) rotationLoop(ctx context.Context) {
 // Stop stops at once.
 func (s *Server) Stop() {
 	s.grpc.Stop()
+	s.metrics.Close()
 	s.audit.Close()
 	s.store.Close()
 }

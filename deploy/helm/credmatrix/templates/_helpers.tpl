@@ -137,6 +137,13 @@ tls:
   client_ca_file: /etc/credmatrix/tls/ca.crt
 {{- end -}}
 
+{{/* metrics.listen_addr on metrics.port when metrics.enabled (never the gRPC port). */}}
+{{- define "credmatrix.config.metrics" -}}
+{{- if .root.Values.metrics.enabled -}}
+{{- $_ := set .config "metrics" (dict "listen_addr" (printf ":%d" (int .root.Values.metrics.port))) -}}
+{{- end -}}
+{{- end -}}
+
 {{/* The audit client block of broker and keyguard. */}}
 {{- define "credmatrix.config.auditClient" -}}
 target: {{ printf "%s:%d" (include "credmatrix.serviceHost" (dict "root" . "component" "audit")) (int .Values.grpcPort) | quote }}
@@ -169,6 +176,7 @@ chart does not model go in <component>.config, merged last.
 {{- else -}}
 {{- $_ = set $c "checkpoint" (dict "key_file" "/var/lib/credmatrix/checkpoint.key" "generate_key" true) -}}
 {{- end -}}
+{{- include "credmatrix.config.metrics" (dict "root" . "config" $c) -}}
 {{- toYaml (mustMergeOverwrite $c (deepCopy $v.config)) -}}
 {{- end -}}
 
@@ -190,6 +198,7 @@ chart does not model go in <component>.config, merged last.
 {{- if eq $v.provider "local" -}}
 {{- $_ = set $c "local_sts" (dict "signing_key_file" (printf "/etc/credmatrix/keys/%s" $v.keys.localSTSSigningKey)) -}}
 {{- end -}}
+{{- include "credmatrix.config.metrics" (dict "root" . "config" $c) -}}
 {{- toYaml (mustMergeOverwrite $c (deepCopy $v.config)) -}}
 {{- end -}}
 
@@ -206,6 +215,7 @@ chart does not model go in <component>.config, merged last.
 {{- if eq $v.backend "local" -}}
 {{- $_ = set $c "local" (dict "keystore_file" "/var/lib/credmatrix/keystore" "root_key_file" (printf "/etc/credmatrix/keys/%s" $v.local.rootKey)) -}}
 {{- end -}}
+{{- include "credmatrix.config.metrics" (dict "root" . "config" $c) -}}
 {{- toYaml (mustMergeOverwrite $c (deepCopy $v.config)) -}}
 {{- end -}}
 

@@ -31,6 +31,9 @@ names the value to fix.
 {{- if not .Values.audit.readPrincipals -}}
 {{- fail "audit.readPrincipals: required: the identities of the operators who may query the log" -}}
 {{- end -}}
+{{- if and .Values.metrics.enabled (eq (int .Values.metrics.port) (int .Values.grpcPort)) -}}
+{{- fail "metrics.port: must differ from grpcPort (metrics are plain HTTP; the gRPC port is mTLS)" -}}
+{{- end -}}
 {{- if and .Values.metrics.serviceMonitor.enabled (not .Values.metrics.enabled) -}}
 {{- fail "metrics.serviceMonitor.enabled: needs metrics.enabled=true" -}}
 {{- end -}}
