@@ -119,23 +119,7 @@ show 'credmatrix audit tail --from 0 --follow=false'
 "$cm" audit tail --from 0 --follow=false | tee "$state/audit.txt"
 events=$(($(wc -l <"$state/audit.txt") - 1))
 
-step "6. Verify the audit log: every leaf, the signed checkpoint (Ed25519, C2SP note), no rollback"
-show 'credmatrix audit verify --checkpoint-file audit.checkpoint   # public key: $CREDMATRIX_AUDIT_PUBLIC_KEY_FILE'
-"$cm" audit verify --checkpoint-file "$state/audit.checkpoint" | tee "$state/verify.txt"
-verified=$(sed -n 's/^verified: \([0-9]*\) events.*tree size \([0-9]*\).*/\2/p' "$state/verify.txt")
-[[ -n $verified && -s $state/audit.checkpoint ]] || { echo "demo: audit verify did not verify" >&2; exit 1; }
-show 'credmatrix audit export --out audit.bundle && credmatrix audit verify --bundle audit.bundle --checkpoint-file audit.checkpoint'
-"$cm" audit export --out "$state/audit.bundle"
-"$cm" audit verify --bundle "$state/audit.bundle" --checkpoint-file "$state/audit.checkpoint" >/dev/null
-echo "offline: the exported bundle verifies against the kept checkpoint"
-
-step "7. Replay: which sessions were live in account sandbox just now?"
-show 'credmatrix audit replay sessions --at now --account sandbox'
-"$cm" audit replay sessions --at now --account sandbox 2>/dev/null | tee "$state/replay.txt"
-grep -q "$key_id" "$state/replay.txt" || { echo "demo: replay does not show the issued session" >&2; exit 1; }
-live=$(sed -n 's/^\([0-9]*\) session(s) live.*/\1/p' "$state/replay.txt")
-
-step "8. Metrics: each service's Prometheus endpoint (own loopback port, never the gRPC one)"
+step "6. Metrics: each service's Prometheus endpoint (own loopback port, never the gRPC one)"
 # A plain HTTP/1.0 GET through bash's /dev/tcp, so the demo needs no curl.
 scrape() {
   local hp=${1#http://}
@@ -158,6 +142,22 @@ issued_series=$(grep -c '^credmatrix_broker_issuances_total' "$state/broker.metr
 denied_series=$(grep -c '^credmatrix_broker_denials_total' "$state/broker.metrics" || true)
 [[ $issued_series -ge 1 && $denied_series -ge 1 ]] || { echo "demo: the broker's metrics lack issuances or denials" >&2; exit 1; }
 echo "names and alerts: docs/metrics.md; dashboard: deploy/grafana/credmatrix.json"
+
+step "7. Verify the audit log: every leaf, the signed checkpoint (Ed25519, C2SP note), no rollback"
+show 'credmatrix audit verify --checkpoint-file audit.checkpoint   # public key: $CREDMATRIX_AUDIT_PUBLIC_KEY_FILE'
+"$cm" audit verify --checkpoint-file "$state/audit.checkpoint" | tee "$state/verify.txt"
+verified=$(sed -n 's/^verified: \([0-9]*\) events.*tree size \([0-9]*\).*/\2/p' "$state/verify.txt")
+[[ -n $verified && -s $state/audit.checkpoint ]] || { echo "demo: audit verify did not verify" >&2; exit 1; }
+show 'credmatrix audit export --out audit.bundle && credmatrix audit verify --bundle audit.bundle --checkpoint-file audit.checkpoint'
+"$cm" audit export --out "$state/audit.bundle"
+"$cm" audit verify --bundle "$state/audit.bundle" --checkpoint-file "$state/audit.checkpoint" >/dev/null
+echo "offline: the exported bundle verifies against the kept checkpoint"
+
+step "8. Replay: which sessions were live in account sandbox just now?"
+show 'credmatrix audit replay sessions --at now --account sandbox'
+"$cm" audit replay sessions --at now --account sandbox 2>/dev/null | tee "$state/replay.txt"
+grep -q "$key_id" "$state/replay.txt" || { echo "demo: replay does not show the issued session" >&2; exit 1; }
+live=$(sed -n 's/^\([0-9]*\) session(s) live.*/\1/p' "$state/replay.txt")
 
 step "Summary"
 cat <<SUMMARY
