@@ -44,6 +44,7 @@ type Store struct {
 
 	stop      chan struct{} // ends checkpointWAL
 	closeOnce sync.Once
+	closeErr  error
 	done      chan struct{} // closed when checkpointWAL has returned
 }
 
@@ -433,17 +434,22 @@ func scanCheckpoint(row interface{ Scan(...any) error }) (audit.StoredCheckpoint
 
 // Close implements audit.Store.
 func (s *Store) Close() error {
-	s.closeOnce.Do(func() { close(s.stop) })
-	<-s.done
-	s.mu.Lock()
-	for _, st := range s.inserts {
-		st.Close()
-	}
-	s.mu.Unlock()
-	if err := s.db.Close(); err != nil {
-		return fmt.Errorf("close audit store %s: %w", s.path, err)
-	}
-	return nil
+	// The whole close runs inside the Once: a second caller (the server's
+	// Stop racing its Serve) waits until the database file is released,
+	// instead of returning while connections are still closing.
+	s.closeOnce.Do(func() {
+		close(s.stop)
+		<-s.done
+		s.mu.Lock()
+		for _, st := range s.inserts {
+			st.Close()
+		}
+		s.mu.Unlock()
+		if err := s.db.Close(); err != nil {
+			s.closeErr = fmt.Errorf("close audit store %s: %w", s.path, err)
+		}
+	})
+	return s.closeErr
 }
 
 // query runs a SELECT of the data column and decodes each row.
