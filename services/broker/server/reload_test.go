@@ -24,7 +24,12 @@ func TestWatchReloadsOnFileChange(t *testing.T) {
 	write := func(text string) {
 		t.Helper()
 		text = strings.ReplaceAll(text, brokertest.IssuerPlaceholder, e.Issuer.URL())
-		if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+		// Replace the file atomically, as a ConfigMap update or an editor's
+		// save-by-rename does.
+		if err := os.WriteFile(path+".tmp", []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(path+".tmp", path); err != nil {
 			t.Fatal(err)
 		}
 	}

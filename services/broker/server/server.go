@@ -338,6 +338,11 @@ func (s *Server) watch(ctx context.Context) {
 		defer t.Stop()
 		tick = t.C
 	}
+	// pending is a changed file content seen once: it is reloaded only when
+	// the next poll sees the same bytes, so a file caught half-written (a
+	// truncate-then-write editor, a slow copy) is not parsed, refused and
+	// audited as a broken policy.
+	var pending string
 	for {
 		select {
 		case <-ctx.Done():
@@ -350,8 +355,13 @@ func (s *Server) watch(ctx context.Context) {
 				continue // reported by the next reload that can read it
 			}
 			sum := sha256.Sum256(data)
-			if sha := hex.EncodeToString(sum[:]); sha != s.lastSeen {
-				s.lastSeen = sha
+			switch sha := hex.EncodeToString(sum[:]); {
+			case sha == s.lastSeen:
+				pending = ""
+			case sha != pending:
+				pending = sha // changed: let it settle for one interval
+			default:
+				s.lastSeen, pending = sha, ""
 				s.reload(ctx, "file")
 			}
 		}
