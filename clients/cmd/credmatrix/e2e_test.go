@@ -359,7 +359,7 @@ func TestBadInput(t *testing.T) {
 // TestHostileTokens checks that forged tokens are refused with a fixed,
 // non-revealing message and never produce credentials.
 func TestHostileTokens(t *testing.T) {
-	stack, _, _ := startStack(t)
+	stack, logs, _ := startStack(t)
 	_, brokerAddr, _ := stack.Addrs()
 	broker := brokerv1.NewBrokerServiceClient(dialAs(t, stack, "cli", brokerAddr))
 	claims := map[string]any{
@@ -371,13 +371,14 @@ func TestHostileTokens(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, tc := range []struct{ name, token string }{
+	cases := []struct{ name, token string }{
 		{"alg-none", brokertest.AlgNoneToken(claims)},
 		{"hs256-with-public-key", brokertest.PublicKeyHS256Token(stack.Issuer().PublicKey(), stack.Issuer().KeyID(), claims)},
 		{"tampered-signature", brokertest.TamperSignature(good)},
 		{"tampered-payload", brokertest.TamperPayload(good, map[string]any{"repository": "evil/app"})},
-		{"not-a-jwt", "hello"},
-	} {
+		{"not-a-jwt", "hello-not-a-jwt-0123456789"},
+	}
+	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			resp, err := broker.IssueSession(context.Background(), &brokerv1.IssueSessionRequest{
 				Token: tc.token, Targets: []*brokerv1.SessionTarget{{Role: "deploy", Account: "sandbox"}},
@@ -385,6 +386,23 @@ func TestHostileTokens(t *testing.T) {
 			if status.Code(err) != codes.Unauthenticated || resp != nil {
 				t.Fatalf("got %v, %v; want Unauthenticated and nothing else", resp, err)
 			}
+			if strings.Contains(status.Convert(err).Message(), tc.token) {
+				t.Fatal("the error message echoes the token")
+			}
 		})
+	}
+	// The refusals are logged (debug level, with their causes), but no log
+	// line holds a rejected token or any of its segments: a forged token is
+	// still someone's credential material.
+	text := logs.String()
+	if !strings.Contains(text, "Unauthenticated") {
+		t.Fatalf("the refusals were not logged; the check below would prove nothing:\n%.500s", text)
+	}
+	for _, tc := range cases {
+		for _, part := range append(strings.Split(tc.token, "."), tc.token) {
+			if len(part) >= 16 && strings.Contains(text, part) {
+				t.Errorf("%s: a log line holds a %d-byte piece of the rejected token", tc.name, len(part))
+			}
+		}
 	}
 }
