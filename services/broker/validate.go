@@ -1,11 +1,12 @@
 package broker
 
 import (
-	"encoding/json"
 	"fmt"
 	"regexp"
 	"time"
 	"unicode/utf8"
+
+	"github.com/credmatrix/credmatrix/services/broker/policy"
 )
 
 // Request limits. They bound the work and memory an unauthenticated
@@ -84,9 +85,10 @@ func validateTarget(field string, t Target) error {
 		return invalidf(field+".policy", fmt.Sprintf("at most %d bytes", MaxSessionPolicyBytes))
 	}
 	if t.Policy != "" {
-		var doc map[string]any
-		if err := json.Unmarshal([]byte(t.Policy), &doc); err != nil {
-			return invalidf(field+".policy", "must be an IAM policy JSON object")
+		// Read strictly, as SessionPolicy will: a document Go and IAM
+		// would read differently is refused here, naming the field.
+		if err := policy.CheckPolicyJSON(t.Policy); err != nil {
+			return invalidf(field+".policy", err.Error())
 		}
 	}
 	return nil

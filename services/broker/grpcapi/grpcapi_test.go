@@ -326,7 +326,7 @@ func TestIssueSession(t *testing.T) {
 		{
 			name: "invalid/session-policy-not-json",
 			req:  &brokerv1.IssueSessionRequest{Token: good, Targets: []*brokerv1.SessionTarget{{Role: "deploy", Account: "dev", Policy: "{"}}},
-			want: outcome{Code: codes.InvalidArgument, Message: "targets[0].policy: must be an IAM policy JSON object"},
+			want: outcome{Code: codes.InvalidArgument, Message: "targets[0].policy: malformed JSON: unexpected end"},
 		},
 		{
 			name:      "unavailable/audit-down",
@@ -495,9 +495,9 @@ func TestGetSession(t *testing.T) {
 		Expiration: creds.GetExpiration(),
 		SessionTags: map[string]string{"sub": "repo:acme/app:ref:refs/heads/main", "repository": "acme/app", "ref": "refs/heads/main",
 			"run_id": "4242", "sha": got.GetSessionTags()["sha"]},
-		SessionPolicy: `{"Version":"2012-10-17","Statement":[{"Sid":"CredmatrixRole","Effect":"Allow","Action":"*","Resource":"*"},` +
-			`{"Sid":"CredmatrixResidency","Effect":"Deny","NotAction":["iam:*","sts:*","organizations:*","route53:*","cloudfront:*","support:*","health:*","account:*"],` +
-			`"Resource":"*","Condition":{"StringNotLike":{"aws:RequestedRegion":["eu-*"]}}}]}`,
+		SessionPolicy: `{"Statement":[{"Action":"*","Effect":"Allow","Resource":"*","Sid":"CredmatrixRole"},` +
+			`{"Condition":{"StringNotLike":{"aws:RequestedRegion":["eu-*"]}},"Effect":"Deny","NotAction":["iam:*","sts:*","organizations:*","route53:*","cloudfront:*","support:*","health:*","account:*"],` +
+			`"Resource":"*","Sid":"CredmatrixResidency"}],"Version":"2012-10-17"}`,
 	}
 	if len(got.GetSessionTags()["sha"]) != 40 {
 		t.Errorf("sha tag = %q, want the commit sha", got.GetSessionTags()["sha"])

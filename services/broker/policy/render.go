@@ -1,7 +1,6 @@
 package policy
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -74,14 +73,8 @@ func parseTemplate(text string) (*template, error) {
 	if err != nil {
 		return nil, err
 	}
-	var doc struct {
-		Statement json.RawMessage `json:"Statement"`
-	}
-	if err := json.Unmarshal([]byte(probe), &doc); err != nil {
-		return nil, fmt.Errorf("not an IAM policy JSON object: %v", err)
-	}
-	if len(doc.Statement) == 0 {
-		return nil, errors.New("an IAM policy needs a Statement")
+	if _, err := parsePolicyDoc([]byte(probe)); err != nil {
+		return nil, err
 	}
 	return t, nil
 }
@@ -138,7 +131,7 @@ type RenderValues struct {
 // permissions they then narrow). It returns "" when there is nothing to
 // scope down.
 func (p *Policy) SessionPolicy(d Decision, vals RenderValues, extra string) (string, error) {
-	var stmts []json.RawMessage
+	var stmts []map[string]any
 	if t, ok := p.templates[roleKey(d.Role.Name, d.Role.AccountID)]; ok {
 		text, err := t.render(func(name string) (string, bool) {
 			switch name {
@@ -163,30 +156,23 @@ func (p *Policy) SessionPolicy(d Decision, vals RenderValues, extra string) (str
 		if err != nil {
 			return "", err
 		}
-		if stmts, err = statements(text); err != nil {
-			return "", err
+		doc, err := parsePolicyDoc([]byte(text))
+		if err != nil {
+			return "", fmt.Errorf("session policy: %w", err)
 		}
+		stmts = doc.statements
 	}
-	var extraAllow, extraDeny []json.RawMessage
+	var extraAllow, extraDeny []map[string]any
 	if extra != "" {
-		all, err := statements(extra)
+		doc, err := parsePolicyDoc([]byte(extra))
 		if err != nil {
 			return "", &ExtraPolicyError{Msg: err.Error()}
 		}
-		for _, s := range all {
-			var st struct {
-				Effect string `json:"Effect"`
-			}
-			if err := json.Unmarshal(s, &st); err != nil {
-				return "", &ExtraPolicyError{Msg: "every Statement must be an object"}
-			}
-			switch st.Effect {
-			case "Deny":
-				extraDeny = append(extraDeny, s)
-			case "Allow":
-				extraAllow = append(extraAllow, s)
-			default:
-				return "", &ExtraPolicyError{Msg: "every Statement needs Effect Allow or Deny"}
+		for _, st := range doc.statements {
+			if st["Effect"] == "Deny" {
+				extraDeny = append(extraDeny, st)
+			} else {
+				extraAllow = append(extraAllow, st)
 			}
 		}
 	}
@@ -201,20 +187,20 @@ func (p *Policy) SessionPolicy(d Decision, vals RenderValues, extra string) (str
 		return "", nil
 	}
 	if len(stmts) == 0 {
-		stmts = []json.RawMessage{json.RawMessage(`{"Sid":"CredmatrixRole","Effect":"Allow","Action":"*","Resource":"*"}`)}
+		stmts = []map[string]any{{"Sid": "CredmatrixRole", "Effect": "Allow", "Action": "*", "Resource": "*"}}
 	}
 	if residency {
-		regions, _ := json.Marshal(p.ZoneRegions(d.Account.Residency))
-		stmts = append(stmts, json.RawMessage(`{"Sid":"CredmatrixResidency","Effect":"Deny","NotAction":`+globalActions+`,"Resource":"*","Condition":{"StringNotLike":{"aws:RequestedRegion":`+string(regions)+`}}}`))
+		regions := []any{}
+		for _, r := range p.ZoneRegions(d.Account.Residency) {
+			regions = append(regions, r)
+		}
+		stmts = append(stmts, map[string]any{
+			"Sid": "CredmatrixResidency", "Effect": "Deny", "NotAction": globalActions(), "Resource": "*",
+			"Condition": map[string]any{"StringNotLike": map[string]any{"aws:RequestedRegion": regions}},
+		})
 	}
 	stmts = append(stmts, extraDeny...)
-	out, err := json.Marshal(struct {
-		Version   string            `json:"Version"`
-		Statement []json.RawMessage `json:"Statement"`
-	}{"2012-10-17", stmts})
-	if err != nil {
-		return "", fmt.Errorf("session policy: %w", err)
-	}
+	out := canonicalJSON((&policyDoc{statements: stmts}).document())
 	if len(out) > MaxSessionPolicyBytes {
 		return "", &ExtraPolicyError{Msg: fmt.Sprintf("the session policy would exceed %d bytes", MaxSessionPolicyBytes)}
 	}
@@ -224,7 +210,9 @@ func (p *Policy) SessionPolicy(d Decision, vals RenderValues, extra string) (str
 // globalActions are the global services whose calls carry
 // aws:RequestedRegion us-east-1 whatever the caller's region; the
 // residency deny exempts them so that a session stays usable.
-const globalActions = `["iam:*","sts:*","organizations:*","route53:*","cloudfront:*","support:*","health:*","account:*"]`
+func globalActions() []any {
+	return []any{"iam:*", "sts:*", "organizations:*", "route53:*", "cloudfront:*", "support:*", "health:*", "account:*"}
+}
 
 // ExtraPolicyError is a caller's scope-down policy that cannot be merged.
 type ExtraPolicyError struct {
@@ -234,33 +222,3 @@ type ExtraPolicyError struct {
 
 // Error returns Msg.
 func (e *ExtraPolicyError) Error() string { return e.Msg }
-
-// statements reads the Statement list of a policy document (a single
-// statement object is accepted too, as IAM does).
-func statements(doc string) ([]json.RawMessage, error) {
-	var d struct {
-		Statement json.RawMessage `json:"Statement"`
-	}
-	if err := json.Unmarshal([]byte(doc), &d); err != nil {
-		return nil, errors.New("not an IAM policy JSON object")
-	}
-	var list []json.RawMessage
-	if err := json.Unmarshal(d.Statement, &list); err != nil {
-		var one map[string]json.RawMessage
-		if err := json.Unmarshal(d.Statement, &one); err != nil {
-			return nil, errors.New("Statement must be a list of objects")
-		}
-		list = []json.RawMessage{d.Statement}
-	}
-	if len(list) == 0 {
-		return nil, errors.New("Statement is empty")
-	}
-	for i, s := range list {
-		var buf bytes.Buffer
-		if err := json.Compact(&buf, s); err != nil {
-			return nil, fmt.Errorf("Statement[%d]: %v", i, err)
-		}
-		list[i] = buf.Bytes()
-	}
-	return list, nil
-}

@@ -190,30 +190,31 @@ func TestSessionPolicy(t *testing.T) {
 		}
 		return p.SessionPolicy(d, policy.RenderValues{Claim: id.Claim, SessionID: "s-1"}, extra)
 	}
-	const residency = `{"Sid":"CredmatrixResidency","Effect":"Deny","NotAction":["iam:*","sts:*","organizations:*","route53:*","cloudfront:*","support:*","health:*","account:*"],"Resource":"*","Condition":{"StringNotLike":{"aws:RequestedRegion":["eu-west-1","eu-central-1"]}}}`
+	// What goes to STS is canonical JSON: keys sorted, no whitespace.
+	const residency = `{"Condition":{"StringNotLike":{"aws:RequestedRegion":["eu-west-1","eu-central-1"]}},"Effect":"Deny","NotAction":["iam:*","sts:*","organizations:*","route53:*","cloudfront:*","support:*","health:*","account:*"],"Resource":"*","Sid":"CredmatrixResidency"}`
 	tests := []struct {
 		name, repo, account, extra string
 		want                       string
 	}{
 		{"template-and-residency", "acme/app", "dev", "",
-			`{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:PutObject","Resource":"arn:aws:s3:::artifacts-111111111111/acme/app/*"},` + residency + `]}`},
+			`{"Statement":[{"Action":"s3:PutObject","Effect":"Allow","Resource":"arn:aws:s3:::artifacts-111111111111/acme/app/*"},` + residency + `],"Version":"2012-10-17"}`},
 		{"no-template-residency-only", "acme/app", "prod", "",
-			`{"Version":"2012-10-17","Statement":[{"Sid":"CredmatrixRole","Effect":"Allow","Action":"*","Resource":"*"},` + residency + `]}`},
+			`{"Statement":[{"Action":"*","Effect":"Allow","Resource":"*","Sid":"CredmatrixRole"},` + residency + `],"Version":"2012-10-17"}`},
 		{"no-template-no-residency", "acme/app", "us", "", ""},
-		{"extra-allow-narrows-untemplated-role", "acme/app", "us", `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:GetObject","Resource":"*"}]}`,
-			`{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:GetObject","Resource":"*"}]}`},
+		{"extra-allow-narrows-untemplated-role", "acme/app", "us", `{"Statement":[{"Effect":"Allow","Action":"s3:GetObject","Resource":"*"}]}`,
+			`{"Statement":[{"Action":"s3:GetObject","Effect":"Allow","Resource":"*"}],"Version":"2012-10-17"}`},
 		{"extra-deny-appended", "acme/app", "dev", `{"Statement":{"Effect":"Deny","Action":"s3:DeleteObject","Resource":"*"}}`,
-			`{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:PutObject","Resource":"arn:aws:s3:::artifacts-111111111111/acme/app/*"},` + residency + `,{"Effect":"Deny","Action":"s3:DeleteObject","Resource":"*"}]}`},
+			`{"Statement":[{"Action":"s3:PutObject","Effect":"Allow","Resource":"arn:aws:s3:::artifacts-111111111111/acme/app/*"},` + residency + `,{"Action":"s3:DeleteObject","Effect":"Deny","Resource":"*"}],"Version":"2012-10-17"}`},
 		// Claims aimed at the policy text: each stays inside its string,
 		// and IAM wildcards and variables are escaped.
 		{"attack/quote-injection", `acme/x","Action":"*","Resource":"*`, "dev", "",
-			`{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:PutObject","Resource":"arn:aws:s3:::artifacts-111111111111/acme/x\",\"Action\":\"${*}\",\"Resource\":\"${*}/*"},` + residency + `]}`},
+			`{"Statement":[{"Action":"s3:PutObject","Effect":"Allow","Resource":"arn:aws:s3:::artifacts-111111111111/acme/x\",\"Action\":\"${*}\",\"Resource\":\"${*}/*"},` + residency + `],"Version":"2012-10-17"}`},
 		{"attack/wildcard", "acme/*", "dev", "",
-			`{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:PutObject","Resource":"arn:aws:s3:::artifacts-111111111111/acme/${*}/*"},` + residency + `]}`},
+			`{"Statement":[{"Action":"s3:PutObject","Effect":"Allow","Resource":"arn:aws:s3:::artifacts-111111111111/acme/${*}/*"},` + residency + `],"Version":"2012-10-17"}`},
 		{"attack/newline-and-variable", "acme/a\n${aws:username}?", "dev", "",
-			`{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:PutObject","Resource":"arn:aws:s3:::artifacts-111111111111/acme/a\n${$}{aws:username}${?}/*"},` + residency + `]}`},
+			`{"Statement":[{"Action":"s3:PutObject","Effect":"Allow","Resource":"arn:aws:s3:::artifacts-111111111111/acme/a\n${$}{aws:username}${?}/*"},` + residency + `],"Version":"2012-10-17"}`},
 		{"attack/unicode", "acme/\u2028é\"}", "dev", "",
-			`{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:PutObject","Resource":"arn:aws:s3:::artifacts-111111111111/acme/\u2028é\"}/*"},` + residency + `]}`},
+			`{"Statement":[{"Action":"s3:PutObject","Effect":"Allow","Resource":"arn:aws:s3:::artifacts-111111111111/acme/\u2028é\"}/*"},` + residency + `],"Version":"2012-10-17"}`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
