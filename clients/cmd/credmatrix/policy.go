@@ -47,6 +47,8 @@ func (a *app) policyLintCommand() *cobra.Command {
 file:line: field) and reports risky or dead constructs as warnings:
 
   broad-subject      a sub wildcard that covers other repositories or namespaces
+  sibling-glob       a wildcard inside a name in sub, repository, ref or environment
+                     (repo:acme/app* also matches repo:acme/app-evil)
   generic-audience   an audience other relying parties accept (sts.amazonaws.com)
   mutable-name       a rule binding a renameable name without its immutable id
                      (repository without repository_id, project_path without project_id)

@@ -36,6 +36,11 @@ const (
 	FindingMutableName = "mutable-name"
 	// FindingUnreachable is an allow rule that can never grant anything.
 	FindingUnreachable = "unreachable-rule"
+	// FindingSiblingGlob is a wildcard inside a name segment of sub,
+	// repository, ref or environment (repo:acme/app*), which also
+	// matches sibling names (repo:acme/app-evil) that anyone able to
+	// create a repository, branch or environment can choose.
+	FindingSiblingGlob = "sibling-glob"
 )
 
 // Finding is one lint result.
@@ -119,8 +124,16 @@ func Lint(name string, data []byte) []Finding {
 	for i, r := range p.rules {
 		f := fmt.Sprintf("rules[%d]", i)
 		for _, c := range r.claims {
-			if c.claim == "sub" && broadSubject(c.match) {
+			broad := c.claim == "sub" && broadSubject(c.match)
+			if broad {
 				add(FindingBroadSubject, f+".claims.sub", "%s matches subjects of any repository or namespace: pin the owner and repository (repo:acme/app:*)", c.match.String())
+			}
+			if sep, ok := siblingClaims[c.claim]; ok && r.effect == EffectAllow && !broad {
+				for _, g := range globsOf(c.match) {
+					if example, fix := siblingMatch(g.pattern, sep); example != "" {
+						add(FindingSiblingGlob, f+".claims."+c.claim, "glob %s also matches sibling names such as %s: %s", g.pattern, example, fix)
+					}
+				}
 			}
 			if id, ok := mutableClaims[c.claim]; ok && r.effect == EffectAllow && !slices.ContainsFunc(r.claims, func(o claimCondition) bool { return o.claim == id }) {
 				add(FindingMutableName, f+".claims."+c.claim, "%s can be renamed and then re-created by someone else: also bind the immutable %s", c.claim, id)
@@ -134,6 +147,77 @@ func Lint(name string, data []byte) []Finding {
 		}
 	}
 	return out
+}
+
+// siblingClaims are the claims whose values are names people choose
+// (repositories, branches, environments), with the characters that
+// separate the segments of such a name.
+var siblingClaims = map[string]string{
+	"sub":         ":/",
+	"repository":  "/",
+	"ref":         "/",
+	"environment": "",
+}
+
+// globsOf lists the globs an allow condition matches with (negations
+// only narrow, so they are not listed).
+func globsOf(m matcher) []glob {
+	switch x := m.(type) {
+	case glob:
+		return []glob{x}
+	case anyOf:
+		var out []glob
+		for _, e := range x {
+			out = append(out, globsOf(e)...)
+		}
+		return out
+	default:
+		return nil
+	}
+}
+
+// siblingMatch finds a wildcard that shares a name segment with literal
+// characters (app*, *-prod, app?): it returns a value the pattern also
+// matches, made by completing that segment differently, and how to fix
+// it; "" when every wildcard spans whole segments (acme/*, refs/heads/*).
+func siblingMatch(pattern, seps string) (example, fix string) {
+	isSep := func(c byte) bool { return strings.IndexByte(seps, c) >= 0 }
+	for i := 0; i < len(pattern); i++ {
+		c := pattern[i]
+		if c != '*' && c != '?' {
+			continue
+		}
+		j := i
+		for j < len(pattern) && (pattern[j] == '*' || pattern[j] == '?') {
+			j++
+		}
+		before := i > 0 && !isSep(pattern[i-1])
+		after := j < len(pattern) && !isSep(pattern[j])
+		if !before && !after {
+			i = j - 1
+			continue
+		}
+		run := pattern[i:j]
+		q := strings.Count(run, "?")
+		fill := strings.Repeat("x", q) // ? matches exactly one character
+		if strings.Contains(run, "*") {
+			fill = "-evil"
+			if !before {
+				fill = "evil-"
+			}
+			if len(fill) < q {
+				fill += strings.Repeat("x", q-len(fill))
+			}
+		}
+		wild := strings.NewReplacer("*", "x", "?", "x")
+		example = wild.Replace(pattern[:i]) + fill + wild.Replace(pattern[j:])
+		fix = "list the exact names"
+		if seps != "" {
+			fix = fmt.Sprintf("end the wildcard at a separator (%s) or list the exact names", strings.Join(strings.Split(seps, ""), " or "))
+		}
+		return example, fix
+	}
+	return "", ""
 }
 
 // broadSubject reports whether a sub condition's wildcard comes before

@@ -55,3 +55,62 @@ func TestLint(t *testing.T) {
 		})
 	}
 }
+
+// TestLintSiblingGlobs flags wildcards inside a name segment of sub,
+// repository, ref and environment, and checks that the sibling each
+// finding names really is granted by the rule.
+func TestLintSiblingGlobs(t *testing.T) {
+	tests := []struct {
+		name, claims string
+		want         []string // the sibling examples, in claim order
+	}{
+		{"sub/prefix", "sub: 'repo:acme/app*'", []string{"repo:acme/app-evil"}},
+		{"sub/mid-segment", "sub: 'repo:acme/app-*:ref:refs/heads/main'", []string{"repo:acme/app--evil:ref:refs/heads/main"}},
+		{"repository/prefix", "repository: acme/app*\n      repository_id: \"1\"", []string{"acme/app-evil"}},
+		{"ref/prefix", "ref: refs/heads/release-*\n      repository_id: \"1\"", []string{"refs/heads/release--evil"}},
+		{"ref/question-mark", "ref: refs/heads/v?\n      repository_id: \"1\"", []string{"refs/heads/vx"}},
+		{"environment/prefix", "environment: prod*\n      repository_id: \"1\"", []string{"prod-evil"}},
+		{"environment/suffix", "environment: '*-prod'\n      repository_id: \"1\"", []string{"evil--prod"}},
+		{"environment/in-a-list", "environment: [staging, prod*]\n      repository_id: \"1\"", []string{"prod-evil"}},
+		{"ok/whole-segments", "sub: 'repo:acme/app:*'\n      ref: refs/heads/*\n      repository_id: \"1\"", nil},
+		{"ok/negated", "environment: {not: prod*}\n      repository_id: \"1\"", nil},
+		{"ok/other-claim", "workflow: deploy*\n      repository_id: \"1\"", nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			doc := strings.Replace(base, "repository: acme/app", tc.claims, 1)
+			var got []string
+			for _, f := range policy.Lint("policy.yaml", []byte(doc)) {
+				if f.Code != policy.FindingSiblingGlob {
+					continue
+				}
+				_, rest, _ := strings.Cut(f.Message, "such as ")
+				example, _, _ := strings.Cut(rest, ": ")
+				got = append(got, example)
+				// The sibling is real: the rule grants a token carrying it.
+				p, err := policy.Parse("policy.yaml", []byte(doc))
+				if err != nil {
+					t.Fatal(err)
+				}
+				claim := strings.TrimPrefix(f.Field, "rules[0].claims.")
+				raw := map[string]any{"sub": "repo:acme/app:ref:refs/heads/main", "repository_id": "1", "ref": "refs/heads/main", "environment": "prod", claim: example}
+				id := policy.Identity{Issuer: "https://token.actions.githubusercontent.com", Subject: raw["sub"].(string), Raw: raw,
+					Claim: func(n string) (string, bool) { v, ok := raw[n].(string); return v, ok }}
+				if d := p.Evaluate(id, policy.Target{Role: "deploy", Account: "dev"}); !d.Allowed {
+					t.Errorf("%s=%s: denied (%s); the finding names a sibling the rule does not grant", claim, example, d.Reason)
+				}
+			}
+			if diff := cmp.Diff(got, tc.want); diff != "" {
+				t.Errorf("sibling examples (-got +want):\n%s", diff)
+			}
+		})
+	}
+	t.Run("message", func(t *testing.T) {
+		doc := strings.Replace(base, "repository: acme/app", "sub: 'repo:acme/app*'", 1)
+		got := policy.FormatFindings("policy.yaml", policy.Lint("policy.yaml", []byte(doc)))
+		want := `policy.yaml:20: warning: rules[0].claims.sub: glob repo:acme/app* also matches sibling names such as repo:acme/app-evil: end the wildcard at a separator (: or /) or list the exact names [sibling-glob]`
+		if diff := cmp.Diff(got, want); diff != "" {
+			t.Errorf("(-got +want):\n%s", diff)
+		}
+	})
+}
