@@ -309,17 +309,78 @@ const tracerName = "github.com/credmatrix/credmatrix/services/audit"
 // the first sequence number, never event content.
 func (l *Log) Append(ctx context.Context, source string, events []*auditv1.Event) (results []*auditv1.AppendResult, err error) {
 	ctx, span := otel.Tracer(tracerName).Start(ctx, "audit.commit", trace.WithAttributes(attribute.Int("credmatrix.audit.batch_size", len(events))))
-	defer func() {
-		if err != nil {
-			span.SetStatus(codes.Error, "append failed")
-		} else if len(results) > 0 {
-			span.SetAttributes(attribute.Int64("credmatrix.audit.first_sequence", int64(results[0].GetSequence())))
-		}
-		span.End()
-	}()
+	defer func() { endCommitSpan(span, results, err) }()
 	if err := validateBatch(events); err != nil {
 		return nil, err
 	}
+	return l.record(ctx, source, events)
+}
+
+// Outcome is what became of one event of AppendEach: recorded (Result)
+// or refused (Err).
+type Outcome struct {
+	// Result is the event's durable position; nil when it was refused.
+	Result *auditv1.AppendResult
+	// Err is an Invalid *Error naming the event ("events[2].reason: ...")
+	// when it was refused; nil when it was recorded.
+	Err error
+}
+
+// AppendEach is Append with refusals per event: an event that fails
+// validation is refused alone, in its Outcome, and the other events of
+// the batch are recorded exactly as Append records them (in one group
+// commit, in request order). A producer that batches the events of many
+// of its callers uses it so that one caller's bad event fails only that
+// caller. The error is for the request as a whole: an empty or oversized
+// batch (Invalid), an overloaded log (ResourceExhausted) or a store
+// failure (Unavailable), and then nothing is recorded.
+func (l *Log) AppendEach(ctx context.Context, source string, events []*auditv1.Event) (outcomes []Outcome, err error) {
+	ctx, span := otel.Tracer(tracerName).Start(ctx, "audit.commit", trace.WithAttributes(attribute.Int("credmatrix.audit.batch_size", len(events))))
+	var results []*auditv1.AppendResult
+	defer func() { endCommitSpan(span, results, err) }()
+	if err := validateBatchSize(events); err != nil {
+		return nil, err
+	}
+	outcomes = make([]Outcome, len(events))
+	valid := make([]*auditv1.Event, 0, len(events))
+	for i, e := range events {
+		if verr := validateEvent(e); verr != nil {
+			outcomes[i].Err = Errorf(Invalid, "events[%d]%s", i, verr)
+			continue
+		}
+		valid = append(valid, e)
+	}
+	if refused := len(events) - len(valid); refused > 0 {
+		span.SetAttributes(attribute.Int("credmatrix.audit.refused", refused))
+	}
+	if len(valid) == 0 {
+		return outcomes, nil
+	}
+	if results, err = l.record(ctx, source, valid); err != nil {
+		return nil, err
+	}
+	j := 0
+	for i := range outcomes {
+		if outcomes[i].Err == nil {
+			outcomes[i].Result = results[j]
+			j++
+		}
+	}
+	return outcomes, nil
+}
+
+func endCommitSpan(span trace.Span, results []*auditv1.AppendResult, err error) {
+	if err != nil {
+		span.SetStatus(codes.Error, "append failed")
+	} else if len(results) > 0 {
+		span.SetAttributes(attribute.Int64("credmatrix.audit.first_sequence", int64(results[0].GetSequence())))
+	}
+	span.End()
+}
+
+// record hands valid events to the committer and waits until they are
+// durable.
+func (l *Log) record(ctx context.Context, source string, events []*auditv1.Event) ([]*auditv1.AppendResult, error) {
 	select {
 	case <-l.done:
 		return nil, errShuttingDown()

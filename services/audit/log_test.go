@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/testing/protocmp"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/credmatrix/credmatrix/platform/auditevent"
 	"github.com/credmatrix/credmatrix/services/audit"
 	"github.com/credmatrix/credmatrix/services/audit/audittest"
 	"github.com/credmatrix/credmatrix/services/audit/memstore"
@@ -202,6 +203,10 @@ func TestAppendValidation(t *testing.T) {
 		tooMany[i] = event(fmt.Sprint(i))
 	}
 	oversized := with(func(e *auditv1.Event) { e.Reason = strings.Repeat("r", audit.MaxEventBytes) })
+	huge := with(func(e *auditv1.Event) {
+		e.Id = ""
+		e.Reason = strings.Repeat("eyJ\xff", 150<<10)
+	})
 	for _, tc := range []struct {
 		name   string
 		events []*auditv1.Event
@@ -224,8 +229,13 @@ func TestAppendValidation(t *testing.T) {
 		{"invalid/unknown-decision", []*auditv1.Event{with(func(e *auditv1.Event) { e.Decision = 7 })}, "events[0].decision: unknown value 7"},
 		{"invalid/trace-id-uppercase", []*auditv1.Event{with(func(e *auditv1.Event) { e.TraceId = strings.Repeat("A", 32) })}, "events[0].trace_id: must be empty or 32 lowercase hex digits"},
 		{"invalid/span-id-short", []*auditv1.Event{with(func(e *auditv1.Event) { e.SpanId = "abc" })}, "events[0].span_id: must be empty or 16 lowercase hex digits"},
-		{"invalid/not-serialisable", []*auditv1.Event{with(func(e *auditv1.Event) { e.Reason = "\xff" })}, "events[0]: cannot be serialised (invalid UTF-8 in a string field?)"},
+		{"invalid/not-utf8", []*auditv1.Event{with(func(e *auditv1.Event) { e.Reason = "\xff" })}, "events[0].reason: not valid UTF-8"},
+		{"invalid/key-not-utf8", []*auditv1.Event{with(func(e *auditv1.Event) { e.Actor.Claims = map[string]string{"ok": "1", "\xff": "2"} })},
+			`events[0].actor.claims[<key of 1 bytes>]: key not valid UTF-8`},
 		{"invalid/oversized", []*auditv1.Event{oversized}, fmt.Sprintf("events[0]: %d bytes serialised, at most 65536", proto.Size(oversized))},
+		// Size first: a 600 KB field that would also fail every other check
+		// is refused for its size, before any string is scanned.
+		{"invalid/oversized-before-content", []*auditv1.Event{huge}, fmt.Sprintf("events[0]: %d bytes serialised, at most 65536", proto.Size(huge))},
 		// Secrets never stored: refs carry an HMAC and its key id, and a
 		// raw token anywhere in the event is refused.
 		{"secret/ref-without-hmac", []*auditv1.Event{with(func(e *auditv1.Event) {
@@ -241,11 +251,16 @@ func TestAppendValidation(t *testing.T) {
 			e.SecretRefs = []*auditv1.SecretRef{{HmacSha256: make([]byte, 32), KeyId: "k1"}}
 		})}, "events[0].secret_refs[0].name: required, at most 64 bytes"},
 		{"secret/jwt-in-reason", []*auditv1.Event{with(func(e *auditv1.Event) { e.Reason = "token " + testJWT + " rejected" })},
-			"events[0].reason: looks like a raw token (a JWT); record secrets only as secret_refs HMACs"},
+			"events[0].reason: " + auditevent.ProblemSecret},
 		{"secret/jwt-in-claim", []*auditv1.Event{with(func(e *auditv1.Event) { e.Actor.Claims = map[string]string{"raw": testJWT} })},
-			`events[0].actor.claims["raw"]: looks like a raw token (a JWT); record secrets only as secret_refs HMACs`},
+			`events[0].actor.claims["raw"]: ` + auditevent.ProblemSecret},
+		{"secret/jwt-as-claim-name", []*auditv1.Event{with(func(e *auditv1.Event) { e.Actor.Claims = map[string]string{testJWT: "v"} })},
+			fmt.Sprintf(`events[0].actor.claims[<key of %d bytes>]: key `, len(testJWT)) + auditevent.ProblemSecret},
 		{"secret/jwt-in-session-tag", []*auditv1.Event{with(func(e *auditv1.Event) { e.GetSession().SessionTags = map[string]string{"t": testJWT} })},
-			`events[0].session.session_tags["t"]: looks like a raw token (a JWT); record secrets only as secret_refs HMACs`},
+			`events[0].session.session_tags["t"]: ` + auditevent.ProblemSecret},
+		{"secret/private-key-in-request-reason", []*auditv1.Event{with(func(e *auditv1.Event) {
+			e.Actor.RequestReason = "-----BEGIN RSA PRIVATE KEY-----\nMIIEow\n-----END RSA PRIVATE KEY-----"
+		})}, "events[0].actor.request_reason: " + auditevent.ProblemSecret},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			store := memstore.New()
@@ -263,6 +278,67 @@ func TestAppendValidation(t *testing.T) {
 				t.Errorf("an invalid batch stored %d events", n)
 			}
 		})
+	}
+}
+
+// TestAppendEachRefusesOnlyTheBadEvent: with refusals per event, the valid
+// events of a batch are recorded in order and only the bad ones come back
+// refused, each naming its position and field.
+func TestAppendEachRefusesOnlyTheBadEvent(t *testing.T) {
+	store := memstore.New()
+	log := audittest.OpenLog(t, store, audit.WithClock(fixedClock))
+	bad := event("b")
+	bad.Actor.RequestReason = "ship " + testJWT
+	got, err := log.AppendEach(context.Background(), broker, []*auditv1.Event{event("a"), bad, nil, event("c"), event("a")})
+	if err != nil {
+		t.Fatalf("AppendEach: %v", err)
+	}
+	stored := readAll(t, store)
+	if len(stored) != 2 {
+		t.Fatalf("stored %d events, want a and c", len(stored))
+	}
+	type outcome struct {
+		Result *auditv1.AppendResult
+		Err    string
+	}
+	var gotOutcomes []outcome
+	for _, o := range got {
+		var msg string
+		if e := (*audit.Error)(nil); errors.As(o.Err, &e) {
+			msg = string(e.Code) + ": " + e.Message
+		}
+		gotOutcomes = append(gotOutcomes, outcome{o.Result, msg})
+	}
+	a := &auditv1.AppendResult{Id: "a", Sequence: 0, LeafHash: leafHash(t, stored[0])}
+	want := []outcome{
+		{Result: a},
+		{Err: "invalid: events[1].actor.request_reason: " + auditevent.ProblemSecret},
+		{Err: "invalid: events[2]: required"},
+		{Result: &auditv1.AppendResult{Id: "c", Sequence: 1, LeafHash: leafHash(t, stored[1])}},
+		{Result: a}, // a repeated id is answered with the first event
+	}
+	if diff := cmp.Diff(gotOutcomes, want, protocmp.Transform()); diff != "" {
+		t.Errorf("outcomes mismatch (-got +want):\n%s", diff)
+	}
+}
+
+func TestAppendEachAllRefusedRecordsNothing(t *testing.T) {
+	store := memstore.New()
+	log := audittest.OpenLog(t, store)
+	got, err := log.AppendEach(context.Background(), broker, []*auditv1.Event{event(""), nil})
+	if err != nil {
+		t.Fatalf("AppendEach: %v", err)
+	}
+	if len(got) != 2 || got[0].Err == nil || got[1].Err == nil {
+		t.Errorf("outcomes = %+v, want both refused", got)
+	}
+	if n := len(readAll(t, store)); n != 0 || log.Size() != 0 {
+		t.Errorf("stored %d events, tree %d; want none", n, log.Size())
+	}
+	for _, batch := range [][]*auditv1.Event{nil, make([]*auditv1.Event, audit.MaxBatch+1)} {
+		if _, err := log.AppendEach(context.Background(), broker, batch); audit.ErrorCodeOf(err) != audit.Invalid {
+			t.Errorf("AppendEach of %d events = %v, want the whole request invalid", len(batch), err)
+		}
 	}
 }
 

@@ -3,12 +3,12 @@ package audit
 import (
 	"fmt"
 	"math"
-	"strings"
 	"time"
 	"unicode/utf8"
 
-	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/proto"
 
+	"github.com/credmatrix/credmatrix/platform/auditevent"
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
 )
 
@@ -21,11 +21,8 @@ var (
 // validateBatch checks a batch against the contract before anything is
 // sequenced, so that a bad event rejects the whole batch.
 func validateBatch(events []*auditv1.Event) error {
-	switch {
-	case len(events) == 0:
-		return Errorf(Invalid, "events: at least 1 required")
-	case len(events) > MaxBatch:
-		return Errorf(Invalid, "events: at most %d per batch, got %d", MaxBatch, len(events))
+	if err := validateBatchSize(events); err != nil {
+		return err
 	}
 	for i, e := range events {
 		if err := validateEvent(e); err != nil {
@@ -35,11 +32,30 @@ func validateBatch(events []*auditv1.Event) error {
 	return nil
 }
 
+// validateBatchSize checks what is wrong with a batch as a whole.
+func validateBatchSize(events []*auditv1.Event) error {
+	switch {
+	case len(events) == 0:
+		return Errorf(Invalid, "events: at least 1 required")
+	case len(events) > MaxBatch:
+		return Errorf(Invalid, "events: at most %d per batch, got %d", MaxBatch, len(events))
+	}
+	return nil
+}
+
 // validateEvent returns the problem of e as ".field: problem" (or ": problem"
 // for the whole event), to be prefixed with the event's position.
+//
+// It runs in time linear in the size of e, and checks the size first, so
+// an oversized event costs no more than reading it: the checks that look
+// at every string (UTF-8, secret shapes) run only on events of at most
+// MaxEventBytes.
 func validateEvent(e *auditv1.Event) error {
 	if e == nil {
 		return fmt.Errorf(": required")
+	}
+	if n := proto.Size(e); n > MaxEventBytes {
+		return fmt.Errorf(": %d bytes serialised, at most %d", n, MaxEventBytes)
 	}
 	switch id := e.GetId(); {
 	case id == "":
@@ -79,15 +95,10 @@ func validateEvent(e *auditv1.Event) error {
 			return fmt.Errorf(".secret_refs[%d].key_id: required: name the HMAC key so investigators can recompute it", i)
 		}
 	}
-	if path := findRawToken(e.ProtoReflect(), ""); path != "" {
-		return fmt.Errorf("%s: looks like a raw token (a JWT); record secrets only as secret_refs HMACs", path)
-	}
-	b, err := MarshalEvent(e)
-	if err != nil {
-		return fmt.Errorf(": cannot be serialised (invalid UTF-8 in a string field?)")
-	}
-	if len(b) > MaxEventBytes {
-		return fmt.Errorf(": %d bytes serialised, at most %d", len(b), MaxEventBytes)
+	// Every string: valid UTF-8 (what serialisation needs) and no secret
+	// shape, with the same detector the producers' normaliser uses.
+	if err := auditevent.Check(e); err != nil {
+		return err
 	}
 	return nil
 }
@@ -116,83 +127,4 @@ func isLowerHex(s string, n int) bool {
 		}
 	}
 	return true
-}
-
-// findRawToken returns the path of the first string field in m that holds
-// what looks like a raw JWT (an OIDC token), or "". Producers must never
-// put a secret in an event; this catches the likeliest mistake, a bearer
-// token copied into a reason, a claim or a context value.
-func findRawToken(m protoreflect.Message, prefix string) string {
-	var found string
-	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-		path := prefix + "." + string(fd.Name())
-		switch {
-		case fd.IsMap():
-			v.Map().Range(func(k protoreflect.MapKey, mv protoreflect.Value) bool {
-				p := fmt.Sprintf("%s[%q]", path, k.String())
-				if looksLikeJWT(k.String()) {
-					found = p
-				} else if fd.MapValue().Kind() == protoreflect.StringKind && looksLikeJWT(mv.String()) {
-					found = p
-				} else if fd.MapValue().Kind() == protoreflect.MessageKind {
-					found = findRawToken(mv.Message(), p)
-				}
-				return found == ""
-			})
-		case fd.IsList():
-			l := v.List()
-			for i := 0; i < l.Len() && found == ""; i++ {
-				p := fmt.Sprintf("%s[%d]", path, i)
-				switch fd.Kind() {
-				case protoreflect.StringKind:
-					if looksLikeJWT(l.Get(i).String()) {
-						found = p
-					}
-				case protoreflect.MessageKind:
-					found = findRawToken(l.Get(i).Message(), p)
-				}
-			}
-		case fd.Kind() == protoreflect.StringKind:
-			if looksLikeJWT(v.String()) {
-				found = path
-			}
-		case fd.Kind() == protoreflect.MessageKind:
-			found = findRawToken(v.Message(), path)
-		}
-		return found == ""
-	})
-	return found
-}
-
-// looksLikeJWT reports whether s contains a compact JWS/JWT: a base64url
-// JSON header ("eyJ") followed by two more dot-separated base64url parts.
-func looksLikeJWT(s string) bool {
-	for {
-		i := strings.Index(s, "eyJ")
-		if i < 0 {
-			return false
-		}
-		s = s[i:]
-		parts := strings.SplitN(s, ".", 4)
-		if len(parts) >= 3 && isB64URL(parts[0], 10) && isB64URL(parts[1], 10) && isB64URL(leadingB64URL(parts[2]), 16) {
-			return true
-		}
-		s = s[3:]
-	}
-}
-
-func isB64URL(s string, min int) bool {
-	if len(s) < min {
-		return false
-	}
-	return len(leadingB64URL(s)) == len(s)
-}
-
-func leadingB64URL(s string) string {
-	for i, c := range []byte(s) {
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
-			return s[:i]
-		}
-	}
-	return s
 }

@@ -78,17 +78,39 @@ func New(log *audit.Log, opts ...Option) *Server {
 }
 
 // Append implements auditv1.AuditServiceServer. The caller's identity is
-// recorded as each event's source_service.
+// recorded as each event's source_service. With refuse_individually an
+// invalid event is answered in its own result (AppendRefusal with its
+// status code and message) and the rest of the batch is recorded.
 func (s *Server) Append(ctx context.Context, req *auditv1.AppendRequest) (*auditv1.AppendResponse, error) {
 	source, err := s.authorize(ctx, s.appenders, "append to")
 	if err != nil {
 		return nil, s.fail("Append", err)
 	}
-	results, err := s.log.Append(ctx, source, req.GetEvents())
+	if !req.GetRefuseIndividually() {
+		results, err := s.log.Append(ctx, source, req.GetEvents())
+		if err != nil {
+			return nil, s.fail("Append", err)
+		}
+		return &auditv1.AppendResponse{Results: results}, nil
+	}
+	outcomes, err := s.log.AppendEach(ctx, source, req.GetEvents())
 	if err != nil {
 		return nil, s.fail("Append", err)
 	}
-	return &auditv1.AppendResponse{Results: results}, nil
+	resp := &auditv1.AppendResponse{Results: make([]*auditv1.AppendResult, len(outcomes))}
+	for i, o := range outcomes {
+		if o.Err == nil {
+			resp.Results[i] = o.Result
+			continue
+		}
+		s.logger.Warn("audit event refused; the rest of its batch is recorded", "source", source, "error", o.Err)
+		st := status.Convert(toStatus(o.Err))
+		resp.Results[i] = &auditv1.AppendResult{
+			Id:      req.GetEvents()[i].GetId(),
+			Refusal: &auditv1.AppendRefusal{Code: int32(st.Code()), Message: st.Message()},
+		}
+	}
+	return resp, nil
 }
 
 // Query implements auditv1.AuditServiceServer.

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/test/bufconn"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/credmatrix/credmatrix/platform/auditevent"
 	"github.com/credmatrix/credmatrix/services/audit"
 	"github.com/credmatrix/credmatrix/services/audit/audittest"
 	"github.com/credmatrix/credmatrix/services/audit/checkpoint"
@@ -502,5 +503,55 @@ func TestSubscribeResumesAfterDisconnect(t *testing.T) {
 	}
 	if diff := cmp.Diff(got, []string{"a", "b", "c", "d", "e", "f"}); diff != "" {
 		t.Errorf("events across the reconnect (-got +want):\n%s", diff)
+	}
+}
+
+// TestAppendRefuseIndividually: a request that asks for refusals per event
+// gets the bad event refused in its result (INVALID_ARGUMENT, naming the
+// field, quoting nothing) and the rest recorded; a request that does not
+// ask (an older client) keeps the whole-batch refusal.
+func TestAppendRefuseIndividually(t *testing.T) {
+	f := secured(t)
+	jwt := "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJyZXBvOmFjbWUvYXBwIn0.c2lnbmF0dXJlLWJ5dGVzLWhlcmUtYW5kLW1vcmU"
+	bad := event("bad", auditv1.Kind_KIND_SESSION_ISSUE)
+	bad.Reason = "ref " + jwt
+	batch := []*auditv1.Event{event("ok1", auditv1.Kind_KIND_SESSION_ISSUE), bad, event("ok2", auditv1.Kind_KIND_SESSION_ISSUE)}
+
+	_, err := f.client.Append(as(broker), &auditv1.AppendRequest{Events: batch})
+	if st := status.Convert(err); st.Code() != codes.InvalidArgument || !strings.HasPrefix(st.Message(), "events[1].reason: ") {
+		t.Fatalf("Append without refuse_individually = %v, want the whole batch refused naming events[1].reason", err)
+	}
+
+	resp, err := f.client.Append(as(broker), &auditv1.AppendRequest{Events: batch, RefuseIndividually: true})
+	if err != nil {
+		t.Fatalf("Append with refuse_individually: %v", err)
+	}
+	type result struct {
+		ID       string
+		Sequence uint64
+		Code     codes.Code
+		Message  string
+	}
+	var got []result
+	for _, r := range resp.GetResults() {
+		got = append(got, result{r.GetId(), r.GetSequence(), codes.Code(r.GetRefusal().GetCode()), r.GetRefusal().GetMessage()})
+	}
+	want := []result{
+		{ID: "ok1", Sequence: 0},
+		{ID: "bad", Code: codes.InvalidArgument, Message: "events[1].reason: " + auditevent.ProblemSecret},
+		{ID: "ok2", Sequence: 1},
+	}
+	if diff := cmp.Diff(got, want); diff != "" {
+		t.Errorf("results mismatch (-got +want):\n%s", diff)
+	}
+	if strings.Contains(resp.String(), jwt[:20]) {
+		t.Error("the response quotes the refused event's content")
+	}
+	q, err := f.client.Query(as(operator), &auditv1.QueryRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(ids(q.GetEvents()), []string{"ok1", "ok2"}); diff != "" {
+		t.Errorf("stored ids mismatch (-got +want):\n%s", diff)
 	}
 }

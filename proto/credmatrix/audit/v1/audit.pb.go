@@ -1210,9 +1210,16 @@ func (x *AdminDetail) GetRolesUpdated() uint32 {
 type AppendRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Events to record, 1 to 1000, each at most 64 KiB serialised.
-	Events        []*Event `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Events []*Event `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	// How an invalid event is answered. Unset (clients older than this
+	// field): any invalid event refuses the whole batch with
+	// INVALID_ARGUMENT and nothing of it is recorded. Set: an invalid event
+	// is refused alone, its AppendResult carrying `refusal`, and every other
+	// event of the batch is recorded, so that a producer that batches many
+	// callers' events fails only the caller whose event was refused.
+	RefuseIndividually bool `protobuf:"varint,2,opt,name=refuse_individually,json=refuseIndividually,proto3" json:"refuse_individually,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *AppendRequest) Reset() {
@@ -1250,6 +1257,13 @@ func (x *AppendRequest) GetEvents() []*Event {
 		return x.Events
 	}
 	return nil
+}
+
+func (x *AppendRequest) GetRefuseIndividually() bool {
+	if x != nil {
+		return x.RefuseIndividually
+	}
+	return false
 }
 
 // AppendResponse acknowledges a durable batch.
@@ -1298,7 +1312,8 @@ func (x *AppendResponse) GetResults() []*AppendResult {
 	return nil
 }
 
-// AppendResult is the durable position of one appended event.
+// AppendResult is the durable position of one appended event, or why it
+// was not recorded.
 type AppendResult struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The event's id.
@@ -1306,7 +1321,11 @@ type AppendResult struct {
 	// Its sequence number (leaf index).
 	Sequence uint64 `protobuf:"varint,2,opt,name=sequence,proto3" json:"sequence,omitempty"`
 	// RFC 6962 leaf hash of the event (SHA-256 of 0x00 || serialisation).
-	LeafHash      []byte `protobuf:"bytes,3,opt,name=leaf_hash,json=leafHash,proto3" json:"leaf_hash,omitempty"`
+	LeafHash []byte `protobuf:"bytes,3,opt,name=leaf_hash,json=leafHash,proto3" json:"leaf_hash,omitempty"`
+	// Set only when the request set refuse_individually and this event was
+	// refused: it was not recorded, and sequence and leaf_hash are unset.
+	// A client must check it before trusting sequence.
+	Refusal       *AppendRefusal `protobuf:"bytes,4,opt,name=refusal,proto3" json:"refusal,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1362,6 +1381,71 @@ func (x *AppendResult) GetLeafHash() []byte {
 	return nil
 }
 
+func (x *AppendResult) GetRefusal() *AppendRefusal {
+	if x != nil {
+		return x.Refusal
+	}
+	return nil
+}
+
+// AppendRefusal says why one event of a batch was not recorded.
+type AppendRefusal struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Canonical gRPC status code the event would have got on its own
+	// (3, INVALID_ARGUMENT).
+	Code int32 `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
+	// What is wrong, naming the event and field (e.g.
+	// "events[2].actor.request_reason: not valid UTF-8"). It never quotes
+	// event content.
+	Message       string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AppendRefusal) Reset() {
+	*x = AppendRefusal{}
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AppendRefusal) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AppendRefusal) ProtoMessage() {}
+
+func (x *AppendRefusal) ProtoReflect() protoreflect.Message {
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AppendRefusal.ProtoReflect.Descriptor instead.
+func (*AppendRefusal) Descriptor() ([]byte, []int) {
+	return file_credmatrix_audit_v1_audit_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *AppendRefusal) GetCode() int32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *AppendRefusal) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
 // QueryRequest filters events; every set filter must match.
 type QueryRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1393,7 +1477,7 @@ type QueryRequest struct {
 
 func (x *QueryRequest) Reset() {
 	*x = QueryRequest{}
-	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[10]
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1405,7 +1489,7 @@ func (x *QueryRequest) String() string {
 func (*QueryRequest) ProtoMessage() {}
 
 func (x *QueryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[10]
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1418,7 +1502,7 @@ func (x *QueryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueryRequest.ProtoReflect.Descriptor instead.
 func (*QueryRequest) Descriptor() ([]byte, []int) {
-	return file_credmatrix_audit_v1_audit_proto_rawDescGZIP(), []int{10}
+	return file_credmatrix_audit_v1_audit_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *QueryRequest) GetStartTime() *timestamppb.Timestamp {
@@ -1511,7 +1595,7 @@ type QueryResponse struct {
 
 func (x *QueryResponse) Reset() {
 	*x = QueryResponse{}
-	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[11]
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1523,7 +1607,7 @@ func (x *QueryResponse) String() string {
 func (*QueryResponse) ProtoMessage() {}
 
 func (x *QueryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[11]
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1536,7 +1620,7 @@ func (x *QueryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueryResponse.ProtoReflect.Descriptor instead.
 func (*QueryResponse) Descriptor() ([]byte, []int) {
-	return file_credmatrix_audit_v1_audit_proto_rawDescGZIP(), []int{11}
+	return file_credmatrix_audit_v1_audit_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *QueryResponse) GetEvents() []*Event {
@@ -1566,7 +1650,7 @@ type SubscribeRequest struct {
 
 func (x *SubscribeRequest) Reset() {
 	*x = SubscribeRequest{}
-	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[12]
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1578,7 +1662,7 @@ func (x *SubscribeRequest) String() string {
 func (*SubscribeRequest) ProtoMessage() {}
 
 func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[12]
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1591,7 +1675,7 @@ func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubscribeRequest.ProtoReflect.Descriptor instead.
 func (*SubscribeRequest) Descriptor() ([]byte, []int) {
-	return file_credmatrix_audit_v1_audit_proto_rawDescGZIP(), []int{12}
+	return file_credmatrix_audit_v1_audit_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SubscribeRequest) GetFromSequence() uint64 {
@@ -1619,7 +1703,7 @@ type SubscribeResponse struct {
 
 func (x *SubscribeResponse) Reset() {
 	*x = SubscribeResponse{}
-	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[13]
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1631,7 +1715,7 @@ func (x *SubscribeResponse) String() string {
 func (*SubscribeResponse) ProtoMessage() {}
 
 func (x *SubscribeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[13]
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1644,7 +1728,7 @@ func (x *SubscribeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubscribeResponse.ProtoReflect.Descriptor instead.
 func (*SubscribeResponse) Descriptor() ([]byte, []int) {
-	return file_credmatrix_audit_v1_audit_proto_rawDescGZIP(), []int{13}
+	return file_credmatrix_audit_v1_audit_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SubscribeResponse) GetEvent() *Event {
@@ -1663,7 +1747,7 @@ type GetCheckpointRequest struct {
 
 func (x *GetCheckpointRequest) Reset() {
 	*x = GetCheckpointRequest{}
-	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[14]
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1675,7 +1759,7 @@ func (x *GetCheckpointRequest) String() string {
 func (*GetCheckpointRequest) ProtoMessage() {}
 
 func (x *GetCheckpointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[14]
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1688,7 +1772,7 @@ func (x *GetCheckpointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCheckpointRequest.ProtoReflect.Descriptor instead.
 func (*GetCheckpointRequest) Descriptor() ([]byte, []int) {
-	return file_credmatrix_audit_v1_audit_proto_rawDescGZIP(), []int{14}
+	return file_credmatrix_audit_v1_audit_proto_rawDescGZIP(), []int{15}
 }
 
 // GetCheckpointResponse is a signed checkpoint of the log.
@@ -1713,7 +1797,7 @@ type GetCheckpointResponse struct {
 
 func (x *GetCheckpointResponse) Reset() {
 	*x = GetCheckpointResponse{}
-	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[15]
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1725,7 +1809,7 @@ func (x *GetCheckpointResponse) String() string {
 func (*GetCheckpointResponse) ProtoMessage() {}
 
 func (x *GetCheckpointResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[15]
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1738,7 +1822,7 @@ func (x *GetCheckpointResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCheckpointResponse.ProtoReflect.Descriptor instead.
 func (*GetCheckpointResponse) Descriptor() ([]byte, []int) {
-	return file_credmatrix_audit_v1_audit_proto_rawDescGZIP(), []int{15}
+	return file_credmatrix_audit_v1_audit_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GetCheckpointResponse) GetSignedNote() []byte {
@@ -1796,7 +1880,7 @@ type GetInclusionProofRequest struct {
 
 func (x *GetInclusionProofRequest) Reset() {
 	*x = GetInclusionProofRequest{}
-	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[16]
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1808,7 +1892,7 @@ func (x *GetInclusionProofRequest) String() string {
 func (*GetInclusionProofRequest) ProtoMessage() {}
 
 func (x *GetInclusionProofRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[16]
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1821,7 +1905,7 @@ func (x *GetInclusionProofRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetInclusionProofRequest.ProtoReflect.Descriptor instead.
 func (*GetInclusionProofRequest) Descriptor() ([]byte, []int) {
-	return file_credmatrix_audit_v1_audit_proto_rawDescGZIP(), []int{16}
+	return file_credmatrix_audit_v1_audit_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *GetInclusionProofRequest) GetSequence() uint64 {
@@ -1855,7 +1939,7 @@ type GetInclusionProofResponse struct {
 
 func (x *GetInclusionProofResponse) Reset() {
 	*x = GetInclusionProofResponse{}
-	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[17]
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1867,7 +1951,7 @@ func (x *GetInclusionProofResponse) String() string {
 func (*GetInclusionProofResponse) ProtoMessage() {}
 
 func (x *GetInclusionProofResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[17]
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1880,7 +1964,7 @@ func (x *GetInclusionProofResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetInclusionProofResponse.ProtoReflect.Descriptor instead.
 func (*GetInclusionProofResponse) Descriptor() ([]byte, []int) {
-	return file_credmatrix_audit_v1_audit_proto_rawDescGZIP(), []int{17}
+	return file_credmatrix_audit_v1_audit_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *GetInclusionProofResponse) GetSequence() uint64 {
@@ -1924,7 +2008,7 @@ type GetConsistencyProofRequest struct {
 
 func (x *GetConsistencyProofRequest) Reset() {
 	*x = GetConsistencyProofRequest{}
-	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[18]
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1936,7 +2020,7 @@ func (x *GetConsistencyProofRequest) String() string {
 func (*GetConsistencyProofRequest) ProtoMessage() {}
 
 func (x *GetConsistencyProofRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[18]
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1949,7 +2033,7 @@ func (x *GetConsistencyProofRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetConsistencyProofRequest.ProtoReflect.Descriptor instead.
 func (*GetConsistencyProofRequest) Descriptor() ([]byte, []int) {
-	return file_credmatrix_audit_v1_audit_proto_rawDescGZIP(), []int{18}
+	return file_credmatrix_audit_v1_audit_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *GetConsistencyProofRequest) GetFirstSize() uint64 {
@@ -1981,7 +2065,7 @@ type GetConsistencyProofResponse struct {
 
 func (x *GetConsistencyProofResponse) Reset() {
 	*x = GetConsistencyProofResponse{}
-	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[19]
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1993,7 +2077,7 @@ func (x *GetConsistencyProofResponse) String() string {
 func (*GetConsistencyProofResponse) ProtoMessage() {}
 
 func (x *GetConsistencyProofResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[19]
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2006,7 +2090,7 @@ func (x *GetConsistencyProofResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetConsistencyProofResponse.ProtoReflect.Descriptor instead.
 func (*GetConsistencyProofResponse) Descriptor() ([]byte, []int) {
-	return file_credmatrix_audit_v1_audit_proto_rawDescGZIP(), []int{19}
+	return file_credmatrix_audit_v1_audit_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *GetConsistencyProofResponse) GetFirstSize() uint64 {
@@ -2151,15 +2235,20 @@ const file_credmatrix_audit_v1_audit_proto_rawDesc = "" +
 	"\rroles_updated\x18\r \x01(\rR\frolesUpdated\x1a9\n" +
 	"\vClaimsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"C\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"t\n" +
 	"\rAppendRequest\x122\n" +
-	"\x06events\x18\x01 \x03(\v2\x1a.credmatrix.audit.v1.EventR\x06events\"M\n" +
+	"\x06events\x18\x01 \x03(\v2\x1a.credmatrix.audit.v1.EventR\x06events\x12/\n" +
+	"\x13refuse_individually\x18\x02 \x01(\bR\x12refuseIndividually\"M\n" +
 	"\x0eAppendResponse\x12;\n" +
-	"\aresults\x18\x01 \x03(\v2!.credmatrix.audit.v1.AppendResultR\aresults\"W\n" +
+	"\aresults\x18\x01 \x03(\v2!.credmatrix.audit.v1.AppendResultR\aresults\"\x95\x01\n" +
 	"\fAppendResult\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n" +
 	"\bsequence\x18\x02 \x01(\x04R\bsequence\x12\x1b\n" +
-	"\tleaf_hash\x18\x03 \x01(\fR\bleafHash\"\xb8\x03\n" +
+	"\tleaf_hash\x18\x03 \x01(\fR\bleafHash\x12<\n" +
+	"\arefusal\x18\x04 \x01(\v2\".credmatrix.audit.v1.AppendRefusalR\arefusal\"=\n" +
+	"\rAppendRefusal\x12\x12\n" +
+	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\"\xb8\x03\n" +
 	"\fQueryRequest\x129\n" +
 	"\n" +
 	"start_time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
@@ -2255,7 +2344,7 @@ func file_credmatrix_audit_v1_audit_proto_rawDescGZIP() []byte {
 }
 
 var file_credmatrix_audit_v1_audit_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_credmatrix_audit_v1_audit_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_credmatrix_audit_v1_audit_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_credmatrix_audit_v1_audit_proto_goTypes = []any{
 	(Kind)(0),                           // 0: credmatrix.audit.v1.Kind
 	(Decision)(0),                       // 1: credmatrix.audit.v1.Decision
@@ -2269,27 +2358,28 @@ var file_credmatrix_audit_v1_audit_proto_goTypes = []any{
 	(*AppendRequest)(nil),               // 9: credmatrix.audit.v1.AppendRequest
 	(*AppendResponse)(nil),              // 10: credmatrix.audit.v1.AppendResponse
 	(*AppendResult)(nil),                // 11: credmatrix.audit.v1.AppendResult
-	(*QueryRequest)(nil),                // 12: credmatrix.audit.v1.QueryRequest
-	(*QueryResponse)(nil),               // 13: credmatrix.audit.v1.QueryResponse
-	(*SubscribeRequest)(nil),            // 14: credmatrix.audit.v1.SubscribeRequest
-	(*SubscribeResponse)(nil),           // 15: credmatrix.audit.v1.SubscribeResponse
-	(*GetCheckpointRequest)(nil),        // 16: credmatrix.audit.v1.GetCheckpointRequest
-	(*GetCheckpointResponse)(nil),       // 17: credmatrix.audit.v1.GetCheckpointResponse
-	(*GetInclusionProofRequest)(nil),    // 18: credmatrix.audit.v1.GetInclusionProofRequest
-	(*GetInclusionProofResponse)(nil),   // 19: credmatrix.audit.v1.GetInclusionProofResponse
-	(*GetConsistencyProofRequest)(nil),  // 20: credmatrix.audit.v1.GetConsistencyProofRequest
-	(*GetConsistencyProofResponse)(nil), // 21: credmatrix.audit.v1.GetConsistencyProofResponse
-	nil,                                 // 22: credmatrix.audit.v1.Actor.ClaimsEntry
-	nil,                                 // 23: credmatrix.audit.v1.SessionDetail.SessionTagsEntry
-	nil,                                 // 24: credmatrix.audit.v1.KeyDetail.EncryptionContextEntry
-	nil,                                 // 25: credmatrix.audit.v1.KeyDetail.GrantRequiredContextEntry
-	nil,                                 // 26: credmatrix.audit.v1.AdminDetail.ClaimsEntry
-	(*timestamppb.Timestamp)(nil),       // 27: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),         // 28: google.protobuf.Duration
+	(*AppendRefusal)(nil),               // 12: credmatrix.audit.v1.AppendRefusal
+	(*QueryRequest)(nil),                // 13: credmatrix.audit.v1.QueryRequest
+	(*QueryResponse)(nil),               // 14: credmatrix.audit.v1.QueryResponse
+	(*SubscribeRequest)(nil),            // 15: credmatrix.audit.v1.SubscribeRequest
+	(*SubscribeResponse)(nil),           // 16: credmatrix.audit.v1.SubscribeResponse
+	(*GetCheckpointRequest)(nil),        // 17: credmatrix.audit.v1.GetCheckpointRequest
+	(*GetCheckpointResponse)(nil),       // 18: credmatrix.audit.v1.GetCheckpointResponse
+	(*GetInclusionProofRequest)(nil),    // 19: credmatrix.audit.v1.GetInclusionProofRequest
+	(*GetInclusionProofResponse)(nil),   // 20: credmatrix.audit.v1.GetInclusionProofResponse
+	(*GetConsistencyProofRequest)(nil),  // 21: credmatrix.audit.v1.GetConsistencyProofRequest
+	(*GetConsistencyProofResponse)(nil), // 22: credmatrix.audit.v1.GetConsistencyProofResponse
+	nil,                                 // 23: credmatrix.audit.v1.Actor.ClaimsEntry
+	nil,                                 // 24: credmatrix.audit.v1.SessionDetail.SessionTagsEntry
+	nil,                                 // 25: credmatrix.audit.v1.KeyDetail.EncryptionContextEntry
+	nil,                                 // 26: credmatrix.audit.v1.KeyDetail.GrantRequiredContextEntry
+	nil,                                 // 27: credmatrix.audit.v1.AdminDetail.ClaimsEntry
+	(*timestamppb.Timestamp)(nil),       // 28: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),         // 29: google.protobuf.Duration
 }
 var file_credmatrix_audit_v1_audit_proto_depIdxs = []int32{
-	27, // 0: credmatrix.audit.v1.Event.time:type_name -> google.protobuf.Timestamp
-	27, // 1: credmatrix.audit.v1.Event.recorded_time:type_name -> google.protobuf.Timestamp
+	28, // 0: credmatrix.audit.v1.Event.time:type_name -> google.protobuf.Timestamp
+	28, // 1: credmatrix.audit.v1.Event.recorded_time:type_name -> google.protobuf.Timestamp
 	0,  // 2: credmatrix.audit.v1.Event.kind:type_name -> credmatrix.audit.v1.Kind
 	1,  // 3: credmatrix.audit.v1.Event.decision:type_name -> credmatrix.audit.v1.Decision
 	3,  // 4: credmatrix.audit.v1.Event.actor:type_name -> credmatrix.audit.v1.Actor
@@ -2298,44 +2388,45 @@ var file_credmatrix_audit_v1_audit_proto_depIdxs = []int32{
 	7,  // 7: credmatrix.audit.v1.Event.policy:type_name -> credmatrix.audit.v1.PolicyDetail
 	8,  // 8: credmatrix.audit.v1.Event.admin:type_name -> credmatrix.audit.v1.AdminDetail
 	4,  // 9: credmatrix.audit.v1.Event.secret_refs:type_name -> credmatrix.audit.v1.SecretRef
-	22, // 10: credmatrix.audit.v1.Actor.claims:type_name -> credmatrix.audit.v1.Actor.ClaimsEntry
-	27, // 11: credmatrix.audit.v1.SessionDetail.expiration:type_name -> google.protobuf.Timestamp
-	28, // 12: credmatrix.audit.v1.SessionDetail.duration:type_name -> google.protobuf.Duration
-	23, // 13: credmatrix.audit.v1.SessionDetail.session_tags:type_name -> credmatrix.audit.v1.SessionDetail.SessionTagsEntry
-	27, // 14: credmatrix.audit.v1.SessionDetail.revoked_before:type_name -> google.protobuf.Timestamp
-	24, // 15: credmatrix.audit.v1.KeyDetail.encryption_context:type_name -> credmatrix.audit.v1.KeyDetail.EncryptionContextEntry
-	25, // 16: credmatrix.audit.v1.KeyDetail.grant_required_context:type_name -> credmatrix.audit.v1.KeyDetail.GrantRequiredContextEntry
-	27, // 17: credmatrix.audit.v1.KeyDetail.grant_expire_time:type_name -> google.protobuf.Timestamp
-	26, // 18: credmatrix.audit.v1.AdminDetail.claims:type_name -> credmatrix.audit.v1.AdminDetail.ClaimsEntry
-	27, // 19: credmatrix.audit.v1.AdminDetail.issued_before:type_name -> google.protobuf.Timestamp
-	27, // 20: credmatrix.audit.v1.AdminDetail.block_until:type_name -> google.protobuf.Timestamp
+	23, // 10: credmatrix.audit.v1.Actor.claims:type_name -> credmatrix.audit.v1.Actor.ClaimsEntry
+	28, // 11: credmatrix.audit.v1.SessionDetail.expiration:type_name -> google.protobuf.Timestamp
+	29, // 12: credmatrix.audit.v1.SessionDetail.duration:type_name -> google.protobuf.Duration
+	24, // 13: credmatrix.audit.v1.SessionDetail.session_tags:type_name -> credmatrix.audit.v1.SessionDetail.SessionTagsEntry
+	28, // 14: credmatrix.audit.v1.SessionDetail.revoked_before:type_name -> google.protobuf.Timestamp
+	25, // 15: credmatrix.audit.v1.KeyDetail.encryption_context:type_name -> credmatrix.audit.v1.KeyDetail.EncryptionContextEntry
+	26, // 16: credmatrix.audit.v1.KeyDetail.grant_required_context:type_name -> credmatrix.audit.v1.KeyDetail.GrantRequiredContextEntry
+	28, // 17: credmatrix.audit.v1.KeyDetail.grant_expire_time:type_name -> google.protobuf.Timestamp
+	27, // 18: credmatrix.audit.v1.AdminDetail.claims:type_name -> credmatrix.audit.v1.AdminDetail.ClaimsEntry
+	28, // 19: credmatrix.audit.v1.AdminDetail.issued_before:type_name -> google.protobuf.Timestamp
+	28, // 20: credmatrix.audit.v1.AdminDetail.block_until:type_name -> google.protobuf.Timestamp
 	2,  // 21: credmatrix.audit.v1.AppendRequest.events:type_name -> credmatrix.audit.v1.Event
 	11, // 22: credmatrix.audit.v1.AppendResponse.results:type_name -> credmatrix.audit.v1.AppendResult
-	27, // 23: credmatrix.audit.v1.QueryRequest.start_time:type_name -> google.protobuf.Timestamp
-	27, // 24: credmatrix.audit.v1.QueryRequest.end_time:type_name -> google.protobuf.Timestamp
-	0,  // 25: credmatrix.audit.v1.QueryRequest.kinds:type_name -> credmatrix.audit.v1.Kind
-	1,  // 26: credmatrix.audit.v1.QueryRequest.decision:type_name -> credmatrix.audit.v1.Decision
-	2,  // 27: credmatrix.audit.v1.QueryResponse.events:type_name -> credmatrix.audit.v1.Event
-	0,  // 28: credmatrix.audit.v1.SubscribeRequest.kinds:type_name -> credmatrix.audit.v1.Kind
-	2,  // 29: credmatrix.audit.v1.SubscribeResponse.event:type_name -> credmatrix.audit.v1.Event
-	27, // 30: credmatrix.audit.v1.GetCheckpointResponse.time:type_name -> google.protobuf.Timestamp
-	9,  // 31: credmatrix.audit.v1.AuditService.Append:input_type -> credmatrix.audit.v1.AppendRequest
-	12, // 32: credmatrix.audit.v1.AuditService.Query:input_type -> credmatrix.audit.v1.QueryRequest
-	14, // 33: credmatrix.audit.v1.AuditService.Subscribe:input_type -> credmatrix.audit.v1.SubscribeRequest
-	16, // 34: credmatrix.audit.v1.AuditService.GetCheckpoint:input_type -> credmatrix.audit.v1.GetCheckpointRequest
-	18, // 35: credmatrix.audit.v1.AuditService.GetInclusionProof:input_type -> credmatrix.audit.v1.GetInclusionProofRequest
-	20, // 36: credmatrix.audit.v1.AuditService.GetConsistencyProof:input_type -> credmatrix.audit.v1.GetConsistencyProofRequest
-	10, // 37: credmatrix.audit.v1.AuditService.Append:output_type -> credmatrix.audit.v1.AppendResponse
-	13, // 38: credmatrix.audit.v1.AuditService.Query:output_type -> credmatrix.audit.v1.QueryResponse
-	15, // 39: credmatrix.audit.v1.AuditService.Subscribe:output_type -> credmatrix.audit.v1.SubscribeResponse
-	17, // 40: credmatrix.audit.v1.AuditService.GetCheckpoint:output_type -> credmatrix.audit.v1.GetCheckpointResponse
-	19, // 41: credmatrix.audit.v1.AuditService.GetInclusionProof:output_type -> credmatrix.audit.v1.GetInclusionProofResponse
-	21, // 42: credmatrix.audit.v1.AuditService.GetConsistencyProof:output_type -> credmatrix.audit.v1.GetConsistencyProofResponse
-	37, // [37:43] is the sub-list for method output_type
-	31, // [31:37] is the sub-list for method input_type
-	31, // [31:31] is the sub-list for extension type_name
-	31, // [31:31] is the sub-list for extension extendee
-	0,  // [0:31] is the sub-list for field type_name
+	12, // 23: credmatrix.audit.v1.AppendResult.refusal:type_name -> credmatrix.audit.v1.AppendRefusal
+	28, // 24: credmatrix.audit.v1.QueryRequest.start_time:type_name -> google.protobuf.Timestamp
+	28, // 25: credmatrix.audit.v1.QueryRequest.end_time:type_name -> google.protobuf.Timestamp
+	0,  // 26: credmatrix.audit.v1.QueryRequest.kinds:type_name -> credmatrix.audit.v1.Kind
+	1,  // 27: credmatrix.audit.v1.QueryRequest.decision:type_name -> credmatrix.audit.v1.Decision
+	2,  // 28: credmatrix.audit.v1.QueryResponse.events:type_name -> credmatrix.audit.v1.Event
+	0,  // 29: credmatrix.audit.v1.SubscribeRequest.kinds:type_name -> credmatrix.audit.v1.Kind
+	2,  // 30: credmatrix.audit.v1.SubscribeResponse.event:type_name -> credmatrix.audit.v1.Event
+	28, // 31: credmatrix.audit.v1.GetCheckpointResponse.time:type_name -> google.protobuf.Timestamp
+	9,  // 32: credmatrix.audit.v1.AuditService.Append:input_type -> credmatrix.audit.v1.AppendRequest
+	13, // 33: credmatrix.audit.v1.AuditService.Query:input_type -> credmatrix.audit.v1.QueryRequest
+	15, // 34: credmatrix.audit.v1.AuditService.Subscribe:input_type -> credmatrix.audit.v1.SubscribeRequest
+	17, // 35: credmatrix.audit.v1.AuditService.GetCheckpoint:input_type -> credmatrix.audit.v1.GetCheckpointRequest
+	19, // 36: credmatrix.audit.v1.AuditService.GetInclusionProof:input_type -> credmatrix.audit.v1.GetInclusionProofRequest
+	21, // 37: credmatrix.audit.v1.AuditService.GetConsistencyProof:input_type -> credmatrix.audit.v1.GetConsistencyProofRequest
+	10, // 38: credmatrix.audit.v1.AuditService.Append:output_type -> credmatrix.audit.v1.AppendResponse
+	14, // 39: credmatrix.audit.v1.AuditService.Query:output_type -> credmatrix.audit.v1.QueryResponse
+	16, // 40: credmatrix.audit.v1.AuditService.Subscribe:output_type -> credmatrix.audit.v1.SubscribeResponse
+	18, // 41: credmatrix.audit.v1.AuditService.GetCheckpoint:output_type -> credmatrix.audit.v1.GetCheckpointResponse
+	20, // 42: credmatrix.audit.v1.AuditService.GetInclusionProof:output_type -> credmatrix.audit.v1.GetInclusionProofResponse
+	22, // 43: credmatrix.audit.v1.AuditService.GetConsistencyProof:output_type -> credmatrix.audit.v1.GetConsistencyProofResponse
+	38, // [38:44] is the sub-list for method output_type
+	32, // [32:38] is the sub-list for method input_type
+	32, // [32:32] is the sub-list for extension type_name
+	32, // [32:32] is the sub-list for extension extendee
+	0,  // [0:32] is the sub-list for field type_name
 }
 
 func init() { file_credmatrix_audit_v1_audit_proto_init() }
@@ -2355,7 +2446,7 @@ func file_credmatrix_audit_v1_audit_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_credmatrix_audit_v1_audit_proto_rawDesc), len(file_credmatrix_audit_v1_audit_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   25,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -49,10 +49,12 @@ const (
 // Only the broker and keyguard (identified by their mTLS certificates) may
 // Append; only operators may Query, Subscribe or fetch proofs.
 type AuditServiceClient interface {
-	// Append records a batch of events. It returns only once every event in
-	// the batch is durable; the results are in request order. An overloaded
-	// log answers RESOURCE_EXHAUSTED with retry info and records nothing of
-	// the batch; it never drops events silently.
+	// Append records a batch of events. It returns only once every recorded
+	// event of the batch is durable; the results are in request order. An
+	// overloaded log answers RESOURCE_EXHAUSTED with retry info and records
+	// nothing of the batch; it never drops events silently. An invalid event
+	// refuses the whole batch (INVALID_ARGUMENT), unless the request sets
+	// refuse_individually: then only that event is refused, in its result.
 	Append(ctx context.Context, in *AppendRequest, opts ...grpc.CallOption) (*AppendResponse, error)
 	// Query returns events matching every given filter, in sequence order,
 	// one page at a time.
@@ -157,10 +159,12 @@ func (c *auditServiceClient) GetConsistencyProof(ctx context.Context, in *GetCon
 // Only the broker and keyguard (identified by their mTLS certificates) may
 // Append; only operators may Query, Subscribe or fetch proofs.
 type AuditServiceServer interface {
-	// Append records a batch of events. It returns only once every event in
-	// the batch is durable; the results are in request order. An overloaded
-	// log answers RESOURCE_EXHAUSTED with retry info and records nothing of
-	// the batch; it never drops events silently.
+	// Append records a batch of events. It returns only once every recorded
+	// event of the batch is durable; the results are in request order. An
+	// overloaded log answers RESOURCE_EXHAUSTED with retry info and records
+	// nothing of the batch; it never drops events silently. An invalid event
+	// refuses the whole batch (INVALID_ARGUMENT), unless the request sets
+	// refuse_individually: then only that event is refused, in its result.
 	Append(context.Context, *AppendRequest) (*AppendResponse, error)
 	// Query returns events matching every given filter, in sequence order,
 	// one page at a time.
