@@ -1,8 +1,17 @@
 // Package grpcserver is the one gRPC server bootstrap that broker, keyguard
-// and audit share, so that TLS/mTLS, tracing, panic recovery, request
-// logging, health, reflection and graceful shutdown are written (and
-// reviewed) once. Services only register their handlers and add their own
-// interceptors (authentication, authorisation) after the shared ones.
+// and audit share, so that TLS/mTLS, caller identity, tracing, panic
+// recovery, request logging, health, reflection and graceful shutdown are
+// written (and reviewed) once. Services only register their handlers and
+// add their own interceptors (authorisation) after the shared ones.
+//
+// A Server has one or two listeners:
+//   - the service port, mutual TLS: every caller presents a certificate
+//     from the configured CA carrying exactly one SPIFFE ID (checked by one
+//     interceptor before any handler; PeerIdentity reads it). Service to
+//     service and administrative RPCs live here.
+//   - optionally, a public port (WithPublic): server-authenticated TLS
+//     without client certificates, serving only the methods a service
+//     declares public, whose credential is a token in the request.
 package grpcserver
 
 import (
@@ -14,6 +23,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -44,13 +54,14 @@ const (
 	DefaultMaxRecvMsgBytes = 4 << 20
 )
 
-// TLSFiles names the PEM files of a server's TLS identity. Setting
-// ClientCAFile turns on mutual TLS: every client must present a certificate
-// signed by that CA.
+// TLSFiles names the PEM files of a server's TLS identity. ClientCAFile is
+// required: the service port is mutual TLS, every client presents a
+// certificate signed by that CA. Callers without a certificate use the
+// public listener (PublicConfig).
 type TLSFiles struct {
 	CertFile     string `cfg:"cert_file" help:"PEM certificate chain the server presents"`
 	KeyFile      string `cfg:"key_file" help:"PEM private key of cert_file"`
-	ClientCAFile string `cfg:"client_ca_file" help:"PEM CA bundle; when set, clients must present a certificate it signed (mTLS)"`
+	ClientCAFile string `cfg:"client_ca_file" help:"PEM CA bundle that signs client certificates; every client must present one (mTLS)"`
 }
 
 // Config is the server part of every service's configuration; embed it under
@@ -107,6 +118,9 @@ func (c Config) Validate() error {
 		if c.TLS.KeyFile == "" {
 			add("tls.key_file", "required unless dev_plaintext is set")
 		}
+		if c.TLS.ClientCAFile == "" {
+			add("tls.client_ca_file", "required unless dev_plaintext is set: the service port is mutual TLS (callers without a certificate use the public listener)")
+		}
 	}
 	if c.DrainTimeout < 0 {
 		add("drain_timeout", "must not be negative")
@@ -117,9 +131,10 @@ func (c Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// TLSConfig builds the server TLS configuration: TLS 1.3 only, and mutual
-// TLS (tls.RequireAndVerifyClientCert against ClientCAFile) when
-// ClientCAFile is set.
+// TLSConfig builds the service port's TLS configuration: TLS 1.3 only, and
+// mutual TLS (tls.RequireAndVerifyClientCert against ClientCAFile).
+// Without ClientCAFile (refused by Validate) no client certificate is
+// asked for.
 func TLSConfig(files TLSFiles) (*tls.Config, error) {
 	cert, err := tls.LoadX509KeyPair(files.CertFile, files.KeyFile)
 	if err != nil {
@@ -144,6 +159,7 @@ func TLSConfig(files TLSFiles) (*tls.Config, error) {
 type Option func(*options)
 
 type options struct {
+	public     *publicOptions
 	unary      []grpc.UnaryServerInterceptor
 	stream     []grpc.StreamServerInterceptor
 	serverOpts []grpc.ServerOption
@@ -184,21 +200,40 @@ func WithMetrics(reg prometheus.Registerer) Option {
 }
 
 // Server is a gRPC server that is already listening. Register services on
-// GRPC(), then call Serve.
+// it (it is a grpc.ServiceRegistrar), then call Serve.
 type Server struct {
 	cfg    Config
 	log    hclog.Logger
-	lis    net.Listener
-	grpc   *grpc.Server
 	health *health.Server
+	main   listener
+	public *listener // nil without a public listener
+	// publicMethods are the methods the public listener answers.
+	publicMethods map[string]bool
 }
+
+// listener is one port and the gRPC server behind it.
+type listener struct {
+	name string // "service" or "public", in logs
+	lis  net.Listener
+	grpc *grpc.Server
+}
+
+var _ grpc.ServiceRegistrar = (*Server)(nil)
 
 // New validates cfg, loads the TLS files and starts listening, so that the
 // address (and a port chosen for ":0") is known before Serve and a busy port
 // fails start-up rather than the first request. log nil discards logs.
 func New(cfg Config, log hclog.Logger, opts ...Option) (*Server, error) {
-	if err := cfg.Validate(); err != nil {
-		return nil, err
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	verr := cfg.Validate()
+	if o.public != nil {
+		verr = errors.Join(verr, prefixFields("public", o.public.cfg.Validate()))
+	}
+	if verr != nil {
+		return nil, verr
 	}
 	if log == nil {
 		log = hclog.NewNullLogger()
@@ -208,10 +243,6 @@ func New(cfg Config, log hclog.Logger, opts ...Option) (*Server, error) {
 	}
 	if cfg.MaxRecvMsgBytes == 0 {
 		cfg.MaxRecvMsgBytes = DefaultMaxRecvMsgBytes
-	}
-	var o options
-	for _, opt := range opts {
-		opt(&o)
 	}
 
 	var creds credentials.TransportCredentials
@@ -224,14 +255,69 @@ func New(cfg Config, log hclog.Logger, opts ...Option) (*Server, error) {
 		}
 		creds = credentials.NewTLS(tlsCfg)
 	}
+	var publicCreds credentials.TransportCredentials
+	public := o.public != nil && o.public.cfg.Enabled()
+	s := &Server{cfg: cfg, log: log, health: health.NewServer()}
+	if public {
+		if len(o.public.methods) == 0 {
+			return nil, errors.New("grpcserver: a public listener is configured but the service declares no public methods")
+		}
+		s.publicMethods = map[string]bool{HealthCheckMethod: true}
+		for _, m := range o.public.methods {
+			if err := checkMethodName(m); err != nil {
+				return nil, err
+			}
+			s.publicMethods[m] = true
+		}
+		if o.public.cfg.DevPlaintext {
+			publicCreds = insecure.NewCredentials()
+		} else {
+			tlsCfg, err := PublicTLSConfig(o.public.cfg.TLS)
+			if err != nil {
+				return nil, err
+			}
+			publicCreds = credentials.NewTLS(tlsCfg)
+		}
+	}
 
+	// The identity check runs on the service port before any service
+	// interceptor; the public port instead refuses every method the
+	// service did not declare public.
+	idUnary, idStream := s.identityInterceptors(!cfg.DevPlaintext)
 	lis, err := net.Listen("tcp", cfg.ListenAddr)
 	if err != nil {
 		return nil, fmt.Errorf("grpcserver: listen on %s: %w", cfg.ListenAddr, err)
 	}
-	s := &Server{cfg: cfg, log: log, lis: lis, health: health.NewServer()}
-	unary := []grpc.UnaryServerInterceptor{s.recoverUnary, s.logUnary}
-	stream := []grpc.StreamServerInterceptor{s.recoverStream, s.logStream}
+	s.main = listener{name: "service", lis: lis}
+	s.main.grpc = s.newGRPC(&o, s.main.name, creds, idUnary, idStream)
+	if public {
+		plis, err := net.Listen("tcp", o.public.cfg.ListenAddr)
+		if err != nil {
+			_ = lis.Close()
+			return nil, fmt.Errorf("grpcserver: public listener: listen on %s: %w", o.public.cfg.ListenAddr, err)
+		}
+		pu, ps := publicOnly(s.publicMethods)
+		s.public = &listener{name: "public", lis: plis}
+		s.public.grpc = s.newGRPC(&o, s.public.name, publicCreds, pu, ps, grpc.MaxHeaderListSize(DefaultPublicMaxHeaderBytes))
+	}
+
+	// Not ready until Serve runs.
+	s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+	healthgrpc.RegisterHealthServer(s.main.grpc, s.health)
+	reflection.Register(s.main.grpc)
+	if s.public != nil {
+		healthgrpc.RegisterHealthServer(s.public.grpc, s.health)
+	}
+	return s, nil
+}
+
+// newGRPC builds the gRPC server of one listener: metrics, panic recovery
+// and request logging first, then the listener's access check (identity or
+// public allow-list), then the service's interceptors.
+func (s *Server) newGRPC(o *options, name string, creds credentials.TransportCredentials, access grpc.UnaryServerInterceptor, accessStream grpc.StreamServerInterceptor, extra ...grpc.ServerOption) *grpc.Server {
+	logUnary, logStream := s.logInterceptors(name)
+	unary := []grpc.UnaryServerInterceptor{s.recoverUnary, logUnary, access}
+	stream := []grpc.StreamServerInterceptor{s.recoverStream, logStream, accessStream}
 	if o.metrics != nil {
 		unary = append([]grpc.UnaryServerInterceptor{o.metrics.Unary()}, unary...)
 		stream = append([]grpc.StreamServerInterceptor{o.metrics.Stream()}, stream...)
@@ -239,55 +325,120 @@ func New(cfg Config, log hclog.Logger, opts ...Option) (*Server, error) {
 	serverOpts := []grpc.ServerOption{
 		grpc.Creds(creds),
 		grpc.StatsHandler(otelgrpc.NewServerHandler(o.otelOpts...)),
-		grpc.MaxRecvMsgSize(cfg.MaxRecvMsgBytes),
+		grpc.MaxRecvMsgSize(s.cfg.MaxRecvMsgBytes),
 		grpc.ChainUnaryInterceptor(append(unary, o.unary...)...),
 		grpc.ChainStreamInterceptor(append(stream, o.stream...)...),
 	}
-	s.grpc = grpc.NewServer(append(serverOpts, o.serverOpts...)...)
-	// Not ready until Serve runs.
-	s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
-	healthgrpc.RegisterHealthServer(s.grpc, s.health)
-	reflection.Register(s.grpc)
-	return s, nil
+	serverOpts = append(serverOpts, extra...)
+	return grpc.NewServer(append(serverOpts, o.serverOpts...)...)
 }
 
-// GRPC returns the underlying server for registering services. Register
-// before Serve.
-func (s *Server) GRPC() *grpc.Server { return s.grpc }
+// prefixFields puts prefix before the Field of every *config.FieldError in
+// err, as config.Load does for nested structs.
+func prefixFields(prefix string, err error) error {
+	for _, fe := range config.FieldErrors(err) {
+		fe.Field = prefix + "." + fe.Field
+	}
+	return err
+}
+
+// RegisterService registers a service implementation on every listener;
+// the public listener still answers only its declared methods. It
+// implements grpc.ServiceRegistrar, so generated RegisterXServer functions
+// take the Server itself. Register before Serve.
+func (s *Server) RegisterService(desc *grpc.ServiceDesc, impl any) {
+	s.main.grpc.RegisterService(desc, impl)
+	if s.public != nil {
+		s.public.grpc.RegisterService(desc, impl)
+	}
+}
 
 // Health returns the health service. Serve marks the server ("") and every
 // registered service SERVING when it starts; a service may later report
 // NOT_SERVING for itself (for example while its store is unreachable).
 func (s *Server) Health() *health.Server { return s.health }
 
-// Addr returns the address the server listens on.
-func (s *Server) Addr() net.Addr { return s.lis.Addr() }
+// Addr returns the address of the service (mTLS) port.
+func (s *Server) Addr() net.Addr { return s.main.lis.Addr() }
+
+// PublicAddr returns the address of the public listener, nil without one.
+func (s *Server) PublicAddr() net.Addr {
+	if s.public == nil {
+		return nil
+	}
+	return s.public.lis.Addr()
+}
+
+// listeners returns the server's listeners, the service port first.
+func (s *Server) listeners() []*listener {
+	if s.public == nil {
+		return []*listener{&s.main}
+	}
+	return []*listener{&s.main, s.public}
+}
 
 // Serve serves until ctx is cancelled, then shuts down gracefully: health
 // turns NOT_SERVING, new RPCs are refused, and in-flight RPCs get up to
 // DrainTimeout to finish before the remaining connections are closed (their
 // handlers' contexts are cancelled). It returns nil after a clean shutdown
 // or after Stop. Call it once.
+//
+// Every method the public listener allows must be registered by then: a
+// misspelt public method fails Serve instead of silently staying refused.
 func (s *Server) Serve(ctx context.Context) error {
-	for name := range s.grpc.GetServiceInfo() {
+	if s.public != nil {
+		registered := map[string]bool{}
+		for svc, info := range s.public.grpc.GetServiceInfo() {
+			for _, m := range info.Methods {
+				registered["/"+svc+"/"+m.Name] = true
+			}
+		}
+		for m := range s.publicMethods {
+			if !registered[m] {
+				s.Stop()
+				return fmt.Errorf("grpcserver: public method %s is not registered", m)
+			}
+		}
+	}
+	for name := range s.main.grpc.GetServiceInfo() {
 		s.health.SetServingStatus(name, healthpb.HealthCheckResponse_SERVING)
 	}
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 
-	errc := make(chan error, 1)
-	go func() { errc <- s.grpc.Serve(s.lis) }()
-	s.log.Info("serving gRPC", "addr", s.Addr().String(), "tls", !s.cfg.DevPlaintext, "mtls", s.cfg.TLS.ClientCAFile != "")
+	ls := s.listeners()
+	errc := make(chan error, len(ls))
+	for _, l := range ls {
+		go func() {
+			err := l.grpc.Serve(l.lis)
+			if err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+				err = fmt.Errorf("grpcserver: serve %s listener on %s: %w", l.name, l.lis.Addr(), err)
+			} else {
+				err = nil
+			}
+			errc <- err
+		}()
+	}
+	s.log.Info("serving gRPC", "addr", s.Addr().String(), "tls", !s.cfg.DevPlaintext, "mtls", !s.cfg.DevPlaintext)
 	if s.cfg.DevPlaintext {
 		s.log.Warn("serving plaintext gRPC (dev_plaintext); for development on loopback only")
 	}
+	if s.public != nil {
+		s.log.Info("serving public gRPC (no client certificates; token-authenticated methods only)", "addr", s.PublicAddr().String(), "methods", len(s.publicMethods))
+	}
 
+	var first error
 	select {
-	case err := <-errc:
+	case first = <-errc:
+		// One listener stopped by itself (Stop, or a failure): stop the rest.
 		s.health.Shutdown()
-		if err != nil && !errors.Is(err, grpc.ErrServerStopped) {
-			return fmt.Errorf("grpcserver: serve on %s: %w", s.Addr(), err)
+		for _, l := range ls {
+			l.grpc.Stop()
 		}
-		return nil
+		errs := []error{first}
+		for range len(ls) - 1 {
+			errs = append(errs, <-errc)
+		}
+		return errors.Join(errs...)
 	case <-ctx.Done():
 	}
 
@@ -295,7 +446,11 @@ func (s *Server) Serve(ctx context.Context) error {
 	s.health.Shutdown()
 	drained := make(chan struct{})
 	go func() {
-		s.grpc.GracefulStop()
+		var wg sync.WaitGroup
+		for _, l := range ls {
+			wg.Go(l.grpc.GracefulStop)
+		}
+		wg.Wait()
 		close(drained)
 	}()
 	timer := time.NewTimer(s.cfg.DrainTimeout)
@@ -304,41 +459,30 @@ func (s *Server) Serve(ctx context.Context) error {
 	case <-drained:
 	case <-timer.C:
 		s.log.Warn("drain timeout reached, closing remaining connections", "drain_timeout", s.cfg.DrainTimeout.String())
-		s.grpc.Stop()
+		for _, l := range ls {
+			l.grpc.Stop()
+		}
 		<-drained
 	}
-	if err := <-errc; err != nil && !errors.Is(err, grpc.ErrServerStopped) {
-		return fmt.Errorf("grpcserver: serve on %s: %w", s.Addr(), err)
+	var errs []error
+	for range ls {
+		errs = append(errs, <-errc)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
 	}
 	s.log.Info("stopped")
 	return nil
 }
 
-// Stop closes the listener and every connection at once, cancelling
+// Stop closes the listeners and every connection at once, cancelling
 // in-flight RPCs. Tests use it; services cancel Serve's context instead.
 func (s *Server) Stop() {
 	s.health.Shutdown()
-	s.grpc.Stop()
-	_ = s.lis.Close() // already closed if Serve ran
-}
-
-// PeerIdentity returns, inside a server handler or interceptor, the first URI
-// SAN (e.g. spiffe://credmatrix.dev/broker) of the client certificate that
-// mutual TLS verified. It reports false without mTLS or without a URI SAN.
-func PeerIdentity(ctx context.Context) (string, bool) {
-	p, ok := peer.FromContext(ctx)
-	if !ok {
-		return "", false
+	for _, l := range s.listeners() {
+		l.grpc.Stop()
+		_ = l.lis.Close() // already closed if Serve ran
 	}
-	info, ok := p.AuthInfo.(credentials.TLSInfo)
-	if !ok || len(info.State.VerifiedChains) == 0 || len(info.State.VerifiedChains[0]) == 0 {
-		return "", false
-	}
-	leaf := info.State.VerifiedChains[0][0]
-	if len(leaf.URIs) == 0 {
-		return "", false
-	}
-	return leaf.URIs[0].String(), true
 }
 
 // recoverUnary turns a handler panic into codes.Internal "internal error"
@@ -372,28 +516,32 @@ func (s *Server) logPanic(ctx context.Context, method string, r any) {
 	)
 }
 
-// logUnary logs one line per RPC: method, code, duration, peer and trace —
-// never request or response messages, which may hold tokens or plaintext.
-func (s *Server) logUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	start := time.Now()
-	resp, err := handler(ctx, req)
-	s.logRPC(ctx, info.FullMethod, start, err)
-	return resp, err
+// logInterceptors log one line per RPC: listener, method, code, duration,
+// peer and trace — never request or response messages, which may hold
+// tokens or plaintext.
+func (s *Server) logInterceptors(listener string) (grpc.UnaryServerInterceptor, grpc.StreamServerInterceptor) {
+	unary := func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		start := time.Now()
+		resp, err := handler(ctx, req)
+		s.logRPC(ctx, listener, info.FullMethod, start, err)
+		return resp, err
+	}
+	stream := func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		start := time.Now()
+		err := handler(srv, ss)
+		s.logRPC(ss.Context(), listener, info.FullMethod, start, err)
+		return err
+	}
+	return unary, stream
 }
 
-func (s *Server) logStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-	start := time.Now()
-	err := handler(srv, ss)
-	s.logRPC(ss.Context(), info.FullMethod, start, err)
-	return err
-}
-
-func (s *Server) logRPC(ctx context.Context, method string, start time.Time, err error) {
+func (s *Server) logRPC(ctx context.Context, listener, method string, start time.Time, err error) {
 	st := status.Convert(err)
 	args := []any{
 		"method", method,
 		"code", st.Code().String(),
 		"duration_ms", float64(time.Since(start).Microseconds()) / 1000,
+		"listener", listener,
 	}
 	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
 		args = append(args, "peer_addr", p.Addr.String())

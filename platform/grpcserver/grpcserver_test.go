@@ -26,14 +26,18 @@ import (
 )
 
 func TestConfigValidate(t *testing.T) {
-	files := grpcserver.TLSFiles{CertFile: "c.pem", KeyFile: "k.pem"}
+	files := grpcserver.TLSFiles{CertFile: "c.pem", KeyFile: "k.pem", ClientCAFile: "ca.pem"}
 	tests := []struct {
 		name string
 		cfg  grpcserver.Config
 		want []string
 	}{
-		{name: "ok/tls", cfg: grpcserver.Config{ListenAddr: "0.0.0.0:8443", TLS: files}},
-		{name: "ok/mtls", cfg: grpcserver.Config{ListenAddr: ":8443", TLS: grpcserver.TLSFiles{CertFile: "c", KeyFile: "k", ClientCAFile: "ca"}}},
+		{name: "ok/mtls", cfg: grpcserver.Config{ListenAddr: ":8443", TLS: files}},
+		{
+			name: "refuse/tls-without-client-ca",
+			cfg:  grpcserver.Config{ListenAddr: "0.0.0.0:8443", TLS: grpcserver.TLSFiles{CertFile: "c.pem", KeyFile: "k.pem"}},
+			want: []string{"config: tls.client_ca_file: required unless dev_plaintext is set: the service port is mutual TLS (callers without a certificate use the public listener)"},
+		},
 		{name: "ok/plaintext-ipv4-loopback", cfg: grpcserver.Config{ListenAddr: "127.0.0.1:0", DevPlaintext: true}},
 		{name: "ok/plaintext-ipv6-loopback", cfg: grpcserver.Config{ListenAddr: "[::1]:0", DevPlaintext: true}},
 		{name: "ok/plaintext-localhost", cfg: grpcserver.Config{ListenAddr: "localhost:8443", DevPlaintext: true}},
@@ -43,11 +47,12 @@ func TestConfigValidate(t *testing.T) {
 			want: []string{
 				"config: tls.cert_file: required unless dev_plaintext is set",
 				"config: tls.key_file: required unless dev_plaintext is set",
+				"config: tls.client_ca_file: required unless dev_plaintext is set: the service port is mutual TLS (callers without a certificate use the public listener)",
 			},
 		},
 		{
 			name: "refuse/tls-without-key",
-			cfg:  grpcserver.Config{ListenAddr: "127.0.0.1:0", TLS: grpcserver.TLSFiles{CertFile: "c.pem"}},
+			cfg:  grpcserver.Config{ListenAddr: "127.0.0.1:0", TLS: grpcserver.TLSFiles{CertFile: "c.pem", ClientCAFile: "ca.pem"}},
 			want: []string{"config: tls.key_file: required unless dev_plaintext is set"},
 		},
 		{
@@ -130,6 +135,7 @@ func TestConfigLoadNested(t *testing.T) {
 			want: []string{
 				"config: server.tls.cert_file (from default): required unless dev_plaintext is set",
 				"config: server.tls.key_file (from default): required unless dev_plaintext is set",
+				"config: server.tls.client_ca_file (from default): required unless dev_plaintext is set: the service port is mutual TLS (callers without a certificate use the public listener)",
 			},
 		},
 		{
@@ -171,11 +177,11 @@ func TestNewRefuses(t *testing.T) {
 		{
 			name: "tls-without-files",
 			cfg:  grpcserver.Config{ListenAddr: "127.0.0.1:0"},
-			want: "config: tls.cert_file: required unless dev_plaintext is set\nconfig: tls.key_file: required unless dev_plaintext is set",
+			want: "config: tls.cert_file: required unless dev_plaintext is set\nconfig: tls.key_file: required unless dev_plaintext is set\nconfig: tls.client_ca_file: required unless dev_plaintext is set: the service port is mutual TLS (callers without a certificate use the public listener)",
 		},
 		{
 			name: "tls-files-unreadable",
-			cfg:  grpcserver.Config{ListenAddr: "127.0.0.1:0", TLS: grpcserver.TLSFiles{CertFile: filepath.Join(dir, "c.pem"), KeyFile: filepath.Join(dir, "k.pem")}},
+			cfg:  grpcserver.Config{ListenAddr: "127.0.0.1:0", TLS: grpcserver.TLSFiles{CertFile: filepath.Join(dir, "c.pem"), KeyFile: filepath.Join(dir, "k.pem"), ClientCAFile: filepath.Join(dir, "ca.pem")}},
 			want: "grpcserver: load TLS key pair (" + filepath.Join(dir, "c.pem") + ", " + filepath.Join(dir, "k.pem") + "): open " + filepath.Join(dir, "c.pem") + ": no such file or directory",
 		},
 	}
@@ -201,8 +207,6 @@ func TestRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	serverOnlyTLS := pki.Files("audit")
-	serverOnlyTLS.ClientCAFile = ""
 	tests := []struct {
 		name         string
 		server       grpcserver.Config
@@ -214,13 +218,6 @@ func TestRoundTrip(t *testing.T) {
 			server:       grpcserver.Config{ListenAddr: "127.0.0.1:0", TLS: pki.Files("audit")},
 			client:       func(addr string) grpcclient.Config { return pki.Client("broker", addr) },
 			wantIdentity: "spiffe://credmatrix.dev/broker",
-		},
-		{
-			name:   "tls-server-only",
-			server: grpcserver.Config{ListenAddr: "127.0.0.1:0", TLS: serverOnlyTLS},
-			client: func(addr string) grpcclient.Config {
-				return grpcclient.Config{Target: addr, CAFile: pki.CAFile}
-			},
 		},
 		{
 			name:   "dev-plaintext-loopback",

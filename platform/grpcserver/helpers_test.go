@@ -107,7 +107,7 @@ func startServer(t *testing.T, cfg grpcserver.Config, svc *testService, opts ...
 		t.Fatalf("New: %v", err)
 	}
 	if svc != nil {
-		testgrpc.RegisterTestServiceServer(srv.GRPC(), svc)
+		testgrpc.RegisterTestServiceServer(srv, svc)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &running{srv: srv, cancel: cancel, done: make(chan struct{}), logs: logs}

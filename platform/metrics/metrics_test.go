@@ -98,7 +98,7 @@ func TestGRPCServerMetricsOverHTTP(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	testgrpc.RegisterTestServiceServer(gs.GRPC(), panicky{})
+	testgrpc.RegisterTestServiceServer(gs, panicky{})
 	ms, err := metrics.Listen(metrics.Config{ListenAddr: "127.0.0.1:0"}, reg, nil)
 	if err != nil {
 		t.Fatal(err)

@@ -134,6 +134,20 @@ func (c Config) Validate() error {
 			errs = append(errs, &config.FieldError{Field: "read_principals", Msg: "required with TLS: name the operators' certificate identities"})
 		}
 	}
+	errs = append(errs, checkPrincipals("append_principals", c.AppendPrincipals), checkPrincipals("read_principals", c.ReadPrincipals))
+	return errors.Join(errs...)
+}
+
+// checkPrincipals refuses a principal that is not a strict SPIFFE ID: the
+// identity interceptor gives no caller any other identity, so it could
+// never match.
+func checkPrincipals(field string, ps []string) error {
+	var errs []error
+	for i, p := range ps {
+		if err := grpcserver.CheckSPIFFEID(p); err != nil {
+			errs = append(errs, &config.FieldError{Field: fmt.Sprintf("%s[%d]", field, i), Msg: "not a SPIFFE ID: " + err.Error()})
+		}
+	}
 	return errors.Join(errs...)
 }
 
@@ -218,7 +232,7 @@ func New(ctx context.Context, cfg Config, logger hclog.Logger, opts ...grpcserve
 		store.Close()
 		return nil, err
 	}
-	auditv1.RegisterAuditServiceServer(gs.GRPC(), grpcapi.New(log,
+	auditv1.RegisterAuditServiceServer(gs, grpcapi.New(log,
 		grpcapi.WithIdentity(grpcserver.PeerIdentity),
 		grpcapi.WithAppendPrincipals(cfg.AppendPrincipals),
 		grpcapi.WithReadPrincipals(cfg.ReadPrincipals),

@@ -14,7 +14,6 @@ import (
 	"net"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 	"time"
 
@@ -82,20 +81,21 @@ type LimitsConfig struct {
 
 // Config is the whole configuration of the broker.
 type Config struct {
-	Server               grpcserver.Config `cfg:"server"`
-	PolicyFile           string            `cfg:"policy_file" help:"trust policy YAML (issuers, accounts, roles, rules)"`
-	PolicyReloadInterval time.Duration     `cfg:"policy_reload_interval" help:"how often the policy file is checked for changes (reloaded atomically; a bad file keeps the old policy); 0 disables. SIGHUP and the ReloadPolicy RPC reload too"`
-	Audit                grpcclient.Config `cfg:"audit"`
-	AuditHMACKeyFile     string            `cfg:"audit_hmac_key_file" help:"file holding the 32-byte hex key of the HMACs that name secrets in audit events"`
-	AuditBatch           AuditBatchConfig  `cfg:"audit_batch"`
-	AdminPrincipals      []string          `cfg:"admin_principals" help:"mTLS identities (certificate URI SANs) allowed to revoke, freeze and reload"`
-	State                StateConfig       `cfg:"state"`
-	Limits               LimitsConfig      `cfg:"limits"`
-	Provider             string            `cfg:"provider" help:"STS provider: local (embedded, development) or aws"`
-	LocalSTS             LocalSTSConfig    `cfg:"local_sts"`
-	AWS                  AWSConfig         `cfg:"aws"`
-	LogLevel             string            `cfg:"log_level" help:"trace, debug, info, warn or error"`
-	Metrics              metrics.Config    `cfg:"metrics"`
+	Server               grpcserver.Config       `cfg:"server"`
+	Public               grpcserver.PublicConfig `cfg:"public"`
+	PolicyFile           string                  `cfg:"policy_file" help:"trust policy YAML (issuers, accounts, roles, rules)"`
+	PolicyReloadInterval time.Duration           `cfg:"policy_reload_interval" help:"how often the policy file is checked for changes (reloaded atomically; a bad file keeps the old policy); 0 disables. SIGHUP and the ReloadPolicy RPC reload too"`
+	Audit                grpcclient.Config       `cfg:"audit"`
+	AuditHMACKeyFile     string                  `cfg:"audit_hmac_key_file" help:"file holding the 32-byte hex key of the HMACs that name secrets in audit events"`
+	AuditBatch           AuditBatchConfig        `cfg:"audit_batch"`
+	AdminPrincipals      []string                `cfg:"admin_principals" help:"mTLS identities (certificate URI SANs) allowed to revoke, freeze and reload"`
+	State                StateConfig             `cfg:"state"`
+	Limits               LimitsConfig            `cfg:"limits"`
+	Provider             string                  `cfg:"provider" help:"STS provider: local (embedded, development) or aws"`
+	LocalSTS             LocalSTSConfig          `cfg:"local_sts"`
+	AWS                  AWSConfig               `cfg:"aws"`
+	LogLevel             string                  `cfg:"log_level" help:"trace, debug, info, warn or error"`
+	Metrics              metrics.Config          `cfg:"metrics"`
 }
 
 // DefaultConfig returns the defaults.
@@ -143,8 +143,8 @@ func (c Config) Validate() error {
 		errs = append(errs, &config.FieldError{Field: "limits", Msg: "rates and bursts must not be negative"})
 	}
 	for i, p := range c.AdminPrincipals {
-		if !strings.HasPrefix(p, "spiffe://") {
-			errs = append(errs, &config.FieldError{Field: fmt.Sprintf("admin_principals[%d]", i), Msg: "must be a SPIFFE id (spiffe://...)"})
+		if err := grpcserver.CheckSPIFFEID(p); err != nil {
+			errs = append(errs, &config.FieldError{Field: fmt.Sprintf("admin_principals[%d]", i), Msg: "not a SPIFFE ID: " + err.Error()})
 		}
 	}
 	errs = append(errs, metrics.CheckSeparate(c.Metrics.ListenAddr, c.Server.ListenAddr))
@@ -162,6 +162,15 @@ func (c Config) Validate() error {
 		errs = append(errs, &config.FieldError{Field: "provider", Msg: fmt.Sprintf("unknown provider %q (want local or aws)", c.Provider)})
 	}
 	return errors.Join(errs...)
+}
+
+// PublicMethods are the RPCs the public listener serves: the caller RPCs,
+// whose credential is the OIDC token in the request. Revocation, freezes,
+// reloads and session introspection need mutual TLS on the service port.
+var PublicMethods = []string{
+	brokerv1.BrokerService_IssueSession_FullMethodName,
+	brokerv1.BrokerService_ListRoles_FullMethodName,
+	brokerv1.BrokerService_ExplainDecision_FullMethodName,
 }
 
 // Server is a running broker.
@@ -282,14 +291,14 @@ func New(ctx context.Context, cfg Config, log hclog.Logger, opts ...grpcserver.O
 		store.Close()
 		return nil, err
 	}
-	gs, err := grpcserver.New(cfg.Server, log, opts...)
+	gs, err := grpcserver.New(cfg.Server, log, append(opts, grpcserver.WithPublic(cfg.Public, PublicMethods...))...)
 	if err != nil {
 		metricsSrv.Close()
 		auditConn.Close()
 		store.Close()
 		return nil, err
 	}
-	brokerv1.RegisterBrokerServiceServer(gs.GRPC(), grpcapi.New(svc,
+	brokerv1.RegisterBrokerServiceServer(gs, grpcapi.New(svc,
 		grpcapi.WithIdentity(grpcserver.PeerIdentity),
 		grpcapi.WithErrorHandler(func(ctx context.Context, err error) {
 			logging.WithTrace(ctx, log).Warn("request failed", "error", err)
@@ -299,8 +308,11 @@ func New(ctx context.Context, cfg Config, log hclog.Logger, opts ...grpcserver.O
 	return &Server{grpc: gs, metrics: metricsSrv, audit: auditConn, store: store, svc: svc, log: log, cfg: cfg, lastSeen: pol.SHA256()}, nil
 }
 
-// Addr is where the broker listens.
+// Addr is where the broker listens for mTLS callers.
 func (s *Server) Addr() net.Addr { return s.grpc.Addr() }
+
+// PublicAddr is where the public listener listens, or nil without one.
+func (s *Server) PublicAddr() net.Addr { return s.grpc.PublicAddr() }
 
 // MetricsAddr is where the Prometheus endpoint listens, or nil when
 // metrics are off.

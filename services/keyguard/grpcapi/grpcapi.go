@@ -14,9 +14,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -59,7 +57,7 @@ var _ Service = (*keyguard.Service)(nil)
 type Option func(*Server)
 
 // WithIdentity sets how the caller's verified identity is found in a
-// request's context (PeerCertIdentity for mTLS). Without it, and whenever
+// request's context (grpcserver.PeerIdentity for mTLS). Without it, and whenever
 // it reports false, requests fail with Unauthenticated.
 func WithIdentity(identify func(ctx context.Context) (string, bool)) Option {
 	return func(s *Server) { s.identify = identify }
@@ -102,26 +100,6 @@ func New(svc Service, opts ...Option) *Server {
 		o(s)
 	}
 	return s
-}
-
-// PeerCertIdentity returns the URI SAN (e.g. "spiffe://credmatrix.dev/app")
-// of the peer's verified mTLS client certificate. A connection without a
-// verified chain, or a leaf without exactly one URI SAN, has no identity.
-// Use it with WithIdentity.
-func PeerCertIdentity(ctx context.Context) (string, bool) {
-	p, ok := peer.FromContext(ctx)
-	if !ok {
-		return "", false
-	}
-	info, ok := p.AuthInfo.(credentials.TLSInfo)
-	if !ok || len(info.State.VerifiedChains) == 0 || len(info.State.VerifiedChains[0]) == 0 {
-		return "", false
-	}
-	leaf := info.State.VerifiedChains[0][0]
-	if len(leaf.URIs) != 1 {
-		return "", false
-	}
-	return leaf.URIs[0].String(), true
 }
 
 // caller returns the verified identity of the requester: its OIDC bearer

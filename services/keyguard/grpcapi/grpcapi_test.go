@@ -3,12 +3,9 @@ package grpcapi_test
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
-	"net/url"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -18,10 +15,8 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
 	"google.golang.org/protobuf/proto"
@@ -362,47 +357,6 @@ func TestErrorMapping(t *testing.T) {
 			}
 			if logged := strings.Contains(logs.String(), tc.err.Error()); logged != tc.wantLog {
 				t.Errorf("cause logged = %v, want %v; log: %s", logged, tc.wantLog, logs.String())
-			}
-		})
-	}
-}
-
-func TestPeerCertIdentity(t *testing.T) {
-	cert := func(uris ...string) *x509.Certificate {
-		c := &x509.Certificate{}
-		for _, u := range uris {
-			parsed, err := url.Parse(u)
-			if err != nil {
-				t.Fatal(err)
-			}
-			c.URIs = append(c.URIs, parsed)
-		}
-		return c
-	}
-	withPeer := func(auth credentials.AuthInfo) context.Context {
-		return peer.NewContext(context.Background(), &peer.Peer{AuthInfo: auth})
-	}
-	verified := func(c *x509.Certificate) credentials.AuthInfo {
-		return credentials.TLSInfo{State: tls.ConnectionState{VerifiedChains: [][]*x509.Certificate{{c}}}}
-	}
-	tests := []struct {
-		name   string
-		ctx    context.Context
-		want   string
-		wantOK bool
-	}{
-		{"ok/spiffe", withPeer(verified(cert(app))), app, true},
-		{"none/no-peer", context.Background(), "", false},
-		{"none/no-tls", withPeer(nil), "", false},
-		{"none/unverified", withPeer(credentials.TLSInfo{State: tls.ConnectionState{PeerCertificates: []*x509.Certificate{cert(app)}}}), "", false},
-		{"none/no-uri", withPeer(verified(cert())), "", false},
-		{"none/two-uris", withPeer(verified(cert(app, intruder))), "", false},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			got, ok := grpcapi.PeerCertIdentity(tc.ctx)
-			if got != tc.want || ok != tc.wantOK {
-				t.Fatalf("PeerCertIdentity = %q, %v; want %q, %v", got, ok, tc.want, tc.wantOK)
 			}
 		})
 	}

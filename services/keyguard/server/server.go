@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"strings"
 	"time"
 
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
@@ -55,18 +54,19 @@ type OIDCConfig struct {
 
 // Config is the whole configuration of keyguard.
 type Config struct {
-	Server        grpcserver.Config `cfg:"server"`
-	Audit         grpcclient.Config `cfg:"audit"`
-	KeyringFile   string            `cfg:"keyring_file" help:"YAML file of key rings (data class x region, rotation policy) and static grants"`
-	StateFile     string            `cfg:"state_file" help:"SQLite file of grants created through the API and ring state (created when missing)"`
-	Admins        []string          `cfg:"admins" help:"principals (certificate URI SANs) allowed RotateKey, SetMinDecryptVersion and the grant RPCs"`
-	RotationCheck time.Duration     `cfg:"rotation_check" help:"how often rings are checked for rotation by age and usage counters are saved"`
-	Backend       string            `cfg:"backend" help:"KEK backend: local or awskms"`
-	Local         LocalConfig       `cfg:"local"`
-	AWSKMS        AWSKMSConfig      `cfg:"awskms"`
-	OIDC          OIDCConfig        `cfg:"oidc"`
-	LogLevel      string            `cfg:"log_level" help:"trace, debug, info, warn or error"`
-	Metrics       metrics.Config    `cfg:"metrics"`
+	Server        grpcserver.Config       `cfg:"server"`
+	Public        grpcserver.PublicConfig `cfg:"public"`
+	Audit         grpcclient.Config       `cfg:"audit"`
+	KeyringFile   string                  `cfg:"keyring_file" help:"YAML file of key rings (data class x region, rotation policy) and static grants"`
+	StateFile     string                  `cfg:"state_file" help:"SQLite file of grants created through the API and ring state (created when missing)"`
+	Admins        []string                `cfg:"admins" help:"principals (certificate URI SANs) allowed RotateKey, SetMinDecryptVersion and the grant RPCs"`
+	RotationCheck time.Duration           `cfg:"rotation_check" help:"how often rings are checked for rotation by age and usage counters are saved"`
+	Backend       string                  `cfg:"backend" help:"KEK backend: local or awskms"`
+	Local         LocalConfig             `cfg:"local"`
+	AWSKMS        AWSKMSConfig            `cfg:"awskms"`
+	OIDC          OIDCConfig              `cfg:"oidc"`
+	LogLevel      string                  `cfg:"log_level" help:"trace, debug, info, warn or error"`
+	Metrics       metrics.Config          `cfg:"metrics"`
 }
 
 // DefaultConfig returns the defaults.
@@ -92,13 +92,18 @@ func (c Config) Validate() error {
 	if c.RotationCheck < time.Second {
 		errs = append(errs, &config.FieldError{Field: "rotation_check", Msg: "must be at least 1s"})
 	}
+	// Admins are certificate identities only: an administrative RPC needs
+	// mutual TLS, never a bearer token.
 	for i, a := range c.Admins {
-		if a == "" || strings.ContainsAny(a, " *") {
-			errs = append(errs, &config.FieldError{Field: fmt.Sprintf("admins[%d]", i), Msg: "must name one principal exactly"})
+		if err := grpcserver.CheckSPIFFEID(a); err != nil {
+			errs = append(errs, &config.FieldError{Field: fmt.Sprintf("admins[%d]", i), Msg: "not a SPIFFE ID: " + err.Error()})
 		}
 	}
 	if len(c.OIDC.Issuers) > 0 {
 		req("oidc.audience", c.OIDC.Audience, "required with oidc.issuers")
+	}
+	if c.Public.Enabled() && len(c.OIDC.Issuers) == 0 {
+		errs = append(errs, &config.FieldError{Field: "public.listen_addr", Msg: "needs oidc.issuers: on the public listener a bearer token is the only credential"})
 	}
 	errs = append(errs, metrics.CheckSeparate(c.Metrics.ListenAddr, c.Server.ListenAddr))
 	switch c.Backend {
@@ -184,6 +189,20 @@ func LoadKeyrings(path string) (Keyrings, error) {
 	return k, nil
 }
 
+// PublicMethods are the RPCs the public listener serves: the data-plane
+// operations, whose caller is identified by its bearer OIDC token and
+// authorised by grants. Rotation, the grant RPCs and SetMinDecryptVersion
+// are administrative and need mutual TLS on the service port.
+var PublicMethods = []string{
+	keyguardv1.KeyguardService_Encrypt_FullMethodName,
+	keyguardv1.KeyguardService_Decrypt_FullMethodName,
+	keyguardv1.KeyguardService_BatchEncrypt_FullMethodName,
+	keyguardv1.KeyguardService_BatchDecrypt_FullMethodName,
+	keyguardv1.KeyguardService_GenerateDataKey_FullMethodName,
+	keyguardv1.KeyguardService_Rewrap_FullMethodName,
+	keyguardv1.KeyguardService_DescribeKeyRing_FullMethodName,
+}
+
 // Server is a running keyguard.
 type Server struct {
 	grpc    *grpcserver.Server
@@ -242,7 +261,7 @@ func New(ctx context.Context, cfg Config, log hclog.Logger, opts ...grpcserver.O
 	if err != nil {
 		return fail(fmt.Errorf("keyring file %s: %w", cfg.KeyringFile, err))
 	}
-	gs, err := grpcserver.New(cfg.Server, log, opts...)
+	gs, err := grpcserver.New(cfg.Server, log, append(opts, grpcserver.WithPublic(cfg.Public, PublicMethods...))...)
 	if err != nil {
 		return fail(err)
 	}
@@ -255,7 +274,7 @@ func New(ctx context.Context, cfg Config, log hclog.Logger, opts ...grpcserver.O
 		}
 		apiOpts = append(apiOpts, grpcapi.WithBearer(v.Verify))
 	}
-	keyguardv1.RegisterKeyguardServiceServer(gs.GRPC(), grpcapi.New(svc, apiOpts...))
+	keyguardv1.RegisterKeyguardServiceServer(gs, grpcapi.New(svc, apiOpts...))
 	log.Info("key rings ready", "rings", len(k.Rings), "grants", len(k.Grants), "backend", cfg.Backend, "backend_id", backendID)
 	return &Server{grpc: gs, metrics: metricsSrv, audit: auditConn, svc: svc, store: store, log: log, period: cfg.RotationCheck}, nil
 }
@@ -310,8 +329,11 @@ func openBackend(ctx context.Context, cfg Config, k Keyrings) (keyguard.KeyBacke
 	}
 }
 
-// Addr is where keyguard listens.
+// Addr is where keyguard listens for mTLS callers.
 func (s *Server) Addr() net.Addr { return s.grpc.Addr() }
+
+// PublicAddr is where the public listener listens, or nil without one.
+func (s *Server) PublicAddr() net.Addr { return s.grpc.PublicAddr() }
 
 // MetricsAddr is where the Prometheus endpoint listens, or nil when
 // metrics are off.
