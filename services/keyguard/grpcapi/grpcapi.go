@@ -22,6 +22,7 @@ import (
 	keyguardv1 "github.com/credmatrix/credmatrix/proto/credmatrix/keyguard/v1"
 
 	"github.com/credmatrix/credmatrix/services/keyguard"
+	"github.com/credmatrix/credmatrix/services/keyguard/oidcauth"
 )
 
 // Batch limits, from the API contract: enough for a page of records, small
@@ -115,6 +116,10 @@ func (s *Server) caller(ctx context.Context) (string, error) {
 			return "", status.Error(codes.Unauthenticated, "authorization: bearer tokens are not accepted by this keyguard")
 		}
 		caller, err := s.bearer(ctx, token)
+		if errors.Is(err, oidcauth.ErrIssuerUnavailable) {
+			s.log.Warn("bearer token not verified: its issuer is unavailable", "error", err)
+			return "", status.Error(codes.Unavailable, "token issuer unavailable; retry later")
+		}
 		if err != nil || caller == "" {
 			s.log.Debug("bearer token refused", "error", err)
 			return "", status.Error(codes.Unauthenticated, "invalid bearer token")
