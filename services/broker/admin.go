@@ -76,6 +76,10 @@ type ReloadResult struct {
 	Rules int
 	// Changed reports whether a different policy is now in force.
 	Changed bool
+	// KeysRefreshed reports whether every issuer's signing keys in use
+	// were refetched (false: some could not be; their cached keys stay
+	// within the grace).
+	KeysRefreshed bool
 	// AuditSequence is the audit event's sequence number.
 	AuditSequence uint64
 }
@@ -342,6 +346,21 @@ func (s *Service) Reload(ctx context.Context, trigger string) (ReloadResult, err
 	ev.Reason = "trust policy reloaded"
 	if !changed {
 		ev.Reason = "trust policy unchanged"
+		verifier = cur.verifier
+	} else {
+		adoptKeys(verifier, cur.verifier)
+		s.watchKeys(verifier)
+	}
+	// A reload refetches issuers' keys even when the file did not change,
+	// so an operator can drop a withdrawn key at once.
+	keyErr := refreshKeys(ctx, verifier)
+	if ctx.Err() != nil {
+		return ReloadResult{}, ctx.Err()
+	}
+	if keyErr != nil {
+		ev.Reason += "; some issuers' signing keys could not be refetched (cached keys kept within their grace)"
+	} else {
+		ev.Reason += "; signing keys refetched"
 	}
 	ev.Detail = &auditv1.Event_Policy{Policy: &auditv1.PolicyDetail{Sha256: pol.SHA256(), Source: pol.Source(), RuleCount: uint32(len(pol.Rules()))}}
 	res, err := s.append(ctx, ev)
@@ -351,5 +370,5 @@ func (s *Service) Reload(ctx context.Context, trigger string) (ReloadResult, err
 	if changed {
 		s.snap.Store(&snapshot{policy: pol, verifier: verifier})
 	}
-	return ReloadResult{SHA256: pol.SHA256(), Rules: len(pol.Rules()), Changed: changed, AuditSequence: res.GetSequence()}, nil
+	return ReloadResult{SHA256: pol.SHA256(), Rules: len(pol.Rules()), Changed: changed, KeysRefreshed: keyErr == nil, AuditSequence: res.GetSequence()}, nil
 }

@@ -77,6 +77,11 @@ type Config struct {
 	StateTTL time.Duration
 	// Clock replaces time.Now.
 	Clock func() time.Time
+	// KeyEventLog, when set, is told about every change in issuers'
+	// keys (rotations, withdrawals, outages, with their causes) and
+	// whether recording it in the audit log failed: for the operator's
+	// log.
+	KeyEventLog func(ev oidc.KeyEvent, auditErr error)
 }
 
 // snapshot is the policy in force and the verifier of its issuers; a
@@ -100,6 +105,7 @@ type Service struct {
 	cache    stateCache
 	stateTTL time.Duration
 	now      func() time.Time
+	keyLog   func(oidc.KeyEvent, error)
 }
 
 // New checks cfg and returns a Service.
@@ -121,6 +127,7 @@ func New(cfg Config) (*Service, error) {
 	s := &Service{
 		provider: cfg.Provider, auditor: cfg.Auditor, hasher: cfg.Hasher, store: cfg.Store,
 		admins: map[string]bool{}, reload: cfg.Reload, now: cfg.Clock, stateTTL: cfg.StateTTL,
+		keyLog: cfg.KeyEventLog,
 	}
 	if s.stateTTL <= 0 {
 		s.stateTTL = DefaultStateTTL
@@ -132,6 +139,7 @@ func New(cfg Config) (*Service, error) {
 		s.admins[a] = true
 	}
 	s.limiter = newLimiter(cfg.Limits, s.now)
+	s.watchKeys(cfg.Verifier)
 	s.snap.Store(&snapshot{policy: cfg.Policy, verifier: cfg.Verifier})
 	return s, nil
 }

@@ -95,7 +95,7 @@ func (s *Service) IssueSession(ctx context.Context, req IssueRequest) ([]Session
 		// An oversized token is a probe: record it (by HMAC) too.
 		var e *Error
 		errors.As(err, &e)
-		if aerr := s.auditTokenRefusal(ctx, req, now, e.Message); aerr != nil {
+		if aerr := s.auditTokenRefusal(ctx, req, now, auditv1.Decision_DECISION_DENY, e.Message); aerr != nil {
 			return nil, aerr
 		}
 		return nil, err
@@ -341,21 +341,26 @@ func (s *Service) verifyFailed(ctx context.Context, req IssueRequest, now time.T
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return err
 	case errors.Is(err, oidc.ErrIssuerUnavailable):
+		// The token may be fine: an issuer outage is an error, not a
+		// denial, and is audited like one.
+		if aerr := s.auditTokenRefusal(ctx, req, now, auditv1.Decision_DECISION_ERROR, msgIssuerUnavailable); aerr != nil {
+			return aerr
+		}
 		return &Error{Code: Unavailable, Message: msgIssuerUnavailable, Err: err}
 	}
 	reason := msgUnauthenticated
 	if errors.Is(err, errReplayed) {
 		reason = "token verification failed: replayed single-use token"
 	}
-	if aerr := s.auditTokenRefusal(ctx, req, now, reason); aerr != nil {
+	if aerr := s.auditTokenRefusal(ctx, req, now, auditv1.Decision_DECISION_DENY, reason); aerr != nil {
 		return aerr
 	}
 	return &Error{Code: Unauthenticated, Message: msgUnauthenticated, Err: err}
 }
 
 // auditTokenRefusal records a refused token, named by its HMAC only.
-func (s *Service) auditTokenRefusal(ctx context.Context, req IssueRequest, now time.Time, reason string) error {
-	ev := s.newEvent(ctx, now, auditv1.Decision_DECISION_DENY)
+func (s *Service) auditTokenRefusal(ctx context.Context, req IssueRequest, now time.Time, d auditv1.Decision, reason string) error {
+	ev := s.newEvent(ctx, now, d)
 	ev.Reason = reason
 	ev.Actor = &auditv1.Actor{Peer: req.Peer, RequestReason: truncate(req.Reason, MaxReasonBytes)}
 	ev.SecretRefs = []*auditv1.SecretRef{s.hasher.Ref("oidc_token", []byte(req.Token))}

@@ -76,10 +76,12 @@ type Issuer struct {
 	alg string
 	now func() time.Time
 
-	mu     sync.RWMutex
-	url    string
-	keys   []signingKey // last one signs; all are published
-	server *http.Server
+	mu           sync.RWMutex
+	url          string
+	keys         []signingKey // last one signs; all are published
+	server       *http.Server
+	down         bool   // answer 503 to everything (an outage)
+	cacheControl string // Cache-Control of the JWKS
 }
 
 // New generates a fresh key and returns an issuer that is not yet serving.
@@ -91,7 +93,7 @@ func New(opts ...Option) (*Issuer, error) {
 	if o.alg != RS256 && o.alg != ES256 {
 		return nil, fmt.Errorf("devissuer: unsupported algorithm %q (want %s or %s)", o.alg, RS256, ES256)
 	}
-	iss := &Issuer{alg: o.alg, now: o.now, url: o.url}
+	iss := &Issuer{alg: o.alg, now: o.now, url: o.url, cacheControl: "max-age=60"}
 	if err := iss.RotateKey(); err != nil {
 		return nil, err
 	}
@@ -102,6 +104,66 @@ func New(opts ...Option) (*Issuer, error) {
 // the old keys stay in the JWKS so tokens already minted still verify,
 // which is what lets tests exercise a verifier's refresh on an unknown kid.
 func (i *Issuer) RotateKey() error {
+	k, err := i.newKey()
+	if err != nil {
+		return err
+	}
+	i.mu.Lock()
+	i.keys = append(i.keys, k)
+	i.mu.Unlock()
+	return nil
+}
+
+// ReplaceKey generates new key material under the current signing key's
+// kid and stops publishing the old material: a same-kid rotation, which
+// some issuers do. Tokens minted before no longer verify.
+func (i *Issuer) ReplaceKey() error {
+	k, err := i.newKey()
+	if err != nil {
+		return err
+	}
+	i.mu.Lock()
+	k.kid = i.keys[len(i.keys)-1].kid
+	i.keys[len(i.keys)-1] = k
+	i.mu.Unlock()
+	return nil
+}
+
+// WithdrawKey stops publishing the key kid, as an issuer does after a
+// compromise. The current signing key cannot be withdrawn (rotate first).
+func (i *Issuer) WithdrawKey(kid string) error {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	for j, k := range i.keys {
+		if k.kid != kid {
+			continue
+		}
+		if j == len(i.keys)-1 {
+			return errors.New("devissuer: the current signing key cannot be withdrawn; rotate first")
+		}
+		i.keys = append(i.keys[:j:j], i.keys[j+1:]...)
+		return nil
+	}
+	return fmt.Errorf("devissuer: no key %q", kid)
+}
+
+// SetAvailable makes the issuer answer every request with 503 Service
+// Unavailable (false), as during an outage, or normally again (true).
+func (i *Issuer) SetAvailable(up bool) {
+	i.mu.Lock()
+	i.down = !up
+	i.mu.Unlock()
+}
+
+// SetCacheControl sets the Cache-Control header of the JWKS response
+// (default "max-age=60"; "" sends none).
+func (i *Issuer) SetCacheControl(v string) {
+	i.mu.Lock()
+	i.cacheControl = v
+	i.mu.Unlock()
+}
+
+func (i *Issuer) newKey() (signingKey, error) {
 	var (
 		signer crypto.Signer
 		err    error
@@ -113,18 +175,14 @@ func (i *Issuer) RotateKey() error {
 		signer, err = rsa.GenerateKey(rand.Reader, 2048)
 	}
 	if err != nil {
-		return fmt.Errorf("devissuer: generate %s key: %w", i.alg, err)
+		return signingKey{}, fmt.Errorf("devissuer: generate %s key: %w", i.alg, err)
 	}
 	jwk := jose.JSONWebKey{Key: signer.Public(), Algorithm: i.alg, Use: "sig"}
 	thumb, err := jwk.Thumbprint(crypto.SHA256)
 	if err != nil {
-		return fmt.Errorf("devissuer: key thumbprint: %w", err)
+		return signingKey{}, fmt.Errorf("devissuer: key thumbprint: %w", err)
 	}
-	k := signingKey{kid: hex.EncodeToString(thumb[:16]), alg: i.alg, signer: signer}
-	i.mu.Lock()
-	i.keys = append(i.keys, k)
-	i.mu.Unlock()
-	return nil
+	return signingKey{kid: hex.EncodeToString(thumb[:16]), alg: i.alg, signer: signer}, nil
 }
 
 // KeyID returns the kid of the current signing key.
@@ -156,7 +214,16 @@ func (i *Issuer) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+DiscoveryPath, i.serveDiscovery)
 	mux.HandleFunc("GET "+JWKSPath, i.serveJWKS)
-	return mux
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		i.mu.RLock()
+		down := i.down
+		i.mu.RUnlock()
+		if down {
+			http.Error(w, "issuer unavailable", http.StatusServiceUnavailable)
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
 }
 
 func (i *Issuer) serveDiscovery(w http.ResponseWriter, r *http.Request) {
@@ -164,7 +231,7 @@ func (i *Issuer) serveDiscovery(w http.ResponseWriter, r *http.Request) {
 	if base == "" {
 		base = "http://" + r.Host
 	}
-	writeJSON(w, map[string]any{
+	writeJSON(w, "max-age=60", map[string]any{
 		"issuer":                                base,
 		"jwks_uri":                              base + JWKSPath,
 		"response_types_supported":              []string{"id_token"},
@@ -186,13 +253,16 @@ func (i *Issuer) serveJWKS(w http.ResponseWriter, _ *http.Request) {
 	for _, k := range i.keys {
 		set.Keys = append(set.Keys, jose.JSONWebKey{Key: k.signer.Public(), KeyID: k.kid, Algorithm: k.alg, Use: "sig"})
 	}
+	cc := i.cacheControl
 	i.mu.RUnlock()
-	writeJSON(w, set)
+	writeJSON(w, cc, set)
 }
 
-func writeJSON(w http.ResponseWriter, v any) {
+func writeJSON(w http.ResponseWriter, cacheControl string, v any) {
 	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "max-age=60")
+	if cacheControl != "" {
+		w.Header().Set("Cache-Control", cacheControl)
+	}
 	_ = json.NewEncoder(w).Encode(v) // a failed write means the client went away
 }
 

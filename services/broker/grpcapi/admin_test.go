@@ -286,7 +286,7 @@ func TestReloadPolicy(t *testing.T) {
 	}
 	want := []string{
 		`DECISION_DENY new trust policy refused; the policy in force stays policy.yaml:27: rules[0].roles[1]: unknown role "deplyo"`,
-		"DECISION_ALLOW trust policy reloaded ",
+		"DECISION_ALLOW trust policy reloaded; signing keys refetched ",
 	}
 	if diff := cmp.Diff(got, want); diff != "" {
 		t.Errorf("reload events (-got +want):\n%s", diff)

@@ -7,8 +7,16 @@
 // refused before any network call, and the signature, algorithm, audience
 // and times are checked against what is configured for that issuer alone.
 // Discovery comes from github.com/coreos/go-oidc/v3; the JWKS is cached
-// here, parsed once, and refreshed on an unknown kid at most once per
-// cooldown (a forged kid cannot make the broker hammer the issuer).
+// here, parsed once, and has a lifetime (KeyLifetime): it is refetched
+// when its refresh time passes (the issuer's Cache-Control max-age within
+// configured bounds), so a withdrawn key stops verifying within the
+// bounded interval; a token naming an unknown kid, or a known kid whose
+// signature fails (a key replaced under the same kid), causes one early
+// refresh at most once per cooldown (a forged token cannot make the
+// broker hammer the issuer). When the issuer cannot be reached the last
+// keys fetched keep verifying for a bounded grace, then tokens are
+// refused with ErrIssuerUnavailable. Key changes and outages are
+// reported to OnKeyEvent, for the audit log.
 //
 // Every verification failure is an error that wraps ErrUnauthenticated.
 // Its Error text carries the cause, for logs; callers are told only
@@ -46,8 +54,9 @@ var (
 	// PublicMessage.
 	ErrUnauthenticated = errors.New(PublicMessage)
 	// ErrIssuerUnavailable means the token names a configured issuer whose
-	// discovery document could not be fetched: the token may be fine, so
-	// this is a retryable condition, not an authentication failure.
+	// discovery document or signing keys could not be fetched (past the
+	// grace of the cached keys): the token may be fine, so this is a
+	// retryable condition, not an authentication failure.
 	ErrIssuerUnavailable = errors.New("token issuer unavailable")
 )
 

@@ -6,12 +6,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"net/url"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -57,8 +59,15 @@ func WithClock(now func() time.Time) Option { return func(v *Verifier) { v.now =
 func WithDiscoveryRetry(d time.Duration) Option { return func(v *Verifier) { v.retry = d } }
 
 // WithKeyRefreshCooldown sets the least time between two JWKS fetches of
-// one issuer caused by unknown kids (default DefaultKeyRefreshCooldown).
-func WithKeyRefreshCooldown(d time.Duration) Option { return func(v *Verifier) { v.cooldown = d } }
+// one issuer that the refresh schedule did not ask for (default
+// DefaultKeyRefreshCooldown); see KeyLifetime.Cooldown.
+func WithKeyRefreshCooldown(d time.Duration) Option {
+	return func(v *Verifier) { v.lifetime.Cooldown = d }
+}
+
+// WithKeyLifetime sets how long issuers' keys are trusted (default
+// DefaultKeyLifetime).
+func WithKeyLifetime(l KeyLifetime) Option { return func(v *Verifier) { v.lifetime = l } }
 
 // Verifier verifies ID tokens from a fixed set of issuers. Providers are
 // discovered lazily, on the first token from each issuer, so the broker
@@ -68,8 +77,9 @@ type Verifier struct {
 	client   *http.Client
 	now      func() time.Time
 	retry    time.Duration
-	cooldown time.Duration
+	lifetime KeyLifetime
 	issuers  map[string]*issuer
+	observe  atomic.Pointer[func(context.Context, KeyEvent)]
 }
 
 // issuer is a configured issuer and its lazily discovered verifier.
@@ -96,11 +106,14 @@ func NewVerifier(ctx context.Context, issuers []IssuerConfig, opts ...Option) (*
 		client:   &http.Client{Timeout: 10 * time.Second},
 		now:      time.Now,
 		retry:    5 * time.Second,
-		cooldown: DefaultKeyRefreshCooldown,
+		lifetime: DefaultKeyLifetime,
 		issuers:  make(map[string]*issuer, len(issuers)),
 	}
 	for _, opt := range opts {
 		opt(v)
+	}
+	if err := v.lifetime.Validate(); err != nil {
+		return nil, fmt.Errorf("oidc: %w", err)
 	}
 	if len(issuers) == 0 {
 		return nil, errors.New("oidc: at least one issuer is required")
@@ -168,9 +181,77 @@ func checkIssuerURL(raw string) error {
 	}
 }
 
+// OnKeyEvent sets the function told about changes in issuers' keys
+// (rotations, withdrawals, outages), for the audit log. It is called on
+// the goroutine of the request that noticed, or of the fetch; a nil f
+// stops the reports.
+func (v *Verifier) OnKeyEvent(f func(ctx context.Context, ev KeyEvent)) {
+	var fp *func(context.Context, KeyEvent)
+	if f != nil {
+		fp = &f
+	}
+	v.observe.Store(fp)
+	for _, is := range v.issuers {
+		is.mu.Lock()
+		if is.keys != nil {
+			is.keys.observe.Store(fp)
+		}
+		is.mu.Unlock()
+	}
+}
+
+// RefreshKeys refetches now, whatever the schedule, the keys of every
+// issuer already in use (the others are fetched on their first token),
+// so that a reload drops withdrawn keys at once. A failure keeps the
+// cached keys (within the grace) and is returned, joined per issuer.
+func (v *Verifier) RefreshKeys(ctx context.Context) error {
+	var errs []error
+	for _, url := range slices.Sorted(maps.Keys(v.issuers)) {
+		is := v.issuers[url]
+		is.mu.Lock()
+		ks := is.keys
+		is.mu.Unlock()
+		if ks == nil {
+			continue
+		}
+		if _, err := ks.refresh(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// AdoptKeys makes v share old's discovered key sets for the issuers both
+// trust, so a policy reload keeps the cached keys (and their grace)
+// instead of starting empty. Call it before v verifies anything.
+func (v *Verifier) AdoptKeys(old *Verifier) {
+	if old == nil || old == v {
+		return
+	}
+	for url, is := range v.issuers {
+		o, ok := old.issuers[url]
+		if !ok {
+			continue
+		}
+		o.mu.Lock()
+		ks := o.keys
+		o.mu.Unlock()
+		if ks == nil || ks.lifetime != v.lifetime {
+			continue
+		}
+		is.mu.Lock()
+		if is.keys == nil {
+			ks.observe.Store(v.observe.Load())
+			is.keys = ks
+		}
+		is.mu.Unlock()
+	}
+}
+
 // Verify checks rawToken and returns its claims. Failures wrap
-// ErrUnauthenticated; a configured issuer that cannot be discovered
-// gives ErrIssuerUnavailable; a cancelled ctx gives ctx.Err().
+// ErrUnauthenticated; a configured issuer whose discovery document or
+// keys cannot be fetched (past the grace of the cached keys) gives
+// ErrIssuerUnavailable; a cancelled ctx gives ctx.Err().
 //
 // The token is parsed once: the compact JWS, then its payload (which
 // only selects the configured issuer until the signature is checked),
@@ -198,6 +279,9 @@ func (v *Verifier) Verify(ctx context.Context, rawToken string) (*Claims, error)
 	if err := keys.verify(ctx, jws); err != nil {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
+		}
+		if errors.Is(err, ErrIssuerUnavailable) {
+			return nil, err
 		}
 		return nil, &VerificationError{Cause: err}
 	}
@@ -302,11 +386,8 @@ func (v *Verifier) keysFor(ctx context.Context, is *issuer) (*keySet, error) {
 		is.lastError = v.now()
 		return nil, fmt.Errorf("%w: %s: discovery document has no jwks_uri", ErrIssuerUnavailable, is.cfg.URL)
 	}
-	algs := make([]jose.SignatureAlgorithm, len(is.algs))
-	for i, a := range is.algs {
-		algs[i] = jose.SignatureAlgorithm(a)
-	}
-	is.keys = &keySet{url: meta.JWKSURL, client: v.client, cooldown: v.cooldown, now: v.now, algs: algs}
+	is.keys = &keySet{issuer: is.cfg.URL, url: meta.JWKSURL, client: v.client, lifetime: v.lifetime, now: v.now}
+	is.keys.observe.Store(v.observe.Load())
 	return is.keys, nil
 }
 

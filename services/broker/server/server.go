@@ -32,6 +32,7 @@ import (
 	"github.com/credmatrix/credmatrix/services/broker/brokermetrics"
 	"github.com/credmatrix/credmatrix/services/broker/grpcapi"
 	"github.com/credmatrix/credmatrix/services/broker/localsts"
+	"github.com/credmatrix/credmatrix/services/broker/oidc"
 	"github.com/credmatrix/credmatrix/services/broker/policy"
 	"github.com/credmatrix/credmatrix/services/broker/postgres"
 	"github.com/credmatrix/credmatrix/services/broker/sqlite"
@@ -71,6 +72,14 @@ type StateConfig struct {
 	CacheTTL    time.Duration `cfg:"cache_ttl" help:"how long freezes and revocations read from the store are trusted; a change made at another replica applies within it"`
 }
 
+// OIDCConfig bounds how long issuers' signing keys are trusted.
+type OIDCConfig struct {
+	KeyRefreshMin      time.Duration `cfg:"key_refresh_min" help:"shortest interval between scheduled refetches of an issuer's signing keys (the issuer's Cache-Control max-age is honoured between min and max)"`
+	KeyRefreshMax      time.Duration `cfg:"key_refresh_max" help:"longest interval between scheduled refetches of an issuer's signing keys: a key the issuer withdraws stops verifying within it"`
+	KeyGrace           time.Duration `cfg:"key_grace" help:"how long past their refresh time cached keys keep verifying while the issuer cannot be reached; then its tokens are refused UNAVAILABLE"`
+	KeyRefreshCooldown time.Duration `cfg:"key_refresh_cooldown" help:"least time between refetches not due to the schedule (unknown kid, known kid failing to verify, retry after a failure)"`
+}
+
 // LimitsConfig configures rate limits; 0 disables one.
 type LimitsConfig struct {
 	PerSubject   float64 `cfg:"per_subject" help:"sustained issuances per second per caller (issuer and subject); 0 disables"`
@@ -91,6 +100,7 @@ type Config struct {
 	AdminPrincipals      []string                `cfg:"admin_principals" help:"mTLS identities (certificate URI SANs) allowed to revoke, freeze and reload"`
 	State                StateConfig             `cfg:"state"`
 	Limits               LimitsConfig            `cfg:"limits"`
+	OIDC                 OIDCConfig              `cfg:"oidc"`
 	Provider             string                  `cfg:"provider" help:"STS provider: local (embedded, development) or aws"`
 	LocalSTS             LocalSTSConfig          `cfg:"local_sts"`
 	AWS                  AWSConfig               `cfg:"aws"`
@@ -107,6 +117,10 @@ func DefaultConfig() Config {
 		Limits:               LimitsConfig{SubjectBurst: 20, RoleBurst: 100},
 		AuditBatch:           AuditBatchConfig{MaxEvents: auditbatch.DefaultMaxBatch, MaxInFlight: auditbatch.DefaultMaxInFlight},
 		AWS:                  AWSConfig{Mode: awssts.ModeAssumeRole, MaxAttempts: 5, CallTimeout: 5 * time.Second},
+		OIDC: OIDCConfig{
+			KeyRefreshMin: oidc.DefaultKeyLifetime.MinRefresh, KeyRefreshMax: oidc.DefaultKeyLifetime.MaxRefresh,
+			KeyGrace: oidc.DefaultKeyLifetime.Grace, KeyRefreshCooldown: oidc.DefaultKeyLifetime.Cooldown,
+		},
 	}
 	c.Server.ListenAddr = "127.0.0.1:7401"
 	c.Audit.Target = "127.0.0.1:7403"
@@ -147,6 +161,9 @@ func (c Config) Validate() error {
 			errs = append(errs, &config.FieldError{Field: fmt.Sprintf("admin_principals[%d]", i), Msg: "not a SPIFFE ID: " + err.Error()})
 		}
 	}
+	if err := c.OIDC.lifetime().Validate(); err != nil {
+		errs = append(errs, &config.FieldError{Field: "oidc", Msg: err.Error()})
+	}
 	errs = append(errs, metrics.CheckSeparate(c.Metrics.ListenAddr, c.Server.ListenAddr))
 	switch c.Provider {
 	case "local":
@@ -185,14 +202,18 @@ type Server struct {
 	lastSeen string // sha256 of the policy file last acted on
 }
 
+func (c OIDCConfig) lifetime() oidc.KeyLifetime {
+	return oidc.KeyLifetime{MinRefresh: c.KeyRefreshMin, MaxRefresh: c.KeyRefreshMax, Grace: c.KeyGrace, Cooldown: c.KeyRefreshCooldown}
+}
+
 // loadPolicy reads the policy file and builds the verifier of its
 // issuers.
-func loadPolicy(ctx context.Context, path string) (*policy.Policy, broker.TokenVerifier, error) {
+func loadPolicy(ctx context.Context, path string, keys oidc.KeyLifetime) (*policy.Policy, broker.TokenVerifier, error) {
 	pol, err := policy.Load(path)
 	if err != nil {
 		return nil, nil, err
 	}
-	v, err := broker.NewVerifier(ctx, pol)
+	v, err := broker.NewVerifier(ctx, pol, oidc.WithKeyLifetime(keys))
 	if err != nil {
 		return nil, nil, fmt.Errorf("oidc verifier: %w", err)
 	}
@@ -236,7 +257,7 @@ func New(ctx context.Context, cfg Config, log hclog.Logger, opts ...grpcserver.O
 	if err := errors.Join(cfg.Validate(), cfg.Server.Validate(), cfg.Audit.Validate(), cfg.Metrics.Validate()); err != nil {
 		return nil, err
 	}
-	pol, verifier, err := loadPolicy(ctx, cfg.PolicyFile)
+	pol, verifier, err := loadPolicy(ctx, cfg.PolicyFile, cfg.OIDC.lifetime())
 	if err != nil {
 		return nil, err
 	}
@@ -280,7 +301,24 @@ func New(ctx context.Context, cfg Config, log hclog.Logger, opts ...grpcserver.O
 		Policy: pol, Verifier: verifier, Provider: provider, Auditor: auditor, Hasher: hasher,
 		Store: store, Admins: cfg.AdminPrincipals,
 		Reload: func(ctx context.Context) (*policy.Policy, broker.TokenVerifier, error) {
-			return loadPolicy(ctx, cfg.PolicyFile)
+			return loadPolicy(ctx, cfg.PolicyFile, cfg.OIDC.lifetime())
+		},
+		KeyEventLog: func(ev oidc.KeyEvent, auditErr error) {
+			args := []any{"issuer", ev.Issuer, "event", ev.Kind.String()}
+			if ev.Err != nil {
+				args = append(args, "cause", ev.Err)
+			}
+			if auditErr != nil {
+				args = append(args, "audit_error", auditErr)
+			}
+			switch {
+			case auditErr != nil || ev.Kind == oidc.KeysUnavailable:
+				log.Error("issuer signing keys", args...)
+			case ev.Kind == oidc.KeysRefreshFailed:
+				log.Warn("issuer signing keys", args...)
+			default:
+				log.Info("issuer signing keys", args...)
+			}
 		},
 		StateTTL: cfg.State.CacheTTL,
 		Limits:   broker.Limits{PerSubject: cfg.Limits.PerSubject, SubjectBurst: cfg.Limits.SubjectBurst, PerRole: cfg.Limits.PerRole, RoleBurst: cfg.Limits.RoleBurst},

@@ -52,6 +52,14 @@ const (
 	Kind_KIND_ACCOUNT_UNFREEZE Kind = 4
 	// The trust policy was (re)loaded, or a reload was refused.
 	Kind_KIND_POLICY_RELOAD Kind = 5
+	// An OIDC issuer's signing keys changed (keys added or withdrawn), could
+	// not be refreshed (an issuer outage: cached keys served within the
+	// grace, then refusal), or became available again. The issuer is in
+	// AdminDetail.issuer.
+	Kind_KIND_ISSUER_KEYS Kind = 6
+	// A caller asked the broker to explain a decision (ExplainDecision): a
+	// dry run that reveals policy, so it is recorded like a request.
+	Kind_KIND_DECISION_EXPLAIN Kind = 7
 	// An Encrypt (single or batch item).
 	Kind_KIND_KEY_ENCRYPT Kind = 10
 	// A Decrypt (single or batch item).
@@ -79,6 +87,8 @@ var (
 		3:  "KIND_ACCOUNT_FREEZE",
 		4:  "KIND_ACCOUNT_UNFREEZE",
 		5:  "KIND_POLICY_RELOAD",
+		6:  "KIND_ISSUER_KEYS",
+		7:  "KIND_DECISION_EXPLAIN",
 		10: "KIND_KEY_ENCRYPT",
 		11: "KIND_KEY_DECRYPT",
 		12: "KIND_KEY_GENERATE_DATA_KEY",
@@ -95,6 +105,8 @@ var (
 		"KIND_ACCOUNT_FREEZE":        3,
 		"KIND_ACCOUNT_UNFREEZE":      4,
 		"KIND_POLICY_RELOAD":         5,
+		"KIND_ISSUER_KEYS":           6,
+		"KIND_DECISION_EXPLAIN":      7,
 		"KIND_KEY_ENCRYPT":           10,
 		"KIND_KEY_DECRYPT":           11,
 		"KIND_KEY_GENERATE_DATA_KEY": 12,
@@ -2301,7 +2313,7 @@ const file_credmatrix_audit_v1_audit_proto_rawDesc = "" +
 	"first_size\x18\x01 \x01(\x04R\tfirstSize\x12\x1f\n" +
 	"\vsecond_size\x18\x02 \x01(\x04R\n" +
 	"secondSize\x12\x16\n" +
-	"\x06hashes\x18\x03 \x03(\fR\x06hashes*\xd3\x02\n" +
+	"\x06hashes\x18\x03 \x03(\fR\x06hashes*\x84\x03\n" +
 	"\x04Kind\x12\x14\n" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12KIND_SESSION_ISSUE\x10\x01\x12\x17\n" +
@@ -2309,6 +2321,8 @@ const file_credmatrix_audit_v1_audit_proto_rawDesc = "" +
 	"\x13KIND_ACCOUNT_FREEZE\x10\x03\x12\x19\n" +
 	"\x15KIND_ACCOUNT_UNFREEZE\x10\x04\x12\x16\n" +
 	"\x12KIND_POLICY_RELOAD\x10\x05\x12\x14\n" +
+	"\x10KIND_ISSUER_KEYS\x10\x06\x12\x19\n" +
+	"\x15KIND_DECISION_EXPLAIN\x10\a\x12\x14\n" +
 	"\x10KIND_KEY_ENCRYPT\x10\n" +
 	"\x12\x14\n" +
 	"\x10KIND_KEY_DECRYPT\x10\v\x12\x1e\n" +

@@ -1,0 +1,4 @@
+package oidc
+
+// RefreshAfter exposes KeyLifetime.refreshAfter to the tests.
+var RefreshAfter = KeyLifetime.refreshAfter
