@@ -108,9 +108,13 @@ func (s *Service) IssueSession(ctx context.Context, req IssueRequest) ([]Session
 	if err != nil {
 		return nil, s.verifyFailed(ctx, req, now, err)
 	}
-	if err := s.useOnce(ctx, req, snap.policy, claims, now); err != nil {
+	hold, err := s.reserveOnce(ctx, req, snap.policy, claims, now)
+	if err != nil {
 		return nil, err
 	}
+	// Whatever happens from here, a token that issued nothing is given
+	// back.
+	defer hold.release(ctx)
 
 	id := identity(claims)
 	plans := make([]plan, len(req.Targets))
@@ -201,7 +205,31 @@ func (s *Service) IssueSession(ctx context.Context, req IssueRequest) ([]Session
 			AuditSequence:  res.GetSequence(),
 		}
 	}
+	// Issued and audited: only now is a single-use token consumed.
+	if err := hold.commit(ctx); err != nil {
+		return nil, s.commitFailed(ctx, req, claims, plans, now, err)
+	}
 	return sessions, nil
+}
+
+// commitFailed withholds credentials already issued and audited because
+// the token's single use could not be recorded, and audits that.
+func (s *Service) commitFailed(ctx context.Context, req IssueRequest, claims *oidc.Claims, plans []plan, now time.Time, err error) error {
+	reason := "single use could not be recorded; credentials withheld"
+	if errors.Is(err, ErrJTILost) {
+		reason = "single-use reservation lapsed before the issuance completed; credentials withheld"
+	}
+	for _, p := range plans {
+		ev := s.sessionEvent(ctx, now, auditv1.Decision_DECISION_ERROR, req, claims, p)
+		ev.Reason = reason
+		if _, aerr := s.append(ctx, ev); aerr != nil {
+			return aerr
+		}
+	}
+	if errors.Is(err, ErrJTILost) {
+		return &Error{Code: Unavailable, Message: "single-use token: the request took too long and its reservation lapsed; no credentials issued", Err: err}
+	}
+	return s.stateUnavailable(ctx, err)
 }
 
 // issueCreds calls the credential provider for one planned session in a
@@ -296,30 +324,87 @@ func (s *Service) stateUnavailable(ctx context.Context, err error) error {
 	return &Error{Code: Unavailable, Message: msgStateUnavailable, Err: err}
 }
 
-// useOnce enforces single use of the token's jti for issuers that ask
-// for it: a missing jti or a replay is an audited authentication
+// Single-use reservations last as long as the request may, and a little
+// more; a reservation whose replica died lapses after at most
+// maxJTILease and the token may be used again.
+const (
+	defaultJTILease = 2 * time.Minute
+	maxJTILease     = 10 * time.Minute
+	jtiLeaseMargin  = 30 * time.Second
+	releaseTimeout  = 5 * time.Second
+)
+
+// jtiHold is a request's reservation of its single-use token id: it is
+// committed only once credentials were issued and audited, and
+// released on every other outcome, so a denial or a failure never burns
+// a token that issued nothing.
+type jtiHold struct {
+	s         *Service
+	r         JTIReservation
+	committed bool
+}
+
+// reserveOnce reserves the token's jti for issuers that ask for single
+// use (nil hold otherwise): a missing jti, a replay or a use concurrent
+// with another request holding the jti is an audited authentication
 // failure.
-func (s *Service) useOnce(ctx context.Context, req IssueRequest, pol *policy.Policy, c *oidc.Claims, now time.Time) error {
+func (s *Service) reserveOnce(ctx context.Context, req IssueRequest, pol *policy.Policy, c *oidc.Claims, now time.Time) (*jtiHold, error) {
 	is, ok := pol.IssuerByURL(c.Issuer)
 	if !ok || !is.SingleUse {
-		return nil
+		return nil, nil
 	}
 	jti, ok := c.String("jti")
 	if !ok || jti == "" || len(jti) > maxFieldBytes {
-		return s.verifyFailed(ctx, req, now, errors.New("single-use issuer: jti missing or too long"))
+		return nil, s.verifyFailed(ctx, req, now, errors.New("single-use issuer: jti missing or too long"))
 	}
-	first, err := s.store.UseJTI(ctx, c.Issuer, jti, c.Expiry.Add(oidc.MaxLeeway))
-	if err != nil {
-		return s.stateUnavailable(ctx, err)
+	lease := now.Add(defaultJTILease)
+	if dl, ok := ctx.Deadline(); ok {
+		lease = now.Add(min(time.Until(dl)+jtiLeaseMargin, maxJTILease))
 	}
-	if !first {
-		return s.verifyFailed(ctx, req, now, errReplayed)
+	h := &jtiHold{s: s, r: JTIReservation{Issuer: c.Issuer, JTI: jti, Holder: newUUID(), Expires: c.Expiry.Add(oidc.MaxLeeway), LeaseUntil: lease}}
+	switch err := s.store.ReserveJTI(ctx, h.r, now); {
+	case errors.Is(err, ErrJTIUsed):
+		return nil, s.verifyFailed(ctx, req, now, errReplayed)
+	case errors.Is(err, ErrJTIInUse):
+		return nil, s.verifyFailed(ctx, req, now, errJTIInUse)
+	case err != nil:
+		return nil, s.stateUnavailable(ctx, err)
 	}
+	return h, nil
+}
+
+// commit consumes the reservation. It fails when the reservation was
+// lost (it lapsed and another request took the token over): then the
+// credentials must not be returned.
+func (h *jtiHold) commit(ctx context.Context) error {
+	if h == nil {
+		return nil
+	}
+	if err := h.s.store.CommitJTI(ctx, h.r); err != nil {
+		return err
+	}
+	h.committed = true
 	return nil
+}
+
+// release gives the token back unless it was committed; it runs even
+// for a cancelled caller. A failed release only delays the token's
+// reuse until the lease lapses.
+func (h *jtiHold) release(ctx context.Context) {
+	if h == nil || h.committed {
+		return
+	}
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
+	defer cancel()
+	_ = h.s.store.ReleaseJTI(rctx, h.r)
 }
 
 // errReplayed is the cause recorded when a single-use token comes back.
 var errReplayed = errors.New("token replayed: its jti was already used")
+
+// errJTIInUse is the cause recorded when a single-use token is used by
+// two requests at once.
+var errJTIInUse = errors.New("token in use: another request holds its jti")
 
 // rateLimited audits a refusal by rate limit.
 func (s *Service) rateLimited(ctx context.Context, req IssueRequest, claims *oidc.Claims, plans []plan, now time.Time, wait time.Duration) error {
@@ -349,8 +434,11 @@ func (s *Service) verifyFailed(ctx context.Context, req IssueRequest, now time.T
 		return &Error{Code: Unavailable, Message: msgIssuerUnavailable, Err: err}
 	}
 	reason := msgUnauthenticated
-	if errors.Is(err, errReplayed) {
+	switch {
+	case errors.Is(err, errReplayed):
 		reason = "token verification failed: replayed single-use token"
+	case errors.Is(err, errJTIInUse):
+		reason = "token verification failed: single-use token used by two requests at once"
 	}
 	if aerr := s.auditTokenRefusal(ctx, req, now, auditv1.Decision_DECISION_DENY, reason); aerr != nil {
 		return aerr

@@ -13,10 +13,23 @@ import (
 // and the postgres package implement it; storetest is their conformance
 // suite. Implementations are safe for concurrent use.
 type Store interface {
-	// UseJTI records the first use of token id jti from issuer and
-	// reports whether this was the first; it may forget the id after
-	// expires (the token is then refused as expired anyway).
-	UseJTI(ctx context.Context, issuer, jti string, expires time.Time) (first bool, err error)
+	// ReserveJTI reserves a single-use token id for one issuance in
+	// progress. It returns ErrJTIUsed when an issuance already consumed
+	// the id and ErrJTIInUse when another request holds a reservation
+	// that has not lapsed (r.LeaseUntil of that request is after now); a
+	// lapsed reservation (its replica died) is taken over. Of concurrent
+	// reservations of one id, across every replica sharing the store,
+	// exactly one succeeds.
+	ReserveJTI(ctx context.Context, r JTIReservation, now time.Time) error
+	// CommitJTI consumes a reservation: the id can never be reserved
+	// again (until r.Expires, after which the store may forget it and
+	// the token is refused as expired anyway). It returns ErrJTILost
+	// when r no longer holds the id (released, or lapsed and taken over).
+	CommitJTI(ctx context.Context, r JTIReservation) error
+	// ReleaseJTI gives up a reservation that issued nothing, so the
+	// token may be used again. Releasing a reservation r no longer holds
+	// changes nothing.
+	ReleaseJTI(ctx context.Context, r JTIReservation) error
 	// AddRevocation records r. A revocation id is unique: adding one
 	// twice returns ErrExists.
 	AddRevocation(ctx context.Context, r Revocation) error
@@ -41,6 +54,30 @@ type Store interface {
 
 // ErrExists is returned by Store.AddRevocation for a duplicate id.
 var ErrExists = errors.New("already exists")
+
+// Errors of the single-use token id reservations.
+var (
+	// ErrJTIUsed: an issuance already consumed the token id.
+	ErrJTIUsed = errors.New("token id already used")
+	// ErrJTIInUse: another request holds the token id.
+	ErrJTIInUse = errors.New("token id reserved by a request in progress")
+	// ErrJTILost: the reservation no longer holds the token id.
+	ErrJTILost = errors.New("token id reservation lost")
+)
+
+// JTIReservation is one request's hold on a single-use token id.
+type JTIReservation struct {
+	// Issuer and JTI name the token id.
+	Issuer, JTI string
+	// Holder identifies the reservation (a random id per request).
+	Holder string
+	// Expires is when the token expires (leeway included): the store may
+	// forget the id after it.
+	Expires time.Time
+	// LeaseUntil is when an uncommitted reservation lapses and another
+	// request may take the id over.
+	LeaseUntil time.Time
+}
 
 // Revocation blocks issuance for, and revokes the sessions of, every
 // caller and target it matches: each set selector must match.

@@ -70,6 +70,11 @@ var migrations = []string{
 		reason     TEXT        NOT NULL,
 		created_at TIMESTAMPTZ NOT NULL
 	);`,
+	// Single use consumes a token id only with an issuance: a row is a
+	// reservation (holder set, lapsing at lease_until) until committed
+	// (holder ''). Rows already there were consumed.
+	`ALTER TABLE broker_jti ADD COLUMN holder TEXT NOT NULL DEFAULT '';
+	ALTER TABLE broker_jti ADD COLUMN lease_until TIMESTAMPTZ;`,
 }
 
 // migrationLock is the advisory lock key serialising migrations of
@@ -112,19 +117,60 @@ func (s *Store) migrate(ctx context.Context) error {
 	return tx.Commit(ctx)
 }
 
-// UseJTI implements broker.Store.
-func (s *Store) UseJTI(ctx context.Context, issuer, jti string, expires time.Time) (bool, error) {
+// ReserveJTI implements broker.Store.
+func (s *Store) ReserveJTI(ctx context.Context, r broker.JTIReservation, now time.Time) error {
 	if s.inserts.Add(1)%pruneEvery == 0 {
-		if _, err := s.pool.Exec(ctx, `DELETE FROM broker_jti WHERE expires < now()`); err != nil {
-			return false, fmt.Errorf("prune token ids: %w", err)
+		if _, err := s.pool.Exec(ctx, `DELETE FROM broker_jti WHERE expires < $1`, now); err != nil {
+			return fmt.Errorf("prune token ids: %w", err)
 		}
 	}
-	tag, err := s.pool.Exec(ctx, `INSERT INTO broker_jti (issuer, jti, expires) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING`,
-		issuer, jti, expires)
+	// Insert, or take over a lapsed reservation; a used id (holder '')
+	// or a live reservation is left alone. One statement: the row lock
+	// of the conflict makes one of concurrent reservations, at any
+	// replica, the winner.
+	tag, err := s.pool.Exec(ctx, `INSERT INTO broker_jti (issuer, jti, expires, holder, lease_until) VALUES ($1, $2, $3, $4, $5)
+		ON CONFLICT (issuer, jti) DO UPDATE SET expires = excluded.expires, holder = excluded.holder, lease_until = excluded.lease_until
+		WHERE broker_jti.holder <> '' AND broker_jti.lease_until <= $6`,
+		r.Issuer, r.JTI, r.Expires, r.Holder, r.LeaseUntil, now)
 	if err != nil {
-		return false, fmt.Errorf("record token id: %w", err)
+		return fmt.Errorf("reserve token id: %w", err)
 	}
-	return tag.RowsAffected() == 1, nil
+	if tag.RowsAffected() == 1 {
+		return nil
+	}
+	var holder string
+	err = s.pool.QueryRow(ctx, `SELECT holder FROM broker_jti WHERE issuer = $1 AND jti = $2`, r.Issuer, r.JTI).Scan(&holder)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return broker.ErrJTIInUse // released meanwhile: refuse this once, a retry may have it
+	case err != nil:
+		return fmt.Errorf("reserve token id: %w", err)
+	case holder == "":
+		return broker.ErrJTIUsed
+	default:
+		return broker.ErrJTIInUse
+	}
+}
+
+// CommitJTI implements broker.Store.
+func (s *Store) CommitJTI(ctx context.Context, r broker.JTIReservation) error {
+	tag, err := s.pool.Exec(ctx, `UPDATE broker_jti SET holder = '', lease_until = NULL WHERE issuer = $1 AND jti = $2 AND holder = $3`,
+		r.Issuer, r.JTI, r.Holder)
+	if err != nil {
+		return fmt.Errorf("commit token id: %w", err)
+	}
+	if tag.RowsAffected() == 0 {
+		return broker.ErrJTILost
+	}
+	return nil
+}
+
+// ReleaseJTI implements broker.Store.
+func (s *Store) ReleaseJTI(ctx context.Context, r broker.JTIReservation) error {
+	if _, err := s.pool.Exec(ctx, `DELETE FROM broker_jti WHERE issuer = $1 AND jti = $2 AND holder = $3`, r.Issuer, r.JTI, r.Holder); err != nil {
+		return fmt.Errorf("release token id: %w", err)
+	}
+	return nil
 }
 
 // AddRevocation implements broker.Store.

@@ -22,6 +22,23 @@ func TestConformance(t *testing.T) {
 	})
 }
 
+func TestConformanceShared(t *testing.T) {
+	c := pgtest.Start(t)
+	storetest.RunShared(t, func(t *testing.T) (broker.Store, broker.Store) {
+		dsn := c.NewDatabase(t)
+		var out [2]broker.Store
+		for i := range out {
+			s, err := postgres.Open(context.Background(), dsn)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { s.Close() })
+			out[i] = s
+		}
+		return out[0], out[1]
+	})
+}
+
 func TestConcurrentMigrations(t *testing.T) {
 	c := pgtest.Start(t)
 	dsn := c.NewDatabase(t)

@@ -8,6 +8,7 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/url"
 	"strings"
@@ -28,8 +29,8 @@ var _ broker.Store = (*Store)(nil)
 
 const busyTimeout = 5 * time.Second
 
-// pruneEvery is how many UseJTI calls pass between deletions of expired
-// token ids.
+// pruneEvery is how many ReserveJTI calls pass between deletions of
+// expired token ids.
 const pruneEvery = 1024
 
 // Open opens (creating if needed) the store at path and migrates it.
@@ -86,6 +87,11 @@ var migrations = []string{
 		reason     TEXT    NOT NULL,
 		created_at INTEGER NOT NULL
 	);`,
+	// Single use consumes a token id only with an issuance: a row is a
+	// reservation (holder set, lapsing at lease_until) until committed
+	// (holder ''). Rows already there were consumed.
+	`ALTER TABLE jti ADD COLUMN holder TEXT NOT NULL DEFAULT '';
+	ALTER TABLE jti ADD COLUMN lease_until INTEGER NOT NULL DEFAULT 0;`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {
@@ -113,23 +119,63 @@ func (s *Store) migrate(ctx context.Context) error {
 	return tx.Commit()
 }
 
-// UseJTI implements broker.Store.
-func (s *Store) UseJTI(ctx context.Context, issuer, jti string, expires time.Time) (bool, error) {
+// ReserveJTI implements broker.Store.
+func (s *Store) ReserveJTI(ctx context.Context, r broker.JTIReservation, now time.Time) error {
 	if s.inserts.Add(1)%pruneEvery == 0 {
-		if _, err := s.db.ExecContext(ctx, `DELETE FROM jti WHERE expires < ?`, time.Now().UnixNano()); err != nil {
-			return false, fmt.Errorf("prune token ids: %w", err)
+		if _, err := s.db.ExecContext(ctx, `DELETE FROM jti WHERE expires < ?`, now.UnixNano()); err != nil {
+			return fmt.Errorf("prune token ids: %w", err)
 		}
 	}
-	res, err := s.db.ExecContext(ctx, `INSERT INTO jti (issuer, jti, expires) VALUES (?, ?, ?) ON CONFLICT DO NOTHING`,
-		issuer, jti, nanos(expires))
+	// Insert, or take over a lapsed reservation; a used id (holder '')
+	// or a live reservation is left alone. One statement, so one of
+	// concurrent reservations wins.
+	res, err := s.db.ExecContext(ctx, `INSERT INTO jti (issuer, jti, expires, holder, lease_until) VALUES (?, ?, ?, ?, ?)
+		ON CONFLICT (issuer, jti) DO UPDATE SET expires = excluded.expires, holder = excluded.holder, lease_until = excluded.lease_until
+		WHERE jti.holder <> '' AND jti.lease_until <= ?`,
+		r.Issuer, r.JTI, nanos(r.Expires), r.Holder, nanos(r.LeaseUntil), now.UnixNano())
 	if err != nil {
-		return false, fmt.Errorf("record token id: %w", err)
+		return fmt.Errorf("reserve token id: %w", err)
 	}
-	n, err := res.RowsAffected()
+	if n, err := res.RowsAffected(); err != nil {
+		return fmt.Errorf("reserve token id: %w", err)
+	} else if n == 1 {
+		return nil
+	}
+	var holder string
+	err = s.db.QueryRowContext(ctx, `SELECT holder FROM jti WHERE issuer = ? AND jti = ?`, r.Issuer, r.JTI).Scan(&holder)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return broker.ErrJTIInUse // released meanwhile: refuse this once, a retry may have it
+	case err != nil:
+		return fmt.Errorf("reserve token id: %w", err)
+	case holder == "":
+		return broker.ErrJTIUsed
+	default:
+		return broker.ErrJTIInUse
+	}
+}
+
+// CommitJTI implements broker.Store.
+func (s *Store) CommitJTI(ctx context.Context, r broker.JTIReservation) error {
+	res, err := s.db.ExecContext(ctx, `UPDATE jti SET holder = '', lease_until = 0 WHERE issuer = ? AND jti = ? AND holder = ?`,
+		r.Issuer, r.JTI, r.Holder)
 	if err != nil {
-		return false, fmt.Errorf("record token id: %w", err)
+		return fmt.Errorf("commit token id: %w", err)
 	}
-	return n == 1, nil
+	if n, err := res.RowsAffected(); err != nil {
+		return fmt.Errorf("commit token id: %w", err)
+	} else if n == 0 {
+		return broker.ErrJTILost
+	}
+	return nil
+}
+
+// ReleaseJTI implements broker.Store.
+func (s *Store) ReleaseJTI(ctx context.Context, r broker.JTIReservation) error {
+	if _, err := s.db.ExecContext(ctx, `DELETE FROM jti WHERE issuer = ? AND jti = ? AND holder = ?`, r.Issuer, r.JTI, r.Holder); err != nil {
+		return fmt.Errorf("release token id: %w", err)
+	}
+	return nil
 }
 
 // AddRevocation implements broker.Store.

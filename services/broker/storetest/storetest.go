@@ -6,6 +6,7 @@ package storetest
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -21,54 +22,43 @@ func Run(t *testing.T, newStore func(t *testing.T) broker.Store) {
 	// Times are at microsecond precision, the finest PostgreSQL keeps.
 	now := time.Now().UTC().Truncate(time.Microsecond)
 
-	t.Run("jti/single-use", func(t *testing.T) {
+	t.Run("jti/reserve-commit-release", func(t *testing.T) {
 		s := newStore(t)
-		var got []bool
-		for _, id := range []struct{ iss, jti string }{{"a", "1"}, {"a", "1"}, {"b", "1"}, {"a", "2"}, {"b", "1"}} {
-			first, err := s.UseJTI(ctx, id.iss, id.jti, now.Add(time.Hour))
-			if err != nil {
-				t.Fatal(err)
-			}
-			got = append(got, first)
+		res := func(iss, jti, holder string) broker.JTIReservation {
+			return broker.JTIReservation{Issuer: iss, JTI: jti, Holder: holder, Expires: now.Add(time.Hour), LeaseUntil: now.Add(time.Minute)}
 		}
-		if diff := cmp.Diff(got, []bool{true, false, true, true, false}); diff != "" {
-			t.Errorf("UseJTI firsts (-got +want):\n%s", diff)
+		steps := []struct {
+			name string
+			do   func() error
+			want error
+		}{
+			{"reserve", func() error { return s.ReserveJTI(ctx, res("a", "1", "h1"), now) }, nil},
+			{"in-use-by-another-request", func() error { return s.ReserveJTI(ctx, res("a", "1", "h2"), now) }, broker.ErrJTIInUse},
+			{"other-issuer-independent", func() error { return s.ReserveJTI(ctx, res("b", "1", "h3"), now) }, nil},
+			{"release", func() error { return s.ReleaseJTI(ctx, res("a", "1", "h1")) }, nil},
+			{"released-id-reserved-again", func() error { return s.ReserveJTI(ctx, res("a", "1", "h2"), now) }, nil},
+			{"commit-by-former-holder-lost", func() error { return s.CommitJTI(ctx, res("a", "1", "h1")) }, broker.ErrJTILost},
+			{"release-by-former-holder-changes-nothing", func() error { return s.ReleaseJTI(ctx, res("a", "1", "h1")) }, nil},
+			{"still-held", func() error { return s.ReserveJTI(ctx, res("a", "1", "h4"), now) }, broker.ErrJTIInUse},
+			{"commit", func() error { return s.CommitJTI(ctx, res("a", "1", "h2")) }, nil},
+			{"used", func() error { return s.ReserveJTI(ctx, res("a", "1", "h5"), now) }, broker.ErrJTIUsed},
+			{"used-even-after-any-lease", func() error { return s.ReserveJTI(ctx, res("a", "1", "h5"), now.Add(time.Hour-time.Second)) }, broker.ErrJTIUsed},
+			{"release-of-used-changes-nothing", func() error { return s.ReleaseJTI(ctx, res("a", "1", "h2")) }, nil},
+			{"still-used", func() error { return s.ReserveJTI(ctx, res("a", "1", "h6"), now) }, broker.ErrJTIUsed},
+			{"lapsed-reservation-taken-over", func() error { return s.ReserveJTI(ctx, res("b", "1", "h7"), now.Add(time.Minute)) }, nil},
+			{"commit-after-takeover-lost", func() error { return s.CommitJTI(ctx, res("b", "1", "h3")) }, broker.ErrJTILost},
+			{"taker-commits", func() error { return s.CommitJTI(ctx, res("b", "1", "h7")) }, nil},
+		}
+		for _, st := range steps {
+			if err := st.do(); !errors.Is(err, st.want) || (st.want == nil && err != nil) {
+				t.Errorf("%s: %v, want %v", st.name, err, st.want)
+			}
 		}
 	})
 
-	t.Run("jti/concurrent-replay-admits-one", func(t *testing.T) {
+	t.Run("jti/concurrent-reservations-admit-one", func(t *testing.T) {
 		s := newStore(t)
-		const n = 16
-		var wg sync.WaitGroup
-		firsts := make(chan bool, n)
-		errs := make(chan error, n)
-		for range n {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				first, err := s.UseJTI(ctx, "iss", "same", now.Add(time.Hour))
-				if err != nil {
-					errs <- err
-					return
-				}
-				firsts <- first
-			}()
-		}
-		wg.Wait()
-		close(firsts)
-		close(errs)
-		for err := range errs {
-			t.Fatal(err)
-		}
-		count := 0
-		for f := range firsts {
-			if f {
-				count++
-			}
-		}
-		if count != 1 {
-			t.Errorf("%d of %d concurrent uses were first, want exactly 1", count, n)
-		}
+		assertOneWinner(t, []broker.Store{s}, now)
 	})
 
 	t.Run("revocations/round-trip-and-window", func(t *testing.T) {
@@ -136,12 +126,92 @@ func Run(t *testing.T, newStore func(t *testing.T) broker.Store) {
 		s := newStore(t)
 		cctx, cancel := context.WithCancel(ctx)
 		cancel()
-		if _, err := s.UseJTI(cctx, "i", "j", now.Add(time.Hour)); err == nil {
-			t.Error("UseJTI with a cancelled context succeeded")
+		r := broker.JTIReservation{Issuer: "i", JTI: "j", Holder: "h", Expires: now.Add(time.Hour), LeaseUntil: now.Add(time.Minute)}
+		if err := s.ReserveJTI(cctx, r, now); err == nil {
+			t.Error("ReserveJTI with a cancelled context succeeded")
 		}
-		first, err := s.UseJTI(ctx, "i", "j", now.Add(time.Hour))
-		if err != nil || !first {
-			t.Errorf("UseJTI after a cancelled attempt = %v, %v; want the id unused", first, err)
+		if err := s.ReserveJTI(ctx, r, now); err != nil {
+			t.Errorf("ReserveJTI after a cancelled attempt = %v; want the id free", err)
 		}
 	})
+}
+
+// RunShared runs the checks that need two handles on one database, as
+// two broker replicas have: open returns both, closed when the test
+// ends.
+func RunShared(t *testing.T, open func(t *testing.T) (broker.Store, broker.Store)) {
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	t.Run("jti/replicas-admit-one", func(t *testing.T) {
+		a, b := open(t)
+		assertOneWinner(t, []broker.Store{a, b}, now)
+	})
+	t.Run("jti/used-at-one-replica-used-at-the-other", func(t *testing.T) {
+		a, b := open(t)
+		ctx := context.Background()
+		r := broker.JTIReservation{Issuer: "iss", JTI: "x", Holder: "h1", Expires: now.Add(time.Hour), LeaseUntil: now.Add(time.Minute)}
+		if err := a.ReserveJTI(ctx, r, now); err != nil {
+			t.Fatal(err)
+		}
+		r2 := r
+		r2.Holder = "h2"
+		if err := b.ReserveJTI(ctx, r2, now); !errors.Is(err, broker.ErrJTIInUse) {
+			t.Errorf("reserve at the other replica while held: %v, want ErrJTIInUse", err)
+		}
+		if err := a.CommitJTI(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.ReserveJTI(ctx, r2, now.Add(time.Hour-time.Second)); !errors.Is(err, broker.ErrJTIUsed) {
+			t.Errorf("reserve at the other replica once used: %v, want ErrJTIUsed", err)
+		}
+	})
+}
+
+// assertOneWinner races reservations of one id through the stores (one
+// handle per replica), then commits the winner's: exactly one wins, the
+// others see it in use, and after the commit it is used.
+func assertOneWinner(t *testing.T, stores []broker.Store, now time.Time) {
+	t.Helper()
+	ctx := context.Background()
+	const n = 16
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	results := make([]error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			r := broker.JTIReservation{Issuer: "iss", JTI: "same", Holder: fmt.Sprintf("h%d", i), Expires: now.Add(time.Hour), LeaseUntil: now.Add(time.Minute)}
+			results[i] = stores[i%len(stores)].ReserveJTI(ctx, r, now)
+		}()
+	}
+	close(start)
+	wg.Wait()
+	winner, inUse := -1, 0
+	for i, err := range results {
+		switch {
+		case err == nil && winner < 0:
+			winner = i
+		case err == nil:
+			t.Errorf("reservations %d and %d both won", winner, i)
+		case errors.Is(err, broker.ErrJTIInUse):
+			inUse++
+		default:
+			t.Errorf("reservation %d: %v", i, err)
+		}
+	}
+	if winner < 0 || inUse != n-1 {
+		t.Fatalf("winner %d, %d in use; want exactly one winner of %d", winner, inUse, n)
+	}
+	w := broker.JTIReservation{Issuer: "iss", JTI: "same", Holder: fmt.Sprintf("h%d", winner), Expires: now.Add(time.Hour), LeaseUntil: now.Add(time.Minute)}
+	if err := stores[winner%len(stores)].CommitJTI(ctx, w); err != nil {
+		t.Fatal(err)
+	}
+	for i, s := range stores {
+		r := w
+		r.Holder = "late"
+		if err := s.ReserveJTI(ctx, r, now); !errors.Is(err, broker.ErrJTIUsed) {
+			t.Errorf("store %d after the commit: %v, want ErrJTIUsed", i, err)
+		}
+	}
 }
