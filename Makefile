@@ -9,12 +9,22 @@
 #   make fuzz    every fuzz target briefly (FUZZTIME=10s each)
 #   make chart-check   helm lint + template of deploy/helm/credmatrix (part of lint)
 #   make images-bin    the static linux/amd64 binaries the container images hold
+#   make release-check VERSION=v0.x.y   install the CLI and build an app against
+#                      the client libraries from a module proxy of this tree
+#   make tidy          go mod tidy of every module (siblings at MODULE_VERSION)
 #
 # The patched toolchain is fetched by the go command from the module proxy.
 export GOTOOLCHAIN := go1.26.10
 export GOFLAGS := -buildvcs=false
 
-MODULES   := proto platform services/audit services/broker services/keyguard clients deploy
+MODULES   := proto platform services/audit services/broker services/keyguard clients clients/cmd/credmatrix clients/cmd/credmatrix-dev deploy
+# MODULE_VERSION is the version the modules require each other at (go.mod
+# files, with go.work resolving it to the directories); `make tidy` keeps
+# them in step. A release tags every module at it.
+MODULE_VERSION := v0.1.0
+# release-check checks VERSION when given on the command line.
+RELEASE_VERSION = $(if $(filter command line,$(origin VERSION)),$(VERSION),$(MODULE_VERSION))
+RELEASE   := $(BIN)/release
 PKGS      := $(addsuffix /...,$(addprefix ./,$(MODULES)))
 BIN       := $(CURDIR)/bin
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
@@ -27,19 +37,19 @@ HELM_VERSION := v3.22.0
 CHART     := deploy/helm/credmatrix
 GO_TEST_FLAGS ?= -race -count=1 -timeout 15m
 
-.PHONY: all build demo run test lint proto proto-check fmt bench fuzz tools clean setup helm chart-check images-bin
+.PHONY: all build demo run test lint proto proto-check fmt bench fuzz tools clean setup helm chart-check images-bin release-check tidy
 
 all: lint test
 
 build:
 	@mkdir -p $(BIN)
-	go build -ldflags "-X main.version=$(VERSION)" -o $(BIN)/ ./services/audit/cmd/audit ./services/broker/cmd/broker ./services/keyguard/cmd/keyguard ./clients/cmd/credmatrix
+	go build -ldflags "-X main.version=$(VERSION)" -o $(BIN)/ ./services/audit/cmd/audit ./services/broker/cmd/broker ./services/keyguard/cmd/keyguard ./clients/cmd/credmatrix ./clients/cmd/credmatrix-dev
 
 demo: build
 	@scripts/demo.sh
 
 run: build
-	$(BIN)/credmatrix dev
+	$(BIN)/credmatrix-dev
 
 # The chart tests (deploy/helm) run the helm binary.
 test: $(HELM) $(LOCAL_KMS)
@@ -116,6 +126,21 @@ fmt:
 
 setup:
 	scripts/setup.sh
+
+# The release tool (tools/release, a module of its own outside the
+# workspace) builds module proxies of this tree.
+$(RELEASE): $(wildcard tools/release/*.go) tools/release/go.mod tools/release/go.sum
+	@mkdir -p $(BIN)
+	GOWORK=off go -C tools/release build -o $(RELEASE) .
+
+# release-check: a file-system module proxy of this tree at RELEASE_VERSION;
+# then, outside the workspace, go install of the CLI at that version and an
+# external module that imports and tests the client libraries.
+release-check: $(RELEASE)
+	$(RELEASE) check -version $(RELEASE_VERSION)
+
+tidy: $(RELEASE)
+	$(RELEASE) tidy -version $(MODULE_VERSION)
 
 clean:
 	rm -rf $(BIN)

@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-$PWD/bin}
 cm=$BIN/credmatrix
+cmdev=$BIN/credmatrix-dev
 
 state=$(mktemp -d "${TMPDIR:-/tmp}/credmatrix-demo.XXXXXX")
 dev_pid=
@@ -23,8 +24,8 @@ step() { printf '\n%s== %s%s\n' "$bold" "$*" "$off"; }
 show() { printf '%s$ %s%s\n' "$dim" "$*" "$off"; }
 
 step "Start the local stack (dev CA + mTLS, dev OIDC issuer, audit, broker, keyguard)"
-show "credmatrix dev --state-dir $state --ephemeral-ports"
-"$cm" dev --state-dir "$state" --ephemeral-ports >"$state/dev.log" 2>&1 &
+show "credmatrix-dev --state-dir $state --ephemeral-ports"
+"$cmdev" --state-dir "$state" --ephemeral-ports >"$state/dev.log" 2>&1 &
 dev_pid=$!
 for _ in $(seq 1 300); do
   [[ -s $state/env ]] && break
@@ -38,8 +39,8 @@ export CREDMATRIX_CACHE_DIR=$state/cache   # credential_process cache, private t
 echo "broker $CREDMATRIX_BROKER_ADDR, keyguard $CREDMATRIX_KEYGUARD_ADDR, audit $CREDMATRIX_AUDIT_ADDR"
 
 step "1. The CI job gets its OIDC token (like GitHub Actions: repo acme/app, branch main)"
-show 'export CREDMATRIX_OIDC_TOKEN=$(credmatrix dev token --repository acme/app --ref refs/heads/main)'
-CREDMATRIX_OIDC_TOKEN=$("$cm" dev token --repository acme/app --ref refs/heads/main)
+show 'export CREDMATRIX_OIDC_TOKEN=$(credmatrix-dev token --repository acme/app --ref refs/heads/main)'
+CREDMATRIX_OIDC_TOKEN=$("$cmdev" token --repository acme/app --ref refs/heads/main)
 export CREDMATRIX_OIDC_TOKEN
 echo "token: ${#CREDMATRIX_OIDC_TOKEN} bytes (not shown: it is a secret)"
 
@@ -52,8 +53,8 @@ expiry=$(printf '%s' "$creds" | sed -n 's/.*"Expiration":"\([^"]*\)".*/\1/p')
 echo "issued AccessKeyId $key_id, expires $expiry (secret key and session token not shown)"
 
 step "2b. Policy-driven issuance into a regional account: acme/payments deploys to payments-eu (EU residency)"
-show 'credmatrix dev token --repository acme/payments --claim environment=production'
-pay_token=$("$cm" dev token --repository acme/payments --ref refs/heads/main --claim environment=production)
+show 'credmatrix-dev token --repository acme/payments --claim environment=production'
+pay_token=$("$cmdev" token --repository acme/payments --ref refs/heads/main --claim environment=production)
 show 'credmatrix creds --role deploy --account payments-eu --output json'
 pay=$(CREDMATRIX_OIDC_TOKEN=$pay_token "$cm" creds --role deploy --account payments-eu --output json --reason "make demo")
 pay_key=$(printf '%s' "$pay" | sed -n 's/.*"AccessKeyId": "\([^"]*\)".*/\1/p')

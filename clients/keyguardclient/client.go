@@ -27,8 +27,8 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/credmatrix/credmatrix/clients/keyguardclient/envelope"
 	keyguardv1 "github.com/credmatrix/credmatrix/proto/credmatrix/keyguard/v1"
-	"github.com/credmatrix/credmatrix/services/keyguard/envelope"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"

@@ -12,12 +12,11 @@ package audit
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
 	"slices"
 	"time"
 
-	"google.golang.org/protobuf/proto"
+	"github.com/credmatrix/credmatrix/clients/auditclient/leaf"
 
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
 )
@@ -64,7 +63,7 @@ type Store interface {
 	Close() error
 }
 
-// Record is an event with its serialisation, MarshalEvent(Event).
+// Record is an event with its serialisation, leaf.Marshal(Event).
 type Record struct {
 	// Event is the event, sequence set.
 	Event *auditv1.Event
@@ -197,24 +196,17 @@ func IndexOf(e *auditv1.Event) Index {
 	return ix
 }
 
-// MarshalEvent is the one serialisation of an event: deterministic
-// protobuf, the bytes that are stored and hashed into the Merkle leaf.
-func MarshalEvent(e *auditv1.Event) ([]byte, error) {
-	return proto.MarshalOptions{Deterministic: true}.Marshal(e)
-}
-
-// LeafHash returns the RFC 6962 leaf hash of e: SHA-256(0x00 || MarshalEvent(e)).
-func LeafHash(e *auditv1.Event) ([]byte, error) {
-	b, err := MarshalEvent(e)
+// eventLeafHash returns the RFC 6962 leaf hash of e (leaf.HashEvent).
+func eventLeafHash(e *auditv1.Event) ([]byte, error) {
+	h, err := leaf.HashEvent(e)
 	if err != nil {
 		return nil, err
 	}
-	return leafHash(b), nil
+	return h[:], nil
 }
 
+// leafHash returns the RFC 6962 leaf hash of leaf bytes (leaf.Hash).
 func leafHash(b []byte) []byte {
-	h := sha256.New()
-	h.Write([]byte{0x00})
-	h.Write(b)
-	return h.Sum(nil)
+	h := leaf.Hash(b)
+	return h[:]
 }

@@ -3,7 +3,8 @@ module github.com/credmatrix/credmatrix/services/audit
 go 1.26.0
 
 require (
-	github.com/credmatrix/credmatrix/proto v0.0.0-00010101000000-000000000000
+	github.com/credmatrix/credmatrix/clients v0.1.0
+	github.com/credmatrix/credmatrix/proto v0.1.0
 	github.com/google/go-cmp v0.7.0
 	github.com/hashicorp/go-hclog v1.6.3
 	github.com/jackc/pgx/v5 v5.12.0
@@ -28,6 +29,7 @@ require (
 	github.com/jackc/pgpassfile v1.0.0 // indirect
 	github.com/jackc/pgservicefile v0.0.0-20240606120523-5a60cdf6a761 // indirect
 	github.com/jackc/puddle/v2 v2.2.3 // indirect
+	github.com/kylelemons/godebug v1.1.0 // indirect
 	github.com/munnerz/goautoneg v0.0.0-20191010083416-a7dc8b61c822 // indirect
 	github.com/prometheus/client_model v0.6.3 // indirect
 	github.com/prometheus/common v0.72.0 // indirect
@@ -47,7 +49,7 @@ require (
 )
 
 require (
-	github.com/credmatrix/credmatrix/platform v0.0.0-00010101000000-000000000000
+	github.com/credmatrix/credmatrix/platform v0.1.0
 	github.com/dustin/go-humanize v1.1.0 // indirect
 	github.com/fatih/color v1.13.0 // indirect
 	github.com/google/uuid v1.6.0 // indirect
@@ -63,7 +65,3 @@ require (
 	modernc.org/mathutil v1.7.1 // indirect
 	modernc.org/memory v1.12.1 // indirect
 )
-
-replace github.com/credmatrix/credmatrix/proto => ../../proto
-
-replace github.com/credmatrix/credmatrix/platform => ../../platform

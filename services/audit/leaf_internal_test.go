@@ -8,6 +8,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/credmatrix/credmatrix/clients/auditclient/leaf"
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
 )
 
@@ -37,12 +38,12 @@ func TestWithSequenceIsMarshalEvent(t *testing.T) {
 		for _, seq := range []uint64{0, 1, 127, 128, 1 << 20, 1<<63 + 5} {
 			e := proto.CloneOf(base)
 			set(e)
-			rest, err := MarshalEvent(e)
+			rest, err := leaf.Marshal(e)
 			if err != nil {
 				t.Fatal(err)
 			}
 			e.Sequence = seq
-			want, err := MarshalEvent(e)
+			want, err := leaf.Marshal(e)
 			if err != nil {
 				t.Fatal(err)
 			}

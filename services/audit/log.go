@@ -17,8 +17,9 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/credmatrix/credmatrix/services/audit/checkpoint"
-	"github.com/credmatrix/credmatrix/services/audit/tree"
+	"github.com/credmatrix/credmatrix/clients/auditclient/checkpoint"
+	"github.com/credmatrix/credmatrix/clients/auditclient/leaf"
+	"github.com/credmatrix/credmatrix/clients/auditclient/tree"
 
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
 )
@@ -104,14 +105,14 @@ type request struct {
 // source_service set, and its serialisation without the sequence.
 type prepared struct {
 	event *auditv1.Event
-	// rest is MarshalEvent of event with sequence 0. Sequence is field 1
+	// rest is leaf.Marshal of event with sequence 0. Sequence is field 1
 	// and deterministic marshalling writes fields in number order, so the
 	// leaf is the sequence's tag and varint followed by rest (see
 	// withSequence).
 	rest []byte
 }
 
-// withSequence returns MarshalEvent of p's event numbered seq.
+// withSequence returns leaf.Marshal of p's event numbered seq.
 func (p prepared) withSequence(seq uint64) []byte {
 	if seq == 0 {
 		return p.rest // proto3 omits a zero sequence
@@ -219,7 +220,7 @@ func (l *Log) load(ctx context.Context) error {
 			if want := from + uint64(i); e.GetSequence() != want {
 				return fmt.Errorf("%w: stored event at position %d has sequence %d", ErrStoreMismatch, want, e.GetSequence())
 			}
-			h, err := LeafHash(e)
+			h, err := eventLeafHash(e)
 			if err != nil {
 				return fmt.Errorf("%w: stored event %d cannot be serialised: %v", ErrStoreMismatch, from+uint64(i), err)
 			}
@@ -398,7 +399,7 @@ func (l *Log) record(ctx context.Context, source string, events []*auditv1.Event
 		c.Sequence = 0
 		c.RecordedTime = recorded
 		c.SourceService = source
-		rest, err := MarshalEvent(c)
+		rest, err := leaf.Marshal(c)
 		if err != nil {
 			l.queued.Add(-n)
 			return nil, Errorf(Invalid, "events[%d]: cannot be serialised", i)
@@ -507,7 +508,7 @@ func (l *Log) stage(batch []*request, stored map[string]*auditv1.Event) (staged,
 		for i, p := range r.events {
 			id := p.event.GetId()
 			if s, ok := stored[id]; ok {
-				h, err := LeafHash(s)
+				h, err := eventLeafHash(s)
 				if err != nil {
 					return staged{}, unavailable("audit store returned an unreadable event", err)
 				}

@@ -16,7 +16,7 @@ import (
 
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
 
-	"github.com/credmatrix/credmatrix/services/keyguard/envelope"
+	"github.com/credmatrix/credmatrix/clients/keyguardclient/envelope"
 )
 
 // Grant limits of the API.

@@ -22,7 +22,7 @@ import (
 
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
 
-	"github.com/credmatrix/credmatrix/services/keyguard/envelope"
+	"github.com/credmatrix/credmatrix/clients/keyguardclient/envelope"
 )
 
 // Auditor records audit events durably. Append returns only once the event

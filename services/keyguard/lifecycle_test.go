@@ -19,8 +19,8 @@ import (
 
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
 
+	"github.com/credmatrix/credmatrix/clients/keyguardclient/envelope"
 	"github.com/credmatrix/credmatrix/services/keyguard"
-	"github.com/credmatrix/credmatrix/services/keyguard/envelope"
 	"github.com/credmatrix/credmatrix/services/keyguard/localkms"
 	"github.com/credmatrix/credmatrix/services/keyguard/sqlite"
 )

@@ -20,8 +20,8 @@ import (
 
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
 
+	"github.com/credmatrix/credmatrix/clients/keyguardclient/envelope"
 	"github.com/credmatrix/credmatrix/services/keyguard"
-	"github.com/credmatrix/credmatrix/services/keyguard/envelope"
 	"github.com/credmatrix/credmatrix/services/keyguard/localkms"
 )
 

@@ -6,7 +6,7 @@ import (
 	"strings"
 	"unicode/utf8"
 
-	"github.com/credmatrix/credmatrix/services/keyguard/envelope"
+	"github.com/credmatrix/credmatrix/clients/keyguardclient/envelope"
 )
 
 // namePattern is the data class and region syntax, as shown in messages.

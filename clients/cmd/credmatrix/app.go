@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"runtime/debug"
 	"strings"
 
 	"github.com/credmatrix/credmatrix/clients/brokerclient"
@@ -27,8 +28,20 @@ const (
 	exitUnavailable = 4 // a service (or the audit log behind it) is down; retry later
 )
 
-// version is set by the linker (-X main.version=...).
+// version is set by the linker (-X main.version=...) in release builds.
 var version = "dev"
+
+// versionString is the linker's version, or else the module version the
+// binary was installed at (go install …/credmatrix@v0.1.0).
+func versionString() string {
+	if version != "dev" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return version
+}
 
 type streams struct {
 	in       io.Reader
@@ -138,7 +151,7 @@ records every issuance, denial and key operation in a tamper-evident audit log.
 Connection settings come from flags or environment variables
 (CREDMATRIX_BROKER_ADDR, CREDMATRIX_KEYGUARD_ADDR, CREDMATRIX_AUDIT_ADDR,
 CREDMATRIX_CA_FILE, CREDMATRIX_CERT_FILE, CREDMATRIX_KEY_FILE).
-'credmatrix dev' starts a local stack and prints them.
+'credmatrix-dev' starts a local stack and prints them.
 
 Each command is one trace (root span "credmatrix <command>") that follows
 the request through broker or keyguard to audit; the audit event records its
@@ -148,7 +161,7 @@ OTEL_TRACES_EXPORTER=otlp, OTEL_EXPORTER_OTLP_PROTOCOL=grpc|http/protobuf).
 
 Exit codes: 0 ok, 1 error, 2 bad usage or invalid request, 3 denied,
 4 unavailable (retry later).`,
-		Version:       version,
+		Version:       versionString(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
@@ -163,7 +176,7 @@ Exit codes: 0 ok, 1 error, 2 bad usage or invalid request, 3 denied,
 	pf.StringVar(&a.keyFile, "key-file", a.getenv("CREDMATRIX_KEY_FILE"), "client key (PEM) for mTLS (env CREDMATRIX_KEY_FILE)")
 	pf.BoolVar(&a.devPlaintext, "dev-plaintext", a.getenv("CREDMATRIX_DEV_PLAINTEXT") == "true", "connect without TLS (loopback only; development)")
 
-	root.AddCommand(a.credsCommand(), a.serveCredentialsCommand(), a.encryptCommand(), a.decryptCommand(), a.keyguardCommand(), a.auditCommand(), a.devCommand(), a.policyCommand())
+	root.AddCommand(a.credsCommand(), a.serveCredentialsCommand(), a.encryptCommand(), a.decryptCommand(), a.keyguardCommand(), a.auditCommand(), a.policyCommand())
 	return root
 }
 

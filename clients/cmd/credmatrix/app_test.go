@@ -126,7 +126,6 @@ func TestUsageErrors(t *testing.T) {
 		{"unknown-flag", []string{"creds", "--nope"}, "unknown flag"},
 		{"audit/bad-kind", []string{"audit", "query", "--kind", "nope"}, "--kind"},
 		{"audit/bad-since", []string{"audit", "query", "--since", "yesterday"}, "RFC 3339"},
-		{"dev-token/no-stack", []string{"dev", "token"}, "no dev stack"},
 		{"encrypt/bad-context", []string{"encrypt", "--context", "novalue"}, "key=value"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -1,8 +1,6 @@
 package main
 
 import (
-	"context"
-	"errors"
 	"fmt"
 	"io"
 	"sort"
@@ -10,6 +8,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/credmatrix/credmatrix/clients/auditclient"
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -165,29 +164,21 @@ func (a *app) auditTailCommand() *cobra.Command {
 				return err
 			}
 			defer conn.Close()
-			rpc := auditv1.NewAuditServiceClient(conn)
+			client := auditclient.New(conn)
 			if !follow {
 				// Read what is there now, then stop.
-				return a.queryAll(cmd.Context(), rpc, &auditv1.QueryRequest{Kinds: k}, from, p)
-			}
-			ctx, cancel := context.WithCancel(cmd.Context())
-			defer cancel()
-			stream, err := rpc.Subscribe(ctx, &auditv1.SubscribeRequest{FromSequence: from, Kinds: k})
-			if err != nil {
-				return err
-			}
-			for {
-				resp, err := stream.Recv()
-				if err != nil {
-					if errors.Is(err, io.EOF) || ctx.Err() != nil {
+				err := client.Query(cmd.Context(), &auditv1.QueryRequest{Kinds: k}, func(ev *auditv1.Event) error {
+					if ev.GetSequence() < from {
 						return nil
 					}
+					return p.print(ev)
+				})
+				if err != nil {
 					return err
 				}
-				if err := p.print(resp.GetEvent()); err != nil {
-					return err
-				}
+				return p.flush()
 			}
+			return client.Tail(cmd.Context(), from, k, p.print)
 		},
 	}
 	f := cmd.Flags()
@@ -196,28 +187,6 @@ func (a *app) auditTailCommand() *cobra.Command {
 	f.StringSliceVar(&kinds, "kind", nil, "only these kinds (e.g. session-issue,key-encrypt)")
 	f.StringVarP(&output, "output", "o", "table", "output: table or json (one event per line)")
 	return cmd
-}
-
-// queryAll pages through Query and prints events with sequence >= from.
-func (a *app) queryAll(ctx context.Context, rpc auditv1.AuditServiceClient, req *auditv1.QueryRequest, from uint64, p *eventPrinter) error {
-	for {
-		resp, err := rpc.Query(ctx, req)
-		if err != nil {
-			return err
-		}
-		for _, ev := range resp.GetEvents() {
-			if ev.GetSequence() < from {
-				continue
-			}
-			if err := p.print(ev); err != nil {
-				return err
-			}
-		}
-		if resp.GetNextPageToken() == "" {
-			return p.flush()
-		}
-		req.PageToken = resp.GetNextPageToken()
-	}
 }
 
 func (a *app) auditQueryCommand() *cobra.Command {
@@ -268,7 +237,10 @@ func (a *app) auditQueryCommand() *cobra.Command {
 				return err
 			}
 			defer conn.Close()
-			return a.queryAll(cmd.Context(), auditv1.NewAuditServiceClient(conn), req, 0, p)
+			if err := auditclient.New(conn).Query(cmd.Context(), req, p.print); err != nil {
+				return err
+			}
+			return p.flush()
 		},
 	}
 	f := cmd.Flags()

@@ -12,24 +12,24 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
-	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
-	"github.com/credmatrix/credmatrix/services/audit"
-	"github.com/credmatrix/credmatrix/services/audit/bundle"
-	"github.com/credmatrix/credmatrix/services/audit/checkpoint"
-	"github.com/credmatrix/credmatrix/services/audit/sqlite"
+	"github.com/credmatrix/credmatrix/clients/auditclient"
+	"github.com/credmatrix/credmatrix/clients/auditclient/bundle"
+	"github.com/credmatrix/credmatrix/clients/auditclient/checkpoint"
 )
 
 // logSource says where export, verify and replay read the log from: a
-// bundle file, a SQLite store file, or (neither) the audit service.
+// bundle file or (without one) the audit service. Reading a store file
+// directly (forensics) is the audit binary's job: 'audit verify --db' and
+// 'audit export --db' run where the store is, and keep this CLI free of
+// database drivers.
 type logSource struct {
-	bundlePath, dbPath, publicKeyFile, keptFile string
+	bundlePath, publicKeyFile, keptFile string
 }
 
 func (a *app) logSourceFlags(f *pflag.FlagSet, s *logSource, withBundle bool) {
 	if withBundle {
 		f.StringVar(&s.bundlePath, "bundle", "", "read the log from this exported bundle instead of the service")
 	}
-	f.StringVar(&s.dbPath, "db", "", "read the log straight from this SQLite audit store file (forensics: works when the service refuses to start)")
 	f.StringVar(&s.publicKeyFile, "public-key-file", a.getenv("CREDMATRIX_AUDIT_PUBLIC_KEY_FILE"), "trusted checkpoint verifier key of the log (env CREDMATRIX_AUDIT_PUBLIC_KEY_FILE)")
 	f.StringVar(&s.keptFile, "checkpoint-file", "", "a signed checkpoint you kept from an earlier run: the log must extend it")
 }
@@ -65,12 +65,9 @@ func (s *logSource) kept() ([]byte, error) {
 	return b, nil
 }
 
-// load returns the log as a bundle from the chosen source.
+// loadLog returns the log as a bundle from the chosen source.
 func (a *app) loadLog(ctx context.Context, s *logSource, v *checkpoint.Verifier) (*bundle.Bundle, error) {
-	switch {
-	case s.bundlePath != "" && s.dbPath != "":
-		return nil, usagef("--bundle and --db: give one")
-	case s.bundlePath != "":
+	if s.bundlePath != "" {
 		f, err := os.Open(s.bundlePath)
 		if err != nil {
 			return nil, usagef("--bundle: %v", err)
@@ -81,82 +78,31 @@ func (a *app) loadLog(ctx context.Context, s *logSource, v *checkpoint.Verifier)
 			return nil, fmt.Errorf("--bundle %s: %w", s.bundlePath, err)
 		}
 		return b, nil
-	case s.dbPath != "":
-		if _, err := os.Stat(s.dbPath); err != nil {
-			return nil, usagef("--db: %v", err)
-		}
-		store, err := sqlite.Open(ctx, s.dbPath)
-		if err != nil {
-			return nil, err
-		}
-		defer store.Close()
-		origin, key := "", ""
-		if v != nil {
-			origin, key = v.Origin(), v.PublicKey()
-		}
-		return bundle.FromStore(ctx, store, origin, key)
 	}
 	kept, err := s.kept()
 	if err != nil {
 		return nil, err
 	}
-	return a.fetchLog(ctx, v, kept)
-}
-
-// fetchLog exports the log from the service: a fresh signed checkpoint,
-// every event it covers, and (given a kept checkpoint) the consistency
-// proof from the kept one to it.
-func (a *app) fetchLog(ctx context.Context, v *checkpoint.Verifier, kept []byte) (*bundle.Bundle, error) {
 	conn, err := a.dial(a.auditAddr)
 	if err != nil {
 		return nil, err
 	}
 	defer conn.Close()
-	rpc := auditv1.NewAuditServiceClient(conn)
-	cp, err := rpc.GetCheckpoint(ctx, &auditv1.GetCheckpointRequest{})
-	if err != nil {
-		return nil, err
-	}
-	b := &bundle.Bundle{Origin: cp.GetOrigin()}
-	if v != nil {
-		b.PublicKey = v.PublicKey()
-	}
-	if len(kept) > 0 && v != nil {
-		if k, err := v.Open(kept); err == nil && k.Size < cp.GetTreeSize() {
-			p, err := rpc.GetConsistencyProof(ctx, &auditv1.GetConsistencyProofRequest{FirstSize: k.Size, SecondSize: cp.GetTreeSize()})
-			if err != nil {
-				return nil, err
+	var bar *progressBar
+	defer func() {
+		if bar != nil {
+			bar.done()
+		}
+	}()
+	return auditclient.New(conn).Export(ctx, auditclient.ExportOptions{
+		Verifier: v, Kept: kept,
+		Progress: func(done, total uint64) {
+			if bar == nil {
+				bar = a.progress("fetching events", total)
 			}
-			b.Checkpoints = append(b.Checkpoints, kept)
-			b.Proofs = append(b.Proofs, bundle.Proof{From: k.Size, To: cp.GetTreeSize(), Hashes: p.GetHashes()})
-		}
-	}
-	b.Checkpoints = append(b.Checkpoints, cp.GetSignedNote())
-	req := &auditv1.QueryRequest{PageSize: audit.MaxPageSize}
-	bar := a.progress("fetching events", cp.GetTreeSize())
-	defer bar.done()
-	for uint64(len(b.Events)) < cp.GetTreeSize() {
-		bar.set(uint64(len(b.Events)))
-		resp, err := rpc.Query(ctx, req)
-		if err != nil {
-			return nil, err
-		}
-		for _, e := range resp.GetEvents() {
-			if uint64(len(b.Events)) == cp.GetTreeSize() {
-				break
-			}
-			data, err := audit.MarshalEvent(e)
-			if err != nil {
-				return nil, fmt.Errorf("event %d: %w", e.GetSequence(), err)
-			}
-			b.Events = append(b.Events, data)
-		}
-		if resp.GetNextPageToken() == "" {
-			break
-		}
-		req.PageToken = resp.GetNextPageToken()
-	}
-	return b, nil
+			bar.set(done)
+		},
+	})
 }
 
 func (a *app) auditExportCommand() *cobra.Command {
@@ -171,11 +117,12 @@ func (a *app) auditExportCommand() *cobra.Command {
 checkpoints that commit to them and consistency proofs between checkpoints.
 'audit verify --bundle' and 'audit replay --bundle' read it offline.
 
-From the service (default) the bundle ends at a freshly signed checkpoint;
-with --db it is read straight from a SQLite store file with every stored
-checkpoint, which works when the service refuses to start on a damaged store.`,
+The bundle ends at a checkpoint the service signs for the export. To read a
+store file directly (forensics, when the service refuses to start on a
+damaged store), run the audit binary where the store is:
+'audit export --db FILE --out BUNDLE'.`,
 		Example: `  credmatrix audit export --out audit.bundle
-  credmatrix audit export --db /var/lib/credmatrix/audit.db --public-key-file audit.pub --out audit.bundle`,
+  credmatrix audit export --out audit.bundle --public-key-file audit.pub --checkpoint-file kept.checkpoint`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if out == "" {

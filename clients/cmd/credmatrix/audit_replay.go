@@ -10,8 +10,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/credmatrix/credmatrix/services/audit/replay"
-	"github.com/credmatrix/credmatrix/services/audit/verify"
+	"github.com/credmatrix/credmatrix/clients/auditclient/replay"
+	"github.com/credmatrix/credmatrix/clients/auditclient/verify"
 )
 
 func (a *app) auditReplayCommand() *cobra.Command {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -9,7 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/credmatrix/credmatrix/services/audit/verify"
+	"github.com/credmatrix/credmatrix/clients/auditclient/verify"
 )
 
 // errNotVerified marks a log that failed verification (exit code 1).
@@ -31,8 +30,10 @@ extend the checkpoint you kept, and on success the file is updated to the
 newest verified checkpoint (keep it somewhere the log's operators cannot
 write, or publish it to a witness).
 
-The log comes from the service (default), an exported --bundle, or a SQLite
-store file (--db). Exit code 1 when the log does not verify.`,
+The log comes from the service (default) or an exported --bundle. To verify
+a store file directly (forensics), run the audit binary where the store is:
+'audit verify --db FILE --public-key-file KEY'. Exit code 1 when the log
+does not verify.`,
 		Example: `  credmatrix audit verify --checkpoint-file ~/.credmatrix/audit.checkpoint
   credmatrix audit verify --bundle audit.bundle --public-key-file audit.pub --checkpoint-file kept.checkpoint`,
 		Args: cobra.NoArgs,
@@ -59,7 +60,7 @@ store file (--db). Exit code 1 when the log does not verify.`,
 					return err
 				}
 			} else {
-				printReport(a, r, kept != nil)
+				r.WriteText(a.out, kept != nil)
 			}
 			if !r.OK() {
 				return fmt.Errorf("%w: %s", errNotVerified, r.Problem)
@@ -75,27 +76,4 @@ store file (--db). Exit code 1 when the log does not verify.`,
 	a.logSourceFlags(cmd.Flags(), &src, true)
 	cmd.Flags().StringVarP(&output, "output", "o", "table", "output: table or json")
 	return cmd
-}
-
-func printReport(a *app, r *verify.Report, hadKept bool) {
-	if r.OK() {
-		fmt.Fprintf(a.out, "verified: %d events, %d signed checkpoint(s), tree size %d, root %s\n",
-			r.Events, r.Checkpoints, r.VerifiedSize, base64.StdEncoding.EncodeToString(r.Root))
-		if hadKept {
-			fmt.Fprintln(a.out, "consistent with the kept checkpoint: no rollback, no rewrite")
-		}
-		if r.Unsigned > 0 {
-			fmt.Fprintf(a.out, "note: the last %d events are not covered by a signed checkpoint yet\n", r.Unsigned)
-		}
-		return
-	}
-	fmt.Fprintf(a.out, "NOT VERIFIED: %s\n", r.Problem)
-	if p := r.Problem; p.Kind == verify.Modified && p.End > p.Sequence+1 {
-		fmt.Fprintf(a.out, "  the modified event is one of sequences %d to %d (the span between two signed checkpoints)\n", p.Sequence, p.End-1)
-	} else {
-		fmt.Fprintf(a.out, "  first bad sequence: %d\n", p.Sequence)
-	}
-	if r.VerifiedSize > 0 {
-		fmt.Fprintf(a.out, "  events 0 to %d are proven by a signed checkpoint\n", r.VerifiedSize-1)
-	}
 }

@@ -1,6 +1,10 @@
-// Command credmatrix is the one CLI of credmatrix: AWS credentials for CI
-// jobs (creds), envelope encryption (encrypt, decrypt), the audit log
-// (audit) and the local development stack (dev).
+// Command credmatrix is the user CLI of credmatrix: AWS credentials for CI
+// jobs (creds, serve-credentials), envelope encryption (encrypt, decrypt),
+// key administration (keyguard), the audit log (audit) and the trust
+// policy (policy lint, policy test). It links only the client libraries and
+// the contracts — no store, cloud SDK or server (a test guards it) — so it
+// starts fast enough to run as an AWS credential_process. The local
+// development stack is a separate binary, credmatrix-dev.
 package main
 
 import (

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/credmatrix/credmatrix/platform/telemetry"
@@ -34,13 +33,9 @@ var spanFlags = []struct{ flag, attr string }{
 // startTrace sets up this command's tracer provider (exporting over OTLP
 // only when the OTEL_* variables ask) and starts its root span, named by
 // the command ("credmatrix creds"), so one user action is one trace from
-// the CLI through broker or keyguard to audit. `dev` is left alone: it
-// runs the services, which use the global provider; `serve-credentials`
-// gets no root span, so each request it serves is a trace of its own.
+// the CLI through broker or keyguard to audit. `serve-credentials` gets no
+// root span, so each request it serves is a trace of its own.
 func (a *app) startTrace(cmd *cobra.Command) error {
-	if p := cmd.CommandPath(); p == "credmatrix dev" || strings.HasPrefix(p, "credmatrix dev ") {
-		return nil
-	}
 	tp, err := telemetry.NewProvider(cmd.Context(), "credmatrix-cli", a.getenv)
 	if err != nil {
 		return usagef("%v", err)

@@ -18,7 +18,7 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/credmatrix/credmatrix/services/keyguard/envelope"
+	"github.com/credmatrix/credmatrix/clients/keyguardclient/envelope"
 )
 
 // Format constants (docs/envelope-format.md, "Stream format").

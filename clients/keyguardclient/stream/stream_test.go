@@ -7,7 +7,7 @@ import (
 	"io"
 	"testing"
 
-	"github.com/credmatrix/credmatrix/services/keyguard/envelope"
+	"github.com/credmatrix/credmatrix/clients/keyguardclient/envelope"
 )
 
 // testKey is a data key with a well-formed (but not really wrapped) wrapped

@@ -6,10 +6,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/credmatrix/credmatrix/clients/auditclient/checkpoint"
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
 	"github.com/credmatrix/credmatrix/services/audit"
 	"github.com/credmatrix/credmatrix/services/audit/auditmetrics"
-	"github.com/credmatrix/credmatrix/services/audit/checkpoint"
 	"github.com/credmatrix/credmatrix/services/audit/memstore"
 	"github.com/credmatrix/credmatrix/services/audit/sqlite"
 	"github.com/google/go-cmp/cmp"

@@ -13,9 +13,9 @@ import (
 
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
 
+	"github.com/credmatrix/credmatrix/clients/auditclient/checkpoint"
 	"github.com/credmatrix/credmatrix/platform/benchload"
 	"github.com/credmatrix/credmatrix/services/audit"
-	"github.com/credmatrix/credmatrix/services/audit/checkpoint"
 )
 
 // Origin is the log origin of signers made by NewSigner.

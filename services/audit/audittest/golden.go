@@ -10,9 +10,9 @@ import (
 
 	"golang.org/x/mod/sumdb/note"
 
+	"github.com/credmatrix/credmatrix/clients/auditclient/auditclienttest"
+	"github.com/credmatrix/credmatrix/clients/auditclient/checkpoint"
 	"github.com/credmatrix/credmatrix/services/audit"
-	"github.com/credmatrix/credmatrix/services/audit/bundle"
-	"github.com/credmatrix/credmatrix/services/audit/checkpoint"
 	"github.com/credmatrix/credmatrix/services/audit/memstore"
 
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
@@ -46,17 +46,17 @@ func GenerateGolden(ctx context.Context) (*Golden, error) {
 		return nil, err
 	}
 	store := memstore.New()
-	log, err := audit.Open(ctx, store, audit.WithSigner(signer, 4, 0), audit.WithClock(func() time.Time { return T0.Add(time.Hour) }))
+	log, err := audit.Open(ctx, store, audit.WithSigner(signer, 4, 0), audit.WithClock(func() time.Time { return auditclienttest.T0.Add(time.Hour) }))
 	if err != nil {
 		return nil, err
 	}
-	for i, e := range Scenario() {
+	for i, e := range auditclienttest.Scenario() {
 		if _, err := log.Append(ctx, "spiffe://credmatrix.dev/broker", []*auditv1.Event{e}); err != nil {
 			return nil, fmt.Errorf("append scenario event %d: %w", i, err)
 		}
 	}
 	log.Close()
-	b, err := bundle.FromStore(ctx, store, signer.Origin(), vkey)
+	b, err := audit.ExportBundle(ctx, store, signer.Origin(), vkey)
 	if err != nil {
 		return nil, err
 	}

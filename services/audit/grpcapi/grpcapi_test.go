@@ -21,10 +21,10 @@ import (
 	"google.golang.org/grpc/test/bufconn"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/credmatrix/credmatrix/clients/auditclient/checkpoint"
 	"github.com/credmatrix/credmatrix/platform/auditevent"
 	"github.com/credmatrix/credmatrix/services/audit"
 	"github.com/credmatrix/credmatrix/services/audit/audittest"
-	"github.com/credmatrix/credmatrix/services/audit/checkpoint"
 	"github.com/credmatrix/credmatrix/services/audit/grpcapi"
 	"github.com/credmatrix/credmatrix/services/audit/sqlite"
 

@@ -25,6 +25,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/credmatrix/credmatrix/clients/auditclient/leaf"
 	"github.com/credmatrix/credmatrix/services/audit"
 
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
@@ -228,7 +229,7 @@ func (s *Store) withWriter(f func(conn *pgx.Conn) error) error {
 func (s *Store) Append(ctx context.Context, events []*auditv1.Event) error {
 	records := make([]audit.Record, len(events))
 	for i, e := range events {
-		data, err := audit.MarshalEvent(e)
+		data, err := leaf.Marshal(e)
 		if err != nil {
 			return fmt.Errorf("append event %d: %w", i, err)
 		}

@@ -8,13 +8,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/credmatrix/credmatrix/clients/auditclient/verify"
 	"github.com/credmatrix/credmatrix/platform/pgtest"
 	"github.com/credmatrix/credmatrix/services/audit"
 	"github.com/credmatrix/credmatrix/services/audit/audittest"
-	"github.com/credmatrix/credmatrix/services/audit/bundle"
 	"github.com/credmatrix/credmatrix/services/audit/postgres"
 	"github.com/credmatrix/credmatrix/services/audit/storetest"
-	"github.com/credmatrix/credmatrix/services/audit/verify"
 
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
 )
@@ -116,7 +115,7 @@ func TestFailover(t *testing.T) {
 	if _, err := logB.LatestCheckpoint(ctx); err != nil {
 		t.Fatalf("checkpoint after takeover: %v", err)
 	}
-	bu, err := bundle.FromStore(ctx, b, signer.Origin(), signer.PublicKey())
+	bu, err := audit.ExportBundle(ctx, b, signer.Origin(), signer.PublicKey())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -22,6 +22,7 @@ import (
 	sqlitedrv "modernc.org/sqlite"
 	sqlite3 "modernc.org/sqlite/lib"
 
+	"github.com/credmatrix/credmatrix/clients/auditclient/leaf"
 	"github.com/credmatrix/credmatrix/services/audit"
 
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
@@ -180,7 +181,7 @@ const insertRow = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 func (s *Store) Append(ctx context.Context, events []*auditv1.Event) error {
 	records := make([]audit.Record, len(events))
 	for i, e := range events {
-		data, err := audit.MarshalEvent(e)
+		data, err := leaf.Marshal(e)
 		if err != nil {
 			return fmt.Errorf("append event %d: %w", i, err)
 		}

@@ -16,7 +16,7 @@ import (
 // IssueSession over in-process gRPC (bufconn): RS256 verification,
 // policy evaluation, state checks, session policy rendering and the
 // local provider, with 16 concurrent callers and an in-memory audit log.
-// clients/devstack's BenchmarkIssueSession adds mTLS and the real,
+// clients/cmd/credmatrix-dev/devstack's BenchmarkIssueSession adds mTLS and the real,
 // durable audit service.
 //
 //	go test -run '^$' -bench BenchmarkIssueSessionBrokerOnly -benchmem ./services/broker/grpcapi

@@ -36,8 +36,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/kms/types"
 	"github.com/aws/smithy-go"
 
+	"github.com/credmatrix/credmatrix/clients/keyguardclient/envelope"
 	"github.com/credmatrix/credmatrix/services/keyguard"
-	"github.com/credmatrix/credmatrix/services/keyguard/envelope"
 )
 
 // KMS is the part of the AWS KMS API the backend uses; *kms.Client

@@ -42,8 +42,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/credmatrix/credmatrix/clients/keyguardclient/envelope"
 	"github.com/credmatrix/credmatrix/services/keyguard"
-	"github.com/credmatrix/credmatrix/services/keyguard/envelope"
 )
 
 // Sizes of the keys this package handles.

@@ -18,12 +18,13 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/credmatrix/credmatrix/clients/auditclient/bundle"
+	"github.com/credmatrix/credmatrix/clients/auditclient/checkpoint"
+	"github.com/credmatrix/credmatrix/clients/auditclient/leaf"
+	"github.com/credmatrix/credmatrix/clients/auditclient/verify"
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
 	"github.com/credmatrix/credmatrix/services/audit"
 	"github.com/credmatrix/credmatrix/services/audit/audittest"
-	"github.com/credmatrix/credmatrix/services/audit/bundle"
-	"github.com/credmatrix/credmatrix/services/audit/checkpoint"
-	"github.com/credmatrix/credmatrix/services/audit/verify"
 )
 
 // buildAudit compiles this command into a temp dir.
@@ -221,7 +222,7 @@ func TestCrashSafety(t *testing.T) {
 	}
 	b := &bundle.Bundle{Origin: cp.GetOrigin(), PublicKey: v.PublicKey(), Checkpoints: [][]byte{cp.GetSignedNote()}}
 	for _, e := range events[:cp.GetTreeSize()] {
-		data, err := audit.MarshalEvent(e)
+		data, err := leaf.Marshal(e)
 		if err != nil {
 			t.Fatal(err)
 		}

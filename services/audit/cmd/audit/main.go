@@ -1,5 +1,10 @@
 // Command audit runs the credmatrix audit service: the append-only,
 // tamper-evident log of every issuance, denial and key operation.
+//
+// Two forensic commands read a store file directly, where the service runs:
+//
+//	audit export --db FILE --out BUNDLE [--public-key-file KEY]
+//	audit verify --db FILE --public-key-file KEY [--checkpoint-file KEPT]
 package main
 
 import (
@@ -15,6 +20,11 @@ import (
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	if len(os.Args) > 1 && (os.Args[1] == "export" || os.Args[1] == "verify") {
+		code := forensics(ctx, os.Args[1], os.Args[2:], os.Stdout, os.Stderr)
+		stop()
+		os.Exit(code)
+	}
 	code := daemon.Main(ctx, daemon.Spec[server.Config]{
 		Name:      "audit",
 		EnvPrefix: "CREDMATRIX_AUDIT",

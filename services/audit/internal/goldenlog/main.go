@@ -1,8 +1,8 @@
 // Command goldenlog regenerates the golden audit log in
-// services/audit/verify/testdata/golden: the scripted scenario's bundle,
+// clients/auditclient/verify/testdata/golden: the scripted scenario's bundle,
 // the log's public key and an older checkpoint an operator kept.
 //
-//	go run ./services/audit/internal/goldenlog services/audit/verify/testdata/golden
+//	go run ./services/audit/internal/goldenlog clients/auditclient/verify/testdata/golden
 package main
 
 import (

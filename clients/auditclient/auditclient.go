@@ -1,0 +1,156 @@
+// Package auditclient is the Go client of the credmatrix audit log, for
+// operators and investigators: query and tail events, export the log with
+// its signed checkpoints and proofs into a bundle, and (in its
+// subpackages) verify and replay a log offline.
+//
+//   - leaf: the one definition of an event's leaf bytes and hash.
+//   - tree: an RFC 6962 Merkle tree built from leaves, for proofs.
+//   - checkpoint: signed checkpoints (C2SP signed notes).
+//   - bundle: the export format.
+//   - verify: checks a bundle against a trusted key and a kept checkpoint.
+//   - replay: reconstructs who held which session, grant or key when.
+//
+// It depends only on the audit contract (proto) and small libraries, so
+// applications and the credmatrix CLI can import it without linking any
+// store or server.
+package auditclient
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	"google.golang.org/grpc"
+
+	"github.com/credmatrix/credmatrix/clients/auditclient/bundle"
+	"github.com/credmatrix/credmatrix/clients/auditclient/checkpoint"
+	"github.com/credmatrix/credmatrix/clients/auditclient/leaf"
+	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
+)
+
+// MaxPageSize is the largest page the audit service returns per Query call.
+const MaxPageSize = 1000
+
+// Client calls one audit service. It is safe for concurrent use.
+type Client struct {
+	rpc auditv1.AuditServiceClient
+}
+
+// New returns a client using conn (an mTLS connection with an operator
+// identity: only operators may read the log).
+func New(conn grpc.ClientConnInterface) *Client {
+	return &Client{rpc: auditv1.NewAuditServiceClient(conn)}
+}
+
+// RPC returns the generated client, for calls this package does not wrap.
+func (c *Client) RPC() auditv1.AuditServiceClient { return c.rpc }
+
+// Query calls fn for every event matching req, in sequence order, across
+// all pages. req.PageToken is advanced in place; req.PageSize 0 means the
+// largest page. fn returning an error stops the query with that error.
+func (c *Client) Query(ctx context.Context, req *auditv1.QueryRequest, fn func(*auditv1.Event) error) error {
+	if req.GetPageSize() == 0 {
+		req.PageSize = MaxPageSize
+	}
+	for {
+		resp, err := c.rpc.Query(ctx, req)
+		if err != nil {
+			return err
+		}
+		for _, ev := range resp.GetEvents() {
+			if err := fn(ev); err != nil {
+				return err
+			}
+		}
+		if resp.GetNextPageToken() == "" {
+			return nil
+		}
+		req.PageToken = resp.GetNextPageToken()
+	}
+}
+
+// Tail streams events from sequence from on (only of kinds, if any): first
+// the stored ones, then new ones as they become durable, until ctx ends
+// (which returns nil) or the stream fails.
+func (c *Client) Tail(ctx context.Context, from uint64, kinds []auditv1.Kind, fn func(*auditv1.Event) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := c.rpc.Subscribe(ctx, &auditv1.SubscribeRequest{FromSequence: from, Kinds: kinds})
+	if err != nil {
+		return err
+	}
+	for {
+		resp, err := stream.Recv()
+		if err != nil {
+			if errors.Is(err, io.EOF) || ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		if err := fn(resp.GetEvent()); err != nil {
+			return err
+		}
+	}
+}
+
+// ExportOptions tune Export.
+type ExportOptions struct {
+	// Verifier labels the bundle with the trusted key and lets Export
+	// include the consistency proof from Kept. Optional.
+	Verifier *checkpoint.Verifier
+	// Kept is a signed checkpoint kept from an earlier run; when it is
+	// older than the service's, the bundle carries it and the consistency
+	// proof from it to the new checkpoint. Optional.
+	Kept []byte
+	// Progress, if set, is called with the number of events fetched so far
+	// and the total.
+	Progress func(done, total uint64)
+}
+
+// Export fetches the log from the service as a bundle: a freshly signed
+// checkpoint, every event it covers (their exact leaf bytes) and, given a
+// kept checkpoint, the consistency proof from the kept one to it. The
+// bundle is not verified here: pass it to verify.Bundle with a key you
+// trust.
+func (c *Client) Export(ctx context.Context, opts ExportOptions) (*bundle.Bundle, error) {
+	cp, err := c.rpc.GetCheckpoint(ctx, &auditv1.GetCheckpointRequest{})
+	if err != nil {
+		return nil, err
+	}
+	b := &bundle.Bundle{Origin: cp.GetOrigin()}
+	if v := opts.Verifier; v != nil {
+		b.PublicKey = v.PublicKey()
+		if len(opts.Kept) > 0 {
+			if k, err := v.Open(opts.Kept); err == nil && k.Size < cp.GetTreeSize() {
+				p, err := c.rpc.GetConsistencyProof(ctx, &auditv1.GetConsistencyProofRequest{FirstSize: k.Size, SecondSize: cp.GetTreeSize()})
+				if err != nil {
+					return nil, err
+				}
+				b.Checkpoints = append(b.Checkpoints, opts.Kept)
+				b.Proofs = append(b.Proofs, bundle.Proof{From: k.Size, To: cp.GetTreeSize(), Hashes: p.GetHashes()})
+			}
+		}
+	}
+	b.Checkpoints = append(b.Checkpoints, cp.GetSignedNote())
+	total := cp.GetTreeSize()
+	errDone := errors.New("done")
+	err = c.Query(ctx, &auditv1.QueryRequest{}, func(e *auditv1.Event) error {
+		if uint64(len(b.Events)) == total {
+			return errDone
+		}
+		data, err := leaf.Marshal(e)
+		if err != nil {
+			return fmt.Errorf("event %d: %w", e.GetSequence(), err)
+		}
+		b.Events = append(b.Events, data)
+		if opts.Progress != nil {
+			opts.Progress(uint64(len(b.Events)), total)
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, errDone) {
+		return nil, err
+	}
+	return b, nil
+}
