@@ -24,7 +24,7 @@ MODULES   := proto platform services/audit services/broker services/keyguard cli
 MODULE_VERSION := v0.1.0
 # release-check checks VERSION when given on the command line.
 RELEASE_VERSION = $(if $(filter command line,$(origin VERSION)),$(VERSION),$(MODULE_VERSION))
-RELEASE   := $(BIN)/release
+RELEASE    = $(BIN)/release
 PKGS      := $(addsuffix /...,$(addprefix ./,$(MODULES)))
 BIN       := $(CURDIR)/bin
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)

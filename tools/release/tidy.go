@@ -6,6 +6,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -148,6 +149,17 @@ func setWorkReplaces(path, version string, mods []workModule) error {
 	wf, err := modfile.ParseWork(path, data, nil)
 	if err != nil {
 		return err
+	}
+	want := map[string]string{}
+	for _, m := range mods {
+		want[m.Path+"@"+version] = "./" + filepath.ToSlash(m.Dir)
+	}
+	have := map[string]string{}
+	for _, r := range wf.Replace {
+		have[r.Old.Path+"@"+r.Old.Version] = r.New.Path
+	}
+	if maps.Equal(want, have) {
+		return nil // already in step: keep the file (and its comments) as it is
 	}
 	for _, m := range mods {
 		for _, r := range wf.Replace {
