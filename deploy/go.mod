@@ -3,6 +3,7 @@ module github.com/credmatrix/credmatrix/deploy
 go 1.26.0
 
 require (
+	github.com/credmatrix/credmatrix/proto v0.1.0
 	github.com/google/go-cmp v0.7.0
 	google.golang.org/grpc v1.85.0
 	sigs.k8s.io/yaml v1.6.0

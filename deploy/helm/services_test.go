@@ -2,20 +2,17 @@ package helm
 
 import (
 	"bytes"
-	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
-	"time"
 
+	"github.com/credmatrix/credmatrix/deploy/internal/svcproc"
 	"github.com/credmatrix/credmatrix/deploy/internal/testpki"
 )
 
@@ -37,8 +34,8 @@ func TestRenderedConfigsStartServices(t *testing.T) {
 
 	ports, metricsPorts := map[string]string{}, map[string]string{}
 	for _, c := range components {
-		ports[c] = freePort(t)
-		metricsPorts[c] = freePort(t)
+		ports[c] = svcproc.FreePort(t)
+		metricsPorts[c] = svcproc.FreePort(t)
 	}
 	host := func(c string) string { return name(c) + "." + namespace + ".svc" }
 
@@ -78,14 +75,14 @@ func TestRenderedConfigsStartServices(t *testing.T) {
 	// test has no cluster DNS, so callers dial loopback and verify audit's
 	// certificate under its Service name, as in the cluster.
 	auditAddr := "127.0.0.1:" + ports["audit"]
-	exited := map[string]<-chan struct{}{}
+	procs := map[string]*svcproc.Proc{}
 	for _, c := range components {
 		args := []string{"--config=" + filepath.Join(dirs[c]["config"], "config.yaml"), "--server.listen-addr=127.0.0.1:" + ports[c],
 			"--metrics.listen-addr=127.0.0.1:" + metricsPorts[c]}
 		if c != "audit" {
 			args = append(args, "--audit.target="+auditAddr, "--audit.server-name="+host("audit"))
 		}
-		exited[c] = startService(t, filepath.Join(bin, c), args...)
+		procs[c] = svcproc.Start(t, filepath.Join(bin, c), svcproc.CleanEnv(), args...)
 	}
 
 	probe := func(c string, certDir string) []string {
@@ -99,7 +96,7 @@ func TestRenderedConfigsStartServices(t *testing.T) {
 	}
 	for _, c := range components {
 		t.Run("serving/"+c, func(t *testing.T) {
-			waitServing(t, filepath.Join(bin, "credmatrix-probe"), probe(c, dirs[c]["tls"]), exited[c])
+			svcproc.WaitServing(t, filepath.Join(bin, "credmatrix-probe"), probe(c, dirs[c]["tls"]), procs[c])
 		})
 	}
 
@@ -138,86 +135,7 @@ func TestRenderedConfigsStartServices(t *testing.T) {
 // buildBinaries builds the three services and the probe as the images do.
 func buildBinaries(t *testing.T) string {
 	t.Helper()
-	dir := t.TempDir()
-	cmd := exec.Command("go", "build", "-trimpath", "-o", dir+string(os.PathSeparator),
-		"./services/audit/cmd/audit", "./services/broker/cmd/broker", "./services/keyguard/cmd/keyguard", "./deploy/cmd/credmatrix-probe")
-	cmd.Dir = filepath.Join("..", "..")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build the service binaries: %v\n%s", err, out)
-	}
-	return dir
-}
-
-// startService runs a service until the test ends, without the developer's
-// CREDMATRIX_* variables, and prints its log if the test failed. The
-// channel closes when the process exits.
-func startService(t *testing.T, path string, args ...string) <-chan struct{} {
-	t.Helper()
-	var env []string
-	for _, e := range os.Environ() {
-		if !strings.HasPrefix(e, "CREDMATRIX_") && !strings.HasPrefix(e, "OTEL_") {
-			env = append(env, e)
-		}
-	}
-	var log bytes.Buffer
-	cmd := exec.Command(path, args...)
-	cmd.Env = env
-	cmd.Stdout, cmd.Stderr = &log, &log
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(15 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-		}
-		if t.Failed() {
-			t.Logf("%s log:\n%s", filepath.Base(path), log.String())
-		}
-	})
-	return done
-}
-
-// waitServing polls the probe until it reports SERVING, the service exits
-// or a deadline passes.
-func waitServing(t *testing.T, probe string, args []string, exited <-chan struct{}) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	tick := time.NewTicker(100 * time.Millisecond)
-	defer tick.Stop()
-	var last []byte
-	for {
-		out, err := exec.CommandContext(ctx, probe, args...).CombinedOutput()
-		if err == nil && bytes.Contains(out, []byte("SERVING")) {
-			return
-		}
-		last = out
-		select {
-		case <-exited:
-			t.Fatalf("service exited before it was SERVING (its log follows)")
-		case <-ctx.Done():
-			t.Fatalf("not SERVING before the deadline; last probe output: %s", last)
-		case <-tick.C:
-		}
-	}
-}
-
-func freePort(t *testing.T) string {
-	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lis.Close()
-	_, port, _ := net.SplitHostPort(lis.Addr().String())
-	return port
+	return svcproc.Build(t, "./services/audit/cmd/audit", "./services/broker/cmd/broker", "./services/keyguard/cmd/keyguard", "./deploy/cmd/credmatrix-probe")
 }
 
 // writeFile writes with mode 0440, as the chart's Secret volumes do.

@@ -12,6 +12,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"math/big"
+	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -59,8 +60,8 @@ func New(t testing.TB, name string) *CA {
 func (ca *CA) Cert() *x509.Certificate { return ca.cert }
 
 // Issue signs a leaf for server and client auth with the given SPIFFE ID
-// (may be empty) and DNS names, and returns its certificate and key files
-// (mode 0600).
+// (may be empty) and names — DNS names, or IP addresses when they parse as
+// one — and returns its certificate and key files (mode 0600).
 func (ca *CA) Issue(name, spiffeID string, dns ...string) (certFile, keyFile string) {
 	ca.t.Helper()
 	key := newKey(ca.t)
@@ -71,7 +72,13 @@ func (ca *CA) Issue(name, spiffeID string, dns ...string) (certFile, keyFile str
 		NotAfter:     time.Now().Add(time.Hour),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		DNSNames:     dns,
+	}
+	for _, n := range dns {
+		if ip := net.ParseIP(n); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else {
+			tmpl.DNSNames = append(tmpl.DNSNames, n)
+		}
 	}
 	if spiffeID != "" {
 		u, err := url.Parse(spiffeID)
