@@ -107,6 +107,9 @@ func (a *app) rootCommand() *cobra.Command {
 embedded defaults: a generated development CA and mTLS certificates, a
 development OIDC issuer, the audit log in SQLite, the broker with the local
 STS provider and a sample trust policy, and keyguard with a local key ring.
+The broker and keyguard also open public listeners (7405 broker, 7406
+keyguard; CREDMATRIX_*_PUBLIC_ADDR): TLS without client certificates,
+where the OIDC token is the credential, as CI runners use them.
 Each service serves Prometheus metrics on its own loopback port
 (7411 broker, 7412 keyguard, 7413 audit; CREDMATRIX_*_METRICS_URL).
 It writes the connection settings to <state-dir>/env (source it) and runs
@@ -149,6 +152,9 @@ until interrupted. Nothing here is for production.`,
 			for _, kv := range stack.Env() {
 				fmt.Fprintf(a.out, "  export %s\n", kv)
 			}
+			fmt.Fprintln(a.out, "\nAs a CI runner (public listeners, CA bundle only, the OIDC token as the credential):")
+			fmt.Fprintln(a.out, "")
+			fmt.Fprintf(a.out, "  env -u CREDMATRIX_CERT_FILE -u CREDMATRIX_KEY_FILE %s credmatrix creds …\n", strings.Join(stack.RunnerEnv(), " "))
 			fmt.Fprintln(a.out, "\nCtrl-C stops it.")
 			<-cmd.Context().Done()
 			return stack.Close()
@@ -156,7 +162,7 @@ until interrupted. Nothing here is for production.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&stateDir, "state-dir", ".dev", "directory for certificates, keys, the audit database and the env file")
-	f.BoolVar(&ephemeral, "ephemeral-ports", false, "listen on free ports instead of 7401-7404 (and metrics on 7411-7413)")
+	f.BoolVar(&ephemeral, "ephemeral-ports", false, "listen on free ports instead of 7401-7406 (and metrics on 7411-7413)")
 	f.StringVar(&logLevel, "log-level", "info", "service log level")
 	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	cmd.AddCommand(a.devTokenCommand())

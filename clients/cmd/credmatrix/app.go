@@ -151,6 +151,10 @@ records every issuance, denial and key operation in a tamper-evident audit log.
 Connection settings come from flags or environment variables
 (CREDMATRIX_BROKER_ADDR, CREDMATRIX_KEYGUARD_ADDR, CREDMATRIX_AUDIT_ADDR,
 CREDMATRIX_CA_FILE, CREDMATRIX_CERT_FILE, CREDMATRIX_KEY_FILE).
+CI runners and apps call the broker's and keyguard's public listeners with
+only the CA bundle: the OIDC token is the credential, no client certificate
+is needed. The client certificate is for operators on the mTLS service
+ports (keyguard grants and rotation, audit queries).
 'credmatrix-dev' starts a local stack and prints them.
 
 Each command is one trace (root span "credmatrix <command>") that follows
@@ -172,7 +176,7 @@ Exit codes: 0 ok, 1 error, 2 bad usage or invalid request, 3 denied,
 	pf.StringVar(&a.keyguardAddr, "keyguard-addr", a.env("CREDMATRIX_KEYGUARD_ADDR", "127.0.0.1:7402"), "keyguard address (env CREDMATRIX_KEYGUARD_ADDR)")
 	pf.StringVar(&a.auditAddr, "audit-addr", a.env("CREDMATRIX_AUDIT_ADDR", "127.0.0.1:7403"), "audit address (env CREDMATRIX_AUDIT_ADDR)")
 	pf.StringVar(&a.caFile, "ca-file", a.getenv("CREDMATRIX_CA_FILE"), "CA certificate (PEM) the services' certificates chain to (env CREDMATRIX_CA_FILE)")
-	pf.StringVar(&a.certFile, "cert-file", a.getenv("CREDMATRIX_CERT_FILE"), "client certificate (PEM) for mTLS (env CREDMATRIX_CERT_FILE)")
+	pf.StringVar(&a.certFile, "cert-file", a.getenv("CREDMATRIX_CERT_FILE"), "client certificate (PEM) for the mTLS service ports; not needed on the public listeners (env CREDMATRIX_CERT_FILE)")
 	pf.StringVar(&a.keyFile, "key-file", a.getenv("CREDMATRIX_KEY_FILE"), "client key (PEM) for mTLS (env CREDMATRIX_KEY_FILE)")
 	pf.BoolVar(&a.devPlaintext, "dev-plaintext", a.getenv("CREDMATRIX_DEV_PLAINTEXT") == "true", "connect without TLS (loopback only; development)")
 

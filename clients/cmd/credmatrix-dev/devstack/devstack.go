@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/credmatrix/credmatrix/platform/devpki"
+	"github.com/credmatrix/credmatrix/platform/grpcserver"
 	"github.com/credmatrix/credmatrix/platform/keyfile"
 	"github.com/credmatrix/credmatrix/platform/logging"
 	auditserver "github.com/credmatrix/credmatrix/services/audit/server"
@@ -62,17 +63,21 @@ const IssuerURLPlaceholder = "${DEV_ISSUER_URL}"
 // mint secret as bearer token).
 const MintPath = "/dev/mint"
 
-// Ports are the listen addresses of the stack's parts. The *Metrics
-// addresses are the services' Prometheus endpoints (empty: off).
+// Ports are the listen addresses of the stack's parts. The *Public
+// addresses are the broker's and keyguard's public listeners (TLS without
+// client certificates, the token as the credential; empty: off); the
+// *Metrics addresses are the services' Prometheus endpoints (empty: off).
 type Ports struct {
 	Audit, Broker, Keyguard, Issuer              string
+	BrokerPublic, KeyguardPublic                 string
 	AuditMetrics, BrokerMetrics, KeyguardMetrics string
 }
 
-// DefaultPorts are the fixed loopback ports of `credmatrix dev`.
+// DefaultPorts are the fixed loopback ports of `credmatrix-dev`.
 func DefaultPorts() Ports {
 	return Ports{
 		Broker: "127.0.0.1:7401", Keyguard: "127.0.0.1:7402", Audit: "127.0.0.1:7403", Issuer: "127.0.0.1:7404",
+		BrokerPublic: "127.0.0.1:7405", KeyguardPublic: "127.0.0.1:7406",
 		BrokerMetrics: "127.0.0.1:7411", KeyguardMetrics: "127.0.0.1:7412", AuditMetrics: "127.0.0.1:7413",
 	}
 }
@@ -81,8 +86,20 @@ func DefaultPorts() Ports {
 func EphemeralPorts() Ports {
 	return Ports{
 		Broker: "127.0.0.1:0", Keyguard: "127.0.0.1:0", Audit: "127.0.0.1:0", Issuer: "127.0.0.1:0",
+		BrokerPublic: "127.0.0.1:0", KeyguardPublic: "127.0.0.1:0",
 		BrokerMetrics: "127.0.0.1:0", KeyguardMetrics: "127.0.0.1:0", AuditMetrics: "127.0.0.1:0",
 	}
+}
+
+// publicConfig is a public listener on addr presenting name's development
+// certificate (valid for localhost, 127.0.0.1 and ::1); off when addr is
+// empty.
+func (s *Stack) publicConfig(addr, name string) grpcserver.PublicConfig {
+	if addr == "" {
+		return grpcserver.PublicConfig{}
+	}
+	f := s.pki.Files(name)
+	return grpcserver.PublicConfig{ListenAddr: addr, TLS: grpcserver.PublicTLSFiles{CertFile: f.CertFile, KeyFile: f.KeyFile}}
 }
 
 // Config configures a stack.
@@ -201,6 +218,7 @@ func Start(ctx context.Context, cfg Config) (s *Stack, err error) {
 	bc.Server.ListenAddr = cfg.Ports.Broker
 	bc.Metrics.ListenAddr = cfg.Ports.BrokerMetrics
 	bc.Server.TLS = s.pki.Files("broker")
+	bc.Public = s.publicConfig(cfg.Ports.BrokerPublic, "broker")
 	bc.PolicyFile = policyFile
 	bc.Audit = s.pki.Client("broker", auditAddr)
 	bc.AuditHMACKeyFile = hmacKey
@@ -216,6 +234,7 @@ func Start(ctx context.Context, cfg Config) (s *Stack, err error) {
 	kc.Server.ListenAddr = cfg.Ports.Keyguard
 	kc.Metrics.ListenAddr = cfg.Ports.KeyguardMetrics
 	kc.Server.TLS = s.pki.Files("keyguard")
+	kc.Public = s.publicConfig(cfg.Ports.KeyguardPublic, "keyguard")
 	kc.Audit = s.pki.Client("keyguard", auditAddr)
 	kc.KeyringFile = keyguardFile
 	kc.Local.KeystoreFile = filepath.Join(dir, "keyguard-keystore.json")
@@ -267,6 +286,30 @@ func (s *Stack) Addrs() (audit, broker, keyguard string) {
 	return s.audit.Addr().String(), s.broker.Addr().String(), s.keyguard.Addr().String()
 }
 
+// PublicAddrs returns the broker's and keyguard's public listener
+// addresses, "" for one that is off.
+func (s *Stack) PublicAddrs() (broker, keyguard string) {
+	str := func(a net.Addr) string {
+		if a == nil {
+			return ""
+		}
+		return a.String()
+	}
+	return str(s.broker.PublicAddr()), str(s.keyguard.PublicAddr())
+}
+
+// RunnerEnv returns NAME=value pairs that point the credmatrix CLI at the
+// public listeners the way a CI runner is set up: addresses and the CA
+// bundle only, no client certificate (the OIDC token is the credential).
+func (s *Stack) RunnerEnv() []string {
+	broker, keyguard := s.PublicAddrs()
+	return []string{
+		"CREDMATRIX_BROKER_ADDR=" + broker,
+		"CREDMATRIX_KEYGUARD_ADDR=" + keyguard,
+		"CREDMATRIX_CA_FILE=" + s.pki.CAFile,
+	}
+}
+
 // MetricsURLs returns the services' Prometheus endpoints
 // (http://host:port/metrics), "" for a service whose metrics are off.
 func (s *Stack) MetricsURLs() (audit, broker, keyguard string) {
@@ -289,11 +332,15 @@ func (s *Stack) Issuer() *devissuer.Issuer { return s.issuer }
 func (s *Stack) PKI() *devpki.Bundle { return s.pki }
 
 // Env returns NAME=value pairs that point the credmatrix CLI at the stack
-// with the "cli" certificate.
+// with the "cli" certificate (an operator on the mTLS service ports), and
+// the public listeners' addresses (see RunnerEnv).
 func (s *Stack) Env() []string {
 	audit, broker, keyguard := s.Addrs()
+	brokerPublic, keyguardPublic := s.PublicAddrs()
 	cli := s.pki.Client("cli", "")
 	env := []string{
+		"CREDMATRIX_BROKER_PUBLIC_ADDR=" + brokerPublic,
+		"CREDMATRIX_KEYGUARD_PUBLIC_ADDR=" + keyguardPublic,
 		"CREDMATRIX_BROKER_ADDR=" + broker,
 		"CREDMATRIX_KEYGUARD_ADDR=" + keyguard,
 		"CREDMATRIX_AUDIT_ADDR=" + audit,
