@@ -1,0 +1,543 @@
+// Package tiles keeps the audit log's RFC 6962 Merkle tree in the store
+// instead of in memory, so that the service's memory and start-up time do
+// not grow with the log.
+//
+// The node hashes are stored as tiles in the C2SP tlog-tiles layout (the
+// one Tessera uses): a tile of level L and index N holds up to 256 hashes
+// of tree level 8L, the nodes N*256 to N*256+255 of that level, from which
+// the 8 tree levels above them are recomputed on demand. Level-0 tiles
+// hold the leaf hashes. Every tile is full (256 hashes, immutable) except
+// the right-edge tile of each level, which grows until it is full.
+//
+// A Tree holds in memory only what the store cannot answer yet: the
+// right-edge tile of each level (at most 255 hashes per level, a few
+// levels: O(log n)), the compact range of the whole tree, the full tiles
+// completed since the last flush, and a fixed-size cache of stored tiles.
+// Inclusion and consistency proofs read the tiles they need from the store
+// (a proof at 10 million leaves reads two tiles).
+//
+// Nothing here trusts the store: a Tree never computes a root from stored
+// tiles for signing (roots of new checkpoints come from its compact range,
+// which Load checks against the caller's signed root), and proofs built
+// from tampered tiles fail verification against a signed root.
+package tiles
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"math/bits"
+	"slices"
+	"sync"
+
+	"github.com/transparency-dev/merkle/compact"
+	"github.com/transparency-dev/merkle/proof"
+	"github.com/transparency-dev/merkle/rfc6962"
+)
+
+const (
+	// Height is the number of tree levels one tile spans (C2SP tlog-tiles).
+	Height = 8
+	// Width is the number of hashes in a full tile.
+	Width = 1 << Height
+	// HashSize is the size of a node hash (SHA-256).
+	HashSize = sha256.Size
+	// FullBytes is the size of a full tile's hashes.
+	FullBytes = Width * HashSize
+)
+
+// Hash is one node hash.
+type Hash = [HashSize]byte
+
+// ID names a tile: Level is the tile level (tree level Level*Height),
+// Index the tile's position in that level.
+type ID struct {
+	Level uint64
+	Index uint64
+}
+
+// String is "tile L/N".
+func (id ID) String() string { return fmt.Sprintf("tile %d/%d", id.Level, id.Index) }
+
+// Tile is a tile's content: the concatenated hashes (HashSize bytes each)
+// of its first Width() nodes.
+type Tile struct {
+	ID     ID
+	Hashes []byte
+}
+
+// Width is the number of hashes the tile holds.
+func (t Tile) Width() int { return len(t.Hashes) / HashSize }
+
+// Reader reads stored tiles. ReadTiles returns one entry per id, in order:
+// the stored hashes, or nil when the tile is not stored. It must not keep
+// or modify the returned slices after returning.
+type Reader interface {
+	ReadTiles(ctx context.Context, ids []ID) ([][]byte, error)
+}
+
+// Errors of a Tree.
+var (
+	// ErrSize means a requested index or tree size is beyond the tree.
+	ErrSize = errors.New("merkle tree: size out of range")
+	// ErrMissing means a tile the tree needs is not stored, or is stored
+	// with fewer hashes than the tree has: the store lost or never got
+	// it (a store written before tiles existed, or tampered with).
+	ErrMissing = errors.New("merkle tree: stored tile missing or short")
+	// ErrMismatch means stored tree state disagrees with what the caller
+	// trusts (a compact range or a signed root).
+	ErrMismatch = errors.New("merkle tree: stored tree state does not match")
+)
+
+// DefaultCacheTiles is the default number of stored full tiles a Tree
+// caches (8 KiB each).
+const DefaultCacheTiles = 128
+
+var factory = &compact.RangeFactory{Hash: func(l, r []byte) []byte {
+	h := hashChildren(l, r)
+	return h[:]
+}}
+
+// Tree is an append-only RFC 6962 Merkle tree whose nodes live in tiles.
+// One goroutine appends and flushes (Append, Unflushed, Flushed); any
+// number read concurrently.
+type Tree struct {
+	r Reader
+
+	mu      sync.RWMutex
+	size    uint64
+	cr      *compact.Range // [0, size)
+	edge    [][]byte       // edge[L]: hashes of the right-edge tile of level L (< Width)
+	pending map[ID][]byte  // full tiles completed and not yet flushed
+	flushed []flushMark    // per level: the partial tile last handed out as flushed
+
+	cache *lru
+}
+
+type flushMark struct {
+	index uint64
+	width int
+}
+
+// Option configures a Tree.
+type Option func(*Tree)
+
+// WithCacheTiles sets how many stored full tiles the tree caches (0: none).
+func WithCacheTiles(n int) Option { return func(t *Tree) { t.cache = newLRU(n) } }
+
+// New returns an empty tree reading stored tiles from r.
+func New(r Reader, opts ...Option) *Tree {
+	t := &Tree{r: r, cr: factory.NewEmptyRange(0), pending: make(map[ID][]byte), cache: newLRU(DefaultCacheTiles)}
+	for _, o := range opts {
+		o(t)
+	}
+	return t
+}
+
+// EdgeTiles returns the right-edge (partial) tiles of the tree of size
+// leaves, lowest level first: the tiles Load reads. A level whose edge
+// tile would be empty has none.
+func EdgeTiles(size uint64) []Tile {
+	var out []Tile
+	for L := uint64(0); L*Height < 64 && size>>(L*Height) > 0; L++ {
+		n := size >> (L * Height) // complete nodes at tree level L*Height
+		if w := int(n % Width); w > 0 {
+			out = append(out, Tile{ID: ID{Level: L, Index: n / Width}, Hashes: make([]byte, w*HashSize)})
+		}
+	}
+	return out
+}
+
+// Load returns the tree of size leaves kept in r: it reads the right-edge
+// tile of each level (a stored tile may hold more hashes than size needs,
+// when tiles were flushed after the checkpoint that size comes from; the
+// extra ones are ignored) and computes the compact range from them. When
+// compactRange is not nil it must equal the computed one (else
+// ErrMismatch). The caller must check Root against a root it trusts
+// before signing anything with the tree.
+func Load(ctx context.Context, r Reader, size uint64, compactRange [][]byte, opts ...Option) (*Tree, error) {
+	t := New(r, opts...)
+	if size == 0 {
+		return t, nil
+	}
+	edge := EdgeTiles(size)
+	ids := make([]ID, len(edge))
+	for i, e := range edge {
+		ids[i] = e.ID
+	}
+	got, err := r.ReadTiles(ctx, ids)
+	if err != nil {
+		return nil, fmt.Errorf("read right-edge tiles of tree size %d: %w", size, err)
+	}
+	if len(got) != len(ids) {
+		return nil, fmt.Errorf("read right-edge tiles: got %d for %d ids", len(got), len(ids))
+	}
+	top := edge[len(edge)-1].ID.Level
+	t.edge = make([][]byte, top+1)
+	t.flushed = make([]flushMark, top+1)
+	for i, e := range edge {
+		if len(got[i]) < len(e.Hashes) || len(got[i])%HashSize != 0 {
+			return nil, fmt.Errorf("%w: %s holds %d hashes, tree size %d needs %d", ErrMissing, e.ID, len(got[i])/HashSize, size, e.Width())
+		}
+		t.edge[e.ID.Level] = append(make([]byte, 0, FullBytes), got[i][:len(e.Hashes)]...)
+		t.flushed[e.ID.Level] = flushMark{index: e.ID.Index, width: e.Width()}
+	}
+	for L := range t.edge {
+		if t.edge[L] == nil {
+			t.edge[L] = make([]byte, 0, FullBytes)
+			t.flushed[L] = flushMark{index: (size >> (uint64(L) * Height)) / Width}
+		}
+	}
+	t.size = size
+	ids2 := compact.RangeNodes(0, size, nil)
+	hashes := make([][]byte, len(ids2))
+	for i, id := range ids2 {
+		h, ok := t.edgeNode(id)
+		if !ok {
+			return nil, fmt.Errorf("%w: compact range node %d/%d is not on the right edge", ErrMissing, id.Level, id.Index)
+		}
+		hashes[i] = h[:]
+	}
+	if compactRange != nil {
+		if len(compactRange) != len(hashes) {
+			return nil, fmt.Errorf("%w: compact range of size %d has %d hashes, want %d", ErrMismatch, size, len(compactRange), len(hashes))
+		}
+		for i := range hashes {
+			if !bytes.Equal(hashes[i], compactRange[i]) {
+				return nil, fmt.Errorf("%w: right-edge tiles disagree with the compact range stored for tree size %d (node %d/%d)", ErrMismatch, size, ids2[i].Level, ids2[i].Index)
+			}
+		}
+	}
+	if t.cr, err = factory.NewRange(0, size, hashes); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// Size returns the number of leaves.
+func (t *Tree) Size() uint64 {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	return t.size
+}
+
+// Append adds leaf hashes (already hashed with the RFC 6962 leaf prefix).
+func (t *Tree) Append(leaves ...Hash) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for i := range leaves {
+		// The visitor sees the leaf, then every node the append completes,
+		// in order: those at a tile level go into that level's edge tile.
+		_ = t.cr.Append(leaves[i][:], t.visit)
+	}
+	t.size = t.cr.End()
+}
+
+func (t *Tree) visit(id compact.NodeID, hash []byte) {
+	if id.Level%Height != 0 {
+		return
+	}
+	L := uint64(id.Level / Height)
+	for uint64(len(t.edge)) <= L {
+		t.edge = append(t.edge, make([]byte, 0, FullBytes))
+		t.flushed = append(t.flushed, flushMark{})
+	}
+	t.edge[L] = append(t.edge[L], hash...)
+	if len(t.edge[L]) == FullBytes {
+		// The full tile keeps this backing array; readers holding a
+		// prefix of it stay valid because it is never written again.
+		t.pending[ID{Level: L, Index: id.Index / Width}] = t.edge[L]
+		t.edge[L] = make([]byte, 0, FullBytes)
+	}
+}
+
+// Root returns the root hash of the whole tree (the empty root when it is
+// empty), from the in-memory compact range.
+func (t *Tree) Root() []byte {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	return t.rootLocked()
+}
+
+func (t *Tree) rootLocked() []byte {
+	if t.size == 0 {
+		return rfc6962.DefaultHasher.EmptyRoot()
+	}
+	root, _ := t.cr.GetRootHash(nil)
+	return root
+}
+
+// CompactRange returns the roots of the perfect subtrees that make up the
+// tree, largest (leftmost) first: what a checkpoint keeps so that a later
+// Load can check the stored tiles.
+func (t *Tree) CompactRange() [][]byte {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	out := make([][]byte, len(t.cr.Hashes()))
+	for i, h := range t.cr.Hashes() {
+		out[i] = slices.Clone(h)
+	}
+	return out
+}
+
+// RootAt returns the root hash of the tree of the first size leaves.
+func (t *Tree) RootAt(ctx context.Context, size uint64) ([]byte, error) {
+	cur := t.Size()
+	switch {
+	case size > cur:
+		return nil, fmt.Errorf("root of size %d, tree has %d: %w", size, cur, ErrSize)
+	case size == 0:
+		return rfc6962.DefaultHasher.EmptyRoot(), nil
+	}
+	ids := compact.RangeNodes(0, size, nil)
+	hashes, err := t.nodes(ctx, ids)
+	if err != nil {
+		return nil, err
+	}
+	h := hashes[len(hashes)-1]
+	for i := len(hashes) - 2; i >= 0; i-- {
+		h = hashChildren(hashes[i][:], h[:])
+	}
+	return h[:], nil
+}
+
+// LeafHash returns the hash of leaf index.
+func (t *Tree) LeafHash(ctx context.Context, index uint64) (Hash, error) {
+	if cur := t.Size(); index >= cur {
+		return Hash{}, fmt.Errorf("leaf %d of %d: %w", index, cur, ErrSize)
+	}
+	h, err := t.nodes(ctx, []compact.NodeID{compact.NewNodeID(0, index)})
+	if err != nil {
+		return Hash{}, err
+	}
+	return h[0], nil
+}
+
+// Inclusion returns the audit path of leaf index in the tree of size
+// leaves, as proof.VerifyInclusion expects.
+func (t *Tree) Inclusion(ctx context.Context, index, size uint64) ([][]byte, error) {
+	if cur := t.Size(); size > cur || index >= size {
+		return nil, fmt.Errorf("inclusion of %d in size %d, tree has %d: %w", index, size, cur, ErrSize)
+	}
+	nodes, err := proof.Inclusion(index, size)
+	if err != nil {
+		return nil, err
+	}
+	return t.rehash(ctx, nodes)
+}
+
+// Consistency returns the proof that the tree of size1 is a prefix of the
+// tree of size2, as proof.VerifyConsistency expects.
+func (t *Tree) Consistency(ctx context.Context, size1, size2 uint64) ([][]byte, error) {
+	if cur := t.Size(); size2 > cur || size1 > size2 {
+		return nil, fmt.Errorf("consistency %d to %d, tree has %d: %w", size1, size2, cur, ErrSize)
+	}
+	nodes, err := proof.Consistency(size1, size2)
+	if err != nil {
+		return nil, err
+	}
+	return t.rehash(ctx, nodes)
+}
+
+func (t *Tree) rehash(ctx context.Context, nodes proof.Nodes) ([][]byte, error) {
+	hashes, err := t.nodes(ctx, nodes.IDs)
+	if err != nil {
+		return nil, err
+	}
+	out := make([][]byte, len(hashes))
+	for i := range hashes {
+		out[i] = hashes[i][:]
+	}
+	return nodes.Rehash(out, func(l, r []byte) []byte {
+		h := hashChildren(l, r)
+		return h[:]
+	})
+}
+
+// need is one node to compute: from hashes [off, off+2^h) of tile id.
+type need struct {
+	id     ID
+	off, h int
+	src    []byte // the tile's hashes, once found
+}
+
+// nodes returns the hashes of perfect nodes of the tree: each is computed
+// from the tile holding its descendants at the tile level below it, found
+// in memory (right edge, unflushed, cache) or read from the store in one
+// call.
+func (t *Tree) nodes(ctx context.Context, ids []compact.NodeID) ([]Hash, error) {
+	needs := make([]need, len(ids))
+	var missing []ID
+	t.mu.RLock()
+	for i, id := range ids {
+		L, h := uint64(id.Level/Height), int(id.Level%Height)
+		first := id.Index << h // first node at tree level L*Height
+		n := need{id: ID{Level: L, Index: first / Width}, off: int(first % Width), h: h}
+		if _, end := id.Coverage(); end > t.size {
+			t.mu.RUnlock()
+			return nil, fmt.Errorf("node %d/%d is not complete in a tree of %d: %w", id.Level, id.Index, t.size, ErrSize)
+		}
+		switch {
+		case L < uint64(len(t.edge)) && n.id.Index == (t.size>>(L*Height))/Width:
+			n.src = t.edge[L]
+		case t.pending[n.id] != nil:
+			n.src = t.pending[n.id]
+		default:
+			n.src = t.cache.get(n.id)
+		}
+		if n.src == nil && !slices.Contains(missing, n.id) {
+			missing = append(missing, n.id)
+		}
+		needs[i] = n
+	}
+	t.mu.RUnlock()
+	if len(missing) > 0 {
+		got, err := t.r.ReadTiles(ctx, missing)
+		if err != nil {
+			return nil, fmt.Errorf("read tiles: %w", err)
+		}
+		if len(got) != len(missing) {
+			return nil, fmt.Errorf("read tiles: got %d for %d ids", len(got), len(missing))
+		}
+		for i, id := range missing {
+			// Anything not in memory is a full tile below the right edge.
+			if len(got[i]) != FullBytes {
+				return nil, fmt.Errorf("%w: %s holds %d hashes, want %d", ErrMissing, id, len(got[i])/HashSize, Width)
+			}
+			full := slices.Clone(got[i])
+			t.cache.put(id, full)
+			for j := range needs {
+				if needs[j].src == nil && needs[j].id == id {
+					needs[j].src = full
+				}
+			}
+		}
+	}
+	out := make([]Hash, len(needs))
+	for i, n := range needs {
+		end := (n.off + 1<<n.h) * HashSize
+		if len(n.src) < end {
+			return nil, fmt.Errorf("%w: %s holds %d hashes, node needs %d", ErrMissing, n.id, len(n.src)/HashSize, end/HashSize)
+		}
+		out[i] = subtreeRoot(n.src[n.off*HashSize : end])
+	}
+	return out, nil
+}
+
+// edgeNode computes a node from the in-memory right-edge tiles only.
+func (t *Tree) edgeNode(id compact.NodeID) (Hash, bool) {
+	L, h := uint64(id.Level/Height), int(id.Level%Height)
+	first := id.Index << h
+	if L >= uint64(len(t.edge)) || first/Width != (t.size>>(L*Height))/Width {
+		return Hash{}, false
+	}
+	off := int(first % Width)
+	end := (off + 1<<h) * HashSize
+	if len(t.edge[L]) < end {
+		return Hash{}, false
+	}
+	return subtreeRoot(t.edge[L][off*HashSize : end]), true
+}
+
+// Unflushed returns the tiles to persist so that the store holds the whole
+// tree as it is now: every full tile completed since the last Flushed and
+// the right-edge tile of each level that grew since. Their Hashes are not
+// modified afterwards; the caller writes them and then calls Flushed.
+func (t *Tree) Unflushed() []Tile {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	out := make([]Tile, 0, len(t.pending)+len(t.edge))
+	for id, h := range t.pending {
+		out = append(out, Tile{ID: id, Hashes: h})
+	}
+	for L, e := range t.edge {
+		idx := (t.size >> (uint64(L) * Height)) / Width
+		w := len(e) / HashSize
+		if w == 0 || (t.flushed[L].index == idx && t.flushed[L].width == w) {
+			continue
+		}
+		out = append(out, Tile{ID: ID{Level: uint64(L), Index: idx}, Hashes: slices.Clone(e)})
+	}
+	slices.SortFunc(out, func(a, b Tile) int {
+		if a.ID.Level != b.ID.Level {
+			return int(a.ID.Level) - int(b.ID.Level)
+		}
+		switch {
+		case a.ID.Index < b.ID.Index:
+			return -1
+		case a.ID.Index > b.ID.Index:
+			return 1
+		}
+		return 0
+	})
+	return out
+}
+
+// Flushed records that tiles (from Unflushed) are durable in the store:
+// full ones leave memory (for the cache), partial ones are not handed out
+// again until they grow.
+func (t *Tree) Flushed(tiles []Tile) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, tl := range tiles {
+		if tl.Width() == Width {
+			if h, ok := t.pending[tl.ID]; ok {
+				delete(t.pending, tl.ID)
+				t.cache.put(tl.ID, h)
+			}
+			continue
+		}
+		if L := tl.ID.Level; L < uint64(len(t.flushed)) {
+			t.flushed[L] = flushMark{index: tl.ID.Index, width: tl.Width()}
+		}
+	}
+}
+
+// Pending returns the number of full tiles waiting for a flush (8 KiB of
+// memory each): the caller flushes when it grows.
+func (t *Tree) Pending() int {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	return len(t.pending)
+}
+
+// hashChildren is the RFC 6962 interior node hash, without allocating.
+func hashChildren(l, r []byte) Hash {
+	var buf [1 + 2*HashSize]byte
+	buf[0] = 1
+	copy(buf[1:], l)
+	copy(buf[1+HashSize:], r)
+	return sha256.Sum256(buf[:])
+}
+
+// subtreeRoot returns the root of the perfect subtree whose bottom row is
+// hashes (a power of two of them).
+func subtreeRoot(hashes []byte) Hash {
+	n := len(hashes) / HashSize
+	if n == 1 {
+		return Hash(hashes)
+	}
+	var row [Width / 2]Hash
+	for i := 0; i < n/2; i++ {
+		row[i] = hashChildren(hashes[2*i*HashSize:(2*i+1)*HashSize], hashes[(2*i+1)*HashSize:(2*i+2)*HashSize])
+	}
+	for m := n / 2; m > 1; m /= 2 {
+		for i := 0; i < m/2; i++ {
+			row[i] = hashChildren(row[2*i][:], row[2*i+1][:])
+		}
+	}
+	return row[0]
+}
+
+// TileRoot returns the root of a full tile: the node one tile level up.
+func TileRoot(hashes []byte) Hash { return subtreeRoot(hashes) }
+
+// Levels returns how many tile levels a tree of size leaves has.
+func Levels(size uint64) int {
+	if size == 0 {
+		return 0
+	}
+	return (bits.Len64(size-1) + Height - 1) / Height
+}
