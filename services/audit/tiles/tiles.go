@@ -9,17 +9,21 @@
 // hold the leaf hashes. Every tile is full (256 hashes, immutable) except
 // the right-edge tile of each level, which grows until it is full.
 //
-// A Tree holds in memory only what the store cannot answer yet: the
-// right-edge tile of each level (at most 255 hashes per level, a few
-// levels: O(log n)), the compact range of the whole tree, the full tiles
-// completed since the last flush, and a fixed-size cache of stored tiles.
+// A Tree holds in memory only what the store cannot answer: the right-edge
+// tile of each level (at most 255 hashes per level, a few levels: O(log n)),
+// the compact range of the whole tree, and a fixed-size cache of stored
+// tiles. Only full tiles are ever stored: they are written in the same
+// store transaction as the events that complete them (Stage, then Commit
+// once the store says durable), so the stored tiles, events and checkpoints
+// never disagree after a crash. Load rebuilds the right edge from the full
+// tiles of the level below and the last (at most 255) leaf hashes.
 // Inclusion and consistency proofs read the tiles they need from the store
 // (a proof at 10 million leaves reads two tiles).
 //
 // Nothing here trusts the store: a Tree never computes a root from stored
 // tiles for signing (roots of new checkpoints come from its compact range,
-// which Load checks against the caller's signed root), and proofs built
-// from tampered tiles fail verification against a signed root.
+// which the caller checks against a signed root after Load), and proofs
+// built from tampered tiles fail verification against a signed root.
 package tiles
 
 import (
@@ -28,7 +32,6 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
-	"math/bits"
 	"slices"
 	"sync"
 
@@ -101,24 +104,17 @@ var factory = &compact.RangeFactory{Hash: func(l, r []byte) []byte {
 }}
 
 // Tree is an append-only RFC 6962 Merkle tree whose nodes live in tiles.
-// One goroutine appends and flushes (Append, Unflushed, Flushed); any
-// number read concurrently.
+// One goroutine changes it (Stage and Commit, or Append); any number read
+// concurrently.
 type Tree struct {
 	r Reader
 
-	mu      sync.RWMutex
-	size    uint64
-	cr      *compact.Range // [0, size)
-	edge    [][]byte       // edge[L]: hashes of the right-edge tile of level L (< Width)
-	pending map[ID][]byte  // full tiles completed and not yet flushed
-	flushed []flushMark    // per level: the partial tile last handed out as flushed
+	mu   sync.RWMutex
+	size uint64
+	cr   *compact.Range // [0, size)
+	edge [][]byte       // edge[L]: hashes of the right-edge tile of level L (< Width)
 
 	cache *lru
-}
-
-type flushMark struct {
-	index uint64
-	width int
 }
 
 // Option configures a Tree.
@@ -129,71 +125,74 @@ func WithCacheTiles(n int) Option { return func(t *Tree) { t.cache = newLRU(n) }
 
 // New returns an empty tree reading stored tiles from r.
 func New(r Reader, opts ...Option) *Tree {
-	t := &Tree{r: r, cr: factory.NewEmptyRange(0), pending: make(map[ID][]byte), cache: newLRU(DefaultCacheTiles)}
+	t := &Tree{r: r, cr: factory.NewEmptyRange(0), cache: newLRU(DefaultCacheTiles)}
 	for _, o := range opts {
 		o(t)
 	}
 	return t
 }
 
-// EdgeTiles returns the right-edge (partial) tiles of the tree of size
-// leaves, lowest level first: the tiles Load reads. A level whose edge
-// tile would be empty has none.
-func EdgeTiles(size uint64) []Tile {
-	var out []Tile
-	for L := uint64(0); L*Height < 64 && size>>(L*Height) > 0; L++ {
-		n := size >> (L * Height) // complete nodes at tree level L*Height
-		if w := int(n % Width); w > 0 {
-			out = append(out, Tile{ID: ID{Level: L, Index: n / Width}, Hashes: make([]byte, w*HashSize)})
-		}
-	}
-	return out
-}
+// EdgeLeaves returns where the leaves Load needs the hashes of begin: the
+// right-edge level-0 tile of a tree of size leaves holds [begin, size),
+// at most Width-1 leaves.
+func EdgeLeaves(size uint64) (begin uint64) { return size - size%Width }
 
-// Load returns the tree of size leaves kept in r: it reads the right-edge
-// tile of each level (a stored tile may hold more hashes than size needs,
-// when tiles were flushed after the checkpoint that size comes from; the
-// extra ones are ignored) and computes the compact range from them. When
-// compactRange is not nil it must equal the computed one (else
-// ErrMismatch). The caller must check Root against a root it trusts
-// before signing anything with the tree.
-func Load(ctx context.Context, r Reader, size uint64, compactRange [][]byte, opts ...Option) (*Tree, error) {
+// loadChunk bounds the tiles Load reads per store call.
+const loadChunk = 64
+
+// Load returns the tree of size leaves kept in r. It rebuilds the
+// right-edge tile of each level: level 0 from edgeLeaves (the hashes of
+// leaves [EdgeLeaves(size), size)), level L from the roots of the full
+// tiles of level L-1 after the last full tile of level L. When
+// compactRange is not nil it must equal the compact range so rebuilt (else
+// ErrMismatch); a tile that is absent or short is ErrMissing. The caller
+// must check Root against a root it trusts (a signed checkpoint of size
+// leaves) before signing anything with the tree.
+func Load(ctx context.Context, r Reader, size uint64, edgeLeaves []Hash, compactRange [][]byte, opts ...Option) (*Tree, error) {
 	t := New(r, opts...)
+	if want := size - EdgeLeaves(size); uint64(len(edgeLeaves)) != want {
+		return nil, fmt.Errorf("load tree of size %d: got %d edge leaf hashes, want %d", size, len(edgeLeaves), want)
+	}
 	if size == 0 {
 		return t, nil
 	}
-	edge := EdgeTiles(size)
-	ids := make([]ID, len(edge))
-	for i, e := range edge {
-		ids[i] = e.ID
-	}
-	got, err := r.ReadTiles(ctx, ids)
-	if err != nil {
-		return nil, fmt.Errorf("read right-edge tiles of tree size %d: %w", size, err)
-	}
-	if len(got) != len(ids) {
-		return nil, fmt.Errorf("read right-edge tiles: got %d for %d ids", len(got), len(ids))
-	}
-	top := edge[len(edge)-1].ID.Level
-	t.edge = make([][]byte, top+1)
-	t.flushed = make([]flushMark, top+1)
-	for i, e := range edge {
-		if len(got[i]) < len(e.Hashes) || len(got[i])%HashSize != 0 {
-			return nil, fmt.Errorf("%w: %s holds %d hashes, tree size %d needs %d", ErrMissing, e.ID, len(got[i])/HashSize, size, e.Width())
+	for L := uint64(0); L*Height < 64 && size>>(L*Height) > 0; L++ {
+		n := size >> (L * Height) // complete nodes at tree level L*Height
+		w := n % Width
+		e := make([]byte, 0, FullBytes)
+		if L == 0 {
+			for _, h := range edgeLeaves {
+				e = append(e, h[:]...)
+			}
+		} else {
+			// Node j of tree level L*Height is the root of tile (L-1, j).
+			for j := n - w; j < n; j += loadChunk {
+				ids := make([]ID, 0, loadChunk)
+				for k := j; k < min(n, j+loadChunk); k++ {
+					ids = append(ids, ID{Level: L - 1, Index: k})
+				}
+				got, err := r.ReadTiles(ctx, ids)
+				if err != nil {
+					return nil, fmt.Errorf("load tree of size %d: read tiles: %w", size, err)
+				}
+				if len(got) != len(ids) {
+					return nil, fmt.Errorf("load tree of size %d: read tiles: got %d for %d ids", size, len(got), len(ids))
+				}
+				for i, id := range ids {
+					if len(got[i]) != FullBytes {
+						return nil, fmt.Errorf("%w: %s holds %d hashes, want %d (tree size %d)", ErrMissing, id, len(got[i])/HashSize, Width, size)
+					}
+					root := subtreeRoot(got[i])
+					e = append(e, root[:]...)
+				}
+			}
 		}
-		t.edge[e.ID.Level] = append(make([]byte, 0, FullBytes), got[i][:len(e.Hashes)]...)
-		t.flushed[e.ID.Level] = flushMark{index: e.ID.Index, width: e.Width()}
-	}
-	for L := range t.edge {
-		if t.edge[L] == nil {
-			t.edge[L] = make([]byte, 0, FullBytes)
-			t.flushed[L] = flushMark{index: (size >> (uint64(L) * Height)) / Width}
-		}
+		t.edge = append(t.edge, e)
 	}
 	t.size = size
-	ids2 := compact.RangeNodes(0, size, nil)
-	hashes := make([][]byte, len(ids2))
-	for i, id := range ids2 {
+	ids := compact.RangeNodes(0, size, nil)
+	hashes := make([][]byte, len(ids))
+	for i, id := range ids {
 		h, ok := t.edgeNode(id)
 		if !ok {
 			return nil, fmt.Errorf("%w: compact range node %d/%d is not on the right edge", ErrMissing, id.Level, id.Index)
@@ -206,10 +205,11 @@ func Load(ctx context.Context, r Reader, size uint64, compactRange [][]byte, opt
 		}
 		for i := range hashes {
 			if !bytes.Equal(hashes[i], compactRange[i]) {
-				return nil, fmt.Errorf("%w: right-edge tiles disagree with the compact range stored for tree size %d (node %d/%d)", ErrMismatch, size, ids2[i].Level, ids2[i].Index)
+				return nil, fmt.Errorf("%w: stored tiles and leaves disagree with the compact range stored for tree size %d (node %d/%d)", ErrMismatch, size, ids[i].Level, ids[i].Index)
 			}
 		}
 	}
+	var err error
 	if t.cr, err = factory.NewRange(0, size, hashes); err != nil {
 		return nil, err
 	}
@@ -223,34 +223,111 @@ func (t *Tree) Size() uint64 {
 	return t.size
 }
 
-// Append adds leaf hashes (already hashed with the RFC 6962 leaf prefix).
-func (t *Tree) Append(leaves ...Hash) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	for i := range leaves {
-		// The visitor sees the leaf, then every node the append completes,
-		// in order: those at a tile level go into that level's edge tile.
-		_ = t.cr.Append(leaves[i][:], t.visit)
-	}
-	t.size = t.cr.End()
+// Staged is the tree as it would be after appending some leaves: what a
+// commit needs (the new root to sign, the full tiles to store with the
+// events) without changing the tree until Commit.
+type Staged struct {
+	base  uint64
+	cr    *compact.Range
+	added [][]byte // per tile level: hashes appended to that level
+	// Tiles are the full tiles the leaves complete, to store in the same
+	// transaction as their events.
+	Tiles []Tile
 }
 
-func (t *Tree) visit(id compact.NodeID, hash []byte) {
-	if id.Level%Height != 0 {
-		return
+// Size is the tree size after the staged leaves.
+func (s *Staged) Size() uint64 { return s.cr.End() }
+
+// Root is the root hash after the staged leaves.
+func (s *Staged) Root() []byte {
+	if s.cr.End() == 0 {
+		return rfc6962.DefaultHasher.EmptyRoot()
 	}
-	L := uint64(id.Level / Height)
-	for uint64(len(t.edge)) <= L {
-		t.edge = append(t.edge, make([]byte, 0, FullBytes))
-		t.flushed = append(t.flushed, flushMark{})
+	root, _ := s.cr.GetRootHash(nil)
+	return root
+}
+
+// CompactRange is the compact range after the staged leaves (see
+// Tree.CompactRange).
+func (s *Staged) CompactRange() [][]byte { return cloneHashes(s.cr.Hashes()) }
+
+// Stage computes the tree after appending leaves (hashed with the RFC 6962
+// leaf prefix) without changing it. Only the goroutine that commits may
+// call it, and the next Commit must be of this Staged.
+func (t *Tree) Stage(leaves []Hash) *Staged {
+	// Only this goroutine writes size, cr and edge: no lock needed to read.
+	st := &Staged{base: t.size}
+	st.cr, _ = factory.NewRange(0, t.size, slices.Clone(t.cr.Hashes()))
+	visit := func(id compact.NodeID, hash []byte) {
+		if id.Level%Height != 0 {
+			return
+		}
+		L := int(id.Level / Height)
+		for len(st.added) <= L {
+			st.added = append(st.added, nil)
+		}
+		st.added[L] = append(st.added[L], hash...)
 	}
-	t.edge[L] = append(t.edge[L], hash...)
-	if len(t.edge[L]) == FullBytes {
-		// The full tile keeps this backing array; readers holding a
-		// prefix of it stay valid because it is never written again.
-		t.pending[ID{Level: L, Index: id.Index / Width}] = t.edge[L]
-		t.edge[L] = make([]byte, 0, FullBytes)
+	for i := range leaves {
+		_ = st.cr.Append(leaves[i][:], visit)
 	}
+	for L, add := range st.added {
+		var have []byte
+		if L < len(t.edge) {
+			have = t.edge[L]
+		}
+		idx := (st.base >> (uint64(L) * Height)) / Width
+		for len(have)+len(add) >= FullBytes {
+			full := make([]byte, 0, FullBytes)
+			full = append(full, have...)
+			k := FullBytes - len(have)
+			full = append(full, add[:k]...)
+			add = add[k:]
+			have = nil
+			st.Tiles = append(st.Tiles, Tile{ID: ID{Level: uint64(L), Index: idx}, Hashes: full})
+			idx++
+		}
+	}
+	return st
+}
+
+// Commit makes the tree what st staged, once st.Tiles are durable in the
+// store. It panics if st was not staged on the tree as it is.
+func (t *Tree) Commit(st *Staged) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if st.base != t.size {
+		panic(fmt.Sprintf("tiles: commit of a stage built on size %d, tree has %d", st.base, t.size))
+	}
+	for L, add := range st.added {
+		for len(t.edge) <= L {
+			t.edge = append(t.edge, make([]byte, 0, FullBytes))
+		}
+		if len(t.edge[L])+len(add) < FullBytes {
+			// Writes past the current length only: readers holding a
+			// prefix of this array stay valid.
+			t.edge[L] = append(t.edge[L], add...)
+			continue
+		}
+		rest := (len(t.edge[L]) + len(add)) % FullBytes
+		t.edge[L] = append(make([]byte, 0, FullBytes), add[len(add)-rest:]...)
+	}
+	for _, tl := range st.Tiles {
+		t.cache.put(tl.ID, tl.Hashes)
+	}
+	t.cr = st.cr
+	t.size = st.cr.End()
+}
+
+// Append stages and commits leaves at once, for callers that store the
+// returned tiles themselves afterwards (a bulk loader), or whose tiles are
+// already stored (a reader catching up with events another writer
+// committed with their tiles). It returns the full tiles the leaves
+// completed.
+func (t *Tree) Append(leaves ...Hash) []Tile {
+	st := t.Stage(leaves)
+	t.Commit(st)
+	return st.Tiles
 }
 
 // Root returns the root hash of the whole tree (the empty root when it is
@@ -275,8 +352,12 @@ func (t *Tree) rootLocked() []byte {
 func (t *Tree) CompactRange() [][]byte {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
-	out := make([][]byte, len(t.cr.Hashes()))
-	for i, h := range t.cr.Hashes() {
+	return cloneHashes(t.cr.Hashes())
+}
+
+func cloneHashes(hs [][]byte) [][]byte {
+	out := make([][]byte, len(hs))
+	for i, h := range hs {
 		out[i] = slices.Clone(h)
 	}
 	return out
@@ -365,7 +446,7 @@ type need struct {
 
 // nodes returns the hashes of perfect nodes of the tree: each is computed
 // from the tile holding its descendants at the tile level below it, found
-// in memory (right edge, unflushed, cache) or read from the store in one
+// in memory (right edge, cache) or read from the store in one
 // call.
 func (t *Tree) nodes(ctx context.Context, ids []compact.NodeID) ([]Hash, error) {
 	needs := make([]need, len(ids))
@@ -382,8 +463,6 @@ func (t *Tree) nodes(ctx context.Context, ids []compact.NodeID) ([]Hash, error) 
 		switch {
 		case L < uint64(len(t.edge)) && n.id.Index == (t.size>>(L*Height))/Width:
 			n.src = t.edge[L]
-		case t.pending[n.id] != nil:
-			n.src = t.pending[n.id]
 		default:
 			n.src = t.cache.get(n.id)
 		}
@@ -441,68 +520,6 @@ func (t *Tree) edgeNode(id compact.NodeID) (Hash, bool) {
 	return subtreeRoot(t.edge[L][off*HashSize : end]), true
 }
 
-// Unflushed returns the tiles to persist so that the store holds the whole
-// tree as it is now: every full tile completed since the last Flushed and
-// the right-edge tile of each level that grew since. Their Hashes are not
-// modified afterwards; the caller writes them and then calls Flushed.
-func (t *Tree) Unflushed() []Tile {
-	t.mu.RLock()
-	defer t.mu.RUnlock()
-	out := make([]Tile, 0, len(t.pending)+len(t.edge))
-	for id, h := range t.pending {
-		out = append(out, Tile{ID: id, Hashes: h})
-	}
-	for L, e := range t.edge {
-		idx := (t.size >> (uint64(L) * Height)) / Width
-		w := len(e) / HashSize
-		if w == 0 || (t.flushed[L].index == idx && t.flushed[L].width == w) {
-			continue
-		}
-		out = append(out, Tile{ID: ID{Level: uint64(L), Index: idx}, Hashes: slices.Clone(e)})
-	}
-	slices.SortFunc(out, func(a, b Tile) int {
-		if a.ID.Level != b.ID.Level {
-			return int(a.ID.Level) - int(b.ID.Level)
-		}
-		switch {
-		case a.ID.Index < b.ID.Index:
-			return -1
-		case a.ID.Index > b.ID.Index:
-			return 1
-		}
-		return 0
-	})
-	return out
-}
-
-// Flushed records that tiles (from Unflushed) are durable in the store:
-// full ones leave memory (for the cache), partial ones are not handed out
-// again until they grow.
-func (t *Tree) Flushed(tiles []Tile) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	for _, tl := range tiles {
-		if tl.Width() == Width {
-			if h, ok := t.pending[tl.ID]; ok {
-				delete(t.pending, tl.ID)
-				t.cache.put(tl.ID, h)
-			}
-			continue
-		}
-		if L := tl.ID.Level; L < uint64(len(t.flushed)) {
-			t.flushed[L] = flushMark{index: tl.ID.Index, width: tl.Width()}
-		}
-	}
-}
-
-// Pending returns the number of full tiles waiting for a flush (8 KiB of
-// memory each): the caller flushes when it grows.
-func (t *Tree) Pending() int {
-	t.mu.RLock()
-	defer t.mu.RUnlock()
-	return len(t.pending)
-}
-
 // hashChildren is the RFC 6962 interior node hash, without allocating.
 func hashChildren(l, r []byte) Hash {
 	var buf [1 + 2*HashSize]byte
@@ -534,10 +551,3 @@ func subtreeRoot(hashes []byte) Hash {
 // TileRoot returns the root of a full tile: the node one tile level up.
 func TileRoot(hashes []byte) Hash { return subtreeRoot(hashes) }
 
-// Levels returns how many tile levels a tree of size leaves has.
-func Levels(size uint64) int {
-	if size == 0 {
-		return 0
-	}
-	return (bits.Len64(size-1) + Height - 1) / Height
-}

@@ -51,10 +51,24 @@ func (s *store) write(ts []tiles.Tile) {
 	}
 }
 
-func flush(t *tiles.Tree, s *store) {
-	ts := t.Unflushed()
-	s.write(ts)
-	t.Flushed(ts)
+// grow appends leaves [from, to) as the Log does: stage, store the full
+// tiles, commit.
+func grow(t *tiles.Tree, s *store, from, to uint64) {
+	batch := make([]tiles.Hash, 0, to-from)
+	for i := from; i < to; i++ {
+		batch = append(batch, leaf(i))
+	}
+	st := t.Stage(batch)
+	s.write(st.Tiles)
+	t.Commit(st)
+}
+
+func edgeLeaves(size uint64) []tiles.Hash {
+	var out []tiles.Hash
+	for i := tiles.EdgeLeaves(size); i < size; i++ {
+		out = append(out, leaf(i))
+	}
+	return out
 }
 
 func leaf(i uint64) tiles.Hash {
@@ -132,8 +146,9 @@ func checkAgainst(t *testing.T, rng *rand.Rand, got *tiles.Tree, want *tree.Tree
 }
 
 // TestAgreesWithInMemoryTree grows trees of random sizes (some spanning
-// three tile levels), flushing at random points, and checks every root
-// and proof against the in-memory implementation.
+// three tile levels) in batches of random sizes, and checks roots and
+// proofs against the in-memory implementation, also after reloading the
+// tree from the store.
 func TestAgreesWithInMemoryTree(t *testing.T) {
 	seed := rand.Uint64()
 	t.Logf("seed %d", seed)
@@ -150,30 +165,28 @@ func TestAgreesWithInMemoryTree(t *testing.T) {
 			want := tree.New()
 			for i := uint64(0); i < n; {
 				k := min(n-i, 1+rng.Uint64N(600))
-				batch := make([]tiles.Hash, k)
-				for j := range batch {
-					batch[j] = leaf(i + uint64(j))
-					want.Append(batch[j])
+				if rng.IntN(20) == 0 {
+					k = min(n-i, 1000+rng.Uint64N(70000)) // a bulk load
 				}
-				got.Append(batch...)
+				for j := i; j < i+k; j++ {
+					want.Append(leaf(j))
+				}
+				grow(got, s, i, i+k)
 				i += k
-				if rng.IntN(3) == 0 {
-					flush(got, s)
-				}
 			}
 			checkAgainst(t, rng, got, want, 6)
-			flush(got, s)
-			if got.Pending() != 0 {
-				t.Fatalf("Pending() = %d after flush", got.Pending())
+			loaded, err := tiles.Load(context.Background(), s, n, edgeLeaves(n), got.CompactRange(), tiles.WithCacheTiles(0))
+			if err != nil {
+				t.Fatalf("Load(%d): %v", n, err)
 			}
-			checkAgainst(t, rng, got, want, 6)
+			checkAgainst(t, rng, loaded, want, 6)
 		})
 	}
 }
 
-// TestLoadContinues flushes a tree, loads it from the store at its size
-// (and, as after a crash between a tile flush and the checkpoint, at an
-// older size while the store holds newer tiles), appends more and checks
+// TestLoadContinues loads a tree from the store at an older size than the
+// store's tiles reach (the latest compact range is older than the latest
+// events, as after a crash), appends the rest again and more, and checks
 // everything against the in-memory tree.
 func TestLoadContinues(t *testing.T) {
 	seed := rand.Uint64()
@@ -190,19 +203,11 @@ func TestLoadContinues(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			s := newStore()
 			first := tiles.New(s)
-			for i := range checkpointAt {
-				first.Append(leaf(i))
-			}
-			flush(first, s)
+			grow(first, s, 0, checkpointAt)
 			cr := first.CompactRange()
-			// Half-written: tiles for more leaves reach the store, the
-			// checkpoint for them never does.
-			for i := checkpointAt; i < n; i++ {
-				first.Append(leaf(i))
-			}
-			flush(first, s)
+			grow(first, s, checkpointAt, n)
 
-			loaded, err := tiles.Load(ctx, s, checkpointAt, cr)
+			loaded, err := tiles.Load(ctx, s, checkpointAt, edgeLeaves(checkpointAt), cr)
 			if err != nil {
 				t.Fatalf("Load(%d): %v", checkpointAt, err)
 			}
@@ -213,12 +218,11 @@ func TestLoadContinues(t *testing.T) {
 			// Re-append what followed the checkpoint, then more.
 			more := n + rng.Uint64N(1000)
 			for i := checkpointAt; i < more; i++ {
-				loaded.Append(leaf(i))
 				want.Append(leaf(i))
 			}
+			grow(loaded, s, checkpointAt, more)
 			checkAgainst(t, rng, loaded, want, 5)
-			flush(loaded, s)
-			again, err := tiles.Load(ctx, s, more, loaded.CompactRange())
+			again, err := tiles.Load(ctx, s, more, edgeLeaves(more), loaded.CompactRange())
 			if err != nil {
 				t.Fatalf("Load(%d) after flush: %v", more, err)
 			}
@@ -233,31 +237,42 @@ func TestLoadRefusesBadState(t *testing.T) {
 	build := func() (*store, [][]byte) {
 		s := newStore()
 		tr := tiles.New(s)
-		for i := range uint64(n) {
-			tr.Append(leaf(i))
-		}
-		flush(tr, s)
+		grow(tr, s, 0, n)
 		return s, tr.CompactRange()
 	}
-	t.Run("missing-edge-tile", func(t *testing.T) {
+	t.Run("missing-tile", func(t *testing.T) {
 		s, cr := build()
-		delete(s.tiles, tiles.ID{Level: 0, Index: n / tiles.Width})
-		if _, err := tiles.Load(ctx, s, n, cr); !errors.Is(err, tiles.ErrMissing) {
+		delete(s.tiles, tiles.ID{Level: 0, Index: 1})
+		if _, err := tiles.Load(ctx, s, n, edgeLeaves(n), cr); !errors.Is(err, tiles.ErrMissing) {
 			t.Fatalf("Load = %v, want ErrMissing", err)
 		}
 	})
-	t.Run("short-edge-tile", func(t *testing.T) {
+	t.Run("short-tile", func(t *testing.T) {
 		s, cr := build()
-		id := tiles.ID{Level: 0, Index: n / tiles.Width}
+		id := tiles.ID{Level: 0, Index: 2}
 		s.tiles[id] = s.tiles[id][:tiles.HashSize]
-		if _, err := tiles.Load(ctx, s, n, cr); !errors.Is(err, tiles.ErrMissing) {
+		if _, err := tiles.Load(ctx, s, n, edgeLeaves(n), cr); !errors.Is(err, tiles.ErrMissing) {
 			t.Fatalf("Load = %v, want ErrMissing", err)
 		}
 	})
-	t.Run("tampered-edge-tile", func(t *testing.T) {
+	t.Run("wrong-edge-leaf-count", func(t *testing.T) {
 		s, cr := build()
-		s.tiles[tiles.ID{Level: 0, Index: n / tiles.Width}][5] ^= 1
-		if _, err := tiles.Load(ctx, s, n, cr); !errors.Is(err, tiles.ErrMismatch) {
+		if _, err := tiles.Load(ctx, s, n, edgeLeaves(n)[1:], cr); err == nil {
+			t.Fatal("Load accepted too few edge leaves")
+		}
+	})
+	t.Run("tampered-tile", func(t *testing.T) {
+		s, cr := build()
+		s.tiles[tiles.ID{Level: 0, Index: 0}][5] ^= 1
+		if _, err := tiles.Load(ctx, s, n, edgeLeaves(n), cr); !errors.Is(err, tiles.ErrMismatch) {
+			t.Fatalf("Load = %v, want ErrMismatch", err)
+		}
+	})
+	t.Run("tampered-edge-leaf", func(t *testing.T) {
+		s, cr := build()
+		l := edgeLeaves(n)
+		l[3][0] ^= 1
+		if _, err := tiles.Load(ctx, s, n, l, cr); !errors.Is(err, tiles.ErrMismatch) {
 			t.Fatalf("Load = %v, want ErrMismatch", err)
 		}
 	})
@@ -265,16 +280,16 @@ func TestLoadRefusesBadState(t *testing.T) {
 		s, cr := build()
 		cr[0] = bytes.Clone(cr[0])
 		cr[0][0] ^= 1
-		if _, err := tiles.Load(ctx, s, n, cr); !errors.Is(err, tiles.ErrMismatch) {
+		if _, err := tiles.Load(ctx, s, n, edgeLeaves(n), cr); !errors.Is(err, tiles.ErrMismatch) {
 			t.Fatalf("Load = %v, want ErrMismatch", err)
 		}
 	})
 	t.Run("without-compact-range-root-tells", func(t *testing.T) {
 		// Without a stored compact range the caller's signed root is the
-		// check: a tampered edge tile changes Root.
+		// check: a tampered tile changes Root.
 		s, _ := build()
-		s.tiles[tiles.ID{Level: 1, Index: 0}][0] ^= 1
-		tr, err := tiles.Load(ctx, s, n, nil)
+		s.tiles[tiles.ID{Level: 0, Index: 1}][0] ^= 1
+		tr, err := tiles.Load(ctx, s, n, edgeLeaves(n), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -288,10 +303,7 @@ func TestMissingFullTileIsAnError(t *testing.T) {
 	ctx := context.Background()
 	s := newStore()
 	tr := tiles.New(s, tiles.WithCacheTiles(0))
-	for i := range uint64(3 * tiles.Width) {
-		tr.Append(leaf(i))
-	}
-	flush(tr, s)
+	grow(tr, s, 0, 3*tiles.Width)
 	delete(s.tiles, tiles.ID{Level: 0, Index: 1})
 	if _, err := tr.Inclusion(ctx, tiles.Width+3, 3*tiles.Width); !errors.Is(err, tiles.ErrMissing) {
 		t.Fatalf("Inclusion with a lost tile = %v, want ErrMissing", err)
@@ -304,8 +316,9 @@ func TestMissingFullTileIsAnError(t *testing.T) {
 
 func TestSizeErrors(t *testing.T) {
 	ctx := context.Background()
-	tr := tiles.New(newStore())
-	tr.Append(leaf(0), leaf(1))
+	s := newStore()
+	tr := tiles.New(s)
+	grow(tr, s, 0, 2)
 	for name, err := range map[string]error{
 		"inclusion-index": func() error { _, err := tr.Inclusion(ctx, 2, 2); return err }(),
 		"inclusion-size":  func() error { _, err := tr.Inclusion(ctx, 0, 3); return err }(),
@@ -320,23 +333,15 @@ func TestSizeErrors(t *testing.T) {
 	}
 }
 
-// TestMemoryBounded checks what a tree keeps after a flush: the right-edge
-// tiles, at most the cache, nothing per leaf.
+// TestMemoryBounded checks what a tree keeps: the right-edge tiles and at
+// most its cache, nothing per leaf; older leaves are read from the store.
 func TestMemoryBounded(t *testing.T) {
 	ctx := context.Background()
 	s := newStore()
 	tr := tiles.New(s, tiles.WithCacheTiles(2))
-	for i := range uint64(100 * tiles.Width) {
-		tr.Append(leaf(i))
+	for i := uint64(0); i < 100*tiles.Width; i += 100 {
+		grow(tr, s, i, i+100)
 	}
-	if got := tr.Pending(); got != 100 {
-		t.Fatalf("Pending() = %d before flush, want 100", got)
-	}
-	flush(tr, s)
-	if got := tr.Pending(); got != 0 {
-		t.Fatalf("Pending() = %d after flush", got)
-	}
-	// Reading old leaves goes to the store; the cache holds at most 2.
 	before := s.reads
 	for i := uint64(0); i < 10; i++ {
 		if _, err := tr.LeafHash(ctx, i*tiles.Width); err != nil {
@@ -346,6 +351,32 @@ func TestMemoryBounded(t *testing.T) {
 	if s.reads-before != 10 {
 		t.Fatalf("%d store reads for 10 leaves in 10 tiles with a 2-tile cache, want 10", s.reads-before)
 	}
+}
+
+// TestStageDoesNotChangeTheTree: a failed commit (Stage without Commit)
+// leaves the tree as it was.
+func TestStageDoesNotChangeTheTree(t *testing.T) {
+	s := newStore()
+	tr := tiles.New(s)
+	grow(tr, s, 0, 300)
+	root := tr.Root()
+	batch := []tiles.Hash{leaf(300), leaf(301)}
+	st := tr.Stage(batch)
+	if st.Size() != 302 || tr.Size() != 300 || !bytes.Equal(tr.Root(), root) {
+		t.Fatalf("Stage changed the tree: staged %d, tree %d", st.Size(), tr.Size())
+	}
+	st2 := tr.Stage(batch) // the retry of the failed commit
+	tr.Commit(st2)
+	want := reference(302)
+	if wr, _ := want.Root(302); !bytes.Equal(tr.Root(), wr) || !bytes.Equal(st.Root(), wr) {
+		t.Fatal("root after retry differs")
+	}
+	defer func() {
+		if recover() == nil {
+			t.Fatal("Commit of a stale stage did not panic")
+		}
+	}()
+	tr.Commit(st)
 }
 
 // TestConcurrentReaders runs proofs while the tree grows and flushes (run
@@ -392,10 +423,9 @@ func TestConcurrentReaders(t *testing.T) {
 		for j := range batch {
 			batch[j] = leaf(i + uint64(j))
 		}
-		tr.Append(batch...)
-		if i%1000 == 0 {
-			flush(tr, s)
-		}
+		st := tr.Stage(batch)
+		s.write(st.Tiles)
+		tr.Commit(st)
 	}
 	close(done)
 	wg.Wait()
