@@ -550,4 +550,3 @@ func subtreeRoot(hashes []byte) Hash {
 
 // TileRoot returns the root of a full tile: the node one tile level up.
 func TileRoot(hashes []byte) Hash { return subtreeRoot(hashes) }
-
