@@ -9,12 +9,9 @@ import (
 	"strings"
 
 	"github.com/credmatrix/credmatrix/clients/brokerclient"
-	"github.com/credmatrix/credmatrix/platform/grpcclient"
-	"github.com/credmatrix/credmatrix/platform/telemetry"
 	"github.com/spf13/cobra"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -23,7 +20,7 @@ import (
 const (
 	exitOK          = 0
 	exitError       = 1 // anything else (internal error, I/O)
-	exitUsage       = 2 // bad flags or arguments, INVALID_ARGUMENT
+	exitUsage       = 2 // bad flags or arguments, INVALID_ARGUMENT, a setup problem (address, CA, certificate)
 	exitDenied      = 3 // the policy or a grant refused, or the token was rejected
 	exitUnavailable = 4 // a service (or the audit log behind it) is down; retry later
 )
@@ -58,6 +55,10 @@ type app struct {
 	caFile, certFile, keyFile           string
 	devPlaintext                        bool
 
+	// started is set once a command's own code runs: an error before
+	// that (unknown command, bad arguments) is a usage error.
+	started bool
+
 	// tp makes this command's spans (nil for `dev`, which runs services
 	// on the global provider); span is the command's root span.
 	tp   *sdktrace.TracerProvider
@@ -80,6 +81,11 @@ func run(ctx context.Context, args []string, s streams, getenv func(string) stri
 	root.SetOut(s.out)
 	root.SetErr(s.err)
 	err := root.ExecuteContext(ctx)
+	if err != nil && !a.started {
+		// Cobra refused the command line before any command ran:
+		// an unknown command or arguments a command does not take.
+		err = usageError{err}
+	}
 	a.endTrace(ctx, err)
 	if err == nil {
 		return exitOK
@@ -98,6 +104,14 @@ func classify(err error) (int, string) {
 	var ue usageError
 	if errors.As(err, &ue) {
 		return exitUsage, err.Error()
+	}
+	var se *setupError
+	if errors.As(err, &se) {
+		return exitUsage, "configuration error: " + se.Error()
+	}
+	var ua *unavailableError
+	if errors.As(err, &ua) {
+		return exitUnavailable, "service unavailable (retry later): " + ua.Error()
 	}
 	var denied *brokerclient.DeniedError
 	if errors.As(err, &denied) {
@@ -119,7 +133,7 @@ func classify(err error) (int, string) {
 	if st, ok := status.FromError(err); ok {
 		switch st.Code() {
 		case codes.InvalidArgument, codes.OutOfRange, codes.FailedPrecondition:
-			return exitUsage, "invalid request: " + st.Message()
+			return exitUsage, "invalid request: " + flagNamesIn(st.Message())
 		case codes.PermissionDenied, codes.Unauthenticated:
 			return exitDenied, "access denied: " + st.Message()
 		case codes.Unavailable, codes.ResourceExhausted, codes.DeadlineExceeded, codes.Aborted:
@@ -163,14 +177,18 @@ trace id (credmatrix audit query --trace-id). Spans are exported over OTLP
 only when the standard variables ask (OTEL_EXPORTER_OTLP_ENDPOINT,
 OTEL_TRACES_EXPORTER=otlp, OTEL_EXPORTER_OTLP_PROTOCOL=grpc|http/protobuf).
 
-Exit codes: 0 ok, 1 error, 2 bad usage or invalid request, 3 denied,
+Exit codes: 0 ok, 1 error, 2 bad usage, invalid request or a setup problem
+(address, CA, certificate: 'credmatrix doctor' explains), 3 denied,
 4 unavailable (retry later).`,
 		Version:       versionString(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error { return a.startTrace(cmd) }
+	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
+		a.started = true
+		return a.startTrace(cmd)
+	}
 	pf := root.PersistentFlags()
 	pf.StringVar(&a.brokerAddr, "broker-addr", a.env("CREDMATRIX_BROKER_ADDR", "127.0.0.1:7401"), "broker address (env CREDMATRIX_BROKER_ADDR)")
 	pf.StringVar(&a.keyguardAddr, "keyguard-addr", a.env("CREDMATRIX_KEYGUARD_ADDR", "127.0.0.1:7402"), "keyguard address (env CREDMATRIX_KEYGUARD_ADDR)")
@@ -181,28 +199,8 @@ Exit codes: 0 ok, 1 error, 2 bad usage or invalid request, 3 denied,
 	pf.BoolVar(&a.devPlaintext, "dev-plaintext", a.getenv("CREDMATRIX_DEV_PLAINTEXT") == "true", "connect without TLS (loopback only; development)")
 
 	root.AddCommand(a.credsCommand(), a.serveCredentialsCommand(), a.encryptCommand(), a.decryptCommand(), a.keyguardCommand(), a.auditCommand(), a.policyCommand())
+	refuseUnknownSubcommands(root)
 	return root
-}
-
-// dial connects to one service with the shared TLS settings.
-func (a *app) dial(addr string) (*grpc.ClientConn, error) {
-	cfg := grpcclient.Config{
-		Target: addr, CAFile: a.caFile, CertFile: a.certFile, KeyFile: a.keyFile, DevPlaintext: a.devPlaintext,
-	}
-	if err := cfg.Validate(); err != nil {
-		return nil, usageError{err}
-	}
-	var conn *grpc.ClientConn
-	var err error
-	if a.tp != nil {
-		conn, err = grpcclient.DialWithTracing(cfg, a.tp, telemetry.Propagator())
-	} else {
-		conn, err = grpcclient.Dial(cfg)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("connect to %s: %w", addr, err)
-	}
-	return conn, nil
 }
 
 // parsePairs parses repeated k=v flags into a map.

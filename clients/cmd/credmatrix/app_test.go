@@ -29,7 +29,7 @@ func TestClassify(t *testing.T) {
 		msg  string
 	}{
 		{"usage", usagef("--role is required"), exitUsage, "--role is required"},
-		{"invalid-argument", status.Error(codes.InvalidArgument, "targets[0].role: required"), exitUsage, "targets[0].role"},
+		{"invalid-argument", status.Error(codes.InvalidArgument, "targets[0].role: required"), exitUsage, "--role: required"},
 		{"denied-with-detail", &brokerclient.DeniedError{Rule: "no-prod", Reason: "prod needs a tag", AuditEventID: "e-1", Hint: "credmatrix policy test"}, exitDenied, "reproduce locally"},
 		{"unauthenticated", status.Error(codes.Unauthenticated, "token verification failed"), exitDenied, "token verification failed"},
 		{"unavailable", status.Error(codes.Unavailable, "audit log unavailable"), exitUnavailable, "retry later"},
@@ -37,6 +37,9 @@ func TestClassify(t *testing.T) {
 		{"internal", status.Error(codes.Internal, "internal error"), exitError, "Internal"},
 		{"plain", errors.New("disk full"), exitError, "disk full"},
 		{"wrapped-usage", fmt.Errorf("ctx: %w", usagef("bad")), exitUsage, "bad"},
+		{"invalid-argument/flag-named", status.Error(codes.InvalidArgument, "targets[0].duration: must be between 15m and 12h"), exitUsage, "invalid request: --duration: must be"},
+		{"setup-is-not-transient", &setupError{svc: brokerService, addr: "b:1", problem: "requires a client certificate", fix: "use the public listener"}, exitUsage, "configuration error: cannot use the broker at b:1"},
+		{"unreachable-is-transient", &unavailableError{svc: auditService, problem: "nothing is listening", st: status.New(codes.Unavailable, "x")}, exitUnavailable, "retry later): the audit service is unreachable: nothing is listening"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			code, msg := classify(tc.err)
@@ -127,6 +130,10 @@ func TestUsageErrors(t *testing.T) {
 		{"audit/bad-kind", []string{"audit", "query", "--kind", "nope"}, "--kind"},
 		{"audit/bad-since", []string{"audit", "query", "--since", "yesterday"}, "RFC 3339"},
 		{"encrypt/bad-context", []string{"encrypt", "--context", "novalue"}, "key=value"},
+		{"unknown-command", []string{"nosuchcmd"}, `unknown command "nosuchcmd"`},
+		{"unknown-subcommand", []string{"audit", "nosuch"}, `unknown command "nosuch" for "credmatrix audit"`},
+		{"unknown-subcommand/suggestion", []string{"policy", "lnit"}, "did you mean lint?"},
+		{"extra-argument", []string{"creds", "extra"}, `unknown command "extra"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var out, errb bytes.Buffer
@@ -192,5 +199,20 @@ func TestSetProfile(t *testing.T) {
 	}
 	if got := commandLine([]string{"/opt/my tools/credmatrix", "creds", "--token-exec", `echo "$T"`}); got != `"/opt/my tools/credmatrix" creds --token-exec "echo \"\$T\""` {
 		t.Fatalf("commandLine: %s", got)
+	}
+}
+
+func TestFlagNamesIn(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"targets[0].duration: must be between 15m and 12h", "--duration: must be between 15m and 12h"},
+		{"targets[2].region: not in the account's zone", "--region (target 3): not in the account's zone"},
+		{"targets[0].unknown_field: x", "targets[0].unknown_field: x"},
+		{"data_class: required", "--data-class: required"},
+		{"token: exceeds 16384 bytes", "the OIDC token: exceeds 16384 bytes"},
+		{"no field here", "no field here"},
+	} {
+		if got := flagNamesIn(tc.in); got != tc.want {
+			t.Errorf("flagNamesIn(%q) = %q, want %q", tc.in, got, tc.want)
+		}
 	}
 }
