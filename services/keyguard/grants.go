@@ -9,7 +9,6 @@ import (
 	"maps"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -161,6 +160,9 @@ func (s *Service) RevokeGrant(ctx context.Context, caller, id, reason string) (u
 	if len(id) > 128 {
 		return 0, &Error{Code: Invalid, Message: "grant_id: exceeds 128 bytes"}
 	}
+	if err := s.sync(ctx); err != nil {
+		return 0, err
+	}
 	o := &op{caller: caller, kind: auditv1.Kind_KIND_GRANT_REVOKE, grantID: id}
 	static := false
 	s.gmu.RLock()
@@ -190,6 +192,8 @@ func (s *Service) RevokeGrant(ctx context.Context, caller, id, reason string) (u
 	if err != nil {
 		return 0, err
 	}
+	// The store's version moves with the delete, so requests at every
+	// other replica reload before they decide again.
 	s.gmu.Lock()
 	_, err = s.store.DeleteGrant(ctx, id)
 	if err == nil {
@@ -218,6 +222,9 @@ func (s *Service) ListGrants(ctx context.Context, caller string, in ListGrantsIn
 	o := &op{caller: caller, kind: auditv1.Kind_KIND_GRANT_CREATE, ring: Ring{DataClass: in.DataClass},
 		detail: func(kd *auditv1.KeyDetail) { kd.Operation = "list-grants" }}
 	if err := s.isAdmin(ctx, o); err != nil {
+		return nil, "", err
+	}
+	if err := s.sync(ctx); err != nil {
 		return nil, "", err
 	}
 	switch {
@@ -257,54 +264,4 @@ func newGrantID(r io.Reader) (string, error) {
 		return "", fmt.Errorf("grant id: %w", err)
 	}
 	return "g-" + hex.EncodeToString(b[:]), nil
-}
-
-// memStore is the Store used when Config.Store is nil: the same semantics,
-// in memory only.
-type memStore struct {
-	mu     sync.Mutex
-	grants map[string]Grant
-	states map[Ring]RingState
-}
-
-func newMemStore() *memStore {
-	return &memStore{grants: map[string]Grant{}, states: map[Ring]RingState{}}
-}
-
-func (m *memStore) PutGrant(_ context.Context, g Grant) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.grants[g.ID] = cloneGrant(g)
-	return nil
-}
-
-func (m *memStore) DeleteGrant(_ context.Context, id string) (bool, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	_, ok := m.grants[id]
-	delete(m.grants, id)
-	return ok, nil
-}
-
-func (m *memStore) Grants(context.Context) ([]Grant, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	out := make([]Grant, 0, len(m.grants))
-	for _, g := range m.grants {
-		out = append(out, cloneGrant(g))
-	}
-	return out, nil
-}
-
-func (m *memStore) RingStates(context.Context) (map[Ring]RingState, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return maps.Clone(m.states), nil
-}
-
-func (m *memStore) PutRingState(_ context.Context, r Ring, st RingState) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.states[r] = st
-	return nil
 }

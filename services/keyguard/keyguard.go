@@ -15,6 +15,7 @@ package keyguard
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -62,6 +63,10 @@ type KeyBackend interface {
 	Rotate(ctx context.Context, dataClass, region string) (uint32, error)
 	// Versions describes the ring's key versions, oldest first.
 	Versions(ctx context.Context, dataClass, region string) ([]VersionInfo, error)
+	// Refresh re-reads key versions that another replica may have added;
+	// the Service calls it whenever the shared state changed. Backends
+	// whose versions only this process changes do nothing.
+	Refresh(ctx context.Context) error
 }
 
 // VersionInfo describes one key version held by a backend. Nothing in it is
@@ -76,30 +81,89 @@ type VersionInfo struct {
 	BackendKey string
 }
 
-// Store persists what keyguard changes at run time: grants created through
-// the API and the state of each ring (minimum decryption version, usage
-// counts). Writes are durable when they return. One keyguard process owns a
-// store; the Service keeps a write-through copy in memory, so a revoked
-// grant stops the very next request.
+// Store persists the state keyguard replicas share: grants created through
+// the API, the run-time state of each ring (minimum decryption version,
+// usage counts), the key versions of backends that keep them here (awskms)
+// and the rotation lock. Writes are durable when they return.
+//
+// Every change that can alter a decision (grants, minimum versions, key
+// versions) increases the state version in the same transaction; usage
+// counts do not. A Service reads the version before each decision and
+// reloads its in-memory copy when it moved, so a change acknowledged by any
+// replica binds every replica's next request. The sqlite package (one
+// process), the postgres package (replicas) and NewMemoryStore implement
+// it; storetest is their conformance suite.
 type Store interface {
-	// PutGrant stores a new grant.
+	// Load returns the whole state as of one moment, with its version.
+	Load(ctx context.Context) (State, error)
+	// Version returns the state version: it increases with every change
+	// Load would show, usage counts excepted.
+	Version(ctx context.Context) (uint64, error)
+	// PutGrant stores a new grant; an existing id is ErrExists.
 	PutGrant(ctx context.Context, g Grant) error
 	// DeleteGrant removes a grant, reporting whether it existed.
 	DeleteGrant(ctx context.Context, id string) (bool, error)
-	// Grants returns every stored grant.
-	Grants(ctx context.Context) ([]Grant, error)
-	// RingStates returns the stored state of every ring that has one.
-	RingStates(ctx context.Context) (map[Ring]RingState, error)
-	// PutRingState replaces the stored state of one ring.
-	PutRingState(ctx context.Context, r Ring, st RingState) error
+	// SetMinDecryptVersion sets a ring's minimum decryption version.
+	SetMinDecryptVersion(ctx context.Context, r Ring, min uint32) error
+	// AddUsage adds n[k] messages to the usage count of each key version k.
+	AddUsage(ctx context.Context, n map[KeyRef]uint64) error
+	// KeyVersions returns the stored key versions of every ring, oldest
+	// first.
+	KeyVersions(ctx context.Context) (map[Ring][]StoredKeyVersion, error)
+	// AddKeyVersion appends v to the ring's key versions. v.Version must be
+	// the next (1 for the first): anything else is ErrConflict, so two
+	// replicas can never both create one version.
+	AddKeyVersion(ctx context.Context, r Ring, v StoredKeyVersion) error
+	// LockRotation waits for the rotation lock (or for ctx to end) and
+	// returns its release: rotations, retirements and ring creation run one
+	// at a time across replicas. The lock also ends if the holder's process
+	// or database session does.
+	LockRotation(ctx context.Context) (unlock func(), err error)
 }
+
+// State is everything a Store holds, read at one moment.
+type State struct {
+	// Version is the state version the rest reflects.
+	Version uint64
+	// Grants are the grants created through the API.
+	Grants []Grant
+	// Rings is the run-time state of each ring that has one.
+	Rings map[Ring]RingState
+	// KeyVersions are the stored key versions, oldest first.
+	KeyVersions map[Ring][]StoredKeyVersion
+}
+
+// StoredKeyVersion is one key version of a ring as a backend that keeps its
+// versions in the Store records it. Nothing in it is secret; MAC lets the
+// backend detect a record it did not write.
+type StoredKeyVersion struct {
+	// Version is the key version, from 1.
+	Version uint32
+	// Created is when the version was created.
+	Created time.Time
+	// BackendKey names the KEK in the backend (a KMS key ARN).
+	BackendKey string
+	// MAC authenticates the record (and its predecessors) under a key only
+	// the backend holds.
+	MAC []byte
+}
+
+// Errors of a Store.
+var (
+	// ErrExists means a grant with that id is stored already.
+	ErrExists = errors.New("already exists")
+	// ErrConflict means a key version was not the ring's next: another
+	// replica created it first.
+	ErrConflict = errors.New("key version conflict")
+)
 
 // RingState is the run-time state of a ring that outlives the process.
 type RingState struct {
 	// MinDecryptVersion is the oldest version allowed to decrypt, as last
 	// set through the API (the configured floor applies on top).
 	MinDecryptVersion uint32
-	// EncryptCounts counts the messages sealed under each version.
+	// EncryptCounts counts the messages sealed under each version, across
+	// replicas, as far as they have saved them.
 	EncryptCounts map[uint32]uint64
 }
 

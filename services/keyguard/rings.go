@@ -18,26 +18,44 @@ import (
 type ringState struct {
 	policy RingPolicy
 
-	// mu serialises rotation and retirement of the ring, so the version a
-	// rotation announces in its audit event is the one it creates.
+	// mu serialises rotation and retirement of the ring within this
+	// process, so the version a rotation announces in its audit event is
+	// the one it creates; the store's rotation lock does the same across
+	// replicas.
 	mu sync.Mutex
 
 	storedMin atomic.Uint32
 
 	cmu    sync.RWMutex
-	counts map[uint32]*atomic.Uint64
+	counts map[uint32]*counter
 }
+
+// counter counts the messages sealed under one key version: base is the
+// count saved in the store (by every replica) as last read, delta what this
+// replica counted since its last flush.
+type counter struct {
+	base, delta atomic.Uint64
+}
+
+func (c *counter) total() uint64 { return c.base.Load() + c.delta.Load() }
 
 func newRingState(p RingPolicy) *ringState {
-	return &ringState{policy: p, counts: map[uint32]*atomic.Uint64{}}
+	return &ringState{policy: p, counts: map[uint32]*counter{}}
 }
 
-func (rs *ringState) load(st RingState) {
-	rs.storedMin.Store(st.MinDecryptVersion)
-	for v, n := range st.EncryptCounts {
-		c := &atomic.Uint64{}
-		c.Store(n)
-		rs.counts[v] = c
+// setBase installs the saved counts read from the store.
+func (rs *ringState) setBase(saved map[uint32]uint64) {
+	rs.cmu.Lock()
+	defer rs.cmu.Unlock()
+	for v, c := range rs.counts {
+		c.base.Store(saved[v])
+	}
+	for v, n := range saved {
+		if rs.counts[v] == nil {
+			c := &counter{}
+			c.base.Store(n)
+			rs.counts[v] = c
+		}
 	}
 }
 
@@ -47,7 +65,7 @@ func (rs *ringState) minDecrypt() uint32 {
 	return max(rs.policy.MinDecryptVersion, rs.storedMin.Load(), 1)
 }
 
-func (rs *ringState) counter(version uint32) *atomic.Uint64 {
+func (rs *ringState) counter(version uint32) *counter {
 	rs.cmu.RLock()
 	c := rs.counts[version]
 	rs.cmu.RUnlock()
@@ -57,7 +75,7 @@ func (rs *ringState) counter(version uint32) *atomic.Uint64 {
 	rs.cmu.Lock()
 	defer rs.cmu.Unlock()
 	if c = rs.counts[version]; c == nil {
-		c = &atomic.Uint64{}
+		c = &counter{}
 		rs.counts[version] = c
 	}
 	return c
@@ -66,7 +84,8 @@ func (rs *ringState) counter(version uint32) *atomic.Uint64 {
 // count adds one message to version's counter and, when the ring's usage
 // limit is reached, asks the rotation loop to rotate (without blocking).
 func (rs *ringState) count(version uint32, kick chan struct{}) {
-	n := rs.counter(version).Add(1)
+	c := rs.counter(version)
+	n := c.delta.Add(1) + c.base.Load()
 	if rs.policy.MaxEncryptions > 0 && n == rs.policy.MaxEncryptions {
 		select {
 		case kick <- struct{}{}:
@@ -75,32 +94,9 @@ func (rs *ringState) count(version uint32, kick chan struct{}) {
 	}
 }
 
-func (rs *ringState) snapshot() RingState {
-	st := RingState{MinDecryptVersion: rs.storedMin.Load(), EncryptCounts: map[uint32]uint64{}}
-	rs.cmu.RLock()
-	for v, c := range rs.counts {
-		st.EncryptCounts[v] = c.Load()
-	}
-	rs.cmu.RUnlock()
-	return st
-}
-
 // RotationKick is signalled when a ring reaches its usage limit; the cmd's
 // rotation loop then calls RotateDue at once instead of at its next tick.
 func (s *Service) RotationKick() <-chan struct{} { return s.kick }
-
-// Flush persists the usage counters and minimum versions of every ring.
-// Counters are kept in memory between flushes (the cmd flushes
-// periodically and at shutdown), so a crash loses at most the counts since
-// the last flush; they only steer rotation, never decryption.
-func (s *Service) Flush(ctx context.Context) error {
-	for r, rs := range s.rings {
-		if err := s.store.PutRingState(ctx, r, rs.snapshot()); err != nil {
-			return fmt.Errorf("keyguard: save state of ring %s: %w", r, err)
-		}
-	}
-	return nil
-}
 
 // isAdmin checks that caller is an administrator; a refusal is audited
 // with the kind of the attempted operation.
@@ -149,9 +145,16 @@ func (s *Service) RotateKey(ctx context.Context, caller, dataClass, region, reas
 	if reason == "" {
 		reason = "on demand"
 	}
+	unlock, err := s.lockAndReload(ctx)
+	if err != nil {
+		return KeyRef{}, 0, err
+	}
+	defer unlock()
 	return s.rotate(ctx, o, rs, "rotated by "+caller+": "+reason)
 }
 
+// rotate rotates one ring; the caller holds the rotation lock and has
+// reloaded the state (lockAndReload).
 func (s *Service) rotate(ctx context.Context, o *op, rs *ringState, reason string) (KeyRef, uint64, error) {
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
@@ -177,8 +180,19 @@ func (s *Service) rotate(ctx context.Context, o *op, rs *ringState, reason strin
 // RotateDue rotates every ring whose primary version is older than its
 // rotation period or has sealed its maximum number of messages, as the
 // system principal, and returns the new versions. The cmd calls it on a
-// timer and on RotationKick.
+// timer and on RotationKick; with replicas, each calls it and the rotation
+// lock makes them take turns, each deciding on the state the previous one
+// left, so a ring due once rotates once. It saves this replica's usage
+// counts first.
 func (s *Service) RotateDue(ctx context.Context) ([]KeyRef, error) {
+	if !s.rotates() {
+		return nil, s.Flush(ctx)
+	}
+	unlock, err := s.lockAndReload(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
 	var out []KeyRef
 	for _, r := range s.ringList() {
 		rs := s.rings[r]
@@ -196,6 +210,16 @@ func (s *Service) RotateDue(ctx context.Context) ([]KeyRef, error) {
 		out = append(out, ref)
 	}
 	return out, nil
+}
+
+// rotates reports whether any ring rotates by itself.
+func (s *Service) rotates() bool {
+	for _, rs := range s.rings {
+		if rs.policy.RotationPeriod > 0 || rs.policy.MaxEncryptions > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 func (s *Service) ringList() []Ring {
@@ -232,7 +256,7 @@ func (s *Service) due(ctx context.Context, r Ring, rs *ringState) (bool, string,
 		return false, "", nil
 	}
 	primary := vs[len(vs)-1]
-	if n := rs.counter(primary.Version).Load(); rs.policy.MaxEncryptions > 0 && n >= rs.policy.MaxEncryptions {
+	if n := rs.counter(primary.Version).total(); rs.policy.MaxEncryptions > 0 && n >= rs.policy.MaxEncryptions {
 		return true, fmt.Sprintf("version %d sealed %d messages (limit %d)", primary.Version, n, rs.policy.MaxEncryptions), nil
 	}
 	if p := rs.policy.RotationPeriod; p > 0 && !s.clock().Before(primary.Created.Add(p)) {
@@ -257,6 +281,11 @@ func (s *Service) SetMinDecryptVersion(ctx context.Context, caller, dataClass, r
 	if err := s.isAdmin(ctx, o); err != nil {
 		return 0, err
 	}
+	unlock, err := s.lockAndReload(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer unlock()
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
 	primary, err := s.backend.Primary(ctx, r.DataClass, r.Region)
@@ -277,9 +306,7 @@ func (s *Service) SetMinDecryptVersion(ctx context.Context, caller, dataClass, r
 	if err != nil {
 		return 0, err
 	}
-	st := rs.snapshot()
-	st.MinDecryptVersion = min
-	if err := s.store.PutRingState(ctx, r, st); err != nil {
+	if err := s.store.SetMinDecryptVersion(ctx, r, min); err != nil {
 		return 0, s.fail(ctx, o, &Error{Code: Unavailable, Message: "state store unavailable; minimum version not changed", Err: err})
 	}
 	rs.storedMin.Store(min)
@@ -335,6 +362,11 @@ func (s *Service) DescribeKeyRing(ctx context.Context, caller, dataClass, region
 	if err != nil {
 		return RingDescription{}, err
 	}
+	// Usage counts saved by other replicas do not move the state version:
+	// read everything afresh, so the counts shown are every replica's.
+	if err := s.reload(ctx, 0, true); err != nil {
+		return RingDescription{}, errStateUnavailable(err)
+	}
 	if !s.admins[caller] {
 		o := &op{caller: caller, kind: auditv1.Kind_KIND_KEY_ROTATE, operation: OpDescribe, ring: r,
 			detail: func(kd *auditv1.KeyDetail) { kd.Operation = "describe" }}
@@ -354,7 +386,7 @@ func (s *Service) DescribeKeyRing(ctx context.Context, caller, dataClass, region
 		}
 	}
 	for i := len(vs) - 1; i >= 0; i-- {
-		v := KeyVersionInfo{VersionInfo: vs[i], EncryptCount: rs.counter(vs[i].Version).Load(), State: StateDecryptOnly}
+		v := KeyVersionInfo{VersionInfo: vs[i], EncryptCount: rs.counter(vs[i].Version).total(), State: StateDecryptOnly}
 		switch {
 		case v.Version == d.Primary:
 			v.State = StatePrimary

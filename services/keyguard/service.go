@@ -9,12 +9,14 @@ import (
 	"io"
 	"maps"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/credmatrix/credmatrix/platform/coalesce"
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
 
 	"github.com/credmatrix/credmatrix/clients/keyguardclient/envelope"
@@ -56,6 +58,9 @@ type Config struct {
 	// BackendName names the backend in audit events ("local", "awskms").
 	// Required.
 	BackendName string
+	// StateTimeout bounds one read of the state version; zero means
+	// coalesce.DefaultTimeout.
+	StateTimeout time.Duration
 }
 
 // Service performs keyguard's operations. It is safe for concurrent use.
@@ -72,10 +77,19 @@ type Service struct {
 
 	// gmu guards the grants. Writers update the store first, then the map,
 	// under the write lock, so every request that starts after a
-	// CreateGrant or RevokeGrant returns sees it.
+	// CreateGrant or RevokeGrant returns sees it; requests at other
+	// replicas see it through the state version (see sync).
 	gmu    sync.RWMutex
 	grants map[string]*Grant
 	byWho  map[string][]*Grant
+	static []Grant
+
+	// versions reads the store's state version for requests (shared by
+	// concurrent ones); loaded is the version of the in-memory copy; smu
+	// serialises reloads and flushes of it.
+	versions *coalesce.Fresh[uint64]
+	loaded   atomic.Uint64
+	smu      sync.Mutex
 
 	// kick asks the rotation loop to look at the rings now (a usage limit
 	// was reached); see RotationKick.
@@ -106,8 +120,9 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 		s.batch = b
 	}
 	if s.store == nil {
-		s.store = newMemStore()
+		s.store = NewMemoryStore()
 	}
+	s.versions = coalesce.New(s.store.Version, cfg.StateTimeout)
 	if s.clock == nil {
 		s.clock = time.Now
 	}
@@ -127,30 +142,15 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 		}
 		rs.policy = p
 	}
-	states, err := s.store.RingStates(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("keyguard: load ring state: %w", err)
-	}
-	for r, rs := range s.rings {
-		st := states[r]
-		rs.load(st)
-	}
 	for i, g := range cfg.Grants {
 		g := cloneGrant(g)
 		if g.ID == "" {
 			g.ID = fmt.Sprintf("config/%d", i)
 		}
-		g.static = true
-		s.addGrantLocked(&g)
+		s.static = append(s.static, g)
 	}
-	stored, err := s.store.Grants(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("keyguard: load grants: %w", err)
-	}
-	for _, g := range stored {
-		g := cloneGrant(g)
-		g.static = false
-		s.addGrantLocked(&g)
+	if err := s.reload(ctx, 0, true); err != nil {
+		return nil, err
 	}
 	return s, nil
 }
@@ -385,6 +385,12 @@ type pending struct {
 // it saves a KEK wrap (a KMS call with awskms) per item.
 func (s *Service) EncryptBatch(ctx context.Context, caller string, items []EncryptInput) []EncryptResult {
 	res := make([]EncryptResult, len(items))
+	if err := s.sync(ctx); err != nil {
+		for i := range res {
+			res[i].Err = err
+		}
+		return res
+	}
 	evs := make([]pending, 0, len(items))
 	keys := map[Ring]*dataKey{}
 	defer func() {
@@ -448,6 +454,12 @@ func (s *Service) EncryptBatch(ctx context.Context, caller string, items []Encry
 // item, in order, with one audit append for all items (see EncryptBatch).
 func (s *Service) DecryptBatch(ctx context.Context, caller string, items []DecryptInput) []DecryptResult {
 	res := make([]DecryptResult, len(items))
+	if err := s.sync(ctx); err != nil {
+		for i := range res {
+			res[i].Err = err
+		}
+		return res
+	}
 	var evs []pending
 	for i := range items {
 		in := &items[i]
@@ -522,6 +534,9 @@ func (s *Service) GenerateDataKey(ctx context.Context, caller string, in Generat
 		caller: caller, kind: auditv1.Kind_KIND_KEY_GENERATE_DATA_KEY, operation: OpGenerateDataKey,
 		ring: Ring{DataClass: in.DataClass, Region: in.Region}, context: in.Context, size: DataKeySize,
 	}
+	if err := s.sync(ctx); err != nil {
+		return GenerateDataKeyOutput{}, err
+	}
 	if err := s.authorize(ctx, o); err != nil {
 		return GenerateDataKeyOutput{}, err
 	}
@@ -570,6 +585,9 @@ func (s *Service) Rewrap(ctx context.Context, caller string, in DecryptInput) (R
 		return RewrapOutput{}, err
 	}
 	o.fromVersion = o.version
+	if err := s.sync(ctx); err != nil {
+		return RewrapOutput{}, err
+	}
 	if err := s.authorize(ctx, o); err != nil {
 		return RewrapOutput{}, err
 	}

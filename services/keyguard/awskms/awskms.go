@@ -3,14 +3,25 @@
 // a region never leaves it.
 //
 // Key versions are keyguard's: each version of a ring records the KMS key
-// ARN its alias resolved to when the version was created (DescribeKey), in a
-// small versions file. To rotate, an operator points the ring's alias at a
-// new KMS key (or keeps one key and lets KMS rotate its material) and calls
-// RotateKey; envelopes of older versions keep unwrapping with the ARN their
-// version recorded. Data keys are wrapped with KMS Encrypt and unwrapped
-// with KMS Decrypt naming that ARN, with the ring and version passed as KMS
-// encryption context, so a wrapped key unwraps under no other ring, version
-// or key (and CloudTrail shows which ring asked).
+// ARN its alias resolved to when the version was created (DescribeKey), in
+// the state store every replica shares (keyguard.Store). To rotate, an
+// operator points the ring's alias at a new KMS key (or keeps one key and
+// lets KMS rotate its material) and calls RotateKey; envelopes of older
+// versions keep unwrapping with the ARN their version recorded. Data keys
+// are wrapped with KMS Encrypt and unwrapped with KMS Decrypt naming that
+// ARN, with the ring and version passed as KMS encryption context, so a
+// wrapped key unwraps under no other ring, version or key (and CloudTrail
+// shows which ring asked).
+//
+// Whoever can write the state store must not be able to point a ring's
+// version at a key of their choosing: every version record carries an
+// HMAC-SHA256, under a key only keyguard holds, over the ring, the version,
+// its creation time, the ARN and the previous record's MAC. A record that
+// does not verify, a gap, or fewer versions than this process saw before
+// refuses to load, and the Service then fails closed. (A store rolled back
+// to an older, complete history cannot be told from the history itself by a
+// process that never saw the newer one; the audit log records every
+// rotation.)
 //
 // Any failure to reach KMS, throttling included, is
 // keyguard.ErrBackendUnavailable: the request fails with UNAVAILABLE and
@@ -21,13 +32,11 @@ import (
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
-	"encoding/json"
+	"encoding/binary"
 	"errors"
 	"fmt"
-	"io/fs"
-	"os"
-	"path/filepath"
-	"slices"
+	"io"
+	"log/slog"
 	"strconv"
 	"sync"
 	"time"
@@ -50,12 +59,22 @@ type KMS interface {
 
 var _ KMS = (*kms.Client)(nil)
 
+// VersionStore keeps the key versions of the rings; keyguard.Store (sqlite,
+// postgres) implements it.
+type VersionStore interface {
+	KeyVersions(ctx context.Context) (map[keyguard.Ring][]keyguard.StoredKeyVersion, error)
+	AddKeyVersion(ctx context.Context, r keyguard.Ring, v keyguard.StoredKeyVersion) error
+}
+
 // Encryption-context keys the backend sends to KMS with every call.
 const (
 	ContextDataClass = "credmatrix:data_class"
 	ContextRegion    = "credmatrix:region"
 	ContextVersion   = "credmatrix:key_version"
 )
+
+// MACKeySize is the size of the key that authenticates version records.
+const MACKeySize = 32
 
 // RingKey names the KMS key of one ring.
 type RingKey struct {
@@ -66,38 +85,33 @@ type RingKey struct {
 	KeyID string
 }
 
-// Backend is an AWS KMS KEK backend. It is safe for concurrent use by one
-// process (the versions file has one writer).
+// secret holds key bytes and refuses to print them, whatever the verb.
+type secret []byte
+
+// Format prints "[redacted]" for every verb.
+func (secret) Format(f fmt.State, _ rune) { io.WriteString(f, "[redacted]") }
+
+// LogValue keeps the key out of structured logs.
+func (secret) LogValue() slog.Value { return slog.StringValue("[redacted]") }
+
+// Backend is an AWS KMS KEK backend. It is safe for concurrent use; several
+// processes may share one VersionStore.
 type Backend struct {
 	clients map[string]KMS // by region
 	keys    map[keyguard.Ring]string
-	path    string
+	store   VersionStore
+	macKey  secret
 	clock   func() time.Time
 
 	mu       sync.RWMutex
-	versions map[keyguard.Ring][]version
+	versions map[keyguard.Ring][]keyguard.StoredKeyVersion
 }
 
 var _ keyguard.KeyBackend = (*Backend)(nil)
 
-type version struct {
-	Version uint32    `json:"version"`
-	KeyARN  string    `json:"key_arn"`
-	Created time.Time `json:"create_time"`
-}
-
-type fileJSON struct {
-	Format string             `json:"format"`
-	Rings  []ringVersionsJSON `json:"rings"`
-}
-
-type ringVersionsJSON struct {
-	DataClass string    `json:"data_class"`
-	Region    string    `json:"region"`
-	Versions  []version `json:"versions"`
-}
-
-const fileFormat = "credmatrix-awskms-versions/v1"
+// ErrIntegrity means a stored version record did not verify: the state
+// store holds a record keyguard did not write (or a record was removed).
+var ErrIntegrity = errors.New("key version record fails its integrity check")
 
 // Option configures a Backend.
 type Option func(*Backend)
@@ -106,12 +120,17 @@ type Option func(*Backend)
 func WithClock(now func() time.Time) Option { return func(b *Backend) { b.clock = now } }
 
 // Open returns a backend for rings, with a KMS client per region from
-// clients (clients[region]), keeping key versions in versionsFile (created
-// when missing, mode 0600). Every ring without a version gets version 1,
-// resolved through DescribeKey, so a wrong key id or unreachable KMS is
-// reported at start-up.
-func Open(ctx context.Context, versionsFile string, rings []RingKey, clients map[string]KMS, opts ...Option) (*Backend, error) {
-	b := &Backend{clients: clients, keys: map[keyguard.Ring]string{}, path: versionsFile, clock: time.Now, versions: map[keyguard.Ring][]version{}}
+// clients (clients[region]), keeping key versions in store, authenticated
+// with macKey (MACKeySize bytes; Open keeps a copy). Every ring without a
+// version gets version 1, resolved through DescribeKey, so a wrong key id
+// or unreachable KMS is reported at start-up. Replicas opening together
+// agree on version 1: only one record is stored, the others load it.
+func Open(ctx context.Context, store VersionStore, macKey []byte, rings []RingKey, clients map[string]KMS, opts ...Option) (*Backend, error) {
+	if len(macKey) != MACKeySize {
+		return nil, fmt.Errorf("awskms: MAC key: %d bytes, want %d", len(macKey), MACKeySize)
+	}
+	b := &Backend{clients: clients, keys: map[keyguard.Ring]string{}, store: store, macKey: secret(append([]byte(nil), macKey...)),
+		clock: time.Now, versions: map[keyguard.Ring][]keyguard.StoredKeyVersion{}}
 	for _, o := range opts {
 		o(b)
 	}
@@ -124,40 +143,86 @@ func Open(ctx context.Context, versionsFile string, rings []RingKey, clients map
 		}
 		b.keys[rk.Ring] = rk.KeyID
 	}
-	data, err := os.ReadFile(versionsFile)
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-	case err != nil:
-		return nil, fmt.Errorf("awskms: versions file: %w", err)
-	default:
-		var f fileJSON
-		if err := json.Unmarshal(data, &f); err != nil || f.Format != fileFormat {
-			return nil, fmt.Errorf("awskms: versions file %s: not a %s file", versionsFile, fileFormat)
-		}
-		for _, r := range f.Rings {
-			ring := keyguard.Ring{DataClass: r.DataClass, Region: r.Region}
-			for i, v := range r.Versions {
-				if v.Version != uint32(i+1) || v.KeyARN == "" {
-					return nil, fmt.Errorf("awskms: versions file %s: ring %s: version %d out of sequence", versionsFile, ring, v.Version)
-				}
-			}
-			b.versions[ring] = r.Versions
-		}
+	if err := b.Refresh(ctx); err != nil {
+		return nil, err
 	}
 	for _, rk := range rings {
-		if len(b.versions[rk.Ring]) > 0 {
+		b.mu.RLock()
+		n := len(b.versions[rk.Ring])
+		b.mu.RUnlock()
+		if n > 0 {
 			continue
 		}
-		if _, err := b.addVersion(ctx, rk.Ring); err != nil {
-			return nil, err
+		if _, err := b.addVersion(ctx, rk.Ring, 0); err != nil {
+			if !errors.Is(err, keyguard.ErrConflict) {
+				return nil, err
+			}
+			// Another replica created version 1 first: use its.
+			if err := b.Refresh(ctx); err != nil {
+				return nil, err
+			}
 		}
 	}
 	return b, nil
 }
 
-// addVersion resolves the ring's key to an ARN and records it as the next
-// version. The caller holds mu or is Open.
-func (b *Backend) addVersion(ctx context.Context, ring keyguard.Ring) (uint32, error) {
+// Refresh re-reads the versions from the store, verifying every record.
+// A store that fails verification, or holds fewer versions of a ring than
+// this backend saw before, is refused and the versions held stay.
+func (b *Backend) Refresh(ctx context.Context) error {
+	all, err := b.store.KeyVersions(ctx)
+	if err != nil {
+		return fmt.Errorf("awskms: read key versions: %w", err)
+	}
+	for ring, vs := range all {
+		if err := b.verify(ring, vs); err != nil {
+			return err
+		}
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for ring, held := range b.versions {
+		if len(all[ring]) < len(held) {
+			return fmt.Errorf("awskms: ring %s: the store holds %d key versions, %d were seen before (rolled back?): %w", ring, len(all[ring]), len(held), ErrIntegrity)
+		}
+	}
+	b.versions = all
+	return nil
+}
+
+// verify checks that vs are versions 1..n of ring, each authenticated and
+// chained to its predecessor.
+func (b *Backend) verify(ring keyguard.Ring, vs []keyguard.StoredKeyVersion) error {
+	var prev []byte
+	for i, v := range vs {
+		if v.Version != uint32(i+1) || v.BackendKey == "" {
+			return fmt.Errorf("awskms: ring %s: key version %d out of sequence: %w", ring, v.Version, ErrIntegrity)
+		}
+		if !hmac.Equal(v.MAC, b.mac(ring, v, prev)) {
+			return fmt.Errorf("awskms: ring %s: key version %d: %w (the state store holds a record keyguard did not write)", ring, v.Version, ErrIntegrity)
+		}
+		prev = v.MAC
+	}
+	return nil
+}
+
+// mac authenticates one version record and its predecessor's MAC.
+func (b *Backend) mac(ring keyguard.Ring, v keyguard.StoredKeyVersion, prev []byte) []byte {
+	m := hmac.New(sha256.New, b.macKey)
+	m.Write([]byte("credmatrix/awskms/v1 key version\x00"))
+	for _, s := range []string{ring.DataClass, ring.Region, v.BackendKey, string(prev)} {
+		m.Write(binary.BigEndian.AppendUint32(nil, uint32(len(s))))
+		m.Write([]byte(s))
+	}
+	m.Write(binary.BigEndian.AppendUint32(nil, v.Version))
+	m.Write(binary.BigEndian.AppendUint64(nil, uint64(v.Created.UnixNano())))
+	return m.Sum(nil)
+}
+
+// addVersion resolves the ring's key to an ARN and stores it as version
+// cur+1, cur being the version the caller saw as primary (0 for none).
+// Another replica having stored that version first is keyguard.ErrConflict.
+func (b *Backend) addVersion(ctx context.Context, ring keyguard.Ring, cur uint32) (uint32, error) {
 	keyID, ok := b.keys[ring]
 	if !ok {
 		return 0, fmt.Errorf("awskms: ring %s: %w", ring, keyguard.ErrKeyNotFound)
@@ -173,61 +238,27 @@ func (b *Backend) addVersion(ctx context.Context, ring keyguard.Ring) (uint32, e
 	if md.KeyState != types.KeyStateEnabled {
 		return 0, fmt.Errorf("awskms: ring %s: key %s is %s, not Enabled", ring, *md.Arn, md.KeyState)
 	}
+	b.mu.RLock()
 	vs := b.versions[ring]
-	next := version{Version: uint32(len(vs) + 1), KeyARN: *md.Arn, Created: b.clock().UTC()}
-	all := make(map[keyguard.Ring][]version, len(b.versions))
-	for r, v := range b.versions {
-		all[r] = v
+	b.mu.RUnlock()
+	if len(vs) != int(cur) {
+		return 0, fmt.Errorf("awskms: ring %s: primary version is %d, not %d: %w", ring, len(vs), cur, keyguard.ErrConflict)
 	}
-	all[ring] = append(slices.Clip(vs), next)
-	if err := b.persist(all); err != nil {
-		return 0, err
+	var prev []byte
+	if len(vs) > 0 {
+		prev = vs[len(vs)-1].MAC
 	}
-	b.versions = all
+	next := keyguard.StoredKeyVersion{Version: cur + 1, BackendKey: *md.Arn, Created: b.clock().UTC()}
+	next.MAC = b.mac(ring, next, prev)
+	if err := b.store.AddKeyVersion(ctx, ring, next); err != nil {
+		return 0, fmt.Errorf("awskms: ring %s: %w", ring, err)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.versions[ring]) == int(cur) {
+		b.versions[ring] = append(b.versions[ring][:cur:cur], next)
+	}
 	return next.Version, nil
-}
-
-func (b *Backend) persist(all map[keyguard.Ring][]version) error {
-	f := fileJSON{Format: fileFormat}
-	for r, vs := range all {
-		f.Rings = append(f.Rings, ringVersionsJSON{DataClass: r.DataClass, Region: r.Region, Versions: vs})
-	}
-	slices.SortFunc(f.Rings, func(a, b ringVersionsJSON) int {
-		if a.DataClass != b.DataClass {
-			return cmpString(a.DataClass, b.DataClass)
-		}
-		return cmpString(a.Region, b.Region)
-	})
-	data, err := json.MarshalIndent(f, "", "  ")
-	if err != nil {
-		return fmt.Errorf("awskms: encode versions: %w", err)
-	}
-	tmp, err := os.CreateTemp(filepath.Dir(b.path), "."+filepath.Base(b.path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("awskms: write versions: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(append(data, '\n')); err != nil {
-		tmp.Close()
-		return fmt.Errorf("awskms: write versions: %w", err)
-	}
-	if err := errors.Join(tmp.Chmod(0o600), tmp.Sync(), tmp.Close()); err != nil {
-		return fmt.Errorf("awskms: write versions: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), b.path); err != nil {
-		return fmt.Errorf("awskms: write versions: %w", err)
-	}
-	return nil
-}
-
-func cmpString(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // lookup returns the ARN of one version of a ring.
@@ -238,7 +269,7 @@ func (b *Backend) lookup(ring keyguard.Ring, v uint32) (string, error) {
 	if v == 0 || int(v) > len(vs) {
 		return "", fmt.Errorf("awskms: ring %s version %d: %w", ring, v, keyguard.ErrKeyNotFound)
 	}
-	return vs[v-1].KeyARN, nil
+	return vs[v-1].BackendKey, nil
 }
 
 func encryptionContext(ring keyguard.Ring, v uint32) map[string]string {
@@ -335,14 +366,18 @@ func (b *Backend) Unwrap(ctx context.Context, dataClass, region string, v uint32
 }
 
 // Rotate records the key the ring's key id resolves to now as a new
-// version.
+// version. The caller (the Service) holds the store's rotation lock and
+// has refreshed the versions; a version created meanwhile by another
+// replica is keyguard.ErrConflict, never a second version of one number.
 func (b *Backend) Rotate(ctx context.Context, dataClass, region string) (uint32, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.addVersion(ctx, keyguard.Ring{DataClass: dataClass, Region: region})
+	ring := keyguard.Ring{DataClass: dataClass, Region: region}
+	b.mu.RLock()
+	cur := uint32(len(b.versions[ring]))
+	b.mu.RUnlock()
+	return b.addVersion(ctx, ring, cur)
 }
 
 // Versions describes the ring's versions, oldest first; the backend key is
@@ -360,7 +395,7 @@ func (b *Backend) Versions(ctx context.Context, dataClass, region string) ([]key
 	}
 	out := make([]keyguard.VersionInfo, len(vs))
 	for i, v := range vs {
-		out[i] = keyguard.VersionInfo{Version: v.Version, Created: v.Created, BackendKey: v.KeyARN}
+		out[i] = keyguard.VersionInfo{Version: v.Version, Created: v.Created, BackendKey: v.BackendKey}
 	}
 	return out, nil
 }

@@ -250,3 +250,6 @@ func (b *backend) Versions(ctx context.Context, dataClass, region string) ([]key
 	b.observe("versions", dataClass, region, start, err)
 	return v, err
 }
+
+// Refresh is not a KEK operation: it passes through unobserved.
+func (b *backend) Refresh(ctx context.Context) error { return b.inner.Refresh(ctx) }

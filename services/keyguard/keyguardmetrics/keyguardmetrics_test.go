@@ -148,6 +148,7 @@ func (b failingBackend) Unwrap(context.Context, string, string, uint32, []byte) 
 	return []byte("key"), b.err
 }
 func (b failingBackend) Rotate(context.Context, string, string) (uint32, error) { return 2, b.err }
+func (b failingBackend) Refresh(context.Context) error                          { return nil }
 func (b failingBackend) Versions(context.Context, string, string) ([]keyguard.VersionInfo, error) {
 	return nil, b.err
 }

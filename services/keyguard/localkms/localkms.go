@@ -544,6 +544,10 @@ func (k *Keyring) String() string {
 // GoString is String, so that %#v does not dump the keys either.
 func (k *Keyring) GoString() string { return k.String() }
 
+// Refresh does nothing: one process owns the keystore file, and its
+// versions change only through this Keyring.
+func (k *Keyring) Refresh(context.Context) error { return nil }
+
 // Versions describes the ring's key versions, oldest first. The backend key
 // of a version is "local:<root key id>/<class>/<region>/v<version>".
 func (k *Keyring) Versions(ctx context.Context, dataClass, region string) ([]keyguard.VersionInfo, error) {

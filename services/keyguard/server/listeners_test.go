@@ -170,7 +170,7 @@ grants:
 	cfg.Public = grpcserver.PublicConfig{ListenAddr: "127.0.0.1:0", TLS: grpcserver.PublicTLSFiles{CertFile: leaf.CertFile, KeyFile: leaf.KeyFile}}
 	cfg.Audit = grpcclient.Config{Target: gs.Addr().String(), CAFile: f.ca.File, CertFile: leaf.CertFile, KeyFile: leaf.KeyFile}
 	cfg.KeyringFile = keyring
-	cfg.StateFile = filepath.Join(dir, "state.db")
+	cfg.State.SQLitePath = filepath.Join(dir, "state.db")
 	cfg.Local = LocalConfig{KeystoreFile: filepath.Join(dir, "keystore"), RootKeyFile: rootKey}
 	cfg.OIDC = OIDCConfig{Issuers: []string{f.issuer.srv.URL}, Audience: audience}
 	cfg.Admins = []string{adminID}

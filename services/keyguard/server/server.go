@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strings"
 	"time"
 
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
@@ -28,6 +29,7 @@ import (
 	"github.com/credmatrix/credmatrix/services/keyguard/keyguardmetrics"
 	"github.com/credmatrix/credmatrix/services/keyguard/localkms"
 	"github.com/credmatrix/credmatrix/services/keyguard/oidcauth"
+	"github.com/credmatrix/credmatrix/services/keyguard/postgres"
 	"github.com/credmatrix/credmatrix/services/keyguard/sqlite"
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc"
@@ -40,10 +42,21 @@ type LocalConfig struct {
 	RootKeyFile  string `cfg:"root_key_file" help:"file holding the 32-byte hex root key that seals the keystore"`
 }
 
-// AWSKMSConfig configures the awskms backend.
+// AWSKMSConfig configures the awskms backend. Each ring's key versions
+// (the KMS key ARNs) are kept in the state store, authenticated with the
+// MAC key.
 type AWSKMSConfig struct {
-	VersionsFile string `cfg:"versions_file" help:"file recording each ring's key versions (KMS key ARNs), created when missing"`
-	Endpoint     string `cfg:"endpoint" help:"KMS endpoint URL override (local-kms in tests); empty means the AWS endpoint of each ring's region"`
+	MACKeyFile string `cfg:"mac_key_file" help:"file holding the 32-byte hex key that authenticates the key version records in the state store (the same for every replica)"`
+	Endpoint   string `cfg:"endpoint" help:"KMS endpoint URL override (local-kms in tests); empty means the AWS endpoint of each ring's region"`
+}
+
+// StateConfig configures the state store: grants created through the API,
+// ring state, usage counts and (backend awskms) key versions.
+type StateConfig struct {
+	Driver          string `cfg:"driver" help:"state store: sqlite (one keyguard process) or postgres (shared by replicas)"`
+	SQLitePath      string `cfg:"sqlite_path" help:"SQLite file of the state (driver sqlite; created when missing)"`
+	PostgresDSN     string `cfg:"postgres_dsn" help:"PostgreSQL connection string (driver postgres); prefer postgres_dsn_file or the environment variable, a DSN may hold a password"`
+	PostgresDSNFile string `cfg:"postgres_dsn_file" help:"file holding the PostgreSQL connection string (driver postgres), e.g. a mounted Secret"`
 }
 
 // OIDCConfig configures OIDC bearer-token callers.
@@ -58,7 +71,7 @@ type Config struct {
 	Public        grpcserver.PublicConfig `cfg:"public"`
 	Audit         grpcclient.Config       `cfg:"audit"`
 	KeyringFile   string                  `cfg:"keyring_file" help:"YAML file of key rings (data class x region, rotation policy) and static grants"`
-	StateFile     string                  `cfg:"state_file" help:"SQLite file of grants created through the API and ring state (created when missing)"`
+	State         StateConfig             `cfg:"state"`
 	Admins        []string                `cfg:"admins" help:"principals (certificate URI SANs) allowed RotateKey, SetMinDecryptVersion and the grant RPCs"`
 	RotationCheck time.Duration           `cfg:"rotation_check" help:"how often rings are checked for rotation by age and usage counters are saved"`
 	Backend       string                  `cfg:"backend" help:"KEK backend: local or awskms"`
@@ -71,7 +84,7 @@ type Config struct {
 
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
-	c := Config{Server: grpcserver.DefaultConfig(), Backend: "local", LogLevel: "info", RotationCheck: time.Minute}
+	c := Config{Server: grpcserver.DefaultConfig(), Backend: "local", LogLevel: "info", RotationCheck: time.Minute, State: StateConfig{Driver: "sqlite"}}
 	c.Server.ListenAddr = "127.0.0.1:7402"
 	c.Audit.Target = "127.0.0.1:7403"
 	return c
@@ -87,7 +100,16 @@ func (c Config) Validate() error {
 		}
 	}
 	req("keyring_file", c.KeyringFile, "required: the key rings and grants")
-	req("state_file", c.StateFile, "required: grants and ring state are kept there")
+	switch c.State.Driver {
+	case "sqlite":
+		req("state.sqlite_path", c.State.SQLitePath, "required with state.driver sqlite")
+	case "postgres":
+		if (c.State.PostgresDSN == "") == (c.State.PostgresDSNFile == "") {
+			errs = append(errs, &config.FieldError{Field: "state.postgres_dsn", Msg: "give state.postgres_dsn or state.postgres_dsn_file (exactly one) with state.driver postgres"})
+		}
+	default:
+		errs = append(errs, &config.FieldError{Field: "state.driver", Msg: fmt.Sprintf("unknown driver %q (want sqlite or postgres)", c.State.Driver)})
+	}
 	req("audit.target", c.Audit.Target, "required: keyguard records every operation before returning its result")
 	if c.RotationCheck < time.Second {
 		errs = append(errs, &config.FieldError{Field: "rotation_check", Msg: "must be at least 1s"})
@@ -111,7 +133,7 @@ func (c Config) Validate() error {
 		req("local.keystore_file", c.Local.KeystoreFile, "required with backend local")
 		req("local.root_key_file", c.Local.RootKeyFile, "required with backend local")
 	case "awskms":
-		req("awskms.versions_file", c.AWSKMS.VersionsFile, "required with backend awskms")
+		req("awskms.mac_key_file", c.AWSKMS.MACKeyFile, "required with backend awskms: it authenticates the key version records")
 	default:
 		errs = append(errs, &config.FieldError{Field: "backend", Msg: fmt.Sprintf("unknown backend %q (want local or awskms)", c.Backend)})
 	}
@@ -209,9 +231,47 @@ type Server struct {
 	metrics *metrics.Server // nil when metrics are off
 	audit   *grpc.ClientConn
 	svc     *keyguard.Service
-	store   *sqlite.Store
+	store   stateStore
 	log     hclog.Logger
 	period  time.Duration
+}
+
+// stateStore is a keyguard.Store the server can close; the postgres one
+// also follows other replicas' changes.
+type stateStore interface {
+	keyguard.Store
+	Close() error
+}
+
+// follower is a store that announces changes made by other replicas.
+type follower interface {
+	Follow(ctx context.Context, changed func(), onError func(error))
+}
+
+// openStore is the one place a state store is chosen.
+func openStore(ctx context.Context, cfg StateConfig) (stateStore, error) {
+	switch cfg.Driver {
+	case "postgres":
+		dsn := cfg.PostgresDSN
+		if cfg.PostgresDSNFile != "" {
+			b, err := os.ReadFile(cfg.PostgresDSNFile)
+			if err != nil {
+				return nil, fmt.Errorf("state.postgres_dsn_file: %w", err)
+			}
+			dsn = strings.TrimSpace(string(b))
+		}
+		s, err := postgres.Open(ctx, dsn)
+		if err != nil {
+			return nil, fmt.Errorf("state (postgres): %w", err)
+		}
+		return s, nil
+	default:
+		s, err := sqlite.Open(ctx, cfg.SQLitePath)
+		if err != nil {
+			return nil, fmt.Errorf("state.sqlite_path: %w", err)
+		}
+		return s, nil
+	}
 }
 
 // New opens the backend and the state store, ensures every configured ring
@@ -224,13 +284,14 @@ func New(ctx context.Context, cfg Config, log hclog.Logger, opts ...grpcserver.O
 	if err != nil {
 		return nil, err
 	}
-	backend, backendID, err := openBackend(ctx, cfg, k)
+	store, err := openStore(ctx, cfg.State)
 	if err != nil {
 		return nil, err
 	}
-	store, err := sqlite.Open(ctx, cfg.StateFile)
+	backend, backendID, err := openBackend(ctx, cfg, k, store)
 	if err != nil {
-		return nil, fmt.Errorf("state_file: %w", err)
+		store.Close()
+		return nil, err
 	}
 	auditConn, err := grpcclient.Dial(cfg.Audit)
 	if err != nil {
@@ -275,13 +336,13 @@ func New(ctx context.Context, cfg Config, log hclog.Logger, opts ...grpcserver.O
 		apiOpts = append(apiOpts, grpcapi.WithBearer(v.Verify))
 	}
 	keyguardv1.RegisterKeyguardServiceServer(gs, grpcapi.New(svc, apiOpts...))
-	log.Info("key rings ready", "rings", len(k.Rings), "grants", len(k.Grants), "backend", cfg.Backend, "backend_id", backendID)
+	log.Info("key rings ready", "rings", len(k.Rings), "grants", len(k.Grants), "backend", cfg.Backend, "backend_id", backendID, "state", cfg.State.Driver, "state_version", svc.StateVersion())
 	return &Server{grpc: gs, metrics: metricsSrv, audit: auditConn, svc: svc, store: store, log: log, period: cfg.RotationCheck}, nil
 }
 
 // openBackend opens the configured KEK backend and makes sure every ring
 // has a key. backendID identifies it in the log (never secret).
-func openBackend(ctx context.Context, cfg Config, k Keyrings) (keyguard.KeyBackend, string, error) {
+func openBackend(ctx context.Context, cfg Config, k Keyrings, store keyguard.Store) (keyguard.KeyBackend, string, error) {
 	switch cfg.Backend {
 	case "awskms":
 		var rks []awskms.RingKey
@@ -305,11 +366,16 @@ func openBackend(ctx context.Context, cfg Config, k Keyrings) (keyguard.KeyBacke
 				}
 			})
 		}
-		b, err := awskms.Open(ctx, cfg.AWSKMS.VersionsFile, rks, clients)
+		macKey, err := keyfile.Read(cfg.AWSKMS.MACKeyFile, awskms.MACKeySize)
+		if err != nil {
+			return nil, "", fmt.Errorf("awskms.mac_key_file: %w", err)
+		}
+		b, err := awskms.Open(ctx, store, macKey, rks, clients)
+		clear(macKey)
 		if err != nil {
 			return nil, "", fmt.Errorf("awskms: %w", err)
 		}
-		return b, "awskms:" + cfg.AWSKMS.VersionsFile, nil
+		return b, "awskms, versions in the " + cfg.State.Driver + " state store", nil
 	default:
 		rootKey, err := keyfile.Read(cfg.Local.RootKeyFile, localkms.RootKeySize)
 		if err != nil {
@@ -342,7 +408,8 @@ func (s *Server) MetricsAddr() net.Addr { return s.metrics.Addr() }
 // Serve answers until ctx is cancelled, then drains. Beside the gRPC
 // server it runs the rotation loop: rings due by age or usage are rotated,
 // and usage counters saved, every rotation_check and whenever a ring
-// reaches its usage limit.
+// reaches its usage limit; with the postgres store it also follows the
+// other replicas' changes.
 func (s *Server) Serve(ctx context.Context) error {
 	loopCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	done := make(chan struct{})
@@ -350,15 +417,46 @@ func (s *Server) Serve(ctx context.Context) error {
 		defer close(done)
 		s.rotationLoop(loopCtx)
 	}()
+	followed := make(chan struct{})
+	go func() {
+		defer close(followed)
+		if f, ok := s.store.(follower); ok {
+			s.follow(loopCtx, f)
+		}
+	}()
 	merr := make(chan error, 1)
 	go func() { merr <- s.metrics.Serve(loopCtx) }()
 	err := s.grpc.Serve(ctx)
 	cancel()
 	<-done
+	<-followed
 	err = errors.Join(err, <-merr)
 	flushCtx, cancelFlush := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancelFlush()
 	return errors.Join(err, s.svc.Flush(flushCtx), s.audit.Close(), s.store.Close())
+}
+
+// follow reloads the shared state as soon as another replica announces a
+// change, so that requests rarely wait for a reload (they never decide on
+// a stale copy either way: see keyguard.Service).
+func (s *Server) follow(ctx context.Context, f follower) {
+	changes := make(chan struct{}, 1)
+	go f.Follow(ctx, func() {
+		select {
+		case changes <- struct{}{}:
+		default: // a refresh is pending already
+		}
+	}, func(err error) { s.log.Warn("state change notifications interrupted; reconnecting", "error", err) })
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-changes:
+			if err := s.svc.Refresh(ctx); err != nil && ctx.Err() == nil {
+				s.log.Error("reloading the shared state failed; requests will retry it", "error", err)
+			}
+		}
+	}
 }
 
 func (s *Server) rotationLoop(ctx context.Context) {

@@ -11,7 +11,9 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/credmatrix/credmatrix/platform/grpcclient"
+	"github.com/credmatrix/credmatrix/services/keyguard"
 	"github.com/credmatrix/credmatrix/services/keyguard/awskms/kmstest"
+	"github.com/credmatrix/credmatrix/services/keyguard/sqlite"
 )
 
 func TestLoadKeyrings(t *testing.T) {
@@ -64,7 +66,7 @@ func TestConfigValidate(t *testing.T) {
 	c.RotationCheck = 0
 	c.Admins = []string{"spiffe://x/*"}
 	err := c.Validate()
-	for _, field := range []string{"keyring_file", "state_file", "backend", "rotation_check", "admins[0]"} {
+	for _, field := range []string{"keyring_file", "state.sqlite_path", "backend", "rotation_check", "admins[0]"} {
 		if err == nil || !strings.Contains(err.Error(), field) {
 			t.Errorf("Validate() = %v, want it to name %s", err, field)
 		}
@@ -93,9 +95,13 @@ func TestAWSKMSBackend(t *testing.T) {
 	cfg.Server.ListenAddr = "127.0.0.1:0"
 	cfg.Server.DevPlaintext = true
 	cfg.Audit = grpcclient.Config{Target: "127.0.0.1:1", DevPlaintext: true}
-	cfg.StateFile = filepath.Join(dir, "state.db")
+	cfg.State.SQLitePath = filepath.Join(dir, "state.db")
 	cfg.Backend = "awskms"
-	cfg.AWSKMS = AWSKMSConfig{VersionsFile: filepath.Join(dir, "versions.json"), Endpoint: endpoint}
+	macKey := filepath.Join(dir, "mac.key")
+	if err := os.WriteFile(macKey, []byte(strings.Repeat("ab", 32)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg.AWSKMS = AWSKMSConfig{MACKeyFile: macKey, Endpoint: endpoint}
 	log := hclog.NewNullLogger()
 	ctx := context.Background()
 
@@ -111,15 +117,21 @@ func TestAWSKMSBackend(t *testing.T) {
 			c := cfg
 			c.KeyringFile = write(tc.yaml)
 			c.AWSKMS.Endpoint = tc.endpoint
-			c.AWSKMS.VersionsFile = filepath.Join(t.TempDir(), "versions.json")
+			c.State.SQLitePath = filepath.Join(t.TempDir(), "state.db")
 			s, err := New(ctx, c, log)
 			if tc.want == "" {
 				if err != nil {
 					t.Fatalf("New: %v", err)
 				}
 				s.Stop()
-				if _, err := os.Stat(c.AWSKMS.VersionsFile); err != nil {
-					t.Fatalf("versions file: %v", err)
+				st, err := sqlite.Open(ctx, c.State.SQLitePath)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer st.Close()
+				vs, err := st.KeyVersions(ctx)
+				if ring := (keyguard.Ring{DataClass: "confidential", Region: "eu-west-1"}); err != nil || len(vs[ring]) != 1 || len(vs[ring][0].MAC) == 0 {
+					t.Fatalf("key versions in the state store: %+v, %v; want version 1 with its MAC", vs, err)
 				}
 				return
 			}

@@ -1,33 +1,82 @@
 // Package sqlite is keyguard's state store in a SQLite file: the grants
-// created through the API and the state of each key ring (minimum
-// decryption version, usage counts). It is the embedded default and the
-// production store of a single keyguard process; every write is durable
-// (WAL, synchronous=FULL) before it returns, so a grant revoked and
-// acknowledged stays revoked across a crash.
+// created through the API, the state of each key ring (minimum decryption
+// version, usage counts), stored key versions and the state version. It is
+// the embedded default and the store of a single keyguard process (the
+// rotation lock is this process's); replicas use the postgres package.
+// Every write is durable (WAL, synchronous=FULL) before it returns, so a
+// grant revoked and acknowledged stays revoked across a crash.
 package sqlite
 
 import (
 	"context"
 	"database/sql"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	_ "modernc.org/sqlite" // the database/sql driver "sqlite"
 
 	"github.com/credmatrix/credmatrix/services/keyguard"
+	"github.com/credmatrix/credmatrix/services/keyguard/internal/grantcodec"
 )
 
 // Store is a keyguard.Store in a SQLite file. It is safe for concurrent
 // use.
 type Store struct {
-	db *sql.DB
+	db   *sql.DB
+	lock chan struct{}
+
+	closeOnce sync.Once
+	closeErr  error
 }
 
 var _ keyguard.Store = (*Store)(nil)
+
+// migrations bring a database to the current schema, in order;
+// PRAGMA user_version counts those applied. The first is the schema of
+// databases made before user_version was kept, so it is idempotent.
+var migrations = []string{
+	`CREATE TABLE IF NOT EXISTS grants (
+		id TEXT PRIMARY KEY,
+		principal TEXT NOT NULL,
+		data_class TEXT NOT NULL,
+		body TEXT NOT NULL
+	);
+	CREATE TABLE IF NOT EXISTS rings (
+		data_class TEXT NOT NULL,
+		region TEXT NOT NULL,
+		min_decrypt_version INTEGER NOT NULL,
+		counts TEXT NOT NULL DEFAULT '{}',
+		PRIMARY KEY (data_class, region)
+	);`,
+	`CREATE TABLE state (
+		id INTEGER PRIMARY KEY CHECK (id = 1),
+		version INTEGER NOT NULL
+	);
+	INSERT INTO state (id, version) VALUES (1, 1);
+	CREATE TABLE usage (
+		data_class TEXT NOT NULL,
+		region TEXT NOT NULL,
+		version INTEGER NOT NULL,
+		count INTEGER NOT NULL,
+		PRIMARY KEY (data_class, region, version)
+	);
+	INSERT INTO usage (data_class, region, version, count)
+		SELECT r.data_class, r.region, CAST(j.key AS INTEGER), j.value FROM rings r, json_each(r.counts) j;
+	ALTER TABLE rings DROP COLUMN counts;
+	CREATE TABLE key_versions (
+		data_class TEXT NOT NULL,
+		region TEXT NOT NULL,
+		version INTEGER NOT NULL,
+		create_unix_nano INTEGER NOT NULL,
+		backend_key TEXT NOT NULL,
+		mac BLOB NOT NULL,
+		PRIMARY KEY (data_class, region, version)
+	);`,
+}
 
 // Open opens (creating if needed) the database at path and migrates it.
 func Open(ctx context.Context, path string) (*Store, error) {
@@ -43,74 +92,133 @@ func Open(ctx context.Context, path string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open keyguard state %s: %w", path, err)
 	}
-	const schema = `
-CREATE TABLE IF NOT EXISTS grants (
-	id TEXT PRIMARY KEY,
-	principal TEXT NOT NULL,
-	data_class TEXT NOT NULL,
-	body TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS rings (
-	data_class TEXT NOT NULL,
-	region TEXT NOT NULL,
-	min_decrypt_version INTEGER NOT NULL,
-	counts TEXT NOT NULL,
-	PRIMARY KEY (data_class, region)
-);`
-	if _, err := db.ExecContext(ctx, schema); err != nil {
+	if err := migrate(ctx, db); err != nil {
 		db.Close()
-		return nil, fmt.Errorf("open keyguard state %s: migrate: %w", path, err)
+		return nil, fmt.Errorf("open keyguard state %s: %w", path, err)
 	}
-	return &Store{db: db}, nil
+	return &Store{db: db, lock: make(chan struct{}, 1)}, nil
 }
 
-// Close closes the database.
-func (s *Store) Close() error { return s.db.Close() }
-
-// grantJSON is the stored form of a grant.
-type grantJSON struct {
-	ID              string            `json:"id"`
-	Principal       string            `json:"principal"`
-	DataClass       string            `json:"data_class"`
-	Operations      []string          `json:"operations"`
-	Regions         []string          `json:"regions"`
-	RequiredContext map[string]string `json:"required_context,omitempty"`
-	ExpireTime      time.Time         `json:"expire_time"`
-	CreateTime      time.Time         `json:"create_time"`
-	CreatedBy       string            `json:"created_by"`
-}
-
-// PutGrant stores a new grant; an existing id is an error.
-func (s *Store) PutGrant(ctx context.Context, g keyguard.Grant) error {
-	j := grantJSON{ID: g.ID, Principal: g.Principal, DataClass: g.DataClass, Regions: g.Regions,
-		RequiredContext: g.RequiredContext, ExpireTime: g.ExpireTime, CreateTime: g.CreateTime, CreatedBy: g.CreatedBy}
-	for _, op := range g.Operations {
-		j.Operations = append(j.Operations, op.String())
-	}
-	body, err := json.Marshal(j)
+func migrate(ctx context.Context, db *sql.DB) error {
+	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
-		return fmt.Errorf("encode grant %s: %w", g.ID, err)
+		return fmt.Errorf("migrate: %w", err)
 	}
-	if _, err := s.db.ExecContext(ctx, `INSERT INTO grants (id, principal, data_class, body) VALUES (?, ?, ?, ?)`,
-		g.ID, g.Principal, g.DataClass, string(body)); err != nil {
-		return fmt.Errorf("store grant %s: %w", g.ID, err)
+	defer tx.Rollback()
+	var version int
+	if err := tx.QueryRowContext(ctx, `PRAGMA user_version`).Scan(&version); err != nil {
+		return fmt.Errorf("migrate: %w", err)
 	}
-	return nil
+	if version > len(migrations) {
+		return fmt.Errorf("schema version %d is newer than this keyguard (%d)", version, len(migrations))
+	}
+	for i, m := range migrations[version:] {
+		if _, err := tx.ExecContext(ctx, m); err != nil {
+			return fmt.Errorf("migrate to %d: %w", version+i+1, err)
+		}
+	}
+	if _, err := tx.ExecContext(ctx, fmt.Sprintf(`PRAGMA user_version = %d`, len(migrations))); err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	return tx.Commit()
 }
 
-// DeleteGrant removes a grant, reporting whether it existed.
-func (s *Store) DeleteGrant(ctx context.Context, id string) (bool, error) {
-	res, err := s.db.ExecContext(ctx, `DELETE FROM grants WHERE id = ?`, id)
+// Close closes the database. It is safe to call more than once.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() { s.closeErr = s.db.Close() })
+	return s.closeErr
+}
+
+// write runs f in a write transaction that also bumps the state version
+// when bump is set.
+func (s *Store) write(ctx context.Context, bump bool, f func(tx *sql.Tx) error) error {
+	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
-		return false, fmt.Errorf("delete grant %s: %w", id, err)
+		return err
 	}
-	n, err := res.RowsAffected()
-	return n > 0, err
+	defer tx.Rollback()
+	if err := f(tx); err != nil {
+		return err
+	}
+	if bump {
+		if _, err := tx.ExecContext(ctx, `UPDATE state SET version = version + 1 WHERE id = 1`); err != nil {
+			return err
+		}
+	}
+	return tx.Commit()
 }
 
-// Grants returns every stored grant.
-func (s *Store) Grants(ctx context.Context) ([]keyguard.Grant, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT body FROM grants ORDER BY id`)
+// Version implements keyguard.Store.
+func (s *Store) Version(ctx context.Context) (uint64, error) {
+	var v uint64
+	if err := s.db.QueryRowContext(ctx, `SELECT version FROM state WHERE id = 1`).Scan(&v); err != nil {
+		return 0, fmt.Errorf("read state version: %w", err)
+	}
+	return v, nil
+}
+
+// Load implements keyguard.Store: one read transaction, one snapshot.
+func (s *Store) Load(ctx context.Context) (keyguard.State, error) {
+	st := keyguard.State{Rings: map[keyguard.Ring]keyguard.RingState{}}
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return st, fmt.Errorf("load state: %w", err)
+	}
+	defer tx.Rollback()
+	if err := tx.QueryRowContext(ctx, `SELECT version FROM state WHERE id = 1`).Scan(&st.Version); err != nil {
+		return st, fmt.Errorf("load state: version: %w", err)
+	}
+	if st.Grants, err = grants(ctx, tx); err != nil {
+		return st, err
+	}
+	rows, err := tx.QueryContext(ctx, `SELECT data_class, region, min_decrypt_version FROM rings`)
+	if err != nil {
+		return st, fmt.Errorf("load ring state: %w", err)
+	}
+	for rows.Next() {
+		var r keyguard.Ring
+		var rs keyguard.RingState
+		if err := rows.Scan(&r.DataClass, &r.Region, &rs.MinDecryptVersion); err != nil {
+			rows.Close()
+			return st, fmt.Errorf("load ring state: %w", err)
+		}
+		st.Rings[r] = rs
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return st, fmt.Errorf("load ring state: %w", err)
+	}
+	rows, err = tx.QueryContext(ctx, `SELECT data_class, region, version, count FROM usage`)
+	if err != nil {
+		return st, fmt.Errorf("load usage: %w", err)
+	}
+	for rows.Next() {
+		var r keyguard.Ring
+		var v uint32
+		var n uint64
+		if err := rows.Scan(&r.DataClass, &r.Region, &v, &n); err != nil {
+			rows.Close()
+			return st, fmt.Errorf("load usage: %w", err)
+		}
+		rs := st.Rings[r]
+		if rs.EncryptCounts == nil {
+			rs.EncryptCounts = map[uint32]uint64{}
+		}
+		rs.EncryptCounts[v] = n
+		st.Rings[r] = rs
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return st, fmt.Errorf("load usage: %w", err)
+	}
+	if st.KeyVersions, err = keyVersions(ctx, tx); err != nil {
+		return st, err
+	}
+	return st, tx.Commit()
+}
+
+func grants(ctx context.Context, tx *sql.Tx) ([]keyguard.Grant, error) {
+	rows, err := tx.QueryContext(ctx, `SELECT body FROM grants ORDER BY id`)
 	if err != nil {
 		return nil, fmt.Errorf("load grants: %w", err)
 	}
@@ -121,58 +229,151 @@ func (s *Store) Grants(ctx context.Context) ([]keyguard.Grant, error) {
 		if err := rows.Scan(&body); err != nil {
 			return nil, fmt.Errorf("load grants: %w", err)
 		}
-		var j grantJSON
-		if err := json.Unmarshal([]byte(body), &j); err != nil {
-			return nil, fmt.Errorf("load grants: decode: %w", err)
-		}
-		g := keyguard.Grant{ID: j.ID, Principal: j.Principal, DataClass: j.DataClass, Regions: j.Regions,
-			RequiredContext: j.RequiredContext, ExpireTime: j.ExpireTime, CreateTime: j.CreateTime, CreatedBy: j.CreatedBy}
-		for _, name := range j.Operations {
-			op, ok := keyguard.ParseOperation(name)
-			if !ok {
-				return nil, fmt.Errorf("load grants: grant %s: unknown operation %q", j.ID, name)
-			}
-			g.Operations = append(g.Operations, op)
+		g, err := grantcodec.Decode([]byte(body))
+		if err != nil {
+			return nil, fmt.Errorf("load grants: %w", err)
 		}
 		out = append(out, g)
 	}
 	return out, rows.Err()
 }
 
-// RingStates returns the stored state of every ring.
-func (s *Store) RingStates(ctx context.Context) (map[keyguard.Ring]keyguard.RingState, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT data_class, region, min_decrypt_version, counts FROM rings`)
+// PutGrant implements keyguard.Store.
+func (s *Store) PutGrant(ctx context.Context, g keyguard.Grant) error {
+	body, err := grantcodec.Encode(g)
 	if err != nil {
-		return nil, fmt.Errorf("load ring state: %w", err)
+		return err
+	}
+	err = s.write(ctx, true, func(tx *sql.Tx) error {
+		var exists int
+		switch err := tx.QueryRowContext(ctx, `SELECT 1 FROM grants WHERE id = ?`, g.ID).Scan(&exists); {
+		case err == nil:
+			return keyguard.ErrExists
+		case !errors.Is(err, sql.ErrNoRows):
+			return err
+		}
+		_, err := tx.ExecContext(ctx, `INSERT INTO grants (id, principal, data_class, body) VALUES (?, ?, ?, ?)`,
+			g.ID, g.Principal, g.DataClass, string(body))
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("store grant %s: %w", g.ID, err)
+	}
+	return nil
+}
+
+// DeleteGrant implements keyguard.Store.
+func (s *Store) DeleteGrant(ctx context.Context, id string) (bool, error) {
+	var deleted bool
+	err := s.write(ctx, true, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `DELETE FROM grants WHERE id = ?`, id)
+		if err != nil {
+			return err
+		}
+		n, err := res.RowsAffected()
+		deleted = n > 0
+		return err
+	})
+	if err != nil {
+		return false, fmt.Errorf("delete grant %s: %w", id, err)
+	}
+	return deleted, nil
+}
+
+// SetMinDecryptVersion implements keyguard.Store.
+func (s *Store) SetMinDecryptVersion(ctx context.Context, r keyguard.Ring, min uint32) error {
+	err := s.write(ctx, true, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `INSERT INTO rings (data_class, region, min_decrypt_version) VALUES (?, ?, ?)
+ON CONFLICT (data_class, region) DO UPDATE SET min_decrypt_version = excluded.min_decrypt_version`, r.DataClass, r.Region, min)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("store minimum version of %s: %w", r, err)
+	}
+	return nil
+}
+
+// AddUsage implements keyguard.Store.
+func (s *Store) AddUsage(ctx context.Context, n map[keyguard.KeyRef]uint64) error {
+	err := s.write(ctx, false, func(tx *sql.Tx) error {
+		for k, c := range n {
+			if _, err := tx.ExecContext(ctx, `INSERT INTO usage (data_class, region, version, count) VALUES (?, ?, ?, ?)
+ON CONFLICT (data_class, region, version) DO UPDATE SET count = count + excluded.count`, k.DataClass, k.Region, k.Version, c); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("store usage counts: %w", err)
+	}
+	return nil
+}
+
+// KeyVersions implements keyguard.Store.
+func (s *Store) KeyVersions(ctx context.Context) (map[keyguard.Ring][]keyguard.StoredKeyVersion, error) {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, fmt.Errorf("load key versions: %w", err)
+	}
+	defer tx.Rollback()
+	out, err := keyVersions(ctx, tx)
+	if err != nil {
+		return nil, err
+	}
+	return out, tx.Commit()
+}
+
+func keyVersions(ctx context.Context, tx *sql.Tx) (map[keyguard.Ring][]keyguard.StoredKeyVersion, error) {
+	rows, err := tx.QueryContext(ctx, `SELECT data_class, region, version, create_unix_nano, backend_key, mac
+		FROM key_versions ORDER BY data_class, region, version`)
+	if err != nil {
+		return nil, fmt.Errorf("load key versions: %w", err)
 	}
 	defer rows.Close()
-	out := map[keyguard.Ring]keyguard.RingState{}
+	out := map[keyguard.Ring][]keyguard.StoredKeyVersion{}
 	for rows.Next() {
 		var r keyguard.Ring
-		var st keyguard.RingState
-		var counts string
-		if err := rows.Scan(&r.DataClass, &r.Region, &st.MinDecryptVersion, &counts); err != nil {
-			return nil, fmt.Errorf("load ring state: %w", err)
+		var v keyguard.StoredKeyVersion
+		var created int64
+		if err := rows.Scan(&r.DataClass, &r.Region, &v.Version, &created, &v.BackendKey, &v.MAC); err != nil {
+			return nil, fmt.Errorf("load key versions: %w", err)
 		}
-		if err := json.Unmarshal([]byte(counts), &st.EncryptCounts); err != nil {
-			return nil, fmt.Errorf("load ring state %s: counts: %w", r, err)
-		}
-		out[r] = st
+		v.Created = time.Unix(0, created).UTC()
+		out[r] = append(out[r], v)
 	}
 	return out, rows.Err()
 }
 
-// PutRingState replaces the state of one ring.
-func (s *Store) PutRingState(ctx context.Context, r keyguard.Ring, st keyguard.RingState) error {
-	counts, err := json.Marshal(st.EncryptCounts)
+// AddKeyVersion implements keyguard.Store.
+func (s *Store) AddKeyVersion(ctx context.Context, r keyguard.Ring, v keyguard.StoredKeyVersion) error {
+	err := s.write(ctx, true, func(tx *sql.Tx) error {
+		var last uint32
+		if err := tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM key_versions WHERE data_class = ? AND region = ?`,
+			r.DataClass, r.Region).Scan(&last); err != nil {
+			return err
+		}
+		if v.Version != last+1 {
+			return fmt.Errorf("the ring's last version is %d: %w", last, keyguard.ErrConflict)
+		}
+		_, err := tx.ExecContext(ctx, `INSERT INTO key_versions (data_class, region, version, create_unix_nano, backend_key, mac)
+			VALUES (?, ?, ?, ?, ?, ?)`, r.DataClass, r.Region, v.Version, v.Created.UnixNano(), v.BackendKey, v.MAC)
+		return err
+	})
 	if err != nil {
-		return errors.Join(fmt.Errorf("encode ring state %s", r), err)
-	}
-	_, err = s.db.ExecContext(ctx, `INSERT INTO rings (data_class, region, min_decrypt_version, counts) VALUES (?, ?, ?, ?)
-ON CONFLICT (data_class, region) DO UPDATE SET min_decrypt_version = excluded.min_decrypt_version, counts = excluded.counts`,
-		r.DataClass, r.Region, st.MinDecryptVersion, string(counts))
-	if err != nil {
-		return fmt.Errorf("store ring state %s: %w", r, err)
+		return fmt.Errorf("store key version %d of %s: %w", v.Version, r, err)
 	}
 	return nil
+}
+
+// LockRotation implements keyguard.Store with a lock of this Store: one
+// process owns a SQLite state file.
+func (s *Store) LockRotation(ctx context.Context) (func(), error) {
+	select {
+	case s.lock <- struct{}{}:
+		var once sync.Once
+		return func() { once.Do(func() { <-s.lock }) }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }

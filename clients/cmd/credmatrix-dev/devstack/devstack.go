@@ -239,7 +239,7 @@ func Start(ctx context.Context, cfg Config) (s *Stack, err error) {
 	kc.KeyringFile = keyguardFile
 	kc.Local.KeystoreFile = filepath.Join(dir, "keyguard-keystore.json")
 	kc.Local.RootKeyFile = filepath.Join(dir, "keyguard-root.key")
-	kc.StateFile = filepath.Join(dir, "keyguard-state.db")
+	kc.State.SQLitePath = filepath.Join(dir, "keyguard-state.db")
 	kc.OIDC.Issuers = []string{s.issuerURL}
 	kc.OIDC.Audience = KeyguardAudience
 	kc.Admins = []string{devpki.SPIFFEID("cli")}

@@ -207,7 +207,7 @@ chart does not model go in <component>.config, merged last.
 {{- $c := dict "server" (include "credmatrix.config.server" . | fromYaml) "log_level" $v.logLevel -}}
 {{- $_ := set $c "audit" (include "credmatrix.config.auditClient" . | fromYaml) -}}
 {{- $_ = set $c "keyring_file" "/etc/credmatrix/keyring/keyring.yaml" -}}
-{{- $_ = set $c "state_file" "/var/lib/credmatrix/keyguard-state.db" -}}
+{{- $_ = set $c "state" (dict "driver" "sqlite" "sqlite_path" "/var/lib/credmatrix/keyguard-state.db") -}}
 {{- with $v.admins -}}
 {{- $_ = set $c "admins" . -}}
 {{- end -}}
