@@ -30,7 +30,7 @@ import (
 
 // StateChannel is the LISTEN/NOTIFY channel of state changes; the payload
 // is the new state version.
-const StateChannel = "credmatrix_keyguard_state"
+const StateChannel = "keyguard_state"
 
 // Advisory lock keys: the first 8 bytes of SHA-256 of their names, so they
 // do not collide with the other services' locks in a shared database.

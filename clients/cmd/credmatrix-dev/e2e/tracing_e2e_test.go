@@ -375,7 +375,7 @@ func TestTracingAcrossProcesses(t *testing.T) {
 		"--keyring-file", keyringFile,
 		"--local.keystore-file", filepath.Join(dir, "keyguard-keystore.json"),
 		"--local.root-key-file", keyFiles["keyguard-root.key"],
-		"--state-file", filepath.Join(dir, "keyguard-state.db"))...)
+		"--state.sqlite-path", filepath.Join(dir, "keyguard-state.db"))...)
 
 	token, err := issuer.Mint(devissuer.GitHubActionsClaims("acme/app", "refs/heads/main", "4242", "credmatrix"), 5*time.Minute)
 	if err != nil {
