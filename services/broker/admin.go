@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"regexp"
+	"slices"
 	"sort"
 	"time"
 	"unicode/utf8"
@@ -26,6 +27,9 @@ const (
 	MinBlockFor = time.Minute
 	// MaxRevocationClaims bounds the claim selectors of a revocation.
 	MaxRevocationClaims = 16
+	// MaxSelectorBytes bounds a subject, issuer or claim value selector:
+	// enough for any value a token can carry that is worth naming.
+	MaxSelectorBytes = 2048
 )
 
 var (
@@ -48,6 +52,9 @@ type RevokeRequest struct {
 	BlockFor time.Duration
 	// Reason is required.
 	Reason string
+	// DryRun reports what the revocation would match and the IAM
+	// policies it would put, recording and enforcing nothing.
+	DryRun bool
 }
 
 // RevokeResult reports a revocation.
@@ -56,16 +63,44 @@ type RevokeResult struct {
 	ID string
 	// RolesUpdated counts the IAM roles given a deny policy (aws provider).
 	RolesUpdated int
-	// AuditSequence is the audit event's sequence number.
+	// Roles reports, for every role the revocation covers, whether it
+	// reaches sessions already issued (IAM) or only blocks issuance, and
+	// why.
+	Roles []RoleRevocation
+	// IssuedBefore: sessions issued before it are revoked.
+	IssuedBefore time.Time
+	// BlockUntil: further issuance is refused until then (zero: none).
+	BlockUntil time.Time
+	// AuditEventID and AuditSequence name the audit event ("" and 0 in a
+	// dry run).
+	AuditEventID  string
 	AuditSequence uint64
+	// DryRun reports that nothing was recorded or enforced.
+	DryRun bool
+}
+
+// FreezeRequest names what to freeze or unfreeze: exactly one of an
+// account (id or name) and an OU path.
+type FreezeRequest struct {
+	Account, OU string
+	// Reason is required, except in a dry run.
+	Reason string
+	// DryRun reports what would be covered, changing nothing.
+	DryRun bool
 }
 
 // FreezeResult reports a freeze or unfreeze.
 type FreezeResult struct {
 	// AccountIDs are the accounts covered.
 	AccountIDs []string
-	// AuditSequence is the audit event's sequence number.
+	// RoleARNs are the roles in those accounts.
+	RoleARNs []string
+	// AuditEventID and AuditSequence name the audit event ("" and 0 in a
+	// dry run).
+	AuditEventID  string
 	AuditSequence uint64
+	// DryRun reports that nothing was changed.
+	DryRun bool
 }
 
 // ReloadResult describes the policy in force after a reload.
@@ -80,6 +115,10 @@ type ReloadResult struct {
 	// were refetched (false: some could not be; their cached keys stay
 	// within the grace).
 	KeysRefreshed bool
+	// AuditEventID names the audit event ("" in a dry run).
+	AuditEventID string
+	// DryRun reports that nothing was changed.
+	DryRun bool
 	// AuditSequence is the audit event's sequence number.
 	AuditSequence uint64
 }
@@ -115,9 +154,12 @@ func validateRevoke(r RevokeRequest) error {
 	if r.Subject == "" && r.Issuer == "" && r.Role == "" && r.AccountID == "" && r.SessionID == "" && len(r.Claims) == 0 {
 		return invalidf("subject", "at least one selector (subject, issuer, role, account_id, session_id, claims) is required")
 	}
-	for _, f := range []struct{ name, val string }{{"subject", r.Subject}, {"issuer", r.Issuer}, {"role", r.Role}} {
-		if len(f.val) > maxFieldBytes || !utf8.ValidString(f.val) {
-			return invalidf(f.name, fmt.Sprintf("at most %d bytes of UTF-8", maxFieldBytes))
+	for _, f := range []struct {
+		name, val string
+		max       int
+	}{{"subject", r.Subject, MaxSelectorBytes}, {"issuer", r.Issuer, MaxSelectorBytes}, {"role", r.Role, maxFieldBytes}} {
+		if len(f.val) > f.max || !utf8.ValidString(f.val) {
+			return invalidf(f.name, fmt.Sprintf("at most %d bytes of UTF-8", f.max))
 		}
 	}
 	switch {
@@ -131,9 +173,12 @@ func validateRevoke(r RevokeRequest) error {
 		return invalidf("block_for", "must be between 1m and 720h")
 	}
 	for k, v := range r.Claims {
-		if k == "" || len(k) > maxFieldBytes || len(v) > maxFieldBytes || !utf8.ValidString(k) || !utf8.ValidString(v) {
-			return invalidf("claims", "names and values are 1 to 256 bytes of UTF-8")
+		if k == "" || len(k) > maxFieldBytes || len(v) > MaxSelectorBytes || !utf8.ValidString(k) || !utf8.ValidString(v) {
+			return invalidf("claims", fmt.Sprintf("names are 1 to %d and values at most %d bytes of UTF-8", maxFieldBytes, MaxSelectorBytes))
 		}
+	}
+	if r.DryRun && r.Reason == "" {
+		return nil
 	}
 	return validateReason(r.Reason)
 }
@@ -141,8 +186,9 @@ func validateRevoke(r RevokeRequest) error {
 // RevokeSessions records a revocation: further issuance for the match is
 // refused for BlockFor, sessions issued before IssuedBefore are reported
 // revoked by GetSession and, with a provider that implements
-// SessionRevoker, stop working. The revocation is audited before it
-// takes effect. Administrators only.
+// SessionRevoker, stop working wherever every selector can be expressed
+// in IAM for the role; the result says, role by role, which. The
+// revocation is audited before it takes effect. Administrators only.
 func (s *Service) RevokeSessions(ctx context.Context, peer string, req RevokeRequest) (RevokeResult, error) {
 	if err := s.requireAdmin(ctx, peer, auditv1.Kind_KIND_SESSION_REVOKE, "revoke sessions"); err != nil {
 		return RevokeResult{}, err
@@ -169,6 +215,15 @@ func (s *Service) RevokeSessions(ctx context.Context, peer string, req RevokeReq
 		}
 		r.BlockUntil = now.Add(block)
 	}
+	roles := s.matchingRoles(r)
+	out := RevokeResult{ID: r.ID, IssuedBefore: r.IssuedBefore, BlockUntil: r.BlockUntil, DryRun: req.DryRun}
+	if req.DryRun {
+		var err error
+		if out.Roles, _, err = s.enforce(ctx, r, roles, now, true); err != nil {
+			return out, s.stateUnavailable(ctx, err)
+		}
+		return out, nil
+	}
 	ev := s.newEvent(ctx, now, auditv1.Decision_DECISION_ALLOW)
 	ev.Kind = auditv1.Kind_KIND_SESSION_REVOKE
 	ev.Reason = req.Reason
@@ -185,34 +240,25 @@ func (s *Service) RevokeSessions(ctx context.Context, peer string, req RevokeReq
 	if err != nil {
 		return RevokeResult{}, err
 	}
+	out.AuditEventID, out.AuditSequence = ev.GetId(), res.GetSequence()
 	err = s.store.AddRevocation(ctx, r)
 	s.invalidateState()
 	if err != nil {
 		return RevokeResult{}, s.stateUnavailable(ctx, err)
 	}
-	out := RevokeResult{ID: r.ID, AuditSequence: res.GetSequence()}
-	if rv, ok := s.provider.(SessionRevoker); ok {
-		roles := s.matchingRoles(r)
-		n, err := rv.RevokeSessions(ctx, roles, r)
-		out.RolesUpdated = n
-		if err != nil {
-			// Issuance is blocked already; the IAM update is what
-			// failed. Say so, without upstream text.
-			return out, &Error{Code: Unavailable, Message: fmt.Sprintf("revocation %s recorded and new sessions are blocked, but updating IAM roles failed after %d of %d; retry", r.ID, n, len(roles)), Err: err}
+	out.Roles, out.RolesUpdated, err = s.enforce(ctx, r, roles, now, false)
+	if err != nil {
+		// Issuance is blocked already; the IAM update is what failed.
+		// Say so, without upstream text.
+		enforceable := 0
+		for _, rr := range out.Roles {
+			if rr.Enforcement == EnforcedInIAM {
+				enforceable++
+			}
 		}
+		return out, &Error{Code: Unavailable, Message: fmt.Sprintf("revocation %s recorded and new sessions are blocked, but updating IAM roles failed after %d of %d; retry", r.ID, out.RolesUpdated, enforceable), Err: err}
 	}
 	return out, nil
-}
-
-// matchingRoles lists the policy's roles a revocation covers.
-func (s *Service) matchingRoles(r Revocation) []RoleRef {
-	var out []RoleRef
-	for _, role := range s.Policy().Roles() {
-		if (r.Role == "" || r.Role == role.Name) && (r.AccountID == "" || r.AccountID == role.AccountID) {
-			out = append(out, RoleRef{AccountID: role.AccountID, Name: role.Name, ARN: role.ARN})
-		}
-	}
-	return out
 }
 
 // freezeScopes resolves an account (id or name) or OU path to freeze
@@ -245,16 +291,17 @@ func (s *Service) freezeScopes(account, ou string) ([]string, []string, error) {
 // account, or any account under the OU (including accounts added to it
 // later), until UnfreezeAccount. Audited before it takes effect.
 // Administrators only.
-func (s *Service) FreezeAccount(ctx context.Context, peer, account, ou, reason string) (FreezeResult, error) {
-	return s.setFrozen(ctx, peer, account, ou, reason, true)
+func (s *Service) FreezeAccount(ctx context.Context, peer string, req FreezeRequest) (FreezeResult, error) {
+	return s.setFrozen(ctx, peer, req, true)
 }
 
 // UnfreezeAccount lifts a freeze. Administrators only.
-func (s *Service) UnfreezeAccount(ctx context.Context, peer, account, ou, reason string) (FreezeResult, error) {
-	return s.setFrozen(ctx, peer, account, ou, reason, false)
+func (s *Service) UnfreezeAccount(ctx context.Context, peer string, req FreezeRequest) (FreezeResult, error) {
+	return s.setFrozen(ctx, peer, req, false)
 }
 
-func (s *Service) setFrozen(ctx context.Context, peer, account, ou, reason string, freeze bool) (FreezeResult, error) {
+func (s *Service) setFrozen(ctx context.Context, peer string, req FreezeRequest, freeze bool) (FreezeResult, error) {
+	account, ou, reason := req.Account, req.OU, req.Reason
 	kind, action := auditv1.Kind_KIND_ACCOUNT_FREEZE, "freeze"
 	if !freeze {
 		kind, action = auditv1.Kind_KIND_ACCOUNT_UNFREEZE, "unfreeze"
@@ -268,6 +315,15 @@ func (s *Service) setFrozen(ctx context.Context, peer, account, ou, reason strin
 	scopes, ids, err := s.freezeScopes(account, ou)
 	if err != nil {
 		return FreezeResult{}, err
+	}
+	var arns []string
+	for _, role := range s.Policy().Roles() {
+		if slices.Contains(ids, role.AccountID) {
+			arns = append(arns, role.ARN)
+		}
+	}
+	if req.DryRun {
+		return FreezeResult{AccountIDs: ids, RoleARNs: arns, DryRun: true}, nil
 	}
 	if err := validateReason(reason); err != nil {
 		return FreezeResult{}, err
@@ -295,13 +351,30 @@ func (s *Service) setFrozen(ctx context.Context, peer, account, ou, reason strin
 	if err != nil {
 		return FreezeResult{}, s.stateUnavailable(ctx, err)
 	}
-	return FreezeResult{AccountIDs: ids, AuditSequence: res.GetSequence()}, nil
+	return FreezeResult{AccountIDs: ids, RoleARNs: arns, AuditEventID: ev.GetId(), AuditSequence: res.GetSequence()}, nil
 }
 
-// ReloadPolicy reloads the trust policy at an administrator's request.
-func (s *Service) ReloadPolicy(ctx context.Context, peer string) (ReloadResult, error) {
+// ReloadPolicy reloads the trust policy at an administrator's request;
+// a dry run reads and validates it and says whether it differs, changing
+// nothing.
+func (s *Service) ReloadPolicy(ctx context.Context, peer string, dryRun bool) (ReloadResult, error) {
 	if err := s.requireAdmin(ctx, peer, auditv1.Kind_KIND_POLICY_RELOAD, "reload policy"); err != nil {
 		return ReloadResult{}, err
+	}
+	if dryRun {
+		if s.reload == nil {
+			return ReloadResult{}, &Error{Code: FailedPrecondition, Message: ErrReloadDisabled.Error()}
+		}
+		pol, _, err := s.reload(ctx)
+		if err != nil {
+			var pe *policy.ParseError
+			msg := "policy could not be read"
+			if errors.As(err, &pe) {
+				msg = truncate(pe.Error(), 4096)
+			}
+			return ReloadResult{}, &Error{Code: FailedPrecondition, Message: "the policy source would be refused: " + msg, Err: err}
+		}
+		return ReloadResult{SHA256: pol.SHA256(), Rules: len(pol.Rules()), Changed: pol.SHA256() != s.Policy().SHA256(), DryRun: true}, nil
 	}
 	return s.Reload(ctx, "rpc:"+peer)
 }
@@ -370,5 +443,5 @@ func (s *Service) Reload(ctx context.Context, trigger string) (ReloadResult, err
 	if changed {
 		s.snap.Store(&snapshot{policy: pol, verifier: verifier})
 	}
-	return ReloadResult{SHA256: pol.SHA256(), Rules: len(pol.Rules()), Changed: changed, KeysRefreshed: keyErr == nil, AuditSequence: res.GetSequence()}, nil
+	return ReloadResult{SHA256: pol.SHA256(), Rules: len(pol.Rules()), Changed: changed, KeysRefreshed: keyErr == nil, AuditEventID: ev.GetId(), AuditSequence: res.GetSequence()}, nil
 }

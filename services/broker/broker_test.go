@@ -3,6 +3,7 @@ package broker_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -211,7 +212,7 @@ func TestFreezeReachesOtherReplicas(t *testing.T) {
 	if code := issue(other); code != "" {
 		t.Fatalf("before the freeze: %v", code)
 	}
-	if _, err := e.Service.FreezeAccount(context.Background(), brokertest.AdminPeer, "dev", "", "incident"); err != nil {
+	if _, err := e.Service.FreezeAccount(context.Background(), brokertest.AdminPeer, broker.FreezeRequest{Account: "dev", Reason: "incident"}); err != nil {
 		t.Fatal(err)
 	}
 	got := []broker.Code{issue(e.Service), issue(other)}
@@ -224,21 +225,26 @@ func TestFreezeReachesOtherReplicas(t *testing.T) {
 }
 
 // revokingProvider is the local provider plus a SessionRevoker that
-// records what it was asked to revoke, failing when err is set.
+// records the roles it was asked to put revocations on, failing when err
+// is set.
 type revokingProvider struct {
 	*localsts.Provider
 	roles []string
 	err   error
 }
 
-func (p *revokingProvider) RevokeSessions(_ context.Context, roles []broker.RoleRef, _ broker.Revocation) (int, error) {
-	for _, r := range roles {
-		p.roles = append(p.roles, r.ARN)
+func (p *revokingProvider) RevocationSupport() broker.RevocationSupport {
+	return broker.RevocationSupport{Tags: true, SourceIdentity: true}
+}
+
+func (p *revokingProvider) PutRevocations(_ context.Context, role broker.RoleRef, matches []broker.SessionMatch, dryRun bool) (broker.RevocationPolicy, error) {
+	if !dryRun {
+		p.roles = append(p.roles, role.ARN)
 	}
 	if p.err != nil {
-		return 0, p.err
+		return broker.RevocationPolicy{}, p.err
 	}
-	return len(roles), nil
+	return broker.RevocationPolicy{Document: fmt.Sprintf("%d matches", len(matches))}, nil
 }
 
 func TestRevokeSessionsReachesTheProvider(t *testing.T) {
@@ -247,9 +253,10 @@ func TestRevokeSessionsReachesTheProvider(t *testing.T) {
 		err     error
 		code    broker.Code
 		updated int
+		asked   []string
 	}{
-		{"ok", nil, "", 2},
-		{"iam-fails", errors.Join(broker.ErrProviderUnavailable, errors.New("Throttling: Rate exceeded")), broker.Unavailable, 0},
+		{"ok", nil, "", 2, []string{"arn:aws:iam::111111111111:role/readonly", "arn:aws:iam::222222222222:role/readonly"}},
+		{"iam-fails", errors.Join(broker.ErrProviderUnavailable, errors.New("Throttling: Rate exceeded")), broker.Unavailable, 0, []string{"arn:aws:iam::111111111111:role/readonly"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -267,7 +274,7 @@ func TestRevokeSessionsReachesTheProvider(t *testing.T) {
 				msg = be.Message
 			}
 			got := []any{broker.ErrorCode(err), res.RolesUpdated, p.roles, strings.Contains(msg, "Throttling")}
-			want := []any{tc.code, tc.updated, []string{"arn:aws:iam::111111111111:role/readonly", "arn:aws:iam::222222222222:role/readonly"}, false}
+			want := []any{tc.code, tc.updated, tc.asked, false}
 			if diff := cmp.Diff(got, want); diff != "" {
 				t.Errorf("(code, roles updated, roles asked, upstream text in message) (-got +want):\n%s", diff)
 			}
@@ -279,5 +286,30 @@ func TestRevokeSessionsReachesTheProvider(t *testing.T) {
 				t.Errorf("issuance after the revocation: %v", err)
 			}
 		})
+	}
+}
+
+// TestRevokeSessionsLocalProviderReportsIssuanceOnly: without IAM, the
+// result says so for every role instead of counting them updated.
+func TestRevokeSessionsLocalProviderReportsIssuanceOnly(t *testing.T) {
+	e := brokertest.NewEnv(t, "")
+	res, err := e.Service.RevokeSessions(context.Background(), brokertest.AdminPeer, broker.RevokeRequest{Subject: "repo:acme/app:ref:refs/heads/main", Reason: "leak"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, rr := range res.Roles {
+		got = append(got, rr.Role.ARN+" "+rr.Enforcement.String())
+		if !strings.Contains(rr.Reason, "provider local puts no IAM policy") {
+			t.Errorf("%s: reason %q", rr.Role.ARN, rr.Reason)
+		}
+	}
+	want := []string{
+		"arn:aws:iam::111111111111:role/deploy issuance blocked only",
+		"arn:aws:iam::111111111111:role/readonly issuance blocked only",
+		"arn:aws:iam::222222222222:role/readonly issuance blocked only",
+	}
+	if diff := cmp.Diff([]any{got, res.RolesUpdated, res.AuditEventID != ""}, []any{want, 0, true}); diff != "" {
+		t.Errorf("(roles, updated, audit event id) (-got +want):\n%s", diff)
 	}
 }

@@ -103,9 +103,47 @@ func (s SessionSpec) GoString() string { return s.String() }
 // already issued stop working (the aws provider, through an inline deny
 // policy on the role).
 type SessionRevoker interface {
-	// RevokeSessions makes the sessions of roles matching r stop
-	// working and returns how many roles it updated.
-	RevokeSessions(ctx context.Context, roles []RoleRef, r Revocation) (int, error)
+	// RevocationSupport says which of the broker's session properties
+	// the provider's sessions carry, so that a deny can match them.
+	RevocationSupport() RevocationSupport
+	// PutRevocations makes the role's sessions matching any of matches
+	// stop working, replacing whatever it put on the role before (no
+	// match removes it). With dryRun it only builds what it would put.
+	PutRevocations(ctx context.Context, role RoleRef, matches []SessionMatch, dryRun bool) (RevocationPolicy, error)
+}
+
+// RevocationSupport says what a provider's sessions carry from the
+// broker's SessionSpec.
+type RevocationSupport struct {
+	// Tags: the session tags (AssumeRole); not with the caller's token
+	// passed through (AssumeRoleWithWebIdentity takes the token's tags).
+	Tags bool
+	// SourceIdentity: the per-session SourceIdentity.
+	SourceIdentity bool
+}
+
+// SessionMatch is what one revocation denies, in terms of what a session
+// carries in AWS: every set field must match.
+type SessionMatch struct {
+	// RevocationID names the revocation.
+	RevocationID string
+	// SourceIdentity matches one session ("" for any).
+	SourceIdentity string
+	// Tags are session tag values, exactly as the broker sets them
+	// (TagValue of the selectors).
+	Tags map[string]string
+	// IssuedBefore: sessions issued before it.
+	IssuedBefore time.Time
+}
+
+// RevocationPolicy is what a SessionRevoker put on a role.
+type RevocationPolicy struct {
+	// Document is the policy put, "" when the role has none left.
+	Document string
+	// CompactedBefore is set when the matches did not fit the provider's
+	// size limit and the oldest were replaced by a deny of every session
+	// issued before it.
+	CompactedBefore time.Time
 }
 
 // RoleRef names a role for SessionRevoker.

@@ -93,7 +93,7 @@ func (s *Service) GetSession(ctx context.Context, accessKeyID, sessionToken stri
 		return nil, s.stateUnavailable(ctx, err)
 	}
 	t := RevocationTarget{SessionID: info.SessionID, Subject: info.Subject, Issuer: info.Issuer, Role: info.RoleName, AccountID: info.AccountID, IssuedAt: info.IssuedAt,
-		Claims: func(name string) (string, bool) { v, ok := info.Tags[name]; return v, ok }}
+		Claims: func(name string) (string, bool) { v, ok := info.Tags[name]; return v, ok }, ClaimsAreTags: true}
 	for _, r := range revs {
 		if r.Revokes(t) {
 			info.Revoked = true

@@ -9,8 +9,15 @@ import (
 
 // tagClaims are the claims passed on as session tags, when present, so
 // that IAM conditions and CloudTrail can see which pipeline holds a
-// session.
+// session, and so that a revocation can deny exactly its sessions. The
+// subject and the issuer are tags too ("sub", "iss").
 var tagClaims = []string{"repository", "ref", "sha", "run_id", "environment", "namespace"}
+
+// Session tag keys of the subject and the issuer.
+const (
+	TagSubject = "sub"
+	TagIssuer  = "iss"
+)
 
 const (
 	maxSessionName = 64
@@ -36,17 +43,23 @@ func sessionName(c *oidc.Claims) string {
 	return name
 }
 
-// sessionTags derives session tags from claims, sanitised to AWS's tag
-// character set and length.
+// sessionTags derives session tags from claims, each value through
+// TagValue.
 func sessionTags(c *oidc.Claims) map[string]string {
-	tags := map[string]string{"sub": sanitize(c.Subject, isTagChar, maxTagValue)}
+	tags := map[string]string{TagSubject: TagValue(c.Subject), TagIssuer: TagValue(c.Issuer)}
 	for _, name := range tagClaims {
 		if v, ok := c.String(name); ok && v != "" {
-			tags[name] = sanitize(v, isTagChar, maxTagValue)
+			tags[name] = TagValue(v)
 		}
 	}
 	return tags
 }
+
+// TagValue is the session tag value the broker sets for a claim value:
+// every rune outside AWS's tag character set becomes '-', and the result
+// is cut to 256 bytes. It is the one sanitiser of tag values: revocation
+// denies compare the tags with TagValue of their selectors.
+func TagValue(v string) string { return sanitize(v, isTagChar, maxTagValue) }
 
 func isSessionNameChar(r rune) bool {
 	return r < utf8.RuneSelf && (r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("_+=,.@-", r))

@@ -72,11 +72,11 @@ func TestSingleUseConsumedOnlyOnIssuance(t *testing.T) {
 			return issueWith(svc, tok, broker.Target{Role: "readonly", Account: "dev"})
 		}, broker.PermissionDenied},
 		{"denied/frozen", func(t *testing.T, e *brokertest.Env, _ *flakyProvider, svc *broker.Service, tok string) error {
-			if _, err := svc.FreezeAccount(context.Background(), brokertest.AdminPeer, "dev", "", "drill"); err != nil {
+			if _, err := svc.FreezeAccount(context.Background(), brokertest.AdminPeer, broker.FreezeRequest{Account: "dev", Reason: "drill"}); err != nil {
 				t.Fatal(err)
 			}
 			err := issueWith(svc, tok, broker.Target{Role: "deploy", Account: "dev"})
-			if _, uerr := svc.UnfreezeAccount(context.Background(), brokertest.AdminPeer, "dev", "", "drill over"); uerr != nil {
+			if _, uerr := svc.UnfreezeAccount(context.Background(), brokertest.AdminPeer, broker.FreezeRequest{Account: "dev", Reason: "drill over"}); uerr != nil {
 				t.Fatal(uerr)
 			}
 			return err

@@ -117,6 +117,9 @@ type RevocationTarget struct {
 	Role, AccountID string
 	// Claims looks up the caller's scalar claims (nil: none known).
 	Claims func(name string) (string, bool)
+	// ClaimsAreTags says Claims returns session tag values (an issued
+	// session's), which are compared with TagValue of the selectors.
+	ClaimsAreTags bool
 	// IssuedAt is when the session was issued (zero for a new session).
 	IssuedAt time.Time
 }
@@ -134,6 +137,9 @@ func (r Revocation) Matches(t RevocationTarget) bool {
 	for k, want := range r.Claims {
 		if t.Claims == nil {
 			return false
+		}
+		if t.ClaimsAreTags {
+			want = TagValue(want)
 		}
 		if got, ok := t.Claims(k); !ok || got != want {
 			return false

@@ -12,9 +12,13 @@
 // (retryable) or broker.ErrProviderRefused, with the AWS error as a cause
 // for logs.
 //
-// Revocation puts an inline deny policy on the role through IAM
-// PutRolePolicy, conditioned on aws:TokenIssueTime (sessions issued
-// before the revocation) or on aws:SourceIdentity (one session).
+// Revocation keeps one inline policy per role, credmatrix-revocations,
+// put through IAM PutRolePolicy: a Deny statement per revocation in
+// effect, conditioned on aws:TokenIssueTime (sessions issued before the
+// revocation) and on exactly the session tags and SourceIdentity the
+// broker sets. Revocations whose sessions have all expired are pruned;
+// when the statements exceed the size budget, the oldest are compacted
+// into one deny of every session issued before a cutoff.
 package awssts
 
 import (
@@ -73,6 +77,7 @@ type STSClient interface {
 // IAMClient is the part of the IAM client revocation calls.
 type IAMClient interface {
 	PutRolePolicy(ctx context.Context, in *iam.PutRolePolicyInput, optFns ...func(*iam.Options)) (*iam.PutRolePolicyOutput, error)
+	DeleteRolePolicy(ctx context.Context, in *iam.DeleteRolePolicyInput, optFns ...func(*iam.Options)) (*iam.DeleteRolePolicyOutput, error)
 }
 
 // Config configures the provider.
@@ -98,7 +103,19 @@ type Config struct {
 	BaseDelay, MaxDelay time.Duration
 	// CallTimeout bounds one STS or IAM call (default 5s).
 	CallTimeout time.Duration
+	// MaxRevocationPolicyBytes bounds the inline revocation policy of a
+	// role (default DefaultMaxRevocationPolicyBytes); IAM allows 10,240
+	// characters for all of a role's inline policies together.
+	MaxRevocationPolicyBytes int
 }
+
+// DefaultMaxRevocationPolicyBytes leaves a third of IAM's 10,240
+// characters of inline role policy for policies of the role's own.
+const DefaultMaxRevocationPolicyBytes = 6144
+
+// RevocationPolicyName is the name of the inline policy that revokes a
+// role's sessions.
+const RevocationPolicyName = "credmatrix-revocations"
 
 // Provider mints sessions with AWS STS. It is safe for concurrent use.
 type Provider struct {
@@ -151,6 +168,9 @@ func New(base aws.Config, cfg Config, opts ...Option) (*Provider, error) {
 	}
 	if cfg.CallTimeout <= 0 {
 		cfg.CallTimeout = 5 * time.Second
+	}
+	if cfg.MaxRevocationPolicyBytes <= 0 {
+		cfg.MaxRevocationPolicyBytes = DefaultMaxRevocationPolicyBytes
 	}
 	p := &Provider{cfg: cfg, base: base, clients: map[string]STSClient{}, jitter: rand.Float64}
 	p.newSTS = func(region string, creds aws.CredentialsProvider) STSClient {
@@ -411,52 +431,61 @@ func classify(op string, err error) error {
 	return fmt.Errorf("%s: %w", op, err)
 }
 
-// RevokeSessions implements broker.SessionRevoker: it puts an inline
-// policy named credmatrix-revocation-<id> on each role, denying every
-// action to the revoked sessions. It returns how many roles it updated.
-func (p *Provider) RevokeSessions(ctx context.Context, roles []broker.RoleRef, r broker.Revocation) (int, error) {
-	doc, err := RevocationPolicy(r)
+// RevocationSupport implements broker.SessionRevoker: with AssumeRole
+// the sessions carry the broker's tags and SourceIdentity; with the
+// caller's token passed through they carry the token's.
+func (p *Provider) RevocationSupport() broker.RevocationSupport {
+	own := p.cfg.Mode != ModeWebIdentity
+	return broker.RevocationSupport{Tags: own, SourceIdentity: own}
+}
+
+// PutRevocations implements broker.SessionRevoker: it puts the inline
+// policy credmatrix-revocations on the role, denying every action to the
+// sessions any match selects, or deletes it when there is no match. It
+// acts in the role's account through aws.revoker_role_name when set.
+func (p *Provider) PutRevocations(ctx context.Context, role broker.RoleRef, matches []broker.SessionMatch, dryRun bool) (broker.RevocationPolicy, error) {
+	doc, cutoff, err := RevocationPolicy(matches, p.cfg.MaxRevocationPolicyBytes)
 	if err != nil {
-		return 0, err
+		return broker.RevocationPolicy{}, err
 	}
-	byAccount := map[string][]broker.RoleRef{}
-	var accounts []string
-	for _, role := range roles {
-		if _, ok := byAccount[role.AccountID]; !ok {
-			accounts = append(accounts, role.AccountID)
-		}
-		byAccount[role.AccountID] = append(byAccount[role.AccountID], role)
+	out := broker.RevocationPolicy{Document: doc, CompactedBefore: cutoff}
+	if dryRun {
+		return out, nil
 	}
-	sort.Strings(accounts)
-	done := 0
-	for _, acct := range accounts {
-		creds := p.base.Credentials
-		if p.cfg.RevokerRoleName != "" {
-			region := p.base.Region
-			if region == "" {
-				region = "us-east-1"
-			}
-			creds = aws.NewCredentialsCache(stscreds.NewAssumeRoleProvider(p.client(region, "base"),
-				fmt.Sprintf("arn:aws:iam::%s:role/%s", acct, p.cfg.RevokerRoleName), func(o *stscreds.AssumeRoleOptions) {
-					o.RoleSessionName = "credmatrix-revoke"
-				}))
+	creds := p.base.Credentials
+	if p.cfg.RevokerRoleName != "" {
+		region := p.base.Region
+		if region == "" {
+			region = "us-east-1"
 		}
-		client := p.newIAM(creds)
-		for _, role := range byAccount[acct] {
-			in := &iam.PutRolePolicyInput{
-				RoleName: aws.String(roleName(role.ARN)), PolicyName: aws.String("credmatrix-revocation-" + r.ID),
-				PolicyDocument: aws.String(doc),
-			}
-			if _, err := retry(ctx, p, "PutRolePolicy", func(cctx context.Context) (struct{}, error) {
-				_, err := client.PutRolePolicy(cctx, in)
-				return struct{}{}, err
-			}); err != nil {
-				return done, fmt.Errorf("revoke sessions of %s: %w", role.ARN, err)
-			}
-			done++
-		}
+		creds = aws.NewCredentialsCache(stscreds.NewAssumeRoleProvider(p.client(region, "base"),
+			fmt.Sprintf("arn:aws:iam::%s:role/%s", role.AccountID, p.cfg.RevokerRoleName), func(o *stscreds.AssumeRoleOptions) {
+				o.RoleSessionName = "credmatrix-revoke"
+			}))
 	}
-	return done, nil
+	client := p.newIAM(creds)
+	name := roleName(role.ARN)
+	if doc == "" {
+		_, err = retry(ctx, p, "DeleteRolePolicy", func(cctx context.Context) (struct{}, error) {
+			_, err := client.DeleteRolePolicy(cctx, &iam.DeleteRolePolicyInput{RoleName: aws.String(name), PolicyName: aws.String(RevocationPolicyName)})
+			var ae smithy.APIError
+			if errors.As(err, &ae) && ae.ErrorCode() == "NoSuchEntity" {
+				return struct{}{}, nil // nothing to remove
+			}
+			return struct{}{}, err
+		})
+	} else {
+		_, err = retry(ctx, p, "PutRolePolicy", func(cctx context.Context) (struct{}, error) {
+			_, err := client.PutRolePolicy(cctx, &iam.PutRolePolicyInput{
+				RoleName: aws.String(name), PolicyName: aws.String(RevocationPolicyName), PolicyDocument: aws.String(doc),
+			})
+			return struct{}{}, err
+		})
+	}
+	if err != nil {
+		return out, fmt.Errorf("revoke sessions of %s: %w", role.ARN, err)
+	}
+	return out, nil
 }
 
 // roleName is the name of a role ARN (its path dropped).
@@ -468,37 +497,87 @@ func roleName(arn string) string {
 	return after
 }
 
-// RevocationPolicy is the inline policy that revokes r's sessions: one
-// session by its SourceIdentity, or every session issued before
-// r.IssuedBefore, narrowed by the session tags credmatrix sets (sub and
-// claim tags). An issuer selector cannot be expressed and is dropped,
-// which only makes the deny broader.
-func RevocationPolicy(r broker.Revocation) (string, error) {
-	cond := map[string]map[string]string{}
-	if r.SessionID != "" {
-		cond["StringEquals"] = map[string]string{"aws:SourceIdentity": "cm-" + r.SessionID}
-	} else {
-		cond["DateLessThan"] = map[string]string{"aws:TokenIssueTime": r.IssuedBefore.UTC().Format(time.RFC3339)}
-		eq := map[string]string{}
-		if r.Subject != "" {
-			eq["aws:PrincipalTag/sub"] = r.Subject
+// RevocationPolicy renders matches (oldest first) as the inline policy
+// that revokes them: one Deny statement each, on aws:TokenIssueTime
+// before the revocation (rounded up to the second, so a session issued
+// in the revocation's second is covered), the session tags
+// (aws:PrincipalTag/KEY) and the SourceIdentity. When the document would
+// exceed maxBytes, the oldest statements are replaced by one denying
+// every session issued before the newest of them, which is returned as
+// the cutoff. No match gives "".
+func RevocationPolicy(matches []broker.SessionMatch, maxBytes int) (string, time.Time, error) {
+	if len(matches) == 0 {
+		return "", time.Time{}, nil
+	}
+	stmts := make([]any, len(matches))
+	for i, m := range matches {
+		cond := map[string]map[string]string{
+			"DateLessThan": {"aws:TokenIssueTime": ceilSecond(m.IssuedBefore).Format(time.RFC3339)},
 		}
-		for k, v := range r.Claims {
+		eq := map[string]string{}
+		if m.SourceIdentity != "" {
+			eq["aws:SourceIdentity"] = m.SourceIdentity
+		}
+		for k, v := range m.Tags {
 			eq["aws:PrincipalTag/"+k] = v
 		}
 		if len(eq) > 0 {
 			cond["StringEquals"] = eq
 		}
+		stmts[i] = map[string]any{"Sid": sid(m.RevocationID), "Effect": "Deny", "Action": "*", "Resource": "*", "Condition": cond}
 	}
-	doc := map[string]any{
-		"Version": "2012-10-17",
-		"Statement": []any{map[string]any{
-			"Sid": "CredmatrixRevocation", "Effect": "Deny", "Action": "*", "Resource": "*", "Condition": cond,
-		}},
+	render := func(stmts []any) (string, error) {
+		b, err := json.Marshal(map[string]any{"Version": "2012-10-17", "Statement": stmts})
+		if err != nil {
+			return "", fmt.Errorf("revocation policy: %w", err)
+		}
+		return string(b), nil
 	}
-	b, err := json.Marshal(doc)
-	if err != nil {
-		return "", fmt.Errorf("revocation policy: %w", err)
+	doc, err := render(stmts)
+	if err != nil || len(doc) <= maxBytes {
+		return doc, time.Time{}, err
 	}
-	return string(b), nil
+	// Compact the oldest k into one cutoff, dropping every later
+	// statement the cutoff already covers, until the document fits.
+	for k := 1; k <= len(matches); k++ {
+		cutoff := matches[0].IssuedBefore
+		for _, m := range matches[:k] {
+			if m.IssuedBefore.After(cutoff) {
+				cutoff = m.IssuedBefore
+			}
+		}
+		cutoff = ceilSecond(cutoff)
+		kept := []any{map[string]any{"Sid": "CredmatrixCompacted", "Effect": "Deny", "Action": "*", "Resource": "*",
+			"Condition": map[string]map[string]string{"DateLessThan": {"aws:TokenIssueTime": cutoff.Format(time.RFC3339)}}}}
+		for i, m := range matches[k:] {
+			if ceilSecond(m.IssuedBefore).After(cutoff) {
+				kept = append(kept, stmts[k+i])
+			}
+		}
+		if doc, err = render(kept); err != nil || len(doc) <= maxBytes {
+			return doc, cutoff, err
+		}
+	}
+	return "", time.Time{}, fmt.Errorf("revocation policy: even one statement exceeds %d bytes", maxBytes)
+}
+
+// sid is a statement id for a revocation id: IAM allows only letters
+// and digits.
+func sid(id string) string {
+	var b strings.Builder
+	b.WriteString("Revocation")
+	for _, r := range id {
+		if r < 0x80 && (r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z') {
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
+}
+
+func ceilSecond(t time.Time) time.Time {
+	t = t.UTC()
+	if c := t.Truncate(time.Second); !c.Equal(t) {
+		return c.Add(time.Second)
+	}
+	return t
 }

@@ -2,6 +2,7 @@ package awssts_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -30,6 +31,21 @@ type fakeAWS struct {
 	fail  []fakeError // served first, one per call
 	gate  chan struct{}
 	n     atomic.Int32
+
+	// now is the clock of sessions' aws:TokenIssueTime (time.Now when
+	// nil); keyPerAccount makes AssumeRole answer an access key naming
+	// the role's account, so IAM calls signed with it are attributed to
+	// that account.
+	now           func() time.Time
+	keyPerAccount bool
+	sessions      []stsSession                 // every AssumeRole answered
+	policies      map[string]map[string]string // "account/role" → policy name → document
+}
+
+// stsSession is what the fake STS saw when it issued a session.
+type stsSession struct {
+	form   url.Values
+	issued time.Time
 }
 
 type fakeError struct {
@@ -68,6 +84,17 @@ func (f *fakeAWS) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch r.PostForm.Get("Action") {
 	case "AssumeRole", "AssumeRoleWithWebIdentity":
 		action := r.PostForm.Get("Action")
+		now := time.Now()
+		if f.now != nil {
+			now = f.now()
+		}
+		key := "ASIAIOSFODNN7EXAMPLE"
+		if f.keyPerAccount {
+			key = "ASIA" + accountOf(r.PostForm.Get("RoleArn"))
+		}
+		f.mu.Lock()
+		f.sessions = append(f.sessions, stsSession{form: r.PostForm, issued: now})
+		f.mu.Unlock()
 		fmt.Fprintf(w, `<%[1]sResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
   <%[1]sResult>
     <SourceIdentity>%[2]s</SourceIdentity>
@@ -76,7 +103,7 @@ func (f *fakeAWS) ServeHTTP(w http.ResponseWriter, r *http.Request) {
       <AssumedRoleId>AROA3XFRBF535PLBIFPI4:%[3]s</AssumedRoleId>
     </AssumedRoleUser>
     <Credentials>
-      <AccessKeyId>ASIAIOSFODNN7EXAMPLE</AccessKeyId>
+      <AccessKeyId>%[4]s</AccessKeyId>
       <SecretAccessKey>wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY</SecretAccessKey>
       <SessionToken>FwoGZXIvYXdzEXAMPLETOKEN</SessionToken>
       <Expiration>2030-01-02T03:04:05Z</Expiration>
@@ -84,14 +111,69 @@ func (f *fakeAWS) ServeHTTP(w http.ResponseWriter, r *http.Request) {
     <PackedPolicySize>12</PackedPolicySize>
   </%[1]sResult>
   <ResponseMetadata><RequestId>c6104cbe-af31-11e0-8154-cbc7ccf896c7</RequestId></ResponseMetadata>
-</%[1]sResponse>`, action, r.PostForm.Get("SourceIdentity"), r.PostForm.Get("RoleSessionName"))
-	case "PutRolePolicy":
-		fmt.Fprint(w, `<PutRolePolicyResponse xmlns="https://iam.amazonaws.com/doc/2010-05-08/">
+</%[1]sResponse>`, action, r.PostForm.Get("SourceIdentity"), r.PostForm.Get("RoleSessionName"), key)
+	case "PutRolePolicy", "DeleteRolePolicy":
+		action := r.PostForm.Get("Action")
+		role := accountOfKey(r.Header.Get("Authorization")) + "/" + r.PostForm.Get("RoleName")
+		name := r.PostForm.Get("PolicyName")
+		f.mu.Lock()
+		if f.policies == nil {
+			f.policies = map[string]map[string]string{}
+		}
+		_, exists := f.policies[role][name]
+		if action == "PutRolePolicy" {
+			if f.policies[role] == nil {
+				f.policies[role] = map[string]string{}
+			}
+			f.policies[role][name] = r.PostForm.Get("PolicyDocument")
+		} else {
+			delete(f.policies[role], name)
+		}
+		f.mu.Unlock()
+		if action == "DeleteRolePolicy" && !exists {
+			w.WriteHeader(http.StatusNotFound)
+			fmt.Fprint(w, `<ErrorResponse xmlns="https://iam.amazonaws.com/doc/2010-05-08/">
+  <Error><Type>Sender</Type><Code>NoSuchEntity</Code><Message>The role policy with name credmatrix-revocations cannot be found.</Message></Error>
+  <RequestId>9b4d2c1e-EXAMPLE</RequestId>
+</ErrorResponse>`)
+			return
+		}
+		fmt.Fprintf(w, `<%[1]sResponse xmlns="https://iam.amazonaws.com/doc/2010-05-08/">
   <ResponseMetadata><RequestId>7a62c49f-347e-4fc4-9331-6e8eEXAMPLE</RequestId></ResponseMetadata>
-</PutRolePolicyResponse>`)
+</%[1]sResponse>`, action)
 	default:
 		http.Error(w, "unknown action", http.StatusBadRequest)
 	}
+}
+
+// accountOf is the account of a role ARN.
+func accountOf(arn string) string {
+	parts := strings.Split(arn, ":")
+	if len(parts) < 5 {
+		return ""
+	}
+	return parts[4]
+}
+
+// accountOfKey is the account named by the access key that signed a
+// request (keyPerAccount), "" for any other key.
+func accountOfKey(authorization string) string {
+	_, after, ok := strings.Cut(authorization, "Credential=ASIA")
+	if !ok || len(after) < 12 {
+		return ""
+	}
+	if acct := after[:12]; strings.Trim(acct, "0123456789") == "" {
+		return acct
+	}
+	return ""
+}
+
+// policy returns the inline policy name of role ("account/role", account
+// "" without keyPerAccount).
+func (f *fakeAWS) policy(role, name string) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.policies[role][name]
 }
 
 func (f *fakeAWS) recorded() ([]url.Values, []string) {
@@ -324,51 +406,101 @@ func TestSingleFlight(t *testing.T) {
 	}
 }
 
-func TestRevokeSessionsPutsDenyPolicy(t *testing.T) {
-	f := &fakeAWS{}
+func TestPutRevocations(t *testing.T) {
+	f := &fakeAWS{keyPerAccount: true}
 	p := newProvider(t, f, awssts.Config{RevokerRoleName: "credmatrix-revoker"})
 	before := time.Date(2026, 11, 27, 9, 0, 0, 0, time.UTC)
-	roles := []broker.RoleRef{
-		{AccountID: "222222222222", Name: "deploy", ARN: "arn:aws:iam::222222222222:role/deploy"},
-		{AccountID: "111111111111", Name: "deploy", ARN: "arn:aws:iam::111111111111:role/ci/deploy"},
+	role := broker.RoleRef{AccountID: "111111111111", Name: "deploy", ARN: "arn:aws:iam::111111111111:role/ci/deploy"}
+	matches := []broker.SessionMatch{
+		{RevocationID: "0b7c9f3e-1d2a-4c5b-8e6f-7a8b9c0d1e2f", IssuedBefore: before, Tags: map[string]string{"repository": "acme/app", "sub": "repo:acme/app:ref:refs/heads/main"}},
+		{RevocationID: "r-2", IssuedBefore: before.Add(1500 * time.Millisecond), SourceIdentity: "cm-s1"},
 	}
-	n, err := p.RevokeSessions(context.Background(), roles, broker.Revocation{
-		ID: "r-1", Subject: "repo:acme/app:ref:refs/heads/main", Claims: map[string]string{"repository": "acme/app"}, IssuedBefore: before,
-	})
-	if err != nil || n != 2 {
-		t.Fatalf("RevokeSessions = %d, %v", n, err)
+	ctx := context.Background()
+	dry, err := p.PutRevocations(ctx, role, matches, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if calls, _ := f.recorded(); len(calls) != 0 {
+		t.Fatalf("a dry run made %d calls", len(calls))
+	}
+	put, err := p.PutRevocations(ctx, role, matches, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := `{"Statement":[` +
+		`{"Action":"*","Condition":{"DateLessThan":{"aws:TokenIssueTime":"2026-11-27T09:00:00Z"},` +
+		`"StringEquals":{"aws:PrincipalTag/repository":"acme/app","aws:PrincipalTag/sub":"repo:acme/app:ref:refs/heads/main"}},` +
+		`"Effect":"Deny","Resource":"*","Sid":"Revocation0b7c9f3e1d2a4c5b8e6f7a8b9c0d1e2f"},` +
+		// Rounded up: a session issued in the revocation's second is covered.
+		`{"Action":"*","Condition":{"DateLessThan":{"aws:TokenIssueTime":"2026-11-27T09:00:02Z"},"StringEquals":{"aws:SourceIdentity":"cm-s1"}},` +
+		`"Effect":"Deny","Resource":"*","Sid":"Revocationr2"}],"Version":"2012-10-17"}`
+	if diff := cmp.Diff([]string{dry.Document, put.Document, f.policy("111111111111/deploy", awssts.RevocationPolicyName)}, []string{doc, doc, doc}); diff != "" {
+		t.Errorf("(dry run, put, as IAM holds it) (-got +want):\n%s", diff)
+	}
+	// No match left (all pruned): the policy is removed; removing it
+	// again is not an error.
+	for range 2 {
+		if _, err := p.PutRevocations(ctx, role, nil, false); err != nil {
+			t.Fatal(err)
+		}
 	}
 	calls, _ := f.recorded()
 	var got []string
 	for _, c := range calls {
-		switch c.Get("Action") {
-		case "AssumeRole":
-			got = append(got, "AssumeRole "+c.Get("RoleArn"))
-		case "PutRolePolicy":
-			got = append(got, fmt.Sprintf("PutRolePolicy %s %s %s %s", c.Get("Version"), c.Get("RoleName"), c.Get("PolicyName"), c.Get("PolicyDocument")))
-		}
+		got = append(got, c.Get("Action")+" "+c.Get("RoleArn")+c.Get("RoleName")+" "+c.Get("PolicyName"))
 	}
-	doc := `{"Statement":[{"Action":"*","Condition":{"DateLessThan":{"aws:TokenIssueTime":"2026-11-27T09:00:00Z"},` +
-		`"StringEquals":{"aws:PrincipalTag/repository":"acme/app","aws:PrincipalTag/sub":"repo:acme/app:ref:refs/heads/main"}},` +
-		`"Effect":"Deny","Resource":"*","Sid":"CredmatrixRevocation"}],"Version":"2012-10-17"}`
 	want := []string{
-		"AssumeRole arn:aws:iam::111111111111:role/credmatrix-revoker",
-		"PutRolePolicy 2010-05-08 deploy credmatrix-revocation-r-1 " + doc,
-		"AssumeRole arn:aws:iam::222222222222:role/credmatrix-revoker",
-		"PutRolePolicy 2010-05-08 deploy credmatrix-revocation-r-1 " + doc,
+		"AssumeRole arn:aws:iam::111111111111:role/credmatrix-revoker ",
+		"PutRolePolicy deploy credmatrix-revocations",
+		"AssumeRole arn:aws:iam::111111111111:role/credmatrix-revoker ",
+		"DeleteRolePolicy deploy credmatrix-revocations",
+		"AssumeRole arn:aws:iam::111111111111:role/credmatrix-revoker ",
+		"DeleteRolePolicy deploy credmatrix-revocations",
 	}
 	if diff := cmp.Diff(got, want); diff != "" {
 		t.Errorf("calls (-got +want):\n%s", diff)
 	}
+	if d := f.policy("111111111111/deploy", awssts.RevocationPolicyName); d != "" {
+		t.Errorf("policy left: %s", d)
+	}
 }
 
-func TestRevocationPolicyForOneSession(t *testing.T) {
-	got, err := awssts.RevocationPolicy(broker.Revocation{ID: "r", SessionID: "0b7c9f3e-1d2a-4c5b-8e6f-7a8b9c0d1e2f"})
+// TestRevocationPolicyCompacts fills a role's revocation policy past the
+// size budget: the oldest statements become one deny of every session
+// issued before the newest of them, and the document fits.
+func TestRevocationPolicyCompacts(t *testing.T) {
+	t0 := time.Date(2026, 11, 27, 9, 0, 0, 0, time.UTC)
+	var matches []broker.SessionMatch
+	for i := range 40 {
+		matches = append(matches, broker.SessionMatch{
+			RevocationID: fmt.Sprintf("r%02d", i), IssuedBefore: t0.Add(time.Duration(i) * time.Minute),
+			Tags: map[string]string{"sub": fmt.Sprintf("repo:acme/app-%02d:ref:refs/heads/main", i), "repository": fmt.Sprintf("acme/app-%02d", i)},
+		})
+	}
+	const budget = 2048
+	doc, cutoff, err := awssts.RevocationPolicy(matches, budget)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := `{"Statement":[{"Action":"*","Condition":{"StringEquals":{"aws:SourceIdentity":"cm-0b7c9f3e-1d2a-4c5b-8e6f-7a8b9c0d1e2f"}},"Effect":"Deny","Resource":"*","Sid":"CredmatrixRevocation"}],"Version":"2012-10-17"}`
+	var parsed struct {
+		Statement []struct {
+			Sid       string
+			Condition map[string]map[string]string
+		}
+	}
+	if err := json.Unmarshal([]byte(doc), &parsed); err != nil {
+		t.Fatal(err)
+	}
+	first, last := parsed.Statement[0], parsed.Statement[len(parsed.Statement)-1]
+	kept := len(parsed.Statement) - 1
+	got := []any{len(doc) <= budget, first.Sid, first.Condition["DateLessThan"]["aws:TokenIssueTime"], cutoff.Format(time.RFC3339), last.Sid, kept > 0}
+	wantCut := t0.Add(time.Duration(39-kept) * time.Minute).Format(time.RFC3339)
+	want := []any{true, "CredmatrixCompacted", wantCut, wantCut, "Revocationr39", true}
 	if diff := cmp.Diff(got, want); diff != "" {
-		t.Errorf("(-got +want):\n%s", diff)
+		t.Errorf("(fits, first sid, its cutoff, cutoff returned, last sid, statements kept) (-got +want):\n%s\n%s", diff, doc)
+	}
+	// Under the budget nothing is compacted.
+	if _, cutoff, _ := awssts.RevocationPolicy(matches[:2], budget); !cutoff.IsZero() {
+		t.Errorf("two statements compacted at %s", cutoff)
 	}
 }

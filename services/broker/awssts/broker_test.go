@@ -44,7 +44,7 @@ func TestBrokerIssuesThroughSTS(t *testing.T) {
 	}
 	want := []any{
 		"arn:aws:iam::111111111111:role/deploy", "acme-app@4242", "2700", "cm-" + s.ID,
-		true, "ref", p.Endpoint("eu-central-1"), "ASIAIOSFODNN7EXAMPLE", true,
+		true, "iss", p.Endpoint("eu-central-1"), "ASIAIOSFODNN7EXAMPLE", true,
 	}
 	if diff := cmp.Diff(got, want); diff != "" {
 		t.Errorf("(role, session name, duration, source identity, residency scope-down, first tag, endpoint, key, same source identity) (-got +want):\n%s", diff)

@@ -41,6 +41,24 @@ func TestOperatorRPCsNeedAnAdmin(t *testing.T) {
 			_, err := s.client.ReloadPolicy(ctx, &brokerv1.ReloadPolicyRequest{})
 			return err
 		}},
+		{"ListRevocations", auditv1.Kind_KIND_SESSION_REVOKE, func() error {
+			_, err := s.client.ListRevocations(ctx, &brokerv1.ListRevocationsRequest{})
+			return err
+		}},
+		// Dry runs show what an incident response would touch: operators
+		// only too.
+		{"RevokeSessions/dry-run", auditv1.Kind_KIND_SESSION_REVOKE, func() error {
+			_, err := s.client.RevokeSessions(ctx, &brokerv1.RevokeSessionsRequest{Subject: "x", DryRun: true})
+			return err
+		}},
+		{"FreezeAccount/dry-run", auditv1.Kind_KIND_ACCOUNT_FREEZE, func() error {
+			_, err := s.client.FreezeAccount(ctx, &brokerv1.FreezeAccountRequest{Account: "dev", DryRun: true})
+			return err
+		}},
+		{"ReloadPolicy/dry-run", auditv1.Kind_KIND_POLICY_RELOAD, func() error {
+			_, err := s.client.ReloadPolicy(ctx, &brokerv1.ReloadPolicyRequest{DryRun: true})
+			return err
+		}},
 	}
 	for _, c := range calls {
 		t.Run("deny/"+c.name, func(t *testing.T) {
@@ -321,5 +339,103 @@ func TestRateLimit(t *testing.T) {
 	want := []any{codes.ResourceExhausted, "rate limit exceeded; retry later", 0, true, auditv1.Decision_DECISION_DENY, "rate-limited"}
 	if diff := cmp.Diff(got, want); diff != "" {
 		t.Errorf("(code, message, sessions, retry info, audited decision, rule) (-got +want):\n%s", diff)
+	}
+}
+
+// TestOperatorDryRuns runs every operator RPC as a dry run and then for
+// real: the dry run shows what would be covered (accounts, roles, the
+// policy digest), records and changes nothing, and the real call
+// matches it and names its audit event.
+func TestOperatorDryRuns(t *testing.T) {
+	s := newStackWith(t, "", brokertest.AdminPeer)
+	ctx := context.Background()
+	events := func() int { return len(s.Auditor.Events()) }
+
+	dryFreeze, err := s.client.FreezeAccount(ctx, &brokerv1.FreezeAccountRequest{OuPath: "/root", DryRun: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, _, _ := s.issue(t)
+	got := []any{dryFreeze.GetDryRun(), dryFreeze.GetAccountIds(), dryFreeze.GetRoleArns(), dryFreeze.GetAuditEventId(), events(), code}
+	want := []any{true, []string{"111111111111", "222222222222"},
+		[]string{"arn:aws:iam::111111111111:role/deploy", "arn:aws:iam::111111111111:role/readonly", "arn:aws:iam::222222222222:role/readonly"},
+		"", 1, codes.OK} // the one event is the issuance
+	if diff := cmp.Diff(got, want); diff != "" {
+		t.Errorf("freeze dry run (dry, accounts, roles, event id, events, issuance after) (-got +want):\n%s", diff)
+	}
+	freeze, err := s.client.FreezeAccount(ctx, &brokerv1.FreezeAccountRequest{OuPath: "/root", Reason: "drill"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]any{freeze.GetDryRun(), freeze.GetAccountIds(), freeze.GetRoleArns(), freeze.GetAuditEventId() == s.Auditor.Events()[1].GetId()},
+		[]any{false, dryFreeze.GetAccountIds(), dryFreeze.GetRoleArns(), true}); diff != "" {
+		t.Errorf("freeze (-got +want):\n%s", diff)
+	}
+	list, err := s.client.ListRevocations(ctx, &brokerv1.ListRevocationsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(list.GetFrozenScopes(), []string{"ou:/root"}); diff != "" {
+		t.Errorf("frozen scopes (-got +want):\n%s", diff)
+	}
+	n := events()
+	dryUnfreeze, err := s.client.UnfreezeAccount(ctx, &brokerv1.UnfreezeAccountRequest{OuPath: "/root", DryRun: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code, _, _ := s.issue(t); code != codes.PermissionDenied || !dryUnfreeze.GetDryRun() {
+		t.Errorf("after an unfreeze dry run: issuance %v, dry %v; want still frozen", code, dryUnfreeze.GetDryRun())
+	}
+	if _, err := s.client.UnfreezeAccount(ctx, &brokerv1.UnfreezeAccountRequest{OuPath: "/root", Reason: "drill over"}); err != nil {
+		t.Fatal(err)
+	}
+
+	n = events()
+	dryRevoke, err := s.client.RevokeSessions(ctx, &brokerv1.RevokeSessionsRequest{Subject: "repo:acme/app:ref:refs/heads/main", AccountId: "111111111111", DryRun: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, _, _ = s.issue(t)
+	var roles []string
+	for _, r := range dryRevoke.GetRoles() {
+		roles = append(roles, r.GetRoleArn()+" "+r.GetEnforcement().String())
+	}
+	got = []any{dryRevoke.GetDryRun(), roles, dryRevoke.GetAuditEventId(), events() - n, code, dryRevoke.GetBlockUntil() != nil}
+	want = []any{true, []string{
+		"arn:aws:iam::111111111111:role/deploy REVOCATION_ENFORCEMENT_ISSUANCE_ONLY",
+		"arn:aws:iam::111111111111:role/readonly REVOCATION_ENFORCEMENT_ISSUANCE_ONLY",
+	}, "", 1, codes.OK, true} // the one new event is the issuance
+	if diff := cmp.Diff(got, want); diff != "" {
+		t.Errorf("revoke dry run (dry, roles, event id, new events, issuance after, block) (-got +want):\n%s", diff)
+	}
+	list, err = s.client.ListRevocations(ctx, &brokerv1.ListRevocationsRequest{})
+	if err != nil || len(list.GetRevocations()) != 0 {
+		t.Errorf("revocations after a dry run: %v, %v", list.GetRevocations(), err)
+	}
+	revoke, err := s.client.RevokeSessions(ctx, &brokerv1.RevokeSessionsRequest{Subject: "repo:acme/app:ref:refs/heads/main", AccountId: "111111111111", Reason: "leak"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	list, err = s.client.ListRevocations(ctx, &brokerv1.ListRevocationsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]any{len(revoke.GetRoles()), revoke.GetAuditEventId() != "", len(list.GetRevocations()), list.GetRevocations()[0].GetRevocationId(), list.GetRevocations()[0].GetReason()},
+		[]any{2, true, 1, revoke.GetRevocationId(), "leak"}); diff != "" {
+		t.Errorf("revoke then list (-got +want):\n%s", diff)
+	}
+
+	dryReload, err := s.client.ReloadPolicy(ctx, &brokerv1.ReloadPolicyRequest{DryRun: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]any{dryReload.GetDryRun(), dryReload.GetChanged(), dryReload.GetAuditEventId(), dryReload.GetSha256()},
+		[]any{true, false, "", s.Service.Policy().SHA256()}); diff != "" {
+		t.Errorf("reload dry run (-got +want):\n%s", diff)
+	}
+	s.SetPolicy(strings.Replace(brokertest.DefaultPolicy, "roles: [deploy, readonly]", "roles: [deploy, deplyo]", 1))
+	_, err = s.client.ReloadPolicy(ctx, &brokerv1.ReloadPolicyRequest{DryRun: true})
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(status.Convert(err).Message(), `unknown role "deplyo"`) {
+		t.Errorf("reload dry run of a bad policy: %v", err)
 	}
 }

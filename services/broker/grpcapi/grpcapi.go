@@ -29,9 +29,10 @@ type Broker interface {
 	ExplainDecision(ctx context.Context, token string, target broker.Target) (broker.Explanation, error)
 	GetSession(ctx context.Context, accessKeyID, sessionToken string) (*broker.SessionInfo, error)
 	RevokeSessions(ctx context.Context, peer string, req broker.RevokeRequest) (broker.RevokeResult, error)
-	FreezeAccount(ctx context.Context, peer, account, ou, reason string) (broker.FreezeResult, error)
-	UnfreezeAccount(ctx context.Context, peer, account, ou, reason string) (broker.FreezeResult, error)
-	ReloadPolicy(ctx context.Context, peer string) (broker.ReloadResult, error)
+	FreezeAccount(ctx context.Context, peer string, req broker.FreezeRequest) (broker.FreezeResult, error)
+	UnfreezeAccount(ctx context.Context, peer string, req broker.FreezeRequest) (broker.FreezeResult, error)
+	ReloadPolicy(ctx context.Context, peer string, dryRun bool) (broker.ReloadResult, error)
+	ListRevocations(ctx context.Context, peer string) ([]broker.Revocation, []string, error)
 }
 
 var _ Broker = (*broker.Service)(nil)
@@ -188,7 +189,7 @@ func (s *Server) peer(ctx context.Context) string {
 func (s *Server) RevokeSessions(ctx context.Context, req *brokerv1.RevokeSessionsRequest) (*brokerv1.RevokeSessionsResponse, error) {
 	in := broker.RevokeRequest{
 		Subject: req.GetSubject(), Issuer: req.GetIssuer(), Role: req.GetRole(), AccountID: req.GetAccountId(),
-		SessionID: req.GetSessionId(), Claims: req.GetClaims(), Reason: req.GetReason(),
+		SessionID: req.GetSessionId(), Claims: req.GetClaims(), Reason: req.GetReason(), DryRun: req.GetDryRun(),
 	}
 	if ts := req.GetIssuedBefore(); ts != nil {
 		if err := ts.CheckValid(); err != nil {
@@ -206,34 +207,75 @@ func (s *Server) RevokeSessions(ctx context.Context, req *brokerv1.RevokeSession
 	if err != nil {
 		return nil, s.fail(ctx, err)
 	}
-	return &brokerv1.RevokeSessionsResponse{RevocationId: res.ID, RolesUpdated: uint32(res.RolesUpdated), AuditSequence: res.AuditSequence}, nil
+	out := &brokerv1.RevokeSessionsResponse{
+		RevocationId: res.ID, RolesUpdated: uint32(res.RolesUpdated), AuditSequence: res.AuditSequence,
+		AuditEventId: res.AuditEventID, DryRun: res.DryRun, IssuedBefore: timestamppb.New(res.IssuedBefore),
+	}
+	if !res.BlockUntil.IsZero() {
+		out.BlockUntil = timestamppb.New(res.BlockUntil)
+	}
+	for _, rr := range res.Roles {
+		pr := &brokerv1.RoleRevocation{
+			AccountId: rr.Role.AccountID, Role: rr.Role.Name, RoleArn: rr.Role.ARN, Reason: rr.Reason, PolicyDocument: rr.Policy,
+			Enforcement: brokerv1.RevocationEnforcement_REVOCATION_ENFORCEMENT_ISSUANCE_ONLY,
+		}
+		if rr.Enforcement == broker.EnforcedInIAM {
+			pr.Enforcement = brokerv1.RevocationEnforcement_REVOCATION_ENFORCEMENT_IAM
+		}
+		if !rr.CompactedBefore.IsZero() {
+			pr.CompactedBefore = timestamppb.New(rr.CompactedBefore)
+		}
+		out.Roles = append(out.Roles, pr)
+	}
+	return out, nil
 }
 
 // FreezeAccount implements brokerv1.BrokerServiceServer.
 func (s *Server) FreezeAccount(ctx context.Context, req *brokerv1.FreezeAccountRequest) (*brokerv1.FreezeAccountResponse, error) {
-	res, err := s.b.FreezeAccount(ctx, s.peer(ctx), req.GetAccount(), req.GetOuPath(), req.GetReason())
+	res, err := s.b.FreezeAccount(ctx, s.peer(ctx), broker.FreezeRequest{Account: req.GetAccount(), OU: req.GetOuPath(), Reason: req.GetReason(), DryRun: req.GetDryRun()})
 	if err != nil {
 		return nil, s.fail(ctx, err)
 	}
-	return &brokerv1.FreezeAccountResponse{AccountIds: res.AccountIDs, AuditSequence: res.AuditSequence}, nil
+	return &brokerv1.FreezeAccountResponse{AccountIds: res.AccountIDs, AuditSequence: res.AuditSequence, AuditEventId: res.AuditEventID, DryRun: res.DryRun, RoleArns: res.RoleARNs}, nil
 }
 
 // UnfreezeAccount implements brokerv1.BrokerServiceServer.
 func (s *Server) UnfreezeAccount(ctx context.Context, req *brokerv1.UnfreezeAccountRequest) (*brokerv1.UnfreezeAccountResponse, error) {
-	res, err := s.b.UnfreezeAccount(ctx, s.peer(ctx), req.GetAccount(), req.GetOuPath(), req.GetReason())
+	res, err := s.b.UnfreezeAccount(ctx, s.peer(ctx), broker.FreezeRequest{Account: req.GetAccount(), OU: req.GetOuPath(), Reason: req.GetReason(), DryRun: req.GetDryRun()})
 	if err != nil {
 		return nil, s.fail(ctx, err)
 	}
-	return &brokerv1.UnfreezeAccountResponse{AccountIds: res.AccountIDs, AuditSequence: res.AuditSequence}, nil
+	return &brokerv1.UnfreezeAccountResponse{AccountIds: res.AccountIDs, AuditSequence: res.AuditSequence, AuditEventId: res.AuditEventID, DryRun: res.DryRun, RoleArns: res.RoleARNs}, nil
 }
 
 // ReloadPolicy implements brokerv1.BrokerServiceServer.
-func (s *Server) ReloadPolicy(ctx context.Context, _ *brokerv1.ReloadPolicyRequest) (*brokerv1.ReloadPolicyResponse, error) {
-	res, err := s.b.ReloadPolicy(ctx, s.peer(ctx))
+func (s *Server) ReloadPolicy(ctx context.Context, req *brokerv1.ReloadPolicyRequest) (*brokerv1.ReloadPolicyResponse, error) {
+	res, err := s.b.ReloadPolicy(ctx, s.peer(ctx), req.GetDryRun())
 	if err != nil {
 		return nil, s.fail(ctx, err)
 	}
-	return &brokerv1.ReloadPolicyResponse{Sha256: res.SHA256, RuleCount: uint32(res.Rules), AuditSequence: res.AuditSequence}, nil
+	return &brokerv1.ReloadPolicyResponse{Sha256: res.SHA256, RuleCount: uint32(res.Rules), AuditSequence: res.AuditSequence,
+		Changed: res.Changed, AuditEventId: res.AuditEventID, DryRun: res.DryRun, KeysRefreshed: res.KeysRefreshed}, nil
+}
+
+// ListRevocations implements brokerv1.BrokerServiceServer.
+func (s *Server) ListRevocations(ctx context.Context, _ *brokerv1.ListRevocationsRequest) (*brokerv1.ListRevocationsResponse, error) {
+	revs, frozen, err := s.b.ListRevocations(ctx, s.peer(ctx))
+	if err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	out := &brokerv1.ListRevocationsResponse{FrozenScopes: frozen}
+	for _, r := range revs {
+		pr := &brokerv1.Revocation{
+			RevocationId: r.ID, Subject: r.Subject, Issuer: r.Issuer, Role: r.Role, AccountId: r.AccountID, SessionId: r.SessionID,
+			Claims: r.Claims, IssuedBefore: timestamppb.New(r.IssuedBefore), CreatedAt: timestamppb.New(r.CreatedAt), Reason: r.Reason,
+		}
+		if !r.BlockUntil.IsZero() {
+			pr.BlockUntil = timestamppb.New(r.BlockUntil)
+		}
+		out.Revocations = append(out.Revocations, pr)
+	}
+	return out, nil
 }
 
 func targetFromProto(field string, t *brokerv1.SessionTarget) (broker.Target, error) {

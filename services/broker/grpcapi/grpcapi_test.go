@@ -493,7 +493,7 @@ func TestGetSession(t *testing.T) {
 		Region:     "eu-west-1",
 		IssueTime:  got.GetIssueTime(),
 		Expiration: creds.GetExpiration(),
-		SessionTags: map[string]string{"sub": "repo:acme/app:ref:refs/heads/main", "repository": "acme/app", "ref": "refs/heads/main",
+		SessionTags: map[string]string{"sub": "repo:acme/app:ref:refs/heads/main", "iss": s.Issuer.URL(), "repository": "acme/app", "ref": "refs/heads/main",
 			"run_id": "4242", "sha": got.GetSessionTags()["sha"]},
 		SessionPolicy: `{"Statement":[{"Action":"*","Effect":"Allow","Resource":"*","Sid":"CredmatrixRole"},` +
 			`{"Condition":{"StringNotLike":{"aws:RequestedRegion":["eu-*"]}},"Effect":"Deny","NotAction":["iam:*","sts:*","organizations:*","route53:*","cloudfront:*","support:*","health:*","account:*"],` +

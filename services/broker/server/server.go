@@ -48,13 +48,14 @@ type LocalSTSConfig struct {
 // AWSConfig configures the aws provider. The broker's own AWS identity
 // comes from the standard SDK chain (IRSA, instance role, AWS_* env).
 type AWSConfig struct {
-	Mode            string        `cfg:"mode" help:"assume-role (the broker's identity assumes the target role) or web-identity (the caller's token is passed to AssumeRoleWithWebIdentity)"`
-	HubRoleARN      string        `cfg:"hub_role_arn" help:"role assumed first; target roles are assumed from it (sessions capped at 1h by role chaining)"`
-	RevokerRoleName string        `cfg:"revoker_role_name" help:"role assumed in each account to put revocation deny policies through IAM; empty uses the broker's identity"`
-	STSEndpoint     string        `cfg:"sts_endpoint" help:"override of the regional STS endpoint (VPC endpoint, tests)"`
-	IAMEndpoint     string        `cfg:"iam_endpoint" help:"override of the IAM endpoint"`
-	MaxAttempts     int           `cfg:"max_attempts" help:"STS calls per request, retrying throttling with jittered backoff inside the caller's deadline"`
-	CallTimeout     time.Duration `cfg:"call_timeout" help:"deadline of one STS or IAM call"`
+	Mode                     string        `cfg:"mode" help:"assume-role (the broker's identity assumes the target role) or web-identity (the caller's token is passed to AssumeRoleWithWebIdentity)"`
+	HubRoleARN               string        `cfg:"hub_role_arn" help:"role assumed first; target roles are assumed from it (sessions capped at 1h by role chaining)"`
+	RevokerRoleName          string        `cfg:"revoker_role_name" help:"role assumed in each account to put revocation deny policies through IAM; empty uses the broker's identity"`
+	STSEndpoint              string        `cfg:"sts_endpoint" help:"override of the regional STS endpoint (VPC endpoint, tests)"`
+	IAMEndpoint              string        `cfg:"iam_endpoint" help:"override of the IAM endpoint"`
+	MaxAttempts              int           `cfg:"max_attempts" help:"STS calls per request, retrying throttling with jittered backoff inside the caller's deadline"`
+	CallTimeout              time.Duration `cfg:"call_timeout" help:"deadline of one STS or IAM call"`
+	MaxRevocationPolicyBytes int           `cfg:"max_revocation_policy_bytes" help:"size budget of a role's inline revocation policy (IAM allows 10240 characters for all of a role's inline policies); past it the oldest revocations are compacted into a deny of every session issued before a cutoff"`
 }
 
 // AuditBatchConfig configures how concurrent audit appends are coalesced.
@@ -116,7 +117,7 @@ func DefaultConfig() Config {
 		State:                StateConfig{Driver: "sqlite", CacheTTL: broker.DefaultStateTTL},
 		Limits:               LimitsConfig{SubjectBurst: 20, RoleBurst: 100},
 		AuditBatch:           AuditBatchConfig{MaxEvents: auditbatch.DefaultMaxBatch, MaxInFlight: auditbatch.DefaultMaxInFlight},
-		AWS:                  AWSConfig{Mode: awssts.ModeAssumeRole, MaxAttempts: 5, CallTimeout: 5 * time.Second},
+		AWS:                  AWSConfig{Mode: awssts.ModeAssumeRole, MaxAttempts: 5, CallTimeout: 5 * time.Second, MaxRevocationPolicyBytes: awssts.DefaultMaxRevocationPolicyBytes},
 		OIDC: OIDCConfig{
 			KeyRefreshMin: oidc.DefaultKeyLifetime.MinRefresh, KeyRefreshMax: oidc.DefaultKeyLifetime.MaxRefresh,
 			KeyGrace: oidc.DefaultKeyLifetime.Grace, KeyRefreshCooldown: oidc.DefaultKeyLifetime.Cooldown,
@@ -171,6 +172,9 @@ func (c Config) Validate() error {
 	case "aws":
 		if c.AWS.Mode != awssts.ModeAssumeRole && c.AWS.Mode != awssts.ModeWebIdentity {
 			errs = append(errs, &config.FieldError{Field: "aws.mode", Msg: "want assume-role or web-identity"})
+		}
+		if c.AWS.MaxRevocationPolicyBytes < 512 || c.AWS.MaxRevocationPolicyBytes > 10240 {
+			errs = append(errs, &config.FieldError{Field: "aws.max_revocation_policy_bytes", Msg: "must be 512 to 10240"})
 		}
 		if c.AWS.MaxAttempts < 1 || c.AWS.CallTimeout <= 0 {
 			errs = append(errs, &config.FieldError{Field: "aws.max_attempts", Msg: "max_attempts must be at least 1 and call_timeout positive"})
@@ -231,7 +235,7 @@ func newProvider(ctx context.Context, cfg Config) (broker.Provider, error) {
 		return awssts.New(base, awssts.Config{
 			Mode: cfg.AWS.Mode, HubRoleARN: cfg.AWS.HubRoleARN, RevokerRoleName: cfg.AWS.RevokerRoleName,
 			STSEndpoint: cfg.AWS.STSEndpoint, IAMEndpoint: cfg.AWS.IAMEndpoint,
-			MaxAttempts: cfg.AWS.MaxAttempts, CallTimeout: cfg.AWS.CallTimeout,
+			MaxAttempts: cfg.AWS.MaxAttempts, CallTimeout: cfg.AWS.CallTimeout, MaxRevocationPolicyBytes: cfg.AWS.MaxRevocationPolicyBytes,
 		})
 	default:
 		key, err := keyfile.Read(cfg.LocalSTS.SigningKeyFile, localsts.KeySize)

@@ -82,6 +82,62 @@ func (Effect) EnumDescriptor() ([]byte, []int) {
 	return file_credmatrix_broker_v1_broker_proto_rawDescGZIP(), []int{0}
 }
 
+// RevocationEnforcement says how far a revocation reaches for one role.
+type RevocationEnforcement int32
+
+const (
+	// Unknown.
+	RevocationEnforcement_REVOCATION_ENFORCEMENT_UNSPECIFIED RevocationEnforcement = 0
+	// Further issuance is blocked and sessions already issued stop working:
+	// the role's IAM policy denies them, on every selector.
+	RevocationEnforcement_REVOCATION_ENFORCEMENT_IAM RevocationEnforcement = 1
+	// Only further issuance is blocked: a selector cannot be expressed in
+	// IAM for this role (the reason says which), or the provider has no IAM
+	// (local). Sessions already issued keep working until they expire.
+	RevocationEnforcement_REVOCATION_ENFORCEMENT_ISSUANCE_ONLY RevocationEnforcement = 2
+)
+
+// Enum value maps for RevocationEnforcement.
+var (
+	RevocationEnforcement_name = map[int32]string{
+		0: "REVOCATION_ENFORCEMENT_UNSPECIFIED",
+		1: "REVOCATION_ENFORCEMENT_IAM",
+		2: "REVOCATION_ENFORCEMENT_ISSUANCE_ONLY",
+	}
+	RevocationEnforcement_value = map[string]int32{
+		"REVOCATION_ENFORCEMENT_UNSPECIFIED":   0,
+		"REVOCATION_ENFORCEMENT_IAM":           1,
+		"REVOCATION_ENFORCEMENT_ISSUANCE_ONLY": 2,
+	}
+)
+
+func (x RevocationEnforcement) Enum() *RevocationEnforcement {
+	p := new(RevocationEnforcement)
+	*p = x
+	return p
+}
+
+func (x RevocationEnforcement) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (RevocationEnforcement) Descriptor() protoreflect.EnumDescriptor {
+	return file_credmatrix_broker_v1_broker_proto_enumTypes[1].Descriptor()
+}
+
+func (RevocationEnforcement) Type() protoreflect.EnumType {
+	return &file_credmatrix_broker_v1_broker_proto_enumTypes[1]
+}
+
+func (x RevocationEnforcement) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use RevocationEnforcement.Descriptor instead.
+func (RevocationEnforcement) EnumDescriptor() ([]byte, []int) {
+	return file_credmatrix_broker_v1_broker_proto_rawDescGZIP(), []int{1}
+}
+
 // SessionTarget is one session asked for: a role in an account.
 type SessionTarget struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -530,7 +586,23 @@ type DenialDetail struct {
 	AuditEventId string `protobuf:"bytes,3,opt,name=audit_event_id,json=auditEventId,proto3" json:"audit_event_id,omitempty"`
 	// How to reproduce the decision locally, e.g. a
 	// `credmatrix policy test` command line.
-	Hint          string `protobuf:"bytes,4,opt,name=hint,proto3" json:"hint,omitempty"`
+	Hint string `protobuf:"bytes,4,opt,name=hint,proto3" json:"hint,omitempty"`
+	// What the hint reproduces, for clients that build their own command
+	// line: the role and account as asked.
+	Role string `protobuf:"bytes,5,opt,name=role,proto3" json:"role,omitempty"`
+	// Account as asked.
+	Account string `protobuf:"bytes,6,opt,name=account,proto3" json:"account,omitempty"`
+	// Region of the decision (the account's home region when none was
+	// asked).
+	Region string `protobuf:"bytes,7,opt,name=region,proto3" json:"region,omitempty"`
+	// Requested duration, unset when none was asked.
+	Duration *durationpb.Duration `protobuf:"bytes,8,opt,name=duration,proto3" json:"duration,omitempty"`
+	// True when the request carried a scope-down policy.
+	ScopeDown bool `protobuf:"varint,9,opt,name=scope_down,json=scopeDown,proto3" json:"scope_down,omitempty"`
+	// SHA-256 (hex) of the trust policy that decided.
+	PolicySha256 string `protobuf:"bytes,10,opt,name=policy_sha256,json=policySha256,proto3" json:"policy_sha256,omitempty"`
+	// When the decision was made.
+	DecidedAt     *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=decided_at,json=decidedAt,proto3" json:"decided_at,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -591,6 +663,55 @@ func (x *DenialDetail) GetHint() string {
 		return x.Hint
 	}
 	return ""
+}
+
+func (x *DenialDetail) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *DenialDetail) GetAccount() string {
+	if x != nil {
+		return x.Account
+	}
+	return ""
+}
+
+func (x *DenialDetail) GetRegion() string {
+	if x != nil {
+		return x.Region
+	}
+	return ""
+}
+
+func (x *DenialDetail) GetDuration() *durationpb.Duration {
+	if x != nil {
+		return x.Duration
+	}
+	return nil
+}
+
+func (x *DenialDetail) GetScopeDown() bool {
+	if x != nil {
+		return x.ScopeDown
+	}
+	return false
+}
+
+func (x *DenialDetail) GetPolicySha256() string {
+	if x != nil {
+		return x.PolicySha256
+	}
+	return ""
+}
+
+func (x *DenialDetail) GetDecidedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.DecidedAt
+	}
+	return nil
 }
 
 // ListRolesRequest asks what a token may assume.
@@ -1020,7 +1141,10 @@ type RevokeSessionsRequest struct {
 	// How long further issuance for the match stays blocked; unset means 12
 	// hours (the longest session). Between 1 minute and 30 days. A revocation
 	// naming only session_id blocks nothing further.
-	BlockFor      *durationpb.Duration `protobuf:"bytes,9,opt,name=block_for,json=blockFor,proto3" json:"block_for,omitempty"`
+	BlockFor *durationpb.Duration `protobuf:"bytes,9,opt,name=block_for,json=blockFor,proto3" json:"block_for,omitempty"`
+	// Show what the revocation would match (roles, accounts, the IAM policy
+	// each role would get) without recording or enforcing anything.
+	DryRun        bool `protobuf:"varint,10,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1118,6 +1242,116 @@ func (x *RevokeSessionsRequest) GetBlockFor() *durationpb.Duration {
 	return nil
 }
 
+func (x *RevokeSessionsRequest) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
+// RoleRevocation reports a revocation's reach for one role.
+type RoleRevocation struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Account id.
+	AccountId string `protobuf:"bytes,1,opt,name=account_id,json=accountId,proto3" json:"account_id,omitempty"`
+	// Role name.
+	Role string `protobuf:"bytes,2,opt,name=role,proto3" json:"role,omitempty"`
+	// Role ARN.
+	RoleArn string `protobuf:"bytes,3,opt,name=role_arn,json=roleArn,proto3" json:"role_arn,omitempty"`
+	// How far the revocation reaches for this role.
+	Enforcement RevocationEnforcement `protobuf:"varint,4,opt,name=enforcement,proto3,enum=credmatrix.broker.v1.RevocationEnforcement" json:"enforcement,omitempty"`
+	// Why it is issuance-only, or a caveat of the IAM deny (a selector value
+	// that became a different session tag value, a compaction).
+	Reason string `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
+	// The role's inline IAM policy of revocations as put (or, in a dry run,
+	// as it would be put); empty when none.
+	PolicyDocument string `protobuf:"bytes,6,opt,name=policy_document,json=policyDocument,proto3" json:"policy_document,omitempty"`
+	// Set when older revocations were compacted to fit the IAM size limit:
+	// every session of the role issued before this time is denied.
+	CompactedBefore *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=compacted_before,json=compactedBefore,proto3" json:"compacted_before,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *RoleRevocation) Reset() {
+	*x = RoleRevocation{}
+	mi := &file_credmatrix_broker_v1_broker_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RoleRevocation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RoleRevocation) ProtoMessage() {}
+
+func (x *RoleRevocation) ProtoReflect() protoreflect.Message {
+	mi := &file_credmatrix_broker_v1_broker_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RoleRevocation.ProtoReflect.Descriptor instead.
+func (*RoleRevocation) Descriptor() ([]byte, []int) {
+	return file_credmatrix_broker_v1_broker_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *RoleRevocation) GetAccountId() string {
+	if x != nil {
+		return x.AccountId
+	}
+	return ""
+}
+
+func (x *RoleRevocation) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *RoleRevocation) GetRoleArn() string {
+	if x != nil {
+		return x.RoleArn
+	}
+	return ""
+}
+
+func (x *RoleRevocation) GetEnforcement() RevocationEnforcement {
+	if x != nil {
+		return x.Enforcement
+	}
+	return RevocationEnforcement_REVOCATION_ENFORCEMENT_UNSPECIFIED
+}
+
+func (x *RoleRevocation) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *RoleRevocation) GetPolicyDocument() string {
+	if x != nil {
+		return x.PolicyDocument
+	}
+	return ""
+}
+
+func (x *RoleRevocation) GetCompactedBefore() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CompactedBefore
+	}
+	return nil
+}
+
 // RevokeSessionsResponse reports a revocation.
 type RevokeSessionsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1127,13 +1361,24 @@ type RevokeSessionsResponse struct {
 	RolesUpdated uint32 `protobuf:"varint,2,opt,name=roles_updated,json=rolesUpdated,proto3" json:"roles_updated,omitempty"`
 	// Sequence number of the audit event.
 	AuditSequence uint64 `protobuf:"varint,3,opt,name=audit_sequence,json=auditSequence,proto3" json:"audit_sequence,omitempty"`
+	// Every role the revocation covers, with its enforcement.
+	Roles []*RoleRevocation `protobuf:"bytes,4,rep,name=roles,proto3" json:"roles,omitempty"`
+	// Sessions issued before this time are revoked.
+	IssuedBefore *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=issued_before,json=issuedBefore,proto3" json:"issued_before,omitempty"`
+	// Further issuance for the match is blocked until this time (unset for a
+	// revocation naming only a session).
+	BlockUntil *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=block_until,json=blockUntil,proto3" json:"block_until,omitempty"`
+	// Id of the audit event (empty in a dry run).
+	AuditEventId string `protobuf:"bytes,7,opt,name=audit_event_id,json=auditEventId,proto3" json:"audit_event_id,omitempty"`
+	// True when nothing was recorded or enforced.
+	DryRun        bool `protobuf:"varint,8,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RevokeSessionsResponse) Reset() {
 	*x = RevokeSessionsResponse{}
-	mi := &file_credmatrix_broker_v1_broker_proto_msgTypes[13]
+	mi := &file_credmatrix_broker_v1_broker_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1145,7 +1390,7 @@ func (x *RevokeSessionsResponse) String() string {
 func (*RevokeSessionsResponse) ProtoMessage() {}
 
 func (x *RevokeSessionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credmatrix_broker_v1_broker_proto_msgTypes[13]
+	mi := &file_credmatrix_broker_v1_broker_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1158,7 +1403,7 @@ func (x *RevokeSessionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeSessionsResponse.ProtoReflect.Descriptor instead.
 func (*RevokeSessionsResponse) Descriptor() ([]byte, []int) {
-	return file_credmatrix_broker_v1_broker_proto_rawDescGZIP(), []int{13}
+	return file_credmatrix_broker_v1_broker_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RevokeSessionsResponse) GetRevocationId() string {
@@ -1182,6 +1427,41 @@ func (x *RevokeSessionsResponse) GetAuditSequence() uint64 {
 	return 0
 }
 
+func (x *RevokeSessionsResponse) GetRoles() []*RoleRevocation {
+	if x != nil {
+		return x.Roles
+	}
+	return nil
+}
+
+func (x *RevokeSessionsResponse) GetIssuedBefore() *timestamppb.Timestamp {
+	if x != nil {
+		return x.IssuedBefore
+	}
+	return nil
+}
+
+func (x *RevokeSessionsResponse) GetBlockUntil() *timestamppb.Timestamp {
+	if x != nil {
+		return x.BlockUntil
+	}
+	return nil
+}
+
+func (x *RevokeSessionsResponse) GetAuditEventId() string {
+	if x != nil {
+		return x.AuditEventId
+	}
+	return ""
+}
+
+func (x *RevokeSessionsResponse) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
 // FreezeAccountRequest freezes an account or an OU.
 type FreezeAccountRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1190,14 +1470,16 @@ type FreezeAccountRequest struct {
 	// OU path (e.g. "/root/prod"); freezes every account under it.
 	OuPath string `protobuf:"bytes,2,opt,name=ou_path,json=ouPath,proto3" json:"ou_path,omitempty"`
 	// Why (recorded in the audit log). Required.
-	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	// Show what the freeze would cover without freezing anything.
+	DryRun        bool `protobuf:"varint,4,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *FreezeAccountRequest) Reset() {
 	*x = FreezeAccountRequest{}
-	mi := &file_credmatrix_broker_v1_broker_proto_msgTypes[14]
+	mi := &file_credmatrix_broker_v1_broker_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1209,7 +1491,7 @@ func (x *FreezeAccountRequest) String() string {
 func (*FreezeAccountRequest) ProtoMessage() {}
 
 func (x *FreezeAccountRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credmatrix_broker_v1_broker_proto_msgTypes[14]
+	mi := &file_credmatrix_broker_v1_broker_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1222,7 +1504,7 @@ func (x *FreezeAccountRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FreezeAccountRequest.ProtoReflect.Descriptor instead.
 func (*FreezeAccountRequest) Descriptor() ([]byte, []int) {
-	return file_credmatrix_broker_v1_broker_proto_rawDescGZIP(), []int{14}
+	return file_credmatrix_broker_v1_broker_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *FreezeAccountRequest) GetAccount() string {
@@ -1246,6 +1528,13 @@ func (x *FreezeAccountRequest) GetReason() string {
 	return ""
 }
 
+func (x *FreezeAccountRequest) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
 // FreezeAccountResponse reports a freeze.
 type FreezeAccountResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1253,13 +1542,19 @@ type FreezeAccountResponse struct {
 	AccountIds []string `protobuf:"bytes,1,rep,name=account_ids,json=accountIds,proto3" json:"account_ids,omitempty"`
 	// Sequence number of the audit event.
 	AuditSequence uint64 `protobuf:"varint,2,opt,name=audit_sequence,json=auditSequence,proto3" json:"audit_sequence,omitempty"`
+	// Id of the audit event (empty in a dry run).
+	AuditEventId string `protobuf:"bytes,3,opt,name=audit_event_id,json=auditEventId,proto3" json:"audit_event_id,omitempty"`
+	// True when nothing was changed.
+	DryRun bool `protobuf:"varint,4,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	// ARNs of the roles in the accounts covered.
+	RoleArns      []string `protobuf:"bytes,5,rep,name=role_arns,json=roleArns,proto3" json:"role_arns,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *FreezeAccountResponse) Reset() {
 	*x = FreezeAccountResponse{}
-	mi := &file_credmatrix_broker_v1_broker_proto_msgTypes[15]
+	mi := &file_credmatrix_broker_v1_broker_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1271,7 +1566,7 @@ func (x *FreezeAccountResponse) String() string {
 func (*FreezeAccountResponse) ProtoMessage() {}
 
 func (x *FreezeAccountResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credmatrix_broker_v1_broker_proto_msgTypes[15]
+	mi := &file_credmatrix_broker_v1_broker_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1284,7 +1579,7 @@ func (x *FreezeAccountResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FreezeAccountResponse.ProtoReflect.Descriptor instead.
 func (*FreezeAccountResponse) Descriptor() ([]byte, []int) {
-	return file_credmatrix_broker_v1_broker_proto_rawDescGZIP(), []int{15}
+	return file_credmatrix_broker_v1_broker_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *FreezeAccountResponse) GetAccountIds() []string {
@@ -1301,6 +1596,27 @@ func (x *FreezeAccountResponse) GetAuditSequence() uint64 {
 	return 0
 }
 
+func (x *FreezeAccountResponse) GetAuditEventId() string {
+	if x != nil {
+		return x.AuditEventId
+	}
+	return ""
+}
+
+func (x *FreezeAccountResponse) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
+func (x *FreezeAccountResponse) GetRoleArns() []string {
+	if x != nil {
+		return x.RoleArns
+	}
+	return nil
+}
+
 // UnfreezeAccountRequest lifts a freeze.
 type UnfreezeAccountRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1309,14 +1625,16 @@ type UnfreezeAccountRequest struct {
 	// OU path.
 	OuPath string `protobuf:"bytes,2,opt,name=ou_path,json=ouPath,proto3" json:"ou_path,omitempty"`
 	// Why (recorded in the audit log). Required.
-	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	// Show what the unfreeze would cover without changing anything.
+	DryRun        bool `protobuf:"varint,4,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *UnfreezeAccountRequest) Reset() {
 	*x = UnfreezeAccountRequest{}
-	mi := &file_credmatrix_broker_v1_broker_proto_msgTypes[16]
+	mi := &file_credmatrix_broker_v1_broker_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1328,7 +1646,7 @@ func (x *UnfreezeAccountRequest) String() string {
 func (*UnfreezeAccountRequest) ProtoMessage() {}
 
 func (x *UnfreezeAccountRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credmatrix_broker_v1_broker_proto_msgTypes[16]
+	mi := &file_credmatrix_broker_v1_broker_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1341,7 +1659,7 @@ func (x *UnfreezeAccountRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnfreezeAccountRequest.ProtoReflect.Descriptor instead.
 func (*UnfreezeAccountRequest) Descriptor() ([]byte, []int) {
-	return file_credmatrix_broker_v1_broker_proto_rawDescGZIP(), []int{16}
+	return file_credmatrix_broker_v1_broker_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *UnfreezeAccountRequest) GetAccount() string {
@@ -1365,6 +1683,13 @@ func (x *UnfreezeAccountRequest) GetReason() string {
 	return ""
 }
 
+func (x *UnfreezeAccountRequest) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
 // UnfreezeAccountResponse reports an unfreeze.
 type UnfreezeAccountResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1372,13 +1697,19 @@ type UnfreezeAccountResponse struct {
 	AccountIds []string `protobuf:"bytes,1,rep,name=account_ids,json=accountIds,proto3" json:"account_ids,omitempty"`
 	// Sequence number of the audit event.
 	AuditSequence uint64 `protobuf:"varint,2,opt,name=audit_sequence,json=auditSequence,proto3" json:"audit_sequence,omitempty"`
+	// Id of the audit event (empty in a dry run).
+	AuditEventId string `protobuf:"bytes,3,opt,name=audit_event_id,json=auditEventId,proto3" json:"audit_event_id,omitempty"`
+	// True when nothing was changed.
+	DryRun bool `protobuf:"varint,4,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	// ARNs of the roles in the accounts covered.
+	RoleArns      []string `protobuf:"bytes,5,rep,name=role_arns,json=roleArns,proto3" json:"role_arns,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *UnfreezeAccountResponse) Reset() {
 	*x = UnfreezeAccountResponse{}
-	mi := &file_credmatrix_broker_v1_broker_proto_msgTypes[17]
+	mi := &file_credmatrix_broker_v1_broker_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1390,7 +1721,7 @@ func (x *UnfreezeAccountResponse) String() string {
 func (*UnfreezeAccountResponse) ProtoMessage() {}
 
 func (x *UnfreezeAccountResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credmatrix_broker_v1_broker_proto_msgTypes[17]
+	mi := &file_credmatrix_broker_v1_broker_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1403,7 +1734,7 @@ func (x *UnfreezeAccountResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnfreezeAccountResponse.ProtoReflect.Descriptor instead.
 func (*UnfreezeAccountResponse) Descriptor() ([]byte, []int) {
-	return file_credmatrix_broker_v1_broker_proto_rawDescGZIP(), []int{17}
+	return file_credmatrix_broker_v1_broker_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *UnfreezeAccountResponse) GetAccountIds() []string {
@@ -1420,16 +1751,40 @@ func (x *UnfreezeAccountResponse) GetAuditSequence() uint64 {
 	return 0
 }
 
+func (x *UnfreezeAccountResponse) GetAuditEventId() string {
+	if x != nil {
+		return x.AuditEventId
+	}
+	return ""
+}
+
+func (x *UnfreezeAccountResponse) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
+func (x *UnfreezeAccountResponse) GetRoleArns() []string {
+	if x != nil {
+		return x.RoleArns
+	}
+	return nil
+}
+
 // ReloadPolicyRequest asks for a reload from the configured source.
 type ReloadPolicyRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Read and validate the policy source and say whether it differs from
+	// the policy in force, without swapping it in or refetching keys.
+	DryRun        bool `protobuf:"varint,1,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ReloadPolicyRequest) Reset() {
 	*x = ReloadPolicyRequest{}
-	mi := &file_credmatrix_broker_v1_broker_proto_msgTypes[18]
+	mi := &file_credmatrix_broker_v1_broker_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1441,7 +1796,7 @@ func (x *ReloadPolicyRequest) String() string {
 func (*ReloadPolicyRequest) ProtoMessage() {}
 
 func (x *ReloadPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credmatrix_broker_v1_broker_proto_msgTypes[18]
+	mi := &file_credmatrix_broker_v1_broker_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1454,7 +1809,14 @@ func (x *ReloadPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReloadPolicyRequest.ProtoReflect.Descriptor instead.
 func (*ReloadPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_credmatrix_broker_v1_broker_proto_rawDescGZIP(), []int{18}
+	return file_credmatrix_broker_v1_broker_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *ReloadPolicyRequest) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
 }
 
 // ReloadPolicyResponse describes the policy now in force.
@@ -1466,13 +1828,21 @@ type ReloadPolicyResponse struct {
 	RuleCount uint32 `protobuf:"varint,2,opt,name=rule_count,json=ruleCount,proto3" json:"rule_count,omitempty"`
 	// Sequence number of the audit event.
 	AuditSequence uint64 `protobuf:"varint,3,opt,name=audit_sequence,json=auditSequence,proto3" json:"audit_sequence,omitempty"`
+	// True when the policy read differs from the one in force before.
+	Changed bool `protobuf:"varint,4,opt,name=changed,proto3" json:"changed,omitempty"`
+	// Id of the audit event (empty in a dry run).
+	AuditEventId string `protobuf:"bytes,5,opt,name=audit_event_id,json=auditEventId,proto3" json:"audit_event_id,omitempty"`
+	// True when nothing was changed.
+	DryRun bool `protobuf:"varint,6,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	// True when every issuer's signing keys in use were refetched.
+	KeysRefreshed bool `protobuf:"varint,7,opt,name=keys_refreshed,json=keysRefreshed,proto3" json:"keys_refreshed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ReloadPolicyResponse) Reset() {
 	*x = ReloadPolicyResponse{}
-	mi := &file_credmatrix_broker_v1_broker_proto_msgTypes[19]
+	mi := &file_credmatrix_broker_v1_broker_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1484,7 +1854,7 @@ func (x *ReloadPolicyResponse) String() string {
 func (*ReloadPolicyResponse) ProtoMessage() {}
 
 func (x *ReloadPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credmatrix_broker_v1_broker_proto_msgTypes[19]
+	mi := &file_credmatrix_broker_v1_broker_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1497,7 +1867,7 @@ func (x *ReloadPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReloadPolicyResponse.ProtoReflect.Descriptor instead.
 func (*ReloadPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_credmatrix_broker_v1_broker_proto_rawDescGZIP(), []int{19}
+	return file_credmatrix_broker_v1_broker_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ReloadPolicyResponse) GetSha256() string {
@@ -1521,6 +1891,34 @@ func (x *ReloadPolicyResponse) GetAuditSequence() uint64 {
 	return 0
 }
 
+func (x *ReloadPolicyResponse) GetChanged() bool {
+	if x != nil {
+		return x.Changed
+	}
+	return false
+}
+
+func (x *ReloadPolicyResponse) GetAuditEventId() string {
+	if x != nil {
+		return x.AuditEventId
+	}
+	return ""
+}
+
+func (x *ReloadPolicyResponse) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
+func (x *ReloadPolicyResponse) GetKeysRefreshed() bool {
+	if x != nil {
+		return x.KeysRefreshed
+	}
+	return false
+}
+
 // GetSessionRequest identifies a local-provider session.
 type GetSessionRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1534,7 +1932,7 @@ type GetSessionRequest struct {
 
 func (x *GetSessionRequest) Reset() {
 	*x = GetSessionRequest{}
-	mi := &file_credmatrix_broker_v1_broker_proto_msgTypes[20]
+	mi := &file_credmatrix_broker_v1_broker_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1546,7 +1944,7 @@ func (x *GetSessionRequest) String() string {
 func (*GetSessionRequest) ProtoMessage() {}
 
 func (x *GetSessionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credmatrix_broker_v1_broker_proto_msgTypes[20]
+	mi := &file_credmatrix_broker_v1_broker_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1559,7 +1957,7 @@ func (x *GetSessionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSessionRequest.ProtoReflect.Descriptor instead.
 func (*GetSessionRequest) Descriptor() ([]byte, []int) {
-	return file_credmatrix_broker_v1_broker_proto_rawDescGZIP(), []int{20}
+	return file_credmatrix_broker_v1_broker_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *GetSessionRequest) GetAccessKeyId() string {
@@ -1607,7 +2005,7 @@ type GetSessionResponse struct {
 
 func (x *GetSessionResponse) Reset() {
 	*x = GetSessionResponse{}
-	mi := &file_credmatrix_broker_v1_broker_proto_msgTypes[21]
+	mi := &file_credmatrix_broker_v1_broker_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1619,7 +2017,7 @@ func (x *GetSessionResponse) String() string {
 func (*GetSessionResponse) ProtoMessage() {}
 
 func (x *GetSessionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credmatrix_broker_v1_broker_proto_msgTypes[21]
+	mi := &file_credmatrix_broker_v1_broker_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1632,7 +2030,7 @@ func (x *GetSessionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSessionResponse.ProtoReflect.Descriptor instead.
 func (*GetSessionResponse) Descriptor() ([]byte, []int) {
-	return file_credmatrix_broker_v1_broker_proto_rawDescGZIP(), []int{21}
+	return file_credmatrix_broker_v1_broker_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *GetSessionResponse) GetSessionId() string {
@@ -1712,6 +2110,234 @@ func (x *GetSessionResponse) GetSessionPolicy() string {
 	return ""
 }
 
+// ListRevocationsRequest asks for the broker's incident-response state.
+type ListRevocationsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRevocationsRequest) Reset() {
+	*x = ListRevocationsRequest{}
+	mi := &file_credmatrix_broker_v1_broker_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRevocationsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRevocationsRequest) ProtoMessage() {}
+
+func (x *ListRevocationsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_credmatrix_broker_v1_broker_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRevocationsRequest.ProtoReflect.Descriptor instead.
+func (*ListRevocationsRequest) Descriptor() ([]byte, []int) {
+	return file_credmatrix_broker_v1_broker_proto_rawDescGZIP(), []int{23}
+}
+
+// Revocation is one revocation still in effect.
+type Revocation struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Id of the revocation.
+	RevocationId string `protobuf:"bytes,1,opt,name=revocation_id,json=revocationId,proto3" json:"revocation_id,omitempty"`
+	// Subject selector ("" for any; so for every selector).
+	Subject string `protobuf:"bytes,2,opt,name=subject,proto3" json:"subject,omitempty"`
+	// OIDC issuer selector.
+	Issuer string `protobuf:"bytes,3,opt,name=issuer,proto3" json:"issuer,omitempty"`
+	// Role selector.
+	Role string `protobuf:"bytes,4,opt,name=role,proto3" json:"role,omitempty"`
+	// Account id selector.
+	AccountId string `protobuf:"bytes,5,opt,name=account_id,json=accountId,proto3" json:"account_id,omitempty"`
+	// Session id selector.
+	SessionId string `protobuf:"bytes,6,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	// Claim selectors.
+	Claims map[string]string `protobuf:"bytes,7,rep,name=claims,proto3" json:"claims,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Sessions issued before this time are revoked.
+	IssuedBefore *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=issued_before,json=issuedBefore,proto3" json:"issued_before,omitempty"`
+	// Further issuance is blocked until this time (unset: none).
+	BlockUntil *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=block_until,json=blockUntil,proto3" json:"block_until,omitempty"`
+	// When the revocation was made.
+	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	// The operator's reason.
+	Reason        string `protobuf:"bytes,11,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Revocation) Reset() {
+	*x = Revocation{}
+	mi := &file_credmatrix_broker_v1_broker_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Revocation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Revocation) ProtoMessage() {}
+
+func (x *Revocation) ProtoReflect() protoreflect.Message {
+	mi := &file_credmatrix_broker_v1_broker_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Revocation.ProtoReflect.Descriptor instead.
+func (*Revocation) Descriptor() ([]byte, []int) {
+	return file_credmatrix_broker_v1_broker_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *Revocation) GetRevocationId() string {
+	if x != nil {
+		return x.RevocationId
+	}
+	return ""
+}
+
+func (x *Revocation) GetSubject() string {
+	if x != nil {
+		return x.Subject
+	}
+	return ""
+}
+
+func (x *Revocation) GetIssuer() string {
+	if x != nil {
+		return x.Issuer
+	}
+	return ""
+}
+
+func (x *Revocation) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *Revocation) GetAccountId() string {
+	if x != nil {
+		return x.AccountId
+	}
+	return ""
+}
+
+func (x *Revocation) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+func (x *Revocation) GetClaims() map[string]string {
+	if x != nil {
+		return x.Claims
+	}
+	return nil
+}
+
+func (x *Revocation) GetIssuedBefore() *timestamppb.Timestamp {
+	if x != nil {
+		return x.IssuedBefore
+	}
+	return nil
+}
+
+func (x *Revocation) GetBlockUntil() *timestamppb.Timestamp {
+	if x != nil {
+		return x.BlockUntil
+	}
+	return nil
+}
+
+func (x *Revocation) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *Revocation) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// ListRevocationsResponse lists revocations and freezes.
+type ListRevocationsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Revocations still in effect, oldest first.
+	Revocations []*Revocation `protobuf:"bytes,1,rep,name=revocations,proto3" json:"revocations,omitempty"`
+	// Frozen scopes ("account:<id>" or "ou:<path>"), sorted.
+	FrozenScopes  []string `protobuf:"bytes,2,rep,name=frozen_scopes,json=frozenScopes,proto3" json:"frozen_scopes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRevocationsResponse) Reset() {
+	*x = ListRevocationsResponse{}
+	mi := &file_credmatrix_broker_v1_broker_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRevocationsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRevocationsResponse) ProtoMessage() {}
+
+func (x *ListRevocationsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_credmatrix_broker_v1_broker_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRevocationsResponse.ProtoReflect.Descriptor instead.
+func (*ListRevocationsResponse) Descriptor() ([]byte, []int) {
+	return file_credmatrix_broker_v1_broker_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *ListRevocationsResponse) GetRevocations() []*Revocation {
+	if x != nil {
+		return x.Revocations
+	}
+	return nil
+}
+
+func (x *ListRevocationsResponse) GetFrozenScopes() []string {
+	if x != nil {
+		return x.FrozenScopes
+	}
+	return nil
+}
+
 var File_credmatrix_broker_v1_broker_proto protoreflect.FileDescriptor
 
 const file_credmatrix_broker_v1_broker_proto_rawDesc = "" +
@@ -1753,12 +2379,22 @@ const file_credmatrix_broker_v1_broker_proto_rawDesc = "" +
 	"\x04rule\x18\v \x01(\tR\x04rule\x12$\n" +
 	"\x0eaudit_event_id\x18\f \x01(\tR\fauditEventId\x12%\n" +
 	"\x0eaudit_sequence\x18\r \x01(\x04R\rauditSequence\x125\n" +
-	"\bduration\x18\x0e \x01(\v2\x19.google.protobuf.DurationR\bduration\"t\n" +
+	"\bduration\x18\x0e \x01(\v2\x19.google.protobuf.DurationR\bduration\"\xf0\x02\n" +
 	"\fDenialDetail\x12\x12\n" +
 	"\x04rule\x18\x01 \x01(\tR\x04rule\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12$\n" +
 	"\x0eaudit_event_id\x18\x03 \x01(\tR\fauditEventId\x12\x12\n" +
-	"\x04hint\x18\x04 \x01(\tR\x04hint\"(\n" +
+	"\x04hint\x18\x04 \x01(\tR\x04hint\x12\x12\n" +
+	"\x04role\x18\x05 \x01(\tR\x04role\x12\x18\n" +
+	"\aaccount\x18\x06 \x01(\tR\aaccount\x12\x16\n" +
+	"\x06region\x18\a \x01(\tR\x06region\x125\n" +
+	"\bduration\x18\b \x01(\v2\x19.google.protobuf.DurationR\bduration\x12\x1d\n" +
+	"\n" +
+	"scope_down\x18\t \x01(\bR\tscopeDown\x12#\n" +
+	"\rpolicy_sha256\x18\n" +
+	" \x01(\tR\fpolicySha256\x129\n" +
+	"\n" +
+	"decided_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\tdecidedAt\"(\n" +
 	"\x10ListRolesRequest\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\"L\n" +
 	"\x11ListRolesResponse\x127\n" +
@@ -1785,7 +2421,7 @@ const file_credmatrix_broker_v1_broker_proto_rawDesc = "" +
 	"\rdeciding_rule\x18\x02 \x01(\tR\fdecidingRule\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x12F\n" +
 	"\vevaluations\x18\x04 \x03(\v2$.credmatrix.broker.v1.RuleEvaluationR\vevaluations\x12H\n" +
-	"\x12effective_duration\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\x11effectiveDuration\"\xb8\x03\n" +
+	"\x12effective_duration\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\x11effectiveDuration\"\xd1\x03\n" +
 	"\x15RevokeSessionsRequest\x12\x18\n" +
 	"\asubject\x18\x01 \x01(\tR\asubject\x12\x16\n" +
 	"\x06issuer\x18\x02 \x01(\tR\x06issuer\x12\x12\n" +
@@ -1797,36 +2433,66 @@ const file_credmatrix_broker_v1_broker_proto_rawDesc = "" +
 	"\rissued_before\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\fissuedBefore\x12\x16\n" +
 	"\x06reason\x18\a \x01(\tR\x06reason\x12O\n" +
 	"\x06claims\x18\b \x03(\v27.credmatrix.broker.v1.RevokeSessionsRequest.ClaimsEntryR\x06claims\x126\n" +
-	"\tblock_for\x18\t \x01(\v2\x19.google.protobuf.DurationR\bblockFor\x1a9\n" +
+	"\tblock_for\x18\t \x01(\v2\x19.google.protobuf.DurationR\bblockFor\x12\x17\n" +
+	"\adry_run\x18\n" +
+	" \x01(\bR\x06dryRun\x1a9\n" +
 	"\vClaimsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x89\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb5\x02\n" +
+	"\x0eRoleRevocation\x12\x1d\n" +
+	"\n" +
+	"account_id\x18\x01 \x01(\tR\taccountId\x12\x12\n" +
+	"\x04role\x18\x02 \x01(\tR\x04role\x12\x19\n" +
+	"\brole_arn\x18\x03 \x01(\tR\aroleArn\x12M\n" +
+	"\venforcement\x18\x04 \x01(\x0e2+.credmatrix.broker.v1.RevocationEnforcementR\venforcement\x12\x16\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\x12'\n" +
+	"\x0fpolicy_document\x18\x06 \x01(\tR\x0epolicyDocument\x12E\n" +
+	"\x10compacted_before\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x0fcompactedBefore\"\x82\x03\n" +
 	"\x16RevokeSessionsResponse\x12#\n" +
 	"\rrevocation_id\x18\x01 \x01(\tR\frevocationId\x12#\n" +
 	"\rroles_updated\x18\x02 \x01(\rR\frolesUpdated\x12%\n" +
-	"\x0eaudit_sequence\x18\x03 \x01(\x04R\rauditSequence\"a\n" +
+	"\x0eaudit_sequence\x18\x03 \x01(\x04R\rauditSequence\x12:\n" +
+	"\x05roles\x18\x04 \x03(\v2$.credmatrix.broker.v1.RoleRevocationR\x05roles\x12?\n" +
+	"\rissued_before\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\fissuedBefore\x12;\n" +
+	"\vblock_until\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"blockUntil\x12$\n" +
+	"\x0eaudit_event_id\x18\a \x01(\tR\fauditEventId\x12\x17\n" +
+	"\adry_run\x18\b \x01(\bR\x06dryRun\"z\n" +
 	"\x14FreezeAccountRequest\x12\x18\n" +
 	"\aaccount\x18\x01 \x01(\tR\aaccount\x12\x17\n" +
 	"\aou_path\x18\x02 \x01(\tR\x06ouPath\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reason\"_\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x17\n" +
+	"\adry_run\x18\x04 \x01(\bR\x06dryRun\"\xbb\x01\n" +
 	"\x15FreezeAccountResponse\x12\x1f\n" +
 	"\vaccount_ids\x18\x01 \x03(\tR\n" +
 	"accountIds\x12%\n" +
-	"\x0eaudit_sequence\x18\x02 \x01(\x04R\rauditSequence\"c\n" +
+	"\x0eaudit_sequence\x18\x02 \x01(\x04R\rauditSequence\x12$\n" +
+	"\x0eaudit_event_id\x18\x03 \x01(\tR\fauditEventId\x12\x17\n" +
+	"\adry_run\x18\x04 \x01(\bR\x06dryRun\x12\x1b\n" +
+	"\trole_arns\x18\x05 \x03(\tR\broleArns\"|\n" +
 	"\x16UnfreezeAccountRequest\x12\x18\n" +
 	"\aaccount\x18\x01 \x01(\tR\aaccount\x12\x17\n" +
 	"\aou_path\x18\x02 \x01(\tR\x06ouPath\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reason\"a\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x17\n" +
+	"\adry_run\x18\x04 \x01(\bR\x06dryRun\"\xbd\x01\n" +
 	"\x17UnfreezeAccountResponse\x12\x1f\n" +
 	"\vaccount_ids\x18\x01 \x03(\tR\n" +
 	"accountIds\x12%\n" +
-	"\x0eaudit_sequence\x18\x02 \x01(\x04R\rauditSequence\"\x15\n" +
-	"\x13ReloadPolicyRequest\"t\n" +
+	"\x0eaudit_sequence\x18\x02 \x01(\x04R\rauditSequence\x12$\n" +
+	"\x0eaudit_event_id\x18\x03 \x01(\tR\fauditEventId\x12\x17\n" +
+	"\adry_run\x18\x04 \x01(\bR\x06dryRun\x12\x1b\n" +
+	"\trole_arns\x18\x05 \x03(\tR\broleArns\".\n" +
+	"\x13ReloadPolicyRequest\x12\x17\n" +
+	"\adry_run\x18\x01 \x01(\bR\x06dryRun\"\xf4\x01\n" +
 	"\x14ReloadPolicyResponse\x12\x16\n" +
 	"\x06sha256\x18\x01 \x01(\tR\x06sha256\x12\x1d\n" +
 	"\n" +
 	"rule_count\x18\x02 \x01(\rR\truleCount\x12%\n" +
-	"\x0eaudit_sequence\x18\x03 \x01(\x04R\rauditSequence\"\\\n" +
+	"\x0eaudit_sequence\x18\x03 \x01(\x04R\rauditSequence\x12\x18\n" +
+	"\achanged\x18\x04 \x01(\bR\achanged\x12$\n" +
+	"\x0eaudit_event_id\x18\x05 \x01(\tR\fauditEventId\x12\x17\n" +
+	"\adry_run\x18\x06 \x01(\bR\x06dryRun\x12%\n" +
+	"\x0ekeys_refreshed\x18\a \x01(\bR\rkeysRefreshed\"\\\n" +
 	"\x11GetSessionRequest\x12\"\n" +
 	"\raccess_key_id\x18\x01 \x01(\tR\vaccessKeyId\x12#\n" +
 	"\rsession_token\x18\x02 \x01(\tR\fsessionToken\"\x89\x04\n" +
@@ -1850,11 +2516,40 @@ const file_credmatrix_broker_v1_broker_proto_rawDesc = "" +
 	"\x0esession_policy\x18\v \x01(\tR\rsessionPolicy\x1a>\n" +
 	"\x10SessionTagsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01*C\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x18\n" +
+	"\x16ListRevocationsRequest\"\x87\x04\n" +
+	"\n" +
+	"Revocation\x12#\n" +
+	"\rrevocation_id\x18\x01 \x01(\tR\frevocationId\x12\x18\n" +
+	"\asubject\x18\x02 \x01(\tR\asubject\x12\x16\n" +
+	"\x06issuer\x18\x03 \x01(\tR\x06issuer\x12\x12\n" +
+	"\x04role\x18\x04 \x01(\tR\x04role\x12\x1d\n" +
+	"\n" +
+	"account_id\x18\x05 \x01(\tR\taccountId\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x06 \x01(\tR\tsessionId\x12D\n" +
+	"\x06claims\x18\a \x03(\v2,.credmatrix.broker.v1.Revocation.ClaimsEntryR\x06claims\x12?\n" +
+	"\rissued_before\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\fissuedBefore\x12;\n" +
+	"\vblock_until\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"blockUntil\x129\n" +
+	"\n" +
+	"created_at\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x16\n" +
+	"\x06reason\x18\v \x01(\tR\x06reason\x1a9\n" +
+	"\vClaimsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x82\x01\n" +
+	"\x17ListRevocationsResponse\x12B\n" +
+	"\vrevocations\x18\x01 \x03(\v2 .credmatrix.broker.v1.RevocationR\vrevocations\x12#\n" +
+	"\rfrozen_scopes\x18\x02 \x03(\tR\ffrozenScopes*C\n" +
 	"\x06Effect\x12\x16\n" +
 	"\x12EFFECT_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fEFFECT_ALLOW\x10\x01\x12\x0f\n" +
-	"\vEFFECT_DENY\x10\x022\xd3\x06\n" +
+	"\vEFFECT_DENY\x10\x02*\x89\x01\n" +
+	"\x15RevocationEnforcement\x12&\n" +
+	"\"REVOCATION_ENFORCEMENT_UNSPECIFIED\x10\x00\x12\x1e\n" +
+	"\x1aREVOCATION_ENFORCEMENT_IAM\x10\x01\x12(\n" +
+	"$REVOCATION_ENFORCEMENT_ISSUANCE_ONLY\x10\x022\xc3\a\n" +
 	"\rBrokerService\x12e\n" +
 	"\fIssueSession\x12).credmatrix.broker.v1.IssueSessionRequest\x1a*.credmatrix.broker.v1.IssueSessionResponse\x12\\\n" +
 	"\tListRoles\x12&.credmatrix.broker.v1.ListRolesRequest\x1a'.credmatrix.broker.v1.ListRolesResponse\x12n\n" +
@@ -1864,7 +2559,8 @@ const file_credmatrix_broker_v1_broker_proto_rawDesc = "" +
 	"\x0fUnfreezeAccount\x12,.credmatrix.broker.v1.UnfreezeAccountRequest\x1a-.credmatrix.broker.v1.UnfreezeAccountResponse\x12e\n" +
 	"\fReloadPolicy\x12).credmatrix.broker.v1.ReloadPolicyRequest\x1a*.credmatrix.broker.v1.ReloadPolicyResponse\x12_\n" +
 	"\n" +
-	"GetSession\x12'.credmatrix.broker.v1.GetSessionRequest\x1a(.credmatrix.broker.v1.GetSessionResponseBFZDgithub.com/credmatrix/credmatrix/proto/credmatrix/broker/v1;brokerv1b\x06proto3"
+	"GetSession\x12'.credmatrix.broker.v1.GetSessionRequest\x1a(.credmatrix.broker.v1.GetSessionResponse\x12n\n" +
+	"\x0fListRevocations\x12,.credmatrix.broker.v1.ListRevocationsRequest\x1a-.credmatrix.broker.v1.ListRevocationsResponseBFZDgithub.com/credmatrix/credmatrix/proto/credmatrix/broker/v1;brokerv1b\x06proto3"
 
 var (
 	file_credmatrix_broker_v1_broker_proto_rawDescOnce sync.Once
@@ -1878,77 +2574,97 @@ func file_credmatrix_broker_v1_broker_proto_rawDescGZIP() []byte {
 	return file_credmatrix_broker_v1_broker_proto_rawDescData
 }
 
-var file_credmatrix_broker_v1_broker_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_credmatrix_broker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_credmatrix_broker_v1_broker_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_credmatrix_broker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_credmatrix_broker_v1_broker_proto_goTypes = []any{
 	(Effect)(0),                     // 0: credmatrix.broker.v1.Effect
-	(*SessionTarget)(nil),           // 1: credmatrix.broker.v1.SessionTarget
-	(*IssueSessionRequest)(nil),     // 2: credmatrix.broker.v1.IssueSessionRequest
-	(*IssueSessionResponse)(nil),    // 3: credmatrix.broker.v1.IssueSessionResponse
-	(*Credentials)(nil),             // 4: credmatrix.broker.v1.Credentials
-	(*Session)(nil),                 // 5: credmatrix.broker.v1.Session
-	(*DenialDetail)(nil),            // 6: credmatrix.broker.v1.DenialDetail
-	(*ListRolesRequest)(nil),        // 7: credmatrix.broker.v1.ListRolesRequest
-	(*ListRolesResponse)(nil),       // 8: credmatrix.broker.v1.ListRolesResponse
-	(*RoleSummary)(nil),             // 9: credmatrix.broker.v1.RoleSummary
-	(*ExplainDecisionRequest)(nil),  // 10: credmatrix.broker.v1.ExplainDecisionRequest
-	(*RuleEvaluation)(nil),          // 11: credmatrix.broker.v1.RuleEvaluation
-	(*ExplainDecisionResponse)(nil), // 12: credmatrix.broker.v1.ExplainDecisionResponse
-	(*RevokeSessionsRequest)(nil),   // 13: credmatrix.broker.v1.RevokeSessionsRequest
-	(*RevokeSessionsResponse)(nil),  // 14: credmatrix.broker.v1.RevokeSessionsResponse
-	(*FreezeAccountRequest)(nil),    // 15: credmatrix.broker.v1.FreezeAccountRequest
-	(*FreezeAccountResponse)(nil),   // 16: credmatrix.broker.v1.FreezeAccountResponse
-	(*UnfreezeAccountRequest)(nil),  // 17: credmatrix.broker.v1.UnfreezeAccountRequest
-	(*UnfreezeAccountResponse)(nil), // 18: credmatrix.broker.v1.UnfreezeAccountResponse
-	(*ReloadPolicyRequest)(nil),     // 19: credmatrix.broker.v1.ReloadPolicyRequest
-	(*ReloadPolicyResponse)(nil),    // 20: credmatrix.broker.v1.ReloadPolicyResponse
-	(*GetSessionRequest)(nil),       // 21: credmatrix.broker.v1.GetSessionRequest
-	(*GetSessionResponse)(nil),      // 22: credmatrix.broker.v1.GetSessionResponse
-	nil,                             // 23: credmatrix.broker.v1.RevokeSessionsRequest.ClaimsEntry
-	nil,                             // 24: credmatrix.broker.v1.GetSessionResponse.SessionTagsEntry
-	(*durationpb.Duration)(nil),     // 25: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),   // 26: google.protobuf.Timestamp
+	(RevocationEnforcement)(0),      // 1: credmatrix.broker.v1.RevocationEnforcement
+	(*SessionTarget)(nil),           // 2: credmatrix.broker.v1.SessionTarget
+	(*IssueSessionRequest)(nil),     // 3: credmatrix.broker.v1.IssueSessionRequest
+	(*IssueSessionResponse)(nil),    // 4: credmatrix.broker.v1.IssueSessionResponse
+	(*Credentials)(nil),             // 5: credmatrix.broker.v1.Credentials
+	(*Session)(nil),                 // 6: credmatrix.broker.v1.Session
+	(*DenialDetail)(nil),            // 7: credmatrix.broker.v1.DenialDetail
+	(*ListRolesRequest)(nil),        // 8: credmatrix.broker.v1.ListRolesRequest
+	(*ListRolesResponse)(nil),       // 9: credmatrix.broker.v1.ListRolesResponse
+	(*RoleSummary)(nil),             // 10: credmatrix.broker.v1.RoleSummary
+	(*ExplainDecisionRequest)(nil),  // 11: credmatrix.broker.v1.ExplainDecisionRequest
+	(*RuleEvaluation)(nil),          // 12: credmatrix.broker.v1.RuleEvaluation
+	(*ExplainDecisionResponse)(nil), // 13: credmatrix.broker.v1.ExplainDecisionResponse
+	(*RevokeSessionsRequest)(nil),   // 14: credmatrix.broker.v1.RevokeSessionsRequest
+	(*RoleRevocation)(nil),          // 15: credmatrix.broker.v1.RoleRevocation
+	(*RevokeSessionsResponse)(nil),  // 16: credmatrix.broker.v1.RevokeSessionsResponse
+	(*FreezeAccountRequest)(nil),    // 17: credmatrix.broker.v1.FreezeAccountRequest
+	(*FreezeAccountResponse)(nil),   // 18: credmatrix.broker.v1.FreezeAccountResponse
+	(*UnfreezeAccountRequest)(nil),  // 19: credmatrix.broker.v1.UnfreezeAccountRequest
+	(*UnfreezeAccountResponse)(nil), // 20: credmatrix.broker.v1.UnfreezeAccountResponse
+	(*ReloadPolicyRequest)(nil),     // 21: credmatrix.broker.v1.ReloadPolicyRequest
+	(*ReloadPolicyResponse)(nil),    // 22: credmatrix.broker.v1.ReloadPolicyResponse
+	(*GetSessionRequest)(nil),       // 23: credmatrix.broker.v1.GetSessionRequest
+	(*GetSessionResponse)(nil),      // 24: credmatrix.broker.v1.GetSessionResponse
+	(*ListRevocationsRequest)(nil),  // 25: credmatrix.broker.v1.ListRevocationsRequest
+	(*Revocation)(nil),              // 26: credmatrix.broker.v1.Revocation
+	(*ListRevocationsResponse)(nil), // 27: credmatrix.broker.v1.ListRevocationsResponse
+	nil,                             // 28: credmatrix.broker.v1.RevokeSessionsRequest.ClaimsEntry
+	nil,                             // 29: credmatrix.broker.v1.GetSessionResponse.SessionTagsEntry
+	nil,                             // 30: credmatrix.broker.v1.Revocation.ClaimsEntry
+	(*durationpb.Duration)(nil),     // 31: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),   // 32: google.protobuf.Timestamp
 }
 var file_credmatrix_broker_v1_broker_proto_depIdxs = []int32{
-	25, // 0: credmatrix.broker.v1.SessionTarget.duration:type_name -> google.protobuf.Duration
-	1,  // 1: credmatrix.broker.v1.IssueSessionRequest.targets:type_name -> credmatrix.broker.v1.SessionTarget
-	5,  // 2: credmatrix.broker.v1.IssueSessionResponse.sessions:type_name -> credmatrix.broker.v1.Session
-	26, // 3: credmatrix.broker.v1.Credentials.expiration:type_name -> google.protobuf.Timestamp
-	4,  // 4: credmatrix.broker.v1.Session.credentials:type_name -> credmatrix.broker.v1.Credentials
-	25, // 5: credmatrix.broker.v1.Session.duration:type_name -> google.protobuf.Duration
-	9,  // 6: credmatrix.broker.v1.ListRolesResponse.roles:type_name -> credmatrix.broker.v1.RoleSummary
-	25, // 7: credmatrix.broker.v1.RoleSummary.max_duration:type_name -> google.protobuf.Duration
-	1,  // 8: credmatrix.broker.v1.ExplainDecisionRequest.target:type_name -> credmatrix.broker.v1.SessionTarget
-	0,  // 9: credmatrix.broker.v1.RuleEvaluation.effect:type_name -> credmatrix.broker.v1.Effect
-	11, // 10: credmatrix.broker.v1.ExplainDecisionResponse.evaluations:type_name -> credmatrix.broker.v1.RuleEvaluation
-	25, // 11: credmatrix.broker.v1.ExplainDecisionResponse.effective_duration:type_name -> google.protobuf.Duration
-	26, // 12: credmatrix.broker.v1.RevokeSessionsRequest.issued_before:type_name -> google.protobuf.Timestamp
-	23, // 13: credmatrix.broker.v1.RevokeSessionsRequest.claims:type_name -> credmatrix.broker.v1.RevokeSessionsRequest.ClaimsEntry
-	25, // 14: credmatrix.broker.v1.RevokeSessionsRequest.block_for:type_name -> google.protobuf.Duration
-	26, // 15: credmatrix.broker.v1.GetSessionResponse.issue_time:type_name -> google.protobuf.Timestamp
-	26, // 16: credmatrix.broker.v1.GetSessionResponse.expiration:type_name -> google.protobuf.Timestamp
-	24, // 17: credmatrix.broker.v1.GetSessionResponse.session_tags:type_name -> credmatrix.broker.v1.GetSessionResponse.SessionTagsEntry
-	2,  // 18: credmatrix.broker.v1.BrokerService.IssueSession:input_type -> credmatrix.broker.v1.IssueSessionRequest
-	7,  // 19: credmatrix.broker.v1.BrokerService.ListRoles:input_type -> credmatrix.broker.v1.ListRolesRequest
-	10, // 20: credmatrix.broker.v1.BrokerService.ExplainDecision:input_type -> credmatrix.broker.v1.ExplainDecisionRequest
-	13, // 21: credmatrix.broker.v1.BrokerService.RevokeSessions:input_type -> credmatrix.broker.v1.RevokeSessionsRequest
-	15, // 22: credmatrix.broker.v1.BrokerService.FreezeAccount:input_type -> credmatrix.broker.v1.FreezeAccountRequest
-	17, // 23: credmatrix.broker.v1.BrokerService.UnfreezeAccount:input_type -> credmatrix.broker.v1.UnfreezeAccountRequest
-	19, // 24: credmatrix.broker.v1.BrokerService.ReloadPolicy:input_type -> credmatrix.broker.v1.ReloadPolicyRequest
-	21, // 25: credmatrix.broker.v1.BrokerService.GetSession:input_type -> credmatrix.broker.v1.GetSessionRequest
-	3,  // 26: credmatrix.broker.v1.BrokerService.IssueSession:output_type -> credmatrix.broker.v1.IssueSessionResponse
-	8,  // 27: credmatrix.broker.v1.BrokerService.ListRoles:output_type -> credmatrix.broker.v1.ListRolesResponse
-	12, // 28: credmatrix.broker.v1.BrokerService.ExplainDecision:output_type -> credmatrix.broker.v1.ExplainDecisionResponse
-	14, // 29: credmatrix.broker.v1.BrokerService.RevokeSessions:output_type -> credmatrix.broker.v1.RevokeSessionsResponse
-	16, // 30: credmatrix.broker.v1.BrokerService.FreezeAccount:output_type -> credmatrix.broker.v1.FreezeAccountResponse
-	18, // 31: credmatrix.broker.v1.BrokerService.UnfreezeAccount:output_type -> credmatrix.broker.v1.UnfreezeAccountResponse
-	20, // 32: credmatrix.broker.v1.BrokerService.ReloadPolicy:output_type -> credmatrix.broker.v1.ReloadPolicyResponse
-	22, // 33: credmatrix.broker.v1.BrokerService.GetSession:output_type -> credmatrix.broker.v1.GetSessionResponse
-	26, // [26:34] is the sub-list for method output_type
-	18, // [18:26] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	31, // 0: credmatrix.broker.v1.SessionTarget.duration:type_name -> google.protobuf.Duration
+	2,  // 1: credmatrix.broker.v1.IssueSessionRequest.targets:type_name -> credmatrix.broker.v1.SessionTarget
+	6,  // 2: credmatrix.broker.v1.IssueSessionResponse.sessions:type_name -> credmatrix.broker.v1.Session
+	32, // 3: credmatrix.broker.v1.Credentials.expiration:type_name -> google.protobuf.Timestamp
+	5,  // 4: credmatrix.broker.v1.Session.credentials:type_name -> credmatrix.broker.v1.Credentials
+	31, // 5: credmatrix.broker.v1.Session.duration:type_name -> google.protobuf.Duration
+	31, // 6: credmatrix.broker.v1.DenialDetail.duration:type_name -> google.protobuf.Duration
+	32, // 7: credmatrix.broker.v1.DenialDetail.decided_at:type_name -> google.protobuf.Timestamp
+	10, // 8: credmatrix.broker.v1.ListRolesResponse.roles:type_name -> credmatrix.broker.v1.RoleSummary
+	31, // 9: credmatrix.broker.v1.RoleSummary.max_duration:type_name -> google.protobuf.Duration
+	2,  // 10: credmatrix.broker.v1.ExplainDecisionRequest.target:type_name -> credmatrix.broker.v1.SessionTarget
+	0,  // 11: credmatrix.broker.v1.RuleEvaluation.effect:type_name -> credmatrix.broker.v1.Effect
+	12, // 12: credmatrix.broker.v1.ExplainDecisionResponse.evaluations:type_name -> credmatrix.broker.v1.RuleEvaluation
+	31, // 13: credmatrix.broker.v1.ExplainDecisionResponse.effective_duration:type_name -> google.protobuf.Duration
+	32, // 14: credmatrix.broker.v1.RevokeSessionsRequest.issued_before:type_name -> google.protobuf.Timestamp
+	28, // 15: credmatrix.broker.v1.RevokeSessionsRequest.claims:type_name -> credmatrix.broker.v1.RevokeSessionsRequest.ClaimsEntry
+	31, // 16: credmatrix.broker.v1.RevokeSessionsRequest.block_for:type_name -> google.protobuf.Duration
+	1,  // 17: credmatrix.broker.v1.RoleRevocation.enforcement:type_name -> credmatrix.broker.v1.RevocationEnforcement
+	32, // 18: credmatrix.broker.v1.RoleRevocation.compacted_before:type_name -> google.protobuf.Timestamp
+	15, // 19: credmatrix.broker.v1.RevokeSessionsResponse.roles:type_name -> credmatrix.broker.v1.RoleRevocation
+	32, // 20: credmatrix.broker.v1.RevokeSessionsResponse.issued_before:type_name -> google.protobuf.Timestamp
+	32, // 21: credmatrix.broker.v1.RevokeSessionsResponse.block_until:type_name -> google.protobuf.Timestamp
+	32, // 22: credmatrix.broker.v1.GetSessionResponse.issue_time:type_name -> google.protobuf.Timestamp
+	32, // 23: credmatrix.broker.v1.GetSessionResponse.expiration:type_name -> google.protobuf.Timestamp
+	29, // 24: credmatrix.broker.v1.GetSessionResponse.session_tags:type_name -> credmatrix.broker.v1.GetSessionResponse.SessionTagsEntry
+	30, // 25: credmatrix.broker.v1.Revocation.claims:type_name -> credmatrix.broker.v1.Revocation.ClaimsEntry
+	32, // 26: credmatrix.broker.v1.Revocation.issued_before:type_name -> google.protobuf.Timestamp
+	32, // 27: credmatrix.broker.v1.Revocation.block_until:type_name -> google.protobuf.Timestamp
+	32, // 28: credmatrix.broker.v1.Revocation.created_at:type_name -> google.protobuf.Timestamp
+	26, // 29: credmatrix.broker.v1.ListRevocationsResponse.revocations:type_name -> credmatrix.broker.v1.Revocation
+	3,  // 30: credmatrix.broker.v1.BrokerService.IssueSession:input_type -> credmatrix.broker.v1.IssueSessionRequest
+	8,  // 31: credmatrix.broker.v1.BrokerService.ListRoles:input_type -> credmatrix.broker.v1.ListRolesRequest
+	11, // 32: credmatrix.broker.v1.BrokerService.ExplainDecision:input_type -> credmatrix.broker.v1.ExplainDecisionRequest
+	14, // 33: credmatrix.broker.v1.BrokerService.RevokeSessions:input_type -> credmatrix.broker.v1.RevokeSessionsRequest
+	17, // 34: credmatrix.broker.v1.BrokerService.FreezeAccount:input_type -> credmatrix.broker.v1.FreezeAccountRequest
+	19, // 35: credmatrix.broker.v1.BrokerService.UnfreezeAccount:input_type -> credmatrix.broker.v1.UnfreezeAccountRequest
+	21, // 36: credmatrix.broker.v1.BrokerService.ReloadPolicy:input_type -> credmatrix.broker.v1.ReloadPolicyRequest
+	23, // 37: credmatrix.broker.v1.BrokerService.GetSession:input_type -> credmatrix.broker.v1.GetSessionRequest
+	25, // 38: credmatrix.broker.v1.BrokerService.ListRevocations:input_type -> credmatrix.broker.v1.ListRevocationsRequest
+	4,  // 39: credmatrix.broker.v1.BrokerService.IssueSession:output_type -> credmatrix.broker.v1.IssueSessionResponse
+	9,  // 40: credmatrix.broker.v1.BrokerService.ListRoles:output_type -> credmatrix.broker.v1.ListRolesResponse
+	13, // 41: credmatrix.broker.v1.BrokerService.ExplainDecision:output_type -> credmatrix.broker.v1.ExplainDecisionResponse
+	16, // 42: credmatrix.broker.v1.BrokerService.RevokeSessions:output_type -> credmatrix.broker.v1.RevokeSessionsResponse
+	18, // 43: credmatrix.broker.v1.BrokerService.FreezeAccount:output_type -> credmatrix.broker.v1.FreezeAccountResponse
+	20, // 44: credmatrix.broker.v1.BrokerService.UnfreezeAccount:output_type -> credmatrix.broker.v1.UnfreezeAccountResponse
+	22, // 45: credmatrix.broker.v1.BrokerService.ReloadPolicy:output_type -> credmatrix.broker.v1.ReloadPolicyResponse
+	24, // 46: credmatrix.broker.v1.BrokerService.GetSession:output_type -> credmatrix.broker.v1.GetSessionResponse
+	27, // 47: credmatrix.broker.v1.BrokerService.ListRevocations:output_type -> credmatrix.broker.v1.ListRevocationsResponse
+	39, // [39:48] is the sub-list for method output_type
+	30, // [30:39] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_credmatrix_broker_v1_broker_proto_init() }
@@ -1961,8 +2677,8 @@ func file_credmatrix_broker_v1_broker_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_credmatrix_broker_v1_broker_proto_rawDesc), len(file_credmatrix_broker_v1_broker_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   24,
+			NumEnums:      2,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

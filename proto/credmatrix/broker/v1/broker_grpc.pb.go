@@ -33,6 +33,7 @@ const (
 	BrokerService_UnfreezeAccount_FullMethodName = "/credmatrix.broker.v1.BrokerService/UnfreezeAccount"
 	BrokerService_ReloadPolicy_FullMethodName    = "/credmatrix.broker.v1.BrokerService/ReloadPolicy"
 	BrokerService_GetSession_FullMethodName      = "/credmatrix.broker.v1.BrokerService/GetSession"
+	BrokerService_ListRevocations_FullMethodName = "/credmatrix.broker.v1.BrokerService/ListRevocations"
 )
 
 // BrokerServiceClient is the client API for BrokerService service.
@@ -72,6 +73,9 @@ type BrokerServiceClient interface {
 	ReloadPolicy(ctx context.Context, in *ReloadPolicyRequest, opts ...grpc.CallOption) (*ReloadPolicyResponse, error)
 	// GetSession introspects a session issued by the local provider.
 	GetSession(ctx context.Context, in *GetSessionRequest, opts ...grpc.CallOption) (*GetSessionResponse, error)
+	// ListRevocations lists the revocations still in effect and the frozen
+	// accounts and OUs. Operators only.
+	ListRevocations(ctx context.Context, in *ListRevocationsRequest, opts ...grpc.CallOption) (*ListRevocationsResponse, error)
 }
 
 type brokerServiceClient struct {
@@ -162,6 +166,16 @@ func (c *brokerServiceClient) GetSession(ctx context.Context, in *GetSessionRequ
 	return out, nil
 }
 
+func (c *brokerServiceClient) ListRevocations(ctx context.Context, in *ListRevocationsRequest, opts ...grpc.CallOption) (*ListRevocationsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListRevocationsResponse)
+	err := c.cc.Invoke(ctx, BrokerService_ListRevocations_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // BrokerServiceServer is the server API for BrokerService service.
 // All implementations must embed UnimplementedBrokerServiceServer
 // for forward compatibility.
@@ -199,6 +213,9 @@ type BrokerServiceServer interface {
 	ReloadPolicy(context.Context, *ReloadPolicyRequest) (*ReloadPolicyResponse, error)
 	// GetSession introspects a session issued by the local provider.
 	GetSession(context.Context, *GetSessionRequest) (*GetSessionResponse, error)
+	// ListRevocations lists the revocations still in effect and the frozen
+	// accounts and OUs. Operators only.
+	ListRevocations(context.Context, *ListRevocationsRequest) (*ListRevocationsResponse, error)
 	mustEmbedUnimplementedBrokerServiceServer()
 }
 
@@ -232,6 +249,9 @@ func (UnimplementedBrokerServiceServer) ReloadPolicy(context.Context, *ReloadPol
 }
 func (UnimplementedBrokerServiceServer) GetSession(context.Context, *GetSessionRequest) (*GetSessionResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetSession not implemented")
+}
+func (UnimplementedBrokerServiceServer) ListRevocations(context.Context, *ListRevocationsRequest) (*ListRevocationsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListRevocations not implemented")
 }
 func (UnimplementedBrokerServiceServer) mustEmbedUnimplementedBrokerServiceServer() {}
 func (UnimplementedBrokerServiceServer) testEmbeddedByValue()                       {}
@@ -398,6 +418,24 @@ func _BrokerService_GetSession_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _BrokerService_ListRevocations_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListRevocationsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BrokerServiceServer).ListRevocations(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: BrokerService_ListRevocations_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BrokerServiceServer).ListRevocations(ctx, req.(*ListRevocationsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // BrokerService_ServiceDesc is the grpc.ServiceDesc for BrokerService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -436,6 +474,10 @@ var BrokerService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetSession",
 			Handler:    _BrokerService_GetSession_Handler,
+		},
+		{
+			MethodName: "ListRevocations",
+			Handler:    _BrokerService_ListRevocations_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
