@@ -14,6 +14,20 @@
 //	event <base64 deterministic protobuf of the event>   (in log order)
 //	end <number of event lines>
 //
+// A bundle that holds a range of the log not starting at the first event
+// (an archive of a sealed range, or an export of a log whose older events
+// were archived and pruned) is version 2: the header says v2 and two
+// records follow the key line:
+//
+//	first <sequence of the first event line>
+//	start <base64 hash>,...    (the compact range of the tree of the first
+//	                            <first> events: the roots of its perfect
+//	                            subtrees, largest first; empty when first is 0)
+//
+// so that the events can be hashed into the tree from there on and checked
+// against the signed checkpoints, without the events before them.
+// A v1 reader refuses a v2 bundle by its header.
+//
 // Read checks the syntax and limits only; package verify judges the
 // content. The reader is fuzzed (FuzzRead).
 package bundle
@@ -25,12 +39,17 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/bits"
 	"strconv"
 	"strings"
 )
 
-// Header is the first line of every bundle.
+// Header is the first line of a bundle of the whole log (version 1).
 const Header = "credmatrix-audit-bundle v1"
+
+// HeaderV2 is the first line of a bundle of a range that starts after the
+// first event (version 2: first and start records).
+const HeaderV2 = "credmatrix-audit-bundle v2"
 
 // Limits of the reader, so a hostile file cannot exhaust memory per line.
 const (
@@ -40,6 +59,9 @@ const (
 	// MaxProofHashes bounds one consistency proof (a tree of 2^64 leaves
 	// needs at most 2*64).
 	MaxProofHashes = 130
+	// MaxStartHashes bounds a compact range (one hash per set bit of a
+	// 64-bit size).
+	MaxStartHashes = 64
 )
 
 // Bundle is an exported log.
@@ -53,9 +75,19 @@ type Bundle struct {
 	Checkpoints [][]byte
 	// Proofs are consistency proofs between tree sizes.
 	Proofs []Proof
-	// Events are the leaf bytes (leaf.Marshal) of the events, in log order.
+	// First is the sequence of the first event: 0 for a whole log, the
+	// start of the range for an archive or a pruned log's export.
+	First uint64
+	// Start is the compact range of the tree of size First (the roots of
+	// its perfect subtrees, largest first); empty when First is 0.
+	Start [][]byte
+	// Events are the leaf bytes (leaf.Marshal) of the events, in log order,
+	// from sequence First.
 	Events [][]byte
 }
+
+// End is the sequence after the last event: First + len(Events).
+func (b *Bundle) End() uint64 { return b.First + uint64(len(b.Events)) }
 
 // Proof is an RFC 6962 consistency proof from tree size From to To.
 type Proof struct {
@@ -69,9 +101,21 @@ type Proof struct {
 func (b *Bundle) Write(w io.Writer) error {
 	bw := bufio.NewWriterSize(w, 1<<16)
 	enc := base64.StdEncoding
-	fmt.Fprintln(bw, Header)
+	if b.First == 0 && len(b.Start) == 0 {
+		fmt.Fprintln(bw, Header)
+	} else {
+		fmt.Fprintln(bw, HeaderV2)
+	}
 	fmt.Fprintf(bw, "origin %s\n", b.Origin)
 	fmt.Fprintf(bw, "key %s\n", b.PublicKey)
+	if b.First != 0 || len(b.Start) != 0 {
+		fmt.Fprintf(bw, "first %d\n", b.First)
+		hs := make([]string, len(b.Start))
+		for i, h := range b.Start {
+			hs[i] = enc.EncodeToString(h)
+		}
+		fmt.Fprintf(bw, "start %s\n", strings.Join(hs, ","))
+	}
 	for _, cp := range b.Checkpoints {
 		fmt.Fprintf(bw, "checkpoint %s\n", enc.EncodeToString(cp))
 	}
@@ -120,13 +164,17 @@ func Read(r io.Reader) (*Bundle, error) {
 		return &SyntaxError{Line: line, Msg: fmt.Sprintf(format, args...)}
 	}
 	enc := base64.StdEncoding
-	var seenOrigin, seenKey, ended bool
+	var seenOrigin, seenKey, ended, v2, seenFirst, seenStart bool
 	for sc.Scan() {
 		line++
 		text := sc.Bytes()
 		if line == 1 {
-			if string(text) != Header {
-				return nil, syntax("not a credmatrix audit bundle (want %q)", Header)
+			switch string(text) {
+			case Header:
+			case HeaderV2:
+				v2 = true
+			default:
+				return nil, syntax("not a credmatrix audit bundle (want %q or %q)", Header, HeaderV2)
 			}
 			continue
 		}
@@ -145,6 +193,31 @@ func Read(r io.Reader) (*Bundle, error) {
 				return nil, syntax("key: repeated or empty")
 			}
 			b.PublicKey, seenKey = string(rest), true
+		case "first":
+			n, err := strconv.ParseUint(string(rest), 10, 64)
+			if !v2 || seenFirst || err != nil || len(b.Events) > 0 {
+				return nil, syntax("first: only once, in a v2 bundle, before the events, a sequence number")
+			}
+			b.First, seenFirst = n, true
+		case "start":
+			if !v2 || seenStart || len(b.Events) > 0 {
+				return nil, syntax("start: only once, in a v2 bundle, before the events")
+			}
+			seenStart = true
+			if len(rest) == 0 {
+				continue
+			}
+			hs := strings.Split(string(rest), ",")
+			if len(hs) > MaxStartHashes {
+				return nil, syntax("start: more than %d hashes", MaxStartHashes)
+			}
+			for _, h := range hs {
+				d, err := enc.DecodeString(h)
+				if err != nil || len(d) != 32 {
+					return nil, syntax("start: hash is not 32 bytes of base64")
+				}
+				b.Start = append(b.Start, d)
+			}
 		case "checkpoint":
 			cp, err := enc.DecodeString(string(rest))
 			if err != nil || len(cp) == 0 {
@@ -204,6 +277,10 @@ func Read(r io.Reader) (*Bundle, error) {
 		return nil, &SyntaxError{Line: 1, Msg: "empty file"}
 	case !seenOrigin || !seenKey:
 		return nil, &SyntaxError{Line: line, Msg: "origin and key lines are required"}
+	case v2 && (!seenFirst || !seenStart):
+		return nil, &SyntaxError{Line: line, Msg: "a v2 bundle needs first and start lines"}
+	case v2 && bits.OnesCount64(b.First) != len(b.Start):
+		return nil, &SyntaxError{Line: line, Msg: fmt.Sprintf("start: the tree of %d events has %d perfect subtrees, the bundle gives %d hashes", b.First, bits.OnesCount64(b.First), len(b.Start))}
 	case !ended:
 		return nil, ErrIncomplete
 	}

@@ -36,6 +36,63 @@ func TestRoundTrip(t *testing.T) {
 	}
 }
 
+// sampleRange is a v2 bundle: events from sequence 5 (5 = 4 + 1, so the
+// tree before them has two perfect subtrees).
+func sampleRange() *bundle.Bundle {
+	b := sample()
+	b.First = 5
+	b.Start = [][]byte{bytes.Repeat([]byte{2}, 32), bytes.Repeat([]byte{3}, 32)}
+	return b
+}
+
+func TestRoundTripRange(t *testing.T) {
+	var buf bytes.Buffer
+	if err := sampleRange().Write(&buf); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(buf.String(), bundle.HeaderV2+"\n") {
+		t.Fatalf("a range bundle starts %q, want the v2 header", buf.String()[:30])
+	}
+	got, err := bundle.Read(&buf)
+	if err != nil {
+		t.Fatalf("Read: %v", err)
+	}
+	if diff := cmp.Diff(got, sampleRange(), cmpopts.EquateEmpty()); diff != "" {
+		t.Errorf("round trip (-got +want):\n%s", diff)
+	}
+	if got.End() != 8 {
+		t.Errorf("End() = %d, want 8", got.End())
+	}
+}
+
+func TestReadRejectsRange(t *testing.T) {
+	var buf bytes.Buffer
+	sampleRange().Write(&buf)
+	good := buf.String()
+	var v1 bytes.Buffer
+	sample().Write(&v1)
+	for _, tc := range []struct {
+		name, text string
+	}{
+		{"first/in-v1", strings.Replace(v1.String(), "key ", "first 5\nkey ", 1)},
+		{"first/twice", strings.Replace(good, "first 5\n", "first 5\nfirst 5\n", 1)},
+		{"first/not-a-number", strings.Replace(good, "first 5", "first -5", 1)},
+		{"first/missing", strings.Replace(good, "first 5\n", "", 1)},
+		{"start/missing", good[:strings.Index(good, "start ")] + good[strings.Index(good, "checkpoint "):]},
+		{"start/count", strings.Replace(good, "first 5", "first 7", 1)},
+		{"start/short-hash", strings.Replace(good, "start ", "start AAAA,", 1)},
+		{"start/after-events", strings.Replace(good, "end 3", "start \nend 3", 1)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := bundle.Read(strings.NewReader(tc.text))
+			var se *bundle.SyntaxError
+			if !errors.As(err, &se) {
+				t.Errorf("Read = %v, want a SyntaxError", err)
+			}
+		})
+	}
+}
+
 func TestReadRejects(t *testing.T) {
 	var buf bytes.Buffer
 	sample().Write(&buf)
@@ -77,6 +134,9 @@ func FuzzRead(f *testing.F) {
 	sample().Write(&buf)
 	f.Add(buf.Bytes())
 	f.Add([]byte(bundle.Header + "\norigin o\nkey k\nend 0\n"))
+	buf.Reset()
+	sampleRange().Write(&buf)
+	f.Add(buf.Bytes())
 	f.Fuzz(func(t *testing.T, data []byte) {
 		b, err := bundle.Read(bytes.NewReader(data))
 		if err != nil {

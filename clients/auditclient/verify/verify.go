@@ -14,13 +14,17 @@ package verify
 
 import (
 	"bytes"
+	"cmp"
 	"crypto/sha256"
 	"encoding/base64"
 	"fmt"
 	"io"
+	"math/bits"
 	"runtime"
+	"slices"
 	"sync"
 
+	"github.com/transparency-dev/merkle/compact"
 	"github.com/transparency-dev/merkle/proof"
 	"github.com/transparency-dev/merkle/rfc6962"
 	"google.golang.org/protobuf/encoding/protowire"
@@ -28,7 +32,6 @@ import (
 
 	"github.com/credmatrix/credmatrix/clients/auditclient/bundle"
 	"github.com/credmatrix/credmatrix/clients/auditclient/checkpoint"
-	"github.com/credmatrix/credmatrix/clients/auditclient/tree"
 
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
 )
@@ -60,6 +63,10 @@ const (
 	// Unverified: the bundle holds no valid checkpoint, so nothing proves
 	// its events.
 	Unverified ProblemKind = "unverified"
+	// BadStart: the start hashes of a bundle that begins after the first
+	// event (the compact range of the tree before it) are malformed or do
+	// not match a signed checkpoint.
+	BadStart ProblemKind = "bad-start"
 )
 
 // Problem is the first thing wrong with a log.
@@ -88,6 +95,21 @@ func (p *Problem) String() string {
 type Report struct {
 	// Events is the number of events in the bundle.
 	Events uint64 `json:"events"`
+	// First is the sequence of the bundle's first event (0 unless the
+	// bundle is a range: an archive or a pruned log's export).
+	First uint64 `json:"first,omitempty"`
+	// Sealed reports that a valid signed checkpoint commits to exactly the
+	// bundle's events (its tree size is First+Events): an archive that can
+	// be pruned from the hot store.
+	Sealed bool `json:"sealed,omitempty"`
+	// StartRoot is the root of the tree before the first event (from the
+	// start hashes) and EndRoot the root after the last: two bundles chain
+	// when one's EndRoot is the next's StartRoot.
+	StartRoot []byte `json:"-"`
+	EndRoot   []byte `json:"-"`
+	// startProven: a checkpoint at or after First matched, so the start
+	// hashes are right.
+	startProven bool
 	// Checkpoints is the number of checkpoints checked.
 	Checkpoints int `json:"checkpoints"`
 	// VerifiedSize is the largest tree size proven by a valid checkpoint.
@@ -121,20 +143,22 @@ type Options struct {
 	KeepEvents bool
 }
 
-// Bundle verifies b.
+// Bundle verifies b. A bundle that starts after the first event (First >
+// 0: an archive, or an export of a log whose older events were archived)
+// is hashed into the tree from its Start compact range; a signed
+// checkpoint covering its events proves the Start hashes too.
 func Bundle(b *bundle.Bundle, opts Options) *Report {
-	r := &Report{Events: uint64(len(b.Events))}
+	r := &Report{Events: uint64(len(b.Events)), First: b.First}
 	h := rfc6962.DefaultHasher
+	first, end := b.First, b.End()
 
 	// 1. Every event decodes and sits at its own sequence.
-	t := tree.New()
-	hashes := make([]tree.Hash, 0, len(b.Events))
+	hashes := make([][32]byte, len(b.Events))
 	if opts.KeepEvents {
 		r.DecodedEvents = make([]*auditv1.Event, 0, len(b.Events))
 	}
 	var seqProblem *Problem
 	events := make([]*auditv1.Event, len(b.Events))
-	hashes = hashes[:len(b.Events)]
 	// Hashing and decoding are independent per event: spread them over
 	// the CPUs in chunks.
 	const chunk = 4096
@@ -169,7 +193,7 @@ func Bundle(b *bundle.Bundle, opts Options) *Report {
 	}
 	wg.Wait()
 	for i, e := range events {
-		seq := uint64(i)
+		seq := first + uint64(i)
 		if e == nil {
 			seqProblem = &Problem{Kind: Modified, Sequence: seq, End: seq + 1, Detail: "the event does not decode"}
 			break
@@ -190,7 +214,7 @@ func Bundle(b *bundle.Bundle, opts Options) *Report {
 		}
 		switch {
 		case later >= 0:
-			seqProblem = &Problem{Kind: Reordered, Sequence: seq, End: seq + 1, Detail: fmt.Sprintf("sequence %d is at position %d and position %d holds sequence %d: events were swapped or moved", seq, later, seq, got)}
+			seqProblem = &Problem{Kind: Reordered, Sequence: seq, End: seq + 1, Detail: fmt.Sprintf("sequence %d is at position %d and position %d holds sequence %d: events were swapped or moved", seq, first+uint64(later), seq, got)}
 		case got > seq:
 			seqProblem = &Problem{Kind: Missing, Sequence: seq, End: seq + 1, Detail: fmt.Sprintf("the event after sequence %d is sequence %d: events %d to %d are missing", int64(seq)-1, got, seq, got-1)}
 		default:
@@ -198,9 +222,8 @@ func Bundle(b *bundle.Bundle, opts Options) *Report {
 		}
 		break
 	}
-	t.Append(hashes...)
 
-	// 2. Checkpoints: signature, size within the bundle, root.
+	// 2. Checkpoints: signature first.
 	type good struct {
 		size uint64
 		root []byte
@@ -212,75 +235,131 @@ func Bundle(b *bundle.Bundle, opts Options) *Report {
 		cp, err := opts.Key.Open(note)
 		if err != nil {
 			size := sizeOf(note)
-			cpProblem = first(cpProblem, &Problem{Kind: BadSignature, Sequence: size, TreeSize: size, Detail: fmt.Sprintf("the checkpoint claiming tree size %d is not signed by the trusted key %s", size, opts.Key.KeyID())})
+			cpProblem = first1(cpProblem, &Problem{Kind: BadSignature, Sequence: size, TreeSize: size, Detail: fmt.Sprintf("the checkpoint claiming tree size %d is not signed by the trusted key %s", size, opts.Key.KeyID())})
 			continue
 		}
 		r.Checkpoints++
 		cps = append(cps, good{cp.Size, cp.Root, note})
 	}
-	// Sort by size (the bundle should already be in order).
-	for i := 1; i < len(cps); i++ {
-		for j := i; j > 0 && cps[j].size < cps[j-1].size; j-- {
-			cps[j], cps[j-1] = cps[j-1], cps[j]
+	slices.SortStableFunc(cps, func(a, b good) int { return cmp.Compare(a.size, b.size) })
+	var trusted *checkpoint.Checkpoint
+	var trustProblem *Problem
+	if len(opts.Trusted) > 0 {
+		cp, err := opts.Key.Open(opts.Trusted)
+		if err != nil {
+			trustProblem = &Problem{Kind: BadSignature, Detail: "the kept checkpoint is not signed by the trusted key: " + err.Error()}
+		} else {
+			trusted = &cp
 		}
 	}
-	var prev uint64
+
+	// 3. Roots of the events' tree at every size a checkpoint names, from
+	// the Start compact range (O(log n) memory).
+	want := map[uint64]bool{first: true, end: true}
 	for _, cp := range cps {
-		if cp.size > t.Size() {
-			cpProblem = first(cpProblem, &Problem{Kind: Truncated, Sequence: t.Size(), TreeSize: cp.size,
-				Detail: fmt.Sprintf("a signed checkpoint commits to %d events but the log holds %d: events %d to %d were removed", cp.size, t.Size(), t.Size(), cp.size-1)})
+		want[cp.size] = true
+	}
+	if trusted != nil {
+		want[trusted.Size] = true
+	}
+	roots, startErr := rootsAt(b, hashes, want)
+	if startErr != nil {
+		r.Problem = &Problem{Kind: BadStart, Sequence: first, Detail: startErr.Error()}
+		return r
+	}
+	r.StartRoot, r.EndRoot = roots[first], roots[end]
+	var prev uint64 = first
+	for _, cp := range cps {
+		if cp.size < first {
+			continue // proven only through a consistency proof (below)
+		}
+		if cp.size > end {
+			cpProblem = first1(cpProblem, &Problem{Kind: Truncated, Sequence: end, TreeSize: cp.size,
+				Detail: fmt.Sprintf("a signed checkpoint commits to %d events but the log holds %d: events %d to %d were removed", cp.size, end, end, cp.size-1)})
 			break
 		}
-		root, _ := t.Root(cp.size)
+		root := roots[cp.size]
 		if !bytes.Equal(root, cp.root) {
-			p := &Problem{Kind: Modified, Sequence: prev, End: cp.size, TreeSize: cp.size,
-				Detail: fmt.Sprintf("the events do not hash to the signed root at tree size %d (the last matching checkpoint is at size %d): an event in %d..%d was modified", cp.size, prev, prev, cp.size-1)}
-			if cp.size-prev == 1 {
-				p.Detail = fmt.Sprintf("the event does not hash to the leaf the signed checkpoint at tree size %d commits to", cp.size)
+			var p *Problem
+			switch {
+			case cp.size == first:
+				p = &Problem{Kind: BadStart, Sequence: first, TreeSize: cp.size,
+					Detail: fmt.Sprintf("the start hashes of the bundle (the tree before sequence %d) do not match the signed checkpoint at tree size %d", first, cp.size)}
+			case cp.size-prev == 1:
+				p = &Problem{Kind: Modified, Sequence: prev, End: cp.size, TreeSize: cp.size,
+					Detail: fmt.Sprintf("the event does not hash to the leaf the signed checkpoint at tree size %d commits to", cp.size)}
+			default:
+				p = &Problem{Kind: Modified, Sequence: prev, End: cp.size, TreeSize: cp.size,
+					Detail: fmt.Sprintf("the events do not hash to the signed root at tree size %d (the last matching checkpoint is at size %d): an event in %d..%d was modified", cp.size, prev, prev, cp.size-1)}
+				if prev == first && first > 0 && !r.startProven {
+					p.Detail += fmt.Sprintf(", or the start hashes (the tree before sequence %d) are wrong", first)
+				}
 			}
-			cpProblem = first(cpProblem, p)
+			cpProblem = first1(cpProblem, p)
 			break
 		}
 		prev = cp.size
+		r.startProven = true
 		r.VerifiedSize, r.Root, r.Latest = cp.size, root, cp.note
+		if cp.size == end {
+			r.Sealed = true
+		}
 	}
 
-	// 3. Consistency proofs between signed roots.
-	roots := map[uint64][]byte{}
+	// 4. Consistency proofs between signed roots: a checkpoint before the
+	// bundle's first event is proven only this way.
+	signed := map[uint64][]byte{}
 	for _, cp := range cps {
-		roots[cp.size] = cp.root
+		signed[cp.size] = cp.root
 	}
 	for _, p := range b.Proofs {
-		r1, ok1 := roots[p.From]
-		r2, ok2 := roots[p.To]
+		r1, ok1 := signed[p.From]
+		r2, ok2 := signed[p.To]
 		if !ok1 || !ok2 {
 			continue // a proof between unsigned sizes proves nothing
 		}
 		if err := proof.VerifyConsistency(h, p.From, p.To, p.Hashes, r1, r2); err != nil {
-			cpProblem = first(cpProblem, &Problem{Kind: Inconsistent, Sequence: p.From, TreeSize: p.To,
+			cpProblem = first1(cpProblem, &Problem{Kind: Inconsistent, Sequence: p.From, TreeSize: p.To,
 				Detail: fmt.Sprintf("the signed checkpoints at sizes %d and %d are not consistent: the log was forked or rewritten after sequence %d", p.From, p.To, p.From-1)})
 		}
 	}
 
-	// 4. The operator's kept checkpoint.
-	var trustProblem *Problem
-	if len(opts.Trusted) > 0 {
-		cp, err := opts.Key.Open(opts.Trusted)
+	// 5. The operator's kept checkpoint.
+	if trusted != nil {
+		cp := *trusted
 		switch {
-		case err != nil:
-			trustProblem = &Problem{Kind: BadSignature, Detail: "the kept checkpoint is not signed by the trusted key: " + err.Error()}
-		case cp.Size > t.Size():
-			trustProblem = &Problem{Kind: Rollback, Sequence: t.Size(), TreeSize: cp.Size,
-				Detail: fmt.Sprintf("the log holds %d events but the kept checkpoint commits to %d: rolled back or truncated, events %d to %d are gone", t.Size(), cp.Size, t.Size(), cp.Size-1)}
+		case cp.Size > end:
+			trustProblem = &Problem{Kind: Rollback, Sequence: end, TreeSize: cp.Size,
+				Detail: fmt.Sprintf("the log holds %d events but the kept checkpoint commits to %d: rolled back or truncated, events %d to %d are gone", end, cp.Size, end, cp.Size-1)}
+		case cp.Size < first:
+			// Before the bundle's events: only a consistency proof from it
+			// to a checkpoint the events prove can vouch for it.
+			proven := false
+			for _, p := range b.Proofs {
+				if p.From != cp.Size || p.To < first || p.To > r.VerifiedSize || roots[p.To] == nil {
+					continue
+				}
+				if proof.VerifyConsistency(h, p.From, p.To, p.Hashes, cp.Root, roots[p.To]) != nil {
+					trustProblem = &Problem{Kind: Rollback, Sequence: cp.Size, TreeSize: p.To,
+						Detail: fmt.Sprintf("the log at size %d is not consistent with the kept checkpoint of size %d: it was rewritten below sequence %d", p.To, cp.Size, cp.Size)}
+					break
+				}
+				proven = true
+				break
+			}
+			if !proven && trustProblem == nil {
+				trustProblem = &Problem{Kind: Unverified, Sequence: first, TreeSize: cp.Size,
+					Detail: fmt.Sprintf("the kept checkpoint (size %d) is older than the bundle's first event (%d) and the bundle holds no consistency proof from it", cp.Size, first)}
+			}
 		default:
-			root, _ := t.Root(cp.Size)
+			root := roots[cp.Size]
 			if !bytes.Equal(root, cp.Root) {
-				trustProblem = &Problem{Kind: Rollback, Sequence: 0, End: cp.Size, TreeSize: cp.Size,
+				trustProblem = &Problem{Kind: Rollback, Sequence: first, End: cp.Size, TreeSize: cp.Size,
 					Detail: fmt.Sprintf("the first %d events do not hash to the kept checkpoint's root: the log was rewritten below sequence %d", cp.Size, cp.Size)}
 				// Narrow with the bundle's own checkpoints.
 				for _, c := range cps {
-					if c.size <= cp.Size && c.size > trustProblem.Sequence {
-						if rr, _ := t.Root(c.size); bytes.Equal(rr, c.root) {
+					if c.size <= cp.Size && c.size > trustProblem.Sequence && c.size >= first {
+						if bytes.Equal(roots[c.size], c.root) {
 							trustProblem.Sequence = c.size
 						}
 					}
@@ -302,12 +381,46 @@ func Bundle(b *bundle.Bundle, opts Options) *Report {
 	r.Problem = earliest(seqProblem, cpProblem, trustProblem)
 	switch {
 	case r.Problem != nil:
-	case r.VerifiedSize == 0 && t.Size() > 0:
-		r.Problem = &Problem{Kind: Unverified, Sequence: 0, Detail: "no valid signed checkpoint covers the events"}
-	case r.VerifiedSize < t.Size():
-		r.Unsigned = t.Size() - r.VerifiedSize
+		r.Sealed = false
+	case r.VerifiedSize < first || (r.VerifiedSize == first && end > first) || r.VerifiedSize == 0 && end > 0:
+		r.Problem = &Problem{Kind: Unverified, Sequence: first, Detail: "no valid signed checkpoint covers the events"}
+	case r.VerifiedSize < end:
+		r.Unsigned = end - r.VerifiedSize
 	}
 	return r
+}
+
+// rootsAt returns the root of the tree at each size in want within
+// [b.First, b.End()], hashing the events from the Start compact range.
+func rootsAt(b *bundle.Bundle, hashes [][32]byte, want map[uint64]bool) (map[uint64][]byte, error) {
+	if got, need := len(b.Start), bits.OnesCount64(b.First); got != need {
+		return nil, fmt.Errorf("the start hashes are %d, the tree of %d events has %d perfect subtrees", got, b.First, need)
+	}
+	rf := &compact.RangeFactory{Hash: rfc6962.DefaultHasher.HashChildren}
+	cr, err := rf.NewRange(0, b.First, slices.Clone(b.Start))
+	if err != nil {
+		return nil, err
+	}
+	roots := map[uint64][]byte{}
+	root := func() []byte {
+		if cr.End() == 0 {
+			return rfc6962.DefaultHasher.EmptyRoot()
+		}
+		h, _ := cr.GetRootHash(nil)
+		return h
+	}
+	if want[cr.End()] {
+		roots[cr.End()] = root()
+	}
+	for i := range hashes {
+		if err := cr.Append(hashes[i][:], nil); err != nil {
+			return nil, err
+		}
+		if want[cr.End()] {
+			roots[cr.End()] = root()
+		}
+	}
+	return roots, nil
 }
 
 // sequenceOnly checks that data is well-formed protobuf at the top level
@@ -338,7 +451,7 @@ func sequenceOnly(data []byte) *auditv1.Event {
 	return e
 }
 
-func first(have, p *Problem) *Problem {
+func first1(have, p *Problem) *Problem {
 	if have != nil {
 		return have
 	}
@@ -372,8 +485,13 @@ func sizeOf(note []byte) uint64 {
 // checked the log against a kept checkpoint.
 func (r *Report) WriteText(w io.Writer, hadKept bool) {
 	if r.OK() {
-		fmt.Fprintf(w, "verified: %d events, %d signed checkpoint(s), tree size %d, root %s\n",
-			r.Events, r.Checkpoints, r.VerifiedSize, base64.StdEncoding.EncodeToString(r.Root))
+		if r.First > 0 {
+			fmt.Fprintf(w, "verified: %d events (sequences %d to %d), %d signed checkpoint(s), tree size %d, root %s\n",
+				r.Events, r.First, r.First+r.Events-1, r.Checkpoints, r.VerifiedSize, base64.StdEncoding.EncodeToString(r.Root))
+		} else {
+			fmt.Fprintf(w, "verified: %d events, %d signed checkpoint(s), tree size %d, root %s\n",
+				r.Events, r.Checkpoints, r.VerifiedSize, base64.StdEncoding.EncodeToString(r.Root))
+		}
 		if hadKept {
 			fmt.Fprintln(w, "consistent with the kept checkpoint: no rollback, no rewrite")
 		}
@@ -388,7 +506,31 @@ func (r *Report) WriteText(w io.Writer, hadKept bool) {
 	} else {
 		fmt.Fprintf(w, "  first bad sequence: %d\n", p.Sequence)
 	}
-	if r.VerifiedSize > 0 {
-		fmt.Fprintf(w, "  events 0 to %d are proven by a signed checkpoint\n", r.VerifiedSize-1)
+	if r.VerifiedSize > r.First {
+		fmt.Fprintf(w, "  events %d to %d are proven by a signed checkpoint\n", r.First, r.VerifiedSize-1)
 	}
+}
+
+// Chain checks that bundles verified one by one (in log order) form one
+// log: the first starts at sequence 0, each next one starts where the
+// previous one ended, and at the same tree root (the previous one's events
+// hash to the root the next one's start hashes commit to). It returns the
+// first break, or nil. Each report must be OK on its own.
+func Chain(reports []*Report) *Problem {
+	var end uint64
+	var root []byte
+	for i, r := range reports {
+		switch {
+		case !r.OK():
+			return &Problem{Kind: r.Problem.Kind, Sequence: r.Problem.Sequence, Detail: fmt.Sprintf("bundle %d: %s", i+1, r.Problem.Detail)}
+		case r.First > end:
+			return &Problem{Kind: Missing, Sequence: end, End: r.First, Detail: fmt.Sprintf("bundle %d starts at sequence %d: events %d to %d are in no bundle", i+1, r.First, end, r.First-1)}
+		case r.First < end:
+			return &Problem{Kind: Inconsistent, Sequence: r.First, Detail: fmt.Sprintf("bundle %d starts at sequence %d, before the end of bundle %d (%d): the bundles overlap", i+1, r.First, i, end)}
+		case i > 0 && !bytes.Equal(r.StartRoot, root):
+			return &Problem{Kind: Inconsistent, Sequence: r.First, Detail: fmt.Sprintf("bundle %d does not continue bundle %d: the tree roots at sequence %d differ (forked or rewritten)", i+1, i, r.First)}
+		}
+		end, root = r.First+r.Events, r.EndRoot
+	}
+	return nil
 }
