@@ -99,44 +99,84 @@ type Proof struct {
 
 // Write writes b in the bundle format.
 func (b *Bundle) Write(w io.Writer) error {
+	bw, err := NewWriter(w, b)
+	if err != nil {
+		return err
+	}
+	for _, e := range b.Events {
+		if err := bw.Event(e); err != nil {
+			return err
+		}
+	}
+	return bw.Close()
+}
+
+// Writer writes a bundle whose events come one at a time (a large archive
+// streamed from a store), with memory independent of their number.
+type Writer struct {
+	bw     *bufio.Writer
+	buf    []byte
+	events uint64
+	err    error
+}
+
+// NewWriter writes everything of head except its events (origin, key,
+// range, checkpoints, proofs); Event then writes each event and Close the
+// end line.
+func NewWriter(w io.Writer, head *Bundle) (*Writer, error) {
 	bw := bufio.NewWriterSize(w, 1<<16)
 	enc := base64.StdEncoding
-	if b.First == 0 && len(b.Start) == 0 {
+	if head.First == 0 && len(head.Start) == 0 {
 		fmt.Fprintln(bw, Header)
 	} else {
 		fmt.Fprintln(bw, HeaderV2)
 	}
-	fmt.Fprintf(bw, "origin %s\n", b.Origin)
-	fmt.Fprintf(bw, "key %s\n", b.PublicKey)
-	if b.First != 0 || len(b.Start) != 0 {
-		fmt.Fprintf(bw, "first %d\n", b.First)
-		hs := make([]string, len(b.Start))
-		for i, h := range b.Start {
+	fmt.Fprintf(bw, "origin %s\n", head.Origin)
+	fmt.Fprintf(bw, "key %s\n", head.PublicKey)
+	if head.First != 0 || len(head.Start) != 0 {
+		fmt.Fprintf(bw, "first %d\n", head.First)
+		hs := make([]string, len(head.Start))
+		for i, h := range head.Start {
 			hs[i] = enc.EncodeToString(h)
 		}
 		fmt.Fprintf(bw, "start %s\n", strings.Join(hs, ","))
 	}
-	for _, cp := range b.Checkpoints {
+	for _, cp := range head.Checkpoints {
 		fmt.Fprintf(bw, "checkpoint %s\n", enc.EncodeToString(cp))
 	}
-	for _, p := range b.Proofs {
+	for _, p := range head.Proofs {
 		hs := make([]string, len(p.Hashes))
 		for i, h := range p.Hashes {
 			hs[i] = enc.EncodeToString(h)
 		}
-		fmt.Fprintf(bw, "consistency %d %d %s\n", p.From, p.To, strings.Join(hs, ","))
-	}
-	buf := make([]byte, 0, 1024)
-	for _, e := range b.Events {
-		buf = append(buf[:0], "event "...)
-		buf = enc.AppendEncode(buf, e)
-		buf = append(buf, '\n')
-		if _, err := bw.Write(buf); err != nil {
-			return err
+		if _, err := fmt.Fprintf(bw, "consistency %d %d %s\n", p.From, p.To, strings.Join(hs, ",")); err != nil {
+			return nil, err
 		}
 	}
-	fmt.Fprintf(bw, "end %d\n", len(b.Events))
-	return bw.Flush()
+	return &Writer{bw: bw, buf: make([]byte, 0, 1024)}, nil
+}
+
+// Event writes the next event's leaf bytes.
+func (w *Writer) Event(data []byte) error {
+	if w.err != nil {
+		return w.err
+	}
+	w.buf = append(w.buf[:0], "event "...)
+	w.buf = base64.StdEncoding.AppendEncode(w.buf, data)
+	w.buf = append(w.buf, '\n')
+	_, w.err = w.bw.Write(w.buf)
+	w.events++
+	return w.err
+}
+
+// Close writes the end line and flushes. It does not close the
+// underlying writer.
+func (w *Writer) Close() error {
+	if w.err != nil {
+		return w.err
+	}
+	fmt.Fprintf(w.bw, "end %d\n", w.events)
+	return w.bw.Flush()
 }
 
 // SyntaxError is a malformed bundle, naming the line.

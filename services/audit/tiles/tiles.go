@@ -363,6 +363,24 @@ func cloneHashes(hs [][]byte) [][]byte {
 	return out
 }
 
+// CompactRangeAt returns the compact range of the tree of the first size
+// leaves (see CompactRange), read from stored tiles: the start hashes of
+// an archive that begins at leaf size.
+func (t *Tree) CompactRangeAt(ctx context.Context, size uint64) ([][]byte, error) {
+	if cur := t.Size(); size > cur {
+		return nil, fmt.Errorf("compact range of size %d, tree has %d: %w", size, cur, ErrSize)
+	}
+	hashes, err := t.nodes(ctx, compact.RangeNodes(0, size, nil))
+	if err != nil {
+		return nil, err
+	}
+	out := make([][]byte, len(hashes))
+	for i := range hashes {
+		out[i] = slices.Clone(hashes[i][:])
+	}
+	return out, nil
+}
+
 // RootAt returns the root hash of the tree of the first size leaves.
 func (t *Tree) RootAt(ctx context.Context, size uint64) ([]byte, error) {
 	cur := t.Size()

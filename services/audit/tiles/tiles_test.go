@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/transparency-dev/merkle/compact"
 	"github.com/transparency-dev/merkle/proof"
 	"github.com/transparency-dev/merkle/rfc6962"
 
@@ -87,6 +88,18 @@ func reference(n uint64) *tree.Tree {
 	return r
 }
 
+// compactRange computes the compact range of the first size leaves with
+// the library's compact range, independently of tiles.
+func compactRange(size uint64) [][]byte {
+	rf := compact.RangeFactory{Hash: rfc6962.DefaultHasher.HashChildren}
+	r := rf.NewEmptyRange(0)
+	for i := range size {
+		h := leaf(i)
+		r.Append(h[:], nil)
+	}
+	return r.Hashes()
+}
+
 // checkAgainst compares roots and proofs of got (tiles) with want (the
 // in-memory tree) at sizes and indexes drawn from rng, plus the edges.
 func checkAgainst(t *testing.T, rng *rand.Rand, got *tiles.Tree, want *tree.Tree, samples int) {
@@ -132,6 +145,13 @@ func checkAgainst(t *testing.T, rng *rand.Rand, got *tiles.Tree, want *tree.Tree
 			if err := proof.VerifyInclusion(rfc6962.DefaultHasher, idx, size, lh[:], p, wr); err != nil {
 				t.Fatalf("VerifyInclusion(%d, %d): %v", idx, size, err)
 			}
+		}
+		cr, err := got.CompactRangeAt(ctx, size)
+		if err != nil {
+			t.Fatalf("CompactRangeAt(%d): %v", size, err)
+		}
+		if diff := cmp.Diff(cr, compactRange(size)); diff != "" {
+			t.Fatalf("CompactRangeAt(%d) (-got +want):\n%s", size, diff)
 		}
 		s1 := 1 + rng.Uint64N(size)
 		p, err := got.Consistency(ctx, s1, size)

@@ -1802,7 +1802,11 @@ type GetCheckpointResponse struct {
 	// Id of the key that signed it (signed-note key name + hash).
 	KeyId string `protobuf:"bytes,5,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
 	// When the checkpoint was signed.
-	Time          *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=time,proto3" json:"time,omitempty"`
+	Time *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=time,proto3" json:"time,omitempty"`
+	// Sequence of the first event the service still holds: events before it
+	// were archived and pruned (their node hashes remain, so proofs work for
+	// every tree size). 0 when nothing was pruned.
+	FirstSequence uint64 `protobuf:"varint,7,opt,name=first_sequence,json=firstSequence,proto3" json:"first_sequence,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1877,6 +1881,13 @@ func (x *GetCheckpointResponse) GetTime() *timestamppb.Timestamp {
 		return x.Time
 	}
 	return nil
+}
+
+func (x *GetCheckpointResponse) GetFirstSequence() uint64 {
+	if x != nil {
+		return x.FirstSequence
+	}
+	return 0
 }
 
 // GetInclusionProofRequest names a leaf and a tree size.
@@ -2126,6 +2137,302 @@ func (x *GetConsistencyProofResponse) GetHashes() [][]byte {
 	return nil
 }
 
+// ArchiveRequest names the end of the range to archive.
+type ArchiveRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Tree size the archive ends at: the size of a signed checkpoint the log
+	// stored. 0 means the latest checkpoint. The range starts at the first
+	// event the store holds (after the previous prune).
+	EndSize       uint64 `protobuf:"varint,1,opt,name=end_size,json=endSize,proto3" json:"end_size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ArchiveRequest) Reset() {
+	*x = ArchiveRequest{}
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ArchiveRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ArchiveRequest) ProtoMessage() {}
+
+func (x *ArchiveRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ArchiveRequest.ProtoReflect.Descriptor instead.
+func (*ArchiveRequest) Descriptor() ([]byte, []int) {
+	return file_credmatrix_audit_v1_audit_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *ArchiveRequest) GetEndSize() uint64 {
+	if x != nil {
+		return x.EndSize
+	}
+	return 0
+}
+
+// ArchiveResponse is the next part of the archive file.
+type ArchiveResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The next bytes of the bundle file, in order (at most 1 MiB).
+	Chunk []byte `protobuf:"bytes,1,opt,name=chunk,proto3" json:"chunk,omitempty"`
+	// Set only on the last message, which carries no chunk.
+	Summary       *ArchiveSummary `protobuf:"bytes,2,opt,name=summary,proto3" json:"summary,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ArchiveResponse) Reset() {
+	*x = ArchiveResponse{}
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ArchiveResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ArchiveResponse) ProtoMessage() {}
+
+func (x *ArchiveResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ArchiveResponse.ProtoReflect.Descriptor instead.
+func (*ArchiveResponse) Descriptor() ([]byte, []int) {
+	return file_credmatrix_audit_v1_audit_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *ArchiveResponse) GetChunk() []byte {
+	if x != nil {
+		return x.Chunk
+	}
+	return nil
+}
+
+func (x *ArchiveResponse) GetSummary() *ArchiveSummary {
+	if x != nil {
+		return x.Summary
+	}
+	return nil
+}
+
+// ArchiveSummary describes a written archive.
+type ArchiveSummary struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Sequence of the first archived event.
+	FirstSequence uint64 `protobuf:"varint,1,opt,name=first_sequence,json=firstSequence,proto3" json:"first_sequence,omitempty"`
+	// Tree size the archive ends at (the sequence after its last event).
+	EndSize uint64 `protobuf:"varint,2,opt,name=end_size,json=endSize,proto3" json:"end_size,omitempty"`
+	// SHA-256 of the whole file (every chunk, in order).
+	Sha256 []byte `protobuf:"bytes,3,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	// Sequence of the KIND_AUDIT_ADMIN event that records the archive.
+	AuditSequence uint64 `protobuf:"varint,4,opt,name=audit_sequence,json=auditSequence,proto3" json:"audit_sequence,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ArchiveSummary) Reset() {
+	*x = ArchiveSummary{}
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ArchiveSummary) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ArchiveSummary) ProtoMessage() {}
+
+func (x *ArchiveSummary) ProtoReflect() protoreflect.Message {
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ArchiveSummary.ProtoReflect.Descriptor instead.
+func (*ArchiveSummary) Descriptor() ([]byte, []int) {
+	return file_credmatrix_audit_v1_audit_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *ArchiveSummary) GetFirstSequence() uint64 {
+	if x != nil {
+		return x.FirstSequence
+	}
+	return 0
+}
+
+func (x *ArchiveSummary) GetEndSize() uint64 {
+	if x != nil {
+		return x.EndSize
+	}
+	return 0
+}
+
+func (x *ArchiveSummary) GetSha256() []byte {
+	if x != nil {
+		return x.Sha256
+	}
+	return nil
+}
+
+func (x *ArchiveSummary) GetAuditSequence() uint64 {
+	if x != nil {
+		return x.AuditSequence
+	}
+	return 0
+}
+
+// PruneRequest names an archive to remove from the hot store.
+type PruneRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Sequence of the first event of the archive: the first event the store
+	// holds.
+	FirstSequence uint64 `protobuf:"varint,1,opt,name=first_sequence,json=firstSequence,proto3" json:"first_sequence,omitempty"`
+	// Tree size the archive ends at.
+	EndSize uint64 `protobuf:"varint,2,opt,name=end_size,json=endSize,proto3" json:"end_size,omitempty"`
+	// SHA-256 of the archive file, as ArchiveSummary gave it.
+	Sha256        []byte `protobuf:"bytes,3,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PruneRequest) Reset() {
+	*x = PruneRequest{}
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PruneRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PruneRequest) ProtoMessage() {}
+
+func (x *PruneRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PruneRequest.ProtoReflect.Descriptor instead.
+func (*PruneRequest) Descriptor() ([]byte, []int) {
+	return file_credmatrix_audit_v1_audit_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *PruneRequest) GetFirstSequence() uint64 {
+	if x != nil {
+		return x.FirstSequence
+	}
+	return 0
+}
+
+func (x *PruneRequest) GetEndSize() uint64 {
+	if x != nil {
+		return x.EndSize
+	}
+	return 0
+}
+
+func (x *PruneRequest) GetSha256() []byte {
+	if x != nil {
+		return x.Sha256
+	}
+	return nil
+}
+
+// PruneResponse confirms a prune.
+type PruneResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Sequence of the first event the store now holds (the archive's end).
+	FirstSequence uint64 `protobuf:"varint,1,opt,name=first_sequence,json=firstSequence,proto3" json:"first_sequence,omitempty"`
+	// Sequence of the KIND_AUDIT_ADMIN event that records the prune.
+	AuditSequence uint64 `protobuf:"varint,2,opt,name=audit_sequence,json=auditSequence,proto3" json:"audit_sequence,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PruneResponse) Reset() {
+	*x = PruneResponse{}
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PruneResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PruneResponse) ProtoMessage() {}
+
+func (x *PruneResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PruneResponse.ProtoReflect.Descriptor instead.
+func (*PruneResponse) Descriptor() ([]byte, []int) {
+	return file_credmatrix_audit_v1_audit_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *PruneResponse) GetFirstSequence() uint64 {
+	if x != nil {
+		return x.FirstSequence
+	}
+	return 0
+}
+
+func (x *PruneResponse) GetAuditSequence() uint64 {
+	if x != nil {
+		return x.AuditSequence
+	}
+	return 0
+}
+
 var File_credmatrix_audit_v1_audit_proto protoreflect.FileDescriptor
 
 const file_credmatrix_audit_v1_audit_proto_rawDesc = "" +
@@ -2286,7 +2593,7 @@ const file_credmatrix_audit_v1_audit_proto_rawDesc = "" +
 	"\x05kinds\x18\x02 \x03(\x0e2\x19.credmatrix.audit.v1.KindR\x05kinds\"E\n" +
 	"\x11SubscribeResponse\x120\n" +
 	"\x05event\x18\x01 \x01(\v2\x1a.credmatrix.audit.v1.EventR\x05event\"\x16\n" +
-	"\x14GetCheckpointRequest\"\xd1\x01\n" +
+	"\x14GetCheckpointRequest\"\xf8\x01\n" +
 	"\x15GetCheckpointResponse\x12\x1f\n" +
 	"\vsigned_note\x18\x01 \x01(\fR\n" +
 	"signedNote\x12\x16\n" +
@@ -2294,7 +2601,8 @@ const file_credmatrix_audit_v1_audit_proto_rawDesc = "" +
 	"\ttree_size\x18\x03 \x01(\x04R\btreeSize\x12\x1b\n" +
 	"\troot_hash\x18\x04 \x01(\fR\brootHash\x12\x15\n" +
 	"\x06key_id\x18\x05 \x01(\tR\x05keyId\x12.\n" +
-	"\x04time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"S\n" +
+	"\x04time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12%\n" +
+	"\x0efirst_sequence\x18\a \x01(\x04R\rfirstSequence\"S\n" +
 	"\x18GetInclusionProofRequest\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence\x12\x1b\n" +
 	"\ttree_size\x18\x02 \x01(\x04R\btreeSize\"\x89\x01\n" +
@@ -2313,7 +2621,24 @@ const file_credmatrix_audit_v1_audit_proto_rawDesc = "" +
 	"first_size\x18\x01 \x01(\x04R\tfirstSize\x12\x1f\n" +
 	"\vsecond_size\x18\x02 \x01(\x04R\n" +
 	"secondSize\x12\x16\n" +
-	"\x06hashes\x18\x03 \x03(\fR\x06hashes*\x84\x03\n" +
+	"\x06hashes\x18\x03 \x03(\fR\x06hashes\"+\n" +
+	"\x0eArchiveRequest\x12\x19\n" +
+	"\bend_size\x18\x01 \x01(\x04R\aendSize\"f\n" +
+	"\x0fArchiveResponse\x12\x14\n" +
+	"\x05chunk\x18\x01 \x01(\fR\x05chunk\x12=\n" +
+	"\asummary\x18\x02 \x01(\v2#.credmatrix.audit.v1.ArchiveSummaryR\asummary\"\x91\x01\n" +
+	"\x0eArchiveSummary\x12%\n" +
+	"\x0efirst_sequence\x18\x01 \x01(\x04R\rfirstSequence\x12\x19\n" +
+	"\bend_size\x18\x02 \x01(\x04R\aendSize\x12\x16\n" +
+	"\x06sha256\x18\x03 \x01(\fR\x06sha256\x12%\n" +
+	"\x0eaudit_sequence\x18\x04 \x01(\x04R\rauditSequence\"h\n" +
+	"\fPruneRequest\x12%\n" +
+	"\x0efirst_sequence\x18\x01 \x01(\x04R\rfirstSequence\x12\x19\n" +
+	"\bend_size\x18\x02 \x01(\x04R\aendSize\x12\x16\n" +
+	"\x06sha256\x18\x03 \x01(\fR\x06sha256\"]\n" +
+	"\rPruneResponse\x12%\n" +
+	"\x0efirst_sequence\x18\x01 \x01(\x04R\rfirstSequence\x12%\n" +
+	"\x0eaudit_sequence\x18\x02 \x01(\x04R\rauditSequence*\x84\x03\n" +
 	"\x04Kind\x12\x14\n" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12KIND_SESSION_ISSUE\x10\x01\x12\x17\n" +
@@ -2336,14 +2661,16 @@ const file_credmatrix_audit_v1_audit_proto_rawDesc = "" +
 	"\x14DECISION_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eDECISION_ALLOW\x10\x01\x12\x11\n" +
 	"\rDECISION_DENY\x10\x02\x12\x12\n" +
-	"\x0eDECISION_ERROR\x10\x032\xe5\x04\n" +
+	"\x0eDECISION_ERROR\x10\x032\x8d\x06\n" +
 	"\fAuditService\x12Q\n" +
 	"\x06Append\x12\".credmatrix.audit.v1.AppendRequest\x1a#.credmatrix.audit.v1.AppendResponse\x12N\n" +
 	"\x05Query\x12!.credmatrix.audit.v1.QueryRequest\x1a\".credmatrix.audit.v1.QueryResponse\x12\\\n" +
 	"\tSubscribe\x12%.credmatrix.audit.v1.SubscribeRequest\x1a&.credmatrix.audit.v1.SubscribeResponse0\x01\x12f\n" +
 	"\rGetCheckpoint\x12).credmatrix.audit.v1.GetCheckpointRequest\x1a*.credmatrix.audit.v1.GetCheckpointResponse\x12r\n" +
 	"\x11GetInclusionProof\x12-.credmatrix.audit.v1.GetInclusionProofRequest\x1a..credmatrix.audit.v1.GetInclusionProofResponse\x12x\n" +
-	"\x13GetConsistencyProof\x12/.credmatrix.audit.v1.GetConsistencyProofRequest\x1a0.credmatrix.audit.v1.GetConsistencyProofResponseBDZBgithub.com/credmatrix/credmatrix/proto/credmatrix/audit/v1;auditv1b\x06proto3"
+	"\x13GetConsistencyProof\x12/.credmatrix.audit.v1.GetConsistencyProofRequest\x1a0.credmatrix.audit.v1.GetConsistencyProofResponse\x12V\n" +
+	"\aArchive\x12#.credmatrix.audit.v1.ArchiveRequest\x1a$.credmatrix.audit.v1.ArchiveResponse0\x01\x12N\n" +
+	"\x05Prune\x12!.credmatrix.audit.v1.PruneRequest\x1a\".credmatrix.audit.v1.PruneResponseBDZBgithub.com/credmatrix/credmatrix/proto/credmatrix/audit/v1;auditv1b\x06proto3"
 
 var (
 	file_credmatrix_audit_v1_audit_proto_rawDescOnce sync.Once
@@ -2358,7 +2685,7 @@ func file_credmatrix_audit_v1_audit_proto_rawDescGZIP() []byte {
 }
 
 var file_credmatrix_audit_v1_audit_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_credmatrix_audit_v1_audit_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_credmatrix_audit_v1_audit_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_credmatrix_audit_v1_audit_proto_goTypes = []any{
 	(Kind)(0),                           // 0: credmatrix.audit.v1.Kind
 	(Decision)(0),                       // 1: credmatrix.audit.v1.Decision
@@ -2383,17 +2710,22 @@ var file_credmatrix_audit_v1_audit_proto_goTypes = []any{
 	(*GetInclusionProofResponse)(nil),   // 20: credmatrix.audit.v1.GetInclusionProofResponse
 	(*GetConsistencyProofRequest)(nil),  // 21: credmatrix.audit.v1.GetConsistencyProofRequest
 	(*GetConsistencyProofResponse)(nil), // 22: credmatrix.audit.v1.GetConsistencyProofResponse
-	nil,                                 // 23: credmatrix.audit.v1.Actor.ClaimsEntry
-	nil,                                 // 24: credmatrix.audit.v1.SessionDetail.SessionTagsEntry
-	nil,                                 // 25: credmatrix.audit.v1.KeyDetail.EncryptionContextEntry
-	nil,                                 // 26: credmatrix.audit.v1.KeyDetail.GrantRequiredContextEntry
-	nil,                                 // 27: credmatrix.audit.v1.AdminDetail.ClaimsEntry
-	(*timestamppb.Timestamp)(nil),       // 28: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),         // 29: google.protobuf.Duration
+	(*ArchiveRequest)(nil),              // 23: credmatrix.audit.v1.ArchiveRequest
+	(*ArchiveResponse)(nil),             // 24: credmatrix.audit.v1.ArchiveResponse
+	(*ArchiveSummary)(nil),              // 25: credmatrix.audit.v1.ArchiveSummary
+	(*PruneRequest)(nil),                // 26: credmatrix.audit.v1.PruneRequest
+	(*PruneResponse)(nil),               // 27: credmatrix.audit.v1.PruneResponse
+	nil,                                 // 28: credmatrix.audit.v1.Actor.ClaimsEntry
+	nil,                                 // 29: credmatrix.audit.v1.SessionDetail.SessionTagsEntry
+	nil,                                 // 30: credmatrix.audit.v1.KeyDetail.EncryptionContextEntry
+	nil,                                 // 31: credmatrix.audit.v1.KeyDetail.GrantRequiredContextEntry
+	nil,                                 // 32: credmatrix.audit.v1.AdminDetail.ClaimsEntry
+	(*timestamppb.Timestamp)(nil),       // 33: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),         // 34: google.protobuf.Duration
 }
 var file_credmatrix_audit_v1_audit_proto_depIdxs = []int32{
-	28, // 0: credmatrix.audit.v1.Event.time:type_name -> google.protobuf.Timestamp
-	28, // 1: credmatrix.audit.v1.Event.recorded_time:type_name -> google.protobuf.Timestamp
+	33, // 0: credmatrix.audit.v1.Event.time:type_name -> google.protobuf.Timestamp
+	33, // 1: credmatrix.audit.v1.Event.recorded_time:type_name -> google.protobuf.Timestamp
 	0,  // 2: credmatrix.audit.v1.Event.kind:type_name -> credmatrix.audit.v1.Kind
 	1,  // 3: credmatrix.audit.v1.Event.decision:type_name -> credmatrix.audit.v1.Decision
 	3,  // 4: credmatrix.audit.v1.Event.actor:type_name -> credmatrix.audit.v1.Actor
@@ -2402,45 +2734,50 @@ var file_credmatrix_audit_v1_audit_proto_depIdxs = []int32{
 	7,  // 7: credmatrix.audit.v1.Event.policy:type_name -> credmatrix.audit.v1.PolicyDetail
 	8,  // 8: credmatrix.audit.v1.Event.admin:type_name -> credmatrix.audit.v1.AdminDetail
 	4,  // 9: credmatrix.audit.v1.Event.secret_refs:type_name -> credmatrix.audit.v1.SecretRef
-	23, // 10: credmatrix.audit.v1.Actor.claims:type_name -> credmatrix.audit.v1.Actor.ClaimsEntry
-	28, // 11: credmatrix.audit.v1.SessionDetail.expiration:type_name -> google.protobuf.Timestamp
-	29, // 12: credmatrix.audit.v1.SessionDetail.duration:type_name -> google.protobuf.Duration
-	24, // 13: credmatrix.audit.v1.SessionDetail.session_tags:type_name -> credmatrix.audit.v1.SessionDetail.SessionTagsEntry
-	28, // 14: credmatrix.audit.v1.SessionDetail.revoked_before:type_name -> google.protobuf.Timestamp
-	25, // 15: credmatrix.audit.v1.KeyDetail.encryption_context:type_name -> credmatrix.audit.v1.KeyDetail.EncryptionContextEntry
-	26, // 16: credmatrix.audit.v1.KeyDetail.grant_required_context:type_name -> credmatrix.audit.v1.KeyDetail.GrantRequiredContextEntry
-	28, // 17: credmatrix.audit.v1.KeyDetail.grant_expire_time:type_name -> google.protobuf.Timestamp
-	27, // 18: credmatrix.audit.v1.AdminDetail.claims:type_name -> credmatrix.audit.v1.AdminDetail.ClaimsEntry
-	28, // 19: credmatrix.audit.v1.AdminDetail.issued_before:type_name -> google.protobuf.Timestamp
-	28, // 20: credmatrix.audit.v1.AdminDetail.block_until:type_name -> google.protobuf.Timestamp
+	28, // 10: credmatrix.audit.v1.Actor.claims:type_name -> credmatrix.audit.v1.Actor.ClaimsEntry
+	33, // 11: credmatrix.audit.v1.SessionDetail.expiration:type_name -> google.protobuf.Timestamp
+	34, // 12: credmatrix.audit.v1.SessionDetail.duration:type_name -> google.protobuf.Duration
+	29, // 13: credmatrix.audit.v1.SessionDetail.session_tags:type_name -> credmatrix.audit.v1.SessionDetail.SessionTagsEntry
+	33, // 14: credmatrix.audit.v1.SessionDetail.revoked_before:type_name -> google.protobuf.Timestamp
+	30, // 15: credmatrix.audit.v1.KeyDetail.encryption_context:type_name -> credmatrix.audit.v1.KeyDetail.EncryptionContextEntry
+	31, // 16: credmatrix.audit.v1.KeyDetail.grant_required_context:type_name -> credmatrix.audit.v1.KeyDetail.GrantRequiredContextEntry
+	33, // 17: credmatrix.audit.v1.KeyDetail.grant_expire_time:type_name -> google.protobuf.Timestamp
+	32, // 18: credmatrix.audit.v1.AdminDetail.claims:type_name -> credmatrix.audit.v1.AdminDetail.ClaimsEntry
+	33, // 19: credmatrix.audit.v1.AdminDetail.issued_before:type_name -> google.protobuf.Timestamp
+	33, // 20: credmatrix.audit.v1.AdminDetail.block_until:type_name -> google.protobuf.Timestamp
 	2,  // 21: credmatrix.audit.v1.AppendRequest.events:type_name -> credmatrix.audit.v1.Event
 	11, // 22: credmatrix.audit.v1.AppendResponse.results:type_name -> credmatrix.audit.v1.AppendResult
 	12, // 23: credmatrix.audit.v1.AppendResult.refusal:type_name -> credmatrix.audit.v1.AppendRefusal
-	28, // 24: credmatrix.audit.v1.QueryRequest.start_time:type_name -> google.protobuf.Timestamp
-	28, // 25: credmatrix.audit.v1.QueryRequest.end_time:type_name -> google.protobuf.Timestamp
+	33, // 24: credmatrix.audit.v1.QueryRequest.start_time:type_name -> google.protobuf.Timestamp
+	33, // 25: credmatrix.audit.v1.QueryRequest.end_time:type_name -> google.protobuf.Timestamp
 	0,  // 26: credmatrix.audit.v1.QueryRequest.kinds:type_name -> credmatrix.audit.v1.Kind
 	1,  // 27: credmatrix.audit.v1.QueryRequest.decision:type_name -> credmatrix.audit.v1.Decision
 	2,  // 28: credmatrix.audit.v1.QueryResponse.events:type_name -> credmatrix.audit.v1.Event
 	0,  // 29: credmatrix.audit.v1.SubscribeRequest.kinds:type_name -> credmatrix.audit.v1.Kind
 	2,  // 30: credmatrix.audit.v1.SubscribeResponse.event:type_name -> credmatrix.audit.v1.Event
-	28, // 31: credmatrix.audit.v1.GetCheckpointResponse.time:type_name -> google.protobuf.Timestamp
-	9,  // 32: credmatrix.audit.v1.AuditService.Append:input_type -> credmatrix.audit.v1.AppendRequest
-	13, // 33: credmatrix.audit.v1.AuditService.Query:input_type -> credmatrix.audit.v1.QueryRequest
-	15, // 34: credmatrix.audit.v1.AuditService.Subscribe:input_type -> credmatrix.audit.v1.SubscribeRequest
-	17, // 35: credmatrix.audit.v1.AuditService.GetCheckpoint:input_type -> credmatrix.audit.v1.GetCheckpointRequest
-	19, // 36: credmatrix.audit.v1.AuditService.GetInclusionProof:input_type -> credmatrix.audit.v1.GetInclusionProofRequest
-	21, // 37: credmatrix.audit.v1.AuditService.GetConsistencyProof:input_type -> credmatrix.audit.v1.GetConsistencyProofRequest
-	10, // 38: credmatrix.audit.v1.AuditService.Append:output_type -> credmatrix.audit.v1.AppendResponse
-	14, // 39: credmatrix.audit.v1.AuditService.Query:output_type -> credmatrix.audit.v1.QueryResponse
-	16, // 40: credmatrix.audit.v1.AuditService.Subscribe:output_type -> credmatrix.audit.v1.SubscribeResponse
-	18, // 41: credmatrix.audit.v1.AuditService.GetCheckpoint:output_type -> credmatrix.audit.v1.GetCheckpointResponse
-	20, // 42: credmatrix.audit.v1.AuditService.GetInclusionProof:output_type -> credmatrix.audit.v1.GetInclusionProofResponse
-	22, // 43: credmatrix.audit.v1.AuditService.GetConsistencyProof:output_type -> credmatrix.audit.v1.GetConsistencyProofResponse
-	38, // [38:44] is the sub-list for method output_type
-	32, // [32:38] is the sub-list for method input_type
-	32, // [32:32] is the sub-list for extension type_name
-	32, // [32:32] is the sub-list for extension extendee
-	0,  // [0:32] is the sub-list for field type_name
+	33, // 31: credmatrix.audit.v1.GetCheckpointResponse.time:type_name -> google.protobuf.Timestamp
+	25, // 32: credmatrix.audit.v1.ArchiveResponse.summary:type_name -> credmatrix.audit.v1.ArchiveSummary
+	9,  // 33: credmatrix.audit.v1.AuditService.Append:input_type -> credmatrix.audit.v1.AppendRequest
+	13, // 34: credmatrix.audit.v1.AuditService.Query:input_type -> credmatrix.audit.v1.QueryRequest
+	15, // 35: credmatrix.audit.v1.AuditService.Subscribe:input_type -> credmatrix.audit.v1.SubscribeRequest
+	17, // 36: credmatrix.audit.v1.AuditService.GetCheckpoint:input_type -> credmatrix.audit.v1.GetCheckpointRequest
+	19, // 37: credmatrix.audit.v1.AuditService.GetInclusionProof:input_type -> credmatrix.audit.v1.GetInclusionProofRequest
+	21, // 38: credmatrix.audit.v1.AuditService.GetConsistencyProof:input_type -> credmatrix.audit.v1.GetConsistencyProofRequest
+	23, // 39: credmatrix.audit.v1.AuditService.Archive:input_type -> credmatrix.audit.v1.ArchiveRequest
+	26, // 40: credmatrix.audit.v1.AuditService.Prune:input_type -> credmatrix.audit.v1.PruneRequest
+	10, // 41: credmatrix.audit.v1.AuditService.Append:output_type -> credmatrix.audit.v1.AppendResponse
+	14, // 42: credmatrix.audit.v1.AuditService.Query:output_type -> credmatrix.audit.v1.QueryResponse
+	16, // 43: credmatrix.audit.v1.AuditService.Subscribe:output_type -> credmatrix.audit.v1.SubscribeResponse
+	18, // 44: credmatrix.audit.v1.AuditService.GetCheckpoint:output_type -> credmatrix.audit.v1.GetCheckpointResponse
+	20, // 45: credmatrix.audit.v1.AuditService.GetInclusionProof:output_type -> credmatrix.audit.v1.GetInclusionProofResponse
+	22, // 46: credmatrix.audit.v1.AuditService.GetConsistencyProof:output_type -> credmatrix.audit.v1.GetConsistencyProofResponse
+	24, // 47: credmatrix.audit.v1.AuditService.Archive:output_type -> credmatrix.audit.v1.ArchiveResponse
+	27, // 48: credmatrix.audit.v1.AuditService.Prune:output_type -> credmatrix.audit.v1.PruneResponse
+	41, // [41:49] is the sub-list for method output_type
+	33, // [33:41] is the sub-list for method input_type
+	33, // [33:33] is the sub-list for extension type_name
+	33, // [33:33] is the sub-list for extension extendee
+	0,  // [0:33] is the sub-list for field type_name
 }
 
 func init() { file_credmatrix_audit_v1_audit_proto_init() }
@@ -2460,7 +2797,7 @@ func file_credmatrix_audit_v1_audit_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_credmatrix_audit_v1_audit_proto_rawDesc), len(file_credmatrix_audit_v1_audit_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   26,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

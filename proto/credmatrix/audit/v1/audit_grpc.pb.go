@@ -38,6 +38,8 @@ const (
 	AuditService_GetCheckpoint_FullMethodName       = "/credmatrix.audit.v1.AuditService/GetCheckpoint"
 	AuditService_GetInclusionProof_FullMethodName   = "/credmatrix.audit.v1.AuditService/GetInclusionProof"
 	AuditService_GetConsistencyProof_FullMethodName = "/credmatrix.audit.v1.AuditService/GetConsistencyProof"
+	AuditService_Archive_FullMethodName             = "/credmatrix.audit.v1.AuditService/Archive"
+	AuditService_Prune_FullMethodName               = "/credmatrix.audit.v1.AuditService/Prune"
 )
 
 // AuditServiceClient is the client API for AuditService service.
@@ -71,6 +73,21 @@ type AuditServiceClient interface {
 	// GetConsistencyProof proves that the tree of one size is a prefix of the
 	// tree of a larger size (no event was changed, removed or reordered).
 	GetConsistencyProof(ctx context.Context, in *GetConsistencyProofRequest, opts ...grpc.CallOption) (*GetConsistencyProofResponse, error)
+	// Archive streams a sealed range of the log as the bytes of a bundle
+	// file (format v2): the events from the first one the store still holds
+	// up to a signed checkpoint's tree size, the signed checkpoints in that
+	// range, consistency proofs between them and the compact range of the
+	// tree before the first event, so that the file verifies offline with
+	// the log's public key alone. The service records the archive (its range
+	// and the SHA-256 of the bytes sent) in the log itself, as a
+	// KIND_AUDIT_ADMIN event, after the last chunk. Operators only.
+	Archive(ctx context.Context, in *ArchiveRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ArchiveResponse], error)
+	// Prune removes from the hot store the events of an archive this
+	// service wrote (named by its range and SHA-256), once the operator has
+	// verified the file. Node hashes and checkpoints stay, so proofs for
+	// every tree size keep working; the prune is recorded in the log as a
+	// KIND_AUDIT_ADMIN event before anything is removed. Operators only.
+	Prune(ctx context.Context, in *PruneRequest, opts ...grpc.CallOption) (*PruneResponse, error)
 }
 
 type auditServiceClient struct {
@@ -150,6 +167,35 @@ func (c *auditServiceClient) GetConsistencyProof(ctx context.Context, in *GetCon
 	return out, nil
 }
 
+func (c *auditServiceClient) Archive(ctx context.Context, in *ArchiveRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ArchiveResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &AuditService_ServiceDesc.Streams[1], AuditService_Archive_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ArchiveRequest, ArchiveResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AuditService_ArchiveClient = grpc.ServerStreamingClient[ArchiveResponse]
+
+func (c *auditServiceClient) Prune(ctx context.Context, in *PruneRequest, opts ...grpc.CallOption) (*PruneResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PruneResponse)
+	err := c.cc.Invoke(ctx, AuditService_Prune_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AuditServiceServer is the server API for AuditService service.
 // All implementations must embed UnimplementedAuditServiceServer
 // for forward compatibility.
@@ -181,6 +227,21 @@ type AuditServiceServer interface {
 	// GetConsistencyProof proves that the tree of one size is a prefix of the
 	// tree of a larger size (no event was changed, removed or reordered).
 	GetConsistencyProof(context.Context, *GetConsistencyProofRequest) (*GetConsistencyProofResponse, error)
+	// Archive streams a sealed range of the log as the bytes of a bundle
+	// file (format v2): the events from the first one the store still holds
+	// up to a signed checkpoint's tree size, the signed checkpoints in that
+	// range, consistency proofs between them and the compact range of the
+	// tree before the first event, so that the file verifies offline with
+	// the log's public key alone. The service records the archive (its range
+	// and the SHA-256 of the bytes sent) in the log itself, as a
+	// KIND_AUDIT_ADMIN event, after the last chunk. Operators only.
+	Archive(*ArchiveRequest, grpc.ServerStreamingServer[ArchiveResponse]) error
+	// Prune removes from the hot store the events of an archive this
+	// service wrote (named by its range and SHA-256), once the operator has
+	// verified the file. Node hashes and checkpoints stay, so proofs for
+	// every tree size keep working; the prune is recorded in the log as a
+	// KIND_AUDIT_ADMIN event before anything is removed. Operators only.
+	Prune(context.Context, *PruneRequest) (*PruneResponse, error)
 	mustEmbedUnimplementedAuditServiceServer()
 }
 
@@ -208,6 +269,12 @@ func (UnimplementedAuditServiceServer) GetInclusionProof(context.Context, *GetIn
 }
 func (UnimplementedAuditServiceServer) GetConsistencyProof(context.Context, *GetConsistencyProofRequest) (*GetConsistencyProofResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetConsistencyProof not implemented")
+}
+func (UnimplementedAuditServiceServer) Archive(*ArchiveRequest, grpc.ServerStreamingServer[ArchiveResponse]) error {
+	return status.Error(codes.Unimplemented, "method Archive not implemented")
+}
+func (UnimplementedAuditServiceServer) Prune(context.Context, *PruneRequest) (*PruneResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Prune not implemented")
 }
 func (UnimplementedAuditServiceServer) mustEmbedUnimplementedAuditServiceServer() {}
 func (UnimplementedAuditServiceServer) testEmbeddedByValue()                      {}
@@ -331,6 +398,35 @@ func _AuditService_GetConsistencyProof_Handler(srv interface{}, ctx context.Cont
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AuditService_Archive_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(ArchiveRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(AuditServiceServer).Archive(m, &grpc.GenericServerStream[ArchiveRequest, ArchiveResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AuditService_ArchiveServer = grpc.ServerStreamingServer[ArchiveResponse]
+
+func _AuditService_Prune_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PruneRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AuditServiceServer).Prune(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AuditService_Prune_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AuditServiceServer).Prune(ctx, req.(*PruneRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AuditService_ServiceDesc is the grpc.ServiceDesc for AuditService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -358,11 +454,20 @@ var AuditService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "GetConsistencyProof",
 			Handler:    _AuditService_GetConsistencyProof_Handler,
 		},
+		{
+			MethodName: "Prune",
+			Handler:    _AuditService_Prune_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
 			StreamName:    "Subscribe",
 			Handler:       _AuditService_Subscribe_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "Archive",
+			Handler:       _AuditService_Archive_Handler,
 			ServerStreams: true,
 		},
 	},
