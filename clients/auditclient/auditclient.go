@@ -16,7 +16,9 @@
 package auditclient
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -133,7 +135,13 @@ func (c *Client) Export(ctx context.Context, opts ExportOptions) (*bundle.Bundle
 		}
 	}
 	b.Checkpoints = append(b.Checkpoints, cp.GetSignedNote())
-	total := cp.GetTreeSize()
+	// Events before first_sequence were archived and pruned: the bundle
+	// starts after them, from the tree's start hashes there.
+	b.First, b.Start = cp.GetFirstSequence(), cp.GetStartHashes()
+	if b.First > cp.GetTreeSize() {
+		return nil, fmt.Errorf("audit service: first_sequence %d is beyond its checkpoint's tree size %d", b.First, cp.GetTreeSize())
+	}
+	total := cp.GetTreeSize() - b.First
 	errDone := errors.New("done")
 	err = c.Query(ctx, &auditv1.QueryRequest{}, func(e *auditv1.Event) error {
 		if uint64(len(b.Events)) == total {
@@ -153,4 +161,52 @@ func (c *Client) Export(ctx context.Context, opts ExportOptions) (*bundle.Bundle
 		return nil, err
 	}
 	return b, nil
+}
+
+// ErrArchiveDigest means the archive bytes received do not hash to the
+// digest the service computed: the transfer was damaged or cut.
+var ErrArchiveDigest = errors.New("archive: the bytes received do not match the service's SHA-256")
+
+// Archive asks the service for the sealed range of the log from the first
+// event it holds up to the signed checkpoint of size endSize (0: its
+// latest) and writes the bundle file's bytes to w. It checks the bytes
+// received against the service's digest and returns the summary (range,
+// SHA-256, the audit event recording the archive). The file is not
+// verified here: read it with bundle.Read and check it with verify.Bundle
+// and a key you trust before pruning anything.
+func (c *Client) Archive(ctx context.Context, endSize uint64, w io.Writer) (*auditv1.ArchiveSummary, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := c.rpc.Archive(ctx, &auditv1.ArchiveRequest{EndSize: endSize})
+	if err != nil {
+		return nil, err
+	}
+	h := sha256.New()
+	for {
+		resp, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("archive: the stream ended without a summary: %w", io.ErrUnexpectedEOF)
+		}
+		if err != nil {
+			return nil, err
+		}
+		if sum := resp.GetSummary(); sum != nil {
+			if !bytes.Equal(h.Sum(nil), sum.GetSha256()) {
+				return nil, ErrArchiveDigest
+			}
+			return sum, nil
+		}
+		h.Write(resp.GetChunk())
+		if _, err := w.Write(resp.GetChunk()); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// Prune asks the service to remove from its hot store the events of an
+// archive it wrote (sum, from Archive), once the archive file has been
+// verified. It returns the first sequence the store now holds and the
+// sequence of the audit event recording the prune.
+func (c *Client) Prune(ctx context.Context, sum *auditv1.ArchiveSummary) (*auditv1.PruneResponse, error) {
+	return c.rpc.Prune(ctx, &auditv1.PruneRequest{FirstSequence: sum.GetFirstSequence(), EndSize: sum.GetEndSize(), Sha256: sum.GetSha256()})
 }

@@ -1807,6 +1807,11 @@ type GetCheckpointResponse struct {
 	// were archived and pruned (their node hashes remain, so proofs work for
 	// every tree size). 0 when nothing was pruned.
 	FirstSequence uint64 `protobuf:"varint,7,opt,name=first_sequence,json=firstSequence,proto3" json:"first_sequence,omitempty"`
+	// The compact range of the tree before first_sequence: the roots of its
+	// perfect subtrees, largest first (empty when first_sequence is 0). An
+	// export of the events from first_sequence on starts from them; the
+	// checkpoint proves them.
+	StartHashes   [][]byte `protobuf:"bytes,8,rep,name=start_hashes,json=startHashes,proto3" json:"start_hashes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1888,6 +1893,13 @@ func (x *GetCheckpointResponse) GetFirstSequence() uint64 {
 		return x.FirstSequence
 	}
 	return 0
+}
+
+func (x *GetCheckpointResponse) GetStartHashes() [][]byte {
+	if x != nil {
+		return x.StartHashes
+	}
+	return nil
 }
 
 // GetInclusionProofRequest names a leaf and a tree size.
@@ -2593,7 +2605,7 @@ const file_credmatrix_audit_v1_audit_proto_rawDesc = "" +
 	"\x05kinds\x18\x02 \x03(\x0e2\x19.credmatrix.audit.v1.KindR\x05kinds\"E\n" +
 	"\x11SubscribeResponse\x120\n" +
 	"\x05event\x18\x01 \x01(\v2\x1a.credmatrix.audit.v1.EventR\x05event\"\x16\n" +
-	"\x14GetCheckpointRequest\"\xf8\x01\n" +
+	"\x14GetCheckpointRequest\"\x9b\x02\n" +
 	"\x15GetCheckpointResponse\x12\x1f\n" +
 	"\vsigned_note\x18\x01 \x01(\fR\n" +
 	"signedNote\x12\x16\n" +
@@ -2602,7 +2614,8 @@ const file_credmatrix_audit_v1_audit_proto_rawDesc = "" +
 	"\troot_hash\x18\x04 \x01(\fR\brootHash\x12\x15\n" +
 	"\x06key_id\x18\x05 \x01(\tR\x05keyId\x12.\n" +
 	"\x04time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12%\n" +
-	"\x0efirst_sequence\x18\a \x01(\x04R\rfirstSequence\"S\n" +
+	"\x0efirst_sequence\x18\a \x01(\x04R\rfirstSequence\x12!\n" +
+	"\fstart_hashes\x18\b \x03(\fR\vstartHashes\"S\n" +
 	"\x18GetInclusionProofRequest\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence\x12\x1b\n" +
 	"\ttree_size\x18\x02 \x01(\x04R\btreeSize\"\x89\x01\n" +
