@@ -50,6 +50,7 @@ type streams struct {
 type app struct {
 	streams
 	getenv func(string) string
+	args   []string // the command line, for serve-credentials --background
 
 	brokerAddr, keyguardAddr, auditAddr string
 	caFile, certFile, keyFile           string
@@ -74,7 +75,7 @@ func (e usageError) Unwrap() error { return e.err }
 func usagef(format string, args ...any) error { return usageError{fmt.Errorf(format, args...)} }
 
 func run(ctx context.Context, args []string, s streams, getenv func(string) string) int {
-	a := &app{streams: s, getenv: getenv}
+	a := &app{streams: s, getenv: getenv, args: args}
 	root := a.rootCommand()
 	root.SetArgs(args)
 	root.SetIn(s.in)

@@ -112,6 +112,10 @@ named by --token-env, GitHub Actions (needs permissions: id-token: write),
 GitLab CI (an id_tokens variable, --gitlab-token-var), the Kubernetes
 service-account token file.
 
+On any failure nothing is printed on standard output and the exit code says
+why (2 usage or setup, 3 denied, 4 unavailable): a script must check it
+before using the output.
+
 Outputs: env (shell exports), json, credential-process (AWS's Version 1 JSON,
 cached between calls), aws-profile (writes a profile whose credential_process
 runs this command; never a secret), github-env (appends to $GITHUB_ENV and
@@ -119,8 +123,11 @@ masks the secrets).`,
 		Example: `  # GitHub Actions (job needs: permissions: id-token: write)
   credmatrix creds --role deploy --account prod --output github-env
 
-  # GitLab CI (.gitlab-ci.yml: id_tokens: { CREDMATRIX_ID_TOKEN: { aud: credmatrix } })
-  eval "$(credmatrix creds --token-source gitlab --role deploy --account prod)"
+  # GitLab CI (.gitlab-ci.yml: id_tokens: { CREDMATRIX_ID_TOKEN: { aud: credmatrix } }).
+  # Assign, stop on failure, then eval: eval of a command substitution
+  # ignores the exit code, and the job would go on without credentials.
+  creds=$(credmatrix creds --token-source gitlab --role deploy --account prod) || exit $?
+  eval "$creds"
 
   # Kubernetes: projected service-account token, AWS CLI profile
   credmatrix creds --token-file /var/run/secrets/tokens/credmatrix \

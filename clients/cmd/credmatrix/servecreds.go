@@ -20,6 +20,7 @@ func (a *app) serveCredentialsCommand() *cobra.Command {
 		listen string
 		window time.Duration
 		reason string
+		bg     background
 	)
 	cmd := &cobra.Command{
 		Use:   "serve-credentials [-- command [args...]]",
@@ -32,12 +33,45 @@ SDK, the AWS CLI or Terraform.
 
 With a command after --, it runs the command with those two variables set and
 exits with its exit code. Without one, it prints the exports and serves until
-interrupted.`,
-		Example: `  credmatrix serve-credentials --role deploy --account prod -- terraform apply
-  eval "$(credmatrix serve-credentials --role deploy --account prod &)"   # background`,
-		RunE: func(cmd *cobra.Command, args []string) error {
+interrupted.
+
+With --background it starts a copy of itself that serves in the background,
+waits until that copy has minted the first session and is serving, prints the
+exports (and CREDMATRIX_SERVE_PID, to stop it) and exits 0. If the first
+session is denied or the broker is unreachable, it prints nothing on standard
+output and exits non-zero (3 denied, 4 unavailable, …), so a script that
+checks the exit code stops there. The copy's log goes to --log-file.
+
+Never eval a command substitution directly: eval ignores the command's exit
+code, so a denial would let the script go on without credentials (and on to
+whatever ambient credentials the machine has). Assign first, stop on
+failure, then eval, as in the example.`,
+		Example: `  # Run one command with refreshing credentials:
+  credmatrix serve-credentials --role deploy --account prod -- terraform apply
+
+  # Serve in the background for the rest of a script (fails closed):
+  creds=$(credmatrix serve-credentials --role deploy --account prod --background) || exit $?
+  eval "$creds"
+  trap 'kill "$CREDMATRIX_SERVE_PID"' EXIT
+  terraform apply`,
+		RunE: func(cmd *cobra.Command, args []string) (err error) {
+			if bg.readyFD != 0 {
+				// The background copy: whatever stops it before it serves
+				// goes to the process waiting in the foreground.
+				defer func() {
+					if err != nil && !bg.reported {
+						err = bg.failed(a, err)
+					}
+				}()
+			}
 			if t.Role == "" || t.Account == "" {
 				return usagef("--role and --account are required")
+			}
+			if bg.enabled && bg.readyFD == 0 {
+				if len(args) > 0 {
+					return usagef("--background serves for the rest of a script; to run one command, drop --background and give it after --")
+				}
+				return a.startInBackground(cmd.Context(), bg.logFile)
 			}
 			src, err := a.tokenSource(&tf)
 			if err != nil {
@@ -73,6 +107,14 @@ interrupted.`,
 			}
 			defer srv.Close()
 			env := srv.Env(url)
+			if bg.readyFD != 0 {
+				if err := bg.ready(env); err != nil {
+					return err
+				}
+				fmt.Fprintf(a.err, "credmatrix: serving credentials for %s at %s until stopped (SIGTERM)\n", t, url)
+				<-cmd.Context().Done()
+				return nil
+			}
 			if len(args) == 0 {
 				for _, kv := range env {
 					k, v, _ := cutEnv(kv)
@@ -101,6 +143,10 @@ interrupted.`,
 	f.StringVar(&listen, "listen", "127.0.0.1:0", "loopback address to serve on")
 	f.DurationVar(&window, "refresh-window", credcache.DefaultWindow, "re-mint this long before expiry")
 	f.StringVar(&reason, "reason", "", "why you need the session (recorded in the audit log)")
+	f.BoolVar(&bg.enabled, "background", false, "serve from a background copy; print the exports once it serves (exit non-zero, printing nothing, if it cannot)")
+	f.StringVar(&bg.logFile, "log-file", "", "with --background: the background copy's log (default: a file in the temporary directory)")
+	f.IntVar(&bg.readyFD, readyFDFlag, 0, "internal: file descriptor on which the background copy reports it is serving")
+	_ = f.MarkHidden(readyFDFlag)
 	return cmd
 }
 
