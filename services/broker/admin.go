@@ -242,7 +242,6 @@ func (s *Service) RevokeSessions(ctx context.Context, peer string, req RevokeReq
 	}
 	out.AuditEventID, out.AuditSequence = ev.GetId(), res.GetSequence()
 	err = s.store.AddRevocation(ctx, r)
-	s.invalidateState()
 	if err != nil {
 		return RevokeResult{}, s.stateUnavailable(ctx, err)
 	}
@@ -347,16 +346,17 @@ func (s *Service) setFrozen(ctx context.Context, peer string, req FreezeRequest,
 	} else {
 		_, err = s.store.Unfreeze(ctx, scopes)
 	}
-	s.invalidateState()
 	if err != nil {
 		return FreezeResult{}, s.stateUnavailable(ctx, err)
 	}
 	return FreezeResult{AccountIDs: ids, RoleARNs: arns, AuditEventID: ev.GetId(), AuditSequence: res.GetSequence()}, nil
 }
 
-// ReloadPolicy reloads the trust policy at an administrator's request;
-// a dry run reads and validates it and says whether it differs, changing
-// nothing.
+// ReloadPolicy reloads the trust policy at an administrator's request:
+// this replica's at once, then every other replica's, each before its
+// next decision (see applyReloadRequest); if this replica refuses the new
+// policy, nothing is requested of the others. A dry run reads and
+// validates it and says whether it differs, changing nothing.
 func (s *Service) ReloadPolicy(ctx context.Context, peer string, dryRun bool) (ReloadResult, error) {
 	if err := s.requireAdmin(ctx, peer, auditv1.Kind_KIND_POLICY_RELOAD, "reload policy"); err != nil {
 		return ReloadResult{}, err
@@ -376,7 +376,16 @@ func (s *Service) ReloadPolicy(ctx context.Context, peer string, dryRun bool) (R
 		}
 		return ReloadResult{SHA256: pol.SHA256(), Rules: len(pol.Rules()), Changed: pol.SHA256() != s.Policy().SHA256(), DryRun: true}, nil
 	}
-	return s.Reload(ctx, "rpc:"+peer)
+	res, err := s.Reload(ctx, "rpc:"+peer)
+	if err != nil {
+		return res, err
+	}
+	gen, err := s.store.RequestReload(ctx, "rpc:"+peer)
+	if err != nil {
+		return res, &Error{Code: Unavailable, Message: "policy reloaded at this replica, but the request could not be passed to the others; retry", Err: err}
+	}
+	s.markReloaded(gen)
+	return res, nil
 }
 
 // ErrReloadDisabled is returned by Reload when the Service has no Reload

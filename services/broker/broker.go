@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/credmatrix/credmatrix/platform/coalesce"
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
 	"github.com/credmatrix/credmatrix/services/broker/oidc"
 	"github.com/credmatrix/credmatrix/services/broker/policy"
@@ -72,9 +73,14 @@ type Config struct {
 	Reload func(ctx context.Context) (*policy.Policy, TokenVerifier, error)
 	// Limits are the rate limits; the zero value disables them.
 	Limits Limits
-	// StateTTL is how long freezes and revocations read from the Store
-	// are trusted; 0 means DefaultStateTTL.
-	StateTTL time.Duration
+	// ReloadGeneration is the policy reload request generation Policy
+	// already reflects: read it (Store.LoadState) before loading the
+	// policy, so that a reload requested meanwhile is not missed. Zero
+	// makes the first decision perform the latest request, if any.
+	ReloadGeneration uint64
+	// StateTimeout bounds one read of the shared state's version; zero
+	// means coalesce.DefaultTimeout.
+	StateTimeout time.Duration
 	// Clock replaces time.Now.
 	Clock func() time.Time
 	// KeyEventLog, when set, is told about every change in issuers'
@@ -103,9 +109,14 @@ type Service struct {
 	reloadMu sync.Mutex
 	limiter  *limiter
 	cache    stateCache
-	stateTTL time.Duration
+	versions *coalesce.Fresh[uint64]
 	now      func() time.Time
 	keyLog   func(oidc.KeyEvent, error)
+
+	// reloadDone is the reload request generation this replica has
+	// performed (see applyReloadRequest).
+	reloadDone      atomic.Uint64
+	replicaReloadMu sync.Mutex
 }
 
 // New checks cfg and returns a Service.
@@ -126,12 +137,11 @@ func New(cfg Config) (*Service, error) {
 	}
 	s := &Service{
 		provider: cfg.Provider, auditor: cfg.Auditor, hasher: cfg.Hasher, store: cfg.Store,
-		admins: map[string]bool{}, reload: cfg.Reload, now: cfg.Clock, stateTTL: cfg.StateTTL,
+		admins: map[string]bool{}, reload: cfg.Reload, now: cfg.Clock,
 		keyLog: cfg.KeyEventLog,
 	}
-	if s.stateTTL <= 0 {
-		s.stateTTL = DefaultStateTTL
-	}
+	s.versions = coalesce.New(s.store.StateVersion, cfg.StateTimeout)
+	s.reloadDone.Store(cfg.ReloadGeneration)
 	if s.now == nil {
 		s.now = time.Now
 	}

@@ -193,37 +193,6 @@ func TestIssueSessionCancelled(t *testing.T) {
 	}
 }
 
-// TestFreezeReachesOtherReplicas runs two brokers on one state store: a
-// freeze made at one refuses sessions at the other once its state copy
-// is older than the TTL, and at once at the replica that made it.
-func TestFreezeReachesOtherReplicas(t *testing.T) {
-	e := brokertest.NewEnv(t, "")
-	now := time.Now()
-	clock := func() time.Time { return now }
-	other, err := broker.New(broker.Config{Policy: e.Policy, Verifier: e.Verifier, Provider: e.Provider, Auditor: e.Auditor,
-		Hasher: e.Hasher, Store: e.Store, Admins: []string{brokertest.AdminPeer}, Clock: clock, StateTTL: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	issue := func(svc *broker.Service) broker.Code {
-		_, err := svc.IssueSession(context.Background(), broker.IssueRequest{Token: e.Token(t, "acme/app", "refs/heads/main", time.Hour), Targets: deployDev()})
-		return broker.ErrorCode(err)
-	}
-	if code := issue(other); code != "" {
-		t.Fatalf("before the freeze: %v", code)
-	}
-	if _, err := e.Service.FreezeAccount(context.Background(), brokertest.AdminPeer, broker.FreezeRequest{Account: "dev", Reason: "incident"}); err != nil {
-		t.Fatal(err)
-	}
-	got := []broker.Code{issue(e.Service), issue(other)}
-	now = now.Add(1100 * time.Millisecond)
-	got = append(got, issue(other))
-	want := []broker.Code{broker.PermissionDenied, "", broker.PermissionDenied}
-	if diff := cmp.Diff(got, want); diff != "" {
-		t.Errorf("(this replica, other replica within TTL, other replica after TTL) (-got +want):\n%s", diff)
-	}
-}
-
 // revokingProvider is the local provider plus a SessionRevoker that
 // records the roles it was asked to put revocations on, failing when err
 // is set.

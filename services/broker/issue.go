@@ -103,6 +103,10 @@ func (s *Service) IssueSession(ctx context.Context, req IssueRequest) ([]Session
 	if err := validateIssue(req); err != nil {
 		return nil, err
 	}
+	ctx, err := s.syncState(ctx, now)
+	if err != nil {
+		return nil, err
+	}
 	snap := s.snap.Load()
 	claims, err := snap.verifier.Verify(ctx, req.Token)
 	if err != nil {

@@ -20,6 +20,10 @@ type Explanation struct {
 // ListRoles lists the roles token may assume, in policy order. It issues
 // nothing and is not audited.
 func (s *Service) ListRoles(ctx context.Context, token string) ([]policy.Grant, error) {
+	ctx, err := s.syncState(ctx, s.now())
+	if err != nil {
+		return nil, err
+	}
 	snap := s.snap.Load()
 	claims, err := s.verifyOnly(ctx, snap, token)
 	if err != nil {
@@ -48,6 +52,10 @@ func (s *Service) ExplainDecision(ctx context.Context, token string, target Targ
 		return Explanation{}, err
 	}
 	if err := validateTarget("target", target); err != nil {
+		return Explanation{}, err
+	}
+	ctx, err := s.syncState(ctx, s.now())
+	if err != nil {
 		return Explanation{}, err
 	}
 	snap := s.snap.Load()

@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"maps"
 	"sync"
 	"time"
@@ -48,8 +49,35 @@ type Store interface {
 	Frozen(ctx context.Context, scopes []string) (string, error)
 	// Freezes lists every frozen scope, sorted.
 	Freezes(ctx context.Context) ([]string, error)
+	// StateVersion returns the version of the shared state: every change
+	// of freezes, revocations or reload requests increases it in the
+	// transaction that makes the change (token ids do not).
+	StateVersion(ctx context.Context) (uint64, error)
+	// LoadState reads the freezes, the revocations in effect at now (as
+	// Revocations) and the latest reload request, with the version they
+	// reflect, in one snapshot.
+	LoadState(ctx context.Context, now time.Time) (SharedState, error)
+	// RequestReload records that every replica must reload its trust
+	// policy, by whom (for their audit events), and returns the request's
+	// generation (increasing from 1).
+	RequestReload(ctx context.Context, by string) (uint64, error)
 	// Close releases the store.
 	Close() error
+}
+
+// SharedState is what replicas share besides token ids, read at one
+// moment.
+type SharedState struct {
+	// Version is the state version the rest reflects.
+	Version uint64
+	// Frozen are the frozen scopes, sorted.
+	Frozen []string
+	// Revocations are those in effect, oldest first.
+	Revocations []Revocation
+	// ReloadGeneration counts policy reload requests (0: none yet);
+	// ReloadBy says who made the latest.
+	ReloadGeneration uint64
+	ReloadBy         string
 }
 
 // ErrExists is returned by Store.AddRevocation for a duplicate id.
@@ -167,49 +195,147 @@ func (r Revocation) Clone() Revocation {
 // FreezeScope names what a freeze covers: "account:<id>" or "ou:<path>".
 func FreezeScope(kind, value string) string { return kind + ":" + value }
 
-// DefaultStateTTL is how long the broker trusts its in-memory copy of the
-// freezes and revocations before reading them from the store again: a
-// freeze or revocation made at another replica takes effect within it.
-// Changes made through this replica take effect at once.
-const DefaultStateTTL = time.Second
+// How replicas agree.
+//
+// Each Service keeps an in-memory copy of the freezes and revocations,
+// tagged with the state version it reflects. Every decision first reads
+// the store's current version through a coalesce.Fresh (the read starts
+// after the request arrived; concurrent requests share it) and reloads the
+// copy if the store is ahead. FreezeAccount, UnfreezeAccount and
+// RevokeSessions commit their change with a version bump before they
+// return, so a request that arrives at any replica after the call
+// returned decides on state that includes it: no replica issues a
+// matching session after a freeze or revocation has been acknowledged.
+// A version that cannot be read fails the request (Unavailable): a replica
+// cut off from the shared state does not decide on its copy. LISTEN/NOTIFY
+// (server package) only moves reloads off the request path.
+//
+// A ReloadPolicy call is shared the same way: the replica that takes it
+// reloads its own policy file, then records a reload request; every
+// replica that sees a newer request reloads its file before its next
+// decision (and at once when notified).
 
 // stateCache is the broker's in-memory copy of the freezes and
-// revocations, so that a request costs no store round trip.
+// revocations.
 type stateCache struct {
-	mu     sync.Mutex
-	loaded time.Time
-	frozen map[string]bool
-	revs   []Revocation
+	mu      sync.Mutex
+	loaded  bool
+	version uint64
+	frozen  map[string]bool
+	revs    []Revocation
+	// reloadGen is the latest reload request seen.
+	reloadGen uint64
+	reloadBy  string
 }
 
-// state returns the freezes and revocations in effect, reading the store
-// when the copy is older than the TTL.
+// syncedKey marks a request's context once its state is synced: the
+// value is the store version read after the request began.
+type syncedKey struct{}
+
+// syncState brings the copy (and the policy, when a reload was requested)
+// up to a store version read after the request began, and returns a
+// context that lets the request's later state reads use it without
+// another round trip. Entry points call it before they load the policy
+// snapshot, so a reload requested before the request arrived is in
+// force for it.
+func (s *Service) syncState(ctx context.Context, now time.Time) (context.Context, error) {
+	v, err := s.versions.Get(ctx)
+	if err != nil {
+		return ctx, s.stateUnavailable(ctx, err)
+	}
+	if _, _, err := s.loadState(ctx, v, now); err != nil {
+		return ctx, s.stateUnavailable(ctx, err)
+	}
+	if err := s.applyReloadRequest(ctx); err != nil {
+		return ctx, err
+	}
+	return context.WithValue(ctx, syncedKey{}, v), nil
+}
+
+// state returns the freezes and revocations in effect, as of a store
+// version read after the request began (by syncState, or here).
 func (s *Service) state(ctx context.Context, now time.Time) (map[string]bool, []Revocation, error) {
-	c := &s.cache
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if !c.loaded.IsZero() && now.Sub(c.loaded) < s.stateTTL && !now.Before(c.loaded) {
-		return c.frozen, c.revs, nil
+	if v, ok := ctx.Value(syncedKey{}).(uint64); ok {
+		return s.loadState(ctx, v, now)
 	}
-	scopes, err := s.store.Freezes(ctx)
+	v, err := s.versions.Get(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
-	revs, err := s.store.Revocations(ctx, now)
+	frozen, revs, err := s.loadState(ctx, v, now)
 	if err != nil {
 		return nil, nil, err
 	}
-	frozen := make(map[string]bool, len(scopes))
-	for _, sc := range scopes {
-		frozen[sc] = true
+	if err := s.applyReloadRequest(ctx); err != nil {
+		return nil, nil, err
 	}
-	c.frozen, c.revs, c.loaded = frozen, revs, now
 	return frozen, revs, nil
 }
 
-// invalidateState makes the next request read the store.
-func (s *Service) invalidateState() {
+// loadState returns the copy, reloading it unless it reflects version
+// atLeast already.
+func (s *Service) loadState(ctx context.Context, atLeast uint64, now time.Time) (map[string]bool, []Revocation, error) {
+	c := &s.cache
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.loaded && c.version >= atLeast {
+		return c.frozen, c.revs, nil
+	}
+	st, err := s.store.LoadState(ctx, now)
+	if err != nil {
+		return nil, nil, err
+	}
+	frozen := make(map[string]bool, len(st.Frozen))
+	for _, sc := range st.Frozen {
+		frozen[sc] = true
+	}
+	c.frozen, c.revs, c.version, c.loaded = frozen, st.Revocations, st.Version, true
+	c.reloadGen, c.reloadBy = st.ReloadGeneration, st.ReloadBy
+	return frozen, st.Revocations, nil
+}
+
+// applyReloadRequest reloads this replica's policy when another replica
+// asked for a reload this one has not performed yet. A reload that fails
+// is audited and logged by Reload, and not retried until the next request:
+// the policy in force stays.
+func (s *Service) applyReloadRequest(ctx context.Context) error {
 	s.cache.mu.Lock()
-	s.cache.loaded = time.Time{}
+	gen, by := s.cache.reloadGen, s.cache.reloadBy
 	s.cache.mu.Unlock()
+	if gen <= s.reloadDone.Load() || s.reload == nil {
+		return nil
+	}
+	s.replicaReloadMu.Lock()
+	defer s.replicaReloadMu.Unlock()
+	if gen <= s.reloadDone.Load() {
+		return nil
+	}
+	_, err := s.Reload(ctx, "replicated:"+by)
+	var e *Error
+	if err != nil && errors.As(err, &e) && e.Code == Unavailable {
+		return err // not even audited: fail this request, retry with the next
+	}
+	s.markReloaded(gen)
+	return nil
+}
+
+// markReloaded records that reload request gen (and every earlier one)
+// has been performed here.
+func (s *Service) markReloaded(gen uint64) {
+	for {
+		cur := s.reloadDone.Load()
+		if gen <= cur || s.reloadDone.CompareAndSwap(cur, gen) {
+			return
+		}
+	}
+}
+
+// RefreshState reloads the copy if the store holds a newer state, and
+// performs a reload request it holds. The server calls it when a replica
+// announces a change; correctness never depends on it.
+func (s *Service) RefreshState(ctx context.Context) error {
+	if _, _, err := s.state(ctx, s.now()); err != nil {
+		return fmt.Errorf("broker: refresh shared state: %w", err)
+	}
+	return nil
 }

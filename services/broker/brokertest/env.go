@@ -140,8 +140,17 @@ func NewEnv(t testing.TB, policyYAML string) *Env {
 	}
 	e := &Env{Issuer: iss, Verifier: verifier, Policy: pol, Provider: provider, Auditor: NewAuditor(), Hasher: NewHasher(), Store: store, issuerURL: url}
 	e.SetPolicy(policyYAML)
-	e.Service, err = broker.New(broker.Config{
-		Policy: pol, Verifier: verifier, Provider: provider, Auditor: e.Auditor, Hasher: e.Hasher, Store: store,
+	e.Service = e.Replica(t, store)
+	return e
+}
+
+// Replica returns another broker Service like e.Service (same policy,
+// issuer, provider, auditor and policy text to reload) on store: with
+// e.Store, or a store sharing its database, it is a second replica.
+func (e *Env) Replica(t testing.TB, store broker.Store) *broker.Service {
+	t.Helper()
+	svc, err := broker.New(broker.Config{
+		Policy: e.Policy, Verifier: e.Verifier, Provider: e.Provider, Auditor: e.Auditor, Hasher: e.Hasher, Store: store,
 		Admins: []string{AdminPeer},
 		Reload: func(ctx context.Context) (*policy.Policy, broker.TokenVerifier, error) {
 			p, err := policy.Parse("policy.yaml", []byte(*e.policyYAML.Load()))
@@ -155,7 +164,7 @@ func NewEnv(t testing.TB, policyYAML string) *Env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return e
+	return svc
 }
 
 // Token mints a GitHub Actions token for repo at ref, valid for ttl.

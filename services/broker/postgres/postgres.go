@@ -75,6 +75,15 @@ var migrations = []string{
 	// (holder ''). Rows already there were consumed.
 	`ALTER TABLE broker_jti ADD COLUMN holder TEXT NOT NULL DEFAULT '';
 	ALTER TABLE broker_jti ADD COLUMN lease_until TIMESTAMPTZ;`,
+	// The state version moves with every change of freezes, revocations
+	// and reload requests (see broker.Store.StateVersion).
+	`CREATE TABLE broker_state (
+		id                INTEGER PRIMARY KEY CHECK (id = 1),
+		version           BIGINT  NOT NULL,
+		reload_generation BIGINT  NOT NULL,
+		reload_by         TEXT    NOT NULL
+	);
+	INSERT INTO broker_state (id, version, reload_generation, reload_by) VALUES (1, 1, 0, '');`,
 }
 
 // migrationLock is the advisory lock key serialising migrations of
@@ -179,7 +188,12 @@ func (s *Store) AddRevocation(ctx context.Context, r broker.Revocation) error {
 	if err != nil {
 		return fmt.Errorf("encode revocation claims: %w", err)
 	}
-	tag, err := s.pool.Exec(ctx, `INSERT INTO broker_revocations
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("add revocation: %w", err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx))
+	tag, err := tx.Exec(ctx, `INSERT INTO broker_revocations
 		(id, subject, issuer, role, account_id, session_id, claims, issued_before, block_until, created_at, reason)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING`,
 		r.ID, r.Subject, r.Issuer, r.Role, r.AccountID, r.SessionID, string(claims),
@@ -190,12 +204,27 @@ func (s *Store) AddRevocation(ctx context.Context, r broker.Revocation) error {
 	if tag.RowsAffected() == 0 {
 		return fmt.Errorf("revocation %s: %w", r.ID, broker.ErrExists)
 	}
+	if err := bump(ctx, tx); err != nil {
+		return fmt.Errorf("add revocation: %w", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("add revocation: %w", err)
+	}
 	return nil
 }
 
 // Revocations implements broker.Store.
 func (s *Store) Revocations(ctx context.Context, now time.Time) ([]broker.Revocation, error) {
-	rows, err := s.pool.Query(ctx, `SELECT id, subject, issuer, role, account_id, session_id, claims::text,
+	return revocations(ctx, s.pool, now)
+}
+
+// querier is *pgxpool.Pool or pgx.Tx.
+type querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
+func revocations(ctx context.Context, q querier, now time.Time) ([]broker.Revocation, error) {
+	rows, err := q.Query(ctx, `SELECT id, subject, issuer, role, account_id, session_id, claims::text,
 		issued_before, block_until, created_at, reason FROM broker_revocations
 		WHERE block_until > $1 OR issued_before > $2 ORDER BY created_at, id`,
 		now, now.Add(-broker.MaxSessionDuration))
@@ -249,6 +278,11 @@ func (s *Store) each(ctx context.Context, scopes []string, query string, args fu
 		}
 		if tag.RowsAffected() == 1 {
 			changed = append(changed, scope)
+		}
+	}
+	if len(changed) > 0 {
+		if err := bump(ctx, tx); err != nil {
+			return nil, fmt.Errorf("update freezes: %w", err)
 		}
 	}
 	if err := tx.Commit(ctx); err != nil {

@@ -67,10 +67,9 @@ type AuditBatchConfig struct {
 // StateConfig configures the broker's state store (single-use token ids,
 // revocations, freezes).
 type StateConfig struct {
-	Driver      string        `cfg:"driver" help:"state store: sqlite (one replica, embedded) or postgres (shared by replicas)"`
-	SQLitePath  string        `cfg:"sqlite_path" help:"SQLite file of the state store (driver sqlite)"`
-	PostgresDSN string        `cfg:"postgres_dsn" help:"PostgreSQL connection string (driver postgres); prefer the environment variable for its password"`
-	CacheTTL    time.Duration `cfg:"cache_ttl" help:"how long freezes and revocations read from the store are trusted; a change made at another replica applies within it"`
+	Driver      string `cfg:"driver" help:"state store: sqlite (one replica, embedded) or postgres (shared by replicas: a freeze, revocation or reload at one binds every replica's next decision)"`
+	SQLitePath  string `cfg:"sqlite_path" help:"SQLite file of the state store (driver sqlite)"`
+	PostgresDSN string `cfg:"postgres_dsn" help:"PostgreSQL connection string (driver postgres); prefer the environment variable for its password"`
 }
 
 // OIDCConfig bounds how long issuers' signing keys are trusted.
@@ -114,7 +113,7 @@ func DefaultConfig() Config {
 	c := Config{
 		Server: grpcserver.DefaultConfig(), Provider: "local", LogLevel: "info",
 		PolicyReloadInterval: 5 * time.Second,
-		State:                StateConfig{Driver: "sqlite", CacheTTL: broker.DefaultStateTTL},
+		State:                StateConfig{Driver: "sqlite"},
 		Limits:               LimitsConfig{SubjectBurst: 20, RoleBurst: 100},
 		AuditBatch:           AuditBatchConfig{MaxEvents: auditbatch.DefaultMaxBatch, MaxInFlight: auditbatch.DefaultMaxInFlight},
 		AWS:                  AWSConfig{Mode: awssts.ModeAssumeRole, MaxAttempts: 5, CallTimeout: 5 * time.Second, MaxRevocationPolicyBytes: awssts.DefaultMaxRevocationPolicyBytes},
@@ -261,25 +260,34 @@ func New(ctx context.Context, cfg Config, log hclog.Logger, opts ...grpcserver.O
 	if err := errors.Join(cfg.Validate(), cfg.Server.Validate(), cfg.Audit.Validate(), cfg.Metrics.Validate()); err != nil {
 		return nil, err
 	}
-	pol, verifier, err := loadPolicy(ctx, cfg.PolicyFile, cfg.OIDC.lifetime())
-	if err != nil {
-		return nil, err
-	}
-	hmacKey, err := keyfile.Read(cfg.AuditHMACKeyFile, auditsink.MinKeyBytes)
-	if err != nil {
-		return nil, fmt.Errorf("audit_hmac_key_file: %w", err)
-	}
-	hasher, err := auditsink.NewHasher(hmacKey)
-	if err != nil {
-		return nil, err
-	}
-	provider, err := newProvider(ctx, cfg)
-	if err != nil {
-		return nil, err
-	}
 	store, err := openStore(ctx, cfg.State)
 	if err != nil {
 		return nil, fmt.Errorf("state: %w", err)
+	}
+	failEarly := func(err error) (*Server, error) {
+		store.Close()
+		return nil, err
+	}
+	// The reload requests the policy file read next reflects.
+	shared, err := store.LoadState(ctx, time.Now())
+	if err != nil {
+		return failEarly(fmt.Errorf("state: %w", err))
+	}
+	pol, verifier, err := loadPolicy(ctx, cfg.PolicyFile, cfg.OIDC.lifetime())
+	if err != nil {
+		return failEarly(err)
+	}
+	hmacKey, err := keyfile.Read(cfg.AuditHMACKeyFile, auditsink.MinKeyBytes)
+	if err != nil {
+		return failEarly(fmt.Errorf("audit_hmac_key_file: %w", err))
+	}
+	hasher, err := auditsink.NewHasher(hmacKey)
+	if err != nil {
+		return failEarly(err)
+	}
+	provider, err := newProvider(ctx, cfg)
+	if err != nil {
+		return failEarly(err)
 	}
 	// grpc.NewClient connects lazily: an audit service that is down now
 	// makes requests fail UNAVAILABLE, not the start-up.
@@ -324,8 +332,8 @@ func New(ctx context.Context, cfg Config, log hclog.Logger, opts ...grpcserver.O
 				log.Info("issuer signing keys", args...)
 			}
 		},
-		StateTTL: cfg.State.CacheTTL,
-		Limits:   broker.Limits{PerSubject: cfg.Limits.PerSubject, SubjectBurst: cfg.Limits.SubjectBurst, PerRole: cfg.Limits.PerRole, RoleBurst: cfg.Limits.RoleBurst},
+		ReloadGeneration: shared.ReloadGeneration,
+		Limits:           broker.Limits{PerSubject: cfg.Limits.PerSubject, SubjectBurst: cfg.Limits.SubjectBurst, PerRole: cfg.Limits.PerRole, RoleBurst: cfg.Limits.RoleBurst},
 	})
 	if err != nil {
 		metricsSrv.Close()
@@ -373,12 +381,48 @@ func (s *Server) Serve(ctx context.Context) error {
 		defer close(done)
 		s.watch(wctx)
 	}()
+	followed := make(chan struct{})
+	go func() {
+		defer close(followed)
+		if f, ok := s.store.(follower); ok {
+			s.follow(wctx, f)
+		}
+	}()
 	merr := make(chan error, 1)
 	go func() { merr <- s.metrics.Serve(wctx) }()
 	err := s.grpc.Serve(ctx)
 	stop()
 	<-done
+	<-followed
 	return errors.Join(err, <-merr, s.audit.Close(), s.store.Close())
+}
+
+// follower is a store that announces changes made by other replicas.
+type follower interface {
+	Follow(ctx context.Context, changed func(), onError func(error))
+}
+
+// follow refreshes the shared state (and performs reload requests) as
+// soon as a replica announces a change, so that requests rarely wait for
+// it; decisions never use a stale copy either way (see broker.Service).
+func (s *Server) follow(ctx context.Context, f follower) {
+	changes := make(chan struct{}, 1)
+	go f.Follow(ctx, func() {
+		select {
+		case changes <- struct{}{}:
+		default: // a refresh is pending already
+		}
+	}, func(err error) { s.log.Warn("state change notifications interrupted; reconnecting", "error", err) })
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-changes:
+			if err := s.svc.RefreshState(ctx); err != nil && ctx.Err() == nil {
+				s.log.Error("refreshing the shared state failed; requests will retry it", "error", err)
+			}
+		}
+	}
 }
 
 // watch reloads on file changes and SIGHUP until ctx ends.

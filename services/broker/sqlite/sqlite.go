@@ -92,6 +92,15 @@ var migrations = []string{
 	// (holder ''). Rows already there were consumed.
 	`ALTER TABLE jti ADD COLUMN holder TEXT NOT NULL DEFAULT '';
 	ALTER TABLE jti ADD COLUMN lease_until INTEGER NOT NULL DEFAULT 0;`,
+	// The state version moves with every change of freezes, revocations
+	// and reload requests (see broker.Store.StateVersion).
+	`CREATE TABLE state (
+		id                INTEGER PRIMARY KEY CHECK (id = 1),
+		version           INTEGER NOT NULL,
+		reload_generation INTEGER NOT NULL,
+		reload_by         TEXT    NOT NULL
+	);
+	INSERT INTO state (id, version, reload_generation, reload_by) VALUES (1, 1, 0, '');`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {
@@ -184,7 +193,12 @@ func (s *Store) AddRevocation(ctx context.Context, r broker.Revocation) error {
 	if err != nil {
 		return fmt.Errorf("encode revocation claims: %w", err)
 	}
-	res, err := s.db.ExecContext(ctx, `INSERT INTO revocations
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("add revocation: %w", err)
+	}
+	defer tx.Rollback()
+	res, err := tx.ExecContext(ctx, `INSERT INTO revocations
 		(id, subject, issuer, role, account_id, session_id, claims, issued_before, block_until, created_at, reason)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`,
 		r.ID, r.Subject, r.Issuer, r.Role, r.AccountID, r.SessionID, string(claims),
@@ -197,12 +211,27 @@ func (s *Store) AddRevocation(ctx context.Context, r broker.Revocation) error {
 	} else if n == 0 {
 		return fmt.Errorf("revocation %s: %w", r.ID, broker.ErrExists)
 	}
+	if err := bump(ctx, tx); err != nil {
+		return fmt.Errorf("add revocation: %w", err)
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("add revocation: %w", err)
+	}
 	return nil
 }
 
 // Revocations implements broker.Store.
 func (s *Store) Revocations(ctx context.Context, now time.Time) ([]broker.Revocation, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT id, subject, issuer, role, account_id, session_id, claims,
+	return revocations(ctx, s.db, now)
+}
+
+// querier is *sql.DB or *sql.Tx.
+type querier interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+}
+
+func revocations(ctx context.Context, q querier, now time.Time) ([]broker.Revocation, error) {
+	rows, err := q.QueryContext(ctx, `SELECT id, subject, issuer, role, account_id, session_id, claims,
 		issued_before, block_until, created_at, reason FROM revocations
 		WHERE block_until > ? OR issued_before > ? ORDER BY created_at, id`,
 		nanos(now), nanos(now.Add(-broker.MaxSessionDuration)))
@@ -260,6 +289,11 @@ func (s *Store) each(ctx context.Context, scopes []string, query string, args fu
 			return nil, fmt.Errorf("update freeze %s: %w", scope, err)
 		} else if n == 1 {
 			changed = append(changed, scope)
+		}
+	}
+	if len(changed) > 0 {
+		if err := bump(ctx, tx); err != nil {
+			return nil, fmt.Errorf("update freezes: %w", err)
 		}
 	}
 	if err := tx.Commit(); err != nil {

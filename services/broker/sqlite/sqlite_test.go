@@ -68,3 +68,19 @@ func TestOpenRejectsSpecialPaths(t *testing.T) {
 }
 
 var testTime = time.Unix(1700000000, 0)
+
+func TestReplicas(t *testing.T) {
+	storetest.RunReplicas(t, func(t *testing.T) (broker.Store, broker.Store) {
+		path := filepath.Join(t.TempDir(), "broker.db")
+		var out [2]broker.Store
+		for i := range out {
+			s, err := sqlite.Open(context.Background(), path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { s.Close() })
+			out[i] = s
+		}
+		return out[0], out[1]
+	})
+}

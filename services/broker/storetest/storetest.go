@@ -18,6 +18,7 @@ import (
 // Run runs the suite; newStore returns a fresh, empty store that is
 // closed when the test ends.
 func Run(t *testing.T, newStore func(t *testing.T) broker.Store) {
+	t.Run("state-version", func(t *testing.T) { runStateVersion(t, newStore(t)) })
 	ctx := context.Background()
 	// Times are at microsecond precision, the finest PostgreSQL keeps.
 	now := time.Now().UTC().Truncate(time.Microsecond)
