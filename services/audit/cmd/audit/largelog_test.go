@@ -20,15 +20,18 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/transparency-dev/merkle/proof"
 	"github.com/transparency-dev/merkle/rfc6962"
 	_ "modernc.org/sqlite"
 
 	"github.com/credmatrix/credmatrix/clients/auditclient/checkpoint"
+	"github.com/credmatrix/credmatrix/platform/pgtest"
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
 	"github.com/credmatrix/credmatrix/services/audit"
 	"github.com/credmatrix/credmatrix/services/audit/audittest"
 	"github.com/credmatrix/credmatrix/services/audit/largelog"
+	"github.com/credmatrix/credmatrix/services/audit/postgres"
 	"github.com/credmatrix/credmatrix/services/audit/sqlite"
 	"github.com/credmatrix/credmatrix/services/audit/tiles"
 )
@@ -44,7 +47,73 @@ var (
 	llProofs  = flag.Int("largelog.proofs", 500, "inclusion and consistency proofs to time")
 	llAppend  = flag.Duration("largelog.append", 2*time.Second, "how long to time durable appends, at the large size and on an empty log")
 	llCallers = flag.Int("largelog.callers", 64, "concurrent appenders")
+	llStore   = flag.String("largelog.store", "sqlite", "store to measure: sqlite or postgres (a throwaway cluster; needs PostgreSQL installed)")
 )
+
+// largeBackend is the store under measurement.
+type largeBackend struct {
+	// args are the audit binary's store flags.
+	args []string
+	// open opens the store for the bulk load.
+	open func(t *testing.T) (head func() uint64, commit largelog.Commit, closeFn func())
+	// sizes measures where the bytes go (the service stopped).
+	sizes func(t *testing.T) storeSize
+}
+
+func sqliteBackend(db string) largeBackend {
+	return largeBackend{
+		args: []string{"--db-path", db},
+		open: func(t *testing.T) (func() uint64, largelog.Commit, func()) {
+			st, err := sqlite.Open(context.Background(), db)
+			if err != nil {
+				t.Fatal(err)
+			}
+			head := func() uint64 {
+				h, err := st.Head(context.Background())
+				if err != nil {
+					t.Fatal(err)
+				}
+				return h
+			}
+			return head, largeLogCommit(st), func() { st.Close() }
+		},
+		sizes: func(t *testing.T) storeSize { return storeSizes(t, db) },
+	}
+}
+
+func postgresBackend(t *testing.T) largeBackend {
+	dsn := pgtest.Start(t).NewDatabase(t)
+	return largeBackend{
+		args: []string{"--store", "postgres", "--postgres.dsn", dsn},
+		open: func(t *testing.T) (func() uint64, largelog.Commit, func()) {
+			ctx := context.Background()
+			st, err := postgres.Open(ctx, dsn)
+			if err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case <-st.Sequencing():
+			case <-time.After(time.Minute):
+				t.Fatal("the bulk loader did not become the sequencer")
+			}
+			head := func() uint64 {
+				h, err := st.Head(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return h
+			}
+			commit := func(ctx context.Context, records []audit.Record, cp audit.StoredCheckpoint, ts []tiles.Tile) error {
+				if err := st.AppendRecords(ctx, records); err != nil {
+					return err
+				}
+				return st.AddCheckpoint(ctx, cp)
+			}
+			return head, commit, func() { st.Close() }
+		},
+		sizes: func(t *testing.T) storeSize { return postgresSizes(t, dsn) },
+	}
+}
 
 // TestLargeLog builds (or reuses) a large log in a SQLite store through
 // the store's own commit path (events, full tiles and a signed checkpoint
@@ -67,20 +136,26 @@ func TestLargeLog(t *testing.T) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	db := filepath.Join(dir, "audit.db")
 	keyFile := filepath.Join(dir, "checkpoint.key")
 	signer := largeLogSigner(t, keyFile)
-	ensureLargeLog(t, db, signer, *llEvents)
+	var be largeBackend
+	switch *llStore {
+	case "sqlite":
+		be = sqliteBackend(filepath.Join(dir, "audit.db"))
+	case "postgres":
+		be = postgresBackend(t)
+	default:
+		t.Fatalf("-largelog.store %q: want sqlite or postgres", *llStore)
+	}
+	ensureLargeLog(t, be, signer, *llEvents)
 	n := *llEvents
-
-	sizes := storeSizes(t, db)
 	report := func(name string, format string, args ...any) {
 		t.Logf("LARGELOG %s events=%d "+format, append([]any{name, n}, args...)...)
 	}
 
 	// Start-up: exec to serving, on the large log.
 	start := time.Now()
-	srv, addr := startLargeAudit(t, bin, db, keyFile)
+	srv, addr := startLargeAudit(t, bin, keyFile, be.args...)
 	startup := time.Since(start)
 	rssStart := rss(t, srv.Process.Pid)
 	report("startup", "seconds=%.3f rss_mib=%.1f", startup.Seconds(), rssStart.current)
@@ -139,13 +214,18 @@ func TestLargeLog(t *testing.T) {
 	emptyDir := t.TempDir()
 	emptyKey := filepath.Join(emptyDir, "checkpoint.key")
 	largeLogSigner(t, emptyKey)
-	srv2, addr2 := startLargeAudit(t, bin, filepath.Join(emptyDir, "audit.db"), emptyKey)
+	emptyArgs := sqliteBackend(filepath.Join(emptyDir, "audit.db")).args
+	if *llStore == "postgres" {
+		emptyArgs = postgresBackend(t).args
+	}
+	srv2, addr2 := startLargeAudit(t, bin, emptyKey, emptyArgs...)
 	empty := appendLoad(t, dial(t, addr2), *llCallers, *llAppend, "empty")
 	stopAudit(t, srv2)
 	report("append_empty", "events_per_s=%.0f p50_ms=%.3f p99_ms=%.3f ratio_large_to_empty=%.3f", empty.rate, empty.p50, empty.p99, large.rate/empty.rate)
 
+	sizes := be.sizes(t)
 	total := sizes.db + sizes.wal
-	report("bytes", "per_event=%.1f db=%d wal=%d", float64(total)/float64(n), sizes.db, sizes.wal)
+	report("bytes", "store=%s per_event=%.1f db=%d wal=%d", *llStore, float64(total)/float64(n), sizes.db, sizes.wal)
 	for _, o := range sizes.objects {
 		report("bytes_object", "name=%s per_event=%.1f", o.name, float64(o.bytes)/float64(n))
 	}
@@ -175,28 +255,23 @@ func largeLogSigner(t *testing.T, keyFile string) *checkpoint.Signer {
 	return s
 }
 
-// ensureLargeLog builds the log of n events in db unless it holds them.
-func ensureLargeLog(t *testing.T, db string, signer *checkpoint.Signer, n uint64) {
+// ensureLargeLog builds the log of n events in the store unless it holds
+// them.
+func ensureLargeLog(t *testing.T, be largeBackend, signer *checkpoint.Signer, n uint64) {
 	t.Helper()
 	ctx := context.Background()
-	st, err := sqlite.Open(ctx, db)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	head, err := st.Head(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	headFn, commit, closeFn := be.open(t)
+	defer closeFn()
+	head := headFn()
 	if head >= n {
-		t.Logf("reusing the log of %d events in %s", head, db)
+		t.Logf("reusing the log of %d events", head)
 		return
 	}
 	if head > 0 {
-		t.Fatalf("%s holds %d events, fewer than %d: remove it to build anew", db, head, n)
+		t.Fatalf("the store holds %d events, fewer than %d: remove it to build anew", head, n)
 	}
 	last := time.Now()
-	stats, err := largelog.Build(ctx, largeLogCommit(st), tiles.New(noTiles{}), signer, largelog.Options{
+	stats, err := largelog.Build(ctx, commit, tiles.New(noTiles{}), signer, largelog.Options{
 		Events: n, Seed: 1,
 		Progress: func(done uint64) {
 			if time.Since(last) > 10*time.Second {
@@ -222,11 +297,11 @@ func largeLogCommit(st *sqlite.Store) largelog.Commit {
 	}
 }
 
-func startLargeAudit(t *testing.T, bin, db, keyFile string) (*exec.Cmd, string) {
+func startLargeAudit(t *testing.T, bin, keyFile string, storeArgs ...string) (*exec.Cmd, string) {
 	t.Helper()
-	cmd := exec.Command(bin,
+	cmd := exec.Command(bin, append([]string{
 		"--server.listen-addr", "127.0.0.1:0", "--server.dev-plaintext",
-		"--db-path", db, "--checkpoint.key-file", keyFile)
+		"--checkpoint.key-file", keyFile}, storeArgs...)...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -302,6 +377,19 @@ type loadResult struct{ rate, p50, p99 float64 }
 // returns events/s and the latency percentiles in ms.
 func appendLoad(t *testing.T, client auditv1.AuditServiceClient, callers int, d time.Duration, tag string) loadResult {
 	t.Helper()
+	// A PostgreSQL replica takes the sequencer lock shortly after it
+	// starts serving: wait for its first durable append.
+	deadline := time.Now().Add(time.Minute)
+	for i := 0; ; i++ {
+		_, err := client.Append(context.Background(), &auditv1.AppendRequest{Events: []*auditv1.Event{audittest.BenchEvent(fmt.Sprintf("largelog-%s-warmup-%d-%d", tag, time.Now().UnixNano(), i))}})
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no append succeeded within a minute: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 	var mu sync.Mutex
 	var lat []time.Duration
 	var failed atomic.Bool
@@ -395,4 +483,41 @@ type noTiles struct{}
 
 func (noTiles) ReadTiles(_ context.Context, ids []tiles.ID) ([][]byte, error) {
 	return make([][]byte, len(ids)), nil
+}
+
+// postgresSizes measures the audit relations of the database at dsn (each
+// table with its TOAST, each index on its own). PostgreSQL's WAL is the
+// cluster's and recycled: not counted.
+func postgresSizes(t *testing.T, dsn string) storeSize {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "VACUUM ANALYZE"); err != nil {
+		t.Fatal(err)
+	}
+	rows, err := conn.Query(ctx, `SELECT c.relname,
+		CASE WHEN c.relkind = 'i' THEN pg_relation_size(c.oid) ELSE pg_table_size(c.oid) END
+		FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE n.nspname = 'public' AND c.relkind IN ('r', 'i') ORDER BY 2 DESC`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var s storeSize
+	for rows.Next() {
+		var o storeObject
+		if err := rows.Scan(&o.name, &o.bytes); err != nil {
+			t.Fatal(err)
+		}
+		s.db += o.bytes
+		s.objects = append(s.objects, o)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return s
 }
