@@ -2,14 +2,48 @@ package replay
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
 )
 
-// ShortKind is the kind without its prefix, lower case: "session_issue".
+// ShortKind is the name of a kind for people, as the credmatrix CLI
+// prints it and takes it in --kind: lower case, without the prefix, words
+// joined by hyphens ("session-issue" for KIND_SESSION_ISSUE). ParseKind
+// reads it back, and also the protobuf spellings.
 func ShortKind(k auditv1.Kind) string {
-	return strings.ToLower(strings.TrimPrefix(k.String(), "KIND_"))
+	return strings.ReplaceAll(strings.ToLower(strings.TrimPrefix(k.String(), "KIND_")), "_", "-")
+}
+
+// ParseKind reads a kind in any of its spellings — "session-issue",
+// "session_issue", "SESSION_ISSUE", "KIND_SESSION_ISSUE" — and refuses
+// unknown names and KIND_UNSPECIFIED.
+func ParseKind(name string) (auditv1.Kind, error) {
+	n := strings.ToUpper(strings.ReplaceAll(strings.TrimSpace(name), "-", "_"))
+	if !strings.HasPrefix(n, "KIND_") {
+		n = "KIND_" + n
+	}
+	if v, ok := auditv1.Kind_value[n]; ok && v != 0 {
+		return auditv1.Kind(v), nil
+	}
+	return 0, fmt.Errorf("unknown event kind %q: want one of %s", name, strings.Join(KindNames(), ", "))
+}
+
+// KindNames lists every kind's ShortKind, in enum order.
+func KindNames() []string {
+	nums := make([]int32, 0, len(auditv1.Kind_name))
+	for v := range auditv1.Kind_name {
+		if v != 0 {
+			nums = append(nums, v)
+		}
+	}
+	slices.Sort(nums)
+	out := make([]string, len(nums))
+	for i, v := range nums {
+		out[i] = ShortKind(auditv1.Kind(v))
+	}
+	return out
 }
 
 // ShortDecision is "allow", "deny" or "error".

@@ -1,14 +1,18 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"io"
-	"sort"
+	"regexp"
+	"strconv"
 	"strings"
-	"text/tabwriter"
 	"time"
+	"unicode/utf8"
 
 	"github.com/credmatrix/credmatrix/clients/auditclient"
+	"github.com/credmatrix/credmatrix/clients/auditclient/replay"
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -24,58 +28,157 @@ func (a *app) auditCommand() *cobra.Command {
 	return cmd
 }
 
-// eventPrinter prints events as an aligned table or as JSON lines.
+// eventPrinter prints events as an aligned table or as JSON lines, and
+// says how many it printed.
 type eventPrinter struct {
-	json bool
-	tw   *tabwriter.Writer
-	w    io.Writer
-	head bool
-	// follow flushes after every event (a stream never ends); otherwise the
-	// table is aligned over all rows and flushed once.
-	follow bool
+	json  bool
+	w     io.Writer
+	err   io.Writer // where the count goes when stdout is JSON lines
+	table table
+	n     int
 }
 
-func newEventPrinter(w io.Writer, output string, follow bool) (*eventPrinter, error) {
+func newEventPrinter(w, errw io.Writer, output string) (*eventPrinter, error) {
 	switch output {
 	case "table":
-		return &eventPrinter{tw: tabwriter.NewWriter(w, 0, 4, 2, ' ', 0), w: w, follow: follow}, nil
+		return &eventPrinter{w: w, err: errw, table: table{header: eventHeader}}, nil
 	case "json":
-		return &eventPrinter{json: true, w: w, follow: follow}, nil
+		return &eventPrinter{json: true, w: w, err: errw}, nil
 	}
 	return nil, usagef("--output %q: want table or json", output)
 }
 
-func (p *eventPrinter) print(ev *auditv1.Event) error {
+var eventHeader = []string{"SEQ", "TIME", "KIND", "DECISION", "PRINCIPAL", "DETAIL", "TRACE", "REASON"}
+
+// add buffers one event (a table is aligned over all its rows).
+func (p *eventPrinter) add(ev *auditv1.Event) error {
+	p.n++
 	if p.json {
-		b, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(ev)
-		if err != nil {
-			return err
-		}
-		_, err = fmt.Fprintf(p.w, "%s\n", b)
-		return err
+		return p.writeJSON(ev)
 	}
-	if !p.head {
-		fmt.Fprintln(p.tw, "SEQ\tTIME\tKIND\tDECISION\tPRINCIPAL\tDETAIL\tTRACE\tREASON")
-		p.head = true
-	}
-	trace := ev.GetTraceId()
-	if trace == "" {
-		trace = "-"
-	}
-	fmt.Fprintf(p.tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", ev.GetSequence(), ev.GetTime().AsTime().UTC().Format(time.RFC3339),
-		shortKind(ev.GetKind()), shortDecision(ev.GetDecision()), orDash(ev.GetActor().GetPrincipal()), orDash(detail(ev)), trace, orDash(ev.GetReason()))
-	if p.follow {
-		return p.tw.Flush()
-	}
+	p.table.add(eventRow(ev))
 	return nil
 }
 
-// flush writes out a buffered table.
+// stream prints one event now, aligned with the rows printed before it.
+func (p *eventPrinter) stream(ev *auditv1.Event) error {
+	p.n++
+	if p.json {
+		return p.writeJSON(ev)
+	}
+	return p.table.stream(p.w, eventRow(ev))
+}
+
+func (p *eventPrinter) writeJSON(ev *auditv1.Event) error {
+	b, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(ev)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(p.w, "%s\n", b)
+	return err
+}
+
+// flush prints the buffered rows.
 func (p *eventPrinter) flush() error {
-	if p.tw == nil {
+	if p.json {
 		return nil
 	}
-	return p.tw.Flush()
+	return p.table.flush(p.w)
+}
+
+// summary says how many events there were: after the table, or on
+// standard error when standard output is JSON lines for a program.
+func (p *eventPrinter) summary(note string) {
+	w := p.w
+	if p.json {
+		w = p.err
+	}
+	msg := fmt.Sprintf("%d event%s", p.n, plural(p.n))
+	if note != "" {
+		msg += " (" + note + ")"
+	}
+	fmt.Fprintln(w, msg)
+}
+
+func plural(n int) string {
+	if n == 1 {
+		return ""
+	}
+	return "s"
+}
+
+func eventRow(ev *auditv1.Event) []string {
+	return []string{
+		strconv.FormatUint(ev.GetSequence(), 10), ev.GetTime().AsTime().UTC().Format(time.RFC3339),
+		replay.ShortKind(ev.GetKind()), replay.ShortDecision(ev.GetDecision()), orDash(ev.GetActor().GetPrincipal()),
+		orDash(detail(ev)), orDash(ev.GetTraceId()), orDash(ev.GetReason()),
+	}
+}
+
+// table aligns columns. Buffered rows are aligned together; streamed rows
+// use the widths seen so far (growing when a cell is wider), so a followed
+// log stays in columns.
+type table struct {
+	header []string
+	widths []int
+	rows   [][]string
+	headed bool
+}
+
+func (t *table) widen(cells []string) {
+	for i, c := range cells {
+		if i >= len(t.widths) {
+			t.widths = append(t.widths, 0)
+		}
+		t.widths[i] = max(t.widths[i], utf8.RuneCountInString(c))
+	}
+}
+
+func (t *table) add(cells []string) {
+	t.rows = append(t.rows, cells)
+}
+
+func (t *table) flush(w io.Writer) error {
+	if len(t.rows) == 0 {
+		return nil
+	}
+	if !t.headed {
+		t.widen(t.header)
+	}
+	for _, r := range t.rows {
+		t.widen(r)
+	}
+	if !t.headed {
+		if err := t.line(w, t.header); err != nil {
+			return err
+		}
+		t.headed = true
+	}
+	for _, r := range t.rows {
+		if err := t.line(w, r); err != nil {
+			return err
+		}
+	}
+	t.rows = nil
+	return nil
+}
+
+func (t *table) stream(w io.Writer, cells []string) error {
+	t.add(cells)
+	return t.flush(w)
+}
+
+func (t *table) line(w io.Writer, cells []string) error {
+	var b strings.Builder
+	for i, c := range cells {
+		b.WriteString(c)
+		if i < len(cells)-1 {
+			b.WriteString(strings.Repeat(" ", t.widths[i]-utf8.RuneCountInString(c)+2))
+		}
+	}
+	b.WriteByte('\n')
+	_, err := io.WriteString(w, b.String())
+	return err
 }
 
 func orDash(s string) string {
@@ -83,14 +186,6 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
-}
-
-func shortKind(k auditv1.Kind) string {
-	return strings.ToLower(strings.TrimPrefix(k.String(), "KIND_"))
-}
-
-func shortDecision(d auditv1.Decision) string {
-	return strings.ToLower(strings.TrimPrefix(d.String(), "DECISION_"))
 }
 
 // detail summarises the kind-specific part of an event in one cell.
@@ -118,21 +213,41 @@ func detail(ev *auditv1.Event) string {
 	return ""
 }
 
+// accountID matches a 12-digit AWS account id.
+var accountID = regexp.MustCompile(`^[0-9]{12}$`)
+
+// errFound stops a Query early.
+var errFound = errors.New("found")
+
+// resolveAccount turns an account name into its id, as the broker recorded
+// the pair in the log's session events (the log is what is being queried,
+// so no other source of names is needed). An id is returned as it is.
+func resolveAccount(ctx context.Context, client *auditclient.Client, account string) (id string, found bool, err error) {
+	if accountID.MatchString(account) {
+		return account, true, nil
+	}
+	req := &auditv1.QueryRequest{Kinds: []auditv1.Kind{auditv1.Kind_KIND_SESSION_ISSUE}}
+	err = client.Query(ctx, req, func(ev *auditv1.Event) error {
+		if s := ev.GetSession(); s.GetAccountName() == account && s.GetAccountId() != "" {
+			id = s.GetAccountId()
+			return errFound
+		}
+		return nil
+	})
+	if errors.Is(err, errFound) {
+		return id, true, nil
+	}
+	return "", false, err
+}
+
 func parseKinds(names []string) ([]auditv1.Kind, error) {
 	var kinds []auditv1.Kind
 	for _, n := range names {
-		v, ok := auditv1.Kind_value["KIND_"+strings.ToUpper(strings.ReplaceAll(n, "-", "_"))]
-		if !ok || v == 0 {
-			var valid []string
-			for name, num := range auditv1.Kind_value {
-				if num != 0 {
-					valid = append(valid, strings.ToLower(strings.TrimPrefix(name, "KIND_")))
-				}
-			}
-			sort.Strings(valid)
-			return nil, usagef("--kind %q: want one of %s", n, strings.Join(valid, ", "))
+		k, err := replay.ParseKind(n)
+		if err != nil {
+			return nil, usagef("--kind: %v", err)
 		}
-		kinds = append(kinds, auditv1.Kind(v))
+		kinds = append(kinds, k)
 	}
 	return kinds, nil
 }
@@ -146,7 +261,11 @@ func (a *app) auditTailCommand() *cobra.Command {
 	)
 	cmd := &cobra.Command{
 		Use:   "tail",
-		Short: "Stream audit events from a sequence number (and follow new ones)",
+		Short: "Print audit events from a sequence number, then follow new ones (--follow=false stops at the end)",
+		Long: `tail prints the events from --from on, then keeps printing new ones as they
+become durable, until interrupted (Ctrl-C). --follow=false prints what is
+there now and stops. The table keeps its columns while following; --output
+json prints one event per line for other programs.`,
 		Example: `  credmatrix audit tail --from 0 --follow=false
   credmatrix audit tail --kind session-issue --output json | my-siem-forwarder`,
 		Args: cobra.NoArgs,
@@ -155,7 +274,7 @@ func (a *app) auditTailCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			p, err := newEventPrinter(a.out, output, follow)
+			p, err := newEventPrinter(a.out, a.err, output)
 			if err != nil {
 				return err
 			}
@@ -165,20 +284,28 @@ func (a *app) auditTailCommand() *cobra.Command {
 			}
 			defer conn.Close()
 			client := auditclient.New(conn)
-			if !follow {
-				// Read what is there now, then stop.
-				err := client.Query(cmd.Context(), &auditv1.QueryRequest{Kinds: k}, func(ev *auditv1.Event) error {
-					if ev.GetSequence() < from {
-						return nil
-					}
-					return p.print(ev)
-				})
-				if err != nil {
-					return err
+			// What is there now, aligned as one table.
+			next := from
+			err = client.Query(cmd.Context(), &auditv1.QueryRequest{Kinds: k}, func(ev *auditv1.Event) error {
+				if ev.GetSequence() < from {
+					return nil
 				}
-				return p.flush()
+				next = ev.GetSequence() + 1
+				return p.add(ev)
+			})
+			if err != nil {
+				return err
 			}
-			return client.Tail(cmd.Context(), from, k, p.print)
+			if err := p.flush(); err != nil {
+				return err
+			}
+			if !follow {
+				p.summary("")
+				return nil
+			}
+			// Then new events as they come, in the same columns.
+			fmt.Fprintf(a.err, "credmatrix: %d event%s so far; following new events from sequence %d (Ctrl-C stops; --follow=false does not follow)\n", p.n, plural(p.n), next)
+			return client.Tail(cmd.Context(), next, k, p.stream)
 		},
 	}
 	f := cmd.Flags()
@@ -203,7 +330,7 @@ func (a *app) auditQueryCommand() *cobra.Command {
   credmatrix audit query --subject 'repo:acme/app:ref:refs/heads/main' --output json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			req := &auditv1.QueryRequest{Subject: subject, AccountId: account, RoleName: role, DataClass: class, TraceId: traceID}
+			req := &auditv1.QueryRequest{Subject: subject, RoleName: role, DataClass: class, TraceId: traceID}
 			var err error
 			if req.Kinds, err = parseKinds(kinds); err != nil {
 				return err
@@ -228,7 +355,7 @@ func (a *app) auditQueryCommand() *cobra.Command {
 				}
 				req.Decision = auditv1.Decision(v)
 			}
-			p, err := newEventPrinter(a.out, output, false)
+			p, err := newEventPrinter(a.out, a.err, output)
 			if err != nil {
 				return err
 			}
@@ -237,10 +364,30 @@ func (a *app) auditQueryCommand() *cobra.Command {
 				return err
 			}
 			defer conn.Close()
-			if err := auditclient.New(conn).Query(cmd.Context(), req, p.print); err != nil {
+			client := auditclient.New(conn)
+			note := ""
+			if account != "" {
+				id, found, err := resolveAccount(cmd.Context(), client, account)
+				if err != nil {
+					return err
+				}
+				if !found {
+					p.summary(fmt.Sprintf("no session event in the log names account %q; try its 12-digit id", account))
+					return nil
+				}
+				req.AccountId = id
+				if id != account {
+					note = fmt.Sprintf("account %s is %s", account, id)
+				}
+			}
+			if err := client.Query(cmd.Context(), req, p.add); err != nil {
 				return err
 			}
-			return p.flush()
+			if err := p.flush(); err != nil {
+				return err
+			}
+			p.summary(note)
+			return nil
 		},
 	}
 	f := cmd.Flags()
@@ -249,7 +396,7 @@ func (a *app) auditQueryCommand() *cobra.Command {
 	f.StringSliceVar(&kinds, "kind", nil, "only these kinds")
 	f.StringVar(&decision, "decision", "", "only this decision: allow, deny or error")
 	f.StringVar(&subject, "subject", "", "only this subject or principal")
-	f.StringVar(&account, "account", "", "only this account id")
+	f.StringVar(&account, "account", "", "only this account, by id or name (a name is looked up in the log's session events)")
 	f.StringVar(&role, "role", "", "only this role")
 	f.StringVar(&class, "data-class", "", "only this data class")
 	f.StringVar(&traceID, "trace-id", "", "only this trace id")

@@ -56,8 +56,8 @@ func TestAuditVerifyOnline(t *testing.T) {
 	}
 	// Online replay.
 	out = c.ok("", "audit", "replay", "timeline", "--subject", auditclienttest.Alice)
-	if diff := cmp.Diff(strings.Count(out, "session_issue"), 4); diff != "" {
-		t.Errorf("alice's timeline has %d session_issue rows, want 4:\n%s", strings.Count(out, "session_issue"), out)
+	if diff := cmp.Diff(strings.Count(out, "session-issue"), 4); diff != "" {
+		t.Errorf("alice's timeline has %d session-issue rows, want 4:\n%s", strings.Count(out, "session-issue"), out)
 	}
 }
 
