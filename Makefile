@@ -84,12 +84,15 @@ $(LOCAL_KMS):
 	cd $(BIN) && GOWORK=off GOBIN=$(BIN) go install github.com/nsmithuk/local-kms@$(LOCAL_KMS_VERSION)
 
 # chart-check lints the chart strictly and renders it with the default and
-# the production-like values; bad values fail here through values.schema.json.
+# the production-like values (and the GitHub-hosted runners overlay); bad
+# values fail here through values.schema.json.
 chart-check: $(HELM)
 	$(HELM) lint --strict $(CHART)
 	$(HELM) lint --strict $(CHART) -f $(CHART)/ci/production-values.yaml
 	$(HELM) template credmatrix $(CHART) --namespace credmatrix > /dev/null
 	$(HELM) template credmatrix $(CHART) --namespace credmatrix -f $(CHART)/ci/production-values.yaml > /dev/null
+	$(HELM) lint --strict $(CHART) -f $(CHART)/ci/production-values.yaml -f $(CHART)/ci/github-runners-values.yaml
+	$(HELM) template credmatrix $(CHART) --namespace credmatrix -f $(CHART)/ci/production-values.yaml -f $(CHART)/ci/github-runners-values.yaml > /dev/null
 
 # images-bin builds exactly what deploy/docker/Dockerfile puts in the images:
 # static (CGO_ENABLED=0), trimmed, stripped linux/amd64 binaries.

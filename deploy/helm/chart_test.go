@@ -21,6 +21,7 @@ var renders = []struct {
 }{
 	{"default", nil},
 	{"production", productionValues},
+	{"github-runners", githubRunnersValues},
 	{"grpc-probes", []string{"--set", "probes.mode=grpc"}},
 }
 
@@ -214,6 +215,7 @@ func podPeer(component string) string {
 func TestNetworkPolicies(t *testing.T) {
 	def := render(t)
 	prod := render(t, productionValues...)
+	gh := render(t, githubRunnersValues...)
 	monitoring := "ns:kubernetes.io/metadata.name=monitoring"
 	tests := []struct {
 		name      string
@@ -229,12 +231,18 @@ func TestNetworkPolicies(t *testing.T) {
 			{Ports: []string{"grpc"}, From: []string{podPeer("broker"), podPeer("keyguard"), "ns:kubernetes.io/metadata.name=security-ops"}},
 			{Ports: []string{"metrics"}, From: []string{monitoring}},
 		}},
-		{"production/broker-only-ci-runners", prod, "broker", []rule{
-			{Ports: []string{"grpc"}, From: []string{"ns:credmatrix.io/ci-runners=true"}},
+		{"production/broker-mtls-operators-public-ingress-and-runners", prod, "broker", []rule{
+			{Ports: []string{"grpc"}, From: []string{"ns:kubernetes.io/metadata.name=security-ops"}},
+			{Ports: []string{"public"}, From: []string{"ns:kubernetes.io/metadata.name=ingress-nginx", "ns:credmatrix.io/ci-runners=true"}},
 			{Ports: []string{"metrics"}, From: []string{monitoring}},
 		}},
 		{"production/keyguard-only-declared-apps", prod, "keyguard", []rule{
 			{Ports: []string{"grpc"}, From: []string{"ns:credmatrix.io/keyguard-client=true"}},
+			{Ports: []string{"metrics"}, From: []string{monitoring}},
+		}},
+		{"github-runners/broker-public-port-from-anywhere-mtls-port-not", gh, "broker", []rule{
+			{Ports: []string{"grpc"}, From: []string{"ns:kubernetes.io/metadata.name=security-ops"}},
+			{Ports: []string{"public"}, From: []string{"ip:map[cidr:0.0.0.0/0]"}},
 			{Ports: []string{"metrics"}, From: []string{monitoring}},
 		}},
 	}
@@ -245,6 +253,68 @@ func TestNetworkPolicies(t *testing.T) {
 			}
 		})
 	}
+}
+
+// egressRules returns a component's egress rules as "ports -> peers".
+func egressRules(t *testing.T, ms manifests, component string) []rule {
+	t.Helper()
+	np := decodeSpec[networkPolicySpec](t, ms.get(t, "NetworkPolicy", name(component)))
+	if !slices.Contains(np.PolicyTypes, "Egress") {
+		t.Fatalf("NetworkPolicy %s does not restrict egress", name(component))
+	}
+	rules := []rule{}
+	for _, e := range np.Egress {
+		var r rule
+		for _, p := range e.Ports {
+			r.Ports = append(r.Ports, fmt.Sprintf("%v/%s", p.Port, p.Protocol))
+		}
+		for _, to := range e.To {
+			r.From = append(r.From, peerString(to.PodSelector, to.NamespaceSelector, to.IPBlock))
+		}
+		rules = append(rules, r)
+	}
+	return rules
+}
+
+// TestEgressPolicies checks each pod may open connections only to what it
+// calls: DNS; audit's gRPC port (broker, keyguard); PostgreSQL when it
+// uses it; HTTPS when it calls AWS or OIDC issuers. Audit never gets
+// HTTPS; keyguard with the local backend and no issuers neither.
+func TestEgressPolicies(t *testing.T) {
+	def := render(t)
+	prod := render(t, productionValues...)
+	dns := rule{Ports: []string{"53/UDP", "53/TCP"}, From: []string{"ns:kubernetes.io/metadata.name=kube-system,pod:k8s-app=kube-dns"}}
+	toAudit := rule{Ports: []string{"8443/TCP"}, From: []string{podPeer("audit")}}
+	https := rule{Ports: []string{"443/TCP"}, From: []string{"ip:map[cidr:0.0.0.0/0]"}}
+	pg := rule{Ports: []string{"5432/TCP"}, From: []string{"ip:map[cidr:10.20.0.0/16]"}}
+	tests := []struct {
+		name      string
+		ms        manifests
+		component string
+		want      []rule
+	}{
+		{"default/audit-dns-only", def, "audit", []rule{dns}},
+		{"default/broker-audit-and-issuers", def, "broker", []rule{dns, toAudit, https}},
+		{"default/keyguard-local-audit-only", def, "keyguard", []rule{dns, toAudit}},
+		{"production/audit-postgres", prod, "audit", []rule{dns, pg}},
+		{"production/broker-postgres-and-aws", prod, "broker", []rule{dns, toAudit, pg, https}},
+		{"production/keyguard-postgres-and-kms", prod, "keyguard", []rule{dns, toAudit, pg, https}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if diff := cmp.Diff(egressRules(t, tc.ms, tc.component), tc.want); diff != "" {
+				t.Errorf("egress rules (-got +want):\n%s", diff)
+			}
+		})
+	}
+
+	t.Run("off", func(t *testing.T) {
+		ms := render(t, "--set", "networkPolicy.egress.enabled=false")
+		np := decodeSpec[networkPolicySpec](t, ms.get(t, "NetworkPolicy", name("broker")))
+		if slices.Contains(np.PolicyTypes, "Egress") || len(np.Egress) != 0 {
+			t.Errorf("egress restricted with networkPolicy.egress.enabled=false: %v", np.PolicyTypes)
+		}
+	})
 }
 
 // secretLooking matches material that must never be in a rendered
@@ -382,7 +452,8 @@ func TestBadValuesFailAtInstall(t *testing.T) {
 		{"required/postgres-shared-checkpoint-key", []string{"--set", "audit.store=postgres,audit.postgres.existingSecret=pg"}, "/audit/checkpointKey/existingSecret"},
 		{"required/broker-postgres-secret", []string{"--set", "broker.state.driver=postgres"}, "/broker/state/postgres/existingSecret"},
 		{"unsafe/broker-autoscaling-with-per-pod-revocations", []string{"--set", "broker.autoscaling.enabled=true"}, "broker.autoscaling.enabled: needs broker.state.driver=postgres"},
-		{"unsafe/keyguard-autoscaling-with-per-pod-grants", []string{"--set", "keyguard.autoscaling.enabled=true"}, "keyguard.autoscaling.enabled: not yet"},
+		{"unsafe/keyguard-autoscaling-with-per-pod-grants", []string{"--set", "keyguard.autoscaling.enabled=true"}, "keyguard.autoscaling.enabled: needs keyguard.state.driver=postgres and keyguard.backend=awskms"},
+		{"required/keyguard-postgres-secret", []string{"--set", "keyguard.state.driver=postgres"}, "/keyguard/state/postgres/existingSecret"},
 		{"attack/secret-env-value", []string{"--set", "audit.extraEnv[0].name=PGPASSWORD,audit.extraEnv[0].value=x"}, "audit.extraEnv[0] (PGPASSWORD): looks secret"},
 		{"required/read-principals-empty", []string{"--set", "audit.readPrincipals={}"}, "/audit/readPrincipals"},
 		{"required/read-principals-null", []string{"--set", "audit.readPrincipals=null"}, "audit.readPrincipals: required"},
@@ -391,6 +462,19 @@ func TestBadValuesFailAtInstall(t *testing.T) {
 		{"conflict/grpc-probe-on-mtls-port", []string{"--set", "probes.mode=grpc,probes.grpcPort=8443"}, "probes.grpcPort: must differ"},
 		{"conflict/servicemonitor-without-metrics", []string{"--set", "metrics.serviceMonitor.enabled=true"}, "metrics.serviceMonitor.enabled"},
 		{"conflict/metrics-on-grpc-port", []string{"--set", "metrics.enabled=true,metrics.port=8443"}, "metrics.port: must differ"},
+		{"conflict/public-port-is-grpc-port", []string{"--set", "publicPort=8443"}, "publicPort: must differ from grpcPort"},
+		{"conflict/metrics-on-public-port", []string{"--set", "metrics.enabled=true,metrics.port=8444"}, "metrics.port: must differ from publicPort"},
+		{"required/public-host", []string{"--set", "broker.public.enabled=true"}, "broker.public.host: required"},
+		{"required/public-issuer", []string{"--set", "broker.public.enabled=true,broker.public.host=ci.example.com"}, "broker.public.tls.issuerRef.name: required"},
+		{"required/keyguard-public-needs-issuers", []string{"--set", "keyguard.public.enabled=true,keyguard.public.host=kg.example.com,keyguard.public.tls.source=existingSecret"}, "keyguard.oidc.issuers: required with keyguard.public.enabled"},
+		{"required/keyguard-oidc-audience", []string{"--set", "keyguard.oidc.issuers={https://issuer.example.com}"}, "keyguard.oidc.audience: required"},
+		{"pattern/keyguard-issuer-http-off-loopback", []string{"--set", "keyguard.oidc.issuers={http://127.0.0.1.evil.example},keyguard.oidc.audience=kg"}, "/keyguard/oidc/issuers/0"},
+		{"required/awskms-ring-key", []string{"--set", "keyguard.backend=awskms"}, "rings[0] (confidential/eu-west-1): kms_key required with keyguard.backend=awskms"},
+		{"required/egress-to-postgres", []string{"--set", "broker.state.driver=postgres,broker.state.postgres.existingSecret=pg"}, "networkPolicy.egress.postgres: required"},
+		{"enum/public-service-type", []string{"--set", "broker.public.service.type=NodePort"}, "/broker/public/service/type"},
+		{"pattern/public-host", []string{"--set", "broker.public.host=Not A Host"}, "/broker/public/host"},
+		{"pattern/admin-principal-without-path", []string{"--set", "broker.adminPrincipals[0]=spiffe://prod.example.com"}, "/broker/adminPrincipals/0"},
+		{"typo/public", []string{"--set", "broker.public.hots=x"}, "hots"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -424,7 +508,8 @@ func TestWorkloadShapes(t *testing.T) {
 		{"default/keyguard-statefulset", def, "keyguard", "StatefulSet", &one, true, false},
 		{"production/audit-postgres-deployment", prod, "audit", "Deployment", &two, false, false},
 		{"production/broker-postgres-deployment-hpa", prod, "broker", "Deployment", nil, false, true},
-		{"production/keyguard-awskms-still-statefulset", prod, "keyguard", "StatefulSet", &one, true, false},
+		{"production/keyguard-postgres-awskms-deployment", prod, "keyguard", "Deployment", &two, false, false},
+		{"keyguard-postgres-local-keystore-stays-statefulset", render(t, "--set", "keyguard.state.driver=postgres,keyguard.state.postgres.existingSecret=pg,networkPolicy.egress.postgres[0].ipBlock.cidr=10.0.0.0/8"), "keyguard", "StatefulSet", &one, true, false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -620,7 +705,7 @@ func TestREADMEInStepWithValues(t *testing.T) {
 }
 
 // opaque values are documented as a whole, not key by key.
-var opaque = map[string]bool{"resources": true}
+var opaque = map[string]bool{"resources": true, "annotations": true}
 
 func flattenKeys(prefix string, v any, out *[]string) {
 	m, ok := v.(map[string]any)

@@ -186,12 +186,21 @@ type networkPolicySpec struct {
 		Ports []struct {
 			Port any `json:"port"`
 		} `json:"ports"`
-		From []struct {
-			PodSelector       *labelSelector `json:"podSelector"`
-			NamespaceSelector *labelSelector `json:"namespaceSelector"`
-			IPBlock           any            `json:"ipBlock"`
-		} `json:"from"`
+		From []networkPeer `json:"from"`
 	} `json:"ingress"`
+	Egress []struct {
+		Ports []struct {
+			Port     any    `json:"port"`
+			Protocol string `json:"protocol"`
+		} `json:"ports"`
+		To []networkPeer `json:"to"`
+	} `json:"egress"`
+}
+
+type networkPeer struct {
+	PodSelector       *labelSelector `json:"podSelector"`
+	NamespaceSelector *labelSelector `json:"namespaceSelector"`
+	IPBlock           any            `json:"ipBlock"`
 }
 
 // manifests is one render.
@@ -288,3 +297,7 @@ var components = []string{"audit", "broker", "keyguard"}
 
 // productionValues is the production-like values file CI renders.
 var productionValues = []string{"-f", filepath.Join(chartDir, "ci", "production-values.yaml")}
+
+// githubRunnersValues layers the GitHub-hosted runners example on the
+// production values, as its comment says to.
+var githubRunnersValues = append(append([]string(nil), productionValues...), "-f", filepath.Join(chartDir, "ci", "github-runners-values.yaml"))

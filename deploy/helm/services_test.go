@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/credmatrix/credmatrix/deploy/internal/svcproc"
@@ -132,10 +134,47 @@ func TestRenderedConfigsStartServices(t *testing.T) {
 	}
 }
 
-// buildBinaries builds the three services and the probe as the images do.
+// builtBinaries are the binaries the start-up tests run, built once per
+// test binary: the three services, the probe and the CLI, as the images
+// (and a runner) have them.
+var builtBinaries struct {
+	once sync.Once
+	dir  string
+	err  error
+}
+
+// buildBinaries returns the directory of the built binaries.
 func buildBinaries(t *testing.T) string {
 	t.Helper()
-	return svcproc.Build(t, "./services/audit/cmd/audit", "./services/broker/cmd/broker", "./services/keyguard/cmd/keyguard", "./deploy/cmd/credmatrix-probe")
+	builtBinaries.once.Do(func() {
+		dir, err := os.MkdirTemp("", "credmatrix-helm-bin-")
+		if err != nil {
+			builtBinaries.err = err
+			return
+		}
+		builtBinaries.dir = dir
+		cmd := exec.Command("go", "build", "-trimpath", "-o", dir+string(os.PathSeparator),
+			"./services/audit/cmd/audit", "./services/broker/cmd/broker", "./services/keyguard/cmd/keyguard",
+			"./deploy/cmd/credmatrix-probe", "./clients/cmd/credmatrix")
+		cmd.Dir = svcproc.RepoRoot(t)
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			builtBinaries.err = fmt.Errorf("build the binaries: %v\n%s", err, out)
+		}
+	})
+	if builtBinaries.err != nil {
+		t.Fatal(builtBinaries.err)
+	}
+	return builtBinaries.dir
+}
+
+// TestMain removes the built binaries after the tests.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if builtBinaries.dir != "" {
+		os.RemoveAll(builtBinaries.dir)
+	}
+	os.Exit(code)
 }
 
 // writeFile writes with mode 0440, as the chart's Secret volumes do.

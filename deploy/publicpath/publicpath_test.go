@@ -3,17 +3,12 @@ package publicpath
 import (
 	"bytes"
 	"context"
-	"crypto"
 	"crypto/rand"
-	"crypto/rsa"
-	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"math/big"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -34,6 +29,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/credmatrix/credmatrix/deploy/internal/svcproc"
+	"github.com/credmatrix/credmatrix/deploy/internal/testissuer"
 	"github.com/credmatrix/credmatrix/deploy/internal/testpki"
 	brokerv1 "github.com/credmatrix/credmatrix/proto/credmatrix/broker/v1"
 	keyguardv1 "github.com/credmatrix/credmatrix/proto/credmatrix/keyguard/v1"
@@ -43,65 +39,7 @@ const (
 	trustDomain      = "spiffe://test.local"
 	operatorID       = trustDomain + "/operator"
 	keyguardAudience = "credmatrix-keyguard"
-	repoSubject      = "repo:acme/app:ref:refs/heads/main"
 )
-
-// issuer is an OIDC issuer with a real RSA key, written with the standard
-// library only: discovery, JWKS and RS256 tokens.
-type issuer struct {
-	srv *httptest.Server
-	key *rsa.PrivateKey
-}
-
-func startIssuer(t *testing.T) *issuer {
-	t.Helper()
-	key, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
-	is := &issuer{key: key}
-	b64 := base64.RawURLEncoding.EncodeToString
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /.well-known/openid-configuration", func(w http.ResponseWriter, r *http.Request) {
-		json.NewEncoder(w).Encode(map[string]any{"issuer": is.srv.URL, "jwks_uri": is.srv.URL + "/jwks", "id_token_signing_alg_values_supported": []string{"RS256"}})
-	})
-	mux.HandleFunc("GET /jwks", func(w http.ResponseWriter, r *http.Request) {
-		json.NewEncoder(w).Encode(map[string]any{"keys": []map[string]any{{
-			"kty": "RSA", "kid": "k1", "use": "sig", "alg": "RS256",
-			"n": b64(key.N.Bytes()), "e": b64(big.NewInt(int64(key.E)).Bytes()),
-		}}})
-	})
-	is.srv = httptest.NewServer(mux)
-	t.Cleanup(is.srv.Close)
-	return is
-}
-
-// token mints a GitHub Actions-style token of acme/app on main for aud;
-// mut may change its claims.
-func (is *issuer) token(t *testing.T, aud string, mut func(map[string]any)) string {
-	t.Helper()
-	now := time.Now()
-	jti := make([]byte, 8)
-	_, _ = rand.Read(jti)
-	c := map[string]any{
-		"iss": is.srv.URL, "sub": repoSubject, "aud": aud, "iat": now.Unix(), "nbf": now.Unix(), "exp": now.Add(5 * time.Minute).Unix(),
-		"jti": hex.EncodeToString(jti), "repository": "acme/app", "repository_owner": "acme", "ref": "refs/heads/main",
-		"ref_type": "branch", "event_name": "push", "run_id": "4242", "actor": "octocat",
-	}
-	if mut != nil {
-		mut(c)
-	}
-	b64 := base64.RawURLEncoding.EncodeToString
-	hdr, _ := json.Marshal(map[string]string{"alg": "RS256", "kid": "k1", "typ": "JWT"})
-	body, _ := json.Marshal(c)
-	signing := b64(hdr) + "." + b64(body)
-	sum := sha256.Sum256([]byte(signing))
-	sig, err := rsa.SignPKCS1v15(rand.Reader, is.key, crypto.SHA256, sum[:])
-	if err != nil {
-		t.Fatal(err)
-	}
-	return signing + "." + b64(sig)
-}
 
 // githubTokenEndpoint is the runner's ID-token endpoint
 // (ACTIONS_ID_TOKEN_REQUEST_URL): it answers {"value": token} for the
@@ -113,7 +51,7 @@ type githubTokenEndpoint struct {
 	audiences    []string
 }
 
-func startGitHubTokenEndpoint(t *testing.T, is *issuer) *githubTokenEndpoint {
+func startGitHubTokenEndpoint(t *testing.T, is *testissuer.Issuer) *githubTokenEndpoint {
 	t.Helper()
 	g := &githubTokenEndpoint{requestToken: "runner-request-token-" + randomHex(t)}
 	g.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -125,7 +63,7 @@ func startGitHubTokenEndpoint(t *testing.T, is *issuer) *githubTokenEndpoint {
 		g.mu.Lock()
 		g.audiences = append(g.audiences, aud)
 		g.mu.Unlock()
-		json.NewEncoder(w).Encode(map[string]string{"value": is.token(t, aud, nil)})
+		json.NewEncoder(w).Encode(map[string]string{"value": is.Token(t, aud, nil)})
 	}))
 	t.Cleanup(g.srv.Close)
 	return g
@@ -136,7 +74,7 @@ func startGitHubTokenEndpoint(t *testing.T, is *issuer) *githubTokenEndpoint {
 type stack struct {
 	bin                        string
 	dir                        string
-	issuer                     *issuer
+	issuer                     *testissuer.Issuer
 	internalCA, publicCA       *testpki.CA
 	operatorCert, operatorKey  string // an administrator's mTLS certificate
 	brokerAddr, brokerPublic   string
@@ -178,7 +116,7 @@ func startStack(t *testing.T) *stack {
 	s := &stack{
 		bin: svcproc.Build(t, "./services/audit/cmd/audit", "./services/broker/cmd/broker", "./services/keyguard/cmd/keyguard",
 			"./deploy/cmd/credmatrix-probe", "./clients/cmd/credmatrix"),
-		dir: t.TempDir(), issuer: startIssuer(t),
+		dir: t.TempDir(), issuer: testissuer.Start(t),
 		internalCA: testpki.New(t, "internal"), publicCA: testpki.New(t, "public"),
 	}
 	s.publicCAFile, s.internalFile = s.publicCA.File, s.internalCA.File
@@ -228,7 +166,7 @@ rules:
     roles: [deploy]
     accounts: [prod]
     claims: {repository: acme/app, ref: refs/heads/main}
-`, s.issuer.srv.URL)),
+`, s.issuer.URL())),
 			"audit_hmac_key_file": hmacKey, "provider": "local",
 			"local_sts":        map[string]any{"signing_key_file": writeFile(t, filepath.Join(s.dir, "keys", "sts"), randomHex(t)+"\n")},
 			"state":            map[string]any{"driver": "sqlite", "sqlite_path": filepath.Join(s.dir, "broker-state.db")},
@@ -240,10 +178,10 @@ rules:
   - {data_class: confidential, region: eu-west-1}
 grants:
   - {id: app, principal: "%s#%s", data_class: confidential, operations: [encrypt, decrypt], regions: [eu-west-1]}
-`, s.issuer.srv.URL, repoSubject)),
-			"state_file": filepath.Join(s.dir, "keyguard-state.db"), "backend": "local",
+`, s.issuer.URL(), testissuer.Subject)),
+			"state": map[string]any{"driver": "sqlite", "sqlite_path": filepath.Join(s.dir, "keyguard-state.db")}, "backend": "local",
 			"local":  map[string]any{"keystore_file": filepath.Join(s.dir, "keystore"), "root_key_file": writeFile(t, filepath.Join(s.dir, "keys", "root"), randomHex(t)+"\n")},
-			"oidc":   map[string]any{"issuers": []string{s.issuer.srv.URL}, "audience": keyguardAudience},
+			"oidc":   map[string]any{"issuers": []string{s.issuer.URL()}, "audience": keyguardAudience},
 			"admins": []string{operatorID},
 		},
 	}
@@ -485,7 +423,7 @@ func testGitLabExample(t *testing.T, s *stack) {
 		vars[k] = v
 	}
 	for name, tok := range base.IDTokens {
-		vars[name] = s.issuer.token(t, tok.Aud, nil)
+		vars[name] = s.issuer.Token(t, tok.Aud, nil)
 	}
 	for k, v := range vars {
 		env = append(env, k+"="+v)
@@ -504,7 +442,7 @@ func testCLIWithCABundleOnly(t *testing.T, s *stack) {
 	cli := filepath.Join(s.bin, "credmatrix")
 	base := svcproc.CleanEnv("HOME="+t.TempDir(), "XDG_CACHE_HOME="+t.TempDir(), "CREDMATRIX_CA_FILE="+s.publicCAFile)
 	with := func(extra ...string) []string { return append(append([]string(nil), base...), extra...) }
-	good := s.issuer.token(t, "credmatrix", nil)
+	good := s.issuer.Token(t, "credmatrix", nil)
 	creds := []string{"creds", "--token-source", "env", "--role", "deploy", "--account", "prod", "--output", "json"}
 
 	t.Run("allow/creds", func(t *testing.T) {
@@ -523,9 +461,9 @@ func testCLIWithCABundleOnly(t *testing.T, s *stack) {
 	}{
 		{name: "no-token", env: with("CREDMATRIX_BROKER_ADDR=" + s.brokerPublic), args: creds, wantCode: 2, wantErr: "CREDMATRIX_OIDC_TOKEN"},
 		{name: "forged-token", env: with("CREDMATRIX_BROKER_ADDR="+s.brokerPublic, "CREDMATRIX_OIDC_TOKEN="+good[:len(good)-6]+"AAAAAA"), args: creds, wantCode: 3, wantErr: "access denied"},
-		{name: "token-of-another-repository", env: with("CREDMATRIX_BROKER_ADDR="+s.brokerPublic, "CREDMATRIX_OIDC_TOKEN="+s.issuer.token(t, "credmatrix", func(c map[string]any) { c["repository"] = "acme/other" })), args: creds, wantCode: 3, wantErr: "denied"},
+		{name: "token-of-another-repository", env: with("CREDMATRIX_BROKER_ADDR="+s.brokerPublic, "CREDMATRIX_OIDC_TOKEN="+s.issuer.Token(t, "credmatrix", func(c map[string]any) { c["repository"] = "acme/other" })), args: creds, wantCode: 3, wantErr: "denied"},
 		{name: "plaintext-off-loopback", env: with("CREDMATRIX_BROKER_ADDR=credmatrix.example.com:443", "CREDMATRIX_OIDC_TOKEN="+good), args: append([]string{"--dev-plaintext", "--ca-file="}, creds...), wantCode: 2, wantErr: "refused"},
-		{name: "plaintext-to-tls-listener", env: with("CREDMATRIX_BROKER_ADDR="+s.brokerPublic, "CREDMATRIX_OIDC_TOKEN="+good), args: append([]string{"--dev-plaintext", "--ca-file="}, creds...), wantCode: 4},
+		{name: "plaintext-to-tls-listener", env: with("CREDMATRIX_BROKER_ADDR="+s.brokerPublic, "CREDMATRIX_OIDC_TOKEN="+good), args: append([]string{"--dev-plaintext", "--ca-file="}, creds...), wantCode: 2},
 		{name: "ca-bundle-only-on-the-mtls-port", env: with("CREDMATRIX_BROKER_ADDR="+s.brokerAddr, "CREDMATRIX_CA_FILE="+s.internalFile, "CREDMATRIX_OIDC_TOKEN="+good), args: creds},
 		{name: "internal-ca-for-the-public-listener", env: with("CREDMATRIX_BROKER_ADDR="+s.brokerPublic, "CREDMATRIX_CA_FILE="+s.internalFile, "CREDMATRIX_OIDC_TOKEN="+good), args: creds},
 		{name: "admin-rpc-on-keyguard-public", env: with("CREDMATRIX_KEYGUARD_ADDR=" + s.keyguardPub), args: []string{"keyguard", "grant", "list"}, wantCode: 3, wantErr: "not served on the public listener"},
@@ -582,7 +520,7 @@ func testPublicListenersRefuseAdminRPCs(t *testing.T, s *stack) {
 	}
 	broker := []call{
 		{"RevokeSessions", func(c *grpc.ClientConn) error {
-			_, err := brokerv1.NewBrokerServiceClient(c).RevokeSessions(ctx, &brokerv1.RevokeSessionsRequest{Subject: repoSubject, Reason: "x"})
+			_, err := brokerv1.NewBrokerServiceClient(c).RevokeSessions(ctx, &brokerv1.RevokeSessionsRequest{Subject: testissuer.Subject, Reason: "x"})
 			return err
 		}},
 		{"FreezeAccount", func(c *grpc.ClientConn) error {
@@ -638,7 +576,7 @@ func testPublicListenersRefuseAdminRPCs(t *testing.T, s *stack) {
 		if _, err := kg.Encrypt(ctx, req); status.Code(err) != codes.Unauthenticated {
 			t.Errorf("Encrypt without a token: %v, want Unauthenticated", err)
 		}
-		tctx := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+s.issuer.token(t, keyguardAudience, nil))
+		tctx := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+s.issuer.Token(t, keyguardAudience, nil))
 		enc, err := kg.Encrypt(tctx, req)
 		if err != nil {
 			t.Fatalf("Encrypt with a token: %v", err)

@@ -80,7 +80,8 @@ app.kubernetes.io/part-of: credmatrix
 {{- if eq .component "broker" -}}
 {{- default (printf "%s-keys" (include "credmatrix.component.name" .)) .root.Values.broker.keys.existingSecret -}}
 {{- else if eq .component "keyguard" -}}
-{{- default (printf "%s-keys" (include "credmatrix.component.name" .)) .root.Values.keyguard.local.existingSecret -}}
+{{- $v := .root.Values.keyguard -}}
+{{- default (printf "%s-keys" (include "credmatrix.component.name" .)) (ternary $v.local.existingSecret $v.awskms.existingSecret (eq $v.backend "local")) -}}
 {{- end -}}
 {{- end -}}
 
@@ -92,7 +93,7 @@ as a StatefulSet of one: audit on SQLite, and keyguard, whose state file
 {{- define "credmatrix.stateful" -}}
 {{- if and (eq .component "audit") (eq .root.Values.audit.store "sqlite") -}}true
 {{- else if and (eq .component "broker") (eq .root.Values.broker.state.driver "sqlite") -}}true
-{{- else if eq .component "keyguard" -}}true
+{{- else if and (eq .component "keyguard") (or (eq .root.Values.keyguard.backend "local") (eq .root.Values.keyguard.state.driver "sqlite")) -}}true
 {{- end -}}
 {{- end -}}
 
@@ -110,6 +111,13 @@ as a StatefulSet of one: audit on SQLite, and keyguard, whose state file
 {{- $v := index .root.Values .component -}}
 {{- if and (eq .component "broker") (eq $v.state.driver "postgres") }}
 - name: CREDMATRIX_BROKER_STATE_POSTGRES_DSN
+  valueFrom:
+    secretKeyRef:
+      name: {{ $v.state.postgres.existingSecret }}
+      key: {{ $v.state.postgres.dsnKey }}
+{{- end }}
+{{- if and (eq .component "keyguard") (eq $v.state.driver "postgres") }}
+- name: CREDMATRIX_KEYGUARD_STATE_POSTGRES_DSN
   valueFrom:
     secretKeyRef:
       name: {{ $v.state.postgres.existingSecret }}
@@ -135,6 +143,28 @@ tls:
   cert_file: /etc/credmatrix/tls/tls.crt
   key_file: /etc/credmatrix/tls/tls.key
   client_ca_file: /etc/credmatrix/tls/ca.crt
+{{- end -}}
+
+{{/* Whether the component serves a public listener. */}}
+{{- define "credmatrix.public" -}}
+{{- if and (ne .component "audit") (index .root.Values .component).public.enabled -}}true{{- end -}}
+{{- end -}}
+
+{{/* Secret of the component's public certificate. */}}
+{{- define "credmatrix.publicTLSSecret" -}}
+{{- $p := (index .root.Values .component).public -}}
+{{- if and (eq $p.tls.source "existingSecret") $p.tls.existingSecret -}}
+{{- $p.tls.existingSecret -}}
+{{- else -}}
+{{- printf "%s-public-tls" (include "credmatrix.component.name" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The public block of broker and keyguard: publicPort, the public certificate. */}}
+{{- define "credmatrix.config.public" -}}
+{{- if include "credmatrix.public" (dict "root" .root "component" .component) -}}
+{{- $_ := set .config "public" (dict "listen_addr" (printf ":%d" (int .root.Values.publicPort)) "tls" (dict "cert_file" "/etc/credmatrix/public-tls/tls.crt" "key_file" "/etc/credmatrix/public-tls/tls.key")) -}}
+{{- end -}}
 {{- end -}}
 
 {{/* metrics.listen_addr on metrics.port when metrics.enabled (never the gRPC port). */}}
@@ -197,7 +227,13 @@ chart does not model go in <component>.config, merged last.
 {{- end -}}
 {{- if eq $v.provider "local" -}}
 {{- $_ = set $c "local_sts" (dict "signing_key_file" (printf "/etc/credmatrix/keys/%s" $v.keys.localSTSSigningKey)) -}}
+{{- else -}}
+{{- $aws := dict "mode" $v.aws.mode -}}
+{{- with $v.aws.hubRoleArn -}}{{- $_ = set $aws "hub_role_arn" . -}}{{- end -}}
+{{- with $v.aws.revokerRoleName -}}{{- $_ = set $aws "revoker_role_name" . -}}{{- end -}}
+{{- $_ = set $c "aws" $aws -}}
 {{- end -}}
+{{- include "credmatrix.config.public" (dict "root" . "component" "broker" "config" $c) -}}
 {{- include "credmatrix.config.metrics" (dict "root" . "config" $c) -}}
 {{- toYaml (mustMergeOverwrite $c (deepCopy $v.config)) -}}
 {{- end -}}
@@ -207,14 +243,25 @@ chart does not model go in <component>.config, merged last.
 {{- $c := dict "server" (include "credmatrix.config.server" . | fromYaml) "log_level" $v.logLevel -}}
 {{- $_ := set $c "audit" (include "credmatrix.config.auditClient" . | fromYaml) -}}
 {{- $_ = set $c "keyring_file" "/etc/credmatrix/keyring/keyring.yaml" -}}
+{{- if eq $v.state.driver "sqlite" -}}
 {{- $_ = set $c "state" (dict "driver" "sqlite" "sqlite_path" "/var/lib/credmatrix/keyguard-state.db") -}}
+{{- else -}}
+{{- $_ = set $c "state" (dict "driver" "postgres") -}}
+{{- end -}}
 {{- with $v.admins -}}
 {{- $_ = set $c "admins" . -}}
 {{- end -}}
 {{- $_ = set $c "backend" $v.backend -}}
 {{- if eq $v.backend "local" -}}
 {{- $_ = set $c "local" (dict "keystore_file" "/var/lib/credmatrix/keystore" "root_key_file" (printf "/etc/credmatrix/keys/%s" $v.local.rootKey)) -}}
+{{- else -}}
+{{- /* Key versions live in the state store; this key authenticates them. */ -}}
+{{- $_ = set $c "awskms" (dict "mac_key_file" (printf "/etc/credmatrix/keys/%s" $v.awskms.macKey)) -}}
 {{- end -}}
+{{- with $v.oidc.issuers -}}
+{{- $_ = set $c "oidc" (dict "issuers" . "audience" $v.oidc.audience) -}}
+{{- end -}}
+{{- include "credmatrix.config.public" (dict "root" . "component" "keyguard" "config" $c) -}}
 {{- include "credmatrix.config.metrics" (dict "root" . "config" $c) -}}
 {{- toYaml (mustMergeOverwrite $c (deepCopy $v.config)) -}}
 {{- end -}}
@@ -232,6 +279,9 @@ chart does not model go in <component>.config, merged last.
 {{- else if and (eq .component "keyguard") (eq $v.backend "local") }}
 - key: {{ $v.local.rootKey }}
   path: {{ $v.local.rootKey }}
+{{- else if eq .component "keyguard" }}
+- key: {{ $v.awskms.macKey }}
+  path: {{ $v.awskms.macKey }}
 {{- end }}
 {{- end -}}
 
