@@ -67,7 +67,10 @@ type DeniedError struct {
 	AuditEventID string
 	// Hint tells how to reproduce the decision locally.
 	Hint string
-	err  error
+	// Detail is the broker's DenialDetail (nil when it sent none): what
+	// the hint reproduces, for callers that build their own command line.
+	Detail *brokerv1.DenialDetail
+	err    error
 }
 
 func (e *DeniedError) Error() string {
@@ -116,7 +119,7 @@ func wrap(err error) error {
 	d := &DeniedError{Reason: st.Message(), err: err}
 	for _, det := range st.Details() {
 		if dd, ok := det.(*brokerv1.DenialDetail); ok {
-			d.Rule, d.Reason, d.AuditEventID, d.Hint = dd.GetRule(), dd.GetReason(), dd.GetAuditEventId(), dd.GetHint()
+			d.Rule, d.Reason, d.AuditEventID, d.Hint, d.Detail = dd.GetRule(), dd.GetReason(), dd.GetAuditEventId(), dd.GetHint(), dd
 		}
 	}
 	return d

@@ -87,6 +87,17 @@ type Denial struct {
 	Reason string
 	// AuditEventID identifies the audit event recording the denial.
 	AuditEventID string
+	// Region is the region of the decision (the account's home region
+	// when none was asked; "" for an unknown account).
+	Region string
+	// Duration is the duration asked for (0: none).
+	Duration time.Duration
+	// ScopeDown reports that the request carried a scope-down policy.
+	ScopeDown bool
+	// PolicySHA256 and PolicySource name the trust policy that decided.
+	PolicySHA256, PolicySource string
+	// DecidedAt is the time of the decision (for time-window rules).
+	DecidedAt time.Time
 }
 
 // ErrorCode returns the code of err: the Code of a wrapped *Error,

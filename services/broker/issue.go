@@ -26,6 +26,9 @@ type IssueRequest struct {
 	Reason string
 	// Peer is the mTLS identity of the connection, when known.
 	Peer string
+
+	// kind is the audit kind of refusals (ExplainDecision's are its own).
+	kind auditv1.Kind
 }
 
 // Target is one session asked for.
@@ -80,6 +83,7 @@ type Session struct {
 type plan struct {
 	target   Target
 	decision policy.Decision
+	outcome  policy.Outcome
 	spec     SessionSpec
 	creds    Credentials
 }
@@ -124,16 +128,24 @@ func (s *Service) IssueSession(ctx context.Context, req IssueRequest) ([]Session
 	plans := make([]plan, len(req.Targets))
 	denied := false
 	for i, t := range req.Targets {
-		d, err := s.decide(ctx, snap.policy, id, t, now)
+		sid := newUUID()
+		o, err := s.decide(ctx, snap.policy, id, t, now, sid)
 		if err != nil {
 			return nil, err
 		}
-		plans[i] = plan{target: t, decision: d}
-		if i == 0 || (!denied && !d.Allowed) {
-			// The request span shows the first target, or the first denied.
-			annotateRequest(ctx, t, d)
+		if o.Invalid != nil {
+			return nil, invalidf(fmt.Sprintf("targets[%d].%s", i, o.Invalid.Field), o.Invalid.Msg)
 		}
-		denied = denied || !d.Allowed
+		plans[i] = plan{target: t, decision: o.Decision, outcome: o}
+		if o.Allowed {
+			plans[i].spec = buildSpec(claims, t, o, sid)
+			plans[i].spec.WebIdentityToken = req.Token
+		}
+		if i == 0 || (!denied && !o.Allowed) {
+			// The request span shows the first target, or the first denied.
+			annotateRequest(ctx, t, o.Decision)
+		}
+		denied = denied || !o.Allowed
 	}
 	if !denied {
 		roles := make([]string, len(plans))
@@ -143,33 +155,9 @@ func (s *Service) IssueSession(ctx context.Context, req IssueRequest) ([]Session
 		if ok, wait := s.limiter.allow(claims.Issuer+"#"+claims.Subject, roles); !ok {
 			return nil, s.rateLimited(ctx, req, claims, plans, now, wait)
 		}
-		for i := range plans {
-			p := &plans[i]
-			p.spec = buildSpec(claims, p.target, p.decision)
-			if dl, ok := s.provider.(DurationLimiter); ok && p.spec.Duration > dl.MaxDuration() {
-				p.spec.Duration = dl.MaxDuration()
-			}
-			p.spec.WebIdentityToken = req.Token
-			p.spec.Policy, err = snap.policy.SessionPolicy(p.decision, policy.RenderValues{
-				Claim: claims.String, Subject: claims.Subject, SessionID: p.spec.SessionID,
-			}, p.target.Policy)
-			if err != nil {
-				var extra *policy.ExtraPolicyError
-				if errors.As(err, &extra) {
-					return nil, invalidf(fmt.Sprintf("targets[%d].policy", i), extra.Msg)
-				}
-				// The role's template needs a claim this token lacks:
-				// a denial, explained.
-				p.decision.Allowed = false
-				p.decision.Reason = err.Error()
-				p.spec = SessionSpec{}
-				annotateRequest(ctx, p.target, p.decision)
-				denied = true
-			}
-		}
 	}
 	if denied {
-		return nil, s.denied(ctx, req, claims, plans, now)
+		return nil, s.denied(ctx, req, claims, plans, now, snap.policy)
 	}
 
 	for i := range plans {
@@ -260,31 +248,59 @@ const (
 	RuleRateLimited = "rate-limited"
 )
 
-// decide evaluates the policy for one target, then the freezes and
-// revocations of the broker's state, which beat any allow rule.
-func (s *Service) decide(ctx context.Context, pol *policy.Policy, id policy.Identity, t Target, now time.Time) (d policy.Decision, err error) {
+// decide is the broker's one call of the one decision, policy.Decide,
+// for IssueSession, ExplainDecision and ListRoles: the policy with the
+// broker's freezes and revocations (which beat any allow rule) and the
+// provider's duration cap. sessionID fills the session policy; "" gives a
+// placeholder of the same length.
+func (s *Service) decide(ctx context.Context, pol *policy.Policy, id policy.Identity, t Target, now time.Time, sessionID string) (o policy.Outcome, err error) {
 	ctx, span := startSpan(ctx, "broker.evaluate_policy")
 	defer func() {
-		span.SetAttributes(targetAttrs(t, d)...)
-		span.SetAttributes(decisionAttrs(d)...)
+		span.SetAttributes(targetAttrs(t, o.Decision)...)
+		span.SetAttributes(decisionAttrs(o.Decision)...)
 		endSpan(span, err)
 	}()
-	d = pol.Evaluate(id, policy.Target{Role: t.Role, Account: t.Account, Region: t.Region, Time: now})
-	if d.Account.ID == "" || d.Role.Name == "" {
-		return d, nil
+	st := &stateCheck{s: s, ctx: ctx}
+	req := policy.Request{
+		Identity: id, Target: policy.Target{Role: t.Role, Account: t.Account, Region: t.Region, Time: now},
+		Duration: t.Duration, ScopeDown: t.Policy, SessionID: sessionID, State: st,
 	}
-	frozenSet, revs, err := s.state(ctx, now)
+	if dl, ok := s.provider.(DurationLimiter); ok {
+		req.ProviderMax = dl.MaxDuration()
+	}
+	o = pol.Decide(req)
+	if st.err != nil {
+		return o, s.stateUnavailable(ctx, st.err)
+	}
+	return o, nil
+}
+
+// stateCheck is the broker's state as policy.Decide asks it, read (from
+// the cache) only for a target that resolved. A store that cannot be
+// read refuses, and decide reports it unavailable.
+type stateCheck struct {
+	s   *Service
+	ctx context.Context
+	err error
+}
+
+var _ policy.State = (*stateCheck)(nil)
+
+// Check implements policy.State.
+func (c *stateCheck) Check(id policy.Identity, acct policy.Account, role policy.Role, now time.Time) []policy.StateRule {
+	frozenSet, revs, err := c.s.state(c.ctx, now)
 	if err != nil {
-		return d, s.stateUnavailable(ctx, err)
+		c.err = err
+		return []policy.StateRule{{Rule: "state-unavailable", Matched: true, Reason: msgStateUnavailable, Evaluation: "the state store cannot be read"}}
 	}
 	frozen := ""
-	for _, sc := range freezeScopes(d.Account) {
+	for _, sc := range freezeScopes(acct) {
 		if frozenSet[sc] {
 			frozen = sc
 			break
 		}
 	}
-	target := RevocationTarget{Subject: id.Subject, Issuer: id.Issuer, Role: d.Role.Name, AccountID: d.Account.ID, Claims: id.Claim}
+	target := RevocationTarget{Subject: id.Subject, Issuer: id.Issuer, Role: role.Name, AccountID: acct.ID, Claims: id.Claim}
 	var blocking *Revocation
 	for i := range revs {
 		if revs[i].Blocks(target, now) {
@@ -292,23 +308,20 @@ func (s *Service) decide(ctx context.Context, pol *policy.Policy, id policy.Iden
 			break
 		}
 	}
-	state := []policy.RuleEvaluation{
-		{Rule: RuleAccountFrozen, Effect: policy.EffectDeny, Matched: frozen != "", Reason: "account and its OUs are not frozen"},
-		{Rule: RuleRevoked, Effect: policy.EffectDeny, Matched: blocking != nil, Reason: "no revocation matches"},
+	out := []policy.StateRule{
+		{Rule: RuleAccountFrozen, Evaluation: "account and its OUs are not frozen"},
+		{Rule: RuleRevoked, Evaluation: "no revocation matches"},
 	}
-	switch {
-	case frozen != "":
-		state[0].Reason = "frozen: " + frozen
-		d.Allowed, d.Rule, d.MaxDuration = false, RuleAccountFrozen, 0
-		d.Reason = fmt.Sprintf("account %q is frozen (%s) for incident response", d.Account.Name, frozen)
-	case blocking != nil:
-		state[1].Reason = "revocation " + blocking.ID
-		d.Allowed, d.Rule, d.MaxDuration = false, RuleRevoked, 0
-		d.Reason = fmt.Sprintf("sessions for this caller in role %q of account %q are revoked until %s (revocation %s)",
-			d.Role.Name, d.Account.Name, blocking.BlockUntil.UTC().Format(time.RFC3339), blocking.ID)
+	if frozen != "" {
+		out[0].Matched, out[0].Evaluation = true, "frozen: "+frozen
+		out[0].Reason = fmt.Sprintf("account %q is frozen (%s) for incident response", acct.Name, frozen)
 	}
-	d.Evaluations = append(state, d.Evaluations...)
-	return d, nil
+	if blocking != nil {
+		out[1].Matched, out[1].Evaluation = true, "revocation "+blocking.ID
+		out[1].Reason = fmt.Sprintf("sessions for this caller in role %q of account %q are revoked until %s (revocation %s)",
+			role.Name, acct.Name, blocking.BlockUntil.UTC().Format(time.RFC3339), blocking.ID)
+	}
+	return out
 }
 
 // freezeScopes are the scopes whose freeze covers an account: the
@@ -453,6 +466,9 @@ func (s *Service) verifyFailed(ctx context.Context, req IssueRequest, now time.T
 // auditTokenRefusal records a refused token, named by its HMAC only.
 func (s *Service) auditTokenRefusal(ctx context.Context, req IssueRequest, now time.Time, d auditv1.Decision, reason string) error {
 	ev := s.newEvent(ctx, now, d)
+	if req.kind != 0 {
+		ev.Kind = req.kind
+	}
 	ev.Reason = reason
 	ev.Actor = &auditv1.Actor{Peer: req.Peer, RequestReason: truncate(req.Reason, MaxReasonBytes)}
 	ev.SecretRefs = []*auditv1.SecretRef{s.hasher.Ref("oidc_token", []byte(req.Token))}
@@ -463,7 +479,7 @@ func (s *Service) auditTokenRefusal(ctx context.Context, req IssueRequest, now t
 
 // denied audits every refused target and returns a PermissionDenied error
 // describing the first.
-func (s *Service) denied(ctx context.Context, req IssueRequest, claims *oidc.Claims, plans []plan, now time.Time) error {
+func (s *Service) denied(ctx context.Context, req IssueRequest, claims *oidc.Claims, plans []plan, now time.Time, pol *policy.Policy) error {
 	var first *Denial
 	for i, p := range plans {
 		if p.decision.Allowed {
@@ -481,6 +497,12 @@ func (s *Service) denied(ctx context.Context, req IssueRequest, claims *oidc.Cla
 				Rule:         p.decision.Rule,
 				Reason:       p.decision.Reason,
 				AuditEventID: ev.GetId(),
+				Region:       p.decision.Region,
+				Duration:     p.target.Duration,
+				ScopeDown:    p.target.Policy != "",
+				PolicySHA256: pol.SHA256(),
+				PolicySource: pol.Source(),
+				DecidedAt:    now,
 			}
 		}
 	}
@@ -509,10 +531,9 @@ func (s *Service) providerFailed(ctx context.Context, req IssueRequest, claims *
 	return &Error{Code: Internal, Message: msgInternal, Err: fmt.Errorf("provider %s: %w", s.provider.Name(), err)}
 }
 
-// buildSpec turns an allowed target into what the provider needs; the
-// session policy is rendered separately.
-func buildSpec(c *oidc.Claims, t Target, d policy.Decision) SessionSpec {
-	id := newUUID()
+// buildSpec turns an allowed decision into what the provider needs.
+func buildSpec(c *oidc.Claims, t Target, o policy.Outcome, id string) SessionSpec {
+	d := o.Decision
 	tags := sessionTags(c)
 	for k, v := range d.Role.SessionTags {
 		tags[k] = v
@@ -527,26 +548,13 @@ func buildSpec(c *oidc.Claims, t Target, d policy.Decision) SessionSpec {
 		SourceIdentity:    "cm-" + id,
 		Subject:           c.Subject,
 		Issuer:            c.Issuer,
-		Duration:          grantedDuration(t, d),
+		Duration:          o.Duration,
+		Policy:            o.SessionPolicy,
 		Tags:              tags,
 		TransitiveTagKeys: slices.Clone(d.Role.TransitiveTagKeys),
 		PolicyARNs:        slices.Clone(d.Role.PolicyARNs),
 		ExternalID:        d.Role.ExternalID,
 	}
-}
-
-// grantedDuration is min(requested, decision maximum); 0 asks for the
-// maximum. The decision's maximum already folds in the role, the rule
-// and the OU caps.
-func grantedDuration(t Target, d policy.Decision) time.Duration {
-	m := d.MaxDuration
-	if m == 0 {
-		m = d.Role.MaxDuration
-	}
-	if t.Duration > 0 && t.Duration < m {
-		return t.Duration
-	}
-	return m
 }
 
 func policyDigest(doc string) string {

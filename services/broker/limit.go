@@ -19,6 +19,11 @@ type Limits struct {
 	PerRole float64
 	// RoleBurst is how many at once (at least 1).
 	RoleBurst int
+	// ExplainPerSubject is the sustained ExplainDecision calls per
+	// second one caller may make: each reveals policy.
+	ExplainPerSubject float64
+	// ExplainBurst is how many at once (at least 1).
+	ExplainBurst int
 }
 
 // maxBuckets bounds the limiter's memory: past it, full buckets (idle
@@ -46,6 +51,9 @@ func newLimiter(cfg Limits, now func() time.Time) *limiter {
 	}
 	if cfg.RoleBurst < 1 {
 		cfg.RoleBurst = 1
+	}
+	if cfg.ExplainBurst < 1 {
+		cfg.ExplainBurst = 1
 	}
 	return &limiter{cfg: cfg, now: now, buckets: map[string]*bucket{}}
 }
@@ -86,6 +94,22 @@ func (l *limiter) allow(subject string, roles []string) (bool, time.Duration) {
 	for b, n := range need {
 		b.tokens -= n
 	}
+	return true, 0
+}
+
+// allowExplain takes one token from the caller's explain bucket.
+func (l *limiter) allowExplain(subject string) (bool, time.Duration) {
+	if l.cfg.ExplainPerSubject <= 0 {
+		return true, 0
+	}
+	now := l.now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	b := l.bucket("x\x00"+subject, l.cfg.ExplainPerSubject, l.cfg.ExplainBurst, now)
+	if b.tokens < 1 {
+		return false, time.Duration(math.Ceil((1 - b.tokens) / b.rate * float64(time.Second)))
+	}
+	b.tokens--
 	return true, 0
 }
 

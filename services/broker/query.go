@@ -5,20 +5,37 @@ import (
 	"errors"
 	"time"
 
+	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
 	"github.com/credmatrix/credmatrix/services/broker/oidc"
 	"github.com/credmatrix/credmatrix/services/broker/policy"
 )
 
 // Explanation is a dry-run decision.
 type Explanation struct {
-	// Decision is what the policy decided, with every rule's evaluation.
+	// Decision is what the one decision function decided, with the
+	// rules considered: every rule for an administrator, only the rules
+	// about the target asked (and the broker's state) for anyone else.
 	Decision policy.Decision
 	// Duration is the duration that would be granted (0 when denied).
 	Duration time.Duration
+	// AuditEventID names the audit event recording the explanation.
+	AuditEventID string
 }
 
-// ListRoles lists the roles token may assume, in policy order. It issues
-// nothing and is not audited.
+// ExplainRequest asks why a token would be allowed or refused a target.
+type ExplainRequest struct {
+	// Token is the caller's raw OIDC token. Secret.
+	Token string
+	// Target is the session that would be asked for.
+	Target Target
+	// Peer is the mTLS identity of the connection; an administrator's
+	// sees every rule.
+	Peer string
+}
+
+// ListRoles lists the roles token may assume, in policy order, as
+// IssueSession would decide for each in its account's home region. It
+// issues nothing and is not audited.
 func (s *Service) ListRoles(ctx context.Context, token string) ([]policy.Grant, error) {
 	ctx, err := s.syncState(ctx, s.now())
 	if err != nil {
@@ -32,26 +49,37 @@ func (s *Service) ListRoles(ctx context.Context, token string) ([]policy.Grant, 
 	now := s.now()
 	id := identity(claims)
 	var out []policy.Grant
-	for _, g := range snap.policy.RolesFor(id, now) {
-		// The broker's state (freezes, revocations) can still refuse.
-		d, err := s.decide(ctx, snap.policy, id, Target{Role: g.Role.Name, Account: g.Account.ID}, now)
+	for _, r := range snap.policy.Roles() {
+		o, err := s.decide(ctx, snap.policy, id, Target{Role: r.Name, Account: r.AccountID}, now, "")
 		if err != nil {
 			return nil, err
 		}
-		if d.Allowed {
-			out = append(out, g)
+		if o.Allowed {
+			out = append(out, policy.Grant{Account: o.Account, Role: o.Role, Rule: o.Rule, MaxDuration: o.Duration})
 		}
 	}
 	return out, nil
 }
 
-// ExplainDecision evaluates the policy for token and target without
-// issuing anything. A denial is a result here, not an error.
-func (s *Service) ExplainDecision(ctx context.Context, token string, target Target) (Explanation, error) {
-	if err := validateToken(token); err != nil {
+// ExplainDecision runs the decision IssueSession would make for the
+// token and target, issuing nothing; a denial is a result here, not an
+// error. Because it reveals policy, it is audited (fail closed) and rate
+// limited per caller like a request, and a caller who is not an
+// administrator sees only the rules about the target asked.
+func (s *Service) ExplainDecision(ctx context.Context, req ExplainRequest) (Explanation, error) {
+	now := s.now()
+	ireq := IssueRequest{Token: req.Token, Peer: req.Peer, kind: auditv1.Kind_KIND_DECISION_EXPLAIN}
+	if err := validateToken(req.Token); err != nil {
+		if req.Token != "" {
+			var e *Error
+			errors.As(err, &e)
+			if aerr := s.auditTokenRefusal(ctx, ireq, now, auditv1.Decision_DECISION_DENY, e.Message); aerr != nil {
+				return Explanation{}, aerr
+			}
+		}
 		return Explanation{}, err
 	}
-	if err := validateTarget("target", target); err != nil {
+	if err := validateTarget("target", req.Target); err != nil {
 		return Explanation{}, err
 	}
 	ctx, err := s.syncState(ctx, s.now())
@@ -59,19 +87,49 @@ func (s *Service) ExplainDecision(ctx context.Context, token string, target Targ
 		return Explanation{}, err
 	}
 	snap := s.snap.Load()
-	claims, err := s.verifyOnly(ctx, snap, token)
+	claims, err := snap.verifier.Verify(ctx, req.Token)
+	if err != nil {
+		return Explanation{}, s.verifyFailed(ctx, ireq, now, err)
+	}
+	p := plan{target: req.Target}
+	if ok, wait := s.limiter.allowExplain(claims.Issuer + "#" + claims.Subject); !ok {
+		p.decision = policy.Decision{Rule: RuleRateLimited, Reason: "explain rate limit exceeded; retry later"}
+		ev := s.sessionEvent(ctx, now, auditv1.Decision_DECISION_DENY, ireq, claims, p)
+		ev.Kind = auditv1.Kind_KIND_DECISION_EXPLAIN
+		if _, err := s.append(ctx, ev); err != nil {
+			return Explanation{}, err
+		}
+		return Explanation{}, &Error{Code: ResourceExhausted, Message: "explain rate limit exceeded; retry later", RetryAfter: wait}
+	}
+	o, err := s.decide(ctx, snap.policy, identity(claims), req.Target, now, "")
 	if err != nil {
 		return Explanation{}, err
 	}
-	d, err := s.decide(ctx, snap.policy, identity(claims), target, s.now())
-	if err != nil {
+	if o.Invalid != nil {
+		return Explanation{}, invalidf("target."+o.Invalid.Field, o.Invalid.Msg)
+	}
+	p.decision = o.Decision
+	ev := s.sessionEvent(ctx, now, auditv1.Decision_DECISION_ALLOW, ireq, claims, p)
+	ev.Kind = auditv1.Kind_KIND_DECISION_EXPLAIN
+	verdict := "would deny"
+	if o.Allowed {
+		verdict = "would allow"
+	}
+	ev.Reason = truncate("explained: "+verdict+": "+o.Reason, 1024)
+	if _, err := s.append(ctx, ev); err != nil {
 		return Explanation{}, err
 	}
-	ex := Explanation{Decision: d}
-	if d.Allowed {
-		ex.Duration = grantedDuration(target, d)
+	d := o.Decision
+	if !s.admins[req.Peer] || req.Peer == "" {
+		var about []policy.RuleEvaluation
+		for _, e := range d.Evaluations {
+			if e.AboutTarget {
+				about = append(about, e)
+			}
+		}
+		d.Evaluations = about
 	}
-	return ex, nil
+	return Explanation{Decision: d, Duration: o.Duration, AuditEventID: ev.GetId()}, nil
 }
 
 // GetSession describes a session minted by a provider that implements

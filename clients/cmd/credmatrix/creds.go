@@ -168,13 +168,13 @@ masks the secrets).`,
 				}
 				e, err := a.cachedSession(cmd.Context(), src, targets[0], reason, cacheDir, refreshWindow)
 				if err != nil {
-					return err
+					return withLocalHint(err, &tf)
 				}
 				return writeSession(a.out, output, sessionFromEntry(targets[0], e), a.getenv)
 			}
 			sessions, err := a.issue(cmd.Context(), src, reason, targets)
 			if err != nil {
-				return err
+				return withLocalHint(err, &tf)
 			}
 			if output == "json" {
 				return writeSessionsJSON(a.out, sessions)

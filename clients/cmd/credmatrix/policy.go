@@ -97,22 +97,31 @@ file:line: field) and reports risky or dead constructs as warnings:
 func (a *app) policyTestCommand() *cobra.Command {
 	var (
 		file, claimsFile, tokenEnv, tokenFile string
+		scopeDownFile, wantSHA                string
 		target                                policy.Target
+		duration, providerMax                 time.Duration
 		at                                    string
 	)
 	cmd := &cobra.Command{
 		Use:   "test",
-		Short: "Simulate the broker's decision for a set of claims",
-		Long: `test evaluates the trust policy for the claims of a token and a role, as the
-broker would: the deciding rule, why every other rule did not match, the
-duration that would be granted and the session policy that would be sent.
+		Short: "Simulate the broker's decision for a token or a set of claims",
+		Long: `test makes the broker's decision offline — the same decision function the
+broker runs for IssueSession and ExplainDecision: the deciding rule, why
+every other rule did or did not match, the duration that would be granted
+and the session policy that would be sent (or why it cannot be rendered).
 
-Claims come from a JSON file (--claims, "-" for stdin) or from a token
-(--token-env / --token-file), whose payload is decoded WITHOUT verifying it:
-this is a simulation. Freezes and revocations live in the broker and are
-not simulated; ExplainDecision asks the broker itself.`,
-		Example: `  credmatrix policy test --claims claims.json --role deploy --account prod
-  credmatrix policy test --policy deploy/policy.yaml --token-env CREDMATRIX_OIDC_TOKEN --role deploy`,
+Claims come from a token (--token-env / --token-file), whose payload is
+decoded WITHOUT verifying it — this is a simulation — or from a JSON file
+(--claims, "-" for stdin). --region, --duration and --scope-down (the
+scope-down policy a request sends) decide as they do at the broker;
+--provider-max applies the provider's cap (1h through a hub role).
+
+A denial from the broker prints the command line that reproduces it, with
+--policy-sha256: test refuses a policy file whose digest differs from the
+policy that decided. Freezes and revocations live in the broker and are not
+simulated; ExplainDecision asks the broker itself.`,
+		Example: `  credmatrix policy test --policy deploy/policy.yaml --token-env CREDMATRIX_OIDC_TOKEN --role deploy --account prod
+  credmatrix policy test --claims claims.json --role deploy --account dev --region us-east-1 --duration 30m`,
 		Args: cobra.NoArgs,
 		RunE: func(_ *cobra.Command, _ []string) error {
 			if target.Role == "" {
@@ -130,22 +139,37 @@ not simulated; ExplainDecision asks the broker itself.`,
 			if err != nil {
 				return usageError{err}
 			}
+			if wantSHA != "" && !strings.EqualFold(wantSHA, pol.SHA256()) {
+				return usagef("%s has sha256 %s, not %s as the policy that decided: test with that version of the file", file, pol.SHA256(), wantSHA)
+			}
 			if at != "" {
 				if target.Time, err = time.Parse(time.RFC3339, at); err != nil {
 					return usagef("--time: want RFC 3339 (2026-01-02T15:04:05Z)")
 				}
 			}
-			return a.simulate(pol, claims, target)
+			req := policy.Request{Target: target, Duration: duration, ProviderMax: providerMax}
+			if scopeDownFile != "" {
+				b, err := os.ReadFile(scopeDownFile)
+				if err != nil {
+					return usagef("read --scope-down: %v", err)
+				}
+				req.ScopeDown = string(b)
+			}
+			return a.simulate(pol, claims, req)
 		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&file, "policy", a.env("CREDMATRIX_POLICY_FILE", "policy.yaml"), "trust policy file (env CREDMATRIX_POLICY_FILE)")
+	f.StringVar(&wantSHA, "policy-sha256", "", "refuse a policy file whose SHA-256 differs (the digest a denial names)")
 	f.StringVar(&claimsFile, "claims", "", "JSON file of the token's claims (\"-\": standard input)")
 	f.StringVar(&tokenEnv, "token-env", "", "take the claims from the token in this environment variable (not verified)")
 	f.StringVar(&tokenFile, "token-file", "", "take the claims from the token in this file (not verified)")
 	f.StringVar(&target.Role, "role", "", "role name (required)")
 	f.StringVar(&target.Account, "account", "", "account id or name (default: every account declaring the role)")
 	f.StringVar(&target.Region, "region", "", "region (default: the account's home region)")
+	f.DurationVar(&duration, "duration", 0, "session duration asked for (default: the longest allowed)")
+	f.StringVar(&scopeDownFile, "scope-down", "", "file of the scope-down session policy the request sends (JSON)")
+	f.DurationVar(&providerMax, "provider-max", 0, "the provider's cap on sessions (1h through a hub role; default none)")
 	f.StringVar(&at, "time", "", "evaluate at this time (RFC 3339; default now), for time-window conditions")
 	return cmd
 }
@@ -203,58 +227,57 @@ func btoi(b bool) int {
 	return 0
 }
 
-// simulate prints the decision for each target account and fails with a
-// *brokerclient.DeniedError (exit code 3, as a refused creds call) for
-// the first one denied.
-func (a *app) simulate(pol *policy.Policy, c *oidc.Claims, t policy.Target) error {
-	id := policy.Identity{Issuer: c.Issuer, Subject: c.Subject, Claim: c.String, Raw: c.Raw}
-	accounts := []string{t.Account}
-	if t.Account == "" {
+// simulate prints the decision for each target account, made by the
+// broker's one decision function, and fails with a
+// *brokerclient.DeniedError (exit code 3, as a refused creds call) for the
+// first one denied, or a usage error for an invalid request.
+func (a *app) simulate(pol *policy.Policy, c *oidc.Claims, req policy.Request) error {
+	req.Identity = policy.Identity{Issuer: c.Issuer, Subject: c.Subject, Claim: c.String, Raw: c.Raw}
+	accounts := []string{req.Target.Account}
+	if req.Target.Account == "" {
 		accounts = nil
 		for _, r := range pol.Roles() {
-			if r.Name == t.Role {
+			if r.Name == req.Target.Role {
 				accounts = append(accounts, r.AccountID)
 			}
 		}
 		if len(accounts) == 0 {
-			return usagef("role %q is not declared in %s", t.Role, pol.Source())
+			return usagef("role %q is not declared in %s", req.Target.Role, pol.Source())
 		}
+	}
+	if req.Target.Time.IsZero() {
+		req.Target.Time = time.Now()
 	}
 	fmt.Fprintf(a.out, "policy %s (sha256 %s…)\ncaller %s  sub %s\n", pol.Source(), pol.SHA256()[:12], c.Issuer, c.Subject)
 	var denied *brokerclient.DeniedError
-	deny := func(rule, reason string) {
-		if denied == nil {
-			denied = &brokerclient.DeniedError{Rule: rule, Reason: reason}
-		}
-	}
 	for _, acct := range accounts {
-		t.Account = acct
-		d := pol.Evaluate(id, t)
-		verdict := "ALLOW"
-		if !d.Allowed {
-			verdict = "DENY"
-			deny(d.Rule, d.Reason)
+		req.Target.Account = acct
+		o := pol.Decide(req)
+		if o.Invalid != nil {
+			return usagef("invalid request: %s", o.Invalid.Error())
 		}
-		fmt.Fprintf(a.out, "\n%s  %s in %s", verdict, t.Role, d.Account.Name)
-		if d.Account.ID != "" {
-			fmt.Fprintf(a.out, " (%s, %s)", d.Account.ID, d.Region)
+		verdict := "ALLOW"
+		if !o.Allowed {
+			verdict = "DENY"
+			if denied == nil {
+				denied = &brokerclient.DeniedError{Rule: o.Rule, Reason: o.Reason}
+			}
+		}
+		fmt.Fprintf(a.out, "\n%s  %s in %s", verdict, req.Target.Role, o.Account.Name)
+		if o.Account.ID != "" {
+			fmt.Fprintf(a.out, " (%s, %s)", o.Account.ID, o.Region)
 		} else {
 			fmt.Fprintf(a.out, " (%s)", acct)
 		}
-		fmt.Fprintf(a.out, "\n  decided by %s: %s\n", d.Rule, d.Reason)
-		if d.Allowed {
-			fmt.Fprintf(a.out, "  max duration %s\n", d.MaxDuration)
-			doc, err := pol.SessionPolicy(d, policy.RenderValues{Claim: c.String, Subject: c.Subject, SessionID: "SESSION-ID"}, "")
-			switch {
-			case err != nil:
-				fmt.Fprintf(a.out, "  DENY at issuance: %v\n", err)
-				deny(d.Rule, err.Error())
-			case doc != "":
-				fmt.Fprintf(a.out, "  session policy %s\n", doc)
+		fmt.Fprintf(a.out, "\n  decided by %s: %s\n", o.Rule, o.Reason)
+		if o.Allowed {
+			fmt.Fprintf(a.out, "  duration %s (max duration %s)\n", o.Duration, o.MaxDuration)
+			if o.SessionPolicy != "" {
+				fmt.Fprintf(a.out, "  session policy %s\n", o.SessionPolicy)
 			}
 		}
 		tw := tabwriter.NewWriter(a.out, 0, 0, 2, ' ', 0)
-		for _, ev := range d.Evaluations {
+		for _, ev := range o.Evaluations {
 			mark := "no match"
 			if ev.Matched {
 				mark = "MATCH"

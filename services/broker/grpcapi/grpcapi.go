@@ -26,7 +26,7 @@ import (
 type Broker interface {
 	IssueSession(ctx context.Context, req broker.IssueRequest) ([]broker.Session, error)
 	ListRoles(ctx context.Context, token string) ([]policy.Grant, error)
-	ExplainDecision(ctx context.Context, token string, target broker.Target) (broker.Explanation, error)
+	ExplainDecision(ctx context.Context, req broker.ExplainRequest) (broker.Explanation, error)
 	GetSession(ctx context.Context, accessKeyID, sessionToken string) (*broker.SessionInfo, error)
 	RevokeSessions(ctx context.Context, peer string, req broker.RevokeRequest) (broker.RevokeResult, error)
 	FreezeAccount(ctx context.Context, peer string, req broker.FreezeRequest) (broker.FreezeResult, error)
@@ -130,7 +130,7 @@ func (s *Server) ExplainDecision(ctx context.Context, req *brokerv1.ExplainDecis
 	if err != nil {
 		return nil, s.fail(ctx, err)
 	}
-	ex, err := s.b.ExplainDecision(ctx, req.GetToken(), target)
+	ex, err := s.b.ExplainDecision(ctx, broker.ExplainRequest{Token: req.GetToken(), Target: target, Peer: s.peer(ctx)})
 	if err != nil {
 		return nil, s.fail(ctx, err)
 	}
@@ -140,6 +140,7 @@ func (s *Server) ExplainDecision(ctx context.Context, req *brokerv1.ExplainDecis
 		DecidingRule: d.Rule,
 		Reason:       d.Reason,
 		Evaluations:  make([]*brokerv1.RuleEvaluation, 0, len(d.Evaluations)),
+		AuditEventId: ex.AuditEventID,
 	}
 	for _, ev := range d.Evaluations {
 		resp.Evaluations = append(resp.Evaluations, &brokerv1.RuleEvaluation{

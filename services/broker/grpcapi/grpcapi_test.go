@@ -12,6 +12,7 @@ import (
 
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
 	brokerv1 "github.com/credmatrix/credmatrix/proto/credmatrix/broker/v1"
+	"github.com/credmatrix/credmatrix/services/broker"
 	"github.com/credmatrix/credmatrix/services/broker/brokertest"
 	"github.com/credmatrix/credmatrix/services/broker/devissuer"
 	"github.com/credmatrix/credmatrix/services/broker/grpcapi"
@@ -87,6 +88,11 @@ type outcome struct {
 
 type denial struct{ Rule, Reason, AuditEvent, Hint string }
 
+var (
+	hintTimeRE = regexp.MustCompile(`--time \S+`)
+	hintSHARE  = regexp.MustCompile(`--policy-sha256 [0-9a-f]{64}`)
+)
+
 type session struct {
 	Account, AccountName, Role, RoleARN, Region, Rule, Duration, SessionName string
 	KeyShape, SourceIdentityShape, AuditEvent                                string
@@ -135,7 +141,11 @@ func summarize(err error, resp *brokerv1.IssueSessionResponse, events []*auditv1
 					seq = ev.GetSequence()
 				}
 			}
-			o.Denial = &denial{Rule: dd.GetRule(), Reason: dd.GetReason(), AuditEvent: eventRef(events, dd.GetAuditEventId(), seq), Hint: dd.GetHint()}
+			// The hint names the decision time and the policy digest:
+			// both vary, the rest must not.
+			hint := hintTimeRE.ReplaceAllString(dd.GetHint(), "--time T")
+			hint = hintSHARE.ReplaceAllString(hint, "--policy-sha256 SHA")
+			o.Denial = &denial{Rule: dd.GetRule(), Reason: dd.GetReason(), AuditEvent: eventRef(events, dd.GetAuditEventId(), seq), Hint: hint}
 		}
 	}
 	for _, s := range resp.GetSessions() {
@@ -227,7 +237,7 @@ func TestIssueSession(t *testing.T) {
 			want: outcome{
 				Code: codes.PermissionDenied, Message: `targets[0]: no allow rule matches role "deploy" in account "dev" for this token`,
 				Denial: &denial{Rule: "default-deny", Reason: `no allow rule matches role "deploy" in account "dev" for this token`, AuditEvent: "event 0",
-					Hint: "credmatrix policy test --claims claims.json --role deploy --account dev"},
+					Hint: "credmatrix policy test --token-env CREDMATRIX_OIDC_TOKEN --policy policy.yaml --policy-sha256 SHA --role deploy --account dev --region eu-west-1 --time T"},
 				Events: []event{{Decision: auditv1.Decision_DECISION_DENY, Rule: "default-deny", Reason: `no allow rule matches role "deploy" in account "dev" for this token`,
 					Account: "dev", Role: "deploy", Principal: iss + "#repo:acme/app:ref:refs/heads/dev", Peer: peerID, RequestReason: "deploy v1",
 					Repository: "acme/app", SecretRefs: []string{"oidc_token"}}},
@@ -239,7 +249,7 @@ func TestIssueSession(t *testing.T) {
 			want: outcome{
 				Code: codes.PermissionDenied, Message: `targets[0]: role "admin" is not declared in the trust policy`,
 				Denial: &denial{Rule: "default-deny", Reason: `role "admin" is not declared in the trust policy`, AuditEvent: "event 0",
-					Hint: "credmatrix policy test --claims claims.json --role admin --account dev"},
+					Hint: "credmatrix policy test --token-env CREDMATRIX_OIDC_TOKEN --policy policy.yaml --policy-sha256 SHA --role admin --account dev --region eu-west-1 --time T"},
 				Events: []event{{Decision: auditv1.Decision_DECISION_DENY, Rule: "default-deny", Reason: `role "admin" is not declared in the trust policy`,
 					Account: "dev", Role: "admin", Principal: principal, Peer: peerID, RequestReason: "deploy v1", Repository: "acme/app", SecretRefs: []string{"oidc_token"}}},
 			},
@@ -250,7 +260,7 @@ func TestIssueSession(t *testing.T) {
 			want: outcome{
 				Code: codes.PermissionDenied, Message: `targets[1]: no allow rule matches role "readonly" in account "prod" for this token`,
 				Denial: &denial{Rule: "default-deny", Reason: `no allow rule matches role "readonly" in account "prod" for this token`, AuditEvent: "event 0",
-					Hint: "credmatrix policy test --claims claims.json --role readonly --account prod"},
+					Hint: "credmatrix policy test --token-env CREDMATRIX_OIDC_TOKEN --policy policy.yaml --policy-sha256 SHA --role readonly --account prod --region us-east-1 --time T"},
 				Events: []event{{Decision: auditv1.Decision_DECISION_DENY, Rule: "default-deny", Reason: `no allow rule matches role "readonly" in account "prod" for this token`,
 					Account: "prod", Role: "readonly", Principal: principal, Peer: peerID, RequestReason: "deploy v1", Repository: "acme/app", SecretRefs: []string{"oidc_token"}}},
 			},
@@ -429,7 +439,7 @@ func TestListRoles(t *testing.T) {
 }
 
 func TestExplainDecision(t *testing.T) {
-	s := newStack(t)
+	s := newStack(t) // a CI runner: sees only the rules about its target
 	tok := s.Token(t, "acme/app", "refs/heads/dev", time.Hour)
 	resp, err := s.client.ExplainDecision(context.Background(), &brokerv1.ExplainDecisionRequest{Token: tok, Target: target("deploy", "dev")})
 	if err != nil {
@@ -442,8 +452,9 @@ func TestExplainDecision(t *testing.T) {
 			{Rule: "account-frozen", Effect: brokerv1.Effect_EFFECT_DENY, Reason: "account and its OUs are not frozen"},
 			{Rule: "revoked", Effect: brokerv1.Effect_EFFECT_DENY, Reason: "no revocation matches"},
 			{Rule: "main-branch-deploys-dev", Effect: brokerv1.Effect_EFFECT_ALLOW, Reason: "claim ref: want refs/heads/main, got refs/heads/dev"},
-			{Rule: "tags-read-prod", Effect: brokerv1.Effect_EFFECT_ALLOW, Reason: "role deploy: not covered by the rule; account dev: not covered by the rule; claim ref_type: want tag, got branch"},
+			// tags-read-prod is about readonly in prod: not shown.
 		},
+		AuditEventId: resp.GetAuditEventId(),
 	}
 	if diff := cmp.Diff(prototext.Format(resp), prototext.Format(want)); diff != "" {
 		t.Errorf("ExplainDecision (-got +want):\n%s", diff)
@@ -464,8 +475,80 @@ func TestExplainDecision(t *testing.T) {
 	if diff := cmp.Diff([]any{status.Code(err), status.Convert(err).Message()}, []any{codes.InvalidArgument, "target.role: required"}); diff != "" {
 		t.Errorf("ExplainDecision without target (-got +want):\n%s", diff)
 	}
-	if n := len(s.Auditor.Events()); n != 0 {
-		t.Errorf("ExplainDecision recorded %d audit events, want 0", n)
+	_, err = s.client.ExplainDecision(context.Background(), &brokerv1.ExplainDecisionRequest{Token: brokertest.TamperSignature(tok), Target: target("deploy", "dev")})
+	if status.Code(err) != codes.Unauthenticated {
+		t.Errorf("ExplainDecision with a forged token: %v", err)
+	}
+	// Every explanation, and the forged token, is audited (the invalid
+	// request is refused before anything is decided).
+	var got []string
+	for _, ev := range s.Auditor.Events() {
+		got = append(got, ev.GetKind().String()+" "+ev.GetDecision().String()+" "+ev.GetRule()+" "+ev.GetReason())
+	}
+	wantEvents := []string{
+		`KIND_DECISION_EXPLAIN DECISION_ALLOW default-deny explained: would deny: no allow rule matches role "deploy" in account "dev" for this token`,
+		`KIND_DECISION_EXPLAIN DECISION_ALLOW main-branch-deploys-dev explained: would allow: allowed by rule "main-branch-deploys-dev"`,
+		`KIND_DECISION_EXPLAIN DECISION_DENY  token verification failed`,
+	}
+	if diff := cmp.Diff(got, wantEvents); diff != "" {
+		t.Errorf("audit events (-got +want):\n%s", diff)
+	}
+	if id := s.Auditor.Events()[0].GetId(); id != want.AuditEventId {
+		t.Errorf("response names audit event %s, recorded %s", want.AuditEventId, id)
+	}
+
+	// Audit down: no explanation.
+	s.Auditor.SetFailing(true)
+	_, err = s.client.ExplainDecision(context.Background(), &brokerv1.ExplainDecisionRequest{Token: tok, Target: target("deploy", "dev")})
+	if status.Code(err) != codes.Unavailable {
+		t.Errorf("ExplainDecision with audit down: %v, want Unavailable", err)
+	}
+}
+
+// TestExplainDecisionAdminSeesEveryRule: an operator's mTLS identity
+// sees the rules about other targets too.
+func TestExplainDecisionAdminSeesEveryRule(t *testing.T) {
+	s := newStackWith(t, "", brokertest.AdminPeer)
+	resp, err := s.client.ExplainDecision(context.Background(), &brokerv1.ExplainDecisionRequest{Token: s.Token(t, "acme/app", "refs/heads/dev", time.Hour), Target: target("deploy", "dev")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rules []string
+	for _, ev := range resp.GetEvaluations() {
+		rules = append(rules, ev.GetRule())
+	}
+	if diff := cmp.Diff(rules, []string{"account-frozen", "revoked", "main-branch-deploys-dev", "tags-read-prod"}); diff != "" {
+		t.Errorf("rules shown to an operator (-got +want):\n%s", diff)
+	}
+}
+
+// TestExplainDecisionRateLimited: a caller probing the policy is slowed
+// down, and each refusal is audited.
+func TestExplainDecisionRateLimited(t *testing.T) {
+	e := brokertest.NewEnv(t, "")
+	now := time.Now()
+	svc, err := broker.New(broker.Config{Policy: e.Policy, Verifier: e.Verifier, Provider: e.Provider, Auditor: e.Auditor,
+		Hasher: e.Hasher, Store: e.Store, Clock: func() time.Time { return now }, Limits: broker.Limits{ExplainPerSubject: 1, ExplainBurst: 2}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &stack{Env: e}
+	s.Service = svc
+	client := serve(t, s, peerID)
+	tok := e.Token(t, "acme/app", "refs/heads/main", time.Hour)
+	explain := func() codes.Code {
+		_, err := client.ExplainDecision(context.Background(), &brokerv1.ExplainDecisionRequest{Token: tok, Target: target("deploy", "dev")})
+		return status.Code(err)
+	}
+	got := []codes.Code{explain(), explain(), explain()}
+	now = now.Add(time.Second)
+	got = append(got, explain())
+	if diff := cmp.Diff(got, []codes.Code{codes.OK, codes.OK, codes.ResourceExhausted, codes.OK}); diff != "" {
+		t.Errorf("(burst of 3, then 1s later) (-got +want):\n%s", diff)
+	}
+	ev := e.Auditor.Events()[2]
+	if diff := cmp.Diff([]any{ev.GetKind(), ev.GetDecision(), ev.GetRule()}, []any{auditv1.Kind_KIND_DECISION_EXPLAIN, auditv1.Decision_DECISION_DENY, "rate-limited"}); diff != "" {
+		t.Errorf("refusal audited as (-got +want):\n%s", diff)
 	}
 }
 

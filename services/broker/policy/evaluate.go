@@ -59,6 +59,11 @@ type RuleEvaluation struct {
 	// Reason says why it matched or not, e.g.
 	// "claim ref: want refs/heads/main, got refs/heads/dev".
 	Reason string
+	// AboutTarget reports that the rule's scope (issuer, roles,
+	// accounts, OUs, residency) covers the caller's issuer and the
+	// target: its conditions are what decide. A caller who is not an
+	// administrator is shown only these rules.
+	AboutTarget bool
 }
 
 // Decision is the outcome of evaluating the policy for one identity and
@@ -192,13 +197,15 @@ type Grant struct {
 }
 
 // RolesFor lists every declared role id may assume in its account's home
-// region, in document order.
-func (p *Policy) RolesFor(id Identity, now time.Time) []Grant {
+// region, in document order, as Decide decides (with the broker's state
+// and the provider's cap when given in base).
+func (p *Policy) RolesFor(id Identity, now time.Time, base Request) []Grant {
 	var out []Grant
 	for _, r := range p.roles {
-		d := p.Evaluate(id, Target{Role: r.Name, Account: r.AccountID, Time: now})
-		if d.Allowed {
-			out = append(out, Grant{Account: d.Account, Role: d.Role, Rule: d.Rule, MaxDuration: d.MaxDuration})
+		req := base
+		req.Identity, req.Target = id, Target{Role: r.Name, Account: r.AccountID, Time: now}
+		if o := p.Decide(req); o.Allowed {
+			out = append(out, Grant{Account: o.Account, Role: o.Role, Rule: o.Rule, MaxDuration: o.Duration})
 		}
 	}
 	return out
@@ -250,6 +257,7 @@ func (r *rule) evaluate(id Identity, t celTarget, now time.Time) RuleEvaluation 
 	if len(r.residency) > 0 && !slices.Contains(r.residency, t.acct.Residency) {
 		why = append(why, fmt.Sprintf("residency %q: not covered by the rule", t.acct.Residency))
 	}
+	ev.AboutTarget = len(why) == 0
 	for _, c := range r.claims {
 		v, ok := id.claim(c.claim)
 		if isDeny && !ok {

@@ -31,7 +31,7 @@ func FuzzParse(f *testing.F) {
 				}
 			}
 		}
-		_ = p.RolesFor(id, time.Unix(0, 0))
+		_ = p.RolesFor(id, time.Unix(0, 0), policy.Request{})
 	})
 }
 

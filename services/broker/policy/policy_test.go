@@ -187,7 +187,7 @@ func TestEvaluate(t *testing.T) {
 				Allowed: true, Rule: "main-branch-deploys-dev", Reason: `allowed by rule "main-branch-deploys-dev"`,
 				Account: dev, Role: p.Roles()[0], Region: "eu-west-1", MaxDuration: time.Hour,
 				Evaluations: []policy.RuleEvaluation{
-					{Rule: "main-branch-deploys-dev", Effect: policy.EffectAllow, Matched: true, Reason: "issuer, role, account and every condition match"},
+					{Rule: "main-branch-deploys-dev", Effect: policy.EffectAllow, Matched: true, Reason: "issuer, role, account and every condition match", AboutTarget: true},
 					{Rule: "tags-deploy-prod", Effect: policy.EffectAllow, Reason: "account dev: not covered by the rule; claim ref_type: want tag, got branch"},
 				},
 			},
@@ -200,7 +200,7 @@ func TestEvaluate(t *testing.T) {
 				Allowed: true, Rule: "main-branch-deploys-dev", Reason: `allowed by rule "main-branch-deploys-dev"`,
 				Account: dev, Role: p.Roles()[0], Region: "eu-central-1", MaxDuration: time.Hour,
 				Evaluations: []policy.RuleEvaluation{
-					{Rule: "main-branch-deploys-dev", Effect: policy.EffectAllow, Matched: true, Reason: "issuer, role, account and every condition match"},
+					{Rule: "main-branch-deploys-dev", Effect: policy.EffectAllow, Matched: true, Reason: "issuer, role, account and every condition match", AboutTarget: true},
 					{Rule: "tags-deploy-prod", Effect: policy.EffectAllow, Reason: "account dev: not covered by the rule; claim ref_type: want tag, got branch"},
 				},
 			},
@@ -213,7 +213,7 @@ func TestEvaluate(t *testing.T) {
 				Rule: policy.DefaultDeny, Reason: `no allow rule matches role "deploy" in account "dev" for this token`,
 				Account: dev, Role: p.Roles()[0], Region: "eu-west-1",
 				Evaluations: []policy.RuleEvaluation{
-					{Rule: "main-branch-deploys-dev", Effect: policy.EffectAllow, Reason: "claim ref: want refs/heads/main, got refs/heads/dev"},
+					{Rule: "main-branch-deploys-dev", Effect: policy.EffectAllow, Reason: "claim ref: want refs/heads/main, got refs/heads/dev", AboutTarget: true},
 					{Rule: "tags-deploy-prod", Effect: policy.EffectAllow, Reason: "account dev: not covered by the rule; claim ref_type: want tag, claim missing"},
 				},
 			},
@@ -269,7 +269,7 @@ func TestEvaluate(t *testing.T) {
 func TestRolesFor(t *testing.T) {
 	p := load(t)
 	var got []string
-	for _, g := range p.RolesFor(identity(map[string]string{"repository": "acme/app", "ref": "refs/tags/v1", "ref_type": "tag"}), time.Now()) {
+	for _, g := range p.RolesFor(identity(map[string]string{"repository": "acme/app", "ref": "refs/tags/v1", "ref_type": "tag"}), time.Now(), policy.Request{}) {
 		got = append(got, g.Role.Name+"@"+g.Account.Name+" by "+g.Rule)
 	}
 	want := []string{"deploy@prod by tags-deploy-prod", "readonly@prod by tags-deploy-prod"}

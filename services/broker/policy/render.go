@@ -178,7 +178,7 @@ func (p *Policy) SessionPolicy(d Decision, vals RenderValues, extra string) (str
 	}
 	switch {
 	case len(extraAllow) > 0 && len(stmts) > 0:
-		return "", &ExtraPolicyError{Msg: "Allow statements are only accepted for roles without a session_policy; scope down with Deny statements"}
+		return "", &ExtraPolicyError{Msg: errExtraAllow}
 	case len(extraAllow) > 0:
 		stmts = extraAllow
 	}
@@ -206,6 +206,27 @@ func (p *Policy) SessionPolicy(d Decision, vals RenderValues, extra string) (str
 	}
 	return string(out), nil
 }
+
+// checkMerge says whether a caller's scope-down policy can be merged
+// into role's session policy: its Allow statements are accepted only for
+// roles without a template.
+func (p *Policy) checkMerge(role Role, extra string) *ExtraPolicyError {
+	doc, err := parsePolicyDoc([]byte(extra))
+	if err != nil {
+		return &ExtraPolicyError{Msg: err.Error()}
+	}
+	if _, templated := p.templates[roleKey(role.Name, role.AccountID)]; !templated {
+		return nil
+	}
+	for _, st := range doc.statements {
+		if st["Effect"] == "Allow" {
+			return &ExtraPolicyError{Msg: errExtraAllow}
+		}
+	}
+	return nil
+}
+
+const errExtraAllow = "Allow statements are only accepted for roles without a session_policy; scope down with Deny statements"
 
 // globalActions are the global services whose calls carry
 // aws:RequestedRegion us-east-1 whatever the caller's region; the

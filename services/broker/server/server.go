@@ -82,10 +82,12 @@ type OIDCConfig struct {
 
 // LimitsConfig configures rate limits; 0 disables one.
 type LimitsConfig struct {
-	PerSubject   float64 `cfg:"per_subject" help:"sustained issuances per second per caller (issuer and subject); 0 disables"`
-	SubjectBurst int     `cfg:"subject_burst" help:"issuances a caller may make at once"`
-	PerRole      float64 `cfg:"per_role" help:"sustained issuances per second per role and account, whoever asks; 0 disables"`
-	RoleBurst    int     `cfg:"role_burst" help:"issuances per role at once"`
+	PerSubject        float64 `cfg:"per_subject" help:"sustained issuances per second per caller (issuer and subject); 0 disables"`
+	SubjectBurst      int     `cfg:"subject_burst" help:"issuances a caller may make at once"`
+	PerRole           float64 `cfg:"per_role" help:"sustained issuances per second per role and account, whoever asks; 0 disables"`
+	RoleBurst         int     `cfg:"role_burst" help:"issuances per role at once"`
+	ExplainPerSubject float64 `cfg:"explain_per_subject" help:"sustained ExplainDecision calls per second per caller (each reveals policy, each is audited); 0 disables"`
+	ExplainBurst      int     `cfg:"explain_burst" help:"ExplainDecision calls a caller may make at once"`
 }
 
 // Config is the whole configuration of the broker.
@@ -114,7 +116,7 @@ func DefaultConfig() Config {
 		Server: grpcserver.DefaultConfig(), Provider: "local", LogLevel: "info",
 		PolicyReloadInterval: 5 * time.Second,
 		State:                StateConfig{Driver: "sqlite"},
-		Limits:               LimitsConfig{SubjectBurst: 20, RoleBurst: 100},
+		Limits:               LimitsConfig{SubjectBurst: 20, RoleBurst: 100, ExplainPerSubject: 1, ExplainBurst: 10},
 		AuditBatch:           AuditBatchConfig{MaxEvents: auditbatch.DefaultMaxBatch, MaxInFlight: auditbatch.DefaultMaxInFlight},
 		AWS:                  AWSConfig{Mode: awssts.ModeAssumeRole, MaxAttempts: 5, CallTimeout: 5 * time.Second, MaxRevocationPolicyBytes: awssts.DefaultMaxRevocationPolicyBytes},
 		OIDC: OIDCConfig{
@@ -153,7 +155,7 @@ func (c Config) Validate() error {
 	if c.PolicyReloadInterval < 0 {
 		errs = append(errs, &config.FieldError{Field: "policy_reload_interval", Msg: "must not be negative"})
 	}
-	if c.Limits.PerSubject < 0 || c.Limits.PerRole < 0 || c.Limits.SubjectBurst < 0 || c.Limits.RoleBurst < 0 {
+	if c.Limits.PerSubject < 0 || c.Limits.PerRole < 0 || c.Limits.SubjectBurst < 0 || c.Limits.RoleBurst < 0 || c.Limits.ExplainPerSubject < 0 || c.Limits.ExplainBurst < 0 {
 		errs = append(errs, &config.FieldError{Field: "limits", Msg: "rates and bursts must not be negative"})
 	}
 	for i, p := range c.AdminPrincipals {
@@ -333,7 +335,8 @@ func New(ctx context.Context, cfg Config, log hclog.Logger, opts ...grpcserver.O
 			}
 		},
 		ReloadGeneration: shared.ReloadGeneration,
-		Limits:           broker.Limits{PerSubject: cfg.Limits.PerSubject, SubjectBurst: cfg.Limits.SubjectBurst, PerRole: cfg.Limits.PerRole, RoleBurst: cfg.Limits.RoleBurst},
+		Limits: broker.Limits{PerSubject: cfg.Limits.PerSubject, SubjectBurst: cfg.Limits.SubjectBurst, PerRole: cfg.Limits.PerRole, RoleBurst: cfg.Limits.RoleBurst,
+			ExplainPerSubject: cfg.Limits.ExplainPerSubject, ExplainBurst: cfg.Limits.ExplainBurst},
 	})
 	if err != nil {
 		metricsSrv.Close()

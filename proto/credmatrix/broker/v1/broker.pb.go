@@ -1044,12 +1044,17 @@ type ExplainDecisionResponse struct {
 	DecidingRule string `protobuf:"bytes,2,opt,name=deciding_rule,json=decidingRule,proto3" json:"deciding_rule,omitempty"`
 	// Why.
 	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
-	// Every rule considered, in evaluation order (deny rules first).
+	// The rules considered, in evaluation order (the broker's state, then
+	// deny rules, then allow rules): every rule for an operator, only the
+	// rules whose scope covers the caller's issuer and the target for
+	// anyone else.
 	Evaluations []*RuleEvaluation `protobuf:"bytes,4,rep,name=evaluations,proto3" json:"evaluations,omitempty"`
 	// Duration that would be granted.
 	EffectiveDuration *durationpb.Duration `protobuf:"bytes,5,opt,name=effective_duration,json=effectiveDuration,proto3" json:"effective_duration,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// Id of the audit event recording the explanation.
+	AuditEventId  string `protobuf:"bytes,6,opt,name=audit_event_id,json=auditEventId,proto3" json:"audit_event_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ExplainDecisionResponse) Reset() {
@@ -1115,6 +1120,13 @@ func (x *ExplainDecisionResponse) GetEffectiveDuration() *durationpb.Duration {
 		return x.EffectiveDuration
 	}
 	return nil
+}
+
+func (x *ExplainDecisionResponse) GetAuditEventId() string {
+	if x != nil {
+		return x.AuditEventId
+	}
+	return ""
 }
 
 // RevokeSessionsRequest selects sessions to revoke. At least one selector
@@ -2415,13 +2427,14 @@ const file_credmatrix_broker_v1_broker_proto_rawDesc = "" +
 	"\x04rule\x18\x01 \x01(\tR\x04rule\x124\n" +
 	"\x06effect\x18\x02 \x01(\x0e2\x1c.credmatrix.broker.v1.EffectR\x06effect\x12\x18\n" +
 	"\amatched\x18\x03 \x01(\bR\amatched\x12\x16\n" +
-	"\x06reason\x18\x04 \x01(\tR\x06reason\"\x82\x02\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\"\xa8\x02\n" +
 	"\x17ExplainDecisionResponse\x12\x18\n" +
 	"\aallowed\x18\x01 \x01(\bR\aallowed\x12#\n" +
 	"\rdeciding_rule\x18\x02 \x01(\tR\fdecidingRule\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x12F\n" +
 	"\vevaluations\x18\x04 \x03(\v2$.credmatrix.broker.v1.RuleEvaluationR\vevaluations\x12H\n" +
-	"\x12effective_duration\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\x11effectiveDuration\"\xd1\x03\n" +
+	"\x12effective_duration\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\x11effectiveDuration\x12$\n" +
+	"\x0eaudit_event_id\x18\x06 \x01(\tR\fauditEventId\"\xd1\x03\n" +
 	"\x15RevokeSessionsRequest\x12\x18\n" +
 	"\asubject\x18\x01 \x01(\tR\asubject\x12\x16\n" +
 	"\x06issuer\x18\x02 \x01(\tR\x06issuer\x12\x12\n" +

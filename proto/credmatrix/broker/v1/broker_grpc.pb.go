@@ -56,7 +56,9 @@ type BrokerServiceClient interface {
 	ListRoles(ctx context.Context, in *ListRolesRequest, opts ...grpc.CallOption) (*ListRolesResponse, error)
 	// ExplainDecision evaluates the policy for a token and target without
 	// issuing anything, and says which rule decided and why each other rule
-	// did not.
+	// did not. It is the same decision IssueSession makes. Audited and rate
+	// limited per caller; a caller who is not an operator sees only the
+	// rules about the target asked.
 	ExplainDecision(ctx context.Context, in *ExplainDecisionRequest, opts ...grpc.CallOption) (*ExplainDecisionResponse, error)
 	// RevokeSessions blocks further issuance for the matching sessions and,
 	// with the aws provider, makes already-issued ones stop working.
@@ -196,7 +198,9 @@ type BrokerServiceServer interface {
 	ListRoles(context.Context, *ListRolesRequest) (*ListRolesResponse, error)
 	// ExplainDecision evaluates the policy for a token and target without
 	// issuing anything, and says which rule decided and why each other rule
-	// did not.
+	// did not. It is the same decision IssueSession makes. Audited and rate
+	// limited per caller; a caller who is not an operator sees only the
+	// rules about the target asked.
 	ExplainDecision(context.Context, *ExplainDecisionRequest) (*ExplainDecisionResponse, error)
 	// RevokeSessions blocks further issuance for the matching sessions and,
 	// with the aws provider, makes already-issued ones stop working.
