@@ -5,6 +5,7 @@ package grpcclient
 
 import (
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -17,6 +18,9 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	_ "google.golang.org/grpc/health" // client-side health checking (HealthService)
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/resolver/manual"
 
 	"github.com/credmatrix/credmatrix/platform/config"
 	"github.com/credmatrix/credmatrix/platform/internal/loopback"
@@ -26,13 +30,20 @@ import (
 // Config says how to reach one service. Embed it in a caller's configuration
 // (e.g. under "audit") and config.Load validates it with full field paths.
 type Config struct {
-	Target       string `cfg:"target" help:"gRPC target, e.g. audit.credmatrix.svc:8443 or dns:///audit:8443"`
+	Target       string `cfg:"target" help:"gRPC target, e.g. audit.credmatrix.svc:8443, dns:///audit-headless:8443 (every address the name resolves to), or host:port,host:port (a fixed list); several addresses are used round robin"`
 	CAFile       string `cfg:"ca_file" help:"PEM CA bundle that signs the server certificate (default: system roots)"`
 	CertFile     string `cfg:"cert_file" help:"PEM client certificate for mutual TLS"`
 	KeyFile      string `cfg:"key_file" help:"PEM private key of cert_file"`
 	ServerName   string `cfg:"server_name" help:"name to verify in the server certificate (default: the target host)"`
 	DevPlaintext bool   `cfg:"dev_plaintext" help:"connect without TLS; refused unless the target host is loopback"`
+	// HealthService routes calls only to the target's addresses whose gRPC
+	// health service reports this service name SERVING (client-side
+	// health checking): with audit replicas, only the sequencer appends.
+	HealthService string `cfg:"health_service" help:"send calls only to addresses whose gRPC health check reports this service SERVING (empty: to every address)"`
 }
+
+// listSeparator separates the addresses of a fixed-list target.
+const listSeparator = ","
 
 // Validate checks c and returns every problem as a *config.FieldError whose
 // Field is relative to c, for config.Load to prefix and attribute.
@@ -44,9 +55,18 @@ func (c Config) Validate() error {
 	if c.Target == "" {
 		add("target", "required")
 	}
+	if addrs, ok := listAddrs(c.Target); ok {
+		for _, a := range addrs {
+			if _, _, err := net.SplitHostPort(a); err != nil || strings.Contains(a, "://") {
+				add("target", fmt.Sprintf("list entry %q: want host:port", a))
+			}
+		}
+	}
 	if c.DevPlaintext {
-		if host, ok := targetHost(c.Target); c.Target != "" && (!ok || !loopback.Host(host)) {
-			add("dev_plaintext", fmt.Sprintf("refused: target %q is not a loopback host:port (use 127.0.0.1, ::1 or localhost)", c.Target))
+		for _, t := range targets(c.Target) {
+			if host, ok := targetHost(t); t != "" && (!ok || !loopback.Host(host)) {
+				add("dev_plaintext", fmt.Sprintf("refused: target %q is not a loopback host:port (use 127.0.0.1, ::1 or localhost)", t))
+			}
 		}
 		if c.CAFile != "" || c.CertFile != "" || c.KeyFile != "" || c.ServerName != "" {
 			add("dev_plaintext", "conflicts with TLS settings; set one or the other")
@@ -60,6 +80,26 @@ func (c Config) Validate() error {
 		add("cert_file", "required when key_file is set")
 	}
 	return errors.Join(errs...)
+}
+
+// listAddrs splits a fixed-list target ("host:port,host:port").
+func listAddrs(target string) ([]string, bool) {
+	if !strings.Contains(target, listSeparator) {
+		return nil, false
+	}
+	addrs := strings.Split(target, listSeparator)
+	for i := range addrs {
+		addrs[i] = strings.TrimSpace(addrs[i])
+	}
+	return addrs, true
+}
+
+// targets is the target's addresses: the list, or the target alone.
+func targets(target string) []string {
+	if addrs, ok := listAddrs(target); ok {
+		return addrs
+	}
+	return []string{target}
 }
 
 // targetHost extracts the host from a gRPC target: "host:port",
@@ -130,13 +170,46 @@ func dial(cfg Config, otelOpts []otelgrpc.Option, opts []grpc.DialOption) (*grpc
 		}
 		creds = credentials.NewTLS(tlsCfg)
 	}
-	all := append([]grpc.DialOption{
+	all := []grpc.DialOption{
 		grpc.WithTransportCredentials(creds),
 		grpc.WithStatsHandler(otelgrpc.NewClientHandler(otelOpts...)),
-	}, opts...)
-	conn, err := grpc.NewClient(cfg.Target, all...)
+	}
+	target := cfg.Target
+	if addrs, ok := listAddrs(cfg.Target); ok {
+		// A resolver of this connection's own (nothing registered
+		// globally) hands gRPC the fixed list; the first address names
+		// the target (the TLS server name unless ServerName is set).
+		r := manual.NewBuilderWithScheme("credmatrix-list")
+		state := resolver.State{}
+		for _, a := range addrs {
+			state.Addresses = append(state.Addresses, resolver.Address{Addr: a})
+		}
+		r.InitialState(state)
+		all = append(all, grpc.WithResolvers(r))
+		target = "credmatrix-list:///" + addrs[0]
+	}
+	if sc := serviceConfig(cfg); sc != "" {
+		all = append(all, grpc.WithDefaultServiceConfig(sc))
+	}
+	all = append(all, opts...)
+	conn, err := grpc.NewClient(target, all...)
 	if err != nil {
 		return nil, fmt.Errorf("grpcclient: dial %s: %w", cfg.Target, err)
 	}
 	return conn, nil
+}
+
+// serviceConfig spreads calls round robin over several addresses (a list,
+// or a name that resolves to several) and, with HealthService, over those
+// that report it SERVING only.
+func serviceConfig(cfg Config) string {
+	if cfg.HealthService == "" && !strings.Contains(cfg.Target, listSeparator) && !strings.HasPrefix(cfg.Target, "dns:") {
+		return ""
+	}
+	sc := map[string]any{"loadBalancingConfig": []any{map[string]any{"round_robin": map[string]any{}}}}
+	if cfg.HealthService != "" {
+		sc["healthCheckConfig"] = map[string]any{"serviceName": cfg.HealthService}
+	}
+	b, _ := json.Marshal(sc) // maps of strings: cannot fail
+	return string(b)
 }

@@ -24,7 +24,19 @@ func TestConfigValidate(t *testing.T) {
 		{name: "ok/plaintext-localhost", cfg: grpcclient.Config{Target: "localhost:8443", DevPlaintext: true}},
 		{name: "ok/plaintext-dns-scheme", cfg: grpcclient.Config{Target: "dns:///127.0.0.1:8443", DevPlaintext: true}},
 		{name: "ok/plaintext-passthrough", cfg: grpcclient.Config{Target: "passthrough:///localhost:1", DevPlaintext: true}},
+		{name: "ok/plaintext-list", cfg: grpcclient.Config{Target: "127.0.0.1:1,localhost:2", DevPlaintext: true}},
+		{name: "ok/list-with-health", cfg: grpcclient.Config{Target: "a.example:1, b.example:2", HealthService: "x"}},
 		{name: "refuse/target-missing", cfg: grpcclient.Config{}, want: []string{"config: target: required"}},
+		{
+			name: "refuse/plaintext-list-with-a-remote",
+			cfg:  grpcclient.Config{Target: "127.0.0.1:1,audit.internal:8443", DevPlaintext: true},
+			want: []string{`config: dev_plaintext: refused: target "audit.internal:8443" is not a loopback host:port (use 127.0.0.1, ::1 or localhost)`},
+		},
+		{
+			name: "refuse/list-entry-not-host-port",
+			cfg:  grpcclient.Config{Target: "a.example:1,dns:///b:2"},
+			want: []string{`config: target: list entry "dns:///b:2": want host:port`},
+		},
 		{
 			name: "refuse/plaintext-remote",
 			cfg:  grpcclient.Config{Target: "audit.internal:8443", DevPlaintext: true},

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/credmatrix/credmatrix/clients/auditclient/checkpoint"
+	"github.com/credmatrix/credmatrix/platform/auditappend"
 	"github.com/credmatrix/credmatrix/platform/config"
 	"github.com/credmatrix/credmatrix/platform/grpcserver"
 	"github.com/credmatrix/credmatrix/platform/metrics"
@@ -25,6 +26,7 @@ import (
 	"github.com/credmatrix/credmatrix/services/audit/sqlite"
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
 // Config is the whole configuration of the audit service.
@@ -157,6 +159,7 @@ type Server struct {
 	metrics *metrics.Server // nil when metrics are off
 	log     *audit.Log
 	store   audit.Store
+	raw     audit.Store // store without decorators
 }
 
 // openStore is the one place that picks the backend. where names the store
@@ -196,6 +199,7 @@ func New(ctx context.Context, cfg Config, logger hclog.Logger, opts ...grpcserve
 		return nil, err
 	}
 	store, where, err := openStore(ctx, cfg)
+	raw := store
 	if err != nil {
 		return nil, err
 	}
@@ -238,7 +242,7 @@ func New(ctx context.Context, cfg Config, logger hclog.Logger, opts ...grpcserve
 		grpcapi.WithReadPrincipals(cfg.ReadPrincipals),
 		grpcapi.WithLogger(logger),
 	))
-	return &Server{grpc: gs, metrics: metricsSrv, log: log, store: store}, nil
+	return &Server{grpc: gs, metrics: metricsSrv, log: log, store: store, raw: raw}, nil
 }
 
 // Addr is where the service listens.
@@ -262,10 +266,56 @@ func (s *Server) Serve(ctx context.Context) error {
 	}()
 	merr := make(chan error, 1)
 	go func() { merr <- s.metrics.Serve(serveCtx) }()
+	reported := make(chan struct{})
+	go func() {
+		defer close(reported)
+		s.reportAppendHealth(serveCtx)
+	}()
 	err := s.grpc.Serve(serveCtx)
 	s.log.Close() // drains the committer and signs a last checkpoint
 	cancel()
+	<-reported
 	return errors.Join(err, <-merr, s.store.Close())
+}
+
+// sequencer is a store of which one replica at a time appends.
+type sequencer interface {
+	IsSequencer() bool
+	Sequencing() <-chan struct{}
+}
+
+// sequencerPoll is how often a sequencer checks it still is one.
+const sequencerPoll = 200 * time.Millisecond
+
+// reportAppendHealth keeps auditappend.AppendHealthService SERVING while
+// this replica can append (a PostgreSQL replica only while it is the
+// sequencer), so that producers route appends to it and away from it when
+// another replica takes over.
+func (s *Server) reportAppendHealth(ctx context.Context) {
+	h := s.grpc.Health()
+	seq, ok := s.raw.(sequencer)
+	if !ok {
+		h.SetServingStatus(auditappend.AppendHealthService, healthpb.HealthCheckResponse_SERVING)
+		return
+	}
+	t := time.NewTicker(sequencerPoll)
+	defer t.Stop()
+	for {
+		h.SetServingStatus(auditappend.AppendHealthService, healthpb.HealthCheckResponse_NOT_SERVING)
+		select {
+		case <-ctx.Done():
+			return
+		case <-seq.Sequencing():
+		}
+		h.SetServingStatus(auditappend.AppendHealthService, healthpb.HealthCheckResponse_SERVING)
+		for seq.IsSequencer() {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	}
 }
 
 // Stop stops at once: in-flight RPCs are cancelled. Tests use it to take

@@ -3,6 +3,9 @@ package server
 import (
 	"context"
 	"database/sql"
+	"fmt"
+	"github.com/credmatrix/credmatrix/platform/auditappend"
+	"google.golang.org/grpc"
 	"io"
 	"os"
 	"path/filepath"
@@ -244,5 +247,77 @@ poll:
 	cp, err := client.GetCheckpoint(context.Background(), &auditv1.GetCheckpointRequest{})
 	if err != nil || cp.GetTreeSize() != 1 {
 		t.Fatalf("GetCheckpoint = %v, %v; want tree size 1", cp, err)
+	}
+}
+
+// TestReplicasRouteAppendsToTheSequencer runs two replicas on one
+// PostgreSQL database behind one client that lists both and checks the
+// append health service (as broker and keyguard do): every append goes to
+// the sequencer, and when the sequencer stops, appends follow the replica
+// that takes over.
+func TestReplicasRouteAppendsToTheSequencer(t *testing.T) {
+	dir := t.TempDir()
+	dsn := pgtest.Start(t).NewDatabase(t)
+	keyFile := filepath.Join(dir, "checkpoint.key")
+	startReplica := func() (*Server, context.CancelFunc, chan error) {
+		cfg := DefaultConfig()
+		cfg.Server.ListenAddr = "127.0.0.1:0"
+		cfg.Server.DevPlaintext = true
+		cfg.Store, cfg.Postgres.DSN = "postgres", dsn
+		cfg.Checkpoint.KeyFile, cfg.Checkpoint.GenerateKey = keyFile, true
+		srv, err := New(context.Background(), cfg, hclog.New(&hclog.LoggerOptions{Output: io.Discard}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- srv.Serve(ctx) }()
+		return srv, cancel, done
+	}
+	a, cancelA, doneA := startReplica()
+	b, cancelB, doneB := startReplica()
+	defer func() { cancelB(); <-doneB }()
+	conn, err := grpcclient.Dial(grpcclient.Config{Target: a.Addr().String() + "," + b.Addr().String(), DevPlaintext: true,
+		HealthService: auditappend.AppendHealthService})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	client := auditv1.NewAuditServiceClient(conn)
+	appendOne := func(id string) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_, err := client.Append(ctx, &auditv1.AppendRequest{Events: []*auditv1.Event{event(id)}}, grpc.WaitForReady(true))
+		return err
+	}
+	for i := range 20 {
+		if err := appendOne(fmt.Sprintf("before-%d", i)); err != nil {
+			t.Fatalf("append %d with both replicas up: %v", i, err)
+		}
+	}
+	// Stop whichever is the sequencer; the other takes over.
+	first, second := a, b
+	if !a.raw.(sequencer).IsSequencer() {
+		first, second = b, a
+	}
+	if first == a {
+		cancelA()
+		<-doneA
+	} else {
+		cancelB()
+		<-doneB
+		defer func() { cancelA(); <-doneA }()
+	}
+	for i := range 20 {
+		if err := appendOne(fmt.Sprintf("after-%d", i)); err != nil {
+			t.Fatalf("append %d after the sequencer stopped: %v", i, err)
+		}
+	}
+	if !second.raw.(sequencer).IsSequencer() {
+		t.Error("the remaining replica is not the sequencer")
+	}
+	cp, err := client.GetCheckpoint(context.Background(), &auditv1.GetCheckpointRequest{})
+	if err != nil || cp.GetTreeSize() != 40 {
+		t.Fatalf("GetCheckpoint = %v, %v; want 40 events", cp, err)
 	}
 }

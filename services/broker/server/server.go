@@ -18,6 +18,7 @@ import (
 	"time"
 
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
+	"github.com/credmatrix/credmatrix/platform/auditappend"
 	"github.com/credmatrix/credmatrix/platform/auditsink"
 	"github.com/credmatrix/credmatrix/platform/config"
 	"github.com/credmatrix/credmatrix/platform/grpcclient"
@@ -126,6 +127,7 @@ func DefaultConfig() Config {
 	}
 	c.Server.ListenAddr = "127.0.0.1:7401"
 	c.Audit.Target = "127.0.0.1:7403"
+	c.Audit.HealthService = auditappend.AppendHealthService
 	return c
 }
 

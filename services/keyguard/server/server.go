@@ -16,6 +16,7 @@ import (
 
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
+	"github.com/credmatrix/credmatrix/platform/auditappend"
 	"github.com/credmatrix/credmatrix/platform/config"
 	"github.com/credmatrix/credmatrix/platform/grpcclient"
 	"github.com/credmatrix/credmatrix/platform/grpcserver"
@@ -87,6 +88,7 @@ func DefaultConfig() Config {
 	c := Config{Server: grpcserver.DefaultConfig(), Backend: "local", LogLevel: "info", RotationCheck: time.Minute, State: StateConfig{Driver: "sqlite"}}
 	c.Server.ListenAddr = "127.0.0.1:7402"
 	c.Audit.Target = "127.0.0.1:7403"
+	c.Audit.HealthService = auditappend.AppendHealthService
 	return c
 }
 
