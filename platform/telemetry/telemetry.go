@@ -37,12 +37,20 @@ type settings struct {
 	processors  []sdktrace.SpanProcessor
 	logger      hclog.Logger
 	newExporter func(ctx context.Context, protocol string, getenv func(string) string) (sdktrace.SpanExporter, error)
+	wrap        func(sdktrace.SpanExporter) sdktrace.SpanExporter
 }
 
 // WithSpanProcessor adds a span processor next to the exporter (if any);
 // tests use it with an in-memory exporter from sdk/trace/tracetest.
 func WithSpanProcessor(sp sdktrace.SpanProcessor) Option {
 	return func(s *settings) { s.processors = append(s.processors, sp) }
+}
+
+// WrapExporter wraps the OTLP exporter (when there is one) in w: a process
+// that runs several services (credmatrix-dev) uses it to give each span the
+// resource of the service that made it.
+func WrapExporter(w func(sdktrace.SpanExporter) sdktrace.SpanExporter) Option {
+	return func(s *settings) { s.wrap = w }
 }
 
 // WithLogger routes OpenTelemetry's internal errors (for example a collector
@@ -130,6 +138,9 @@ func newProvider(ctx context.Context, service string, getenv func(string) string
 		exp, err := s.newExporter(ctx, protocol, getenv)
 		if err != nil {
 			return nil, err
+		}
+		if s.wrap != nil {
+			exp = s.wrap(exp)
 		}
 		tpOpts = append(tpOpts, sdktrace.WithBatcher(exp))
 	}

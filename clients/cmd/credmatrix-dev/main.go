@@ -127,8 +127,11 @@ until interrupted. Nothing here is for production.`,
 				return usagef("--state-dir is required")
 			}
 			// Traces get ids (stored in audit events and logs) and are
-			// exported when the standard OTEL_* variables ask for it.
-			shutdown, err := telemetry.Setup(cmd.Context(), "credmatrix-dev", a.getenv)
+			// exported when the standard OTEL_* variables ask for it,
+			// each span under its own service's name.
+			names := devstack.NewServiceNames()
+			shutdown, err := telemetry.Setup(cmd.Context(), "credmatrix-dev", a.getenv,
+				telemetry.WithSpanProcessor(names), telemetry.WrapExporter(names.Wrap))
 			if err != nil {
 				return usagef("telemetry: %v", err)
 			}

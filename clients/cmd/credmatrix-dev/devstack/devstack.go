@@ -45,7 +45,19 @@ var defaultKeyguard string
 // DefaultPolicy returns the local stack's sample trust policy with its
 // issuer set to issuerURL, for tests that run the services as processes.
 func DefaultPolicy(issuerURL string) string {
-	return strings.ReplaceAll(defaultPolicy, IssuerURLPlaceholder, issuerURL)
+	return renderPolicy(defaultPolicy, issuerURL)
+}
+
+// renderPolicy fills the issuer URL into a policy's values; comments keep
+// the placeholder's name (they describe the template, not this file).
+func renderPolicy(policy, issuerURL string) string {
+	lines := strings.Split(policy, "\n")
+	for i, l := range lines {
+		if !strings.HasPrefix(strings.TrimSpace(l), "#") {
+			lines[i] = strings.ReplaceAll(l, IssuerURLPlaceholder, issuerURL)
+		}
+	}
+	return strings.Join(lines, "\n")
 }
 
 // DefaultKeyguardConfig returns the local stack's key rings and grants
@@ -133,6 +145,8 @@ type Stack struct {
 	broker   *brokerserver.Server
 	keyguard *keyguardserver.Server
 
+	lock *stateLock // held on the state directory while the stack runs
+
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	mu     sync.Mutex
@@ -142,7 +156,13 @@ type Stack struct {
 }
 
 // Start brings up the stack; every service is serving when it returns.
-func Start(ctx context.Context, cfg Config) (s *Stack, err error) {
+//
+// It touches nothing in the state directory until it holds the directory's
+// lock (another stack using it is an *InUseError) and has checked that every
+// fixed port is free, so a failed start leaves a running stack's
+// certificates and keys as they were. A failed start stops whatever it
+// started.
+func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	if cfg.StateDir == "" {
 		return nil, errors.New("devstack: StateDir is required")
 	}
@@ -162,12 +182,18 @@ func Start(ctx context.Context, cfg Config) (s *Stack, err error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("devstack: state dir: %w", err)
 	}
-	s = &Stack{stops: map[string]context.CancelFunc{}, dones: map[string]chan struct{}{}}
+	s := &Stack{stops: map[string]context.CancelFunc{}, dones: map[string]chan struct{}{}}
+	if s.lock, err = lockStateDir(dir); err != nil {
+		return nil, err
+	}
 	defer func() {
 		if err != nil {
 			s.Close()
 		}
 	}()
+	if err := checkPorts(cfg.Ports); err != nil {
+		return nil, err
+	}
 
 	s.pki, err = devpki.Generate(filepath.Join(dir, "pki"), "audit", "broker", "keyguard", "cli")
 	if err != nil {
@@ -186,7 +212,7 @@ func Start(ctx context.Context, cfg Config) (s *Stack, err error) {
 		}
 	}
 	policyFile := filepath.Join(dir, "policy.yaml")
-	if err := os.WriteFile(policyFile, []byte(strings.ReplaceAll(cfg.Policy, IssuerURLPlaceholder, s.issuerURL)), 0o600); err != nil {
+	if err := os.WriteFile(policyFile, []byte(renderPolicy(cfg.Policy, s.issuerURL)), 0o600); err != nil {
 		return nil, err
 	}
 	keyguardFile := filepath.Join(dir, "keyguard.yaml")
@@ -378,8 +404,13 @@ func (s *Stack) WriteEnvFile(path string) error {
 	return os.Rename(tmp, path)
 }
 
-// Close stops every service (graceful drain) and the issuer.
+// Close stops every service (graceful drain) and the issuer, and releases
+// the state directory. It is safe on a stack that failed to start.
 func (s *Stack) Close() error {
+	if s == nil {
+		return nil
+	}
+	defer s.lock.release()
 	// Reverse order: the callers of audit go first.
 	for _, name := range []string{"keyguard", "broker", "audit"} {
 		s.mu.Lock()
