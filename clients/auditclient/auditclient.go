@@ -22,12 +22,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 
 	"google.golang.org/grpc"
 
 	"github.com/credmatrix/credmatrix/clients/auditclient/bundle"
 	"github.com/credmatrix/credmatrix/clients/auditclient/checkpoint"
 	"github.com/credmatrix/credmatrix/clients/auditclient/leaf"
+	"github.com/credmatrix/credmatrix/clients/auditclient/verify"
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
 )
 
@@ -51,7 +53,20 @@ func (c *Client) RPC() auditv1.AuditServiceClient { return c.rpc }
 // Query calls fn for every event matching req, in sequence order, across
 // all pages. req.PageToken is advanced in place; req.PageSize 0 means the
 // largest page. fn returning an error stops the query with that error.
+//
+// Rows the service found tampered with (ColumnMismatch) are dropped
+// silently here; use QueryChecked to hear of them.
 func (c *Client) Query(ctx context.Context, req *auditv1.QueryRequest, fn func(*auditv1.Event) error) error {
+	return c.QueryChecked(ctx, req, fn, nil)
+}
+
+// QueryChecked is Query that also calls onMismatch (when not nil) for
+// every stored row the service reports as disagreeing with the log: its
+// database columns differ from the event they derive from (queries
+// filtering on them miss it or match it wrongly), or the stored event is
+// not the one the log's Merkle tree holds. Either means someone wrote to
+// the audit database behind the service's back.
+func (c *Client) QueryChecked(ctx context.Context, req *auditv1.QueryRequest, fn func(*auditv1.Event) error, onMismatch func(*auditv1.ColumnMismatch)) error {
 	if req.GetPageSize() == 0 {
 		req.PageSize = MaxPageSize
 	}
@@ -59,6 +74,11 @@ func (c *Client) Query(ctx context.Context, req *auditv1.QueryRequest, fn func(*
 		resp, err := c.rpc.Query(ctx, req)
 		if err != nil {
 			return err
+		}
+		if onMismatch != nil {
+			for _, m := range resp.GetColumnMismatches() {
+				onMismatch(m)
+			}
 		}
 		for _, ev := range resp.GetEvents() {
 			if err := fn(ev); err != nil {
@@ -108,6 +128,9 @@ type ExportOptions struct {
 	// Progress, if set, is called with the number of events fetched so far
 	// and the total.
 	Progress func(done, total uint64)
+	// OnMismatch, if set, hears of the stored rows the service reports
+	// as tampered with (see QueryChecked); a bundle holds events only.
+	OnMismatch func(*auditv1.ColumnMismatch)
 }
 
 // Export fetches the log from the service as a bundle: a freshly signed
@@ -143,7 +166,7 @@ func (c *Client) Export(ctx context.Context, opts ExportOptions) (*bundle.Bundle
 	}
 	total := cp.GetTreeSize() - b.First
 	errDone := errors.New("done")
-	err = c.Query(ctx, &auditv1.QueryRequest{}, func(e *auditv1.Event) error {
+	err = c.QueryChecked(ctx, &auditv1.QueryRequest{}, func(e *auditv1.Event) error {
 		if uint64(len(b.Events)) == total {
 			return errDone
 		}
@@ -156,7 +179,7 @@ func (c *Client) Export(ctx context.Context, opts ExportOptions) (*bundle.Bundle
 			opts.Progress(uint64(len(b.Events)), total)
 		}
 		return nil
-	})
+	}, opts.OnMismatch)
 	if err != nil && !errors.Is(err, errDone) {
 		return nil, err
 	}
@@ -209,4 +232,54 @@ func (c *Client) Archive(ctx context.Context, endSize uint64, w io.Writer) (*aud
 // sequence of the audit event recording the prune.
 func (c *Client) Prune(ctx context.Context, sum *auditv1.ArchiveSummary) (*auditv1.PruneResponse, error) {
 	return c.rpc.Prune(ctx, &auditv1.PruneRequest{FirstSequence: sum.GetFirstSequence(), EndSize: sum.GetEndSize(), Sha256: sum.GetSha256()})
+}
+
+// Checkpoints returns the service's stored signed checkpoints (one per
+// commit batch) with fromSize <= tree size <= toSize, in size order.
+func (c *Client) Checkpoints(ctx context.Context, fromSize, toSize uint64) ([][]byte, error) {
+	var notes [][]byte
+	for fromSize <= toSize {
+		resp, err := c.rpc.ListCheckpoints(ctx, &auditv1.ListCheckpointsRequest{FromSize: fromSize, PageSize: MaxPageSize})
+		if err != nil {
+			return nil, err
+		}
+		cps := resp.GetCheckpoints()
+		for _, cp := range cps {
+			if cp.GetTreeSize() > toSize {
+				return notes, nil
+			}
+			notes = append(notes, cp.GetSignedNote())
+		}
+		if len(cps) < MaxPageSize {
+			break
+		}
+		next := cps[len(cps)-1].GetTreeSize() + 1
+		if next <= fromSize {
+			return nil, fmt.Errorf("list checkpoints: the service went backwards (from %d to %d)", fromSize, next)
+		}
+		fromSize = next
+	}
+	return notes, nil
+}
+
+// Verify verifies a bundle Export fetched from this service, as
+// verify.Bundle does, and then pins a modified event to its commit batch:
+// an export carries only the kept and the latest checkpoint, so when an
+// event in between no longer hashes, Verify fetches the service's
+// per-batch checkpoints of that span and verifies again with them.
+func (c *Client) Verify(ctx context.Context, b *bundle.Bundle, opts verify.Options) (*verify.Report, error) {
+	r := verify.Bundle(b, opts)
+	for _, p := range r.Problems {
+		if (p.Kind != verify.Modified && p.Kind != verify.Rollback) || p.End <= p.Sequence+1 {
+			continue
+		}
+		notes, err := c.Checkpoints(ctx, p.Sequence+1, p.End)
+		if err != nil {
+			return nil, fmt.Errorf("fetch the checkpoints of sequences %d to %d: %w", p.Sequence, p.End-1, err)
+		}
+		narrowed := *b
+		narrowed.Checkpoints = append(slices.Clone(b.Checkpoints), notes...)
+		return verify.Bundle(&narrowed, opts), nil
+	}
+	return r, nil
 }

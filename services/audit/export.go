@@ -5,64 +5,73 @@ import (
 	"fmt"
 
 	"github.com/credmatrix/credmatrix/clients/auditclient/bundle"
-	"github.com/credmatrix/credmatrix/clients/auditclient/leaf"
-	"github.com/credmatrix/credmatrix/clients/auditclient/tree"
 )
 
-// exportChunk is how many events or checkpoints one store call returns.
+// exportChunk is how many rows or checkpoints one store call returns.
 const exportChunk = 4096
 
-// ExportBundle exports everything in store: its events in order (re-serialised
-// deterministically, which is how they were hashed), every stored
-// checkpoint, and consistency proofs between successive checkpoints. It
-// reads the store directly, so it works when the service refuses to start
-// on a damaged store, which is when an investigator needs it. origin and
-// publicKey label the bundle; verification uses the investigator's own key.
-func ExportBundle(ctx context.Context, store Store, origin, publicKey string) (*bundle.Bundle, error) {
+// ExportBundle exports everything in store as it is, in one snapshot: the
+// leaf bytes of every stored row exactly as stored (not decoded and
+// re-serialised, so the bundle holds the evidence itself, an undecodable
+// row included, for verify to report by position) and every stored
+// checkpoint (one per commit batch, which is what lets verify pin a
+// modified event to its batch). It also compares every row's columns
+// with its leaf and returns the rows that disagree, which a bundle does
+// not carry.
+//
+// It reads the store directly, so it works when the service refuses to
+// start on a damaged store, which is when an investigator needs it.
+// origin and publicKey label the bundle; verification uses the
+// investigator's own key. The bundle carries no consistency proofs: every
+// checkpoint's root is checked against the events themselves.
+func ExportBundle(ctx context.Context, store Store, origin, publicKey string) (*bundle.Bundle, []Mismatch, error) {
 	b := &bundle.Bundle{Origin: origin, PublicKey: publicKey}
-	t := tree.New()
-	for from := uint64(0); ; {
-		events, err := store.Read(ctx, from, exportChunk)
+	var mismatches []Mismatch
+	err := store.View(ctx, func(r Reader) error {
+		indexed, err := r.IndexedUpTo(ctx)
 		if err != nil {
-			return nil, fmt.Errorf("export events from %d: %w", from, err)
+			return fmt.Errorf("export: read index watermark: %w", err)
 		}
-		for _, e := range events {
-			data, err := leaf.Marshal(e)
+		for from := uint64(0); ; {
+			rows, err := r.ReadRows(ctx, from, exportChunk)
 			if err != nil {
-				return nil, fmt.Errorf("export event %d: %w", e.GetSequence(), err)
+				return fmt.Errorf("export events from %d: %w", from, err)
 			}
-			b.Events = append(b.Events, data)
-			t.Append(leaf.Hash(data))
+			for _, row := range rows {
+				b.Events = append(b.Events, row.Data)
+				_, bad, err := CheckRow(row)
+				if err != nil {
+					continue // verify reports the undecodable leaf
+				}
+				if row.Index == nil && row.Sequence < indexed {
+					bad = append(bad, "index row missing")
+				}
+				if len(bad) > 0 {
+					mismatches = append(mismatches, Mismatch{Sequence: row.Sequence, Columns: bad})
+				}
+			}
+			if len(rows) < exportChunk {
+				break
+			}
+			from = rows[len(rows)-1].Sequence + 1
 		}
-		if len(events) < exportChunk {
-			break
+		for from := uint64(0); ; {
+			cps, err := r.Checkpoints(ctx, from, exportChunk)
+			if err != nil {
+				return fmt.Errorf("export checkpoints: %w", err)
+			}
+			for _, cp := range cps {
+				b.Checkpoints = append(b.Checkpoints, cp.Note)
+			}
+			if len(cps) < exportChunk {
+				break
+			}
+			from = cps[len(cps)-1].Size + 1
 		}
-		from = events[len(events)-1].GetSequence() + 1
+		return nil
+	})
+	if err != nil {
+		return nil, nil, err
 	}
-	var sizes []uint64
-	for from := uint64(0); ; {
-		cps, err := store.Checkpoints(ctx, from, exportChunk)
-		if err != nil {
-			return nil, fmt.Errorf("export checkpoints: %w", err)
-		}
-		for _, cp := range cps {
-			b.Checkpoints = append(b.Checkpoints, cp.Note)
-			sizes = append(sizes, cp.Size)
-		}
-		if len(cps) < exportChunk {
-			break
-		}
-		from = cps[len(cps)-1].Size + 1
-	}
-	for i := 1; i < len(sizes); i++ {
-		if sizes[i] > t.Size() {
-			break // the verifier reports the truncation
-		}
-		p, err := t.Consistency(sizes[i-1], sizes[i])
-		if err != nil {
-			return nil, err
-		}
-		b.Proofs = append(b.Proofs, bundle.Proof{From: sizes[i-1], To: sizes[i], Hashes: p})
-	}
-	return b, nil
+	return b, mismatches, nil
 }

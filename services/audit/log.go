@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/transparency-dev/merkle/compact"
+	"github.com/transparency-dev/merkle/rfc6962"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -31,60 +33,105 @@ const (
 	DefaultQueueLimit = 20000
 	// DefaultCommitMaxEvents bounds the events of one group commit.
 	DefaultCommitMaxEvents = 2000
-	// DefaultCheckpointEvery signs a checkpoint after this many events.
-	DefaultCheckpointEvery = 1000
-	// DefaultCheckpointInterval signs a checkpoint this often when the
-	// log has grown.
-	DefaultCheckpointInterval = 10 * time.Second
 	// DefaultRetryAfter is the retry advice of an overloaded log.
 	DefaultRetryAfter = 50 * time.Millisecond
+	// DefaultIndexLag is how many committed events may wait for the query
+	// index before commits wait for the indexer: queries scan the events
+	// the index does not cover yet, so the lag bounds their cost.
+	DefaultIndexLag = 20000
+	// DefaultKeptInterval is how often, at most, the kept checkpoint is
+	// written while the log grows.
+	DefaultKeptInterval = time.Second
 )
 
 // subscribeBatch is how many stored events Subscribe reads per store call
 // while catching up.
 const subscribeBatch = 256
 
-// loadBatch is how many stored events Open reads per store call while
-// rebuilding the tree.
+// loadBatch is how many stored rows the log reads per store call while
+// checking the store (start-up, following a sequencer).
 const loadBatch = 4096
+
+// indexBatch is how many index rows one AddIndex call writes: small
+// enough that the write lock it takes (SQLite) never holds a commit back
+// for long.
+const indexBatch = 256
 
 // commitTimeout bounds one store commit, so a hung store fails the batch
 // with Unavailable instead of holding every caller forever.
 const commitTimeout = 30 * time.Second
 
-// ErrStoreMismatch means the store does not match its last signed
-// checkpoint (events modified, removed or reordered, a checkpoint forged,
-// or the store belongs to another log): Open refuses to serve it.
-var ErrStoreMismatch = errors.New("audit store does not match its last signed checkpoint")
+// ErrStoreMismatch means the store does not match what the log trusts: its
+// own signed checkpoints, the checkpoint kept outside the store, or the
+// leaves its columns are derived from (events modified, removed or
+// reordered, a checkpoint forged, columns altered, events without a
+// signature, or the store belongs to another log). Open refuses such a
+// store; the error names the first sequence that is wrong.
+var ErrStoreMismatch = errors.New("audit store does not match the log")
+
+// Kept is where the log keeps its latest signed checkpoint outside the
+// store (a file beside the signing key, or one the operator configures),
+// so that a store rolled back, truncated or replaced wholesale is caught
+// at start-up even though its own checkpoints were rolled back with it.
+type Kept interface {
+	// Load returns the kept signed note; nil (and no error) when none is
+	// kept yet.
+	Load() ([]byte, error)
+	// Save replaces the kept note durably and atomically.
+	Save(note []byte) error
+}
 
 // Log is the audit service logic over a Store. It validates appends and
 // hands them to one committer goroutine that group-commits the requests
 // waiting at that moment in one store transaction (one fsync), assigns
-// gap-free sequence numbers, extends the in-memory RFC 6962 Merkle tree,
-// signs checkpoints every N events or T seconds, and acknowledges each
-// caller only once its events are durable. It also serves queries, live
-// subscriptions, checkpoints and proofs.
+// gap-free sequence numbers, extends the RFC 6962 Merkle tree, signs a
+// checkpoint of every commit batch (stored in the same transaction, so a
+// modified event is pinpointed to its batch), and acknowledges each caller
+// only once its events are durable. An indexer goroutine maintains the
+// query index off the commit path. The Log also serves queries (checked
+// against the leaves), live subscriptions, checkpoints and proofs, and,
+// over a store another process writes (a PostgreSQL replica), follows it.
 //
 // A Log does not own its Store: closing the Log does not close the Store.
 type Log struct {
 	store Store
 	clock func() time.Time
 
-	signer     *checkpoint.Signer
-	cpEvery    uint64
-	cpInterval time.Duration
+	signer *checkpoint.Signer
+	kept   Kept
+	keptEv time.Duration
+	adopt  string
+	follow time.Duration
+	logf   func(msg string, keyvals ...any)
 
 	queueLimit int64
 	maxCommit  int
 	window     time.Duration
 	retryAfter time.Duration
+	indexLag   uint64
 
-	tree   *tree.Tree
-	queue  chan *request
-	queued atomic.Int64 // events waiting in queue
-	cpNow  chan chan error
-	latest atomic.Pointer[StoredCheckpoint]
-	resync bool // the store may hold more than the tree; committer only
+	tree    *tree.Tree
+	cr      *compact.Range // the tree's compact range, for signing roots before a commit
+	queue   chan *request
+	queued  atomic.Int64 // events waiting in queue
+	refresh chan chan error
+	latest  atomic.Pointer[StoredCheckpoint]
+	resync  bool // the store may hold more than the tree; committer only
+	broken  atomic.Pointer[Error]
+	adopted *Adoption
+
+	// The indexer: pending holds events committed and not yet indexed
+	// (the committer hands them over so the indexer need not read them
+	// back), pendingFrom the sequence of the first one.
+	idxMu       sync.Mutex
+	pending     []*auditv1.Event
+	pendingFrom uint64
+	indexed     atomic.Uint64 // the index watermark as last seen
+	idxWake     chan struct{}
+	idxMoved    chan struct{} // closed and replaced when the watermark moves
+	idxStopped  chan struct{}
+	keptWake    chan struct{}
+	keptStopped chan struct{}
 
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced after each durable append
@@ -137,20 +184,57 @@ func WithClock(clock func() time.Time) Option {
 	return func(l *Log) { l.clock = clock }
 }
 
-// WithSigner makes the Log sign checkpoints with s every `every` events
-// (0: DefaultCheckpointEvery) or `interval` (0: DefaultCheckpointInterval),
-// and verify the store's last checkpoint with it at Open. Without a
-// signer the log keeps its tree and serves proofs but signs nothing.
-func WithSigner(s *checkpoint.Signer, every uint64, interval time.Duration) Option {
+// WithSigner makes the Log sign a checkpoint of every commit batch with s
+// (stored with the batch, in the same transaction) and check the store's
+// checkpoints with it at Open. Without a signer the log keeps its tree and
+// serves proofs but signs nothing.
+func WithSigner(s *checkpoint.Signer) Option {
+	return func(l *Log) { l.signer = s }
+}
+
+// WithKept makes the Log keep its latest checkpoint in k, outside the
+// store: Open refuses a store that does not extend the kept checkpoint,
+// and the Log saves the latest one at most every interval (0:
+// DefaultKeptInterval) while it grows, off the commit path, and at Close.
+// It needs WithSigner.
+func WithKept(k Kept, interval time.Duration) Option {
 	return func(l *Log) {
-		l.signer = s
-		if every > 0 {
-			l.cpEvery = every
-		}
+		l.kept = k
 		if interval > 0 {
-			l.cpInterval = interval
+			l.keptEv = interval
 		}
 	}
+}
+
+// WithAdoption lets Open accept a store it would refuse for reasons an
+// operator may accept — events no checkpoint signs (an unsigned tail, or
+// no checkpoint at all), columns that disagree with their leaves — when
+// token equals the one the refusal printed, which binds the adoption to
+// that exact state of the store. The adopted events are then signed,
+// the columns rebuilt from the leaves, and the adoption recorded in the
+// log as a KIND_AUDIT_ADMIN event (see Adopted). A token that no longer
+// matches refuses as before; on a store that needs no adoption it is
+// ignored.
+func WithAdoption(token string) Option {
+	return func(l *Log) { l.adopt = token }
+}
+
+// WithFollow makes the Log follow a store that another process extends
+// (a PostgreSQL replica following the sequencer): every interval, and
+// before it answers LatestCheckpoint, it reads what was appended in one
+// snapshot, checks it like at Open (the new checkpoint's signature and
+// root, the columns) and serves it. A store that fails the check stops
+// the Log (every call answers Unavailable, naming the problem).
+func WithFollow(interval time.Duration) Option {
+	return func(l *Log) { l.follow = interval }
+}
+
+// WithErrorLog gives the Log a place to report what goes wrong in its
+// background work (saving the kept checkpoint, indexing, following a
+// store), which has no caller to answer: logf gets a message and
+// key-value pairs (hclog's Error fits).
+func WithErrorLog(logf func(msg string, keyvals ...any)) Option {
+	return func(l *Log) { l.logf = logf }
 }
 
 // WithGroupCommit tunes group commit: at most queueLimit events wait (more
@@ -175,103 +259,75 @@ func WithGroupCommit(queueLimit, maxEvents int, window, retryAfter time.Duration
 	}
 }
 
-// Open rebuilds the Merkle tree from every event in store, checks it
-// against the store's last signed checkpoint (when a signer is set), and
-// starts the committer. A store whose events do not match that checkpoint
-// is refused with an error wrapping ErrStoreMismatch that names the tree
-// size. Close stops the Log.
+// WithIndexLag sets how many committed events may wait for the query
+// index before commits wait for it (0: DefaultIndexLag).
+func WithIndexLag(events int) Option {
+	return func(l *Log) {
+		if events > 0 {
+			l.indexLag = uint64(events)
+		}
+	}
+}
+
+// Open checks the store and starts the log: in one snapshot of the store
+// it rebuilds the Merkle tree from every stored leaf, checks the latest
+// signed checkpoint against it (when a signer is set), checks that the
+// tree extends the kept checkpoint (WithKept), and compares every row's
+// columns with its leaf. A store that fails is refused with an error
+// wrapping ErrStoreMismatch that names the first bad sequence (and, when
+// an operator may adopt the store as it is, the WithAdoption token).
+// Close stops the Log.
 func Open(ctx context.Context, store Store, opts ...Option) (*Log, error) {
 	l := &Log{
-		store:      store,
-		clock:      time.Now,
-		cpEvery:    DefaultCheckpointEvery,
-		cpInterval: DefaultCheckpointInterval,
-		queueLimit: DefaultQueueLimit,
-		maxCommit:  DefaultCommitMaxEvents,
-		retryAfter: DefaultRetryAfter,
-		tree:       tree.New(),
-		cpNow:      make(chan chan error),
-		changed:    make(chan struct{}),
-		done:       make(chan struct{}),
-		stopped:    make(chan struct{}),
+		store:       store,
+		clock:       time.Now,
+		keptEv:      DefaultKeptInterval,
+		queueLimit:  DefaultQueueLimit,
+		maxCommit:   DefaultCommitMaxEvents,
+		retryAfter:  DefaultRetryAfter,
+		indexLag:    DefaultIndexLag,
+		tree:        tree.New(),
+		cr:          rangeFactory.NewEmptyRange(0),
+		refresh:     make(chan chan error),
+		idxWake:     make(chan struct{}, 1),
+		idxMoved:    make(chan struct{}),
+		idxStopped:  make(chan struct{}),
+		keptWake:    make(chan struct{}, 1),
+		keptStopped: make(chan struct{}),
+		changed:     make(chan struct{}),
+		done:        make(chan struct{}),
+		stopped:     make(chan struct{}),
+		logf:        func(string, ...any) {},
 	}
 	for _, o := range opts {
 		o(l)
 	}
+	if l.kept != nil && l.signer == nil {
+		return nil, errors.New("audit log: a kept checkpoint needs a signer")
+	}
 	l.queue = make(chan *request, l.queueLimit)
-	if err := l.load(ctx); err != nil {
+	adoption, err := l.open(ctx)
+	if err != nil {
 		return nil, err
 	}
 	go l.run()
+	go l.runIndexer()
+	go l.runKept()
+	if adoption != nil {
+		if err := l.recordAdoption(ctx, adoption); err != nil {
+			l.Close()
+			return nil, err
+		}
+	}
 	return l, nil
 }
 
-// load extends the tree with the stored events it does not hold yet,
-// checking that each sits at its own sequence.
-func (l *Log) load(ctx context.Context) error {
-	for {
-		from := l.tree.Size()
-		events, err := l.store.Read(ctx, from, loadBatch)
-		if err != nil {
-			return fmt.Errorf("read audit store from %d: %w", from, err)
-		}
-		hashes := make([]tree.Hash, len(events))
-		for i, e := range events {
-			if want := from + uint64(i); e.GetSequence() != want {
-				return fmt.Errorf("%w: stored event at position %d has sequence %d", ErrStoreMismatch, want, e.GetSequence())
-			}
-			h, err := eventLeafHash(e)
-			if err != nil {
-				return fmt.Errorf("%w: stored event %d cannot be serialised: %v", ErrStoreMismatch, from+uint64(i), err)
-			}
-			hashes[i] = tree.Hash(h)
-		}
-		l.tree.Append(hashes...)
-		if len(events) < loadBatch {
-			break
-		}
-	}
-	cp, ok, err := l.store.LatestCheckpoint(ctx)
-	if err != nil {
-		return fmt.Errorf("read latest checkpoint: %w", err)
-	}
-	if !ok {
-		return nil
-	}
-	if l.signer != nil {
-		if err := l.check(cp); err != nil {
-			return err
-		}
-	}
-	l.latest.Store(&cp)
-	return nil
-}
+// rangeFactory makes RFC 6962 compact ranges.
+var rangeFactory = &compact.RangeFactory{Hash: rfc6962.DefaultHasher.HashChildren}
 
-// check verifies a stored checkpoint against the signing key and the tree.
-func (l *Log) check(cp StoredCheckpoint) error {
-	c, err := l.signer.Verifier().Open(cp.Note)
-	if err != nil {
-		return fmt.Errorf("%w: checkpoint at size %d is not signed by key %s for origin %s: %v", ErrStoreMismatch, cp.Size, l.signer.KeyID(), l.signer.Origin(), err)
-	}
-	if c.Size != cp.Size {
-		return fmt.Errorf("%w: checkpoint stored for size %d signs size %d", ErrStoreMismatch, cp.Size, c.Size)
-	}
-	if size := l.tree.Size(); c.Size > size {
-		return fmt.Errorf("%w: it commits to %d events but the store holds %d (events %d to %d are missing: truncated?)", ErrStoreMismatch, c.Size, size, size, c.Size-1)
-	}
-	root, err := l.tree.Root(c.Size)
-	if err != nil {
-		return err
-	}
-	if !slices.Equal(root, c.Root) {
-		return fmt.Errorf("%w: root of the first %d stored events differs from the signed root (an event below sequence %d was modified, removed or reordered)", ErrStoreMismatch, c.Size, c.Size)
-	}
-	return nil
-}
-
-// Close stops the committer (queued appends fail with Unavailable), signs
-// a last checkpoint if the log grew, ends every Subscribe (with
-// Unavailable) and refuses further appends. It does not close the Store.
+// Close stops the committer (queued appends fail with Unavailable), ends
+// every Subscribe (with Unavailable), stops the indexer, saves the kept
+// checkpoint and refuses further appends. It does not close the Store.
 // It is safe to call more than once.
 func (l *Log) Close() error {
 	l.mu.Lock()
@@ -281,6 +337,8 @@ func (l *Log) Close() error {
 	}
 	l.mu.Unlock()
 	<-l.stopped
+	<-l.idxStopped
+	<-l.keptStopped
 	return nil
 }
 
@@ -422,24 +480,25 @@ func (l *Log) record(ctx context.Context, source string, events []*auditv1.Event
 	}
 }
 
-// run is the committer: the only goroutine that writes to the store.
+// run is the committer: the only goroutine that writes events to the
+// store and extends the tree.
 func (l *Log) run() {
 	defer close(l.stopped)
 	var tick <-chan time.Time
-	if l.signer != nil {
-		t := time.NewTicker(l.cpInterval)
+	if l.follow > 0 {
+		t := time.NewTicker(l.follow)
 		defer t.Stop()
 		tick = t.C
 	}
 	for {
 		select {
 		case r := <-l.queue:
+			l.waitForIndex()
 			l.commit(l.collect(r))
-			l.maybeCheckpoint(false)
 		case <-tick:
-			l.maybeCheckpoint(false)
-		case reply := <-l.cpNow:
-			reply <- l.maybeCheckpoint(true)
+			l.followStore()
+		case reply := <-l.refresh:
+			reply <- l.followStore()
 		case <-l.done:
 			for {
 				select {
@@ -451,7 +510,6 @@ func (l *Log) run() {
 				}
 				break
 			}
-			l.maybeCheckpoint(true)
 			return
 		}
 	}
@@ -491,49 +549,92 @@ func (l *Log) collect(first *request) []*request {
 
 // staged is a batch ready for the store.
 type staged struct {
-	records []Record
+	batch   Batch
 	hashes  []tree.Hash
+	cr      *compact.Range            // the tree's compact range with the batch
 	results [][]*auditv1.AppendResult // per request
 }
 
-// stage sequences the live requests' events after the tree's head.
-// Events already stored (in stored) or earlier in the batch get the
-// existing result.
-func (l *Log) stage(batch []*request, stored map[string]*auditv1.Event) (staged, error) {
+// stage sequences the live requests' events after the tree's head and
+// signs the checkpoint of the tree they complete. Events already stored
+// (in stored, by key) or earlier in the batch get the existing result.
+func (l *Log) stage(batch []*request, stored map[EventKey]*auditv1.Event) (staged, error) {
 	next := l.tree.Size()
 	st := staged{results: make([][]*auditv1.AppendResult, len(batch))}
-	first := make(map[string]*auditv1.AppendResult)
+	first := make(map[EventKey]*auditv1.AppendResult)
 	for ri, r := range batch {
 		res := make([]*auditv1.AppendResult, len(r.events))
 		for i, p := range r.events {
-			id := p.event.GetId()
-			if s, ok := stored[id]; ok {
+			key := KeyOf(p.event)
+			if s, ok := stored[key]; ok && KeyOf(s) == key {
 				h, err := eventLeafHash(s)
 				if err != nil {
 					return staged{}, unavailable("audit store returned an unreadable event", err)
 				}
-				res[i] = &auditv1.AppendResult{Id: id, Sequence: s.GetSequence(), LeafHash: h}
+				res[i] = &auditv1.AppendResult{Id: key.ID, Sequence: s.GetSequence(), LeafHash: h}
 				continue
 			}
-			if f, ok := first[id]; ok {
+			if f, ok := first[key]; ok {
 				res[i] = proto.CloneOf(f)
 				continue
 			}
-			seq := next + uint64(len(st.records))
+			seq := next + uint64(len(st.batch.Records))
 			// The prepared copy is ours: number it in place (a restage
 			// numbers it again).
 			e := p.event
 			e.Sequence = seq
 			data := p.withSequence(seq)
 			h := leafHash(data)
-			res[i] = &auditv1.AppendResult{Id: id, Sequence: seq, LeafHash: h}
-			first[id] = res[i]
-			st.records = append(st.records, Record{Event: e, Data: data})
+			res[i] = &auditv1.AppendResult{Id: key.ID, Sequence: seq, LeafHash: h}
+			first[key] = res[i]
+			st.batch.Records = append(st.batch.Records, Record{Event: e, Data: data})
 			st.hashes = append(st.hashes, tree.Hash(h))
 		}
 		st.results[ri] = res
 	}
+	if len(st.hashes) == 0 {
+		return st, nil
+	}
+	cr, err := extendRange(l.cr, st.hashes)
+	if err != nil {
+		return staged{}, err
+	}
+	st.cr = cr
+	if l.signer != nil {
+		cp, err := l.sign(cr)
+		if err != nil {
+			return staged{}, err
+		}
+		st.batch.Checkpoint = &cp
+	}
 	return st, nil
+}
+
+// extendRange returns a copy of cr extended with hashes.
+func extendRange(cr *compact.Range, hashes []tree.Hash) (*compact.Range, error) {
+	c, err := rangeFactory.NewRange(cr.Begin(), cr.End(), slices.Clone(cr.Hashes()))
+	if err != nil {
+		return nil, err
+	}
+	for _, h := range hashes {
+		if err := c.Append(h[:], nil); err != nil {
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+// sign signs the checkpoint of the tree whose compact range is cr.
+func (l *Log) sign(cr *compact.Range) (StoredCheckpoint, error) {
+	root, err := cr.GetRootHash(nil)
+	if err != nil {
+		return StoredCheckpoint{}, err
+	}
+	note, err := l.signer.Sign(cr.End(), root)
+	if err != nil {
+		return StoredCheckpoint{}, &Error{Code: Unavailable, Message: "audit log cannot sign a checkpoint", Err: err}
+	}
+	return StoredCheckpoint{Size: cr.End(), Note: note, Time: l.clock().UTC()}, nil
 }
 
 // commit stores one group of requests in one store transaction and
@@ -556,126 +657,98 @@ func (l *Log) commit(batch []*request) {
 	if len(live) == 0 {
 		return
 	}
+	if b := l.broken.Load(); b != nil {
+		fail(b)
+		return
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), commitTimeout)
 	defer cancel()
 	if l.resync {
 		// A failed commit may still be durable: trust only the store.
-		if err := l.load(ctx); err != nil {
+		if err := l.extend(ctx); err != nil {
 			fail(unavailable("audit store unavailable", err))
 			return
 		}
 		l.resync = false
 	}
-	// Optimistic: ids are fresh random UUIDs, so look them up only when
+	// Optimistic: ids are fresh random UUIDs, so look keys up only when
 	// the store reports a duplicate (a producer's retry).
 	st, err := l.stage(live, nil)
-	if err == nil {
-		err = l.appendRecords(ctx, st.records)
+	if err == nil && len(st.hashes) > 0 {
+		err = l.store.Append(ctx, st.batch)
 		if errors.Is(err, ErrSequence) {
 			// Another writer extended the store (a replica that was the
-			// sequencer before us): catch up, then number the batch after
-			// its events.
-			if err = l.load(ctx); err == nil {
+			// sequencer before us): check and follow what it wrote, then
+			// number the batch after its events.
+			if err = l.extend(ctx); err == nil {
 				if st, err = l.stage(live, nil); err == nil {
-					err = l.appendRecords(ctx, st.records)
+					err = l.store.Append(ctx, st.batch)
 				}
 			}
 		}
 		if errors.Is(err, ErrDuplicateID) {
 			st, err = l.restage(ctx, live)
-			if err == nil && len(st.records) > 0 {
-				err = l.appendRecords(ctx, st.records)
+			if err == nil && len(st.hashes) > 0 {
+				err = l.store.Append(ctx, st.batch)
 			}
 		}
 	}
 	if err != nil {
-		l.resync = true
+		if !errors.Is(err, errNotWriter) {
+			l.resync = true
+		}
 		fail(unavailable("audit store unavailable; retry the batch", err))
 		return
 	}
-	l.tree.Append(st.hashes...)
-	if len(st.records) > 0 {
-		l.wake()
+	if len(st.hashes) > 0 {
+		l.applied(st.batch, st.hashes, st.cr)
 	}
 	for i, r := range live {
 		r.done <- response{results: st.results[i]}
 	}
 }
 
-// appendRecords stores records through the store's RecordAppender when it
-// has one, else through Append.
-func (l *Log) appendRecords(ctx context.Context, records []Record) error {
-	if ra, ok := l.store.(RecordAppender); ok {
-		return ra.AppendRecords(ctx, records)
-	}
-	events := make([]*auditv1.Event, len(records))
-	for i, r := range records {
-		events[i] = r.Event
-	}
-	return l.store.Append(ctx, events)
-}
+// errNotWriter is what stores that are not the writer of the log wrap in
+// their refusals (see NotWriter): nothing was written, so nothing needs
+// re-reading.
+var errNotWriter = errors.New("this store handle is not the log's writer")
 
-// restage looks up the batch's ids and stages it again without the
-// stored ones.
-func (l *Log) restage(ctx context.Context, live []*request) (staged, error) {
-	var ids []string
-	for _, r := range live {
-		for _, p := range r.events {
-			ids = append(ids, p.event.GetId())
+// NotWriter wraps err (a store's refusal to append because another
+// process writes the log) so that Log knows nothing was written and the
+// refusal leaves the log's state alone.
+func NotWriter(err error) error { return fmt.Errorf("%w: %w", errNotWriter, err) }
+
+// applied extends the tree with a batch the store holds now, makes its
+// checkpoint the latest, and hands its events to the indexer.
+func (l *Log) applied(b Batch, hashes []tree.Hash, cr *compact.Range) {
+	l.tree.Append(hashes...)
+	l.cr = cr
+	if b.Checkpoint != nil {
+		cp := *b.Checkpoint
+		l.latest.Store(&cp)
+		select {
+		case l.keptWake <- struct{}{}:
+		default:
 		}
 	}
-	stored, err := l.store.Lookup(ctx, ids)
+	l.handToIndexer(b.Records)
+	l.wake()
+}
+
+// restage looks up the batch's keys and stages it again without the
+// stored ones.
+func (l *Log) restage(ctx context.Context, live []*request) (staged, error) {
+	var keys []EventKey
+	for _, r := range live {
+		for _, p := range r.events {
+			keys = append(keys, KeyOf(p.event))
+		}
+	}
+	stored, err := l.store.Lookup(ctx, keys)
 	if err != nil {
 		return staged{}, err
 	}
 	return l.stage(live, stored)
-}
-
-// maybeCheckpoint signs and stores a checkpoint of the whole tree when it
-// grew by cpEvery events, when cpInterval passed since the last one, or
-// (force) whenever it grew at all.
-func (l *Log) maybeCheckpoint(force bool) error {
-	if l.signer == nil {
-		return Errorf(Unavailable, "this audit log signs no checkpoints (no signing key configured)")
-	}
-	if l.resync {
-		return Errorf(Unavailable, "audit store unavailable")
-	}
-	size := l.tree.Size()
-	last := l.latest.Load()
-	var lastSize uint64
-	if last != nil {
-		lastSize = last.Size
-	}
-	now := l.clock()
-	switch {
-	case size == 0 || size == lastSize:
-		return nil
-	case force, size-lastSize >= l.cpEvery, last == nil, now.Sub(last.Time) >= l.cpInterval:
-	default:
-		return nil
-	}
-	root, err := l.tree.Root(size)
-	if err != nil {
-		return err
-	}
-	signed, err := l.signer.Sign(size, root)
-	if err != nil {
-		return &Error{Code: Unavailable, Message: "audit log cannot sign a checkpoint", Err: err}
-	}
-	cp := StoredCheckpoint{Size: size, Note: signed, Time: now.UTC()}
-	ctx, cancel := context.WithTimeout(context.Background(), commitTimeout)
-	defer cancel()
-	if err := l.store.AddCheckpoint(ctx, cp); err != nil {
-		// A read replica cannot write checkpoints: serve the sequencer's
-		// latest one once the tree has caught up with the store.
-		if l.load(ctx) == nil && l.latest.Load() != nil {
-			return nil
-		}
-		return unavailable("audit store unavailable", err)
-	}
-	l.latest.Store(&cp)
-	return nil
 }
 
 // Checkpoint is a signed checkpoint as the log serves it.
@@ -689,27 +762,33 @@ type Checkpoint struct {
 	KeyID string
 }
 
-// LatestCheckpoint returns a checkpoint covering every durable event: the
-// latest one if the log has not grown since, else a freshly signed one.
+// LatestCheckpoint returns the checkpoint of the latest commit batch,
+// which covers every durable event (a following Log first reads what the
+// sequencer appended).
 func (l *Log) LatestCheckpoint(ctx context.Context) (Checkpoint, error) {
 	if l.signer == nil {
 		return Checkpoint{}, Errorf(Unavailable, "this audit log signs no checkpoints (no signing key configured)")
 	}
-	reply := make(chan error, 1)
-	select {
-	case l.cpNow <- reply:
-	case <-ctx.Done():
-		return Checkpoint{}, ctx.Err()
-	case <-l.stopped:
+	if err := l.usable(); err != nil {
+		return Checkpoint{}, err
 	}
-	select {
-	case err := <-reply:
-		if err != nil {
-			return Checkpoint{}, err
+	if l.follow > 0 {
+		reply := make(chan error, 1)
+		select {
+		case l.refresh <- reply:
+		case <-ctx.Done():
+			return Checkpoint{}, ctx.Err()
+		case <-l.stopped:
+			return Checkpoint{}, errShuttingDown()
 		}
-	case <-ctx.Done():
-		return Checkpoint{}, ctx.Err()
-	case <-l.stopped:
+		select {
+		case err := <-reply:
+			if err != nil {
+				return Checkpoint{}, err
+			}
+		case <-ctx.Done():
+			return Checkpoint{}, ctx.Err()
+		}
 	}
 	cp := l.latest.Load()
 	if cp == nil {
@@ -722,13 +801,34 @@ func (l *Log) LatestCheckpoint(ctx context.Context) (Checkpoint, error) {
 	return Checkpoint{StoredCheckpoint: *cp, Origin: l.signer.Origin(), Root: root, KeyID: l.signer.KeyID()}, nil
 }
 
-// Checkpoints returns up to limit stored checkpoints of size >= fromSize.
+// Checkpoints returns up to limit stored checkpoints with fromSize <= size
+// <= the latest checkpoint the log serves, in size order.
 func (l *Log) Checkpoints(ctx context.Context, fromSize uint64, limit int) ([]StoredCheckpoint, error) {
+	if err := l.usable(); err != nil {
+		return nil, err
+	}
+	latest := l.latest.Load()
+	if latest == nil || fromSize > latest.Size {
+		return nil, nil
+	}
 	cps, err := l.store.Checkpoints(ctx, fromSize, limit)
 	if err != nil {
 		return nil, unavailable("audit store unavailable", err)
 	}
+	for i, cp := range cps {
+		if cp.Size > latest.Size {
+			return cps[:i], nil
+		}
+	}
 	return cps, nil
+}
+
+// usable returns the error of a Log that stopped trusting its store.
+func (l *Log) usable() error {
+	if b := l.broken.Load(); b != nil {
+		return b
+	}
+	return nil
 }
 
 // Queued returns the number of events waiting for a commit (the audit lag
@@ -799,74 +899,6 @@ func (l *Log) ConsistencyProof(first, second uint64) (proof [][]byte, secondSize
 		return nil, 0, err
 	}
 	return proof, second, nil
-}
-
-// Query returns one page of events matching f, in sequence order, and the
-// token of the next page ("" on the last page).
-//
-// f.PageSize must be 0 (meaning DefaultPageSize) to MaxPageSize, and
-// f.End must not be before f.Start; a Kinds list holding KIND_UNSPECIFIED
-// matches any kind, as the contract says of the unspecified value.
-func (l *Log) Query(ctx context.Context, f Filter) ([]*auditv1.Event, string, error) {
-	switch {
-	case f.PageSize < 0 || f.PageSize > MaxPageSize:
-		return nil, "", Errorf(Invalid, "page_size: must be 0 to %d, got %d", MaxPageSize, f.PageSize)
-	case !f.Start.IsZero() && !f.End.IsZero() && f.End.Before(f.Start):
-		return nil, "", Errorf(Invalid, "end_time: before start_time")
-	}
-	if _, err := DecodePageToken(f.PageToken); err != nil {
-		return nil, "", err
-	}
-	if f.PageSize == 0 {
-		f.PageSize = DefaultPageSize
-	}
-	f.Kinds = normaliseKinds(f.Kinds)
-	events, next, err := l.store.Query(ctx, f)
-	if err != nil {
-		return nil, "", unavailable("audit store unavailable", err)
-	}
-	return events, next, nil
-}
-
-// Subscribe calls send with every event from sequence from onwards whose
-// kind is in kinds (empty: any kind): first the stored ones, then new ones
-// as they become durable. It returns when ctx ends (with ctx's error),
-// when send fails (with send's error, unchanged), when the Log is closed
-// or when the store fails (Unavailable). send must not modify the event.
-func (l *Log) Subscribe(ctx context.Context, from uint64, kinds []auditv1.Kind, send func(*auditv1.Event) error) error {
-	kinds = normaliseKinds(kinds)
-	next := from
-	for {
-		// Take the wake-up channel before reading, so an append that
-		// lands after the read still wakes us.
-		changed := l.changedChan()
-		events, err := l.store.Read(ctx, next, subscribeBatch)
-		if err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			return unavailable("audit store unavailable", err)
-		}
-		for _, e := range events {
-			next = e.GetSequence() + 1
-			if len(kinds) > 0 && !slices.Contains(kinds, e.GetKind()) {
-				continue
-			}
-			if err := send(e); err != nil {
-				return err
-			}
-		}
-		if len(events) == subscribeBatch {
-			continue // more stored events to catch up on
-		}
-		select {
-		case <-changed:
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-l.done:
-			return errShuttingDown()
-		}
-	}
 }
 
 func (l *Log) changedChan() <-chan struct{} {

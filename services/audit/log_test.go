@@ -389,30 +389,30 @@ func (s *flakyStore) Head(ctx context.Context) (uint64, error) {
 	return s.Store.Head(ctx)
 }
 
-func (s *flakyStore) Read(ctx context.Context, from uint64, limit int) ([]*auditv1.Event, error) {
+func (s *flakyStore) View(ctx context.Context, f func(audit.Reader) error) error {
 	if s.failRead.Add(-1) >= 0 {
-		return nil, errDisk
+		return errDisk
 	}
-	return s.Store.Read(ctx, from, limit)
+	return s.Store.View(ctx, f)
 }
 
-func (s *flakyStore) Lookup(ctx context.Context, ids []string) (map[string]*auditv1.Event, error) {
+func (s *flakyStore) Lookup(ctx context.Context, keys []audit.EventKey) (map[audit.EventKey]*auditv1.Event, error) {
 	if s.failLookup.Add(-1) >= 0 {
 		return nil, errDisk
 	}
-	return s.Store.Lookup(ctx, ids)
+	return s.Store.Lookup(ctx, keys)
 }
 
-func (s *flakyStore) Append(ctx context.Context, events []*auditv1.Event) error {
+func (s *flakyStore) Append(ctx context.Context, b audit.Batch) error {
 	if s.failAppend.Add(-1) >= 0 {
 		if s.commitThenFail.Load() {
-			if err := s.Store.Append(ctx, events); err != nil {
+			if err := s.Store.Append(ctx, b); err != nil {
 				return err
 			}
 		}
 		return errDisk
 	}
-	return s.Store.Append(ctx, events)
+	return s.Store.Append(ctx, b)
 }
 
 func TestAppendStoreFailure(t *testing.T) {
@@ -476,7 +476,7 @@ func TestQueryValidation(t *testing.T) {
 		{"invalid/page-token", audit.Filter{PageToken: "garbage"}, "page_token: malformed"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, _, err := log.Query(context.Background(), tc.f)
+			_, err := log.Query(context.Background(), tc.f)
 			var got audit.Error
 			if e := (*audit.Error)(nil); errors.As(err, &e) {
 				got = *e
@@ -498,12 +498,12 @@ func TestQueryDefaults(t *testing.T) {
 	if _, err := log.Append(ctx, broker, batch); err != nil {
 		t.Fatalf("Append: %v", err)
 	}
-	got, next, err := log.Query(ctx, audit.Filter{Kinds: []auditv1.Kind{auditv1.Kind_KIND_UNSPECIFIED}})
+	page, err := log.Query(ctx, audit.Filter{Kinds: []auditv1.Kind{auditv1.Kind_KIND_UNSPECIFIED}})
 	if err != nil {
 		t.Fatalf("Query: %v", err)
 	}
-	if len(got) != audit.DefaultPageSize || next == "" {
-		t.Errorf("Query with page_size 0 and kind UNSPECIFIED = %d events, next %q; want %d and a token", len(got), next, audit.DefaultPageSize)
+	if len(page.Events) != audit.DefaultPageSize || page.NextPageToken == "" {
+		t.Errorf("Query with page_size 0 and kind UNSPECIFIED = %d events, next %q; want %d and a token", len(page.Events), page.NextPageToken, audit.DefaultPageSize)
 	}
 }
 
@@ -644,10 +644,10 @@ type blockingStore struct {
 	release chan struct{}
 }
 
-func (s *blockingStore) Append(ctx context.Context, events []*auditv1.Event) error {
+func (s *blockingStore) Append(ctx context.Context, b audit.Batch) error {
 	s.entered <- struct{}{}
 	<-s.release
-	return s.Store.Append(ctx, events)
+	return s.Store.Append(ctx, b)
 }
 
 // TestBackpressure fills the queue behind a stuck commit: the next append

@@ -107,7 +107,8 @@ func TestRangeBundles(t *testing.T) {
 		{name: "ok/archive-from-0", first: 0, end: 300, sealed: true},
 		{name: "ok/archive-middle", first: 300, end: 700, sealed: true},
 		{name: "ok/tail", first: 700, end: 1000, sealed: true},
-		{name: "ok/unsealed-end", first: 300, end: 750, unsigned: 50},
+		// Events after the last checkpoint are reported, not passed.
+		{name: "unsigned/unsealed-end", first: 300, end: 750, wantProblem: verify.Unsigned},
 		{name: "ok/start-not-at-checkpoint", first: 350, end: 700, sealed: true},
 		{name: "unverified/no-checkpoint-after-start", first: 310, end: 390, wantProblem: verify.Unverified},
 	} {

@@ -2,14 +2,20 @@
 // trusted public key and, optionally, a checkpoint the operator kept from
 // earlier: every event is re-hashed into the RFC 6962 tree, every
 // checkpoint's signature and root are checked, consistency proofs are
-// checked, and the first problem is pinpointed by sequence number.
+// checked, and every problem is pinpointed by sequence number.
 //
 // What can be pinpointed exactly: a missing (deleted) event, events out of
 // order or duplicated, an event that no longer decodes, and a log cut
 // short or rolled back (the first sequence missing). A modified event that
 // still decodes is located by the signed checkpoints: it lies in the first
-// checkpoint interval whose root no longer matches, so its precision is
-// the checkpoint spacing (checkpoint.every; 1 gives per-event precision).
+// checkpoint interval whose root no longer matches; the audit service
+// signs a checkpoint per commit batch, so that is its commit batch.
+//
+// Verification goes on past a problem where it can (an undecodable event
+// does not stop the others from being checked) and reports every problem
+// it finds in Report.Problems, earliest first. Events after the last
+// signed checkpoint are reported as unsigned: nothing proves them. Two
+// signed checkpoints of one tree size that disagree are a fork.
 package verify
 
 import (
@@ -22,6 +28,7 @@ import (
 	"math/bits"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 
 	"github.com/transparency-dev/merkle/compact"
@@ -67,7 +74,21 @@ const (
 	// event (the compact range of the tree before it) are malformed or do
 	// not match a signed checkpoint.
 	BadStart ProblemKind = "bad-start"
+	// Unsigned: events after the last valid checkpoint; no signature
+	// covers them (the audit service signs every commit batch, so such
+	// events were written behind its back, or are from before it did).
+	Unsigned ProblemKind = "unsigned"
+	// Fork: two signed checkpoints of one tree size disagree (the kept
+	// one and the log's, or two in the log): the log signed two histories.
+	Fork ProblemKind = "fork"
+	// ColumnMismatch: the store's columns of an event (what queries
+	// filter on) disagree with the event itself; reported by whoever read
+	// the store (the service, or a forensic read of the store file).
+	ColumnMismatch ProblemKind = "column-mismatch"
 )
+
+// maxProblems bounds the problems a report lists (the first ones).
+const maxProblems = 100
 
 // Problem is the first thing wrong with a log.
 type Problem struct {
@@ -119,18 +140,49 @@ type Report struct {
 	// Latest is the signed note of the largest valid checkpoint, for the
 	// operator to keep.
 	Latest []byte `json:"-"`
-	// Unsigned is the number of events after the last checkpoint: they
-	// verify as far as sequence and decoding go, but no signature covers
-	// them yet.
+	// Unsigned is the number of events after the last valid checkpoint:
+	// they verify as far as sequence and decoding go, but no signature
+	// covers them (an Unsigned problem names them).
 	Unsigned uint64 `json:"unsigned,omitempty"`
-	// Problem is the first problem found; nil means the log verifies.
+	// Problem is the earliest problem found; nil means the log verifies.
 	Problem *Problem `json:"problem,omitempty"`
+	// Problems are all the problems found (at most 100), earliest first.
+	Problems []*Problem `json:"problems,omitempty"`
 	// DecodedEvents are the decoded events (when Options.KeepEvents).
 	DecodedEvents []*auditv1.Event `json:"-"`
 }
 
 // OK reports whether the log verified.
 func (r *Report) OK() bool { return r.Problem == nil }
+
+// OnlyUnsigned reports whether the only problem is events no checkpoint
+// signs: everything up to VerifiedSize is proven.
+func (r *Report) OnlyUnsigned() bool {
+	for _, p := range r.Problems {
+		if p.Kind != Unsigned {
+			return false
+		}
+	}
+	return r.Problem != nil
+}
+
+// Add records a problem found outside the bundle (a column mismatch
+// reported by the store's reader) and keeps Problems sorted.
+func (r *Report) Add(p *Problem) {
+	if len(r.Problems) < maxProblems {
+		r.Problems = append(r.Problems, p)
+	}
+	slices.SortStableFunc(r.Problems, func(a, b *Problem) int { return cmp.Compare(a.Sequence, b.Sequence) })
+	r.Problem = r.Problems[0]
+	r.Sealed = false
+}
+
+// AddColumnMismatch records that the store's columns of event seq
+// disagree with the event.
+func (r *Report) AddColumnMismatch(seq uint64, columns []string) {
+	r.Add(&Problem{Kind: ColumnMismatch, Sequence: seq, End: seq + 1,
+		Detail: fmt.Sprintf("the store's columns %s disagree with the event (queries filtering on them miss or wrongly match it)", strings.Join(columns, ", "))})
+}
 
 // Options configure Bundle.
 type Options struct {
@@ -157,7 +209,8 @@ func Bundle(b *bundle.Bundle, opts Options) *Report {
 	if opts.KeepEvents {
 		r.DecodedEvents = make([]*auditv1.Event, 0, len(b.Events))
 	}
-	var seqProblem *Problem
+	var seqProblem *Problem // the first misplaced event: positions after it shift
+	var undecodable []*Problem
 	events := make([]*auditv1.Event, len(b.Events))
 	// Hashing and decoding are independent per event: spread them over
 	// the CPUs in chunks.
@@ -195,14 +248,21 @@ func Bundle(b *bundle.Bundle, opts Options) *Report {
 	for i, e := range events {
 		seq := first + uint64(i)
 		if e == nil {
-			seqProblem = &Problem{Kind: Modified, Sequence: seq, End: seq + 1, Detail: "the event does not decode"}
-			break
+			// Goes on past it: the leaf is still hashed, the others are
+			// still checked.
+			if len(undecodable) < maxProblems {
+				undecodable = append(undecodable, &Problem{Kind: Modified, Sequence: seq, End: seq + 1, Detail: "the event does not decode"})
+			}
+			continue
 		}
 		got := e.GetSequence()
 		if got == seq {
-			if opts.KeepEvents {
+			if opts.KeepEvents && seqProblem == nil {
 				r.DecodedEvents = append(r.DecodedEvents, e)
 			}
+			continue
+		}
+		if seqProblem != nil {
 			continue
 		}
 		later := -1
@@ -220,7 +280,6 @@ func Bundle(b *bundle.Bundle, opts Options) *Report {
 		default:
 			seqProblem = &Problem{Kind: Reordered, Sequence: seq, End: seq + 1, Detail: fmt.Sprintf("position %d holds sequence %d again (duplicated or moved)", seq, got)}
 		}
-		break
 	}
 
 	// 2. Checkpoints: signature first.
@@ -230,18 +289,31 @@ func Bundle(b *bundle.Bundle, opts Options) *Report {
 		note []byte
 	}
 	var cps []good
-	var cpProblem *Problem
+	var problems []*Problem
+	report := func(p *Problem) {
+		if len(problems) < maxProblems {
+			problems = append(problems, p)
+		}
+	}
+	var cpProblem *Problem // the first failed checkpoint (later ones fail with it)
 	for _, note := range b.Checkpoints {
 		cp, err := opts.Key.Open(note)
 		if err != nil {
 			size := sizeOf(note)
-			cpProblem = first1(cpProblem, &Problem{Kind: BadSignature, Sequence: size, TreeSize: size, Detail: fmt.Sprintf("the checkpoint claiming tree size %d is not signed by the trusted key %s", size, opts.Key.KeyID())})
+			report(&Problem{Kind: BadSignature, Sequence: size, TreeSize: size, Detail: fmt.Sprintf("the checkpoint claiming tree size %d is not signed by the trusted key %s", size, opts.Key.KeyID())})
 			continue
 		}
 		r.Checkpoints++
 		cps = append(cps, good{cp.Size, cp.Root, note})
 	}
 	slices.SortStableFunc(cps, func(a, b good) int { return cmp.Compare(a.size, b.size) })
+	// Two signed checkpoints of one size with different roots: a fork.
+	for i := 1; i < len(cps); i++ {
+		if cps[i].size == cps[i-1].size && !bytes.Equal(cps[i].root, cps[i-1].root) {
+			report(&Problem{Kind: Fork, Sequence: cps[i].size, TreeSize: cps[i].size,
+				Detail: fmt.Sprintf("two signed checkpoints of tree size %d disagree: roots %s and %s (the log signed two histories)", cps[i].size, b64(cps[i-1].root), b64(cps[i].root))})
+		}
+	}
 	var trusted *checkpoint.Checkpoint
 	var trustProblem *Problem
 	if len(opts.Trusted) > 0 {
@@ -265,6 +337,7 @@ func Bundle(b *bundle.Bundle, opts Options) *Report {
 	roots, startErr := rootsAt(b, hashes, want)
 	if startErr != nil {
 		r.Problem = &Problem{Kind: BadStart, Sequence: first, Detail: startErr.Error()}
+		r.Problems = []*Problem{r.Problem}
 		return r
 	}
 	r.StartRoot, r.EndRoot = roots[first], roots[end]
@@ -319,7 +392,7 @@ func Bundle(b *bundle.Bundle, opts Options) *Report {
 			continue // a proof between unsigned sizes proves nothing
 		}
 		if err := proof.VerifyConsistency(h, p.From, p.To, p.Hashes, r1, r2); err != nil {
-			cpProblem = first1(cpProblem, &Problem{Kind: Inconsistent, Sequence: p.From, TreeSize: p.To,
+			report(&Problem{Kind: Inconsistent, Sequence: p.From, TreeSize: p.To,
 				Detail: fmt.Sprintf("the signed checkpoints at sizes %d and %d are not consistent: the log was forked or rewritten after sequence %d", p.From, p.To, p.From-1)})
 		}
 	}
@@ -353,7 +426,18 @@ func Bundle(b *bundle.Bundle, opts Options) *Report {
 			}
 		default:
 			root := roots[cp.Size]
-			if !bytes.Equal(root, cp.Root) {
+			var same *good
+			for i := range cps {
+				if cps[i].size == cp.Size {
+					same = &cps[i]
+				}
+			}
+			if same != nil && !bytes.Equal(same.root, cp.Root) {
+				// Both are signed: not a rollback of one history but two
+				// histories.
+				report(&Problem{Kind: Fork, Sequence: cp.Size, TreeSize: cp.Size,
+					Detail: fmt.Sprintf("the kept checkpoint and the log's checkpoint both sign tree size %d with different roots (kept %s, log %s): the log signed two histories", cp.Size, b64(cp.Root), b64(same.root))})
+			} else if !bytes.Equal(root, cp.Root) {
 				trustProblem = &Problem{Kind: Rollback, Sequence: first, End: cp.Size, TreeSize: cp.Size,
 					Detail: fmt.Sprintf("the first %d events do not hash to the kept checkpoint's root: the log was rewritten below sequence %d", cp.Size, cp.Size)}
 				// Narrow with the bundle's own checkpoints.
@@ -371,24 +455,51 @@ func Bundle(b *bundle.Bundle, opts Options) *Report {
 	}
 
 	// An exact finding inside a checkpoint interval explains it.
-	if seqProblem != nil && cpProblem != nil && cpProblem.Kind == Modified && seqProblem.Sequence < cpProblem.End {
+	exact := seqProblem
+	if len(undecodable) > 0 && (exact == nil || undecodable[0].Sequence < exact.Sequence) {
+		exact = undecodable[0]
+	}
+	if exact != nil && cpProblem != nil && cpProblem.Kind == Modified && exact.Sequence < cpProblem.End {
 		cpProblem = nil
 	}
-	if seqProblem != nil && trustProblem != nil && trustProblem.Kind == Rollback && trustProblem.End > 0 && seqProblem.Sequence < trustProblem.End {
+	if exact != nil && trustProblem != nil && trustProblem.Kind == Rollback && trustProblem.End > 0 && exact.Sequence < trustProblem.End {
 		trustProblem = nil
 	}
-	// The earliest problem wins: it is where the log first went wrong.
-	r.Problem = earliest(seqProblem, cpProblem, trustProblem)
+	for _, p := range []*Problem{seqProblem, cpProblem, trustProblem} {
+		if p != nil {
+			report(p)
+		}
+	}
+	for _, p := range undecodable {
+		report(p)
+	}
+	var lastCP uint64
+	if n := len(cps); n > 0 {
+		lastCP = cps[n-1].size
+	}
 	switch {
-	case r.Problem != nil:
-		r.Sealed = false
+	case len(problems) > 0:
 	case r.VerifiedSize < first || (r.VerifiedSize == first && end > first) || r.VerifiedSize == 0 && end > 0:
-		r.Problem = &Problem{Kind: Unverified, Sequence: first, Detail: "no valid signed checkpoint covers the events"}
-	case r.VerifiedSize < end:
+		report(&Problem{Kind: Unverified, Sequence: first, End: end, Detail: "no valid signed checkpoint covers the events"})
+	}
+	if r.VerifiedSize < end && r.VerifiedSize >= first {
 		r.Unsigned = end - r.VerifiedSize
+		// Only when every checkpoint held: after a failed one, the events
+		// beyond are unproven for that reason, not unsigned.
+		if r.VerifiedSize > first && r.VerifiedSize >= lastCP {
+			report(&Problem{Kind: Unsigned, Sequence: r.VerifiedSize, End: end,
+				Detail: fmt.Sprintf("events %d to %d are signed by no checkpoint: nothing proves them (the service signs every commit batch; they may have been written behind its back)", r.VerifiedSize, end-1)})
+		}
+	}
+	if len(problems) > 0 {
+		slices.SortStableFunc(problems, func(a, b *Problem) int { return cmp.Compare(a.Sequence, b.Sequence) })
+		r.Problems, r.Problem = problems, problems[0]
+		r.Sealed = false
 	}
 	return r
 }
+
+func b64(b []byte) string { return base64.StdEncoding.EncodeToString(b) }
 
 // rootsAt returns the root of the tree at each size in want within
 // [b.First, b.End()], hashing the events from the Start compact range.
@@ -458,16 +569,6 @@ func first1(have, p *Problem) *Problem {
 	return p
 }
 
-func earliest(ps ...*Problem) *Problem {
-	var best *Problem
-	for _, p := range ps {
-		if p != nil && (best == nil || p.Sequence < best.Sequence) {
-			best = p
-		}
-	}
-	return best
-}
-
 // sizeOf reads the claimed tree size of an unverifiable note, for the
 // report only.
 func sizeOf(note []byte) uint64 {
@@ -495,16 +596,23 @@ func (r *Report) WriteText(w io.Writer, hadKept bool) {
 		if hadKept {
 			fmt.Fprintln(w, "consistent with the kept checkpoint: no rollback, no rewrite")
 		}
-		if r.Unsigned > 0 {
-			fmt.Fprintf(w, "note: the last %d events are not covered by a signed checkpoint yet\n", r.Unsigned)
-		}
 		return
 	}
-	fmt.Fprintf(w, "NOT VERIFIED: %s\n", r.Problem)
-	if p := r.Problem; p.Kind == Modified && p.End > p.Sequence+1 {
-		fmt.Fprintf(w, "  the modified event is one of sequences %d to %d (the span between two signed checkpoints)\n", p.Sequence, p.End-1)
+	if r.OnlyUnsigned() {
+		fmt.Fprintf(w, "NOT VERIFIED: UNSIGNED events %d to %d: %s\n", r.Problem.Sequence, r.Problem.End-1, r.Problem.Detail)
 	} else {
-		fmt.Fprintf(w, "  first bad sequence: %d\n", p.Sequence)
+		fmt.Fprintf(w, "NOT VERIFIED: %s\n", r.Problem)
+	}
+	for i, p := range r.Problems {
+		if i > 0 {
+			fmt.Fprintf(w, "  also: %s\n", p)
+		}
+		switch {
+		case p.Kind == Modified && p.End > p.Sequence+1:
+			fmt.Fprintf(w, "  the modified event is one of sequences %d to %d (one commit batch: the span between two signed checkpoints)\n", p.Sequence, p.End-1)
+		case i == 0:
+			fmt.Fprintf(w, "  first bad sequence: %d\n", p.Sequence)
+		}
 	}
 	if r.VerifiedSize > r.First {
 		fmt.Fprintf(w, "  events %d to %d are proven by a signed checkpoint\n", r.First, r.VerifiedSize-1)

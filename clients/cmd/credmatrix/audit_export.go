@@ -15,6 +15,8 @@ import (
 	"github.com/credmatrix/credmatrix/clients/auditclient"
 	"github.com/credmatrix/credmatrix/clients/auditclient/bundle"
 	"github.com/credmatrix/credmatrix/clients/auditclient/checkpoint"
+	"github.com/credmatrix/credmatrix/clients/auditclient/verify"
+	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
 )
 
 // logSource says where export, verify and replay read the log from: a
@@ -65,27 +67,66 @@ func (s *logSource) kept() ([]byte, error) {
 	return b, nil
 }
 
-// loadLog returns the log as a bundle from the chosen source.
-func (a *app) loadLog(ctx context.Context, s *logSource, v *checkpoint.Verifier) (*bundle.Bundle, error) {
+// loadLog returns the log as a bundle from the chosen source, and the
+// rows the service reported as tampered with while it was fetched.
+func (a *app) loadLog(ctx context.Context, s *logSource, v *checkpoint.Verifier) (*bundle.Bundle, []*auditv1.ColumnMismatch, error) {
+	b, mismatches, err := a.fetchLog(ctx, s, v, nil)
+	return b, mismatches, err
+}
+
+// verifyLog loads the log and verifies it with opts. From the service, a
+// modified event is pinned to its commit batch (the service's per-batch
+// checkpoints of the span are fetched) and the rows the service reports
+// as tampered with (columns that disagree with their event) are problems
+// too.
+func (a *app) verifyLog(ctx context.Context, s *logSource, opts verify.Options) (*verify.Report, error) {
+	var r *verify.Report
+	_, mismatches, err := a.fetchLog(ctx, s, opts.Key, func(c *auditclient.Client, b *bundle.Bundle) error {
+		var err error
+		if c == nil {
+			r = verify.Bundle(b, opts)
+			return nil
+		}
+		r, err = c.Verify(ctx, b, opts)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	for _, m := range mismatches {
+		r.AddColumnMismatch(m.GetSequence(), m.GetColumns())
+	}
+	return r, nil
+}
+
+// fetchLog reads the log from the chosen source and, if then is set,
+// calls it with the bundle and the service's client (nil for a bundle
+// file) before the connection closes.
+func (a *app) fetchLog(ctx context.Context, s *logSource, v *checkpoint.Verifier, then func(*auditclient.Client, *bundle.Bundle) error) (*bundle.Bundle, []*auditv1.ColumnMismatch, error) {
 	if s.bundlePath != "" {
 		f, err := os.Open(s.bundlePath)
 		if err != nil {
-			return nil, usagef("--bundle: %v", err)
+			return nil, nil, usagef("--bundle: %v", err)
 		}
 		defer f.Close()
 		b, err := bundle.Read(f)
 		if err != nil {
-			return nil, fmt.Errorf("--bundle %s: %w", s.bundlePath, err)
+			return nil, nil, fmt.Errorf("--bundle %s: %w", s.bundlePath, err)
 		}
-		return b, nil
+		if then != nil {
+			if err := then(nil, b); err != nil {
+				return nil, nil, err
+			}
+		}
+		return b, nil, nil
 	}
 	kept, err := s.kept()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	conn, err := a.dial(a.auditAddr)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer conn.Close()
 	var bar *progressBar
@@ -94,7 +135,9 @@ func (a *app) loadLog(ctx context.Context, s *logSource, v *checkpoint.Verifier)
 			bar.done()
 		}
 	}()
-	return auditclient.New(conn).Export(ctx, auditclient.ExportOptions{
+	var mismatches []*auditv1.ColumnMismatch
+	client := auditclient.New(conn)
+	b, err := client.Export(ctx, auditclient.ExportOptions{
 		Verifier: v, Kept: kept,
 		Progress: func(done, total uint64) {
 			if bar == nil {
@@ -102,7 +145,21 @@ func (a *app) loadLog(ctx context.Context, s *logSource, v *checkpoint.Verifier)
 			}
 			bar.set(done)
 		},
+		OnMismatch: func(m *auditv1.ColumnMismatch) {
+			if len(mismatches) < 1000 {
+				mismatches = append(mismatches, m)
+			}
+		},
 	})
+	if err != nil {
+		return nil, nil, err
+	}
+	if then != nil {
+		if err := then(client, b); err != nil {
+			return nil, nil, err
+		}
+	}
+	return b, mismatches, nil
 }
 
 func (a *app) auditExportCommand() *cobra.Command {
@@ -135,7 +192,7 @@ damaged store), run the audit binary where the store is:
 					return err
 				}
 			}
-			b, err := a.loadLog(cmd.Context(), &src, v)
+			b, mismatches, err := a.loadLog(cmd.Context(), &src, v)
 			if err != nil {
 				return err
 			}
@@ -147,6 +204,11 @@ damaged store), run the audit binary where the store is:
 				return err
 			}
 			fmt.Fprintf(a.out, "exported %d events and %d checkpoints to %s\n", len(b.Events), len(b.Checkpoints), out)
+			if len(mismatches) > 0 {
+				// A bundle holds events, not the database's columns.
+				fmt.Fprintf(a.err, "warning: the audit service reports %d stored row(s) that disagree with the log (first: sequence %d, %s): someone wrote to its database; 'credmatrix audit verify' lists them\n",
+					len(mismatches), mismatches[0].GetSequence(), strings.Join(mismatches[0].GetColumns(), ", "))
+			}
 			return nil
 		},
 	}

@@ -16,15 +16,17 @@ import (
 
 func (a *app) auditReplayCommand() *cobra.Command {
 	var (
-		src    logSource
-		output string
+		src             logSource
+		output          string
+		includeUnsigned bool
 	)
 	cmd := &cobra.Command{
 		Use:   "replay",
 		Short: "Reconstruct who held what, when, from the verified audit log",
 		Long: `Replay reads the log (from the service, an exported --bundle or a SQLite
 store file), verifies it first exactly as 'audit verify' does (it refuses a
-log that does not verify), then answers one question:
+log that does not verify, and events no checkpoint signs unless
+--include-unsigned), then answers one question:
 
   sessions  which sessions were live at --at (for a subject, account, role)
   timeline  everything a subject did, in order
@@ -37,6 +39,7 @@ log that does not verify), then answers one question:
 	pf := cmd.PersistentFlags()
 	a.logSourceFlags(pf, &src, true)
 	pf.StringVarP(&output, "output", "o", "table", "output: table or json")
+	pf.BoolVar(&includeUnsigned, "include-unsigned", false, "also replay events after the last signed checkpoint (nothing proves them: anyone with write access to the store could have written them)")
 
 	// load verifies the log and replays it.
 	load := func(cmd *cobra.Command) (*replay.Replayer, error) {
@@ -51,19 +54,28 @@ log that does not verify), then answers one question:
 		if err != nil {
 			return nil, err
 		}
-		b, err := a.loadLog(cmd.Context(), &src, v)
+		r, err := a.verifyLog(cmd.Context(), &src, verify.Options{Key: v, Trusted: kept, KeepEvents: true})
 		if err != nil {
 			return nil, err
 		}
-		r := verify.Bundle(b, verify.Options{Key: v, Trusted: kept, KeepEvents: true})
-		if !r.OK() {
+		switch {
+		case r.OK():
+		case r.OnlyUnsigned() && includeUnsigned:
+			fmt.Fprintf(a.err, "warning: including %d UNSIGNED event(s), %d to %d: no checkpoint signs them (--include-unsigned)\n", r.Unsigned, r.VerifiedSize, r.Events-1)
+		case r.OnlyUnsigned():
+			return nil, fmt.Errorf("%w, refusing to replay it: %s (pass --include-unsigned to replay them anyway)", errNotVerified, r.Problem)
+		default:
 			return nil, fmt.Errorf("%w, refusing to replay it: %s", errNotVerified, r.Problem)
 		}
 		rp := replay.New()
 		for _, e := range r.DecodedEvents {
 			rp.Apply(e)
 		}
-		fmt.Fprintf(a.err, "replayed %d verified events (tree size %d)\n", rp.Events(), r.VerifiedSize)
+		if r.Unsigned > 0 && includeUnsigned {
+			fmt.Fprintf(a.err, "replayed %d events: %d verified (tree size %d) and %d UNSIGNED\n", rp.Events(), r.VerifiedSize, r.VerifiedSize, r.Unsigned)
+		} else {
+			fmt.Fprintf(a.err, "replayed %d verified events (tree size %d)\n", rp.Events(), r.VerifiedSize)
+		}
 		return rp, nil
 	}
 	parseTime := func(flag, v string, required bool) (time.Time, error) {

@@ -24,11 +24,14 @@ func (a *app) auditVerifyCommand() *cobra.Command {
 		Short: "Verify the audit log against its public key and a kept checkpoint; pinpoint tampering",
 		Long: `Verify recomputes every event's Merkle leaf, checks every signed checkpoint
 against the trusted public key, checks consistency between checkpoints, and
-reports the first modified, missing, reordered or truncated event by sequence
-number. With --checkpoint-file it also detects a rollback: the log must
-extend the checkpoint you kept, and on success the file is updated to the
-newest verified checkpoint (keep it somewhere the log's operators cannot
-write, or publish it to a witness).
+reports every modified, missing, reordered, undecodable or truncated event by
+sequence number (a modified event to its commit batch: the service signs a
+checkpoint per batch). Events no checkpoint signs are reported as UNSIGNED.
+From the service, rows whose database columns disagree with their event are
+reported too. With --checkpoint-file it also detects a rollback or a fork:
+the log must extend the checkpoint you kept, and on success the file is
+updated to the newest verified checkpoint (keep it somewhere the log's
+operators cannot write, or publish it to a witness).
 
 The log comes from the service (default) or an exported --bundle. To verify
 a store file directly (forensics), run the audit binary where the store is:
@@ -49,11 +52,10 @@ does not verify.`,
 			if err != nil {
 				return err
 			}
-			b, err := a.loadLog(cmd.Context(), &src, v)
+			r, err := a.verifyLog(cmd.Context(), &src, verify.Options{Key: v, Trusted: kept})
 			if err != nil {
 				return err
 			}
-			r := verify.Bundle(b, verify.Options{Key: v, Trusted: kept})
 			if output == "json" {
 				enc := json.NewEncoder(a.out)
 				if err := enc.Encode(r); err != nil {

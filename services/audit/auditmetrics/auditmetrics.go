@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/credmatrix/credmatrix/platform/metrics"
-	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
 	"github.com/credmatrix/credmatrix/services/audit"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -87,7 +86,7 @@ func New(reg prometheus.Registerer, storeName string) *Metrics {
 		reg.MustRegister(events, commitDur, batch, commitErr, cps,
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 				Name: CheckpointAge,
-				Help: "Seconds since the newest signed checkpoint was made (0 before the first); alert when it exceeds checkpoint.interval by far.",
+				Help: "Seconds since the newest signed checkpoint was made (0 before the first): every commit batch is signed, so it is the time since the last append.",
 			}, m.checkpointAge))
 	}
 	return m
@@ -132,17 +131,12 @@ func (m *Metrics) ObserveLog(l *audit.Log) {
 }
 
 // Store wraps s so its commits and checkpoints are measured. It reads the
-// newest stored checkpoint once, for the checkpoint age. A RecordAppender
-// stays one.
+// newest stored checkpoint once, for the checkpoint age.
 func (m *Metrics) Store(ctx context.Context, s audit.Store) audit.Store {
 	if cp, ok, err := s.LatestCheckpoint(ctx); err == nil && ok {
 		m.noteCheckpoint(cp)
 	}
-	w := &store{Store: s, m: m}
-	if ra, ok := s.(audit.RecordAppender); ok {
-		return &recordStore{store: w, ra: ra}
-	}
-	return w
+	return &store{Store: s, m: m}
 }
 
 func (m *Metrics) noteCheckpoint(cp audit.StoredCheckpoint) {
@@ -150,15 +144,19 @@ func (m *Metrics) noteCheckpoint(cp audit.StoredCheckpoint) {
 	m.lastCPSize.Store(cp.Size)
 }
 
-func (m *Metrics) committed(start time.Time, evs []*auditv1.Event, err error) {
+func (m *Metrics) committed(start time.Time, b audit.Batch, err error) {
 	m.commitDur.Observe(time.Since(start).Seconds())
 	if err != nil {
 		m.commitErr.Inc()
 		return
 	}
-	m.batch.Observe(float64(len(evs)))
-	for _, ev := range evs {
-		m.events.WithLabelValues(enumLabel(ev.GetKind().String(), "KIND_"), enumLabel(ev.GetDecision().String(), "DECISION_")).Inc()
+	m.batch.Observe(float64(len(b.Records)))
+	for _, r := range b.Records {
+		m.events.WithLabelValues(enumLabel(r.Event.GetKind().String(), "KIND_"), enumLabel(r.Event.GetDecision().String(), "DECISION_")).Inc()
+	}
+	if b.Checkpoint != nil {
+		m.cps.Inc()
+		m.noteCheckpoint(*b.Checkpoint)
 	}
 }
 
@@ -170,10 +168,10 @@ type store struct {
 	m *Metrics
 }
 
-func (s *store) Append(ctx context.Context, events []*auditv1.Event) error {
+func (s *store) Append(ctx context.Context, b audit.Batch) error {
 	start := time.Now()
-	err := s.Store.Append(ctx, events)
-	s.m.committed(start, events, err)
+	err := s.Store.Append(ctx, b)
+	s.m.committed(start, b, err)
 	return err
 }
 
@@ -183,23 +181,5 @@ func (s *store) AddCheckpoint(ctx context.Context, cp audit.StoredCheckpoint) er
 		s.m.cps.Inc()
 		s.m.noteCheckpoint(cp)
 	}
-	return err
-}
-
-type recordStore struct {
-	*store
-	ra audit.RecordAppender
-}
-
-var _ audit.RecordAppender = (*recordStore)(nil)
-
-func (s *recordStore) AppendRecords(ctx context.Context, records []audit.Record) error {
-	start := time.Now()
-	err := s.ra.AppendRecords(ctx, records)
-	evs := make([]*auditv1.Event, len(records))
-	for i, r := range records {
-		evs[i] = r.Event
-	}
-	s.m.committed(start, evs, err)
 	return err
 }

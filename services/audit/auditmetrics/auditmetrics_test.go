@@ -4,45 +4,17 @@ import (
 	"context"
 	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/credmatrix/credmatrix/clients/auditclient/checkpoint"
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
 	"github.com/credmatrix/credmatrix/services/audit"
 	"github.com/credmatrix/credmatrix/services/audit/auditmetrics"
-	"github.com/credmatrix/credmatrix/services/audit/memstore"
 	"github.com/credmatrix/credmatrix/services/audit/sqlite"
 	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
-
-// TestStoreKeepsRecordAppender: the decorator is a RecordAppender exactly
-// when the wrapped store is one, so the committer keeps its fast path.
-func TestStoreKeepsRecordAppender(t *testing.T) {
-	sq, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "a.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sq.Close()
-	tests := []struct {
-		name  string
-		store audit.Store
-	}{
-		{"memstore", memstore.New()},
-		{"sqlite", sq},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			_, want := tc.store.(audit.RecordAppender)
-			_, got := auditmetrics.New(nil, tc.name).Store(context.Background(), tc.store).(audit.RecordAppender)
-			if got != want {
-				t.Errorf("RecordAppender: wrapped %v, original %v", got, want)
-			}
-		})
-	}
-}
 
 func ev(id string, k auditv1.Kind, d auditv1.Decision) *auditv1.Event {
 	return &auditv1.Event{Id: id, Time: timestamppb.Now(), Kind: k, Decision: d}
@@ -67,7 +39,7 @@ func TestLogMetrics(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := audit.Open(ctx, store, audit.WithSigner(signer, 2, time.Hour))
+	l, err := audit.Open(ctx, store, audit.WithSigner(signer))
 	if err != nil {
 		t.Fatal(err)
 	}

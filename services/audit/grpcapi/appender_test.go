@@ -44,7 +44,7 @@ func startHeld(t *testing.T, legacy bool) (*heldService, *grpc.ClientConn) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { store.Close() })
-	log := audittest.OpenLog(t, store, audit.WithSigner(audittest.NewSigner(t), 0, 0))
+	log := audittest.OpenLog(t, store, audit.WithSigner(audittest.NewSigner(t)))
 	h := &heldService{store: store, entered: make(chan struct{}), release: make(chan struct{})}
 	hold := func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, next grpc.UnaryHandler) (any, error) {
 		if r, ok := req.(*auditv1.AppendRequest); ok {

@@ -141,11 +141,43 @@ func (s *Server) Query(ctx context.Context, req *auditv1.QueryRequest) (*auditv1
 		}
 		f.End = ts.AsTime()
 	}
-	events, next, err := s.log.Query(ctx, f)
+	page, err := s.log.Query(ctx, f)
 	if err != nil {
 		return nil, s.fail("Query", err)
 	}
-	return &auditv1.QueryResponse{Events: events, NextPageToken: next}, nil
+	resp := &auditv1.QueryResponse{Events: page.Events, NextPageToken: page.NextPageToken}
+	for _, m := range page.Mismatches {
+		resp.ColumnMismatches = append(resp.ColumnMismatches, &auditv1.ColumnMismatch{Sequence: m.Sequence, Columns: m.Columns})
+	}
+	if len(page.Mismatches) > 0 {
+		// Someone wrote to the database behind the service: the
+		// operator must hear of it, not only the caller.
+		s.logger.Error("audit store rows disagree with the log", "first", page.Mismatches[0].String(), "count", len(page.Mismatches))
+	}
+	return resp, nil
+}
+
+// ListCheckpoints implements auditv1.AuditServiceServer.
+func (s *Server) ListCheckpoints(ctx context.Context, req *auditv1.ListCheckpointsRequest) (*auditv1.ListCheckpointsResponse, error) {
+	if _, err := s.authorize(ctx, s.readers, "read"); err != nil {
+		return nil, s.fail("ListCheckpoints", err)
+	}
+	n := int(req.GetPageSize())
+	switch {
+	case n < 0 || n > audit.MaxPageSize:
+		return nil, s.fail("ListCheckpoints", audit.Errorf(audit.Invalid, "page_size: must be 0 to %d, got %d", audit.MaxPageSize, n))
+	case n == 0:
+		n = audit.MaxPageSize
+	}
+	cps, err := s.log.Checkpoints(ctx, req.GetFromSize(), n)
+	if err != nil {
+		return nil, s.fail("ListCheckpoints", err)
+	}
+	resp := &auditv1.ListCheckpointsResponse{Checkpoints: make([]*auditv1.StoredCheckpoint, len(cps))}
+	for i, cp := range cps {
+		resp.Checkpoints[i] = &auditv1.StoredCheckpoint{TreeSize: cp.Size, SignedNote: cp.Note, Time: timestamppb.New(cp.Time)}
+	}
+	return resp, nil
 }
 
 // Subscribe implements auditv1.AuditServiceServer: stored events from

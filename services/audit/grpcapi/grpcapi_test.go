@@ -74,7 +74,7 @@ func newServer(t *testing.T, opts ...grpcapi.Option) fixture {
 	}
 	t.Cleanup(func() { store.Close() })
 	signer := audittest.NewSigner(t)
-	log := audittest.OpenLog(t, store, audit.WithSigner(signer, 0, 0), audit.WithGroupCommit(audit.MaxBatch, 0, 0, 0))
+	log := audittest.OpenLog(t, store, audit.WithSigner(signer), audit.WithGroupCommit(audit.MaxBatch, 0, 0, 0))
 	lis := bufconn.Listen(1 << 20)
 	srv := grpc.NewServer()
 	auditv1.RegisterAuditServiceServer(srv, grpcapi.New(log, opts...))

@@ -67,11 +67,11 @@ func TestFailover(t *testing.T) {
 	waitSequencer(t, a)
 	b := open(t, dsn)
 	defer b.Close()
-	logA, err := audit.Open(ctx, a, audit.WithSigner(signer, 2, 0))
+	logA, err := audit.Open(ctx, a, audit.WithSigner(signer))
 	if err != nil {
 		t.Fatal(err)
 	}
-	logB, err := audit.Open(ctx, b, audit.WithSigner(signer, 2, 0))
+	logB, err := audit.Open(ctx, b, audit.WithSigner(signer), audit.WithFollow(time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,10 +93,14 @@ func TestFailover(t *testing.T) {
 	if audit.ErrorCodeOf(err) != audit.Unavailable || !errors.Is(err, postgres.ErrNotSequencer) {
 		t.Fatalf("append to the replica = %v, want Unavailable (not the sequencer)", err)
 	}
-	// The replica serves reads of what the sequencer wrote.
-	got, _, err := logB.Query(ctx, audit.Filter{})
-	if err != nil || len(got) != 3 {
-		t.Fatalf("replica Query = %d events, %v; want 3", len(got), err)
+	// The replica serves reads of what the sequencer wrote, once it has
+	// followed it (LatestCheckpoint reads and checks the store first).
+	if cp, err := logB.LatestCheckpoint(ctx); err != nil || cp.Size != 3 {
+		t.Fatalf("replica checkpoint = %d, %v; want 3", cp.Size, err)
+	}
+	page, err := logB.Query(ctx, audit.Filter{})
+	if err != nil || len(page.Events) != 3 {
+		t.Fatalf("replica Query = %d events, %v; want 3", len(page.Events), err)
 	}
 
 	// The sequencer goes away; the replica takes over.
@@ -115,7 +119,7 @@ func TestFailover(t *testing.T) {
 	if _, err := logB.LatestCheckpoint(ctx); err != nil {
 		t.Fatalf("checkpoint after takeover: %v", err)
 	}
-	bu, err := audit.ExportBundle(ctx, b, signer.Origin(), signer.PublicKey())
+	bu, _, err := audit.ExportBundle(ctx, b, signer.Origin(), signer.PublicKey())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -150,7 +154,7 @@ func BenchmarkDurableAppend(b *testing.B) {
 			s := open(b, c.NewDatabase(b))
 			defer s.Close()
 			waitSequencer(b, s)
-			log := audittest.OpenLog(b, s, audit.WithSigner(audittest.NewSigner(b), 0, 0))
+			log := audittest.OpenLog(b, s, audit.WithSigner(audittest.NewSigner(b)))
 			audittest.RunAppendBenchmark(b, log, callers)
 		})
 	}

@@ -22,6 +22,7 @@ import (
 	"github.com/credmatrix/credmatrix/services/audit"
 	"github.com/credmatrix/credmatrix/services/audit/auditmetrics"
 	"github.com/credmatrix/credmatrix/services/audit/grpcapi"
+	"github.com/credmatrix/credmatrix/services/audit/keptfile"
 	"github.com/credmatrix/credmatrix/services/audit/postgres"
 	"github.com/credmatrix/credmatrix/services/audit/sqlite"
 	"github.com/hashicorp/go-hclog"
@@ -40,13 +41,15 @@ type Config struct {
 	LogLevel         string            `cfg:"log_level" help:"trace, debug, info, warn or error"`
 	Checkpoint       CheckpointConfig  `cfg:"checkpoint"`
 	Commit           CommitConfig      `cfg:"commit"`
+	Adopt            string            `cfg:"adopt" help:"adopt, exactly as it is, a store the service refused for reasons an operator may accept (events no checkpoint signs, columns that disagree with their events): the token the refusal printed; the events are then signed and the adoption recorded in the log. Check the store first (audit verify --db)."`
 	Metrics          metrics.Config    `cfg:"metrics"`
 }
 
 // PostgresConfig locates the PostgreSQL database of store=postgres.
 type PostgresConfig struct {
-	DSN     string `cfg:"dsn" help:"PostgreSQL connection string (libpq form or URL); prefer dsn_file, a DSN may hold a password"`
-	DSNFile string `cfg:"dsn_file" help:"file holding the PostgreSQL connection string (e.g. a mounted Secret)"`
+	DSN            string        `cfg:"dsn" help:"PostgreSQL connection string (libpq form or URL); prefer dsn_file, a DSN may hold a password"`
+	DSNFile        string        `cfg:"dsn_file" help:"file holding the PostgreSQL connection string (e.g. a mounted Secret)"`
+	FollowInterval time.Duration `cfg:"follow_interval" help:"how often a replica that is not the sequencer reads and checks what the sequencer appended (it also does before serving a checkpoint)"`
 }
 
 // CheckpointConfig says how checkpoints are signed.
@@ -54,8 +57,8 @@ type CheckpointConfig struct {
 	KeyFile     string        `cfg:"key_file" help:"signed-note Ed25519 private key (PRIVATE+KEY+<origin>+...) that signs checkpoints; its public key is written beside it as <key_file>.pub"`
 	GenerateKey bool          `cfg:"generate_key" help:"development only: create key_file with a fresh key when it is missing"`
 	Origin      string        `cfg:"origin" help:"unique log origin; names a generated key (empty: credmatrix.local/audit/<random>) and must match a loaded key's name when set"`
-	Every       int           `cfg:"every" help:"sign a checkpoint after this many new events"`
-	Interval    time.Duration `cfg:"interval" help:"sign a checkpoint this often when the log has grown"`
+	KeptFile    string        `cfg:"kept_file" help:"file where the service keeps its latest signed checkpoint outside the store (empty: <key_file>.kept); start-up refuses a store that does not extend it. Keep it where the database's writers cannot write"`
+	KeptEvery   time.Duration `cfg:"kept_interval" help:"how often, at most, the kept checkpoint is rewritten while the log grows (and once at shutdown)"`
 }
 
 // CommitConfig tunes group commit.
@@ -74,10 +77,10 @@ func DefaultConfig() Config {
 		DBPath:   "credmatrix-audit.db",
 		LogLevel: "info",
 		Checkpoint: CheckpointConfig{
-			KeyFile:  "credmatrix-audit-checkpoint.key",
-			Every:    audit.DefaultCheckpointEvery,
-			Interval: audit.DefaultCheckpointInterval,
+			KeyFile:   "credmatrix-audit-checkpoint.key",
+			KeptEvery: audit.DefaultKeptInterval,
 		},
+		Postgres: PostgresConfig{FollowInterval: time.Second},
 		Commit: CommitConfig{
 			QueueLimit: audit.DefaultQueueLimit,
 			MaxEvents:  audit.DefaultCommitMaxEvents,
@@ -114,8 +117,8 @@ func (c Config) Validate() error {
 		name string
 		ok   bool
 	}{
-		{"checkpoint.every", c.Checkpoint.Every >= 1},
-		{"checkpoint.interval", c.Checkpoint.Interval > 0},
+		{"checkpoint.kept_interval", c.Checkpoint.KeptEvery > 0},
+		{"postgres.follow_interval", c.Postgres.FollowInterval > 0},
 		{"commit.queue_limit", c.Commit.QueueLimit >= audit.MaxBatch},
 		{"commit.max_events", c.Commit.MaxEvents >= 1},
 		{"commit.window", c.Commit.Window >= 0 && c.Commit.Window <= time.Second},
@@ -211,15 +214,32 @@ func New(ctx context.Context, cfg Config, logger hclog.Logger, opts ...grpcserve
 		store = m.Store(ctx, store)
 		opts = append([]grpcserver.Option{grpcserver.WithMetrics(reg)}, opts...)
 	}
-	log, err := audit.Open(ctx, store,
-		audit.WithSigner(signer, uint64(cfg.Checkpoint.Every), cfg.Checkpoint.Interval),
+	kept := keptfile.New(cfg.Checkpoint.keptFile())
+	logOpts := []audit.Option{
+		audit.WithSigner(signer),
+		audit.WithKept(kept, cfg.Checkpoint.KeptEvery),
 		audit.WithGroupCommit(cfg.Commit.QueueLimit, cfg.Commit.MaxEvents, cfg.Commit.Window, cfg.Commit.RetryAfter),
-	)
+		audit.WithErrorLog(logger.Error),
+		audit.WithAdoption(cfg.Adopt),
+	}
+	if cfg.Store == "postgres" {
+		logOpts = append(logOpts, audit.WithFollow(cfg.Postgres.FollowInterval))
+	}
+	if note, err := kept.Load(); err == nil && note == nil {
+		logger.Warn("no kept checkpoint yet: trusting the store's own latest checkpoint this once", "kept_file", kept.Path())
+	}
+	log, err := audit.Open(ctx, store, logOpts...)
 	if err != nil {
 		store.Close()
 		return nil, fmt.Errorf("audit store %s: %w", where, err)
 	}
-	logger.Info("audit log open", "origin", signer.Origin(), "key_id", signer.KeyID(), "size", log.Size())
+	if a := log.Adopted(); a != nil {
+		logger.Warn("an operator adopted the audit store as it was; the adoption is recorded in the log", "token", a.Token, "sequence", a.Sequence, "findings", len(a.Findings))
+		for _, f := range a.Findings {
+			logger.Warn("adopted", "finding", f.String())
+		}
+	}
+	logger.Info("audit log open", "origin", signer.Origin(), "key_id", signer.KeyID(), "size", log.Size(), "kept_file", kept.Path())
 	var metricsSrv *metrics.Server
 	if m != nil {
 		m.ObserveLog(log)
@@ -325,6 +345,14 @@ func (s *Server) Stop() {
 	s.grpc.Stop()
 	s.metrics.Close()
 	s.store.Close()
+}
+
+// keptFile is the kept checkpoint's path: kept_file, or beside the key.
+func (c CheckpointConfig) keptFile() string {
+	if c.KeptFile != "" {
+		return c.KeptFile
+	}
+	return c.KeyFile + ".kept"
 }
 
 // LoadSigner reads the checkpoint signing key from cfg.KeyFile, creating it

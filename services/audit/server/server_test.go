@@ -128,8 +128,8 @@ func TestConfigValidate(t *testing.T) {
 		{"store/postgres-two-dsns", func(c *Config) { c.Store = "postgres"; c.Postgres.DSN, c.Postgres.DSNFile = "x", "y" }, "postgres.dsn"},
 		{"checkpoint/no-key-file", func(c *Config) { c.Checkpoint.KeyFile = "" }, "checkpoint.key_file"},
 		{"checkpoint/bad-origin", func(c *Config) { c.Checkpoint.Origin = "a b" }, "checkpoint.origin"},
-		{"checkpoint/every-zero", func(c *Config) { c.Checkpoint.Every = 0 }, "checkpoint.every"},
-		{"checkpoint/interval-zero", func(c *Config) { c.Checkpoint.Interval = 0 }, "checkpoint.interval"},
+		{"checkpoint/kept-interval-zero", func(c *Config) { c.Checkpoint.KeptEvery = 0 }, "checkpoint.kept_interval"},
+		{"postgres/follow-interval-zero", func(c *Config) { c.Postgres.FollowInterval = 0 }, "postgres.follow_interval"},
 		{"commit/queue-below-batch", func(c *Config) { c.Commit.QueueLimit = 10 }, "commit.queue_limit"},
 		{"commit/window-too-long", func(c *Config) { c.Commit.Window = time.Minute }, "commit.window"},
 		{"commit/no-retry-advice", func(c *Config) { c.Commit.RetryAfter = 0 }, "commit.retry_after"},
@@ -192,7 +192,7 @@ func TestRefusesTamperedStore(t *testing.T) {
 	cfg.DBPath = db
 	cfg.Checkpoint.KeyFile = filepath.Join(dir, "checkpoint.key")
 	_, err = New(context.Background(), cfg, hclog.New(&hclog.LoggerOptions{Output: io.Discard}))
-	if err == nil || !strings.Contains(err.Error(), "does not match its last signed checkpoint") {
+	if err == nil || !strings.Contains(err.Error(), "do not hash to the latest signed checkpoint") {
 		t.Fatalf("New on a tampered store = %v, want a refusal naming the checkpoint", err)
 	}
 }

@@ -25,7 +25,7 @@ func BenchmarkDurableAppend(b *testing.B) {
 				b.Fatal(err)
 			}
 			defer store.Close()
-			log := audittest.OpenLog(b, store, audit.WithSigner(audittest.NewSigner(b), 0, 0))
+			log := audittest.OpenLog(b, store, audit.WithSigner(audittest.NewSigner(b)))
 			audittest.RunAppendBenchmark(b, log, callers)
 		})
 	}

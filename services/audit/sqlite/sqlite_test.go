@@ -29,7 +29,7 @@ func TestConformance(t *testing.T) {
 func TestWALOnDisk(t *testing.T) {
 	dir := t.TempDir()
 	s := open(t, dir)
-	if err := s.Append(context.Background(), storetest.Events(0, 1, "wal")); err != nil {
+	if err := storetest.Append(context.Background(), s, storetest.Events(0, 1, "wal")); err != nil {
 		t.Fatalf("Append: %v", err)
 	}
 	if err := s.Close(); err != nil {

@@ -4,10 +4,11 @@
 package storetest
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"strings"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -18,6 +19,7 @@ import (
 	"google.golang.org/protobuf/testing/protocmp"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/credmatrix/credmatrix/clients/auditclient/leaf"
 	"github.com/credmatrix/credmatrix/services/audit"
 
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
@@ -39,14 +41,18 @@ func Run(t *testing.T, open func(t *testing.T, dir string) audit.Store) {
 		{"append-read", s.testAppendRead},
 		{"copies", s.testCopies},
 		{"reject/sequence", s.testRejectSequence},
-		{"reject/duplicate-id", s.testRejectDuplicateID},
+		{"reject/duplicate-key", s.testRejectDuplicateKey},
 		{"lookup", s.testLookup},
+		{"rows", s.testRows},
+		{"index", s.testIndex},
 		{"query/filters", s.testQueryFilters},
-		{"query/pagination", s.testPagination},
-		{"query/malformed-token", s.testMalformedToken},
+		{"query/range", s.testQueryRange},
+		{"query/unindexed", s.testQueryUnindexed},
 		{"persistence", s.testPersistence},
 		{"checkpoints", s.testCheckpoints},
+		{"checkpoints/with-batch", s.testBatchCheckpoint},
 		{"checkpoints/persistence", s.testCheckpointPersistence},
+		{"view", s.testView},
 	} {
 		t.Run(tc.name, tc.run)
 	}
@@ -144,11 +150,70 @@ func fixture() []*auditv1.Event {
 	return es
 }
 
+// Batch returns the commit batch of events (leaf bytes by leaf.Marshal)
+// with checkpoint cp (nil: none).
+func Batch(events []*auditv1.Event, cp *audit.StoredCheckpoint) audit.Batch {
+	b := audit.Batch{Checkpoint: cp}
+	for _, e := range events {
+		data, err := leaf.Marshal(e)
+		if err != nil {
+			panic(err)
+		}
+		b.Records = append(b.Records, audit.Record{Event: e, Data: data})
+	}
+	return b
+}
+
+// Append appends events as one batch without a checkpoint.
+func Append(ctx context.Context, st audit.Store, events []*auditv1.Event) error {
+	return st.Append(ctx, Batch(events, nil))
+}
+
 func mustAppend(t *testing.T, st audit.Store, events []*auditv1.Event) {
 	t.Helper()
-	if err := st.Append(context.Background(), events); err != nil {
+	if err := Append(context.Background(), st, events); err != nil {
 		t.Fatalf("Append(%d events from %d): %v", len(events), events[0].GetSequence(), err)
 	}
+}
+
+// IndexAll adds index rows (IndexRowOf) for every stored event from the
+// watermark to the head, as Log's indexer does.
+func IndexAll(t testing.TB, st audit.Store) {
+	t.Helper()
+	ctx := context.Background()
+	from, err := st.IndexedUpTo(ctx)
+	if err != nil {
+		t.Fatalf("IndexedUpTo: %v", err)
+	}
+	events, err := st.Read(ctx, from, 1<<20)
+	if err != nil {
+		t.Fatalf("Read: %v", err)
+	}
+	rows := make([]audit.IndexRow, len(events))
+	for i, e := range events {
+		rows[i] = audit.IndexRowOf(e)
+	}
+	if err := st.AddIndex(ctx, from, rows); err != nil {
+		t.Fatalf("AddIndex(%d, %d rows): %v", from, len(rows), err)
+	}
+}
+
+// query runs Store.Query over the whole log and returns the decoded events.
+func query(t *testing.T, st audit.Store, f audit.Filter, from, to uint64, limit int) []*auditv1.Event {
+	t.Helper()
+	rows, err := st.Query(context.Background(), f, from, to, limit)
+	if err != nil {
+		t.Fatalf("Query: %v", err)
+	}
+	out := make([]*auditv1.Event, len(rows))
+	for i, r := range rows {
+		e, bad, err := audit.CheckRow(r)
+		if err != nil || len(bad) > 0 {
+			t.Fatalf("Query row %d: %v, columns %v disagree with the leaf", r.Sequence, err, bad)
+		}
+		out[i] = e
+	}
+	return out
 }
 
 func mustHead(t *testing.T, st audit.Store, want uint64) {
@@ -183,16 +248,18 @@ func (s suite) testEmpty(t *testing.T) {
 	st := s.fresh(t)
 	mustHead(t, st, 0)
 	diffEvents(t, "Read(0, 10)", mustRead(t, st, 0, 10), nil)
-	got, next, err := st.Query(ctx, audit.Filter{PageSize: 10})
-	if err != nil || len(got) != 0 || next != "" {
-		t.Errorf("Query on empty store = %d events, %q, %v; want 0, \"\", nil", len(got), next, err)
+	if rows, err := st.Query(ctx, audit.Filter{}, 0, 10, 10); err != nil || len(rows) != 0 {
+		t.Errorf("Query on empty store = %d rows, %v; want 0, nil", len(rows), err)
 	}
-	found, err := st.Lookup(ctx, []string{"a"})
+	found, err := st.Lookup(ctx, []audit.EventKey{{ID: "a"}})
 	if err != nil || len(found) != 0 {
 		t.Errorf("Lookup on empty store = %v, %v; want empty, nil", found, err)
 	}
-	if err := st.Append(ctx, nil); err != nil {
-		t.Errorf("Append(nil) = %v, want nil", err)
+	if n, err := st.IndexedUpTo(ctx); n != 0 || err != nil {
+		t.Errorf("IndexedUpTo on empty store = %d, %v; want 0, nil", n, err)
+	}
+	if err := st.Append(ctx, audit.Batch{}); err != nil {
+		t.Errorf("Append(empty batch) = %v, want nil", err)
 	}
 	mustHead(t, st, 0)
 }
@@ -215,6 +282,7 @@ func (s suite) testAppendRead(t *testing.T) {
 		{"tail", 6, 100, all[6:]},
 		{"at-head", uint64(len(all)), 10, nil},
 		{"beyond-head", 1 << 40, 10, nil},
+		{"beyond-int64", 1 << 63, 10, nil},
 		{"zero-limit", 0, 0, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -227,12 +295,22 @@ func (s suite) testCopies(t *testing.T) {
 	st := s.fresh(t)
 	in := Events(0, 1, "copy")
 	want := proto.CloneOf(in[0])
-	mustAppend(t, st, in)
+	b := Batch(in, nil)
+	if err := st.Append(context.Background(), b); err != nil {
+		t.Fatal(err)
+	}
 	in[0].Reason = "changed after Append"
+	b.Records[0].Data[len(b.Records[0].Data)-1] ^= 1
 	got := mustRead(t, st, 0, 1)
 	diffEvents(t, "Read after mutating the appended event", got, []*auditv1.Event{want})
 	got[0].Reason = "changed after Read"
 	diffEvents(t, "Read after mutating a read event", mustRead(t, st, 0, 1), []*auditv1.Event{want})
+	rows, err := st.ReadRows(context.Background(), 0, 1)
+	if err != nil || len(rows) != 1 {
+		t.Fatalf("ReadRows = %d, %v", len(rows), err)
+	}
+	rows[0].Data[0] ^= 1
+	diffEvents(t, "Read after mutating a read row", mustRead(t, st, 0, 1), []*auditv1.Event{want})
 }
 
 func (s suite) testRejectSequence(t *testing.T) {
@@ -256,7 +334,7 @@ func (s suite) testRejectSequence(t *testing.T) {
 			for i, seq := range tc.batch {
 				batch[i] = Event(seq, fmt.Sprintf("new-%d", i))
 			}
-			err := st.Append(context.Background(), batch)
+			err := Append(context.Background(), st, batch)
 			if !errors.Is(err, audit.ErrSequence) {
 				t.Errorf("Append(sequences %v) at head %d = %v, want ErrSequence", tc.batch, tc.head, err)
 			}
@@ -266,29 +344,39 @@ func (s suite) testRejectSequence(t *testing.T) {
 	}
 }
 
-func (s suite) testRejectDuplicateID(t *testing.T) {
+func (s suite) testRejectDuplicateKey(t *testing.T) {
+	// Event(seq, id) has time t0+seq minutes: at(seq, id, minute) moves it.
+	at := func(seq uint64, id string, minute int) *auditv1.Event {
+		e := Event(seq, id)
+		e.Time = timestamppb.New(t0.Add(time.Duration(minute) * time.Minute))
+		return e
+	}
 	for _, tc := range []struct {
-		name string
-		ids  []string // ids of the batch at sequence 1, 2...; "stored-0" is stored
+		name  string
+		batch []*auditv1.Event // at sequence 1, 2...; "stored-0" at minute 0 is stored
+		err   error
 	}{
-		{"stored", []string{"stored-0"}},
-		{"stored-after-new", []string{"new", "stored-0"}},
-		{"in-batch", []string{"new", "new"}},
+		{"reject/stored", []*auditv1.Event{at(1, "stored-0", 0)}, audit.ErrDuplicateID},
+		{"reject/stored-after-new", []*auditv1.Event{at(1, "new", 5), at(2, "stored-0", 0)}, audit.ErrDuplicateID},
+		{"reject/in-batch", []*auditv1.Event{at(1, "new", 5), at(2, "new", 5)}, audit.ErrDuplicateID},
+		// The key is (time, id): the same id at another time is another event.
+		{"accept/same-id-other-time", []*auditv1.Event{at(1, "stored-0", 1)}, nil},
+		{"accept/same-time-other-id", []*auditv1.Event{at(1, "other", 0)}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			st := s.fresh(t)
-			stored := Events(0, 1, "stored")
+			stored := []*auditv1.Event{at(0, "stored-0", 0)}
 			mustAppend(t, st, stored)
-			batch := make([]*auditv1.Event, len(tc.ids))
-			for i, id := range tc.ids {
-				batch[i] = Event(uint64(1+i), id)
+			err := Append(context.Background(), st, tc.batch)
+			if !errors.Is(err, tc.err) || (err != nil) != (tc.err != nil) {
+				t.Fatalf("Append = %v, want %v", err, tc.err)
 			}
-			err := st.Append(context.Background(), batch)
-			if !errors.Is(err, audit.ErrDuplicateID) {
-				t.Errorf("Append(ids %q) = %v, want ErrDuplicateID", tc.ids, err)
+			want := stored
+			if tc.err == nil {
+				want = append(want, tc.batch...)
 			}
-			mustHead(t, st, 1)
-			diffEvents(t, "Read after rejected append", mustRead(t, st, 0, 100), stored)
+			mustHead(t, st, uint64(len(want)))
+			diffEvents(t, "Read after append", mustRead(t, st, 0, 100), want)
 		})
 	}
 }
@@ -297,13 +385,108 @@ func (s suite) testLookup(t *testing.T) {
 	st := s.fresh(t)
 	all := fixture()
 	mustAppend(t, st, all)
-	got, err := st.Lookup(context.Background(), []string{"fx-0", "fx-7", "missing", "fx-0"})
+	k0, k7 := audit.KeyOf(all[0]), audit.KeyOf(all[7])
+	otherTime := audit.EventKey{TimeUnixNano: k0.TimeUnixNano + 1, ID: k0.ID}
+	got, err := st.Lookup(context.Background(), []audit.EventKey{k0, k7, {ID: "missing"}, otherTime, k0})
 	if err != nil {
 		t.Fatalf("Lookup: %v", err)
 	}
-	want := map[string]*auditv1.Event{"fx-0": all[0], "fx-7": all[7]}
+	want := map[audit.EventKey]*auditv1.Event{k0: all[0], k7: all[7]}
 	if diff := cmp.Diff(got, want, protocmp.Transform()); diff != "" {
 		t.Errorf("Lookup mismatch (-got +want):\n%s", diff)
+	}
+}
+
+// testRows: ReadRows returns the stored evidence as is (the leaf bytes
+// Append got), the key columns and, once indexed, the index rows.
+func (s suite) testRows(t *testing.T) {
+	ctx := context.Background()
+	st := s.fresh(t)
+	all := fixture()
+	b := Batch(all, nil)
+	if err := st.Append(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	IndexAll(t, st)
+	mustAppend(t, st, Events(uint64(len(all)), 1, "late"))
+	rows, err := st.ReadRows(ctx, 1, 100)
+	if err != nil {
+		t.Fatalf("ReadRows: %v", err)
+	}
+	if len(rows) != len(all) {
+		t.Fatalf("ReadRows(1, 100) = %d rows, want %d", len(rows), len(all))
+	}
+	for i, r := range rows {
+		seq := uint64(1 + i)
+		if r.Sequence != seq {
+			t.Errorf("row %d: Sequence %d", i, r.Sequence)
+		}
+		e, bad, err := audit.CheckRow(r)
+		if err != nil || len(bad) > 0 {
+			t.Errorf("row %d: CheckRow = %v, %v", seq, bad, err)
+		}
+		if seq < uint64(len(all)) {
+			if !bytes.Equal(r.Data, b.Records[seq].Data) {
+				t.Errorf("row %d: stored leaf bytes differ from the appended ones", seq)
+			}
+			if r.Index == nil || *r.Index != audit.IndexRowOf(all[seq]) {
+				t.Errorf("row %d: index row %+v, want %+v", seq, r.Index, audit.IndexRowOf(all[seq]))
+			}
+			continue
+		}
+		if r.Index != nil {
+			t.Errorf("row %d (not indexed) has index row %+v", seq, r.Index)
+		}
+		if e.GetId() != "late-8" {
+			t.Errorf("row %d: id %q", seq, e.GetId())
+		}
+	}
+	if rows, err := st.ReadRows(ctx, 0, 0); err != nil || len(rows) != 0 {
+		t.Errorf("ReadRows(0, 0) = %d rows, %v", len(rows), err)
+	}
+}
+
+// testIndex: AddIndex continues exactly at the watermark (one indexer wins
+// a race), never beyond the head, and moves the watermark.
+func (s suite) testIndex(t *testing.T) {
+	ctx := context.Background()
+	st := s.fresh(t)
+	all := fixture()
+	mustAppend(t, st, all)
+	rows := make([]audit.IndexRow, len(all))
+	for i, e := range all {
+		rows[i] = audit.IndexRowOf(e)
+	}
+	for _, tc := range []struct {
+		name string
+		from uint64
+		rows []audit.IndexRow
+	}{
+		{"ahead-of-watermark", 1, rows[1:3]},
+		{"beyond-head", 0, append(slices.Clone(rows), audit.IndexRow{Sequence: 8})},
+		{"rows-out-of-order", 0, []audit.IndexRow{rows[1], rows[0]}},
+	} {
+		if err := st.AddIndex(ctx, tc.from, tc.rows); !errors.Is(err, audit.ErrSequence) {
+			t.Errorf("%s: AddIndex = %v, want ErrSequence", tc.name, err)
+		}
+	}
+	if n, _ := st.IndexedUpTo(ctx); n != 0 {
+		t.Fatalf("IndexedUpTo after refused AddIndex = %d, want 0", n)
+	}
+	if err := st.AddIndex(ctx, 0, rows[:3]); err != nil {
+		t.Fatalf("AddIndex(0, 3 rows): %v", err)
+	}
+	if err := st.AddIndex(ctx, 0, rows[:3]); !errors.Is(err, audit.ErrSequence) {
+		t.Errorf("AddIndex again from 0 = %v, want ErrSequence (another indexer was first)", err)
+	}
+	if err := st.AddIndex(ctx, 3, rows[3:]); err != nil {
+		t.Fatalf("AddIndex(3, rest): %v", err)
+	}
+	if n, err := st.IndexedUpTo(ctx); n != uint64(len(all)) || err != nil {
+		t.Errorf("IndexedUpTo = %d, %v; want %d", n, err, len(all))
+	}
+	if err := st.AddIndex(ctx, uint64(len(all)), nil); err != nil {
+		t.Errorf("AddIndex of nothing at the watermark = %v", err)
 	}
 }
 
@@ -311,6 +494,7 @@ func (s suite) testQueryFilters(t *testing.T) {
 	st := s.fresh(t)
 	all := fixture()
 	mustAppend(t, st, all)
+	IndexAll(t, st)
 	at := func(min int) time.Time { return t0.Add(time.Duration(min) * time.Minute) }
 	for _, tc := range []struct {
 		name string
@@ -342,14 +526,7 @@ func (s suite) testQueryFilters(t *testing.T) {
 		{"no-match/sql-injection", audit.Filter{Subject: "' OR 1=1 --", AccountID: "x\" OR \"1\"=\"1"}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			tc.f.PageSize = audit.MaxPageSize
-			got, next, err := st.Query(context.Background(), tc.f)
-			if err != nil {
-				t.Fatalf("Query: %v", err)
-			}
-			if next != "" {
-				t.Errorf("Query next page token = %q, want \"\"", next)
-			}
+			got := query(t, st, tc.f, 0, uint64(len(all)), audit.MaxPageSize)
 			var want []*auditv1.Event
 			for _, i := range tc.want {
 				want = append(want, all[i])
@@ -367,88 +544,106 @@ func (s suite) testQueryFilters(t *testing.T) {
 	}
 }
 
-func (s suite) testPagination(t *testing.T) {
+// testQueryRange: Query searches [from, to) and returns at most limit rows.
+func (s suite) testQueryRange(t *testing.T) {
 	st := s.fresh(t)
-	mustAppend(t, st, fixture())
-	keys := []auditv1.Kind{auditv1.Kind_KIND_KEY_ENCRYPT, auditv1.Kind_KIND_KEY_DECRYPT}
+	all := fixture()
+	mustAppend(t, st, all)
+	IndexAll(t, st)
+	keys := audit.Filter{Kinds: []auditv1.Kind{auditv1.Kind_KIND_KEY_ENCRYPT, auditv1.Kind_KIND_KEY_DECRYPT}}
 	for _, tc := range []struct {
-		name string
-		f    audit.Filter
-		want [][]uint64
+		name     string
+		f        audit.Filter
+		from, to uint64
+		limit    int
+		want     []uint64
 	}{
-		{"partial-last-page", audit.Filter{PageSize: 3}, [][]uint64{{0, 1, 2}, {3, 4, 5}, {6, 7}}},
-		{"exact-last-page", audit.Filter{PageSize: 4}, [][]uint64{{0, 1, 2, 3}, {4, 5, 6, 7}}},
-		{"one-page", audit.Filter{PageSize: 8}, [][]uint64{{0, 1, 2, 3, 4, 5, 6, 7}}},
-		{"filtered", audit.Filter{PageSize: 1, Kinds: keys}, [][]uint64{{2}, {3}, {7}}},
-		{"filtered-sparse", audit.Filter{PageSize: 2, Subject: ghPrincipal}, [][]uint64{{0, 1}}},
-		{"token-past-head", audit.Filter{PageSize: 2, PageToken: audit.EncodePageToken(1 << 40)}, [][]uint64{nil}},
+		{"all/limit", audit.Filter{}, 0, 8, 3, []uint64{0, 1, 2}},
+		{"all/from-to", audit.Filter{}, 2, 5, 10, []uint64{2, 3, 4}},
+		{"filtered/limit", keys, 0, 8, 2, []uint64{2, 3}},
+		{"filtered/from", keys, 3, 8, 10, []uint64{3, 7}},
+		{"filtered/to", keys, 0, 7, 10, []uint64{2, 3}},
+		{"to-beyond-head", audit.Filter{}, 6, 1 << 40, 10, []uint64{6, 7}},
+		{"from-beyond-int64", audit.Filter{}, 1 << 63, 1<<63 + 5, 10, nil},
+		{"empty-range", audit.Filter{}, 4, 4, 10, nil},
+		{"zero-limit", audit.Filter{}, 0, 8, 0, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var got [][]uint64
-			f := tc.f
-			for page := 0; ; page++ {
-				if page > 10 {
-					t.Fatalf("more than 10 pages; got %v", got)
-				}
-				events, next, err := st.Query(context.Background(), f)
-				if err != nil {
-					t.Fatalf("Query page %d: %v", page, err)
-				}
-				var seqs []uint64
-				for _, e := range events {
-					seqs = append(seqs, e.GetSequence())
-				}
-				got = append(got, seqs)
-				if next == "" {
-					break
-				}
-				f.PageToken = next
+			var got []uint64
+			for _, e := range query(t, st, tc.f, tc.from, tc.to, tc.limit) {
+				got = append(got, e.GetSequence())
 			}
 			if diff := cmp.Diff(got, tc.want); diff != "" {
-				t.Errorf("pages mismatch (-got +want):\n%s", diff)
+				t.Errorf("sequences (-got +want):\n%s", diff)
 			}
 		})
 	}
 }
 
-func (s suite) testMalformedToken(t *testing.T) {
+// testQueryUnindexed: an event without an index row is never a candidate
+// of a filtered query (Log scans the unindexed tail itself), and an
+// unfiltered query returns it with a nil Index.
+func (s suite) testQueryUnindexed(t *testing.T) {
+	ctx := context.Background()
 	st := s.fresh(t)
-	mustAppend(t, st, Events(0, 2, "tok"))
-	for _, token := range []string{"not base64!", "AAAA", "AgAAAAAAAAAA", audit.EncodePageToken(1) + "A"} {
-		t.Run(token, func(t *testing.T) {
-			_, _, err := st.Query(context.Background(), audit.Filter{PageSize: 10, PageToken: token})
-			if audit.ErrorCodeOf(err) != audit.Invalid || !strings.Contains(err.Error(), "page_token") {
-				t.Errorf("Query(page_token %q) = %v, want an Invalid error naming page_token", token, err)
-			}
-		})
+	all := fixture()
+	mustAppend(t, st, all[:4])
+	IndexAll(t, st)
+	mustAppend(t, st, all[4:])
+	got := query(t, st, audit.Filter{Subject: operator}, 0, 8, 10)
+	if len(got) != 0 {
+		t.Errorf("filtered Query over unindexed events = %d events, want 0", len(got))
+	}
+	rows, err := st.Query(ctx, audit.Filter{}, 3, 8, 10)
+	if err != nil || len(rows) != 5 {
+		t.Fatalf("unfiltered Query = %d rows, %v; want 5", len(rows), err)
+	}
+	for _, r := range rows {
+		if indexed := r.Index != nil; indexed != (r.Sequence < 4) {
+			t.Errorf("row %d: indexed %v", r.Sequence, indexed)
+		}
 	}
 }
 
 func (s suite) testPersistence(t *testing.T) {
+	ctx := context.Background()
 	dir := t.TempDir()
 	first := fixture()
 	st, closeFirst := s.openAt(t, dir)
 	mustAppend(t, st, first)
+	IndexAll(t, st)
 	closeFirst()
 
 	st, closeSecond := s.openAt(t, dir)
 	mustHead(t, st, uint64(len(first)))
 	diffEvents(t, "Read after reopen", mustRead(t, st, 0, 100), first)
+	if n, err := st.IndexedUpTo(ctx); n != uint64(len(first)) || err != nil {
+		t.Errorf("IndexedUpTo after reopen = %d, %v; want %d", n, err, len(first))
+	}
 	more := Events(uint64(len(first)), 2, "more")
 	mustAppend(t, st, more)
-	if err := st.Append(context.Background(), []*auditv1.Event{Event(10, "fx-0")}); !errors.Is(err, audit.ErrDuplicateID) {
-		t.Errorf("Append of an id stored before reopen = %v, want ErrDuplicateID", err)
+	again := proto.CloneOf(first[0])
+	again.Sequence = 10
+	if err := Append(ctx, st, []*auditv1.Event{again}); !errors.Is(err, audit.ErrDuplicateID) {
+		t.Errorf("Append of a key stored before reopen = %v, want ErrDuplicateID", err)
 	}
 	closeSecond()
 
 	st, _ = s.openAt(t, dir)
 	mustHead(t, st, uint64(len(first)+len(more)))
 	diffEvents(t, "Read after second reopen", mustRead(t, st, 0, 100), append(first, more...))
+	got := query(t, st, audit.Filter{Subject: "alice"}, 0, uint64(len(first)), 10)
+	if len(got) != 2 {
+		t.Errorf("indexed Query after reopen = %d events, want 2", len(got))
+	}
 }
 
-func cp(size uint64) audit.StoredCheckpoint {
+// CP returns a stand-in checkpoint of size (stores do not interpret notes).
+func CP(size uint64) audit.StoredCheckpoint {
 	return audit.StoredCheckpoint{Size: size, Note: []byte(fmt.Sprintf("note %d\n", size)), Time: t0.Add(time.Duration(size) * time.Second)}
 }
+
+func cpPtr(size uint64) *audit.StoredCheckpoint { c := CP(size); return &c }
 
 func (s suite) testCheckpoints(t *testing.T) {
 	ctx := context.Background()
@@ -456,12 +651,12 @@ func (s suite) testCheckpoints(t *testing.T) {
 	if _, ok, err := st.LatestCheckpoint(ctx); ok || err != nil {
 		t.Fatalf("LatestCheckpoint of an empty store = ok %v, %v; want none", ok, err)
 	}
-	if err := st.AddCheckpoint(ctx, cp(1)); !errors.Is(err, audit.ErrSequence) {
+	if err := st.AddCheckpoint(ctx, CP(1)); !errors.Is(err, audit.ErrSequence) {
 		t.Errorf("AddCheckpoint beyond head of an empty store = %v, want ErrSequence", err)
 	}
 	mustAppend(t, st, Events(0, 5, "cp"))
 	for _, size := range []uint64{3, 5} {
-		if err := st.AddCheckpoint(ctx, cp(size)); err != nil {
+		if err := st.AddCheckpoint(ctx, CP(size)); err != nil {
 			t.Fatalf("AddCheckpoint(%d): %v", size, err)
 		}
 	}
@@ -469,7 +664,7 @@ func (s suite) testCheckpoints(t *testing.T) {
 		name string
 		size uint64
 	}{{"reject/zero", 0}, {"reject/older", 4}, {"reject/same", 5}, {"reject/beyond-head", 6}} {
-		if err := st.AddCheckpoint(ctx, cp(tc.size)); !errors.Is(err, audit.ErrSequence) {
+		if err := st.AddCheckpoint(ctx, CP(tc.size)); !errors.Is(err, audit.ErrSequence) {
 			t.Errorf("%s: AddCheckpoint(%d) = %v, want ErrSequence", tc.name, tc.size, err)
 		}
 	}
@@ -492,7 +687,7 @@ func (s suite) testCheckpoints(t *testing.T) {
 		}
 		var want []audit.StoredCheckpoint
 		for _, size := range tc.wantSize {
-			want = append(want, cp(size))
+			want = append(want, CP(size))
 		}
 		if diff := cmp.Diff(got, want, cmpopts.EquateEmpty()); diff != "" {
 			t.Errorf("%s: Checkpoints(%d, %d) (-got +want):\n%s", tc.name, tc.from, tc.limit, diff)
@@ -502,14 +697,53 @@ func (s suite) testCheckpoints(t *testing.T) {
 	if err != nil || !ok {
 		t.Fatalf("LatestCheckpoint = ok %v, %v", ok, err)
 	}
-	if diff := cmp.Diff(got, cp(5)); diff != "" {
+	if diff := cmp.Diff(got, CP(5)); diff != "" {
 		t.Errorf("LatestCheckpoint (-got +want):\n%s", diff)
 	}
 	// The store returns copies.
 	got.Note[0] = 'X'
 	again, _, _ := st.LatestCheckpoint(ctx)
-	if diff := cmp.Diff(again, cp(5)); diff != "" {
+	if diff := cmp.Diff(again, CP(5)); diff != "" {
 		t.Errorf("LatestCheckpoint after mutating a returned note (-got +want):\n%s", diff)
+	}
+}
+
+// testBatchCheckpoint: a batch's checkpoint is stored with its events, in
+// the same all-or-nothing commit.
+func (s suite) testBatchCheckpoint(t *testing.T) {
+	ctx := context.Background()
+	st := s.fresh(t)
+	if err := st.Append(ctx, Batch(Events(0, 3, "b"), cpPtr(3))); err != nil {
+		t.Fatalf("Append with checkpoint 3: %v", err)
+	}
+	for _, tc := range []struct {
+		name string
+		b    audit.Batch
+		err  error
+	}{
+		{"reject/checkpoint-beyond-batch", Batch(Events(3, 2, "c"), cpPtr(6)), audit.ErrSequence},
+		{"reject/checkpoint-not-newer", Batch(Events(3, 2, "c"), cpPtr(3)), audit.ErrSequence},
+		{"reject/duplicate-key-with-checkpoint", Batch(sameKey(Event(3, "c-3"), Event(4, "c-3")), cpPtr(5)), audit.ErrDuplicateID},
+	} {
+		if err := st.Append(ctx, tc.b); !errors.Is(err, tc.err) {
+			t.Errorf("%s: Append = %v, want %v", tc.name, err, tc.err)
+		}
+		mustHead(t, st, 3)
+		if cp, _, _ := st.LatestCheckpoint(ctx); cp.Size != 3 {
+			t.Errorf("%s: latest checkpoint after a refused batch = %d, want 3", tc.name, cp.Size)
+		}
+	}
+	// A checkpoint may sign less than the batch (a log that signs a
+	// subset); it must not sign more.
+	if err := st.Append(ctx, Batch(Events(3, 2, "c"), cpPtr(4))); err != nil {
+		t.Fatalf("Append with checkpoint inside the batch: %v", err)
+	}
+	got, err := st.Checkpoints(ctx, 0, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(got, []audit.StoredCheckpoint{CP(3), CP(4)}); diff != "" {
+		t.Errorf("Checkpoints (-got +want):\n%s", diff)
 	}
 }
 
@@ -517,9 +751,8 @@ func (s suite) testCheckpointPersistence(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	st, closeFirst := s.openAt(t, dir)
-	mustAppend(t, st, Events(0, 2, "cpp"))
-	if err := st.AddCheckpoint(ctx, cp(2)); err != nil {
-		t.Fatalf("AddCheckpoint: %v", err)
+	if err := st.Append(ctx, Batch(Events(0, 2, "cpp"), cpPtr(2))); err != nil {
+		t.Fatalf("Append: %v", err)
 	}
 	closeFirst()
 	st, _ = s.openAt(t, dir)
@@ -527,7 +760,94 @@ func (s suite) testCheckpointPersistence(t *testing.T) {
 	if err != nil || !ok {
 		t.Fatalf("LatestCheckpoint after reopen = ok %v, %v", ok, err)
 	}
-	if diff := cmp.Diff(got, cp(2)); diff != "" {
+	if diff := cmp.Diff(got, CP(2)); diff != "" {
 		t.Errorf("LatestCheckpoint after reopen (-got +want):\n%s", diff)
 	}
+}
+
+// testView: a View sees one instant: an append committed while it reads
+// is invisible to it (rows, head, checkpoints and watermark alike), and
+// visible after.
+func (s suite) testView(t *testing.T) {
+	ctx := context.Background()
+	st := s.fresh(t)
+	if err := st.Append(ctx, Batch(Events(0, 3, "v"), cpPtr(3))); err != nil {
+		t.Fatal(err)
+	}
+	IndexAll(t, st)
+	err := st.View(ctx, func(r audit.Reader) error {
+		before, err := snapshotOf(ctx, r)
+		if err != nil {
+			return err
+		}
+		// Commit a batch and index it while the view is open.
+		if err := st.Append(ctx, Batch(Events(3, 2, "w"), cpPtr(5))); err != nil {
+			return fmt.Errorf("append during a view: %w", err)
+		}
+		IndexAll(t, st)
+		after, err := snapshotOf(ctx, r)
+		if err != nil {
+			return err
+		}
+		if diff := cmp.Diff(after, before); diff != "" {
+			t.Errorf("the view changed while it was open (-after +before):\n%s", diff)
+		}
+		if before.Head != 3 || before.Latest != 3 || before.Indexed != 3 || len(before.Rows) != 3 {
+			t.Errorf("view = %+v, want head, checkpoint and index at 3", before)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("View: %v", err)
+	}
+	var now viewState
+	if err := st.View(ctx, func(r audit.Reader) (err error) { now, err = snapshotOf(ctx, r); return err }); err != nil {
+		t.Fatal(err)
+	}
+	if now.Head != 5 || now.Latest != 5 || now.Indexed != 5 || len(now.Rows) != 5 {
+		t.Errorf("a later view = %+v; want head, checkpoint, index and rows at 5", now)
+	}
+	if err := st.View(ctx, func(audit.Reader) error { return errView }); !errors.Is(err, errView) {
+		t.Errorf("View returned %v, want f's error", err)
+	}
+}
+
+var errView = errors.New("from f")
+
+// sameKey gives b the key (time and id) of a.
+func sameKey(a, b *auditv1.Event) []*auditv1.Event {
+	b.Id, b.Time = a.Id, a.Time
+	return []*auditv1.Event{a, b}
+}
+
+type viewState struct {
+	Head, Latest, Indexed uint64
+	Rows                  []uint64
+	Checkpoints           int
+}
+
+func snapshotOf(ctx context.Context, r audit.Reader) (viewState, error) {
+	var v viewState
+	var err error
+	if v.Head, err = r.Head(ctx); err != nil {
+		return v, err
+	}
+	cp, _, err := r.LatestCheckpoint(ctx)
+	if err != nil {
+		return v, err
+	}
+	v.Latest = cp.Size
+	if v.Indexed, err = r.IndexedUpTo(ctx); err != nil {
+		return v, err
+	}
+	rows, err := r.ReadRows(ctx, 0, 100)
+	if err != nil {
+		return v, err
+	}
+	for _, row := range rows {
+		v.Rows = append(v.Rows, row.Sequence)
+	}
+	cps, err := r.Checkpoints(ctx, 0, 100)
+	v.Checkpoints = len(cps)
+	return v, err
 }

@@ -1597,12 +1597,19 @@ func (x *QueryRequest) GetTraceId() string {
 // QueryResponse is one page of matching events.
 type QueryResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Matching events in sequence order.
+	// Matching events in sequence order. Each is the event the log's Merkle
+	// tree holds at its sequence, matched by its own fields.
 	Events []*Event `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
-	// Token for the next page; empty on the last page.
+	// Token for the next page; empty on the last page. A page may hold fewer
+	// than page_size events and still have a next page.
 	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// Stored rows the query came across whose database columns disagree
+	// with the event they are derived from, or whose event is not the one
+	// the tree holds (such an event is left out): someone wrote to the
+	// database behind the service's back. Empty when all is well.
+	ColumnMismatches []*ColumnMismatch `protobuf:"bytes,3,rep,name=column_mismatches,json=columnMismatches,proto3" json:"column_mismatches,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *QueryResponse) Reset() {
@@ -1649,6 +1656,70 @@ func (x *QueryResponse) GetNextPageToken() string {
 	return ""
 }
 
+func (x *QueryResponse) GetColumnMismatches() []*ColumnMismatch {
+	if x != nil {
+		return x.ColumnMismatches
+	}
+	return nil
+}
+
+// ColumnMismatch is a stored row that disagrees with the log.
+type ColumnMismatch struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Sequence of the row.
+	Sequence uint64 `protobuf:"varint,1,opt,name=sequence,proto3" json:"sequence,omitempty"`
+	// What disagrees: "data" (the stored event is not the one the tree
+	// holds), "id", "time", "index:<field>", "index row missing", "row
+	// missing".
+	Columns       []string `protobuf:"bytes,2,rep,name=columns,proto3" json:"columns,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ColumnMismatch) Reset() {
+	*x = ColumnMismatch{}
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ColumnMismatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ColumnMismatch) ProtoMessage() {}
+
+func (x *ColumnMismatch) ProtoReflect() protoreflect.Message {
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ColumnMismatch.ProtoReflect.Descriptor instead.
+func (*ColumnMismatch) Descriptor() ([]byte, []int) {
+	return file_credmatrix_audit_v1_audit_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ColumnMismatch) GetSequence() uint64 {
+	if x != nil {
+		return x.Sequence
+	}
+	return 0
+}
+
+func (x *ColumnMismatch) GetColumns() []string {
+	if x != nil {
+		return x.Columns
+	}
+	return nil
+}
+
 // SubscribeRequest starts a stream.
 type SubscribeRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1662,7 +1733,7 @@ type SubscribeRequest struct {
 
 func (x *SubscribeRequest) Reset() {
 	*x = SubscribeRequest{}
-	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[13]
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1674,7 +1745,7 @@ func (x *SubscribeRequest) String() string {
 func (*SubscribeRequest) ProtoMessage() {}
 
 func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[13]
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1687,7 +1758,7 @@ func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubscribeRequest.ProtoReflect.Descriptor instead.
 func (*SubscribeRequest) Descriptor() ([]byte, []int) {
-	return file_credmatrix_audit_v1_audit_proto_rawDescGZIP(), []int{13}
+	return file_credmatrix_audit_v1_audit_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SubscribeRequest) GetFromSequence() uint64 {
@@ -1715,7 +1786,7 @@ type SubscribeResponse struct {
 
 func (x *SubscribeResponse) Reset() {
 	*x = SubscribeResponse{}
-	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[14]
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1727,7 +1798,7 @@ func (x *SubscribeResponse) String() string {
 func (*SubscribeResponse) ProtoMessage() {}
 
 func (x *SubscribeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[14]
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1740,7 +1811,7 @@ func (x *SubscribeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubscribeResponse.ProtoReflect.Descriptor instead.
 func (*SubscribeResponse) Descriptor() ([]byte, []int) {
-	return file_credmatrix_audit_v1_audit_proto_rawDescGZIP(), []int{14}
+	return file_credmatrix_audit_v1_audit_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *SubscribeResponse) GetEvent() *Event {
@@ -1759,7 +1830,7 @@ type GetCheckpointRequest struct {
 
 func (x *GetCheckpointRequest) Reset() {
 	*x = GetCheckpointRequest{}
-	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[15]
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1771,7 +1842,7 @@ func (x *GetCheckpointRequest) String() string {
 func (*GetCheckpointRequest) ProtoMessage() {}
 
 func (x *GetCheckpointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[15]
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1784,7 +1855,7 @@ func (x *GetCheckpointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCheckpointRequest.ProtoReflect.Descriptor instead.
 func (*GetCheckpointRequest) Descriptor() ([]byte, []int) {
-	return file_credmatrix_audit_v1_audit_proto_rawDescGZIP(), []int{15}
+	return file_credmatrix_audit_v1_audit_proto_rawDescGZIP(), []int{16}
 }
 
 // GetCheckpointResponse is a signed checkpoint of the log.
@@ -1818,7 +1889,7 @@ type GetCheckpointResponse struct {
 
 func (x *GetCheckpointResponse) Reset() {
 	*x = GetCheckpointResponse{}
-	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[16]
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1830,7 +1901,7 @@ func (x *GetCheckpointResponse) String() string {
 func (*GetCheckpointResponse) ProtoMessage() {}
 
 func (x *GetCheckpointResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[16]
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1843,7 +1914,7 @@ func (x *GetCheckpointResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCheckpointResponse.ProtoReflect.Descriptor instead.
 func (*GetCheckpointResponse) Descriptor() ([]byte, []int) {
-	return file_credmatrix_audit_v1_audit_proto_rawDescGZIP(), []int{16}
+	return file_credmatrix_audit_v1_audit_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *GetCheckpointResponse) GetSignedNote() []byte {
@@ -1915,7 +1986,7 @@ type GetInclusionProofRequest struct {
 
 func (x *GetInclusionProofRequest) Reset() {
 	*x = GetInclusionProofRequest{}
-	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[17]
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1927,7 +1998,7 @@ func (x *GetInclusionProofRequest) String() string {
 func (*GetInclusionProofRequest) ProtoMessage() {}
 
 func (x *GetInclusionProofRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[17]
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1940,7 +2011,7 @@ func (x *GetInclusionProofRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetInclusionProofRequest.ProtoReflect.Descriptor instead.
 func (*GetInclusionProofRequest) Descriptor() ([]byte, []int) {
-	return file_credmatrix_audit_v1_audit_proto_rawDescGZIP(), []int{17}
+	return file_credmatrix_audit_v1_audit_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *GetInclusionProofRequest) GetSequence() uint64 {
@@ -1974,7 +2045,7 @@ type GetInclusionProofResponse struct {
 
 func (x *GetInclusionProofResponse) Reset() {
 	*x = GetInclusionProofResponse{}
-	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[18]
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1986,7 +2057,7 @@ func (x *GetInclusionProofResponse) String() string {
 func (*GetInclusionProofResponse) ProtoMessage() {}
 
 func (x *GetInclusionProofResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[18]
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1999,7 +2070,7 @@ func (x *GetInclusionProofResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetInclusionProofResponse.ProtoReflect.Descriptor instead.
 func (*GetInclusionProofResponse) Descriptor() ([]byte, []int) {
-	return file_credmatrix_audit_v1_audit_proto_rawDescGZIP(), []int{18}
+	return file_credmatrix_audit_v1_audit_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *GetInclusionProofResponse) GetSequence() uint64 {
@@ -2043,7 +2114,7 @@ type GetConsistencyProofRequest struct {
 
 func (x *GetConsistencyProofRequest) Reset() {
 	*x = GetConsistencyProofRequest{}
-	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[19]
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2055,7 +2126,7 @@ func (x *GetConsistencyProofRequest) String() string {
 func (*GetConsistencyProofRequest) ProtoMessage() {}
 
 func (x *GetConsistencyProofRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[19]
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2068,7 +2139,7 @@ func (x *GetConsistencyProofRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetConsistencyProofRequest.ProtoReflect.Descriptor instead.
 func (*GetConsistencyProofRequest) Descriptor() ([]byte, []int) {
-	return file_credmatrix_audit_v1_audit_proto_rawDescGZIP(), []int{19}
+	return file_credmatrix_audit_v1_audit_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *GetConsistencyProofRequest) GetFirstSize() uint64 {
@@ -2083,6 +2154,171 @@ func (x *GetConsistencyProofRequest) GetSecondSize() uint64 {
 		return x.SecondSize
 	}
 	return 0
+}
+
+// ListCheckpointsRequest asks for stored checkpoints.
+type ListCheckpointsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Smallest tree size to return.
+	FromSize uint64 `protobuf:"varint,1,opt,name=from_size,json=fromSize,proto3" json:"from_size,omitempty"`
+	// Maximum number of checkpoints (0: 1000; at most 1000).
+	PageSize      int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListCheckpointsRequest) Reset() {
+	*x = ListCheckpointsRequest{}
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListCheckpointsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListCheckpointsRequest) ProtoMessage() {}
+
+func (x *ListCheckpointsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListCheckpointsRequest.ProtoReflect.Descriptor instead.
+func (*ListCheckpointsRequest) Descriptor() ([]byte, []int) {
+	return file_credmatrix_audit_v1_audit_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *ListCheckpointsRequest) GetFromSize() uint64 {
+	if x != nil {
+		return x.FromSize
+	}
+	return 0
+}
+
+func (x *ListCheckpointsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+// ListCheckpointsResponse holds stored checkpoints in size order.
+type ListCheckpointsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The checkpoints; fewer than page_size means there are no more.
+	Checkpoints   []*StoredCheckpoint `protobuf:"bytes,1,rep,name=checkpoints,proto3" json:"checkpoints,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListCheckpointsResponse) Reset() {
+	*x = ListCheckpointsResponse{}
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListCheckpointsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListCheckpointsResponse) ProtoMessage() {}
+
+func (x *ListCheckpointsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListCheckpointsResponse.ProtoReflect.Descriptor instead.
+func (*ListCheckpointsResponse) Descriptor() ([]byte, []int) {
+	return file_credmatrix_audit_v1_audit_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *ListCheckpointsResponse) GetCheckpoints() []*StoredCheckpoint {
+	if x != nil {
+		return x.Checkpoints
+	}
+	return nil
+}
+
+// StoredCheckpoint is one signed checkpoint as the log keeps it.
+type StoredCheckpoint struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Number of leaves it commits to.
+	TreeSize uint64 `protobuf:"varint,1,opt,name=tree_size,json=treeSize,proto3" json:"tree_size,omitempty"`
+	// The C2SP signed note.
+	SignedNote []byte `protobuf:"bytes,2,opt,name=signed_note,json=signedNote,proto3" json:"signed_note,omitempty"`
+	// When it was signed.
+	Time          *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=time,proto3" json:"time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StoredCheckpoint) Reset() {
+	*x = StoredCheckpoint{}
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StoredCheckpoint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StoredCheckpoint) ProtoMessage() {}
+
+func (x *StoredCheckpoint) ProtoReflect() protoreflect.Message {
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StoredCheckpoint.ProtoReflect.Descriptor instead.
+func (*StoredCheckpoint) Descriptor() ([]byte, []int) {
+	return file_credmatrix_audit_v1_audit_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *StoredCheckpoint) GetTreeSize() uint64 {
+	if x != nil {
+		return x.TreeSize
+	}
+	return 0
+}
+
+func (x *StoredCheckpoint) GetSignedNote() []byte {
+	if x != nil {
+		return x.SignedNote
+	}
+	return nil
+}
+
+func (x *StoredCheckpoint) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
 }
 
 // GetConsistencyProofResponse proves append-only growth.
@@ -2100,7 +2336,7 @@ type GetConsistencyProofResponse struct {
 
 func (x *GetConsistencyProofResponse) Reset() {
 	*x = GetConsistencyProofResponse{}
-	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[20]
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2112,7 +2348,7 @@ func (x *GetConsistencyProofResponse) String() string {
 func (*GetConsistencyProofResponse) ProtoMessage() {}
 
 func (x *GetConsistencyProofResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[20]
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2125,7 +2361,7 @@ func (x *GetConsistencyProofResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetConsistencyProofResponse.ProtoReflect.Descriptor instead.
 func (*GetConsistencyProofResponse) Descriptor() ([]byte, []int) {
-	return file_credmatrix_audit_v1_audit_proto_rawDescGZIP(), []int{20}
+	return file_credmatrix_audit_v1_audit_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *GetConsistencyProofResponse) GetFirstSize() uint64 {
@@ -2162,7 +2398,7 @@ type ArchiveRequest struct {
 
 func (x *ArchiveRequest) Reset() {
 	*x = ArchiveRequest{}
-	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[21]
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2174,7 +2410,7 @@ func (x *ArchiveRequest) String() string {
 func (*ArchiveRequest) ProtoMessage() {}
 
 func (x *ArchiveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[21]
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2187,7 +2423,7 @@ func (x *ArchiveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ArchiveRequest.ProtoReflect.Descriptor instead.
 func (*ArchiveRequest) Descriptor() ([]byte, []int) {
-	return file_credmatrix_audit_v1_audit_proto_rawDescGZIP(), []int{21}
+	return file_credmatrix_audit_v1_audit_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ArchiveRequest) GetEndSize() uint64 {
@@ -2210,7 +2446,7 @@ type ArchiveResponse struct {
 
 func (x *ArchiveResponse) Reset() {
 	*x = ArchiveResponse{}
-	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[22]
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2222,7 +2458,7 @@ func (x *ArchiveResponse) String() string {
 func (*ArchiveResponse) ProtoMessage() {}
 
 func (x *ArchiveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[22]
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2235,7 +2471,7 @@ func (x *ArchiveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ArchiveResponse.ProtoReflect.Descriptor instead.
 func (*ArchiveResponse) Descriptor() ([]byte, []int) {
-	return file_credmatrix_audit_v1_audit_proto_rawDescGZIP(), []int{22}
+	return file_credmatrix_audit_v1_audit_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ArchiveResponse) GetChunk() []byte {
@@ -2269,7 +2505,7 @@ type ArchiveSummary struct {
 
 func (x *ArchiveSummary) Reset() {
 	*x = ArchiveSummary{}
-	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[23]
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2281,7 +2517,7 @@ func (x *ArchiveSummary) String() string {
 func (*ArchiveSummary) ProtoMessage() {}
 
 func (x *ArchiveSummary) ProtoReflect() protoreflect.Message {
-	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[23]
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2294,7 +2530,7 @@ func (x *ArchiveSummary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ArchiveSummary.ProtoReflect.Descriptor instead.
 func (*ArchiveSummary) Descriptor() ([]byte, []int) {
-	return file_credmatrix_audit_v1_audit_proto_rawDescGZIP(), []int{23}
+	return file_credmatrix_audit_v1_audit_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ArchiveSummary) GetFirstSequence() uint64 {
@@ -2341,7 +2577,7 @@ type PruneRequest struct {
 
 func (x *PruneRequest) Reset() {
 	*x = PruneRequest{}
-	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[24]
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2353,7 +2589,7 @@ func (x *PruneRequest) String() string {
 func (*PruneRequest) ProtoMessage() {}
 
 func (x *PruneRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[24]
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2366,7 +2602,7 @@ func (x *PruneRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PruneRequest.ProtoReflect.Descriptor instead.
 func (*PruneRequest) Descriptor() ([]byte, []int) {
-	return file_credmatrix_audit_v1_audit_proto_rawDescGZIP(), []int{24}
+	return file_credmatrix_audit_v1_audit_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *PruneRequest) GetFirstSequence() uint64 {
@@ -2403,7 +2639,7 @@ type PruneResponse struct {
 
 func (x *PruneResponse) Reset() {
 	*x = PruneResponse{}
-	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[25]
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2415,7 +2651,7 @@ func (x *PruneResponse) String() string {
 func (*PruneResponse) ProtoMessage() {}
 
 func (x *PruneResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[25]
+	mi := &file_credmatrix_audit_v1_audit_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2428,7 +2664,7 @@ func (x *PruneResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PruneResponse.ProtoReflect.Descriptor instead.
 func (*PruneResponse) Descriptor() ([]byte, []int) {
-	return file_credmatrix_audit_v1_audit_proto_rawDescGZIP(), []int{25}
+	return file_credmatrix_audit_v1_audit_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *PruneResponse) GetFirstSequence() uint64 {
@@ -2596,10 +2832,14 @@ const file_credmatrix_audit_v1_audit_proto_rawDesc = "" +
 	"\n" +
 	"page_token\x18\n" +
 	" \x01(\tR\tpageToken\x12\x19\n" +
-	"\btrace_id\x18\v \x01(\tR\atraceId\"k\n" +
+	"\btrace_id\x18\v \x01(\tR\atraceId\"\xbd\x01\n" +
 	"\rQueryResponse\x122\n" +
 	"\x06events\x18\x01 \x03(\v2\x1a.credmatrix.audit.v1.EventR\x06events\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"h\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12P\n" +
+	"\x11column_mismatches\x18\x03 \x03(\v2#.credmatrix.audit.v1.ColumnMismatchR\x10columnMismatches\"F\n" +
+	"\x0eColumnMismatch\x12\x1a\n" +
+	"\bsequence\x18\x01 \x01(\x04R\bsequence\x12\x18\n" +
+	"\acolumns\x18\x02 \x03(\tR\acolumns\"h\n" +
 	"\x10SubscribeRequest\x12#\n" +
 	"\rfrom_sequence\x18\x01 \x01(\x04R\ffromSequence\x12/\n" +
 	"\x05kinds\x18\x02 \x03(\x0e2\x19.credmatrix.audit.v1.KindR\x05kinds\"E\n" +
@@ -2628,7 +2868,17 @@ const file_credmatrix_audit_v1_audit_proto_rawDesc = "" +
 	"\n" +
 	"first_size\x18\x01 \x01(\x04R\tfirstSize\x12\x1f\n" +
 	"\vsecond_size\x18\x02 \x01(\x04R\n" +
-	"secondSize\"u\n" +
+	"secondSize\"R\n" +
+	"\x16ListCheckpointsRequest\x12\x1b\n" +
+	"\tfrom_size\x18\x01 \x01(\x04R\bfromSize\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\"b\n" +
+	"\x17ListCheckpointsResponse\x12G\n" +
+	"\vcheckpoints\x18\x01 \x03(\v2%.credmatrix.audit.v1.StoredCheckpointR\vcheckpoints\"\x80\x01\n" +
+	"\x10StoredCheckpoint\x12\x1b\n" +
+	"\ttree_size\x18\x01 \x01(\x04R\btreeSize\x12\x1f\n" +
+	"\vsigned_note\x18\x02 \x01(\fR\n" +
+	"signedNote\x12.\n" +
+	"\x04time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"u\n" +
 	"\x1bGetConsistencyProofResponse\x12\x1d\n" +
 	"\n" +
 	"first_size\x18\x01 \x01(\x04R\tfirstSize\x12\x1f\n" +
@@ -2674,7 +2924,7 @@ const file_credmatrix_audit_v1_audit_proto_rawDesc = "" +
 	"\x14DECISION_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eDECISION_ALLOW\x10\x01\x12\x11\n" +
 	"\rDECISION_DENY\x10\x02\x12\x12\n" +
-	"\x0eDECISION_ERROR\x10\x032\x8d\x06\n" +
+	"\x0eDECISION_ERROR\x10\x032\xfb\x06\n" +
 	"\fAuditService\x12Q\n" +
 	"\x06Append\x12\".credmatrix.audit.v1.AppendRequest\x1a#.credmatrix.audit.v1.AppendResponse\x12N\n" +
 	"\x05Query\x12!.credmatrix.audit.v1.QueryRequest\x1a\".credmatrix.audit.v1.QueryResponse\x12\\\n" +
@@ -2683,7 +2933,8 @@ const file_credmatrix_audit_v1_audit_proto_rawDesc = "" +
 	"\x11GetInclusionProof\x12-.credmatrix.audit.v1.GetInclusionProofRequest\x1a..credmatrix.audit.v1.GetInclusionProofResponse\x12x\n" +
 	"\x13GetConsistencyProof\x12/.credmatrix.audit.v1.GetConsistencyProofRequest\x1a0.credmatrix.audit.v1.GetConsistencyProofResponse\x12V\n" +
 	"\aArchive\x12#.credmatrix.audit.v1.ArchiveRequest\x1a$.credmatrix.audit.v1.ArchiveResponse0\x01\x12N\n" +
-	"\x05Prune\x12!.credmatrix.audit.v1.PruneRequest\x1a\".credmatrix.audit.v1.PruneResponseBDZBgithub.com/credmatrix/credmatrix/proto/credmatrix/audit/v1;auditv1b\x06proto3"
+	"\x05Prune\x12!.credmatrix.audit.v1.PruneRequest\x1a\".credmatrix.audit.v1.PruneResponse\x12l\n" +
+	"\x0fListCheckpoints\x12+.credmatrix.audit.v1.ListCheckpointsRequest\x1a,.credmatrix.audit.v1.ListCheckpointsResponseBDZBgithub.com/credmatrix/credmatrix/proto/credmatrix/audit/v1;auditv1b\x06proto3"
 
 var (
 	file_credmatrix_audit_v1_audit_proto_rawDescOnce sync.Once
@@ -2698,7 +2949,7 @@ func file_credmatrix_audit_v1_audit_proto_rawDescGZIP() []byte {
 }
 
 var file_credmatrix_audit_v1_audit_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_credmatrix_audit_v1_audit_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
+var file_credmatrix_audit_v1_audit_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_credmatrix_audit_v1_audit_proto_goTypes = []any{
 	(Kind)(0),                           // 0: credmatrix.audit.v1.Kind
 	(Decision)(0),                       // 1: credmatrix.audit.v1.Decision
@@ -2715,30 +2966,34 @@ var file_credmatrix_audit_v1_audit_proto_goTypes = []any{
 	(*AppendRefusal)(nil),               // 12: credmatrix.audit.v1.AppendRefusal
 	(*QueryRequest)(nil),                // 13: credmatrix.audit.v1.QueryRequest
 	(*QueryResponse)(nil),               // 14: credmatrix.audit.v1.QueryResponse
-	(*SubscribeRequest)(nil),            // 15: credmatrix.audit.v1.SubscribeRequest
-	(*SubscribeResponse)(nil),           // 16: credmatrix.audit.v1.SubscribeResponse
-	(*GetCheckpointRequest)(nil),        // 17: credmatrix.audit.v1.GetCheckpointRequest
-	(*GetCheckpointResponse)(nil),       // 18: credmatrix.audit.v1.GetCheckpointResponse
-	(*GetInclusionProofRequest)(nil),    // 19: credmatrix.audit.v1.GetInclusionProofRequest
-	(*GetInclusionProofResponse)(nil),   // 20: credmatrix.audit.v1.GetInclusionProofResponse
-	(*GetConsistencyProofRequest)(nil),  // 21: credmatrix.audit.v1.GetConsistencyProofRequest
-	(*GetConsistencyProofResponse)(nil), // 22: credmatrix.audit.v1.GetConsistencyProofResponse
-	(*ArchiveRequest)(nil),              // 23: credmatrix.audit.v1.ArchiveRequest
-	(*ArchiveResponse)(nil),             // 24: credmatrix.audit.v1.ArchiveResponse
-	(*ArchiveSummary)(nil),              // 25: credmatrix.audit.v1.ArchiveSummary
-	(*PruneRequest)(nil),                // 26: credmatrix.audit.v1.PruneRequest
-	(*PruneResponse)(nil),               // 27: credmatrix.audit.v1.PruneResponse
-	nil,                                 // 28: credmatrix.audit.v1.Actor.ClaimsEntry
-	nil,                                 // 29: credmatrix.audit.v1.SessionDetail.SessionTagsEntry
-	nil,                                 // 30: credmatrix.audit.v1.KeyDetail.EncryptionContextEntry
-	nil,                                 // 31: credmatrix.audit.v1.KeyDetail.GrantRequiredContextEntry
-	nil,                                 // 32: credmatrix.audit.v1.AdminDetail.ClaimsEntry
-	(*timestamppb.Timestamp)(nil),       // 33: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),         // 34: google.protobuf.Duration
+	(*ColumnMismatch)(nil),              // 15: credmatrix.audit.v1.ColumnMismatch
+	(*SubscribeRequest)(nil),            // 16: credmatrix.audit.v1.SubscribeRequest
+	(*SubscribeResponse)(nil),           // 17: credmatrix.audit.v1.SubscribeResponse
+	(*GetCheckpointRequest)(nil),        // 18: credmatrix.audit.v1.GetCheckpointRequest
+	(*GetCheckpointResponse)(nil),       // 19: credmatrix.audit.v1.GetCheckpointResponse
+	(*GetInclusionProofRequest)(nil),    // 20: credmatrix.audit.v1.GetInclusionProofRequest
+	(*GetInclusionProofResponse)(nil),   // 21: credmatrix.audit.v1.GetInclusionProofResponse
+	(*GetConsistencyProofRequest)(nil),  // 22: credmatrix.audit.v1.GetConsistencyProofRequest
+	(*ListCheckpointsRequest)(nil),      // 23: credmatrix.audit.v1.ListCheckpointsRequest
+	(*ListCheckpointsResponse)(nil),     // 24: credmatrix.audit.v1.ListCheckpointsResponse
+	(*StoredCheckpoint)(nil),            // 25: credmatrix.audit.v1.StoredCheckpoint
+	(*GetConsistencyProofResponse)(nil), // 26: credmatrix.audit.v1.GetConsistencyProofResponse
+	(*ArchiveRequest)(nil),              // 27: credmatrix.audit.v1.ArchiveRequest
+	(*ArchiveResponse)(nil),             // 28: credmatrix.audit.v1.ArchiveResponse
+	(*ArchiveSummary)(nil),              // 29: credmatrix.audit.v1.ArchiveSummary
+	(*PruneRequest)(nil),                // 30: credmatrix.audit.v1.PruneRequest
+	(*PruneResponse)(nil),               // 31: credmatrix.audit.v1.PruneResponse
+	nil,                                 // 32: credmatrix.audit.v1.Actor.ClaimsEntry
+	nil,                                 // 33: credmatrix.audit.v1.SessionDetail.SessionTagsEntry
+	nil,                                 // 34: credmatrix.audit.v1.KeyDetail.EncryptionContextEntry
+	nil,                                 // 35: credmatrix.audit.v1.KeyDetail.GrantRequiredContextEntry
+	nil,                                 // 36: credmatrix.audit.v1.AdminDetail.ClaimsEntry
+	(*timestamppb.Timestamp)(nil),       // 37: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),         // 38: google.protobuf.Duration
 }
 var file_credmatrix_audit_v1_audit_proto_depIdxs = []int32{
-	33, // 0: credmatrix.audit.v1.Event.time:type_name -> google.protobuf.Timestamp
-	33, // 1: credmatrix.audit.v1.Event.recorded_time:type_name -> google.protobuf.Timestamp
+	37, // 0: credmatrix.audit.v1.Event.time:type_name -> google.protobuf.Timestamp
+	37, // 1: credmatrix.audit.v1.Event.recorded_time:type_name -> google.protobuf.Timestamp
 	0,  // 2: credmatrix.audit.v1.Event.kind:type_name -> credmatrix.audit.v1.Kind
 	1,  // 3: credmatrix.audit.v1.Event.decision:type_name -> credmatrix.audit.v1.Decision
 	3,  // 4: credmatrix.audit.v1.Event.actor:type_name -> credmatrix.audit.v1.Actor
@@ -2747,50 +3002,55 @@ var file_credmatrix_audit_v1_audit_proto_depIdxs = []int32{
 	7,  // 7: credmatrix.audit.v1.Event.policy:type_name -> credmatrix.audit.v1.PolicyDetail
 	8,  // 8: credmatrix.audit.v1.Event.admin:type_name -> credmatrix.audit.v1.AdminDetail
 	4,  // 9: credmatrix.audit.v1.Event.secret_refs:type_name -> credmatrix.audit.v1.SecretRef
-	28, // 10: credmatrix.audit.v1.Actor.claims:type_name -> credmatrix.audit.v1.Actor.ClaimsEntry
-	33, // 11: credmatrix.audit.v1.SessionDetail.expiration:type_name -> google.protobuf.Timestamp
-	34, // 12: credmatrix.audit.v1.SessionDetail.duration:type_name -> google.protobuf.Duration
-	29, // 13: credmatrix.audit.v1.SessionDetail.session_tags:type_name -> credmatrix.audit.v1.SessionDetail.SessionTagsEntry
-	33, // 14: credmatrix.audit.v1.SessionDetail.revoked_before:type_name -> google.protobuf.Timestamp
-	30, // 15: credmatrix.audit.v1.KeyDetail.encryption_context:type_name -> credmatrix.audit.v1.KeyDetail.EncryptionContextEntry
-	31, // 16: credmatrix.audit.v1.KeyDetail.grant_required_context:type_name -> credmatrix.audit.v1.KeyDetail.GrantRequiredContextEntry
-	33, // 17: credmatrix.audit.v1.KeyDetail.grant_expire_time:type_name -> google.protobuf.Timestamp
-	32, // 18: credmatrix.audit.v1.AdminDetail.claims:type_name -> credmatrix.audit.v1.AdminDetail.ClaimsEntry
-	33, // 19: credmatrix.audit.v1.AdminDetail.issued_before:type_name -> google.protobuf.Timestamp
-	33, // 20: credmatrix.audit.v1.AdminDetail.block_until:type_name -> google.protobuf.Timestamp
+	32, // 10: credmatrix.audit.v1.Actor.claims:type_name -> credmatrix.audit.v1.Actor.ClaimsEntry
+	37, // 11: credmatrix.audit.v1.SessionDetail.expiration:type_name -> google.protobuf.Timestamp
+	38, // 12: credmatrix.audit.v1.SessionDetail.duration:type_name -> google.protobuf.Duration
+	33, // 13: credmatrix.audit.v1.SessionDetail.session_tags:type_name -> credmatrix.audit.v1.SessionDetail.SessionTagsEntry
+	37, // 14: credmatrix.audit.v1.SessionDetail.revoked_before:type_name -> google.protobuf.Timestamp
+	34, // 15: credmatrix.audit.v1.KeyDetail.encryption_context:type_name -> credmatrix.audit.v1.KeyDetail.EncryptionContextEntry
+	35, // 16: credmatrix.audit.v1.KeyDetail.grant_required_context:type_name -> credmatrix.audit.v1.KeyDetail.GrantRequiredContextEntry
+	37, // 17: credmatrix.audit.v1.KeyDetail.grant_expire_time:type_name -> google.protobuf.Timestamp
+	36, // 18: credmatrix.audit.v1.AdminDetail.claims:type_name -> credmatrix.audit.v1.AdminDetail.ClaimsEntry
+	37, // 19: credmatrix.audit.v1.AdminDetail.issued_before:type_name -> google.protobuf.Timestamp
+	37, // 20: credmatrix.audit.v1.AdminDetail.block_until:type_name -> google.protobuf.Timestamp
 	2,  // 21: credmatrix.audit.v1.AppendRequest.events:type_name -> credmatrix.audit.v1.Event
 	11, // 22: credmatrix.audit.v1.AppendResponse.results:type_name -> credmatrix.audit.v1.AppendResult
 	12, // 23: credmatrix.audit.v1.AppendResult.refusal:type_name -> credmatrix.audit.v1.AppendRefusal
-	33, // 24: credmatrix.audit.v1.QueryRequest.start_time:type_name -> google.protobuf.Timestamp
-	33, // 25: credmatrix.audit.v1.QueryRequest.end_time:type_name -> google.protobuf.Timestamp
+	37, // 24: credmatrix.audit.v1.QueryRequest.start_time:type_name -> google.protobuf.Timestamp
+	37, // 25: credmatrix.audit.v1.QueryRequest.end_time:type_name -> google.protobuf.Timestamp
 	0,  // 26: credmatrix.audit.v1.QueryRequest.kinds:type_name -> credmatrix.audit.v1.Kind
 	1,  // 27: credmatrix.audit.v1.QueryRequest.decision:type_name -> credmatrix.audit.v1.Decision
 	2,  // 28: credmatrix.audit.v1.QueryResponse.events:type_name -> credmatrix.audit.v1.Event
-	0,  // 29: credmatrix.audit.v1.SubscribeRequest.kinds:type_name -> credmatrix.audit.v1.Kind
-	2,  // 30: credmatrix.audit.v1.SubscribeResponse.event:type_name -> credmatrix.audit.v1.Event
-	33, // 31: credmatrix.audit.v1.GetCheckpointResponse.time:type_name -> google.protobuf.Timestamp
-	25, // 32: credmatrix.audit.v1.ArchiveResponse.summary:type_name -> credmatrix.audit.v1.ArchiveSummary
-	9,  // 33: credmatrix.audit.v1.AuditService.Append:input_type -> credmatrix.audit.v1.AppendRequest
-	13, // 34: credmatrix.audit.v1.AuditService.Query:input_type -> credmatrix.audit.v1.QueryRequest
-	15, // 35: credmatrix.audit.v1.AuditService.Subscribe:input_type -> credmatrix.audit.v1.SubscribeRequest
-	17, // 36: credmatrix.audit.v1.AuditService.GetCheckpoint:input_type -> credmatrix.audit.v1.GetCheckpointRequest
-	19, // 37: credmatrix.audit.v1.AuditService.GetInclusionProof:input_type -> credmatrix.audit.v1.GetInclusionProofRequest
-	21, // 38: credmatrix.audit.v1.AuditService.GetConsistencyProof:input_type -> credmatrix.audit.v1.GetConsistencyProofRequest
-	23, // 39: credmatrix.audit.v1.AuditService.Archive:input_type -> credmatrix.audit.v1.ArchiveRequest
-	26, // 40: credmatrix.audit.v1.AuditService.Prune:input_type -> credmatrix.audit.v1.PruneRequest
-	10, // 41: credmatrix.audit.v1.AuditService.Append:output_type -> credmatrix.audit.v1.AppendResponse
-	14, // 42: credmatrix.audit.v1.AuditService.Query:output_type -> credmatrix.audit.v1.QueryResponse
-	16, // 43: credmatrix.audit.v1.AuditService.Subscribe:output_type -> credmatrix.audit.v1.SubscribeResponse
-	18, // 44: credmatrix.audit.v1.AuditService.GetCheckpoint:output_type -> credmatrix.audit.v1.GetCheckpointResponse
-	20, // 45: credmatrix.audit.v1.AuditService.GetInclusionProof:output_type -> credmatrix.audit.v1.GetInclusionProofResponse
-	22, // 46: credmatrix.audit.v1.AuditService.GetConsistencyProof:output_type -> credmatrix.audit.v1.GetConsistencyProofResponse
-	24, // 47: credmatrix.audit.v1.AuditService.Archive:output_type -> credmatrix.audit.v1.ArchiveResponse
-	27, // 48: credmatrix.audit.v1.AuditService.Prune:output_type -> credmatrix.audit.v1.PruneResponse
-	41, // [41:49] is the sub-list for method output_type
-	33, // [33:41] is the sub-list for method input_type
-	33, // [33:33] is the sub-list for extension type_name
-	33, // [33:33] is the sub-list for extension extendee
-	0,  // [0:33] is the sub-list for field type_name
+	15, // 29: credmatrix.audit.v1.QueryResponse.column_mismatches:type_name -> credmatrix.audit.v1.ColumnMismatch
+	0,  // 30: credmatrix.audit.v1.SubscribeRequest.kinds:type_name -> credmatrix.audit.v1.Kind
+	2,  // 31: credmatrix.audit.v1.SubscribeResponse.event:type_name -> credmatrix.audit.v1.Event
+	37, // 32: credmatrix.audit.v1.GetCheckpointResponse.time:type_name -> google.protobuf.Timestamp
+	25, // 33: credmatrix.audit.v1.ListCheckpointsResponse.checkpoints:type_name -> credmatrix.audit.v1.StoredCheckpoint
+	37, // 34: credmatrix.audit.v1.StoredCheckpoint.time:type_name -> google.protobuf.Timestamp
+	29, // 35: credmatrix.audit.v1.ArchiveResponse.summary:type_name -> credmatrix.audit.v1.ArchiveSummary
+	9,  // 36: credmatrix.audit.v1.AuditService.Append:input_type -> credmatrix.audit.v1.AppendRequest
+	13, // 37: credmatrix.audit.v1.AuditService.Query:input_type -> credmatrix.audit.v1.QueryRequest
+	16, // 38: credmatrix.audit.v1.AuditService.Subscribe:input_type -> credmatrix.audit.v1.SubscribeRequest
+	18, // 39: credmatrix.audit.v1.AuditService.GetCheckpoint:input_type -> credmatrix.audit.v1.GetCheckpointRequest
+	20, // 40: credmatrix.audit.v1.AuditService.GetInclusionProof:input_type -> credmatrix.audit.v1.GetInclusionProofRequest
+	22, // 41: credmatrix.audit.v1.AuditService.GetConsistencyProof:input_type -> credmatrix.audit.v1.GetConsistencyProofRequest
+	27, // 42: credmatrix.audit.v1.AuditService.Archive:input_type -> credmatrix.audit.v1.ArchiveRequest
+	30, // 43: credmatrix.audit.v1.AuditService.Prune:input_type -> credmatrix.audit.v1.PruneRequest
+	23, // 44: credmatrix.audit.v1.AuditService.ListCheckpoints:input_type -> credmatrix.audit.v1.ListCheckpointsRequest
+	10, // 45: credmatrix.audit.v1.AuditService.Append:output_type -> credmatrix.audit.v1.AppendResponse
+	14, // 46: credmatrix.audit.v1.AuditService.Query:output_type -> credmatrix.audit.v1.QueryResponse
+	17, // 47: credmatrix.audit.v1.AuditService.Subscribe:output_type -> credmatrix.audit.v1.SubscribeResponse
+	19, // 48: credmatrix.audit.v1.AuditService.GetCheckpoint:output_type -> credmatrix.audit.v1.GetCheckpointResponse
+	21, // 49: credmatrix.audit.v1.AuditService.GetInclusionProof:output_type -> credmatrix.audit.v1.GetInclusionProofResponse
+	26, // 50: credmatrix.audit.v1.AuditService.GetConsistencyProof:output_type -> credmatrix.audit.v1.GetConsistencyProofResponse
+	28, // 51: credmatrix.audit.v1.AuditService.Archive:output_type -> credmatrix.audit.v1.ArchiveResponse
+	31, // 52: credmatrix.audit.v1.AuditService.Prune:output_type -> credmatrix.audit.v1.PruneResponse
+	24, // 53: credmatrix.audit.v1.AuditService.ListCheckpoints:output_type -> credmatrix.audit.v1.ListCheckpointsResponse
+	45, // [45:54] is the sub-list for method output_type
+	36, // [36:45] is the sub-list for method input_type
+	36, // [36:36] is the sub-list for extension type_name
+	36, // [36:36] is the sub-list for extension extendee
+	0,  // [0:36] is the sub-list for field type_name
 }
 
 func init() { file_credmatrix_audit_v1_audit_proto_init() }
@@ -2810,7 +3070,7 @@ func file_credmatrix_audit_v1_audit_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_credmatrix_audit_v1_audit_proto_rawDesc), len(file_credmatrix_audit_v1_audit_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   31,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

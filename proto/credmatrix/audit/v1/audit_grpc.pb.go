@@ -40,6 +40,7 @@ const (
 	AuditService_GetConsistencyProof_FullMethodName = "/credmatrix.audit.v1.AuditService/GetConsistencyProof"
 	AuditService_Archive_FullMethodName             = "/credmatrix.audit.v1.AuditService/Archive"
 	AuditService_Prune_FullMethodName               = "/credmatrix.audit.v1.AuditService/Prune"
+	AuditService_ListCheckpoints_FullMethodName     = "/credmatrix.audit.v1.AuditService/ListCheckpoints"
 )
 
 // AuditServiceClient is the client API for AuditService service.
@@ -88,6 +89,11 @@ type AuditServiceClient interface {
 	// every tree size keep working; the prune is recorded in the log as a
 	// KIND_AUDIT_ADMIN event before anything is removed. Operators only.
 	Prune(ctx context.Context, in *PruneRequest, opts ...grpc.CallOption) (*PruneResponse, error)
+	// ListCheckpoints returns the stored signed checkpoints (one per commit
+	// batch) from a tree size on, in size order, up to the latest one the
+	// service serves. A verifier uses them to pin a modified event to its
+	// commit batch.
+	ListCheckpoints(ctx context.Context, in *ListCheckpointsRequest, opts ...grpc.CallOption) (*ListCheckpointsResponse, error)
 }
 
 type auditServiceClient struct {
@@ -196,6 +202,16 @@ func (c *auditServiceClient) Prune(ctx context.Context, in *PruneRequest, opts .
 	return out, nil
 }
 
+func (c *auditServiceClient) ListCheckpoints(ctx context.Context, in *ListCheckpointsRequest, opts ...grpc.CallOption) (*ListCheckpointsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListCheckpointsResponse)
+	err := c.cc.Invoke(ctx, AuditService_ListCheckpoints_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AuditServiceServer is the server API for AuditService service.
 // All implementations must embed UnimplementedAuditServiceServer
 // for forward compatibility.
@@ -242,6 +258,11 @@ type AuditServiceServer interface {
 	// every tree size keep working; the prune is recorded in the log as a
 	// KIND_AUDIT_ADMIN event before anything is removed. Operators only.
 	Prune(context.Context, *PruneRequest) (*PruneResponse, error)
+	// ListCheckpoints returns the stored signed checkpoints (one per commit
+	// batch) from a tree size on, in size order, up to the latest one the
+	// service serves. A verifier uses them to pin a modified event to its
+	// commit batch.
+	ListCheckpoints(context.Context, *ListCheckpointsRequest) (*ListCheckpointsResponse, error)
 	mustEmbedUnimplementedAuditServiceServer()
 }
 
@@ -275,6 +296,9 @@ func (UnimplementedAuditServiceServer) Archive(*ArchiveRequest, grpc.ServerStrea
 }
 func (UnimplementedAuditServiceServer) Prune(context.Context, *PruneRequest) (*PruneResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Prune not implemented")
+}
+func (UnimplementedAuditServiceServer) ListCheckpoints(context.Context, *ListCheckpointsRequest) (*ListCheckpointsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListCheckpoints not implemented")
 }
 func (UnimplementedAuditServiceServer) mustEmbedUnimplementedAuditServiceServer() {}
 func (UnimplementedAuditServiceServer) testEmbeddedByValue()                      {}
@@ -427,6 +451,24 @@ func _AuditService_Prune_Handler(srv interface{}, ctx context.Context, dec func(
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AuditService_ListCheckpoints_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListCheckpointsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AuditServiceServer).ListCheckpoints(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AuditService_ListCheckpoints_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AuditServiceServer).ListCheckpoints(ctx, req.(*ListCheckpointsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AuditService_ServiceDesc is the grpc.ServiceDesc for AuditService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -457,6 +499,10 @@ var AuditService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Prune",
 			Handler:    _AuditService_Prune_Handler,
+		},
+		{
+			MethodName: "ListCheckpoints",
+			Handler:    _AuditService_ListCheckpoints_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

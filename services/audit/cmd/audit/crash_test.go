@@ -51,8 +51,7 @@ func startAudit(t *testing.T, bin, dir string) (*exec.Cmd, string) {
 	cmd := exec.Command(bin,
 		"--server.listen-addr", "127.0.0.1:0", "--server.dev-plaintext",
 		"--db-path", filepath.Join(dir, "audit.db"),
-		"--checkpoint.key-file", filepath.Join(dir, "checkpoint.key"), "--checkpoint.generate-key",
-		"--checkpoint.every", "50")
+		"--checkpoint.key-file", filepath.Join(dir, "checkpoint.key"), "--checkpoint.generate-key")
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -21,8 +21,8 @@ import (
 	"github.com/credmatrix/credmatrix/services/audit/sqlite"
 )
 
-// writeStore makes a SQLite audit store of 20 events with a checkpoint
-// every 5, and the log's public key file.
+// writeStore makes a SQLite audit store of 20 events in commit batches of
+// 5 (a signed checkpoint each), and the log's public key file.
 func writeStore(t *testing.T, dir string) (db, pub string, signer *checkpoint.Signer) {
 	t.Helper()
 	ctx := context.Background()
@@ -32,12 +32,16 @@ func writeStore(t *testing.T, dir string) (db, pub string, signer *checkpoint.Si
 		t.Fatal(err)
 	}
 	signer = audittest.NewSigner(t)
-	log, err := audit.Open(ctx, store, audit.WithSigner(signer, 5, 0))
+	log, err := audit.Open(ctx, store, audit.WithSigner(signer))
 	if err != nil {
 		t.Fatal(err)
 	}
-	for i := range 20 {
-		if _, err := log.Append(ctx, "spiffe://credmatrix.dev/broker", []*auditv1.Event{audittest.BenchEvent(fmt.Sprintf("ev-%02d", i))}); err != nil {
+	for i := 0; i < 20; i += 5 {
+		var batch []*auditv1.Event
+		for j := i; j < i+5; j++ {
+			batch = append(batch, audittest.BenchEvent(fmt.Sprintf("ev-%02d", j)))
+		}
+		if _, err := log.Append(ctx, "spiffe://credmatrix.dev/broker", batch); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -80,7 +84,7 @@ func TestForensicCommands(t *testing.T) {
 		contains string
 	}{
 		{"verify/intact", []string{"verify", "--db", db, "--public-key-file", pub}, 0, "verified: 20 events"},
-		{"export/intact", []string{"export", "--db", db, "--public-key-file", pub, "--out", out}, 0, "exported 20 events and 5 checkpoints"},
+		{"export/intact", []string{"export", "--db", db, "--public-key-file", pub, "--out", out}, 0, "exported 20 events and 4 checkpoints"},
 		{"verify/no-key", []string{"verify", "--db", db}, 2, "--public-key-file: required"},
 		{"verify/no-db", []string{"verify", "--public-key-file", pub}, 2, "--db: required"},
 		{"verify/missing-db", []string{"verify", "--db", filepath.Join(dir, "nope.db"), "--public-key-file", pub}, 2, "--db"},
@@ -106,7 +110,7 @@ func TestForensicCommands(t *testing.T) {
 		t.Fatalf("exported bundle: ok=%v events=%d problem=%v", r.OK(), r.Events, r.Problem)
 	}
 
-	// Flip one byte of event 7's leaf: verify names the span between the checkpoints around it (6..10).
+	// Flip one byte of event 7's leaf: verify names its commit batch (5..9).
 	sdb, err := sql.Open("sqlite", db)
 	if err != nil {
 		t.Fatal(err)
@@ -121,7 +125,7 @@ func TestForensicCommands(t *testing.T) {
 	}
 	sdb.Close()
 	code, got := run("verify", "--db", db, "--public-key-file", pub)
-	if code != 1 || !strings.Contains(got, "NOT VERIFIED") || !strings.Contains(got, "the modified event is one of sequences 6 to 10") {
+	if code != 1 || !strings.Contains(got, "NOT VERIFIED") || !strings.Contains(got, "the modified event is one of sequences 5 to 9") {
 		t.Errorf("verify of a tampered store: exit %d:\n%s", code, got)
 	}
 }

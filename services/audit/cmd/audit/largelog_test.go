@@ -104,10 +104,7 @@ func postgresBackend(t *testing.T) largeBackend {
 				return h
 			}
 			commit := func(ctx context.Context, records []audit.Record, cp audit.StoredCheckpoint, ts []tiles.Tile) error {
-				if err := st.AppendRecords(ctx, records); err != nil {
-					return err
-				}
-				return st.AddCheckpoint(ctx, cp)
+				return appendIndexed(ctx, st, records, cp)
 			}
 			return head, commit, func() { st.Close() }
 		},
@@ -290,11 +287,22 @@ func ensureLargeLog(t *testing.T, be largeBackend, signer *checkpoint.Signer, n 
 // largeLogCommit is the store's commit of one batch as the Log makes it.
 func largeLogCommit(st *sqlite.Store) largelog.Commit {
 	return func(ctx context.Context, records []audit.Record, cp audit.StoredCheckpoint, ts []tiles.Tile) error {
-		if err := st.AppendRecords(ctx, records); err != nil {
-			return err
-		}
-		return st.AddCheckpoint(ctx, cp)
+		return appendIndexed(ctx, st, records, cp)
 	}
+}
+
+// appendIndexed commits a batch and its query index rows, as the Log and
+// its indexer do (a bulk-loaded log with no index would have the service
+// index it all at start-up, throttling appends meanwhile).
+func appendIndexed(ctx context.Context, st audit.Store, records []audit.Record, cp audit.StoredCheckpoint) error {
+	if err := st.Append(ctx, audit.Batch{Records: records, Checkpoint: &cp}); err != nil {
+		return err
+	}
+	rows := make([]audit.IndexRow, len(records))
+	for i, r := range records {
+		rows[i] = audit.IndexRowOf(r.Event)
+	}
+	return st.AddIndex(ctx, records[0].Event.GetSequence(), rows)
 }
 
 func startLargeAudit(t *testing.T, bin, keyFile string, storeArgs ...string) (*exec.Cmd, string) {

@@ -1,0 +1,448 @@
+package audit
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"fmt"
+	"slices"
+	"strings"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/credmatrix/credmatrix/clients/auditclient/checkpoint"
+	"github.com/credmatrix/credmatrix/clients/auditclient/leaf"
+	"github.com/credmatrix/credmatrix/clients/auditclient/tree"
+
+	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
+)
+
+// maxFindings bounds the findings a check keeps in detail (it counts the
+// rest), so a wholesale edit of the store cannot exhaust memory.
+const maxFindings = 20
+
+// Finding is one thing wrong with a store, at a sequence.
+type Finding struct {
+	// Sequence is the first sequence it concerns.
+	Sequence uint64
+	// What says what is wrong.
+	What string
+	// Adoptable says an operator may accept it (WithAdoption): the events
+	// are intact, only something derived is wrong or missing (a column, an
+	// index row, the signature of events that were never signed).
+	Adoptable bool
+}
+
+func (f Finding) String() string { return fmt.Sprintf("sequence %d: %s", f.Sequence, f.What) }
+
+// findings collects what a check found, the first maxFindings in detail.
+type findings struct {
+	list  []Finding
+	total int
+	fatal int
+}
+
+func (fs *findings) add(f Finding) {
+	fs.total++
+	if !f.Adoptable {
+		fs.fatal++
+	}
+	if len(fs.list) < maxFindings || !f.Adoptable && fs.fatal == 1 {
+		fs.list = append(fs.list, f)
+	}
+}
+
+// first returns the earliest finding, preferring one no adoption covers.
+func (fs *findings) first() Finding {
+	best := -1
+	for i, f := range fs.list {
+		switch {
+		case best < 0,
+			f.Adoptable == fs.list[best].Adoptable && f.Sequence < fs.list[best].Sequence,
+			!f.Adoptable && fs.list[best].Adoptable:
+			best = i
+		}
+	}
+	return fs.list[best]
+}
+
+// scan is what one pass over the store found.
+type scan struct {
+	head     uint64
+	hashes   []tree.Hash
+	latest   *StoredCheckpoint
+	indexed  uint64
+	repair   []Row  // rows whose key columns disagree with their leaves
+	indexBad uint64 // first index row that disagrees or is missing (head: none)
+	fs       findings
+}
+
+// scanStore reads, in one snapshot, every row from the tree's head on,
+// the latest checkpoint and the index watermark, and checks them: rows
+// at their positions, leaves decoding, columns equal to what the leaf
+// derives, the latest checkpoint signed by the log's key and matching the
+// tree, and every event signed.
+func (l *Log) scanStore(ctx context.Context, sc *scan) error {
+	from := l.tree.Size()
+	return l.store.View(ctx, func(r Reader) error {
+		*sc = scan{head: from}
+		var err error
+		if sc.indexed, err = r.IndexedUpTo(ctx); err != nil {
+			return fmt.Errorf("read index watermark: %w", err)
+		}
+		cp, ok, err := r.LatestCheckpoint(ctx)
+		if err != nil {
+			return fmt.Errorf("read latest checkpoint: %w", err)
+		}
+		if ok {
+			sc.latest = &cp
+		}
+		sc.indexBad = ^uint64(0)
+		next := from
+		for {
+			rows, err := r.ReadRows(ctx, next, loadBatch)
+			if err != nil {
+				return fmt.Errorf("read audit store from %d: %w", next, err)
+			}
+			for _, row := range rows {
+				if row.Sequence != next {
+					if row.Sequence > next {
+						sc.fs.add(Finding{Sequence: next, What: fmt.Sprintf("events %d to %d are missing (deleted)", next, row.Sequence-1)})
+					} else {
+						sc.fs.add(Finding{Sequence: next, What: fmt.Sprintf("a row holds sequence %d again after %d", row.Sequence, next-1)})
+					}
+					return nil // the tree cannot go on past a gap
+				}
+				h := leaf.Hash(row.Data)
+				sc.hashes = append(sc.hashes, tree.Hash(h))
+				l.checkColumns(row, sc)
+				next++
+			}
+			if len(rows) < loadBatch {
+				break
+			}
+		}
+		sc.head = next
+		return nil
+	})
+}
+
+// checkColumns compares a row's columns with its leaf.
+func (l *Log) checkColumns(row Row, sc *scan) {
+	_, bad, err := CheckRow(row)
+	if err != nil {
+		sc.fs.add(Finding{Sequence: row.Sequence, What: "the stored event does not decode: " + err.Error()})
+		return
+	}
+	var key, index []string
+	for _, c := range bad {
+		if strings.HasPrefix(c, "index") {
+			index = append(index, c)
+		} else {
+			key = append(key, c)
+		}
+	}
+	if slices.Contains(key, "sequence") {
+		// The leaf names another position: not a column to repair.
+		sc.fs.add(Finding{Sequence: row.Sequence, What: "the stored event holds another sequence (moved or swapped)"})
+		return
+	}
+	if row.Index == nil && row.Sequence < sc.indexed {
+		index = append(index, "index row missing")
+	}
+	if len(key) > 0 {
+		sc.fs.add(Finding{Sequence: row.Sequence, What: "columns " + strings.Join(key, ", ") + " disagree with the event", Adoptable: true})
+		r := row
+		r.Data = nil
+		sc.repair = append(sc.repair, r)
+	}
+	if len(index) > 0 {
+		sc.fs.add(Finding{Sequence: row.Sequence, What: "query index: " + strings.Join(index, ", ") + " disagree with the event", Adoptable: true})
+		sc.indexBad = min(sc.indexBad, row.Sequence)
+	}
+}
+
+// checkTrust checks the scanned tree (the log's tree extended by
+// sc.hashes, whose compact range is cr) against the store's latest
+// checkpoint and the kept one (nil: none).
+func (l *Log) checkTrust(sc *scan, root func(size uint64) ([]byte, error), kept *checkpoint.Checkpoint) error {
+	if l.signer == nil {
+		return nil
+	}
+	v := l.signer.Verifier()
+	if cp := sc.latest; cp != nil {
+		c, err := v.Open(cp.Note)
+		switch {
+		case err != nil:
+			sc.fs.add(Finding{Sequence: cp.Size, What: fmt.Sprintf("the latest checkpoint (tree size %d) is not signed by key %s for origin %s: %v", cp.Size, l.signer.KeyID(), l.signer.Origin(), err)})
+		case c.Size != cp.Size:
+			sc.fs.add(Finding{Sequence: cp.Size, What: fmt.Sprintf("the checkpoint stored for tree size %d signs size %d", cp.Size, c.Size)})
+		case c.Size > sc.head:
+			sc.fs.add(Finding{Sequence: sc.head, What: fmt.Sprintf("the latest signed checkpoint commits to %d events but the store holds %d: events %d to %d are missing (truncated)", c.Size, sc.head, sc.head, c.Size-1)})
+		default:
+			r, err := root(c.Size)
+			if err != nil {
+				return err
+			}
+			if !bytes.Equal(r, c.Root) {
+				sc.fs.add(Finding{Sequence: 0, What: fmt.Sprintf("the first %d events do not hash to the latest signed checkpoint's root: an event below sequence %d was modified, removed or reordered ('audit verify --db' pinpoints its commit batch)", c.Size, c.Size)})
+			} else if c.Size < sc.head {
+				sc.fs.add(Finding{Sequence: c.Size, What: fmt.Sprintf("events %d to %d are signed by no checkpoint (the log signs every commit batch: they were written behind its back, or by a writer that crashed before signing)", c.Size, sc.head-1), Adoptable: true})
+			}
+		}
+	} else if sc.head > 0 {
+		sc.fs.add(Finding{Sequence: 0, What: fmt.Sprintf("the store holds %d events and no signed checkpoint: nothing proves them", sc.head), Adoptable: true})
+	}
+	if kept == nil {
+		return nil
+	}
+	if kept.Size > sc.head {
+		sc.fs.add(Finding{Sequence: sc.head, What: fmt.Sprintf("the kept checkpoint commits to %d events but the store holds %d: the store was rolled back, truncated or replaced (events %d to %d are gone)", kept.Size, sc.head, sc.head, kept.Size-1)})
+		return nil
+	}
+	r, err := root(kept.Size)
+	if err != nil {
+		return err
+	}
+	if bytes.Equal(r, kept.Root) {
+		return nil
+	}
+	what := fmt.Sprintf("the first %d events do not hash to the kept checkpoint's root: the store was rewritten below sequence %d", kept.Size, kept.Size)
+	if cp := sc.latest; cp != nil {
+		if c, err := v.Open(cp.Note); err == nil && c.Size == kept.Size && !bytes.Equal(c.Root, kept.Root) {
+			what = fmt.Sprintf("fork: the kept checkpoint and the store's checkpoint both sign tree size %d with different roots (kept %s, store %s)", kept.Size,
+				base64.StdEncoding.EncodeToString(kept.Root), base64.StdEncoding.EncodeToString(c.Root))
+		}
+	}
+	sc.fs.add(Finding{Sequence: 0, What: what})
+	return nil
+}
+
+// refusal is the error of a store that fails its check. When every
+// finding is adoptable it names the adoption token.
+func (l *Log) refusal(sc *scan, token string) error {
+	f := sc.fs.first()
+	var b strings.Builder
+	fmt.Fprintf(&b, "%v: %s", ErrStoreMismatch, f)
+	if n := sc.fs.total - 1; n > 0 {
+		fmt.Fprintf(&b, " (and %d more finding(s):", n)
+		shown := 0
+		for _, g := range sc.fs.list {
+			if g == f || shown == 3 {
+				continue
+			}
+			fmt.Fprintf(&b, " %s;", g)
+			shown++
+		}
+		b.WriteString(" ...)")
+	}
+	if sc.fs.fatal == 0 && token != "" {
+		fmt.Fprintf(&b, "; after checking the store (audit verify --db), an operator may adopt it as it is, which signs it and records the adoption in the log: set adopt=%s", token)
+	}
+	return &storeMismatch{msg: b.String(), first: f}
+}
+
+// storeMismatch is a store that fails a check; it wraps ErrStoreMismatch.
+type storeMismatch struct {
+	msg   string
+	first Finding
+}
+
+func (e *storeMismatch) Error() string { return e.msg }
+func (e *storeMismatch) Unwrap() error { return ErrStoreMismatch }
+
+// adoptionToken binds an adoption to the exact state found: the tree size
+// and root and every finding.
+func adoptionToken(head uint64, root []byte, fs findings) string {
+	h := sha256.New()
+	fmt.Fprintf(h, "credmatrix audit adoption v1\n%d %x %d\n", head, root, fs.total)
+	for _, f := range fs.list {
+		fmt.Fprintf(h, "%d %s\n", f.Sequence, f.What)
+	}
+	return fmt.Sprintf("%d-%s", head, hex.EncodeToString(h.Sum(nil)[:8]))
+}
+
+// Adoption is what an operator adopted at Open (WithAdoption).
+type Adoption struct {
+	// Token is the adoption token.
+	Token string
+	// Findings are what the store's check found (the first ones).
+	Findings []Finding
+	// Sequence is the sequence of the KIND_AUDIT_ADMIN event that
+	// records the adoption.
+	Sequence uint64
+}
+
+// Adopted returns the adoption Open performed, or nil.
+func (l *Log) Adopted() *Adoption { return l.adopted }
+
+// open checks the whole store at start-up and builds the tree. It returns
+// the adoption to record, if the operator adopted the store.
+func (l *Log) open(ctx context.Context) (*Adoption, error) {
+	var kept *checkpoint.Checkpoint
+	if l.kept != nil {
+		note, err := l.kept.Load()
+		if err != nil {
+			return nil, fmt.Errorf("read the kept checkpoint: %w", err)
+		}
+		if len(note) > 0 {
+			c, err := l.signer.Verifier().Open(note)
+			if err != nil {
+				return nil, fmt.Errorf("%w: the kept checkpoint is not a checkpoint of this log (key %s): %v; if a new log was started on purpose, move the kept checkpoint away", ErrStoreMismatch, l.signer.KeyID(), err)
+			}
+			kept = &c
+		}
+	}
+	var sc scan
+	if err := l.scanStore(ctx, &sc); err != nil {
+		return nil, err
+	}
+	l.tree.Append(sc.hashes...)
+	cr, err := extendRange(l.cr, sc.hashes)
+	if err != nil {
+		return nil, err
+	}
+	if err := l.checkTrust(&sc, l.tree.Root, kept); err != nil {
+		return nil, err
+	}
+	if sc.fs.total == 0 {
+		l.cr = cr
+		l.latest.Store(sc.latest)
+		l.indexed.Store(min(sc.indexed, sc.head))
+		return nil, nil
+	}
+	root, err := l.tree.Root(sc.head)
+	if err != nil {
+		return nil, err
+	}
+	token := adoptionToken(sc.head, root, sc.fs)
+	if sc.fs.fatal > 0 || l.adopt != token {
+		return nil, l.refusal(&sc, token)
+	}
+	// Adopted: rebuild what is derived, then sign (recordAdoption).
+	if len(sc.repair) > 0 || sc.indexBad != ^uint64(0) {
+		from := min(sc.indexBad, sc.indexed)
+		for _, r := range sc.repair {
+			from = min(from, r.Sequence)
+		}
+		if err := l.store.Repair(ctx, sc.repair, from); err != nil {
+			return nil, fmt.Errorf("adopt: rebuild columns: %w", err)
+		}
+		sc.indexed = from
+	}
+	l.cr = cr
+	l.latest.Store(sc.latest)
+	l.indexed.Store(min(sc.indexed, sc.head))
+	return &Adoption{Token: token, Findings: slices.Clone(sc.fs.list)}, nil
+}
+
+// recordAdoption appends the KIND_AUDIT_ADMIN event that records an
+// adoption; its commit signs every adopted event.
+func (l *Log) recordAdoption(ctx context.Context, a *Adoption) error {
+	var what []string
+	for _, f := range a.Findings {
+		what = append(what, f.String())
+	}
+	reason := "an operator adopted the store as it was (adoption " + a.Token + "): " + strings.Join(what, "; ")
+	if len(reason) > 4096 {
+		reason = reason[:4096]
+	}
+	e := &auditv1.Event{
+		Id:       "audit-adoption-" + a.Token,
+		Time:     timestamppb.New(l.clock()),
+		Kind:     auditv1.Kind_KIND_AUDIT_ADMIN,
+		Decision: auditv1.Decision_DECISION_ALLOW,
+		Reason:   strings.ToValidUTF8(reason, "?"),
+		Actor:    &auditv1.Actor{Principal: "operator"},
+		Detail:   &auditv1.Event_Admin{Admin: &auditv1.AdminDetail{Action: "adopt-store"}},
+	}
+	if err := validateEvent(e); err != nil {
+		return fmt.Errorf("adoption event%s", err)
+	}
+	res, err := l.record(ctx, SourceAudit, []*auditv1.Event{e})
+	if err != nil {
+		return fmt.Errorf("record the adoption: %w", err)
+	}
+	a.Sequence = res[0].GetSequence()
+	l.adopted = a
+	return nil
+}
+
+// SourceAudit is the source_service of the events the audit log records
+// about itself (adoptions).
+const SourceAudit = "credmatrix-audit"
+
+// extend follows the store: it checks what was appended after the tree's
+// head (by another writer, or by a commit whose outcome was lost) and
+// extends the tree to it. A store that fails the check stops the Log.
+func (l *Log) extend(ctx context.Context) error {
+	if err := l.usable(); err != nil {
+		return err
+	}
+	var sc scan
+	if err := l.scanStore(ctx, &sc); err != nil {
+		return err
+	}
+	old := l.latest.Load()
+	cr, err := extendRange(l.cr, sc.hashes)
+	if err != nil {
+		return err
+	}
+	if sc.latest != nil && old != nil && sc.latest.Size < old.Size {
+		sc.fs.add(Finding{Sequence: sc.latest.Size, What: fmt.Sprintf("the store's latest checkpoint (size %d) is older than one this log served (size %d): rolled back", sc.latest.Size, old.Size)})
+	}
+	root := func(size uint64) ([]byte, error) {
+		if size == cr.End() {
+			return cr.GetRootHash(nil)
+		}
+		if size <= l.tree.Size() {
+			return l.tree.Root(size)
+		}
+		return nil, fmt.Errorf("root of size %d: between the tree (%d) and the store's head (%d)", size, l.tree.Size(), cr.End())
+	}
+	if sc.latest != nil && sc.latest.Size > l.tree.Size() && sc.latest.Size < cr.End() {
+		// An unsigned tail after a checkpoint we have not seen: the
+		// tail is the finding, the root check needs the prefix.
+		sc.fs.add(Finding{Sequence: sc.latest.Size, What: fmt.Sprintf("events %d to %d are signed by no checkpoint", sc.latest.Size, cr.End()-1)})
+	} else if err := l.checkTrust(&sc, root, nil); err != nil {
+		return err
+	}
+	if sc.fs.total > 0 {
+		f := sc.fs.first()
+		b := &Error{Code: Unavailable, Message: fmt.Sprintf("audit log stopped: the store failed its check at sequence %d (%s)", f.Sequence, f.What), Err: ErrStoreMismatch}
+		l.broken.Store(b)
+		l.logf("audit log stopped: the store failed its check", "sequence", f.Sequence, "problem", f.What)
+		return b
+	}
+	if len(sc.hashes) == 0 {
+		if sc.latest != nil && (old == nil || sc.latest.Size > old.Size) {
+			l.latest.Store(sc.latest)
+		}
+		return nil
+	}
+	l.tree.Append(sc.hashes...)
+	l.cr = cr
+	l.latest.Store(sc.latest)
+	l.wake()
+	select {
+	case l.idxWake <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// followStore is the committer's periodic (or requested) read of what
+// another writer appended.
+func (l *Log) followStore() error {
+	ctx, cancel := context.WithTimeout(context.Background(), commitTimeout)
+	defer cancel()
+	if err := l.extend(ctx); err != nil {
+		if ErrorCodeOf(err) != "" {
+			return err
+		}
+		return unavailable("audit store unavailable", err)
+	}
+	return nil
+}
