@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -8,13 +9,21 @@ import (
 	"time"
 
 	"github.com/credmatrix/credmatrix/clients/credcache"
+	brokerv1 "github.com/credmatrix/credmatrix/proto/credmatrix/broker/v1"
 )
 
 // writeProfiles writes one AWS config profile per target whose
 // credential_process runs `credmatrix creds … --output credential-process`.
 // No secret is written: the AWS CLI and SDKs call the command when they need
 // credentials, and it serves them from the cache.
-func (a *app) writeProfiles(targets []target, tf *tokenFlags, path string, window time.Duration) error {
+//
+// The broker is asked first (ListRoles, with the token the profile will
+// use) which roles the token may assume: a target it may not — an account
+// the policy does not know, a role the token is not allowed — gets no
+// profile, and nothing is written. A target without a region gets the
+// account's home region from the broker, so the AWS CLI goes to the
+// account's regional endpoints, never the global ones.
+func (a *app) writeProfiles(ctx context.Context, targets []target, tf *tokenFlags, path string, window time.Duration) error {
 	for _, t := range targets {
 		if t.profile == "" {
 			return usagef("target %s: name its profile (--profile, or --target %s=NAME)", t, t)
@@ -22,6 +31,10 @@ func (a *app) writeProfiles(targets []target, tf *tokenFlags, path string, windo
 		if strings.ContainsAny(t.profile, "[]\r\n") {
 			return usagef("profile name %q: must not contain brackets or line breaks", t.profile)
 		}
+	}
+	regions, err := a.homeRegions(ctx, tf, targets)
+	if err != nil {
+		return err
 	}
 	if path == "" {
 		path = a.getenv("AWS_CONFIG_FILE")
@@ -42,7 +55,7 @@ func (a *app) writeProfiles(targets []target, tf *tokenFlags, path string, windo
 		return fmt.Errorf("read AWS config: %w", err)
 	}
 	text := string(old)
-	for _, t := range targets {
+	for i, t := range targets {
 		args := []string{exe, "creds", "--target", t.String(), "--output", "credential-process", "--broker-addr", a.brokerAddr}
 		for _, kv := range [][2]string{{"--ca-file", a.caFile}, {"--cert-file", a.certFile}, {"--key-file", a.keyFile}} {
 			if kv[1] != "" {
@@ -61,9 +74,11 @@ func (a *app) writeProfiles(targets []target, tf *tokenFlags, path string, windo
 		}
 		args = append(args, tf.args()...)
 		body := []string{"credential_process = " + commandLine(args)}
-		if t.Region != "" {
-			body = append(body, "region = "+t.Region)
+		region := t.Region
+		if region == "" {
+			region = regions[i]
 		}
+		body = append(body, "region = "+region)
 		text = setProfile(text, t.profile, body)
 		fmt.Fprintf(a.out, "profile %s: %s (credential_process; no secret stored) in %s\n", t.profile, t, path)
 	}
@@ -75,6 +90,43 @@ func (a *app) writeProfiles(targets []target, tf *tokenFlags, path string, windo
 		return fmt.Errorf("write AWS config: %w", err)
 	}
 	return os.Rename(tmp, path)
+}
+
+// homeRegions asks the broker which roles the token may assume and returns
+// each target's home region, or an error naming the first target the token
+// may not assume.
+func (a *app) homeRegions(ctx context.Context, tf *tokenFlags, targets []target) ([]string, error) {
+	src, err := a.tokenSource(tf)
+	if err != nil {
+		return nil, err
+	}
+	token, err := src.Token(ctx)
+	if err != nil {
+		return nil, usageError{err}
+	}
+	var roles []*brokerv1.RoleSummary
+	err = a.brokerRPC(func(rpc brokerv1.BrokerServiceClient) error {
+		r, err := rpc.ListRoles(ctx, &brokerv1.ListRolesRequest{Token: token})
+		roles = r.GetRoles()
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]string, len(targets))
+	for i, t := range targets {
+		for _, r := range roles {
+			if r.GetRole() == t.Role && (r.GetAccountId() == t.Account || r.GetAccountName() == t.Account) {
+				out[i] = r.GetRegion()
+				break
+			}
+		}
+		if out[i] == "" {
+			return nil, usagef("target %s: the broker lists no role %q in an account %q for this token (an account the policy does not know, or a role it does not allow; 'credmatrix roles' lists what it may assume); no profile written",
+				t, t.Role, t.Account)
+		}
+	}
+	return out, nil
 }
 
 // setProfile replaces (or appends) the section of profile name in an AWS

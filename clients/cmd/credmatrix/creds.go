@@ -118,8 +118,10 @@ before using the output.
 
 Outputs: env (shell exports), json, credential-process (AWS's Version 1 JSON,
 cached between calls), aws-profile (writes a profile whose credential_process
-runs this command; never a secret), github-env (appends to $GITHUB_ENV and
-masks the secrets).`,
+runs this command, with the account's home region unless --region or the
+target names one; never a secret. It asks the broker first which roles the
+token may assume, and writes nothing for a target it may not), github-env
+(appends to $GITHUB_ENV and masks the secrets).`,
 		Example: `  # GitHub Actions (job needs: permissions: id-token: write)
   credmatrix creds --role deploy --account prod --output github-env
 
@@ -152,7 +154,7 @@ masks the secrets).`,
 				return usagef("--output %q: want env, json, credential-process, aws-profile or github-env", output)
 			}
 			if output == "aws-profile" {
-				return a.writeProfiles(targets, &tf, awsConfig, refreshWindow)
+				return a.writeProfiles(cmd.Context(), targets, &tf, awsConfig, refreshWindow)
 			}
 			src, err := a.tokenSource(&tf)
 			if err != nil {
