@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/credmatrix/credmatrix/platform/auditevent"
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
 	"github.com/credmatrix/credmatrix/services/broker/oidc"
 	"go.opentelemetry.io/otel/trace"
@@ -22,8 +23,12 @@ var actorClaims = []string{
 }
 
 // append records ev and fails closed: any error, or a missing result, is
-// an Unavailable error.
+// an Unavailable error. Every event passes through auditevent.Normalise
+// first, so no text a caller put in it (a reason, a target, a claim) can
+// make it unrecordable: secret-shaped values become SecretRefs, control
+// characters are escaped and oversized text is cut with a marker.
 func (s *Service) append(ctx context.Context, ev *auditv1.Event) (_ *auditv1.AppendResult, err error) {
+	auditevent.Normalise(ev, s.hasher)
 	ctx, span := startSpan(ctx, "broker.audit_append", eventAttrs(ev)...)
 	defer func() { endSpan(span, err) }()
 	res, err := s.auditor.Append(ctx, ev)
@@ -108,7 +113,7 @@ func actor(c *oidc.Claims, req IssueRequest) *auditv1.Actor {
 			if a.Claims == nil {
 				a.Claims = map[string]string{}
 			}
-			a.Claims[name] = truncate(v, maxFieldBytes)
+			a.Claims[name] = v // bounded and normalised by append
 		}
 	}
 	return a

@@ -282,3 +282,41 @@ func TestRevokeSessionsLocalProviderReportsIssuanceOnly(t *testing.T) {
 		t.Errorf("(roles, updated, audit event id) (-got +want):\n%s", diff)
 	}
 }
+
+// shortJWT is JWT-shaped and fits a reason (256 bytes).
+const shortJWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJyZXBvOmFjbWUvYXBwIn0.c2lnbmF0dXJlLWJ5dGVzLWhlcmUtYW5kLW1vcmU"
+
+// TestHostileReasonIsAlwaysRecordable: the reason of a refused token is
+// recorded before the request is validated, so whatever it holds (not
+// UTF-8, a raw token, control characters, any size) it is normalised into
+// an event the audit service accepts, and the request still gets its
+// usual answer with exactly one event.
+func TestHostileReasonIsAlwaysRecordable(t *testing.T) {
+	e := brokertest.NewEnv(t, "")
+	jwt := e.Token(t, "acme/app", "refs/heads/main", time.Hour)
+	for _, tc := range []struct {
+		name, token, reason string
+		want                broker.Code
+	}{
+		{"oversized-token/invalid-utf8", strings.Repeat("x", broker.MaxTokenBytes+1), "ship \xff\xfe it", broker.Invalid},
+		{"oversized-token/jwt", strings.Repeat("x", broker.MaxTokenBytes+1), "ship " + jwt, broker.Invalid},
+		{"oversized-token/huge", strings.Repeat("x", broker.MaxTokenBytes+1), strings.Repeat("\x1b[2J", 50000), broker.Invalid},
+		{"forged-token/jwt", jwt[:len(jwt)-4] + "AAAA", "ship " + shortJWT, broker.Unauthenticated},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e.Auditor.Reset()
+			_, err := e.Service.IssueSession(context.Background(), broker.IssueRequest{Token: tc.token, Targets: deployDev(), Reason: tc.reason})
+			if got := broker.ErrorCode(err); got != tc.want {
+				t.Fatalf("IssueSession = %v, want %s", err, tc.want)
+			}
+			events := e.Auditor.Events()
+			if len(events) != 1 {
+				t.Fatalf("%d events, want 1", len(events))
+			}
+			got := events[0].GetActor().GetRequestReason()
+			if strings.Contains(got, jwt) || strings.Contains(got, shortJWT) || strings.ContainsAny(got, "\x1b\xff") || len(got) > 2048 {
+				t.Errorf("request_reason recorded as %q", got)
+			}
+		})
+	}
+}

@@ -470,7 +470,7 @@ func (s *Service) auditTokenRefusal(ctx context.Context, req IssueRequest, now t
 		ev.Kind = req.kind
 	}
 	ev.Reason = reason
-	ev.Actor = &auditv1.Actor{Peer: req.Peer, RequestReason: truncate(req.Reason, MaxReasonBytes)}
+	ev.Actor = &auditv1.Actor{Peer: req.Peer, RequestReason: req.Reason} // not validated yet: append normalises it
 	ev.SecretRefs = []*auditv1.SecretRef{s.hasher.Ref("oidc_token", []byte(req.Token))}
 	trace.SpanFromContext(ctx).SetAttributes(AttrDecision.String("deny"))
 	_, err := s.append(ctx, ev)

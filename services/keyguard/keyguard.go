@@ -6,11 +6,13 @@
 // The package holds the types, the errors, the rules (grants, residency,
 // key versions, rotation and retirement) and the interfaces it needs from
 // the outside (a KEK backend, an audit log, a state store). The backends
-// (localkms, awskms), the state store (sqlite), the audit writer
-// (auditclient), token verification (oidcauth), the gRPC translation
-// (grpcapi) and the wiring (server, cmd/keyguard) live in packages of their
-// own beside it; none of them is imported here, so the rules can be tested
-// with any backend and without a network.
+// (localkms, awskms), the state store (sqlite), token verification
+// (oidcauth), the gRPC translation (grpcapi) and the wiring (server,
+// cmd/keyguard) live in packages of their own beside it; none of them is
+// imported here, so the rules can be tested with any backend and without a
+// network. The audit appender is platform/auditappend, shared with the
+// broker; every event is normalised with platform/auditevent before it is
+// appended.
 package keyguard
 
 import (
@@ -39,9 +41,16 @@ type Auditor interface {
 // append. The batch operations use it when the Auditor has it, so a batch of
 // 100 items costs one audit round trip, not 100.
 type BatchAuditor interface {
-	// AppendBatch records evs atomically and returns their positions, in
-	// order.
+	// AppendBatch records evs in one append and returns their positions,
+	// in order; an error means they may not all be durable.
 	AppendBatch(ctx context.Context, evs []*auditv1.Event) ([]*auditv1.AppendResult, error)
+}
+
+// SecretHasher names a secret by a keyed HMAC of it, so that an audit event
+// can identify a secret-shaped value a caller sent (in an encryption
+// context, a grant) without holding it. *auditevent.Hasher implements it.
+type SecretHasher interface {
+	Ref(name string, secret []byte) *auditv1.SecretRef
 }
 
 // KeyBackend holds the key-encryption keys (KEKs) of the key rings and wraps

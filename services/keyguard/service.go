@@ -16,6 +16,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/credmatrix/credmatrix/platform/auditevent"
 	"github.com/credmatrix/credmatrix/platform/coalesce"
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
 
@@ -35,6 +36,10 @@ type Config struct {
 	// Auditor records every operation before its result is returned.
 	// Required. If it also implements BatchAuditor, batches use one append.
 	Auditor Auditor
+	// Hasher names the secret-shaped values callers put in events (see
+	// auditevent.Normalise). nil means a random key made at start: such
+	// refs cannot be matched across restarts, so servers always set one.
+	Hasher SecretHasher
 	// Store persists API grants and ring state; nil keeps them in memory
 	// only (tests, throwaway stacks).
 	Store Store
@@ -68,6 +73,7 @@ type Service struct {
 	backend     KeyBackend
 	auditor     Auditor
 	batch       BatchAuditor
+	hasher      SecretHasher
 	store       Store
 	clock       func() time.Time
 	rand        io.Reader
@@ -106,6 +112,7 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 	s := &Service{
 		backend:     tracedBackend{KeyBackend: cfg.Backend, name: cfg.BackendName},
 		auditor:     cfg.Auditor,
+		hasher:      cfg.Hasher,
 		store:       cfg.Store,
 		clock:       cfg.Clock,
 		rand:        cfg.Rand,
@@ -128,6 +135,15 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 	}
 	if s.rand == nil {
 		s.rand = rand.Reader
+	}
+	if s.hasher == nil {
+		key := make([]byte, auditevent.MinKeyBytes)
+		_, _ = rand.Read(key) // crypto/rand, not cfg.Rand: tests' readers stay theirs
+		h, err := auditevent.NewHasher(key)
+		if err != nil {
+			return nil, err
+		}
+		s.hasher = h
 	}
 	for _, a := range cfg.Admins {
 		s.admins[a] = true
@@ -738,8 +754,12 @@ func (s *Service) event(ctx context.Context, o *op, decision auditv1.Decision, r
 	return ev
 }
 
-// append records one event durably.
+// append records one event durably. Every event passes through
+// auditevent.Normalise first (here and in appendAll), so no text a caller
+// put in it (encryption-context keys and values, grant fields, a
+// principal) can make it unrecordable.
 func (s *Service) append(ctx context.Context, ev *auditv1.Event) (_ uint64, err error) {
+	auditevent.Normalise(ev, s.hasher)
 	ctx, span := startSpan(ctx, "keyguard.audit_append", AttrEventID.String(ev.GetId()), AttrOperation.String(ev.GetKind().String()))
 	defer func() { endSpan(span, err) }()
 	if ev.GetId() == "" {
@@ -772,6 +792,7 @@ func (s *Service) appendAll(ctx context.Context, items []pending) (err error) {
 			if p.ev.GetId() == "" {
 				return errAuditUnavailable(errors.New("no event id: random source failed"))
 			}
+			auditevent.Normalise(p.ev, s.hasher)
 			evs[i] = p.ev
 		}
 		res, err := s.batch.AppendBatch(ctx, evs)

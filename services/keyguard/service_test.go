@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/testing/protocmp"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/credmatrix/credmatrix/platform/auditevent"
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
 
 	"github.com/credmatrix/credmatrix/clients/keyguardclient/envelope"
@@ -33,6 +34,9 @@ type fakeAuditor struct {
 }
 
 func (a *fakeAuditor) Append(_ context.Context, ev *auditv1.Event) (*auditv1.AppendResult, error) {
+	if err := auditevent.Check(ev); err != nil {
+		return nil, fmt.Errorf("the audit service would refuse event %s: %w", ev.GetId(), err)
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.down {
@@ -475,5 +479,51 @@ func TestErrorHelpers(t *testing.T) {
 	}
 	if keyguard.ErrorCode(nil) != "" {
 		t.Error("ErrorCode(nil) is not empty")
+	}
+}
+
+// TestHostileTextIsAlwaysRecordable: text an in-process caller or an
+// administrator's grant puts in an event — not UTF-8, raw tokens, control
+// characters — never makes the event unrecordable (the fake auditor refuses
+// what the audit service refuses): a denial is still a denial with its
+// event, and an allowed operation still succeeds with its event.
+func TestHostileTextIsAlwaysRecordable(t *testing.T) {
+	const jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJyZXBvOmFjbWUvYXBwIn0.c2lnbmF0dXJlLWJ5dGVzLWhlcmUtYW5kLW1vcmU"
+	h := newHarness(t)
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name string
+		op   func() error
+		want keyguard.Code
+	}{
+		{"encrypt/context-jwt-and-escapes", func() error {
+			_, err := h.svc.Encrypt(ctx, app, keyguard.EncryptInput{DataClass: "confidential", Region: "eu-west-1", Plaintext: []byte("x"),
+				Context: map[string]string{jwt: "\x1b]0;title\x07", "ok": "\u202e" + jwt}})
+			return err
+		}, ""},
+		{"encrypt/caller-not-utf8-denied", func() error {
+			_, err := h.svc.Encrypt(ctx, "spiffe://x/\xff"+jwt, keyguard.EncryptInput{DataClass: "confidential", Region: "eu-west-1", Plaintext: []byte("x")})
+			return err
+		}, keyguard.PermissionDenied},
+		{"grant/non-admin-not-utf8-denied", func() error {
+			_, _, err := h.svc.CreateGrant(ctx, intruder, keyguard.Grant{Principal: "p\xff" + jwt, DataClass: "confidential\x1b", Regions: []string{jwt}})
+			return err
+		}, keyguard.PermissionDenied},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := len(h.auditor.recorded())
+			err := tc.op()
+			if got := keyguard.ErrorCode(err); got != tc.want {
+				t.Fatalf("error %v, want code %q", err, tc.want)
+			}
+			evs := h.auditor.recorded()[before:]
+			if len(evs) != 1 {
+				t.Fatalf("%d events, want 1", len(evs))
+			}
+			b, _ := proto.Marshal(evs[0])
+			if bytes.Contains(b, []byte(jwt)) || bytes.Contains(b, []byte("\x1b]")) {
+				t.Errorf("event holds raw hostile text: %v", evs[0])
+			}
+		})
 	}
 }

@@ -10,8 +10,10 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"sync"
 
+	"github.com/credmatrix/credmatrix/platform/auditevent"
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
 	"google.golang.org/protobuf/proto"
 )
@@ -31,10 +33,13 @@ type Auditor struct {
 func NewAuditor() *Auditor { return &Auditor{failAfter: -1} }
 
 // Append records a copy of ev with the next sequence number, unless the
-// auditor is failing or ctx is done.
+// auditor is failing or the audit service would refuse ev (text that is
+// not UTF-8 or holds a secret shape: auditevent.Check). Like the real
+// appender it records the event even when ctx is done, and then returns
+// ctx's error.
 func (a *Auditor) Append(ctx context.Context, ev *auditv1.Event) (*auditv1.AppendResult, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
+	if err := auditevent.Check(ev); err != nil {
+		return nil, fmt.Errorf("brokertest: the audit service would refuse event %s: %w", ev.GetId(), err)
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -47,6 +52,9 @@ func (a *Auditor) Append(ctx context.Context, ev *auditv1.Event) (*auditv1.Appen
 	rec := proto.Clone(ev).(*auditv1.Event)
 	rec.Sequence = uint64(len(a.events))
 	a.events = append(a.events, rec)
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	return &auditv1.AppendResult{Id: rec.GetId(), Sequence: rec.Sequence}, nil
 }
 

@@ -19,7 +19,7 @@ import (
 
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 	"github.com/credmatrix/credmatrix/platform/auditappend"
-	"github.com/credmatrix/credmatrix/platform/auditsink"
+	"github.com/credmatrix/credmatrix/platform/auditevent"
 	"github.com/credmatrix/credmatrix/platform/config"
 	"github.com/credmatrix/credmatrix/platform/grpcclient"
 	"github.com/credmatrix/credmatrix/platform/grpcserver"
@@ -28,7 +28,6 @@ import (
 	"github.com/credmatrix/credmatrix/platform/metrics"
 	brokerv1 "github.com/credmatrix/credmatrix/proto/credmatrix/broker/v1"
 	"github.com/credmatrix/credmatrix/services/broker"
-	"github.com/credmatrix/credmatrix/services/broker/auditbatch"
 	"github.com/credmatrix/credmatrix/services/broker/awssts"
 	"github.com/credmatrix/credmatrix/services/broker/brokermetrics"
 	"github.com/credmatrix/credmatrix/services/broker/grpcapi"
@@ -57,12 +56,6 @@ type AWSConfig struct {
 	MaxAttempts              int           `cfg:"max_attempts" help:"STS calls per request, retrying throttling with jittered backoff inside the caller's deadline"`
 	CallTimeout              time.Duration `cfg:"call_timeout" help:"deadline of one STS or IAM call"`
 	MaxRevocationPolicyBytes int           `cfg:"max_revocation_policy_bytes" help:"size budget of a role's inline revocation policy (IAM allows 10240 characters for all of a role's inline policies); past it the oldest revocations are compacted into a deny of every session issued before a cutoff"`
-}
-
-// AuditBatchConfig configures how concurrent audit appends are coalesced.
-type AuditBatchConfig struct {
-	MaxEvents   int `cfg:"max_events" help:"most events in one audit Append request (events queue while requests are in flight); 1 sends each alone"`
-	MaxInFlight int `cfg:"max_in_flight" help:"most audit Append requests in flight at once"`
 }
 
 // StateConfig configures the broker's state store (single-use token ids,
@@ -99,7 +92,7 @@ type Config struct {
 	PolicyReloadInterval time.Duration           `cfg:"policy_reload_interval" help:"how often the policy file is checked for changes (reloaded atomically; a bad file keeps the old policy); 0 disables. SIGHUP and the ReloadPolicy RPC reload too"`
 	Audit                grpcclient.Config       `cfg:"audit"`
 	AuditHMACKeyFile     string                  `cfg:"audit_hmac_key_file" help:"file holding the 32-byte hex key of the HMACs that name secrets in audit events"`
-	AuditBatch           AuditBatchConfig        `cfg:"audit_batch"`
+	AuditBatch           auditappend.Config      `cfg:"audit_batch"`
 	AdminPrincipals      []string                `cfg:"admin_principals" help:"mTLS identities (certificate URI SANs) allowed to revoke, freeze and reload"`
 	State                StateConfig             `cfg:"state"`
 	Limits               LimitsConfig            `cfg:"limits"`
@@ -118,7 +111,7 @@ func DefaultConfig() Config {
 		PolicyReloadInterval: 5 * time.Second,
 		State:                StateConfig{Driver: "sqlite"},
 		Limits:               LimitsConfig{SubjectBurst: 20, RoleBurst: 100, ExplainPerSubject: 1, ExplainBurst: 10},
-		AuditBatch:           AuditBatchConfig{MaxEvents: auditbatch.DefaultMaxBatch, MaxInFlight: auditbatch.DefaultMaxInFlight},
+		AuditBatch:           auditappend.DefaultConfig(),
 		AWS:                  AWSConfig{Mode: awssts.ModeAssumeRole, MaxAttempts: 5, CallTimeout: 5 * time.Second, MaxRevocationPolicyBytes: awssts.DefaultMaxRevocationPolicyBytes},
 		OIDC: OIDCConfig{
 			KeyRefreshMin: oidc.DefaultKeyLifetime.MinRefresh, KeyRefreshMax: oidc.DefaultKeyLifetime.MaxRefresh,
@@ -150,9 +143,6 @@ func (c Config) Validate() error {
 		req("state.postgres_dsn", c.State.PostgresDSN, "required with state.driver postgres")
 	default:
 		errs = append(errs, &config.FieldError{Field: "state.driver", Msg: fmt.Sprintf("unknown driver %q (want sqlite or postgres)", c.State.Driver)})
-	}
-	if c.AuditBatch.MaxEvents < 1 || c.AuditBatch.MaxEvents > 1000 || c.AuditBatch.MaxInFlight < 1 {
-		errs = append(errs, &config.FieldError{Field: "audit_batch", Msg: "max_events must be 1 to 1000 and max_in_flight at least 1"})
 	}
 	if c.PolicyReloadInterval < 0 {
 		errs = append(errs, &config.FieldError{Field: "policy_reload_interval", Msg: "must not be negative"})
@@ -202,6 +192,7 @@ type Server struct {
 	grpc     *grpcserver.Server
 	metrics  *metrics.Server // nil when metrics are off
 	audit    *grpc.ClientConn
+	appender *auditappend.Appender
 	store    broker.Store
 	svc      *broker.Service
 	log      hclog.Logger
@@ -261,7 +252,7 @@ func openStore(ctx context.Context, cfg StateConfig) (broker.Store, error) {
 // New loads the policy and keys, opens the state store, connects to
 // audit and starts listening.
 func New(ctx context.Context, cfg Config, log hclog.Logger, opts ...grpcserver.Option) (*Server, error) {
-	if err := errors.Join(cfg.Validate(), cfg.Server.Validate(), cfg.Audit.Validate(), cfg.Metrics.Validate()); err != nil {
+	if err := errors.Join(cfg.Validate(), cfg.Server.Validate(), cfg.Audit.Validate(), cfg.AuditBatch.Validate(), cfg.Metrics.Validate()); err != nil {
 		return nil, err
 	}
 	store, err := openStore(ctx, cfg.State)
@@ -281,11 +272,11 @@ func New(ctx context.Context, cfg Config, log hclog.Logger, opts ...grpcserver.O
 	if err != nil {
 		return failEarly(err)
 	}
-	hmacKey, err := keyfile.Read(cfg.AuditHMACKeyFile, auditsink.MinKeyBytes)
+	hmacKey, err := keyfile.Read(cfg.AuditHMACKeyFile, auditevent.MinKeyBytes)
 	if err != nil {
 		return failEarly(fmt.Errorf("audit_hmac_key_file: %w", err))
 	}
-	hasher, err := auditsink.NewHasher(hmacKey)
+	hasher, err := auditevent.NewHasher(hmacKey)
 	if err != nil {
 		return failEarly(err)
 	}
@@ -300,7 +291,8 @@ func New(ctx context.Context, cfg Config, log hclog.Logger, opts ...grpcserver.O
 		store.Close()
 		return nil, fmt.Errorf("audit client: %w", err)
 	}
-	var auditor broker.Auditor = auditbatch.New(auditConn, auditbatch.WithLimits(cfg.AuditBatch.MaxEvents, cfg.AuditBatch.MaxInFlight))
+	appender := auditappend.New(auditConn, auditappend.WithConfig(cfg.AuditBatch))
+	var auditor broker.Auditor = appender
 	var metricsSrv *metrics.Server
 	if cfg.Metrics.Enabled() {
 		reg := metrics.NewRegistry()
@@ -360,7 +352,7 @@ func New(ctx context.Context, cfg Config, log hclog.Logger, opts ...grpcserver.O
 		}),
 	))
 	log.Info("trust policy loaded", "file", cfg.PolicyFile, "sha256", pol.SHA256(), "rules", len(pol.Rules()), "provider", provider.Name(), "state", cfg.State.Driver)
-	return &Server{grpc: gs, metrics: metricsSrv, audit: auditConn, store: store, svc: svc, log: log, cfg: cfg, lastSeen: pol.SHA256()}, nil
+	return &Server{grpc: gs, metrics: metricsSrv, audit: auditConn, appender: appender, store: store, svc: svc, log: log, cfg: cfg, lastSeen: pol.SHA256()}, nil
 }
 
 // Addr is where the broker listens for mTLS callers.
@@ -375,6 +367,10 @@ func (s *Server) MetricsAddr() net.Addr { return s.metrics.Addr() }
 
 // Service is the broker domain service, for in-process callers (tests).
 func (s *Server) Service() *broker.Service { return s.svc }
+
+// AuditAppender is the broker's audit appender, for in-process observers
+// (tests that hold the audit service and wait for events to queue).
+func (s *Server) AuditAppender() *auditappend.Appender { return s.appender }
 
 // Serve answers until ctx is cancelled, then drains. Meanwhile it
 // reloads the policy when its file changes (every
@@ -399,7 +395,11 @@ func (s *Server) Serve(ctx context.Context) error {
 	stop()
 	<-done
 	<-followed
-	return errors.Join(err, <-merr, s.audit.Close(), s.store.Close())
+	// Events of callers that went away are still queued or in flight:
+	// they are recorded before the connection closes.
+	actx, cancel := context.WithTimeout(context.Background(), auditappend.DefaultTimeout)
+	defer cancel()
+	return errors.Join(err, <-merr, s.appender.Close(actx), s.audit.Close(), s.store.Close())
 }
 
 // follower is a store that announces changes made by other replicas.

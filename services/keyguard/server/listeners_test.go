@@ -171,6 +171,7 @@ grants:
 	cfg.Audit = grpcclient.Config{Target: gs.Addr().String(), CAFile: f.ca.File, CertFile: leaf.CertFile, KeyFile: leaf.KeyFile}
 	cfg.KeyringFile = keyring
 	cfg.State.SQLitePath = filepath.Join(dir, "state.db")
+	cfg.AuditHMACKeyFile = hmacKeyFile(t)
 	cfg.Local = LocalConfig{KeystoreFile: filepath.Join(dir, "keystore"), RootKeyFile: rootKey}
 	cfg.OIDC = OIDCConfig{Issuers: []string{f.issuer.srv.URL}, Audience: audience}
 	cfg.Admins = []string{adminID}

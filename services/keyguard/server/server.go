@@ -17,6 +17,7 @@ import (
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
 	"github.com/credmatrix/credmatrix/platform/auditappend"
+	"github.com/credmatrix/credmatrix/platform/auditevent"
 	"github.com/credmatrix/credmatrix/platform/config"
 	"github.com/credmatrix/credmatrix/platform/grpcclient"
 	"github.com/credmatrix/credmatrix/platform/grpcserver"
@@ -24,7 +25,6 @@ import (
 	"github.com/credmatrix/credmatrix/platform/metrics"
 	keyguardv1 "github.com/credmatrix/credmatrix/proto/credmatrix/keyguard/v1"
 	"github.com/credmatrix/credmatrix/services/keyguard"
-	"github.com/credmatrix/credmatrix/services/keyguard/auditclient"
 	"github.com/credmatrix/credmatrix/services/keyguard/awskms"
 	"github.com/credmatrix/credmatrix/services/keyguard/grpcapi"
 	"github.com/credmatrix/credmatrix/services/keyguard/keyguardmetrics"
@@ -68,24 +68,26 @@ type OIDCConfig struct {
 
 // Config is the whole configuration of keyguard.
 type Config struct {
-	Server        grpcserver.Config       `cfg:"server"`
-	Public        grpcserver.PublicConfig `cfg:"public"`
-	Audit         grpcclient.Config       `cfg:"audit"`
-	KeyringFile   string                  `cfg:"keyring_file" help:"YAML file of key rings (data class x region, rotation policy) and static grants"`
-	State         StateConfig             `cfg:"state"`
-	Admins        []string                `cfg:"admins" help:"principals (certificate URI SANs) allowed RotateKey, SetMinDecryptVersion and the grant RPCs"`
-	RotationCheck time.Duration           `cfg:"rotation_check" help:"how often rings are checked for rotation by age and usage counters are saved"`
-	Backend       string                  `cfg:"backend" help:"KEK backend: local or awskms"`
-	Local         LocalConfig             `cfg:"local"`
-	AWSKMS        AWSKMSConfig            `cfg:"awskms"`
-	OIDC          OIDCConfig              `cfg:"oidc"`
-	LogLevel      string                  `cfg:"log_level" help:"trace, debug, info, warn or error"`
-	Metrics       metrics.Config          `cfg:"metrics"`
+	Server           grpcserver.Config       `cfg:"server"`
+	Public           grpcserver.PublicConfig `cfg:"public"`
+	Audit            grpcclient.Config       `cfg:"audit"`
+	AuditHMACKeyFile string                  `cfg:"audit_hmac_key_file" help:"file holding the 32-byte hex key of the HMACs that stand for secret-shaped values callers put in audit events (it may be the broker's key)"`
+	AuditBatch       auditappend.Config      `cfg:"audit_batch"`
+	KeyringFile      string                  `cfg:"keyring_file" help:"YAML file of key rings (data class x region, rotation policy) and static grants"`
+	State            StateConfig             `cfg:"state"`
+	Admins           []string                `cfg:"admins" help:"principals (certificate URI SANs) allowed RotateKey, SetMinDecryptVersion and the grant RPCs"`
+	RotationCheck    time.Duration           `cfg:"rotation_check" help:"how often rings are checked for rotation by age and usage counters are saved"`
+	Backend          string                  `cfg:"backend" help:"KEK backend: local or awskms"`
+	Local            LocalConfig             `cfg:"local"`
+	AWSKMS           AWSKMSConfig            `cfg:"awskms"`
+	OIDC             OIDCConfig              `cfg:"oidc"`
+	LogLevel         string                  `cfg:"log_level" help:"trace, debug, info, warn or error"`
+	Metrics          metrics.Config          `cfg:"metrics"`
 }
 
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
-	c := Config{Server: grpcserver.DefaultConfig(), Backend: "local", LogLevel: "info", RotationCheck: time.Minute, State: StateConfig{Driver: "sqlite"}}
+	c := Config{Server: grpcserver.DefaultConfig(), Backend: "local", LogLevel: "info", RotationCheck: time.Minute, State: StateConfig{Driver: "sqlite"}, AuditBatch: auditappend.DefaultConfig()}
 	c.Server.ListenAddr = "127.0.0.1:7402"
 	c.Audit.Target = "127.0.0.1:7403"
 	c.Audit.HealthService = auditappend.AppendHealthService
@@ -113,6 +115,7 @@ func (c Config) Validate() error {
 		errs = append(errs, &config.FieldError{Field: "state.driver", Msg: fmt.Sprintf("unknown driver %q (want sqlite or postgres)", c.State.Driver)})
 	}
 	req("audit.target", c.Audit.Target, "required: keyguard records every operation before returning its result")
+	req("audit_hmac_key_file", c.AuditHMACKeyFile, "required: secret-shaped values callers send are recorded only as HMACs")
 	if c.RotationCheck < time.Second {
 		errs = append(errs, &config.FieldError{Field: "rotation_check", Msg: "must be at least 1s"})
 	}
@@ -229,13 +232,14 @@ var PublicMethods = []string{
 
 // Server is a running keyguard.
 type Server struct {
-	grpc    *grpcserver.Server
-	metrics *metrics.Server // nil when metrics are off
-	audit   *grpc.ClientConn
-	svc     *keyguard.Service
-	store   stateStore
-	log     hclog.Logger
-	period  time.Duration
+	grpc     *grpcserver.Server
+	metrics  *metrics.Server // nil when metrics are off
+	audit    *grpc.ClientConn
+	appender *auditappend.Appender
+	svc      *keyguard.Service
+	store    stateStore
+	log      hclog.Logger
+	period   time.Duration
 }
 
 // stateStore is a keyguard.Store the server can close; the postgres one
@@ -279,12 +283,21 @@ func openStore(ctx context.Context, cfg StateConfig) (stateStore, error) {
 // New opens the backend and the state store, ensures every configured ring
 // exists, connects to audit and starts listening.
 func New(ctx context.Context, cfg Config, log hclog.Logger, opts ...grpcserver.Option) (*Server, error) {
-	if err := errors.Join(cfg.Validate(), cfg.Server.Validate(), cfg.Audit.Validate(), cfg.Metrics.Validate()); err != nil {
+	if err := errors.Join(cfg.Validate(), cfg.Server.Validate(), cfg.Audit.Validate(), cfg.AuditBatch.Validate(), cfg.Metrics.Validate()); err != nil {
 		return nil, err
 	}
 	k, err := LoadKeyrings(cfg.KeyringFile)
 	if err != nil {
 		return nil, err
+	}
+	hmacKey, err := keyfile.Read(cfg.AuditHMACKeyFile, auditevent.MinKeyBytes)
+	if err != nil {
+		return nil, fmt.Errorf("audit_hmac_key_file: %w", err)
+	}
+	hasher, err := auditevent.NewHasher(hmacKey)
+	clear(hmacKey)
+	if err != nil {
+		return nil, fmt.Errorf("audit_hmac_key_file: %w", err)
 	}
 	store, err := openStore(ctx, cfg.State)
 	if err != nil {
@@ -300,7 +313,8 @@ func New(ctx context.Context, cfg Config, log hclog.Logger, opts ...grpcserver.O
 		store.Close()
 		return nil, fmt.Errorf("audit client: %w", err)
 	}
-	var auditor keyguard.Auditor = auditclient.New(auditConn)
+	appender := auditappend.New(auditConn, auditappend.WithConfig(cfg.AuditBatch))
+	var auditor keyguard.Auditor = appender
 	var metricsSrv *metrics.Server
 	fail := func(err error) (*Server, error) {
 		metricsSrv.Close()
@@ -318,7 +332,7 @@ func New(ctx context.Context, cfg Config, log hclog.Logger, opts ...grpcserver.O
 		}
 	}
 	svc, err := keyguard.New(ctx, keyguard.Config{
-		Backend: backend, BackendName: cfg.Backend, Auditor: auditor, Store: store,
+		Backend: backend, BackendName: cfg.Backend, Auditor: auditor, Hasher: hasher, Store: store,
 		Rings: k.Rings, RingPolicies: k.Policies, Grants: k.Grants, Admins: cfg.Admins,
 	})
 	if err != nil {
@@ -339,7 +353,7 @@ func New(ctx context.Context, cfg Config, log hclog.Logger, opts ...grpcserver.O
 	}
 	keyguardv1.RegisterKeyguardServiceServer(gs, grpcapi.New(svc, apiOpts...))
 	log.Info("key rings ready", "rings", len(k.Rings), "grants", len(k.Grants), "backend", cfg.Backend, "backend_id", backendID, "state", cfg.State.Driver, "state_version", svc.StateVersion())
-	return &Server{grpc: gs, metrics: metricsSrv, audit: auditConn, svc: svc, store: store, log: log, period: cfg.RotationCheck}, nil
+	return &Server{grpc: gs, metrics: metricsSrv, audit: auditConn, appender: appender, svc: svc, store: store, log: log, period: cfg.RotationCheck}, nil
 }
 
 // openBackend opens the configured KEK backend and makes sure every ring
@@ -400,6 +414,10 @@ func openBackend(ctx context.Context, cfg Config, k Keyrings, store keyguard.Sto
 // Addr is where keyguard listens for mTLS callers.
 func (s *Server) Addr() net.Addr { return s.grpc.Addr() }
 
+// AuditAppender is keyguard's audit appender, for in-process observers
+// (tests that hold the audit service and wait for events to queue).
+func (s *Server) AuditAppender() *auditappend.Appender { return s.appender }
+
 // PublicAddr is where the public listener listens, or nil without one.
 func (s *Server) PublicAddr() net.Addr { return s.grpc.PublicAddr() }
 
@@ -435,7 +453,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	err = errors.Join(err, <-merr)
 	flushCtx, cancelFlush := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancelFlush()
-	return errors.Join(err, s.svc.Flush(flushCtx), s.audit.Close(), s.store.Close())
+	// Events of callers that went away are recorded before the
+	// connection closes.
+	return errors.Join(err, s.svc.Flush(flushCtx), s.appender.Close(flushCtx), s.audit.Close(), s.store.Close())
 }
 
 // follow reloads the shared state as soon as another replica announces a

@@ -10,7 +10,9 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/credmatrix/credmatrix/platform/auditevent"
 	"github.com/credmatrix/credmatrix/platform/grpcclient"
+	"github.com/credmatrix/credmatrix/platform/keyfile"
 	"github.com/credmatrix/credmatrix/services/keyguard"
 	"github.com/credmatrix/credmatrix/services/keyguard/awskms/kmstest"
 	"github.com/credmatrix/credmatrix/services/keyguard/sqlite"
@@ -66,7 +68,7 @@ func TestConfigValidate(t *testing.T) {
 	c.RotationCheck = 0
 	c.Admins = []string{"spiffe://x/*"}
 	err := c.Validate()
-	for _, field := range []string{"keyring_file", "state.sqlite_path", "backend", "rotation_check", "admins[0]"} {
+	for _, field := range []string{"keyring_file", "state.sqlite_path", "audit_hmac_key_file", "backend", "rotation_check", "admins[0]"} {
 		if err == nil || !strings.Contains(err.Error(), field) {
 			t.Errorf("Validate() = %v, want it to name %s", err, field)
 		}
@@ -96,6 +98,7 @@ func TestAWSKMSBackend(t *testing.T) {
 	cfg.Server.DevPlaintext = true
 	cfg.Audit = grpcclient.Config{Target: "127.0.0.1:1", DevPlaintext: true}
 	cfg.State.SQLitePath = filepath.Join(dir, "state.db")
+	cfg.AuditHMACKeyFile = hmacKeyFile(t)
 	cfg.Backend = "awskms"
 	macKey := filepath.Join(dir, "mac.key")
 	if err := os.WriteFile(macKey, []byte(strings.Repeat("ab", 32)), 0o600); err != nil {
@@ -144,4 +147,14 @@ func TestAWSKMSBackend(t *testing.T) {
 			}
 		})
 	}
+}
+
+// hmacKeyFile writes a fresh audit HMAC key file.
+func hmacKeyFile(t *testing.T) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "audit-hmac.key")
+	if _, err := keyfile.Ensure(p, auditevent.MinKeyBytes); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }

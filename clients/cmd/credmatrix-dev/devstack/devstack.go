@@ -25,6 +25,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/credmatrix/credmatrix/platform/auditappend"
 	"github.com/credmatrix/credmatrix/platform/devpki"
 	"github.com/credmatrix/credmatrix/platform/grpcserver"
 	"github.com/credmatrix/credmatrix/platform/keyfile"
@@ -129,6 +130,12 @@ type Config struct {
 	// Policy is the broker's trust policy YAML; empty means the embedded
 	// development policy.
 	Policy string
+	// AuditOptions are extra server options of the audit service (tests
+	// use an interceptor to hold appends so batches provably form).
+	AuditOptions []grpcserver.Option
+	// AuditBatch, when set, tunes the audit appenders of the broker and
+	// keyguard instead of their defaults.
+	AuditBatch *auditappend.Config
 }
 
 // Stack is a running local stack.
@@ -140,6 +147,7 @@ type Stack struct {
 	mintFile  string
 
 	auditPublicKeyFile string // verifier key of the audit checkpoints
+	hmacKeyFile        string // the audit HMAC key of broker and keyguard
 
 	audit    *auditserver.Server
 	broker   *brokerserver.Server
@@ -203,6 +211,7 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 		return nil, err
 	}
 	hmacKey := filepath.Join(dir, "audit-hmac.key")
+	s.hmacKeyFile = hmacKey
 	for _, k := range []struct {
 		path string
 		n    int
@@ -234,7 +243,7 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	s.auditPublicKeyFile = ac.Checkpoint.KeyFile + ".pub"
 	ac.AppendPrincipals = []string{devpki.SPIFFEID("broker"), devpki.SPIFFEID("keyguard")}
 	ac.ReadPrincipals = []string{devpki.SPIFFEID("cli")}
-	if s.audit, err = auditserver.New(ctx, ac, logger("audit")); err != nil {
+	if s.audit, err = auditserver.New(ctx, ac, logger("audit"), cfg.AuditOptions...); err != nil {
 		return nil, fmt.Errorf("devstack: audit: %w", err)
 	}
 	s.serve("audit", s.audit.Serve)
@@ -251,6 +260,9 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	bc.LocalSTS.SigningKeyFile = filepath.Join(dir, "local-sts.key")
 	bc.State.SQLitePath = filepath.Join(dir, "broker-state.db")
 	bc.AdminPrincipals = []string{devpki.SPIFFEID("cli")}
+	if cfg.AuditBatch != nil {
+		bc.AuditBatch = *cfg.AuditBatch
+	}
 	if s.broker, err = brokerserver.New(ctx, bc, logger("broker")); err != nil {
 		return nil, fmt.Errorf("devstack: broker: %w", err)
 	}
@@ -262,6 +274,7 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	kc.Server.TLS = s.pki.Files("keyguard")
 	kc.Public = s.publicConfig(cfg.Ports.KeyguardPublic, "keyguard")
 	kc.Audit = s.pki.Client("keyguard", auditAddr)
+	kc.AuditHMACKeyFile = hmacKey // one key for the stack: investigators recompute every ref with it
 	kc.KeyringFile = keyguardFile
 	kc.Local.KeystoreFile = filepath.Join(dir, "keyguard-keystore.json")
 	kc.Local.RootKeyFile = filepath.Join(dir, "keyguard-root.key")
@@ -269,6 +282,9 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	kc.OIDC.Issuers = []string{s.issuerURL}
 	kc.OIDC.Audience = KeyguardAudience
 	kc.Admins = []string{devpki.SPIFFEID("cli")}
+	if cfg.AuditBatch != nil {
+		kc.AuditBatch = *cfg.AuditBatch
+	}
 	if s.keyguard, err = keyguardserver.New(ctx, kc, logger("keyguard")); err != nil {
 		return nil, fmt.Errorf("devstack: keyguard: %w", err)
 	}
@@ -347,6 +363,16 @@ func (s *Stack) MetricsURLs() (audit, broker, keyguard string) {
 	}
 	return url(s.audit.MetricsAddr()), url(s.broker.MetricsAddr()), url(s.keyguard.MetricsAddr())
 }
+
+// AuditAppenders returns the audit appenders of the broker and keyguard,
+// for tests that watch events queue.
+func (s *Stack) AuditAppenders() (broker, keyguard *auditappend.Appender) {
+	return s.broker.AuditAppender(), s.keyguard.AuditAppender()
+}
+
+// AuditHMACKeyFile is the file of the audit HMAC key the broker and
+// keyguard name secrets with.
+func (s *Stack) AuditHMACKeyFile() string { return s.hmacKeyFile }
 
 // IssuerURL is the dev OIDC issuer's URL.
 func (s *Stack) IssuerURL() string { return s.issuerURL }

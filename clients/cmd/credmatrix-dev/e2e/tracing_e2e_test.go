@@ -373,6 +373,7 @@ func TestTracingAcrossProcesses(t *testing.T) {
 		"--state.sqlite-path", filepath.Join(dir, "broker-state.db"))...)
 	keyguard := startProcess(t, filepath.Join(bin, "keyguard"), env, append(append(tlsArgs("keyguard"), auditClientArgs("keyguard", audit.addr)...),
 		"--keyring-file", keyringFile,
+		"--audit-hmac-key-file", keyFiles["audit-hmac.key"],
 		"--local.keystore-file", filepath.Join(dir, "keyguard-keystore.json"),
 		"--local.root-key-file", keyFiles["keyguard-root.key"],
 		"--state.sqlite-path", filepath.Join(dir, "keyguard-state.db"))...)

@@ -81,7 +81,7 @@ app.kubernetes.io/part-of: credmatrix
 {{- default (printf "%s-keys" (include "credmatrix.component.name" .)) .root.Values.broker.keys.existingSecret -}}
 {{- else if eq .component "keyguard" -}}
 {{- $v := .root.Values.keyguard -}}
-{{- default (printf "%s-keys" (include "credmatrix.component.name" .)) (ternary $v.local.existingSecret $v.awskms.existingSecret (eq $v.backend "local")) -}}
+{{- default (printf "%s-keys" (include "credmatrix.component.name" .)) (coalesce $v.keys.existingSecret (ternary $v.local.existingSecret $v.awskms.existingSecret (eq $v.backend "local"))) -}}
 {{- end -}}
 {{- end -}}
 
@@ -248,6 +248,7 @@ chart does not model go in <component>.config, merged last.
 {{- else -}}
 {{- $_ = set $c "state" (dict "driver" "postgres") -}}
 {{- end -}}
+{{- $_ = set $c "audit_hmac_key_file" (printf "/etc/credmatrix/keys/%s" $v.keys.auditHMACKey) -}}
 {{- with $v.admins -}}
 {{- $_ = set $c "admins" . -}}
 {{- end -}}
@@ -276,12 +277,16 @@ chart does not model go in <component>.config, merged last.
 - key: {{ $v.keys.localSTSSigningKey }}
   path: {{ $v.keys.localSTSSigningKey }}
 {{- end }}
-{{- else if and (eq .component "keyguard") (eq $v.backend "local") }}
+{{- else if eq .component "keyguard" }}
+- key: {{ $v.keys.auditHMACKey }}
+  path: {{ $v.keys.auditHMACKey }}
+{{- if eq $v.backend "local" }}
 - key: {{ $v.local.rootKey }}
   path: {{ $v.local.rootKey }}
-{{- else if eq .component "keyguard" }}
+{{- else }}
 - key: {{ $v.awskms.macKey }}
   path: {{ $v.awskms.macKey }}
+{{- end }}
 {{- end }}
 {{- end -}}
 
