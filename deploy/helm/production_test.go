@@ -136,6 +136,7 @@ func TestProductionConfigsStartServices(t *testing.T) {
 	writeFile(t, filepath.Join(dirs["audit"]["keys"], "checkpoint-signing-key.pub"), vkey+"\n")
 	writeFile(t, filepath.Join(dirs["broker"]["keys"], "audit-hmac-key"), randomHex(t))
 	writeFile(t, filepath.Join(dirs["keyguard"]["keys"], "awskms-mac-key"), randomHex(t))
+	writeFile(t, filepath.Join(dirs["keyguard"]["keys"], "audit-hmac-key"), randomHex(t))
 	pubCert, pubKey := publicCA.Issue("broker-public", "", prodPublicHost, "127.0.0.1")
 	copyFile(t, pubCert, filepath.Join(dirs["broker"]["public-tls"], "tls.crt"))
 	copyFile(t, pubKey, filepath.Join(dirs["broker"]["public-tls"], "tls.key"))

@@ -180,9 +180,10 @@ grants:
   - {id: app, principal: "%s#%s", data_class: confidential, operations: [encrypt, decrypt], regions: [eu-west-1]}
 `, s.issuer.URL(), testissuer.Subject)),
 			"state": map[string]any{"driver": "sqlite", "sqlite_path": filepath.Join(s.dir, "keyguard-state.db")}, "backend": "local",
-			"local":  map[string]any{"keystore_file": filepath.Join(s.dir, "keystore"), "root_key_file": writeFile(t, filepath.Join(s.dir, "keys", "root"), randomHex(t)+"\n")},
-			"oidc":   map[string]any{"issuers": []string{s.issuer.URL()}, "audience": keyguardAudience},
-			"admins": []string{operatorID},
+			"audit_hmac_key_file": hmacKey,
+			"local":               map[string]any{"keystore_file": filepath.Join(s.dir, "keystore"), "root_key_file": writeFile(t, filepath.Join(s.dir, "keys", "root"), randomHex(t)+"\n")},
+			"oidc":                map[string]any{"issuers": []string{s.issuer.URL()}, "audience": keyguardAudience},
+			"admins":              []string{operatorID},
 		},
 	}
 	for _, name := range []string{"audit", "broker", "keyguard"} {
