@@ -255,7 +255,7 @@ func (s *Service) RevokeSessions(ctx context.Context, peer string, req RevokeReq
 				enforceable++
 			}
 		}
-		return out, &Error{Code: Unavailable, Message: fmt.Sprintf("revocation %s recorded and new sessions are blocked, but updating IAM roles failed after %d of %d; retry", r.ID, out.RolesUpdated, enforceable), Err: err}
+		return out, &Error{Code: Unavailable, Message: fmt.Sprintf("revocation %s recorded and new sessions are blocked, but updating IAM roles failed (%d of %d updated); retry", r.ID, out.RolesUpdated, enforceable), Err: err}
 	}
 	return out, nil
 }

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -198,8 +200,17 @@ func TestIssueSessionCancelled(t *testing.T) {
 // is set.
 type revokingProvider struct {
 	*localsts.Provider
+	mu    sync.Mutex
 	roles []string
 	err   error
+}
+
+// asked returns the roles asked for, sorted (roles are written in
+// parallel).
+func (p *revokingProvider) asked() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.Sorted(slices.Values(p.roles))
 }
 
 func (p *revokingProvider) RevocationSupport() broker.RevocationSupport {
@@ -208,7 +219,9 @@ func (p *revokingProvider) RevocationSupport() broker.RevocationSupport {
 
 func (p *revokingProvider) PutRevocations(_ context.Context, role broker.RoleRef, matches []broker.SessionMatch, dryRun bool) (broker.RevocationPolicy, error) {
 	if !dryRun {
+		p.mu.Lock()
 		p.roles = append(p.roles, role.ARN)
+		p.mu.Unlock()
 	}
 	if p.err != nil {
 		return broker.RevocationPolicy{}, p.err
@@ -225,7 +238,7 @@ func TestRevokeSessionsReachesTheProvider(t *testing.T) {
 		asked   []string
 	}{
 		{"ok", nil, "", 2, []string{"arn:aws:iam::111111111111:role/readonly", "arn:aws:iam::222222222222:role/readonly"}},
-		{"iam-fails", errors.Join(broker.ErrProviderUnavailable, errors.New("Throttling: Rate exceeded")), broker.Unavailable, 0, []string{"arn:aws:iam::111111111111:role/readonly"}},
+		{"iam-fails", errors.Join(broker.ErrProviderUnavailable, errors.New("Throttling: Rate exceeded")), broker.Unavailable, 0, []string{"arn:aws:iam::111111111111:role/readonly", "arn:aws:iam::222222222222:role/readonly"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -242,7 +255,7 @@ func TestRevokeSessionsReachesTheProvider(t *testing.T) {
 			if errors.As(err, &be) {
 				msg = be.Message
 			}
-			got := []any{broker.ErrorCode(err), res.RolesUpdated, p.roles, strings.Contains(msg, "Throttling")}
+			got := []any{broker.ErrorCode(err), res.RolesUpdated, p.asked(), strings.Contains(msg, "Throttling")}
 			want := []any{tc.code, tc.updated, tc.asked, false}
 			if diff := cmp.Diff(got, want); diff != "" {
 				t.Errorf("(code, roles updated, roles asked, upstream text in message) (-got +want):\n%s", diff)

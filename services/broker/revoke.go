@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
@@ -168,25 +169,50 @@ func (s *Service) enforce(ctx context.Context, r Revocation, roles []policy.Role
 		out[i].Enforcement = EnforcedInIAM
 		out[i].Reason = strings.Join(notes, "; ")
 	}
-	updated := 0
+	// Roles are written in parallel (the provider paces each account's
+	// IAM calls), so a revocation covering many roles takes about as long
+	// as the slowest account, not the sum of all.
+	errs := make([]error, len(roles))
+	sem := make(chan struct{}, maxParallelRoles)
+	var wg sync.WaitGroup
 	for i, role := range roles {
 		if out[i].Enforcement != EnforcedInIAM {
 			continue
 		}
-		put, err := s.putRoleRevocations(ctx, rv, sup, role, r, now, dryRun)
-		if err != nil {
-			return out, updated, fmt.Errorf("role %s: %w", role.ARN, err)
-		}
-		out[i].Policy = put.Document
-		out[i].CompactedBefore = put.CompactedBefore
-		if !put.CompactedBefore.IsZero() {
-			note := fmt.Sprintf("older revocations compacted to fit IAM's size limit: every session of this role issued before %s is denied", put.CompactedBefore.UTC().Format(time.RFC3339))
-			out[i].Reason = strings.TrimPrefix(out[i].Reason+"; "+note, "; ")
-		}
-		updated++
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			put, err := s.putRoleRevocations(ctx, rv, sup, role, r, now, dryRun)
+			if err != nil {
+				errs[i] = fmt.Errorf("role %s: %w", role.ARN, err)
+				return
+			}
+			out[i].Policy = put.Document
+			out[i].CompactedBefore = put.CompactedBefore
+			if !put.CompactedBefore.IsZero() {
+				note := fmt.Sprintf("older revocations compacted to fit IAM's size limit: every session of this role issued before %s is denied", put.CompactedBefore.UTC().Format(time.RFC3339))
+				out[i].Reason = strings.TrimPrefix(out[i].Reason+"; "+note, "; ")
+			}
+		}()
 	}
-	return out, updated, nil
+	wg.Wait()
+	updated := 0
+	var first error
+	for i := range roles {
+		switch {
+		case errs[i] != nil && first == nil:
+			first = errs[i]
+		case errs[i] == nil && out[i].Enforcement == EnforcedInIAM:
+			updated++
+		}
+	}
+	return out, updated, first
 }
+
+// maxParallelRoles bounds the roles whose IAM policy one revocation writes
+// at once.
+const maxParallelRoles = 32
 
 // putRoleRevocations rewrites role's IAM policy from the revocations in
 // effect for it. Replicas revoking at once may each write: after

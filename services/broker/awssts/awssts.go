@@ -128,6 +128,9 @@ type Provider struct {
 	newIAM  func(creds aws.CredentialsProvider) IAMClient
 	flight  singleflight.Group
 	jitter  func() float64
+
+	pmu    sync.Mutex
+	pacers map[string]*pacer // IAM calls, by account
 }
 
 var (
@@ -465,9 +468,14 @@ func (p *Provider) PutRevocations(ctx context.Context, role broker.RoleRef, matc
 	}
 	client := p.newIAM(creds)
 	name := roleName(role.ARN)
+	pace := p.pacer(role.AccountID)
 	if doc == "" {
 		_, err = retry(ctx, p, "DeleteRolePolicy", func(cctx context.Context) (struct{}, error) {
+			if err := pace.wait(cctx); err != nil {
+				return struct{}{}, err
+			}
 			_, err := client.DeleteRolePolicy(cctx, &iam.DeleteRolePolicyInput{RoleName: aws.String(name), PolicyName: aws.String(RevocationPolicyName)})
+			pace.observe(err)
 			var ae smithy.APIError
 			if errors.As(err, &ae) && ae.ErrorCode() == "NoSuchEntity" {
 				return struct{}{}, nil // nothing to remove
@@ -476,9 +484,13 @@ func (p *Provider) PutRevocations(ctx context.Context, role broker.RoleRef, matc
 		})
 	} else {
 		_, err = retry(ctx, p, "PutRolePolicy", func(cctx context.Context) (struct{}, error) {
+			if err := pace.wait(cctx); err != nil {
+				return struct{}{}, err
+			}
 			_, err := client.PutRolePolicy(cctx, &iam.PutRolePolicyInput{
 				RoleName: aws.String(name), PolicyName: aws.String(RevocationPolicyName), PolicyDocument: aws.String(doc),
 			})
+			pace.observe(err)
 			return struct{}{}, err
 		})
 	}
@@ -486,6 +498,75 @@ func (p *Provider) PutRevocations(ctx context.Context, role broker.RoleRef, matc
 		return out, fmt.Errorf("revoke sessions of %s: %w", role.ARN, err)
 	}
 	return out, nil
+}
+
+// pacer returns the pacer of IAM calls in account.
+func (p *Provider) pacer(account string) *pacer {
+	p.pmu.Lock()
+	defer p.pmu.Unlock()
+	if p.pacers == nil {
+		p.pacers = map[string]*pacer{}
+	}
+	pc := p.pacers[account]
+	if pc == nil {
+		pc = &pacer{rate: iamStartRate}
+		p.pacers[account] = pc
+	}
+	return pc
+}
+
+// IAM throttles each account's calls; revocations that put policies on
+// many roles at once (in parallel, see broker.Service) pace each
+// account's calls to what IAM accepts: additive increase, multiplicative
+// decrease, as AWS recommends for throttled clients.
+const (
+	iamStartRate = 20.0 // calls per second per account at first
+	iamMinRate   = 1.0
+	iamMaxRate   = 100.0
+	iamRateStep  = 1.0 // added per accepted call
+)
+
+// pacer spaces the IAM calls of one account.
+type pacer struct {
+	mu   sync.Mutex
+	rate float64   // calls per second
+	next time.Time // earliest start of the next call
+}
+
+// wait blocks until the caller's turn, or ctx ends.
+func (pc *pacer) wait(ctx context.Context) error {
+	pc.mu.Lock()
+	now := time.Now()
+	at := pc.next
+	if at.Before(now) {
+		at = now
+	}
+	pc.next = at.Add(time.Duration(float64(time.Second) / pc.rate))
+	pc.mu.Unlock()
+	if d := time.Until(at); d > 0 {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+	return nil
+}
+
+// observe adapts the rate to a call's outcome.
+func (pc *pacer) observe(err error) {
+	var ae smithy.APIError
+	throttled := errors.As(err, &ae) && throttleCodes[ae.ErrorCode()]
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	switch {
+	case throttled:
+		pc.rate = max(iamMinRate, pc.rate/2)
+	case err == nil:
+		pc.rate = min(iamMaxRate, pc.rate+iamRateStep)
+	}
 }
 
 // roleName is the name of a role ARN (its path dropped).
