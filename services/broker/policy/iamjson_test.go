@@ -1,9 +1,13 @@
 package policy_test
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
+	"math/rand/v2"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/credmatrix/credmatrix/services/broker/policy"
 	"github.com/google/go-cmp/cmp"
@@ -102,5 +106,63 @@ func TestSessionPolicyTemplateIsStrict(t *testing.T) {
 	_, err := policy.Parse("guarded.yaml", []byte(doc))
 	if err == nil || !strings.Contains(err.Error(), "roles[0].session_policy: Statement[0].Effect: duplicate key") {
 		t.Errorf("Parse error = %v, want the duplicate Effect named", err)
+	}
+}
+
+// TestCanonicalStringsAsEncodingJSON: the canonical writer encodes every
+// string as encoding/json does without HTML escaping, invalid UTF-8 and
+// line separators included.
+func TestCanonicalStringsAsEncodingJSON(t *testing.T) {
+	cases := []string{"", "plain", `q"uote\back`, "\n\r\t\b\f\x00\x1f\x7f", "<&>", "é\u2028\u2029✓", "\xff\xfeok\xc3", "${*}${?}${$}"}
+	r := rand.New(rand.NewPCG(1, 2))
+	for range 2000 {
+		b := make([]byte, r.IntN(24))
+		for i := range b {
+			b[i] = byte(r.IntN(256))
+		}
+		cases = append(cases, string(b))
+	}
+	for _, s := range cases {
+		var want bytes.Buffer
+		enc := json.NewEncoder(&want)
+		enc.SetEscapeHTML(false)
+		if err := enc.Encode(s); err != nil {
+			t.Fatal(err)
+		}
+		if got := policy.WriteJSONString(s); got != strings.TrimSuffix(want.String(), "\n") {
+			t.Fatalf("%q: got %s, want %s", s, got, want.String())
+		}
+	}
+}
+
+// TestTemplatePlaceholdersInKeys: a placeholder may name a key; filled
+// keys that collide are refused, and a template holding NUL characters
+// (the compiled form's markers) is refused at load.
+func TestTemplatePlaceholdersInKeys(t *testing.T) {
+	withTemplate := func(tmpl string) string {
+		return strings.Replace(guarded, `{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:PutObject",
+        "Resource": "arn:aws:s3:::artifacts-{{account_id}}/{{claim.repository}}/*"}]}`, tmpl, 1)
+	}
+	render := func(t *testing.T, doc string, claims map[string]any) (policy.Outcome, error) {
+		t.Helper()
+		p, err := policy.Parse("guarded.yaml", []byte(doc))
+		if err != nil {
+			return policy.Outcome{}, err
+		}
+		return p.Decide(policy.Request{Identity: ghIdentity(claims), Target: policy.Target{Role: "deploy", Account: "dev", Time: time.Now()}}), nil
+	}
+	keyed := withTemplate(`{"Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*",
+        "Condition": {"StringEquals": {"aws:ResourceTag/{{claim.team}}": "{{claim.repository}}", "aws:ResourceTag/{{claim.other}}": "x"}}}]}`)
+	o, err := render(t, keyed, map[string]any{"team": "web*", "other": "db"})
+	if err != nil || !strings.Contains(o.SessionPolicy, `"aws:ResourceTag/web${*}":"acme/app"`) {
+		t.Errorf("keyed template: %v %s", err, o.SessionPolicy)
+	}
+	o, err = render(t, keyed, map[string]any{"team": "WEB", "other": "web"})
+	if err != nil || o.Allowed || o.Rule != policy.SessionPolicyRule || !strings.Contains(o.Reason, "appears twice") {
+		t.Errorf("colliding keys: %v allowed=%v rule=%s reason=%s", err, o.Allowed, o.Rule, o.Reason)
+	}
+	if _, err := policy.Parse("guarded.yaml", []byte(withTemplate(`{"Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "a\u0000b"}]}`))); err == nil ||
+		!strings.Contains(err.Error(), "NUL characters are not allowed") {
+		t.Errorf("NUL in a template: %v", err)
 	}
 }

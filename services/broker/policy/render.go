@@ -12,9 +12,16 @@ import (
 const MaxSessionPolicyBytes = 2048
 
 // template is a compiled session policy template: JSON text with
-// {{name}} placeholders that are only allowed inside JSON strings.
+// {{name}} placeholders that are only allowed inside JSON strings. It is
+// parsed once, strictly, into statements whose strings hold a marker
+// ("\x00" index "\x00") for each placeholder, so a request only fills in
+// values: no JSON is parsed per request.
 type template struct {
 	parts []templatePart
+	// names are the placeholders, by marker index.
+	names []string
+	// statements are the parsed statements, with markers.
+	statements []map[string]any
 }
 
 type templatePart struct {
@@ -69,14 +76,155 @@ func parseTemplate(text string) (*template, error) {
 	if lit.Len() > 0 {
 		t.parts = append(t.parts, templatePart{literal: lit.String()})
 	}
-	probe, err := t.render(func(string) (string, bool) { return "x", true })
+	// The probe gives each placeholder name a value of its own, so that
+	// keys made of different placeholders do not collide in it.
+	ids := map[string]int{}
+	probe, err := t.render(func(name string) (string, bool) {
+		if _, ok := ids[name]; !ok {
+			ids[name] = len(ids)
+		}
+		return fmt.Sprintf("x%d", ids[name]), true
+	})
 	if err != nil {
 		return nil, err
 	}
-	if _, err := parsePolicyDoc([]byte(probe)); err != nil {
+	doc, err := parsePolicyDoc([]byte(probe))
+	if err != nil {
 		return nil, err
 	}
+	if hasNUL(doc.document()) {
+		return nil, errors.New("NUL characters are not allowed")
+	}
+	// Parse again with a marker in place of each placeholder; the text
+	// \u0000 is a valid JSON escape inside the string it stands in.
+	var marked strings.Builder
+	for _, p := range t.parts {
+		if p.name == "" {
+			marked.WriteString(p.literal)
+			continue
+		}
+		fmt.Fprintf(&marked, `\u0000%d\u0000`, len(t.names))
+		t.names = append(t.names, p.name)
+	}
+	mdoc, err := parsePolicyDoc([]byte(marked.String()))
+	if err != nil {
+		return nil, err
+	}
+	t.statements = mdoc.statements
 	return t, nil
+}
+
+// hasNUL reports whether any string of v holds a NUL character.
+func hasNUL(v any) bool {
+	switch x := v.(type) {
+	case string:
+		return strings.IndexByte(x, 0) >= 0
+	case map[string]any:
+		for k, e := range x {
+			if hasNUL(k) || hasNUL(e) {
+				return true
+			}
+		}
+	case []any:
+		for _, e := range x {
+			if hasNUL(e) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// fill renders the compiled statements: every marker becomes its value,
+// IAM-escaped (the writer JSON-escapes it). A missing value is an error:
+// a policy with a hole is never issued. Keys made of placeholders that
+// collide once filled (a duplicate key) are refused too.
+func (t *template) fill(value func(name string) (string, bool)) ([]map[string]any, error) {
+	vals := make([]string, len(t.names))
+	for i, name := range t.names {
+		v, ok := value(name)
+		if !ok {
+			return nil, fmt.Errorf("session policy: {{%s}} has no value for this token", name)
+		}
+		vals[i] = iamEscaper.Replace(v)
+	}
+	out := make([]map[string]any, len(t.statements))
+	for i, st := range t.statements {
+		v, err := fillNode(st, vals)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = v.(map[string]any)
+	}
+	return out, nil
+}
+
+func fillNode(v any, vals []string) (any, error) {
+	switch x := v.(type) {
+	case string:
+		return fillString(x, vals), nil
+	case []any:
+		out := make([]any, len(x))
+		for i, e := range x {
+			f, err := fillNode(e, vals)
+			if err != nil {
+				return nil, err
+			}
+			out[i] = f
+		}
+		return out, nil
+	case map[string]any:
+		out := make(map[string]any, len(x))
+		var seen map[string]bool
+		for k, e := range x {
+			f, err := fillNode(e, vals)
+			if err != nil {
+				return nil, err
+			}
+			if strings.IndexByte(k, 0) >= 0 {
+				k = fillString(k, vals)
+				if seen == nil {
+					seen = map[string]bool{}
+					for other := range x {
+						if strings.IndexByte(other, 0) < 0 {
+							seen[strings.ToLower(other)] = true
+						}
+					}
+				}
+				if seen[strings.ToLower(k)] {
+					return nil, fmt.Errorf("session policy: key %q appears twice once filled in", truncateText(k, 64))
+				}
+				seen[strings.ToLower(k)] = true
+			}
+			out[k] = f
+		}
+		return out, nil
+	default:
+		return v, nil
+	}
+}
+
+// fillString replaces the markers of s by their values.
+func fillString(s string, vals []string) string {
+	if strings.IndexByte(s, 0) < 0 {
+		return s
+	}
+	var b strings.Builder
+	for {
+		i := strings.IndexByte(s, 0)
+		if i < 0 {
+			b.WriteString(s)
+			return b.String()
+		}
+		b.WriteString(s[:i])
+		j := strings.IndexByte(s[i+1:], 0)
+		n := 0
+		for _, c := range s[i+1 : i+1+j] {
+			n = n*10 + int(c-'0')
+		}
+		b.WriteString(vals[n])
+		s = s[i+1+j+1:]
+	}
 }
 
 // render fills the placeholders with JSON-escaped, IAM-escaped values. A
@@ -133,7 +281,8 @@ type RenderValues struct {
 func (p *Policy) SessionPolicy(d Decision, vals RenderValues, extra string) (string, error) {
 	var stmts []map[string]any
 	if t, ok := p.templates[roleKey(d.Role.Name, d.Role.AccountID)]; ok {
-		text, err := t.render(func(name string) (string, bool) {
+		var err error
+		stmts, err = t.fill(func(name string) (string, bool) {
 			switch name {
 			case "account_id":
 				return d.Account.ID, true
@@ -156,11 +305,6 @@ func (p *Policy) SessionPolicy(d Decision, vals RenderValues, extra string) (str
 		if err != nil {
 			return "", err
 		}
-		doc, err := parsePolicyDoc([]byte(text))
-		if err != nil {
-			return "", fmt.Errorf("session policy: %w", err)
-		}
-		stmts = doc.statements
 	}
 	var extraAllow, extraDeny []map[string]any
 	if extra != "" {
