@@ -5,6 +5,8 @@ import (
 	"fmt"
 
 	"github.com/credmatrix/credmatrix/clients/auditclient/bundle"
+	"github.com/credmatrix/credmatrix/clients/auditclient/checkpoint"
+	"github.com/credmatrix/credmatrix/clients/auditclient/verify"
 )
 
 // exportChunk is how many rows or checkpoints one store call returns.
@@ -74,4 +76,21 @@ func ExportBundle(ctx context.Context, store Store, origin, publicKey string) (*
 		return nil, nil, err
 	}
 	return b, mismatches, nil
+}
+
+// VerifyStore verifies everything in store as an investigator would, from
+// the store alone: ExportBundle's events and checkpoints checked by
+// verify.Bundle with key (and kept, a checkpoint kept from earlier, if
+// not nil), plus every row whose columns disagree with its event. It is
+// what 'audit verify --db' runs.
+func VerifyStore(ctx context.Context, store Store, key *checkpoint.Verifier, kept []byte) (*verify.Report, error) {
+	b, mismatches, err := ExportBundle(ctx, store, key.Origin(), key.PublicKey())
+	if err != nil {
+		return nil, err
+	}
+	r := verify.Bundle(b, verify.Options{Key: key, Trusted: kept})
+	for _, m := range mismatches {
+		r.AddColumnMismatch(m.Sequence, m.Columns)
+	}
+	return r, nil
 }

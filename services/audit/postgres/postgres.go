@@ -78,6 +78,34 @@ func Open(ctx context.Context, dsn string) (*Store, error) {
 	return s, nil
 }
 
+// OpenReadOnly connects to dsn for reading the log as evidence: every
+// session is read-only (default_transaction_read_only), no migration
+// runs and the store does not compete for the sequencer lock, so it
+// changes nothing in the database. Every writing method fails.
+func OpenReadOnly(ctx context.Context, dsn string) (*Store, error) {
+	cfg, err := pgxpool.ParseConfig(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("open audit store read-only: %w", err)
+	}
+	cfg.ConnConfig.RuntimeParams["default_transaction_read_only"] = "on"
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("open audit store read-only: %w", err)
+	}
+	var version int
+	if err := pool.QueryRow(ctx, "SELECT version FROM audit_schema_version").Scan(&version); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("open audit store read-only: read schema version: %w", err)
+	}
+	if version != len(migrations) {
+		pool.Close()
+		return nil, fmt.Errorf("open audit store read-only: schema version %d (this binary reads %d)", version, len(migrations))
+	}
+	s := &Store{pool: pool, dsn: dsn, led: make(chan struct{}), done: make(chan struct{}), cancel: func() {}}
+	close(s.done)
+	return s, nil
+}
+
 // migrations are applied in order under an advisory lock; the
 // schema_version table records how many have run.
 var migrations = []string{

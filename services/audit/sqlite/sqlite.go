@@ -20,8 +20,11 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -48,8 +51,9 @@ type Store struct {
 	idx  *sql.DB // index writes: synchronous=NORMAL, BEGIN IMMEDIATE, one connection
 	rdb  *sql.DB // reads and views: deferred transactions
 	path string
-	ro   bool // opened as evidence (OpenReadOnly)
-	v3   bool // the file has the v3 layout (event_index); read-only opens of older files lack it
+	ro   bool   // opened as evidence (OpenReadOnly)
+	tmp  string // OpenReadOnly's private copy of the evidence, removed by Close
+	v3   bool   // the file has the v3 layout (event_index); read-only opens of older files lack it
 
 	mu      sync.Mutex
 	inserts map[string]*sql.Stmt // prepared multi-row INSERTs by table and row count
@@ -144,29 +148,64 @@ func Open(ctx context.Context, path string) (*Store, error) {
 // OpenReadOnly opens the SQLite store at path as evidence: the file is
 // opened read-only, no migration runs, no pragma that writes (journal
 // mode, schema version) is applied and no WAL checkpoint happens, so the
-// database and its WAL stay byte-identical. Events in the WAL are read.
+// database and its WAL stay byte-identical, and so does the WAL's
+// shared-memory file (-shm):
+//
+//   - without a WAL file, the database is opened immutable (no lock, no
+//     -shm is created);
+//   - with a WAL and its -shm, both are opened read-only and the WAL's
+//     events are read;
+//   - with a WAL but no -shm (a seized copy), SQLite could only read the
+//     WAL by creating one beside the evidence: the database and its WAL
+//     are copied to a private temporary directory first, and that copy
+//     is read.
+//
 // Every writing method fails. It reads stores of schema version 2 (no
 // query index) and 3.
 func OpenReadOnly(ctx context.Context, path string) (*Store, error) {
 	if err := checkPath(path); err != nil {
 		return nil, err
 	}
-	u := url.URL{Scheme: "file", Path: path}
+	if _, err := os.Stat(path); err != nil {
+		return nil, fmt.Errorf("open audit store read-only: %w", err)
+	}
 	q := url.Values{}
 	q.Set("mode", "ro")
+	var tmp string
+	_, walErr := os.Stat(path + "-wal")
+	_, shmErr := os.Stat(path + "-shm")
+	switch {
+	case walErr != nil:
+		q.Set("immutable", "1")
+	case shmErr == nil:
+		q.Set("readonly_shm", "1")
+	default:
+		var err error
+		if tmp, err = os.MkdirTemp("", "credmatrix-audit-evidence-"); err != nil {
+			return nil, fmt.Errorf("open audit store read-only: %w", err)
+		}
+		for _, suffix := range []string{"", "-wal"} {
+			if err := copyFile(path+suffix, filepath.Join(tmp, "audit.db"+suffix)); err != nil {
+				os.RemoveAll(tmp)
+				return nil, fmt.Errorf("open audit store read-only: copy the evidence: %w", err)
+			}
+		}
+		path = filepath.Join(tmp, "audit.db")
+	}
 	q.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", busyTimeout.Milliseconds()))
 	q.Add("_pragma", "query_only(1)")
 	q.Set("_txlock", "deferred")
-	u.RawQuery = q.Encode()
+	u := url.URL{Scheme: "file", Path: path, RawQuery: q.Encode()}
 	db, err := sql.Open("sqlite", u.String())
 	if err != nil {
+		os.RemoveAll(tmp)
 		return nil, fmt.Errorf("open audit store %s read-only: %w", path, err)
 	}
-	s := &Store{db: db, rdb: db, path: path, ro: true, inserts: make(map[string]*sql.Stmt), stop: make(chan struct{}), done: make(chan struct{})}
+	s := &Store{db: db, rdb: db, path: path, ro: true, tmp: tmp, inserts: make(map[string]*sql.Stmt), stop: make(chan struct{}), done: make(chan struct{})}
 	close(s.done)
 	var version int
 	if err := db.QueryRowContext(ctx, "PRAGMA user_version").Scan(&version); err != nil {
-		db.Close()
+		s.Close()
 		return nil, fmt.Errorf("open audit store %s read-only: %w", path, err)
 	}
 	switch {
@@ -174,10 +213,28 @@ func OpenReadOnly(ctx context.Context, path string) (*Store, error) {
 	case version == len(migrations):
 		s.v3 = true
 	default:
-		db.Close()
+		s.Close()
 		return nil, fmt.Errorf("open audit store %s read-only: schema version %d (this binary reads 2 to %d)", path, version, len(migrations))
 	}
 	return s, nil
+}
+
+// copyFile copies from (opened read-only) to a new file.
+func copyFile(from, to string) error {
+	in, err := os.Open(from)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(to, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
 }
 
 // errReadOnly is the answer of every writing method of a read-only store.
@@ -778,6 +835,9 @@ func (s *Store) Close() error {
 		<-s.done
 		if err := s.closeHandles(); err != nil {
 			s.closeErr = fmt.Errorf("close audit store %s: %w", s.path, err)
+		}
+		if s.tmp != "" {
+			os.RemoveAll(s.tmp)
 		}
 	})
 	return s.closeErr

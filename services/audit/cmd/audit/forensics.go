@@ -9,10 +9,11 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	"github.com/credmatrix/credmatrix/clients/auditclient/checkpoint"
-	"github.com/credmatrix/credmatrix/clients/auditclient/verify"
 	"github.com/credmatrix/credmatrix/services/audit"
+	"github.com/credmatrix/credmatrix/services/audit/postgres"
 	"github.com/credmatrix/credmatrix/services/audit/sqlite"
 )
 
@@ -31,7 +32,8 @@ const (
 func forensics(ctx context.Context, cmd string, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("audit "+cmd, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	db := fs.String("db", "", "SQLite audit store file to read (required)")
+	db := fs.String("db", "", "SQLite audit store file to read (opened read-only)")
+	pgFile := fs.String("postgres-dsn-file", "", "file holding the connection string of a PostgreSQL audit store to read instead of --db (read-only sessions)")
 	pub := fs.String("public-key-file", os.Getenv("CREDMATRIX_AUDIT_PUBLIC_KEY_FILE"), "trusted checkpoint verifier key of the log (required; env CREDMATRIX_AUDIT_PUBLIC_KEY_FILE)")
 	var out, kept, output *string
 	switch cmd {
@@ -42,7 +44,7 @@ func forensics(ctx context.Context, cmd string, args []string, stdout, stderr io
 		output = fs.String("output", "table", "output: table or json")
 	}
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: audit %s --db FILE --public-key-file KEY [flags]\n\n", cmd)
+		fmt.Fprintf(stderr, "usage: audit %s (--db FILE | --postgres-dsn-file FILE) --public-key-file KEY [flags]\n\n", cmd)
 		switch cmd {
 		case "export":
 			fmt.Fprintln(stderr, "Writes the store's events exactly as stored and every stored checkpoint into a\nbundle that 'credmatrix audit verify --bundle' checks. The file is opened\nread-only and never written.")
@@ -65,11 +67,20 @@ func forensics(ctx context.Context, cmd string, args []string, stdout, stderr io
 	if fs.NArg() > 0 {
 		return usage("unexpected arguments %q", fs.Args())
 	}
-	if *db == "" {
-		return usage("--db: required")
-	}
-	if _, err := os.Stat(*db); err != nil {
-		return usage("--db: %v", err)
+	var dsn string
+	switch {
+	case (*db == "") == (*pgFile == ""):
+		return usage("--db: required (or --postgres-dsn-file), exactly one")
+	case *db != "":
+		if _, err := os.Stat(*db); err != nil {
+			return usage("--db: %v", err)
+		}
+	default:
+		b, err := os.ReadFile(*pgFile)
+		if err != nil {
+			return usage("--postgres-dsn-file: %v", err)
+		}
+		dsn = strings.TrimSpace(string(b))
 	}
 	var v *checkpoint.Verifier
 	if *pub != "" {
@@ -92,47 +103,39 @@ func forensics(ctx context.Context, cmd string, args []string, stdout, stderr io
 
 	// Evidence is opened read-only and never written: no migration, no
 	// journal-mode change, no WAL checkpoint (the file and its -wal stay
-	// byte-identical).
-	store, err := sqlite.OpenReadOnly(ctx, *db)
-	if err != nil {
-		fmt.Fprintf(stderr, "audit %s: open %s: %v\n", cmd, *db, err)
-		return exitNotOK
+	// byte-identical); PostgreSQL sessions are read-only.
+	var store audit.Store
+	where := *db
+	if dsn != "" {
+		where = "the PostgreSQL store"
+		s, err := postgres.OpenReadOnly(ctx, dsn)
+		if err != nil {
+			fmt.Fprintf(stderr, "audit %s: %v\n", cmd, err)
+			return exitNotOK
+		}
+		store = s
+	} else {
+		s, err := sqlite.OpenReadOnly(ctx, *db)
+		if err != nil {
+			fmt.Fprintf(stderr, "audit %s: open %s: %v\n", cmd, *db, err)
+			return exitNotOK
+		}
+		store = s
 	}
 	defer store.Close()
-	b, mismatches, err := audit.ExportBundle(ctx, store, v.Origin(), v.PublicKey())
-	if err != nil {
-		fmt.Fprintf(stderr, "audit %s: read %s: %v\n", cmd, *db, err)
-		return exitNotOK
-	}
-	switch cmd {
-	case "export":
-		var buf bytes.Buffer
-		if err := b.Write(&buf); err != nil {
-			fmt.Fprintf(stderr, "audit export: %v\n", err)
-			return exitNotOK
-		}
-		if err := os.WriteFile(*out, buf.Bytes(), 0o600); err != nil {
-			fmt.Fprintf(stderr, "audit export: %v\n", err)
-			return exitNotOK
-		}
-		fmt.Fprintf(stdout, "exported %d events and %d checkpoints to %s\n", len(b.Events), len(b.Checkpoints), *out)
-		if len(mismatches) > 0 {
-			// A bundle holds events, not the store's columns: say here
-			// what the bundle cannot carry.
-			fmt.Fprintf(stderr, "audit export: warning: the store's columns of %d event(s) disagree with the events (first: %s); 'audit verify --db' reports them all\n", len(mismatches), mismatches[0])
-		}
-		return exitOK
-	default:
+	if cmd == "verify" {
 		var keptNote []byte
 		if *kept != "" {
+			var err error
 			keptNote, err = os.ReadFile(*kept)
 			if err != nil && !errors.Is(err, os.ErrNotExist) {
 				return usage("--checkpoint-file: %v", err)
 			}
 		}
-		r := verify.Bundle(b, verify.Options{Key: v, Trusted: keptNote})
-		for _, m := range mismatches {
-			r.AddColumnMismatch(m.Sequence, m.Columns)
+		r, err := audit.VerifyStore(ctx, store, v, keptNote)
+		if err != nil {
+			fmt.Fprintf(stderr, "audit verify: read %s: %v\n", where, err)
+			return exitNotOK
 		}
 		if *output == "json" {
 			if err := json.NewEncoder(stdout).Encode(r); err != nil {
@@ -147,4 +150,25 @@ func forensics(ctx context.Context, cmd string, args []string, stdout, stderr io
 		}
 		return exitOK
 	}
+	b, mismatches, err := audit.ExportBundle(ctx, store, v.Origin(), v.PublicKey())
+	if err != nil {
+		fmt.Fprintf(stderr, "audit export: read %s: %v\n", where, err)
+		return exitNotOK
+	}
+	var buf bytes.Buffer
+	if err := b.Write(&buf); err != nil {
+		fmt.Fprintf(stderr, "audit export: %v\n", err)
+		return exitNotOK
+	}
+	if err := os.WriteFile(*out, buf.Bytes(), 0o600); err != nil {
+		fmt.Fprintf(stderr, "audit export: %v\n", err)
+		return exitNotOK
+	}
+	fmt.Fprintf(stdout, "exported %d events and %d checkpoints to %s\n", len(b.Events), len(b.Checkpoints), *out)
+	if len(mismatches) > 0 {
+		// A bundle holds events, not the store's columns: say here what
+		// the bundle cannot carry.
+		fmt.Fprintf(stderr, "audit export: warning: the store's columns of %d event(s) disagree with the events (first: %s); 'audit verify' reports them all\n", len(mismatches), mismatches[0])
+	}
+	return exitOK
 }

@@ -1,10 +1,11 @@
 // Command audit runs the credmatrix audit service: the append-only,
 // tamper-evident log of every issuance, denial and key operation.
 //
-// Two forensic commands read a store file directly, where the service runs:
+// Two forensic commands read a store directly (read-only), where the
+// service runs, even when the service refuses to start on it:
 //
-//	audit export --db FILE --out BUNDLE [--public-key-file KEY]
-//	audit verify --db FILE --public-key-file KEY [--checkpoint-file KEPT]
+//	audit export (--db FILE | --postgres-dsn-file F) --out BUNDLE --public-key-file KEY
+//	audit verify (--db FILE | --postgres-dsn-file F) --public-key-file KEY [--checkpoint-file KEPT]
 package main
 
 import (
