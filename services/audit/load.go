@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -33,6 +34,9 @@ type Finding struct {
 	// are intact, only something derived is wrong or missing (a column, an
 	// index row, the signature of events that were never signed).
 	Adoptable bool
+	// Span says the finding covers a range that a precise finding (a
+	// row that does not decode, or is missing) may explain.
+	Span bool
 }
 
 func (f Finding) String() string { return fmt.Sprintf("sequence %d: %s", f.Sequence, f.What) }
@@ -54,14 +58,23 @@ func (fs *findings) add(f Finding) {
 	}
 }
 
-// first returns the earliest finding, preferring one no adoption covers.
+// first returns the finding to name: one no adoption covers before an
+// adoptable one, a precise one before a range it may explain, then the
+// earliest.
 func (fs *findings) first() Finding {
+	rank := func(f Finding) int {
+		r := 0
+		if f.Adoptable {
+			r += 2
+		}
+		if f.Span {
+			r++
+		}
+		return r
+	}
 	best := -1
 	for i, f := range fs.list {
-		switch {
-		case best < 0,
-			f.Adoptable == fs.list[best].Adoptable && f.Sequence < fs.list[best].Sequence,
-			!f.Adoptable && fs.list[best].Adoptable:
+		if best < 0 || rank(f) < rank(fs.list[best]) || rank(f) == rank(fs.list[best]) && f.Sequence < fs.list[best].Sequence {
 			best = i
 		}
 	}
@@ -131,7 +144,7 @@ func (l *Log) scanStore(ctx context.Context, sc *scan) error {
 
 // checkColumns compares a row's columns with its leaf.
 func (l *Log) checkColumns(row Row, sc *scan) {
-	_, bad, err := CheckRow(row)
+	e, bad, err := CheckRow(row)
 	if err != nil {
 		sc.fs.add(Finding{Sequence: row.Sequence, What: "the stored event does not decode: " + err.Error()})
 		return
@@ -154,9 +167,8 @@ func (l *Log) checkColumns(row Row, sc *scan) {
 	}
 	if len(key) > 0 {
 		sc.fs.add(Finding{Sequence: row.Sequence, What: "columns " + strings.Join(key, ", ") + " disagree with the event", Adoptable: true})
-		r := row
-		r.Data = nil
-		sc.repair = append(sc.repair, r)
+		// Repair sets the columns to what the leaf derives.
+		sc.repair = append(sc.repair, Row{Sequence: row.Sequence, Key: KeyOf(e)})
 	}
 	if len(index) > 0 {
 		sc.fs.add(Finding{Sequence: row.Sequence, What: "query index: " + strings.Join(index, ", ") + " disagree with the event", Adoptable: true})
@@ -187,7 +199,7 @@ func (l *Log) checkTrust(sc *scan, root func(size uint64) ([]byte, error), kept 
 				return err
 			}
 			if !bytes.Equal(r, c.Root) {
-				sc.fs.add(Finding{Sequence: 0, What: fmt.Sprintf("the first %d events do not hash to the latest signed checkpoint's root: an event below sequence %d was modified, removed or reordered ('audit verify --db' pinpoints its commit batch)", c.Size, c.Size)})
+				sc.fs.add(Finding{Sequence: 0, Span: true, What: fmt.Sprintf("the first %d events do not hash to the latest signed checkpoint's root: an event below sequence %d was modified, removed or reordered ('audit verify --db' pinpoints its commit batch)", c.Size, c.Size)})
 			} else if c.Size < sc.head {
 				sc.fs.add(Finding{Sequence: c.Size, What: fmt.Sprintf("events %d to %d are signed by no checkpoint (the log signs every commit batch: they were written behind its back, or by a writer that crashed before signing)", c.Size, sc.head-1), Adoptable: true})
 			}
@@ -209,14 +221,14 @@ func (l *Log) checkTrust(sc *scan, root func(size uint64) ([]byte, error), kept 
 	if bytes.Equal(r, kept.Root) {
 		return nil
 	}
-	what := fmt.Sprintf("the first %d events do not hash to the kept checkpoint's root: the store was rewritten below sequence %d", kept.Size, kept.Size)
 	if cp := sc.latest; cp != nil {
 		if c, err := v.Open(cp.Note); err == nil && c.Size == kept.Size && !bytes.Equal(c.Root, kept.Root) {
-			what = fmt.Sprintf("fork: the kept checkpoint and the store's checkpoint both sign tree size %d with different roots (kept %s, store %s)", kept.Size,
-				base64.StdEncoding.EncodeToString(kept.Root), base64.StdEncoding.EncodeToString(c.Root))
+			sc.fs.add(Finding{Sequence: kept.Size, What: fmt.Sprintf("fork: the kept checkpoint and the store's checkpoint both sign tree size %d with different roots (kept %s, store %s)", kept.Size,
+				base64.StdEncoding.EncodeToString(kept.Root), base64.StdEncoding.EncodeToString(c.Root))})
+			return nil
 		}
 	}
-	sc.fs.add(Finding{Sequence: 0, What: what})
+	sc.fs.add(Finding{Sequence: 0, Span: true, What: fmt.Sprintf("the first %d events do not hash to the kept checkpoint's root: the store was rewritten below sequence %d", kept.Size, kept.Size)})
 	return nil
 }
 
@@ -242,6 +254,16 @@ func (l *Log) refusal(sc *scan, token string) error {
 		fmt.Fprintf(&b, "; after checking the store (audit verify --db), an operator may adopt it as it is, which signs it and records the adoption in the log: set adopt=%s", token)
 	}
 	return &storeMismatch{msg: b.String(), first: f}
+}
+
+// FirstFinding returns the first finding of an error of Open that refused
+// a store (ErrStoreMismatch), or false.
+func FirstFinding(err error) (Finding, bool) {
+	var m *storeMismatch
+	if errors.As(err, &m) {
+		return m.first, true
+	}
+	return Finding{}, false
 }
 
 // storeMismatch is a store that fails a check; it wraps ErrStoreMismatch.
