@@ -22,6 +22,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/credmatrix/credmatrix/clients/auditclient/leaf"
+	"github.com/credmatrix/credmatrix/services/audit/tiles"
 
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
 )
@@ -95,6 +96,16 @@ type Store interface {
 	// (the watermark moves back to indexFrom if it was beyond), so the
 	// indexer rebuilds them from the leaves. It is one transaction.
 	Repair(ctx context.Context, keys []Row, indexFrom uint64) error
+	// AddTiles stores full Merkle tree tiles outside a commit batch (a
+	// tile already stored is replaced), in one transaction: the Log
+	// rebuilds them from the events of a store written before tiles
+	// existed, or whose tiles a full verification found damaged.
+	AddTiles(ctx context.Context, ts []tiles.Tile) error
+	// AddCompactRange stores the compact range of the stored checkpoint of
+	// tree size size, which has none yet (otherwise it changes nothing):
+	// the Log does so once after rebuilding the tree of a store from before
+	// tiles, so that its next start-up is bounded.
+	AddCompactRange(ctx context.Context, size uint64, compactRange [][]byte) error
 	// View calls f with a Reader that sees the store as of one instant
 	// (one read transaction), so that events, checkpoints and the index
 	// watermark read together are consistent while a sequencer appends.
@@ -123,16 +134,28 @@ type Reader interface {
 	// LatestCheckpoint returns the stored checkpoint with the largest Size;
 	// ok is false when none is stored.
 	LatestCheckpoint(ctx context.Context) (cp StoredCheckpoint, ok bool, err error)
+	// LatestCompactRange returns the stored checkpoint with the largest
+	// Size among those that carry a compact range; ok is false when none
+	// does.
+	LatestCompactRange(ctx context.Context) (cp StoredCheckpoint, ok bool, err error)
+	// ReadTiles returns the stored hashes of the Merkle tree tiles ids, one
+	// entry per id in order, nil for a tile that is not stored
+	// (tiles.Reader).
+	ReadTiles(ctx context.Context, ids []tiles.ID) ([][]byte, error)
 }
 
-// Batch is one group commit: events and the checkpoint that signs the
-// tree they complete.
+// Batch is one group commit: events, the checkpoint that signs the tree
+// they complete and the tree tiles they complete.
 type Batch struct {
 	// Records are the events, sequence set, with their leaf bytes.
 	Records []Record
 	// Checkpoint signs the tree of size Records[len-1].Sequence+1; nil
 	// for a log without a signer.
 	Checkpoint *StoredCheckpoint
+	// Tiles are the full tiles of the Merkle tree the events complete
+	// (tiles.Staged.Tiles), stored in the same transaction. A tile already
+	// stored is replaced (it is derived from the events: same content).
+	Tiles []tiles.Tile
 }
 
 // Record is an event with its serialisation, leaf.Marshal(Event).
@@ -325,6 +348,13 @@ type StoredCheckpoint struct {
 	Note []byte
 	// Time is when the log signed it.
 	Time time.Time
+	// CompactRange is the compact range of the tree it signs (the roots of
+	// its perfect subtrees, largest first), when the log stored it with
+	// this checkpoint (on the first checkpoint after each 256 events), so
+	// that start-up loads the tree from here instead of re-hashing every
+	// event; nil otherwise. It is checked against the signed root before
+	// it is used.
+	CompactRange [][]byte
 }
 
 // Store errors. Backends wrap them with %w so that Log and the conformance

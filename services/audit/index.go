@@ -145,7 +145,7 @@ func (l *Log) readVerified(ctx context.Context, from uint64, n int) ([]*auditv1.
 		if r.Sequence != from+uint64(i) {
 			break
 		}
-		want, err := l.tree.LeafHash(r.Sequence)
+		want, err := l.tree.LeafHash(ctx, r.Sequence)
 		if err != nil {
 			break
 		}

@@ -11,11 +11,13 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/transparency-dev/merkle/proof"
+	"github.com/transparency-dev/merkle/rfc6962"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/credmatrix/credmatrix/clients/auditclient/checkpoint"
 	"github.com/credmatrix/credmatrix/clients/auditclient/leaf"
-	"github.com/credmatrix/credmatrix/clients/auditclient/tree"
+	"github.com/credmatrix/credmatrix/services/audit/tiles"
 
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
 )
@@ -84,12 +86,17 @@ func (fs *findings) first() Finding {
 // scan is what one pass over the store found.
 type scan struct {
 	head     uint64
-	hashes   []tree.Hash
+	st       *tiles.Staged // the log's tree extended with the rows read
 	latest   *StoredCheckpoint
 	indexed  uint64
 	repair   []Row  // rows whose key columns disagree with their leaves
 	indexBad uint64 // first index row that disagrees or is missing (head: none)
 	fs       findings
+	// tiles the rows complete that the store lacks (a store written
+	// before tiles existed) or holds different (damaged): rebuilt from the
+	// events, written back (damaged ones only on adoption).
+	badTiles     []tiles.Tile
+	tilesWritten int
 }
 
 // scanStore reads, in one snapshot, every row from the tree's head on,
@@ -97,10 +104,15 @@ type scan struct {
 // at their positions, leaves decoding, columns equal to what the leaf
 // derives, the latest checkpoint signed by the log's key and matching the
 // tree, and every event signed.
+//
+// The rows extend a stage of the log's Merkle tree (sc.st), and every full
+// tile they complete is compared with the stored one; missing tiles (a
+// store from before tiles, or a writer that lost them) are written back
+// as the scan goes, so memory does not grow with the rows read.
 func (l *Log) scanStore(ctx context.Context, sc *scan) error {
 	from := l.tree.Size()
 	return l.store.View(ctx, func(r Reader) error {
-		*sc = scan{head: from}
+		*sc = scan{head: from, st: l.tree.Stage(nil)}
 		var err error
 		if sc.indexed, err = r.IndexedUpTo(ctx); err != nil {
 			return fmt.Errorf("read index watermark: %w", err)
@@ -114,11 +126,14 @@ func (l *Log) scanStore(ctx context.Context, sc *scan) error {
 		}
 		sc.indexBad = ^uint64(0)
 		next := from
+		hashes := make([]tiles.Hash, 0, loadBatch)
 		for {
 			rows, err := r.ReadRows(ctx, next, loadBatch)
 			if err != nil {
 				return fmt.Errorf("read audit store from %d: %w", next, err)
 			}
+			hashes = hashes[:0]
+			gap := false
 			for _, row := range rows {
 				if row.Sequence != next {
 					if row.Sequence > next {
@@ -126,20 +141,67 @@ func (l *Log) scanStore(ctx context.Context, sc *scan) error {
 					} else {
 						sc.fs.add(Finding{Sequence: next, What: fmt.Sprintf("a row holds sequence %d again after %d", row.Sequence, next-1)})
 					}
-					return nil // the tree cannot go on past a gap
+					gap = true // the tree cannot go on past a gap
+					break
 				}
-				h := leaf.Hash(row.Data)
-				sc.hashes = append(sc.hashes, tree.Hash(h))
+				hashes = append(hashes, leaf.Hash(row.Data))
 				l.checkColumns(row, sc)
 				next++
 			}
-			if len(rows) < loadBatch {
+			sc.st.Extend(hashes)
+			sc.head = next
+			if err := l.checkTiles(ctx, r, sc); err != nil {
+				return err
+			}
+			if gap || len(rows) < loadBatch {
 				break
 			}
 		}
-		sc.head = next
 		return nil
 	})
+}
+
+// checkTiles compares the full tiles the scanned rows completed with the
+// stored ones. Missing tiles are written back at once (they are derived
+// from the events; a store from before tiles gets them this way);
+// damaged ones are a finding an operator adopts (then rewritten).
+func (l *Log) checkTiles(ctx context.Context, r Reader, sc *scan) error {
+	ts := sc.st.TakeTiles()
+	if len(ts) == 0 {
+		return nil
+	}
+	ids := make([]tiles.ID, len(ts))
+	for i, t := range ts {
+		ids[i] = t.ID
+	}
+	stored, err := r.ReadTiles(ctx, ids)
+	if err != nil {
+		return fmt.Errorf("read tiles: %w", err)
+	}
+	var missing []tiles.Tile
+	for i, t := range ts {
+		switch {
+		case stored[i] == nil:
+			missing = append(missing, t)
+		case !bytes.Equal(stored[i], t.Hashes):
+			first := t.ID.Index << (t.ID.Level * tiles.Height) * tiles.Width
+			sc.fs.add(Finding{Sequence: first, What: fmt.Sprintf("stored Merkle tree %s disagrees with the events it is derived from", t.ID), Adoptable: true})
+			if len(sc.badTiles) < maxFindings {
+				sc.badTiles = append(sc.badTiles, t)
+			}
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	if err := l.store.AddTiles(ctx, missing); err != nil {
+		if errors.Is(err, errNotWriter) {
+			return nil // a replica: the writer rebuilds them
+		}
+		return fmt.Errorf("write rebuilt tiles: %w", err)
+	}
+	sc.tilesWritten += len(missing)
+	return nil
 }
 
 // checkColumns compares a row's columns with its leaf.
@@ -317,29 +379,51 @@ func (l *Log) open(ctx context.Context) (*Adoption, error) {
 			kept = &c
 		}
 	}
+	base, err := l.loadBase(ctx)
+	if err != nil {
+		return nil, err
+	}
 	var sc scan
 	if err := l.scanStore(ctx, &sc); err != nil {
 		return nil, err
 	}
-	l.tree.Append(sc.hashes...)
-	cr, err := extendRange(l.cr, sc.hashes)
-	if err != nil {
-		return nil, err
+	if sc.tilesWritten > 0 {
+		l.logf("audit log: rebuilt Merkle tree tiles missing from the store", "tiles", sc.tilesWritten)
 	}
-	if err := l.checkTrust(&sc, l.tree.Root, kept); err != nil {
+	root := func(size uint64) ([]byte, error) {
+		switch {
+		case size == sc.st.Size():
+			return sc.st.Root(), nil
+		case size == base:
+			return l.tree.Root(), nil
+		case size > base && size < sc.st.Size():
+			return l.rootAfter(ctx, base, size)
+		}
+		return nil, fmt.Errorf("root of size %d: not between the loaded tree (%d) and the store's head (%d)", size, base, sc.st.Size())
+	}
+	keptAbove := kept
+	if kept != nil && kept.Size < base {
+		// The tree was loaded from a later checkpoint: a consistency
+		// proof read from the stored tiles, checked between the kept
+		// root and the loaded (signed) root, proves the store extends
+		// the kept checkpoint without re-hashing the log.
+		keptAbove = nil
+		if err := l.checkKeptBelow(ctx, *kept, base, &sc); err != nil {
+			return nil, err
+		}
+	}
+	if err := l.checkTrust(&sc, root, keptAbove); err != nil {
 		return nil, err
 	}
 	if sc.fs.total == 0 {
-		l.cr = cr
+		l.tree.Commit(sc.st)
 		l.latest.Store(sc.latest)
 		l.indexed.Store(min(sc.indexed, sc.head))
+		l.storeCompactRange(ctx, sc.latest)
 		return nil, nil
 	}
-	root, err := l.tree.Root(sc.head)
-	if err != nil {
-		return nil, err
-	}
-	token := adoptionToken(sc.head, root, sc.fs)
+	rootHead := sc.st.Root()
+	token := adoptionToken(sc.head, rootHead, sc.fs)
 	if sc.fs.fatal > 0 || l.adopt != token {
 		return nil, l.refusal(&sc, token)
 	}
@@ -354,10 +438,131 @@ func (l *Log) open(ctx context.Context) (*Adoption, error) {
 		}
 		sc.indexed = from
 	}
-	l.cr = cr
+	if len(sc.badTiles) > 0 {
+		if err := l.store.AddTiles(ctx, sc.badTiles); err != nil {
+			return nil, fmt.Errorf("adopt: rebuild tiles: %w", err)
+		}
+	}
+	l.tree.Commit(sc.st)
 	l.latest.Store(sc.latest)
 	l.indexed.Store(min(sc.indexed, sc.head))
 	return &Adoption{Token: token, Findings: slices.Clone(sc.fs.list)}, nil
+}
+
+// loadBase loads the log's tree from the latest checkpoint that carries a
+// compact range, so that start-up checks only the events after it; it
+// returns that checkpoint's size (0: the tree stays empty and the whole
+// store is checked, as with WithFullVerification, for a store from before
+// tiles or whose tree state does not check out). What it loads is
+// trusted only once it matches a checkpoint signed by the log's key.
+func (l *Log) loadBase(ctx context.Context) (uint64, error) {
+	if l.full || l.signer == nil {
+		return 0, nil
+	}
+	cp, ok, err := l.store.LatestCompactRange(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("read the latest compact range: %w", err)
+	}
+	if !ok {
+		return 0, nil
+	}
+	t, err := l.loadTreeAt(ctx, cp)
+	if err != nil {
+		// Derived data that does not check out is not a reason to refuse
+		// the store, only to check all of it: the full check decides.
+		l.logf("audit log: the stored tree state does not check out; checking the whole store", "tree_size", cp.Size, "problem", err.Error())
+		return 0, nil
+	}
+	l.tree, l.crSize = t, cp.Size
+	return cp.Size, nil
+}
+
+// loadTreeAt loads the tree of the checkpoint cp (which carries its
+// compact range) from the stored tiles and the last leaves before it, and
+// checks it against cp's signed root.
+func (l *Log) loadTreeAt(ctx context.Context, cp StoredCheckpoint) (*tiles.Tree, error) {
+	c, err := l.signer.Verifier().Open(cp.Note)
+	if err != nil {
+		return nil, fmt.Errorf("the checkpoint of size %d is not signed by key %s: %v", cp.Size, l.signer.KeyID(), err)
+	}
+	if c.Size != cp.Size {
+		return nil, fmt.Errorf("the checkpoint stored for size %d signs size %d", cp.Size, c.Size)
+	}
+	begin := tiles.EdgeLeaves(cp.Size)
+	edge := make([]tiles.Hash, 0, cp.Size-begin)
+	if begin < cp.Size {
+		rows, err := l.store.ReadRows(ctx, begin, int(cp.Size-begin))
+		if err != nil {
+			return nil, fmt.Errorf("read events %d to %d: %w", begin, cp.Size-1, err)
+		}
+		for i, row := range rows {
+			if row.Sequence != begin+uint64(i) {
+				return nil, fmt.Errorf("event %d is missing", begin+uint64(i))
+			}
+			edge = append(edge, leaf.Hash(row.Data))
+		}
+	}
+	t, err := tiles.Load(ctx, l.store, cp.Size, edge, cp.CompactRange, tiles.WithCacheTiles(l.tileCache))
+	if err != nil {
+		return nil, err
+	}
+	if !bytes.Equal(t.Root(), c.Root) {
+		return nil, fmt.Errorf("%w: the compact range stored with the checkpoint of size %d does not hash to its signed root", tiles.ErrMismatch, cp.Size)
+	}
+	return t, nil
+}
+
+// rootAfter returns the root of the tree of size leaves, between the
+// loaded tree (base) and the store's head, re-hashing the events between.
+func (l *Log) rootAfter(ctx context.Context, base, size uint64) ([]byte, error) {
+	st := l.tree.Stage(nil)
+	for next := base; next < size; {
+		rows, err := l.store.ReadRows(ctx, next, int(min(loadBatch, size-next)))
+		if err != nil {
+			return nil, err
+		}
+		if len(rows) == 0 {
+			return nil, fmt.Errorf("root of size %d: event %d is missing", size, next)
+		}
+		hs := make([]tiles.Hash, len(rows))
+		for i, row := range rows {
+			hs[i] = leaf.Hash(row.Data)
+		}
+		st.Extend(hs)
+		next += uint64(len(rows))
+	}
+	return st.Root(), nil
+}
+
+// checkKeptBelow checks the kept checkpoint, older than the loaded tree
+// (base), by a consistency proof from stored tiles between the two signed
+// roots.
+func (l *Log) checkKeptBelow(ctx context.Context, kept checkpoint.Checkpoint, base uint64, sc *scan) error {
+	p, err := l.tree.Consistency(ctx, kept.Size, base)
+	if err == nil {
+		err = proof.VerifyConsistency(rfc6962.DefaultHasher, kept.Size, base, p, kept.Root, l.tree.Root())
+	}
+	if err != nil {
+		sc.fs.add(Finding{Sequence: 0, What: fmt.Sprintf("the store does not extend the kept checkpoint (tree size %d): no consistency proof from it to the store's checkpoint of size %d (%v); the store was rewritten or replaced", kept.Size, base, err)})
+	}
+	return nil
+}
+
+// storeCompactRange stores the compact range of the latest checkpoint
+// when no checkpoint carries one near it (a store from before tiles, just
+// rebuilt), so that the next start-up is bounded. Best effort: a store
+// that cannot (a replica) leaves it to the writer.
+func (l *Log) storeCompactRange(ctx context.Context, cp *StoredCheckpoint) {
+	if cp == nil || l.signer == nil || cp.Size != l.tree.Size() || !l.compactRangeDue(cp.Size) {
+		return
+	}
+	if err := l.store.AddCompactRange(ctx, cp.Size, l.tree.CompactRange()); err != nil {
+		if !errors.Is(err, errNotWriter) {
+			l.logf("audit log: cannot store the compact range of the latest checkpoint", "tree_size", cp.Size, "error", err.Error())
+		}
+		return
+	}
+	l.crSize = cp.Size
 }
 
 // recordAdoption appends the KIND_AUDIT_ADMIN event that records an
@@ -408,26 +613,25 @@ func (l *Log) extend(ctx context.Context) error {
 		return err
 	}
 	old := l.latest.Load()
-	cr, err := extendRange(l.cr, sc.hashes)
-	if err != nil {
-		return err
-	}
 	if sc.latest != nil && old != nil && sc.latest.Size < old.Size {
 		sc.fs.add(Finding{Sequence: sc.latest.Size, What: fmt.Sprintf("the store's latest checkpoint (size %d) is older than one this log served (size %d): rolled back", sc.latest.Size, old.Size)})
 	}
+	base := l.tree.Size()
 	root := func(size uint64) ([]byte, error) {
-		if size == cr.End() {
-			return cr.GetRootHash(nil)
+		switch {
+		case size == sc.st.Size():
+			return sc.st.Root(), nil
+		case size == base:
+			return l.tree.Root(), nil
+		case size < base:
+			return l.tree.RootAt(ctx, size)
 		}
-		if size <= l.tree.Size() {
-			return l.tree.Root(size)
-		}
-		return nil, fmt.Errorf("root of size %d: between the tree (%d) and the store's head (%d)", size, l.tree.Size(), cr.End())
+		return l.rootAfter(ctx, base, size)
 	}
-	if sc.latest != nil && sc.latest.Size > l.tree.Size() && sc.latest.Size < cr.End() {
+	if sc.latest != nil && sc.latest.Size > base && sc.latest.Size < sc.st.Size() {
 		// An unsigned tail after a checkpoint we have not seen: the
 		// tail is the finding, the root check needs the prefix.
-		sc.fs.add(Finding{Sequence: sc.latest.Size, What: fmt.Sprintf("events %d to %d are signed by no checkpoint", sc.latest.Size, cr.End()-1)})
+		sc.fs.add(Finding{Sequence: sc.latest.Size, What: fmt.Sprintf("events %d to %d are signed by no checkpoint", sc.latest.Size, sc.st.Size()-1)})
 	} else if err := l.checkTrust(&sc, root, nil); err != nil {
 		return err
 	}
@@ -438,14 +642,16 @@ func (l *Log) extend(ctx context.Context) error {
 		l.logf("audit log stopped: the store failed its check", "sequence", f.Sequence, "problem", f.What)
 		return b
 	}
-	if len(sc.hashes) == 0 {
+	if sc.st.Size() == base {
 		if sc.latest != nil && (old == nil || sc.latest.Size > old.Size) {
 			l.latest.Store(sc.latest)
 		}
 		return nil
 	}
-	l.tree.Append(sc.hashes...)
-	l.cr = cr
+	l.tree.Commit(sc.st)
+	if sc.latest != nil && sc.latest.CompactRange != nil {
+		l.crSize = sc.latest.Size
+	}
 	l.latest.Store(sc.latest)
 	l.wake()
 	select {

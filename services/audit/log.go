@@ -10,7 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/transparency-dev/merkle/compact"
+	"github.com/transparency-dev/merkle/proof"
 	"github.com/transparency-dev/merkle/rfc6962"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
@@ -21,7 +21,7 @@ import (
 
 	"github.com/credmatrix/credmatrix/clients/auditclient/checkpoint"
 	"github.com/credmatrix/credmatrix/clients/auditclient/leaf"
-	"github.com/credmatrix/credmatrix/clients/auditclient/tree"
+	"github.com/credmatrix/credmatrix/services/audit/tiles"
 
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
 )
@@ -110,15 +110,19 @@ type Log struct {
 	retryAfter time.Duration
 	indexLag   uint64
 
-	tree    *tree.Tree
-	cr      *compact.Range // the tree's compact range, for signing roots before a commit
-	queue   chan *request
-	queued  atomic.Int64 // events waiting in queue
-	refresh chan chan error
-	latest  atomic.Pointer[StoredCheckpoint]
-	resync  bool // the store may hold more than the tree; committer only
-	broken  atomic.Pointer[Error]
-	adopted *Adoption
+	// tree is the log's Merkle tree: tiles in the store, the right edge
+	// and a fixed cache in memory.
+	tree      *tiles.Tree
+	tileCache int    // tiles the tree caches
+	crSize    uint64 // size of the last checkpoint stored with its compact range; committer only
+	full      bool   // WithFullVerification
+	queue     chan *request
+	queued    atomic.Int64 // events waiting in queue
+	refresh   chan chan error
+	latest    atomic.Pointer[StoredCheckpoint]
+	resync    bool // the store may hold more than the tree; committer only
+	broken    atomic.Pointer[Error]
+	adopted   *Adoption
 
 	// The indexer: pending holds events committed and not yet indexed
 	// (the committer hands them over so the indexer need not read them
@@ -286,8 +290,7 @@ func Open(ctx context.Context, store Store, opts ...Option) (*Log, error) {
 		maxCommit:   DefaultCommitMaxEvents,
 		retryAfter:  DefaultRetryAfter,
 		indexLag:    DefaultIndexLag,
-		tree:        tree.New(),
-		cr:          rangeFactory.NewEmptyRange(0),
+		tileCache:   tiles.DefaultCacheTiles,
 		refresh:     make(chan chan error),
 		idxWake:     make(chan struct{}, 1),
 		idxMoved:    make(chan struct{}),
@@ -306,6 +309,7 @@ func Open(ctx context.Context, store Store, opts ...Option) (*Log, error) {
 		return nil, errors.New("audit log: a kept checkpoint needs a signer")
 	}
 	l.queue = make(chan *request, l.queueLimit)
+	l.tree = tiles.New(l.store, tiles.WithCacheTiles(l.tileCache))
 	adoption, err := l.open(ctx)
 	if err != nil {
 		return nil, err
@@ -321,9 +325,6 @@ func Open(ctx context.Context, store Store, opts ...Option) (*Log, error) {
 	}
 	return l, nil
 }
-
-// rangeFactory makes RFC 6962 compact ranges.
-var rangeFactory = &compact.RangeFactory{Hash: rfc6962.DefaultHasher.HashChildren}
 
 // Close stops the committer (queued appends fail with Unavailable), ends
 // every Subscribe (with Unavailable), stops the indexer, saves the kept
@@ -550,8 +551,8 @@ func (l *Log) collect(first *request) []*request {
 // staged is a batch ready for the store.
 type staged struct {
 	batch   Batch
-	hashes  []tree.Hash
-	cr      *compact.Range            // the tree's compact range with the batch
+	hashes  []tiles.Hash
+	tree    *tiles.Staged             // the tree with the batch
 	results [][]*auditv1.AppendResult // per request
 }
 
@@ -588,53 +589,48 @@ func (l *Log) stage(batch []*request, stored map[EventKey]*auditv1.Event) (stage
 			res[i] = &auditv1.AppendResult{Id: key.ID, Sequence: seq, LeafHash: h}
 			first[key] = res[i]
 			st.batch.Records = append(st.batch.Records, Record{Event: e, Data: data})
-			st.hashes = append(st.hashes, tree.Hash(h))
+			st.hashes = append(st.hashes, tiles.Hash(h))
 		}
 		st.results[ri] = res
 	}
 	if len(st.hashes) == 0 {
 		return st, nil
 	}
-	cr, err := extendRange(l.cr, st.hashes)
-	if err != nil {
-		return staged{}, err
-	}
-	st.cr = cr
+	st.tree = l.tree.Stage(st.hashes)
+	st.batch.Tiles = st.tree.Tiles
 	if l.signer != nil {
-		cp, err := l.sign(cr)
+		cp, err := l.sign(st.tree.Size(), st.tree.Root())
 		if err != nil {
 			return staged{}, err
+		}
+		if l.compactRangeDue(st.tree.Size()) {
+			cp.CompactRange = st.tree.CompactRange()
 		}
 		st.batch.Checkpoint = &cp
 	}
 	return st, nil
 }
 
-// extendRange returns a copy of cr extended with hashes.
-func extendRange(cr *compact.Range, hashes []tree.Hash) (*compact.Range, error) {
-	c, err := rangeFactory.NewRange(cr.Begin(), cr.End(), slices.Clone(cr.Hashes()))
-	if err != nil {
-		return nil, err
-	}
-	for _, h := range hashes {
-		if err := c.Append(h[:], nil); err != nil {
-			return nil, err
-		}
-	}
-	return c, nil
+// compactRangeDue says whether the checkpoint of a tree of size leaves
+// carries its compact range: the first checkpoint after each 256 events
+// (tiles.Width) does, so that start-up re-hashes at most a few hundred
+// events while the compact ranges cost about 1.5 bytes per event.
+func (l *Log) compactRangeDue(size uint64) bool { return CompactRangeDue(l.crSize, size) }
+
+// CompactRangeDue is the rule: the checkpoint of a tree of size leaves
+// carries its compact range when the last one that did (of size last; 0:
+// none yet) is in an earlier 256-event tile.
+func CompactRangeDue(last, size uint64) bool {
+	return last == 0 || size/tiles.Width > last/tiles.Width
 }
 
-// sign signs the checkpoint of the tree whose compact range is cr.
-func (l *Log) sign(cr *compact.Range) (StoredCheckpoint, error) {
-	root, err := cr.GetRootHash(nil)
-	if err != nil {
-		return StoredCheckpoint{}, err
-	}
-	note, err := l.signer.Sign(cr.End(), root)
+// sign signs the checkpoint of the tree of size leaves whose root is root.
+func (l *Log) sign(size uint64, root []byte) (StoredCheckpoint, error) {
+	note, err := l.signer.Sign(size, root)
 	if err != nil {
 		return StoredCheckpoint{}, &Error{Code: Unavailable, Message: "audit log cannot sign a checkpoint", Err: err}
 	}
-	return StoredCheckpoint{Size: cr.End(), Note: note, Time: l.clock().UTC()}, nil
+	return StoredCheckpoint{Size: size, Note: note, Time: l.clock().UTC()}, nil
 }
 
 // commit stores one group of requests in one store transaction and
@@ -701,7 +697,7 @@ func (l *Log) commit(batch []*request) {
 		return
 	}
 	if len(st.hashes) > 0 {
-		l.applied(st.batch, st.hashes, st.cr)
+		l.applied(st.batch, st.tree)
 	}
 	for i, r := range live {
 		r.done <- response{results: st.results[i]}
@@ -720,10 +716,12 @@ func NotWriter(err error) error { return fmt.Errorf("%w: %w", errNotWriter, err)
 
 // applied extends the tree with a batch the store holds now, makes its
 // checkpoint the latest, and hands its events to the indexer.
-func (l *Log) applied(b Batch, hashes []tree.Hash, cr *compact.Range) {
-	l.tree.Append(hashes...)
-	l.cr = cr
+func (l *Log) applied(b Batch, st *tiles.Staged) {
+	l.tree.Commit(st)
 	if b.Checkpoint != nil {
+		if b.Checkpoint.CompactRange != nil {
+			l.crSize = b.Checkpoint.Size
+		}
 		cp := *b.Checkpoint
 		l.latest.Store(&cp)
 		select {
@@ -794,11 +792,11 @@ func (l *Log) LatestCheckpoint(ctx context.Context) (Checkpoint, error) {
 	if cp == nil {
 		return Checkpoint{}, Errorf(NotFound, "the audit log is empty: no checkpoint yet")
 	}
-	root, err := l.tree.Root(cp.Size)
+	c, err := l.signer.Verifier().Open(cp.Note)
 	if err != nil {
-		return Checkpoint{}, err
+		return Checkpoint{}, &Error{Code: Unavailable, Message: "audit log: its latest checkpoint does not verify", Err: err}
 	}
-	return Checkpoint{StoredCheckpoint: *cp, Origin: l.signer.Origin(), Root: root, KeyID: l.signer.KeyID()}, nil
+	return Checkpoint{StoredCheckpoint: *cp, Origin: l.signer.Origin(), Root: c.Root, KeyID: l.signer.KeyID()}, nil
 }
 
 // Checkpoints returns up to limit stored checkpoints with fromSize <= size
@@ -864,27 +862,36 @@ func (l *Log) resolveSize(field string, size uint64) (uint64, error) {
 
 // InclusionProof returns the leaf hash of event sequence and its audit
 // path in the tree of size (0: the latest checkpoint's size).
-func (l *Log) InclusionProof(sequence, size uint64) (leaf []byte, path [][]byte, treeSize uint64, err error) {
+//
+// The proof is read from the tree's stored tiles; when size is the latest
+// checkpoint's it is checked against that signed root before it is
+// served, so a damaged tile is an error, not a false proof.
+func (l *Log) InclusionProof(ctx context.Context, sequence, size uint64) (leaf []byte, path [][]byte, treeSize uint64, err error) {
 	if size, err = l.resolveSize("tree_size", size); err != nil {
 		return nil, nil, 0, err
 	}
 	if sequence >= size {
 		return nil, nil, 0, Errorf(Invalid, "sequence: %d is not below tree_size %d", sequence, size)
 	}
-	h, err := l.tree.LeafHash(sequence)
+	h, err := l.tree.LeafHash(ctx, sequence)
 	if err != nil {
-		return nil, nil, 0, err
+		return nil, nil, 0, treeError(err)
 	}
-	path, err = l.tree.Inclusion(sequence, size)
+	path, err = l.tree.Inclusion(ctx, sequence, size)
 	if err != nil {
-		return nil, nil, 0, err
+		return nil, nil, 0, treeError(err)
+	}
+	if root := l.signedRoot(size); root != nil {
+		if err := proof.VerifyInclusion(rfc6962.DefaultHasher, sequence, size, h[:], path, root); err != nil {
+			return nil, nil, 0, treeError(fmt.Errorf("%w: the inclusion proof of %d in %d read from the stored tiles does not verify against the signed root: %v", tiles.ErrMismatch, sequence, size, err))
+		}
 	}
 	return h[:], path, size, nil
 }
 
 // ConsistencyProof proves the tree of first is a prefix of the tree of
 // second (0: the latest checkpoint's size).
-func (l *Log) ConsistencyProof(first, second uint64) (proof [][]byte, secondSize uint64, err error) {
+func (l *Log) ConsistencyProof(ctx context.Context, first, second uint64) (hashes [][]byte, secondSize uint64, err error) {
 	if second, err = l.resolveSize("second_size", second); err != nil {
 		return nil, 0, err
 	}
@@ -894,11 +901,11 @@ func (l *Log) ConsistencyProof(first, second uint64) (proof [][]byte, secondSize
 	case first > second:
 		return nil, 0, Errorf(Invalid, "first_size: %d is larger than second_size %d", first, second)
 	}
-	proof, err = l.tree.Consistency(first, second)
+	hashes, err = l.tree.Consistency(ctx, first, second)
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, treeError(err)
 	}
-	return proof, second, nil
+	return hashes, second, nil
 }
 
 func (l *Log) changedChan() <-chan struct{} {
@@ -922,4 +929,51 @@ func normaliseKinds(kinds []auditv1.Kind) []auditv1.Kind {
 		return nil
 	}
 	return kinds
+}
+
+// signedRoot returns the signed root of the tree of size leaves when size
+// is the latest checkpoint's, else nil.
+func (l *Log) signedRoot(size uint64) []byte {
+	cp := l.latest.Load()
+	if cp == nil || cp.Size != size || l.signer == nil {
+		return nil
+	}
+	c, err := l.signer.Verifier().Open(cp.Note)
+	if err != nil {
+		return nil
+	}
+	return c.Root
+}
+
+// treeError maps an error of the tiles tree: a size beyond the tree is the
+// caller's (checked before), anything else means the stored tiles are
+// missing or damaged, or the store is down.
+func treeError(err error) error {
+	switch {
+	case errors.Is(err, tiles.ErrSize):
+		return Errorf(Invalid, "%v", err)
+	case errors.Is(err, tiles.ErrMissing), errors.Is(err, tiles.ErrMismatch):
+		return &Error{Code: Unavailable, Message: "audit log: the stored Merkle tree is damaged or incomplete ('audit verify --db' rebuilds and checks it)", Err: err}
+	}
+	return unavailable("audit store unavailable", err)
+}
+
+// WithTileCache sets how many stored tiles of the Merkle tree (8 KiB
+// each) the log caches for proofs (0: tiles.DefaultCacheTiles).
+func WithTileCache(n int) Option {
+	return func(l *Log) {
+		if n > 0 {
+			l.tileCache = n
+		}
+	}
+}
+
+// WithFullVerification makes Open check the whole store, as it did before
+// the tree lived in the store: every event re-hashed, every row's columns,
+// the latest and kept checkpoints, and every stored tile rebuilt from the
+// events and compared (damaged or missing tiles are rewritten, and
+// reported). Without it Open loads the tree from the latest checkpoint
+// that carries a compact range and checks only what follows it.
+func WithFullVerification() Option {
+	return func(l *Log) { l.full = true }
 }

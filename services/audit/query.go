@@ -77,7 +77,7 @@ func (l *Log) Query(ctx context.Context, f Filter) (Page, error) {
 		return Page{}, unavailable("audit store unavailable", err)
 	}
 	indexed = min(indexed, size)
-	q := pageQuery{l: l, f: f, want: f.PageSize + 1}
+	q := pageQuery{ctx: ctx, l: l, f: f, want: f.PageSize + 1}
 	// Candidates from the index, then the tail it does not cover yet.
 	for from < indexed && len(q.page.Events) < q.want {
 		rows, err := l.store.Query(ctx, f, from, indexed, q.want-len(q.page.Events))
@@ -125,6 +125,7 @@ func (l *Log) Query(ctx context.Context, f Filter) (Page, error) {
 
 // pageQuery collects one page.
 type pageQuery struct {
+	ctx  context.Context
 	l    *Log
 	f    Filter
 	want int
@@ -141,7 +142,7 @@ func (q *pageQuery) mismatch(seq uint64, cols ...string) {
 // indexed says the row is below the watermark, where a missing index row
 // is a mismatch.
 func (q *pageQuery) check(r Row, indexed bool) {
-	want, err := q.l.tree.LeafHash(r.Sequence)
+	want, err := q.l.tree.LeafHash(q.ctx, r.Sequence)
 	if h := leaf.Hash(r.Data); err != nil || !bytes.Equal(h[:], want[:]) {
 		q.mismatch(r.Sequence, "data")
 		return
@@ -195,7 +196,7 @@ func (l *Log) Subscribe(ctx context.Context, from uint64, kinds []auditv1.Kind, 
 			if r.Sequence != next {
 				return Errorf(Unavailable, "audit store: event %d is missing from the store", next)
 			}
-			want, err := l.tree.LeafHash(r.Sequence)
+			want, err := l.tree.LeafHash(ctx, r.Sequence)
 			h := leaf.Hash(r.Data)
 			e, _, derr := CheckRow(r)
 			if err != nil || !bytes.Equal(h[:], want[:]) || derr != nil {

@@ -223,7 +223,7 @@ func (s *Server) GetInclusionProof(ctx context.Context, req *auditv1.GetInclusio
 	if _, err := s.authorize(ctx, s.readers, "read"); err != nil {
 		return nil, s.fail("GetInclusionProof", err)
 	}
-	leaf, path, size, err := s.log.InclusionProof(req.GetSequence(), req.GetTreeSize())
+	leaf, path, size, err := s.log.InclusionProof(ctx, req.GetSequence(), req.GetTreeSize())
 	if err != nil {
 		return nil, s.fail("GetInclusionProof", err)
 	}
@@ -235,7 +235,7 @@ func (s *Server) GetConsistencyProof(ctx context.Context, req *auditv1.GetConsis
 	if _, err := s.authorize(ctx, s.readers, "read"); err != nil {
 		return nil, s.fail("GetConsistencyProof", err)
 	}
-	proof, second, err := s.log.ConsistencyProof(req.GetFirstSize(), req.GetSecondSize())
+	proof, second, err := s.log.ConsistencyProof(ctx, req.GetFirstSize(), req.GetSecondSize())
 	if err != nil {
 		return nil, s.fail("GetConsistencyProof", err)
 	}

@@ -92,6 +92,7 @@ func Build(ctx context.Context, commit Commit, tree *tiles.Tree, signer *checkpo
 		}
 	}()
 	var st Stats
+	crSize := uint64(0) // the last checkpoint stored with its compact range
 	for b := range batches {
 		staged := tree.Stage(b.hashes)
 		note, err := signer.Sign(staged.Size(), staged.Root())
@@ -99,6 +100,9 @@ func Build(ctx context.Context, commit Commit, tree *tiles.Tree, signer *checkpo
 			return st, err
 		}
 		cp := audit.StoredCheckpoint{Size: staged.Size(), Note: note, Time: time.Now().UTC()}
+		if audit.CompactRangeDue(crSize, cp.Size) {
+			cp.CompactRange, crSize = staged.CompactRange(), cp.Size
+		}
 		if err := commit(ctx, b.records, cp, staged.Tiles); err != nil {
 			return st, fmt.Errorf("largelog: commit events %d to %d: %w", b.records[0].Event.GetSequence(), staged.Size()-1, err)
 		}

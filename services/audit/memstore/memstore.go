@@ -11,12 +11,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"sync"
 	"sync/atomic"
 
 	"google.golang.org/protobuf/proto"
 
 	"github.com/credmatrix/credmatrix/services/audit"
+	"github.com/credmatrix/credmatrix/services/audit/tiles"
 
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
 )
@@ -33,6 +35,8 @@ type Data struct {
 	Checkpoints []audit.StoredCheckpoint
 	// IndexedUpTo is the index watermark.
 	IndexedUpTo uint64
+	// Tiles are the stored Merkle tree tiles.
+	Tiles map[tiles.ID][]byte
 }
 
 // data is the log shared by a Store and the handles Reopen makes from it,
@@ -53,7 +57,7 @@ var _ audit.Store = (*Store)(nil)
 
 // New returns an empty Store.
 func New() *Store {
-	return &Store{d: &data{byKey: make(map[audit.EventKey]uint64)}}
+	return &Store{d: &data{byKey: make(map[audit.EventKey]uint64), Data: Data{Tiles: make(map[tiles.ID][]byte)}}}
 }
 
 // Reopen returns a new handle on the same events, as reopening a file
@@ -93,17 +97,112 @@ func (s *Store) Append(ctx context.Context, b audit.Batch) error {
 			return err
 		}
 	}
+	if err := checkTiles(b.Tiles); err != nil {
+		return err
+	}
 	for _, r := range b.Records {
 		k := audit.KeyOf(r.Event)
 		s.d.byKey[k] = r.Event.GetSequence()
 		s.d.Rows = append(s.d.Rows, audit.Row{Sequence: r.Event.GetSequence(), Data: bytes.Clone(r.Data), Key: k})
 	}
 	if cp := b.Checkpoint; cp != nil {
-		c := *cp
-		c.Note = bytes.Clone(c.Note)
-		s.d.Checkpoints = append(s.d.Checkpoints, c)
+		s.d.Checkpoints = append(s.d.Checkpoints, cloneCheckpoint(*cp))
+	}
+	s.d.addTiles(b.Tiles)
+	return nil
+}
+
+func cloneCheckpoint(cp audit.StoredCheckpoint) audit.StoredCheckpoint {
+	cp.Note = bytes.Clone(cp.Note)
+	if cp.CompactRange != nil {
+		r := make([][]byte, len(cp.CompactRange))
+		for i, h := range cp.CompactRange {
+			r[i] = bytes.Clone(h)
+		}
+		cp.CompactRange = r
+	}
+	return cp
+}
+
+func checkTiles(ts []tiles.Tile) error {
+	for _, t := range ts {
+		if t.Width() != tiles.Width || len(t.Hashes) != tiles.FullBytes {
+			return fmt.Errorf("store %s: only full tiles are stored, this one has %d bytes", t.ID, len(t.Hashes))
+		}
 	}
 	return nil
+}
+
+func (d *data) addTiles(ts []tiles.Tile) {
+	for _, t := range ts {
+		d.Tiles[t.ID] = bytes.Clone(t.Hashes)
+	}
+}
+
+// AddTiles implements audit.Store.
+func (s *Store) AddTiles(ctx context.Context, ts []tiles.Tile) error {
+	if err := s.check(ctx); err != nil {
+		return err
+	}
+	if err := checkTiles(ts); err != nil {
+		return err
+	}
+	s.d.mu.Lock()
+	defer s.d.mu.Unlock()
+	s.d.addTiles(ts)
+	return nil
+}
+
+// AddCompactRange implements audit.Store.
+func (s *Store) AddCompactRange(ctx context.Context, size uint64, compactRange [][]byte) error {
+	if err := s.check(ctx); err != nil {
+		return err
+	}
+	s.d.mu.Lock()
+	defer s.d.mu.Unlock()
+	for i := range s.d.Checkpoints {
+		if cp := &s.d.Checkpoints[i]; cp.Size == size && cp.CompactRange == nil {
+			cp.CompactRange = cloneCheckpoint(audit.StoredCheckpoint{CompactRange: compactRange}).CompactRange
+		}
+	}
+	return nil
+}
+
+// ReadTiles implements audit.Reader.
+func (s *Store) ReadTiles(ctx context.Context, ids []tiles.ID) ([][]byte, error) {
+	if err := s.check(ctx); err != nil {
+		return nil, err
+	}
+	s.d.mu.RLock()
+	defer s.d.mu.RUnlock()
+	return s.d.readTiles(ids), nil
+}
+
+func (d *data) readTiles(ids []tiles.ID) [][]byte {
+	out := make([][]byte, len(ids))
+	for i, id := range ids {
+		out[i] = bytes.Clone(d.Tiles[id])
+	}
+	return out
+}
+
+// LatestCompactRange implements audit.Reader.
+func (s *Store) LatestCompactRange(ctx context.Context) (audit.StoredCheckpoint, bool, error) {
+	if err := s.check(ctx); err != nil {
+		return audit.StoredCheckpoint{}, false, err
+	}
+	s.d.mu.RLock()
+	defer s.d.mu.RUnlock()
+	return s.d.latestCompactRange()
+}
+
+func (d *data) latestCompactRange() (audit.StoredCheckpoint, bool, error) {
+	for i := len(d.Checkpoints) - 1; i >= 0; i-- {
+		if d.Checkpoints[i].CompactRange != nil {
+			return cloneCheckpoint(d.Checkpoints[i]), true, nil
+		}
+	}
+	return audit.StoredCheckpoint{}, false, nil
 }
 
 func (d *data) checkCheckpoint(cp audit.StoredCheckpoint, head uint64) error {
@@ -314,8 +413,7 @@ func (s *Store) AddCheckpoint(ctx context.Context, cp audit.StoredCheckpoint) er
 	if err := s.d.checkCheckpoint(cp, s.d.head()); err != nil {
 		return err
 	}
-	cp.Note = bytes.Clone(cp.Note)
-	s.d.Checkpoints = append(s.d.Checkpoints, cp)
+	s.d.Checkpoints = append(s.d.Checkpoints, cloneCheckpoint(cp))
 	return nil
 }
 
@@ -333,8 +431,7 @@ func (d *data) checkpoints(fromSize uint64, limit int) []audit.StoredCheckpoint 
 	var out []audit.StoredCheckpoint
 	for _, cp := range d.Checkpoints {
 		if cp.Size >= fromSize && len(out) < limit {
-			cp.Note = bytes.Clone(cp.Note)
-			out = append(out, cp)
+			out = append(out, cloneCheckpoint(cp))
 		}
 	}
 	return out
@@ -355,9 +452,7 @@ func (d *data) latest() (audit.StoredCheckpoint, bool, error) {
 	if n == 0 {
 		return audit.StoredCheckpoint{}, false, nil
 	}
-	cp := d.Checkpoints[n-1]
-	cp.Note = bytes.Clone(cp.Note)
-	return cp, true, nil
+	return cloneCheckpoint(d.Checkpoints[n-1]), true, nil
 }
 
 // View implements audit.Store: f reads a copy of the data taken under
@@ -372,6 +467,7 @@ func (s *Store) View(ctx context.Context, f func(audit.Reader) error) error {
 		Rows:        append([]audit.Row(nil), s.d.Rows...),
 		Checkpoints: append([]audit.StoredCheckpoint(nil), s.d.Checkpoints...),
 		IndexedUpTo: s.d.IndexedUpTo,
+		Tiles:       maps.Clone(s.d.Tiles),
 	}}
 	s.d.mu.RUnlock()
 	return f(view{d: snap})
@@ -391,14 +487,24 @@ func (v view) Checkpoints(_ context.Context, fromSize uint64, limit int) ([]audi
 func (v view) LatestCheckpoint(context.Context) (audit.StoredCheckpoint, bool, error) {
 	return v.d.latest()
 }
+func (v view) LatestCompactRange(context.Context) (audit.StoredCheckpoint, bool, error) {
+	return v.d.latestCompactRange()
+}
+func (v view) ReadTiles(_ context.Context, ids []tiles.ID) ([][]byte, error) {
+	return v.d.readTiles(ids), nil
+}
 
 // Mutate calls f with the stored data under the write lock, so tamper
 // tests can edit "the file" behind the log's back as a database writer
-// would (rows, their columns and index rows, checkpoints, the watermark).
+// would (rows, their columns and index rows, checkpoints, the watermark,
+// tiles).
 func (s *Store) Mutate(f func(d *Data)) {
 	s.d.mu.Lock()
 	defer s.d.mu.Unlock()
 	f(&s.d.Data)
+	if s.d.Tiles == nil {
+		s.d.Tiles = make(map[tiles.ID][]byte)
+	}
 	s.d.byKey = make(map[audit.EventKey]uint64, len(s.d.Rows))
 	for _, r := range s.d.Rows {
 		s.d.byKey[r.Key] = r.Sequence

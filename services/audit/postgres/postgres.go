@@ -167,6 +167,20 @@ var migrations = []string{
 	CREATE INDEX audit_event_index_trace ON audit_event_index (trace_id, sequence) WHERE trace_id <> 0;
 	CREATE TABLE audit_index_state (next_sequence BIGINT NOT NULL CHECK (next_sequence >= 0));
 	INSERT INTO audit_index_state (next_sequence) VALUES (0);`,
+	// Version 3: the Merkle tree's node hashes in the store (full tiles of
+	// the C2SP tlog-tiles layout, written with the events that complete
+	// them) and the compact range a checkpoint may carry, so that start-up
+	// does not re-hash the log. A store migrated from version 2 has no
+	// tiles yet: the Log rebuilds them once from the events. Tiles are
+	// stored uncompressed (random hashes do not compress).
+	`CREATE TABLE audit_tiles (
+		level  BIGINT NOT NULL CHECK (level >= 0),
+		idx    BIGINT NOT NULL CHECK (idx >= 0),
+		hashes BYTEA  NOT NULL CHECK (length(hashes) = 8192),
+		PRIMARY KEY (level, idx)
+	);
+	ALTER TABLE audit_tiles ALTER COLUMN hashes SET STORAGE EXTERNAL;
+	ALTER TABLE audit_checkpoints ADD COLUMN compact_range BYTEA;`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {
@@ -326,9 +340,12 @@ func (s *Store) Append(ctx context.Context, b audit.Batch) error {
 			return fmt.Errorf("append: %w", err)
 		}
 		if cp := b.Checkpoint; cp != nil {
-			if _, err := tx.Exec(ctx, "INSERT INTO audit_checkpoints (tree_size, time_unix_nano, note) VALUES ($1, $2, $3)", int64(cp.Size), audit.UnixNano(cp.Time), cp.Note); err != nil {
+			if _, err := tx.Exec(ctx, "INSERT INTO audit_checkpoints (tree_size, time_unix_nano, note, compact_range) VALUES ($1, $2, $3, $4)", int64(cp.Size), audit.UnixNano(cp.Time), cp.Note, encodeRange(cp.CompactRange)); err != nil {
 				return fmt.Errorf("append: checkpoint: %w", err)
 			}
+		}
+		if err := insertTiles(ctx, tx, b.Tiles); err != nil {
+			return fmt.Errorf("append: %w", err)
 		}
 		if err := tx.Commit(ctx); err != nil {
 			return fmt.Errorf("append: commit: %w", err)
@@ -627,7 +644,7 @@ func (s *Store) AddCheckpoint(ctx context.Context, cp audit.StoredCheckpoint) er
 		if int64(cp.Size) <= last || int64(cp.Size) > head {
 			return fmt.Errorf("add checkpoint of size %d (last %d, head %d): %w", cp.Size, last, head, audit.ErrSequence)
 		}
-		if _, err := tx.Exec(ctx, "INSERT INTO audit_checkpoints (tree_size, time_unix_nano, note) VALUES ($1, $2, $3)", int64(cp.Size), audit.UnixNano(cp.Time), cp.Note); err != nil {
+		if _, err := tx.Exec(ctx, "INSERT INTO audit_checkpoints (tree_size, time_unix_nano, note, compact_range) VALUES ($1, $2, $3, $4)", int64(cp.Size), audit.UnixNano(cp.Time), cp.Note, encodeRange(cp.CompactRange)); err != nil {
 			return fmt.Errorf("add checkpoint: %w", err)
 		}
 		return tx.Commit(ctx)
@@ -643,21 +660,36 @@ func (r reader) Checkpoints(ctx context.Context, fromSize uint64, limit int) ([]
 	if limit <= 0 || fromSize > math.MaxInt64 {
 		return nil, nil
 	}
-	rows, err := r.q.Query(ctx, "SELECT tree_size, time_unix_nano, note FROM audit_checkpoints WHERE tree_size >= $1 ORDER BY tree_size LIMIT $2", int64(fromSize), limit)
+	rows, err := r.q.Query(ctx, "SELECT tree_size, time_unix_nano, note, compact_range FROM audit_checkpoints WHERE tree_size >= $1 ORDER BY tree_size LIMIT $2", int64(fromSize), limit)
 	if err != nil {
 		return nil, fmt.Errorf("read checkpoints: %w", err)
 	}
 	defer rows.Close()
 	var out []audit.StoredCheckpoint
 	for rows.Next() {
-		var size, ns int64
-		var note []byte
-		if err := rows.Scan(&size, &ns, &note); err != nil {
+		cp, err := scanCheckpoint(rows)
+		if err != nil {
 			return nil, fmt.Errorf("read checkpoints: %w", err)
 		}
-		out = append(out, audit.StoredCheckpoint{Size: uint64(size), Time: time.Unix(0, ns).UTC(), Note: note})
+		out = append(out, cp)
 	}
 	return out, rows.Err()
+}
+
+func scanCheckpoint(row pgx.Row) (audit.StoredCheckpoint, error) {
+	var size, ns int64
+	var note, cr []byte
+	if err := row.Scan(&size, &ns, &note, &cr); err != nil {
+		return audit.StoredCheckpoint{}, err
+	}
+	cp := audit.StoredCheckpoint{Size: uint64(size), Time: time.Unix(0, ns).UTC(), Note: note}
+	if cr != nil {
+		var err error
+		if cp.CompactRange, err = decodeRange(cr); err != nil {
+			return audit.StoredCheckpoint{}, fmt.Errorf("checkpoint of size %d: %w", size, err)
+		}
+	}
+	return cp, nil
 }
 
 // LatestCheckpoint implements audit.Reader.
@@ -666,16 +698,14 @@ func (s *Store) LatestCheckpoint(ctx context.Context) (audit.StoredCheckpoint, b
 }
 
 func (r reader) LatestCheckpoint(ctx context.Context) (audit.StoredCheckpoint, bool, error) {
-	var size, ns int64
-	var note []byte
-	err := r.q.QueryRow(ctx, "SELECT tree_size, time_unix_nano, note FROM audit_checkpoints ORDER BY tree_size DESC LIMIT 1").Scan(&size, &ns, &note)
+	cp, err := scanCheckpoint(r.q.QueryRow(ctx, "SELECT tree_size, time_unix_nano, note, compact_range FROM audit_checkpoints ORDER BY tree_size DESC LIMIT 1"))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return audit.StoredCheckpoint{}, false, nil
 	}
 	if err != nil {
 		return audit.StoredCheckpoint{}, false, fmt.Errorf("read latest checkpoint: %w", err)
 	}
-	return audit.StoredCheckpoint{Size: uint64(size), Time: time.Unix(0, ns).UTC(), Note: note}, true, nil
+	return cp, true, nil
 }
 
 // View implements audit.Store: f reads inside one REPEATABLE READ,

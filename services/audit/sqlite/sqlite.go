@@ -54,6 +54,7 @@ type Store struct {
 	ro   bool   // opened as evidence (OpenReadOnly)
 	tmp  string // OpenReadOnly's private copy of the evidence, removed by Close
 	v3   bool   // the file has the v3 layout (event_index); read-only opens of older files lack it
+	v4   bool   // the file has tiles and compact ranges (v4); read-only opens of older files lack them
 
 	mu      sync.Mutex
 	inserts map[string]*sql.Stmt // prepared multi-row INSERTs by table and row count
@@ -129,7 +130,7 @@ func Open(ctx context.Context, path string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open audit store %s: %w", path, err)
 	}
-	s := &Store{db: db, path: path, v3: true, inserts: make(map[string]*sql.Stmt), stop: make(chan struct{}), done: make(chan struct{})}
+	s := &Store{db: db, path: path, v3: true, v4: true, inserts: make(map[string]*sql.Stmt), stop: make(chan struct{}), done: make(chan struct{})}
 	if err := s.migrate(ctx); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open audit store %s: %w", path, err)
@@ -210,8 +211,10 @@ func OpenReadOnly(ctx context.Context, path string) (*Store, error) {
 	}
 	switch {
 	case version == 2:
-	case version == len(migrations):
+	case version == 3:
 		s.v3 = true
+	case version == len(migrations):
+		s.v3, s.v4 = true, true
 	default:
 		s.Close()
 		return nil, fmt.Errorf("open audit store %s read-only: schema version %d (this binary reads 2 to %d)", path, version, len(migrations))
@@ -300,6 +303,18 @@ var migrations = []string{
 	CREATE INDEX event_index_trace ON event_index (trace_id, sequence) WHERE trace_id <> 0;
 	CREATE TABLE index_state (next_sequence INTEGER NOT NULL CHECK (next_sequence >= 0)) STRICT;
 	INSERT INTO index_state (next_sequence) VALUES (0);`,
+	// Version 4: the Merkle tree's node hashes in the store (full tiles of
+	// the C2SP tlog-tiles layout, written with the events that complete
+	// them) and the compact range a checkpoint may carry, so that start-up
+	// does not re-hash the log. A store migrated from version 3 has no
+	// tiles yet: the Log rebuilds them once from the events.
+	`CREATE TABLE tiles (
+		level  INTEGER NOT NULL CHECK (level >= 0),
+		idx    INTEGER NOT NULL CHECK (idx >= 0),
+		hashes BLOB    NOT NULL CHECK (length(hashes) = 8192),
+		PRIMARY KEY (level, idx)
+	) STRICT, WITHOUT ROWID;
+	ALTER TABLE checkpoints ADD COLUMN compact_range BLOB;`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {
@@ -403,10 +418,13 @@ func (s *Store) Append(ctx context.Context, b audit.Batch) error {
 		}
 	}
 	if cp := b.Checkpoint; cp != nil {
-		if _, err := tx.ExecContext(ctx, "INSERT INTO checkpoints (tree_size, time_unix_nano, note) VALUES (?, ?, ?)",
-			int64(cp.Size), audit.UnixNano(cp.Time), cp.Note); err != nil {
+		if _, err := tx.ExecContext(ctx, "INSERT INTO checkpoints (tree_size, time_unix_nano, note, compact_range) VALUES (?, ?, ?, ?)",
+			int64(cp.Size), audit.UnixNano(cp.Time), cp.Note, encodeRange(cp.CompactRange)); err != nil {
 			return fmt.Errorf("append: checkpoint: %w", err)
 		}
+	}
+	if err := insertTiles(ctx, tx, b.Tiles); err != nil {
+		return fmt.Errorf("append: %w", err)
 	}
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("append: commit: %w", err)
@@ -422,14 +440,14 @@ type querier interface {
 
 // reader implements audit.Reader over a querier.
 type reader struct {
-	q  querier
-	v3 bool
+	q      querier
+	v3, v4 bool
 }
 
 // Head implements audit.Reader.
 func (s *Store) Head(ctx context.Context) (uint64, error) { return s.reader().Head(ctx) }
 
-func (s *Store) reader() reader { return reader{q: s.rdb, v3: s.v3} }
+func (s *Store) reader() reader { return reader{q: s.rdb, v3: s.v3, v4: s.v4} }
 
 func (r reader) Head(ctx context.Context) (uint64, error) {
 	var head uint64
@@ -728,8 +746,8 @@ func (s *Store) AddCheckpoint(ctx context.Context, cp audit.StoredCheckpoint) er
 	if cp.Size <= last || cp.Size > head {
 		return fmt.Errorf("add checkpoint of size %d (last %d, head %d): %w", cp.Size, last, head, audit.ErrSequence)
 	}
-	if _, err := tx.ExecContext(ctx, "INSERT INTO checkpoints (tree_size, time_unix_nano, note) VALUES (?, ?, ?)",
-		int64(cp.Size), audit.UnixNano(cp.Time), cp.Note); err != nil {
+	if _, err := tx.ExecContext(ctx, "INSERT INTO checkpoints (tree_size, time_unix_nano, note, compact_range) VALUES (?, ?, ?, ?)",
+		int64(cp.Size), audit.UnixNano(cp.Time), cp.Note, encodeRange(cp.CompactRange)); err != nil {
 		return fmt.Errorf("add checkpoint: %w", err)
 	}
 	if err := tx.Commit(); err != nil {
@@ -747,7 +765,7 @@ func (r reader) Checkpoints(ctx context.Context, fromSize uint64, limit int) ([]
 	if limit <= 0 || fromSize > math.MaxInt64 {
 		return nil, nil
 	}
-	rows, err := r.q.QueryContext(ctx, "SELECT tree_size, time_unix_nano, note FROM checkpoints WHERE tree_size >= ? ORDER BY tree_size LIMIT ?", int64(fromSize), limit)
+	rows, err := r.q.QueryContext(ctx, "SELECT "+r.checkpointColumns()+" FROM checkpoints WHERE tree_size >= ? ORDER BY tree_size LIMIT ?", int64(fromSize), limit)
 	if err != nil {
 		return nil, fmt.Errorf("read checkpoints: %w", err)
 	}
@@ -769,7 +787,7 @@ func (s *Store) LatestCheckpoint(ctx context.Context) (audit.StoredCheckpoint, b
 }
 
 func (r reader) LatestCheckpoint(ctx context.Context) (audit.StoredCheckpoint, bool, error) {
-	row := r.q.QueryRowContext(ctx, "SELECT tree_size, time_unix_nano, note FROM checkpoints ORDER BY tree_size DESC LIMIT 1")
+	row := r.q.QueryRowContext(ctx, "SELECT "+r.checkpointColumns()+" FROM checkpoints ORDER BY tree_size DESC LIMIT 1")
 	cp, err := scanCheckpoint(row)
 	if errors.Is(err, sql.ErrNoRows) {
 		return audit.StoredCheckpoint{}, false, nil
@@ -780,13 +798,29 @@ func (r reader) LatestCheckpoint(ctx context.Context) (audit.StoredCheckpoint, b
 	return cp, true, nil
 }
 
+// checkpointColumns selects a checkpoint row (a NULL compact range from
+// a file older than version 4).
+func (r reader) checkpointColumns() string {
+	if !r.v4 {
+		return "tree_size, time_unix_nano, note, NULL"
+	}
+	return "tree_size, time_unix_nano, note, compact_range"
+}
+
 func scanCheckpoint(row interface{ Scan(...any) error }) (audit.StoredCheckpoint, error) {
 	var size, ns int64
-	var note []byte
-	if err := row.Scan(&size, &ns, &note); err != nil {
+	var note, cr []byte
+	if err := row.Scan(&size, &ns, &note, &cr); err != nil {
 		return audit.StoredCheckpoint{}, err
 	}
-	return audit.StoredCheckpoint{Size: uint64(size), Time: time.Unix(0, ns).UTC(), Note: note}, nil
+	cp := audit.StoredCheckpoint{Size: uint64(size), Time: time.Unix(0, ns).UTC(), Note: note}
+	if cr != nil {
+		var err error
+		if cp.CompactRange, err = decodeRange(cr); err != nil {
+			return audit.StoredCheckpoint{}, fmt.Errorf("checkpoint of size %d: %w", size, err)
+		}
+	}
+	return cp, nil
 }
 
 // View implements audit.Store: f reads inside one read transaction, which
@@ -802,7 +836,7 @@ func (s *Store) View(ctx context.Context, f func(audit.Reader) error) error {
 	if err := tx.QueryRowContext(ctx, "SELECT COUNT(*) FROM checkpoints WHERE tree_size < 0").Scan(&n); err != nil {
 		return fmt.Errorf("view: %w", err)
 	}
-	return f(reader{q: tx, v3: s.v3})
+	return f(reader{q: tx, v3: s.v3, v4: s.v4})
 }
 
 func (s *Store) closeHandles() error {

@@ -21,6 +21,7 @@ import (
 
 	"github.com/credmatrix/credmatrix/clients/auditclient/leaf"
 	"github.com/credmatrix/credmatrix/services/audit"
+	"github.com/credmatrix/credmatrix/services/audit/tiles"
 
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
 )
@@ -53,6 +54,9 @@ func Run(t *testing.T, open func(t *testing.T, dir string) audit.Store) {
 		{"checkpoints/with-batch", s.testBatchCheckpoint},
 		{"checkpoints/persistence", s.testCheckpointPersistence},
 		{"view", s.testView},
+		{"tiles", s.testTiles},
+		{"tiles/persistence", s.testTilesPersistence},
+		{"compact-range", s.testCompactRange},
 	} {
 		t.Run(tc.name, tc.run)
 	}
@@ -850,4 +854,159 @@ func snapshotOf(ctx context.Context, r audit.Reader) (viewState, error) {
 	cps, err := r.Checkpoints(ctx, 0, 100)
 	v.Checkpoints = len(cps)
 	return v, err
+}
+
+// fullTile returns a full tile whose hashes are derived from seed.
+func fullTile(level, index uint64, seed byte) tiles.Tile {
+	h := make([]byte, tiles.FullBytes)
+	for i := range h {
+		h[i] = seed + byte(i)
+	}
+	return tiles.Tile{ID: tiles.ID{Level: level, Index: index}, Hashes: h}
+}
+
+func (s suite) testTiles(t *testing.T) {
+	ctx := context.Background()
+	st := s.fresh(t)
+	a, b := fullTile(0, 0, 1), fullTile(1, 7, 2)
+	got, err := st.ReadTiles(ctx, []tiles.ID{a.ID})
+	if err != nil || len(got) != 1 || got[0] != nil {
+		t.Fatalf("ReadTiles of an empty store = %v, %v; want one nil", got, err)
+	}
+	batch := Batch(Events(0, 3, "t"), cpPtr(3))
+	batch.Tiles = []tiles.Tile{a, b}
+	if err := st.Append(ctx, batch); err != nil {
+		t.Fatalf("Append with tiles: %v", err)
+	}
+	missing := tiles.ID{Level: 0, Index: 1}
+	got, err = st.ReadTiles(ctx, []tiles.ID{b.ID, missing, a.ID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(got, [][]byte{b.Hashes, nil, a.Hashes}); diff != "" {
+		t.Errorf("ReadTiles (-got +want):\n%s", diff)
+	}
+	// A rebuild replaces a stored tile, and adds missing ones.
+	a2, c := fullTile(0, 0, 9), fullTile(0, 1, 3)
+	if err := st.AddTiles(ctx, []tiles.Tile{a2, c}); err != nil {
+		t.Fatalf("AddTiles: %v", err)
+	}
+	got, _ = st.ReadTiles(ctx, []tiles.ID{a.ID, c.ID})
+	if diff := cmp.Diff(got, [][]byte{a2.Hashes, c.Hashes}); diff != "" {
+		t.Errorf("ReadTiles after AddTiles (-got +want):\n%s", diff)
+	}
+	// Only full tiles are stored; a batch holding a partial one stores
+	// nothing of it.
+	partial := tiles.Tile{ID: tiles.ID{Level: 0, Index: 2}, Hashes: make([]byte, tiles.HashSize)}
+	if err := st.AddTiles(ctx, []tiles.Tile{partial}); err == nil {
+		t.Error("AddTiles stored a partial tile")
+	}
+	bad := Batch(Events(3, 1, "t"), nil)
+	bad.Tiles = []tiles.Tile{partial}
+	if err := st.Append(ctx, bad); err == nil {
+		t.Error("Append stored a batch with a partial tile")
+	}
+	if head, _ := st.Head(ctx); head != 3 {
+		t.Errorf("Head after a refused batch = %d, want 3 (all or nothing)", head)
+	}
+	// Many at once (more than one SELECT's worth).
+	var many []tiles.Tile
+	var ids []tiles.ID
+	for i := range uint64(150) {
+		many = append(many, fullTile(2, i, byte(i)))
+		ids = append(ids, tiles.ID{Level: 2, Index: i})
+	}
+	if err := st.AddTiles(ctx, many); err != nil {
+		t.Fatal(err)
+	}
+	got, err = st.ReadTiles(ctx, ids)
+	if err != nil || len(got) != 150 {
+		t.Fatalf("ReadTiles of 150 = %d, %v", len(got), err)
+	}
+	for i := range got {
+		if !bytes.Equal(got[i], many[i].Hashes) {
+			t.Fatalf("ReadTiles[%d] differs", i)
+		}
+	}
+	if err := st.View(ctx, func(r audit.Reader) error {
+		got, err := r.ReadTiles(ctx, []tiles.ID{c.ID})
+		if err == nil && !bytes.Equal(got[0], c.Hashes) {
+			t.Error("View's ReadTiles differs")
+		}
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (s suite) testTilesPersistence(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	st, closeFn := s.openAt(t, dir)
+	batch := Batch(Events(0, 2, "tp"), cpPtr(2))
+	a := fullTile(0, 0, 5)
+	batch.Tiles = []tiles.Tile{a}
+	if err := st.Append(ctx, batch); err != nil {
+		t.Fatal(err)
+	}
+	closeFn()
+	st2, _ := s.openAt(t, dir)
+	got, err := st2.ReadTiles(ctx, []tiles.ID{a.ID})
+	if err != nil || !bytes.Equal(got[0], a.Hashes) {
+		t.Fatalf("tile after reopen = %d bytes, %v", len(got[0]), err)
+	}
+}
+
+func (s suite) testCompactRange(t *testing.T) {
+	ctx := context.Background()
+	st := s.fresh(t)
+	if _, ok, err := st.LatestCompactRange(ctx); ok || err != nil {
+		t.Fatalf("LatestCompactRange of an empty store = ok %v, %v", ok, err)
+	}
+	cr := [][]byte{bytes.Repeat([]byte{1}, 32), bytes.Repeat([]byte{2}, 32)}
+	withRange := func(size uint64) *audit.StoredCheckpoint {
+		c := CP(size)
+		c.CompactRange = cr
+		return &c
+	}
+	if err := st.Append(ctx, Batch(Events(0, 3, "cr"), withRange(3))); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Append(ctx, Batch(Events(3, 2, "cr"), cpPtr(5))); err != nil {
+		t.Fatal(err)
+	}
+	got, ok, err := st.LatestCompactRange(ctx)
+	if err != nil || !ok {
+		t.Fatalf("LatestCompactRange = ok %v, %v", ok, err)
+	}
+	if diff := cmp.Diff(got, *withRange(3), cmpopts.EquateApproxTime(0)); diff != "" {
+		t.Errorf("LatestCompactRange (-got +want):\n%s", diff)
+	}
+	latest, _, _ := st.LatestCheckpoint(ctx)
+	if latest.Size != 5 || latest.CompactRange != nil {
+		t.Errorf("LatestCheckpoint = size %d with compact range %v, want 5 without", latest.Size, latest.CompactRange)
+	}
+	cps, err := st.Checkpoints(ctx, 0, 10)
+	if err != nil || len(cps) != 2 || !cmp.Equal(cps[0].CompactRange, cr) || cps[1].CompactRange != nil {
+		t.Errorf("Checkpoints = %v, %v", cps, err)
+	}
+	// AddCompactRange fills a checkpoint that has none, and no other.
+	cr2 := [][]byte{bytes.Repeat([]byte{3}, 32)}
+	if err := st.AddCompactRange(ctx, 5, cr2); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.AddCompactRange(ctx, 3, cr2); err != nil {
+		t.Fatal(err)
+	}
+	got, _, _ = st.LatestCompactRange(ctx)
+	if got.Size != 5 || !cmp.Equal(got.CompactRange, cr2) {
+		t.Errorf("LatestCompactRange after AddCompactRange = size %d, %v", got.Size, got.CompactRange)
+	}
+	cps, _ = st.Checkpoints(ctx, 3, 1)
+	if !cmp.Equal(cps[0].CompactRange, cr) {
+		t.Error("AddCompactRange replaced a stored compact range")
+	}
+	if err := st.AddCheckpoint(ctx, *withRange(5)); !errors.Is(err, audit.ErrSequence) {
+		t.Errorf("AddCheckpoint of a stored size = %v", err)
+	}
 }

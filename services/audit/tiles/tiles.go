@@ -227,11 +227,16 @@ func (t *Tree) Size() uint64 {
 // commit needs (the new root to sign, the full tiles to store with the
 // events) without changing the tree until Commit.
 type Staged struct {
-	base  uint64
-	cr    *compact.Range
-	added [][]byte // per tile level: hashes appended to that level
+	t    *Tree
+	base uint64
+	cr   *compact.Range
+	// Per tile level: the hashes appended since the level's last full
+	// tile (cur), and whether a tile of that level completed in this stage
+	// (then the tree's old edge tile is in Tiles, and cur is the new edge).
+	cur       [][]byte
+	completed []bool
 	// Tiles are the full tiles the leaves complete, to store in the same
-	// transaction as their events.
+	// transaction as their events (TakeTiles hands them over early).
 	Tiles []Tile
 }
 
@@ -256,61 +261,71 @@ func (s *Staged) CompactRange() [][]byte { return cloneHashes(s.cr.Hashes()) }
 // call it, and the next Commit must be of this Staged.
 func (t *Tree) Stage(leaves []Hash) *Staged {
 	// Only this goroutine writes size, cr and edge: no lock needed to read.
-	st := &Staged{base: t.size}
+	st := &Staged{t: t, base: t.size}
 	st.cr, _ = factory.NewRange(0, t.size, slices.Clone(t.cr.Hashes()))
-	visit := func(id compact.NodeID, hash []byte) {
-		if id.Level%Height != 0 {
-			return
-		}
-		L := int(id.Level / Height)
-		for len(st.added) <= L {
-			st.added = append(st.added, nil)
-		}
-		st.added[L] = append(st.added[L], hash...)
-	}
-	for i := range leaves {
-		_ = st.cr.Append(leaves[i][:], visit)
-	}
-	for L, add := range st.added {
-		var have []byte
-		if L < len(t.edge) {
-			have = t.edge[L]
-		}
-		idx := (st.base >> (uint64(L) * Height)) / Width
-		for len(have)+len(add) >= FullBytes {
-			full := make([]byte, 0, FullBytes)
-			full = append(full, have...)
-			k := FullBytes - len(have)
-			full = append(full, add[:k]...)
-			add = add[k:]
-			have = nil
-			st.Tiles = append(st.Tiles, Tile{ID: ID{Level: uint64(L), Index: idx}, Hashes: full})
-			idx++
-		}
-	}
+	st.Extend(leaves)
 	return st
 }
 
-// Commit makes the tree what st staged, once st.Tiles are durable in the
-// store. It panics if st was not staged on the tree as it is.
+// Extend appends more leaves to the stage. Memory stays bounded when the
+// caller takes the completed tiles as it goes (TakeTiles): a full rebuild
+// of a large log extends one stage chunk by chunk.
+func (s *Staged) Extend(leaves []Hash) {
+	for i := range leaves {
+		_ = s.cr.Append(leaves[i][:], s.visit)
+	}
+}
+
+// TakeTiles returns the full tiles completed so far and forgets them.
+func (s *Staged) TakeTiles() []Tile {
+	ts := s.Tiles
+	s.Tiles = nil
+	return ts
+}
+
+func (s *Staged) visit(id compact.NodeID, hash []byte) {
+	if id.Level%Height != 0 {
+		return
+	}
+	L := int(id.Level / Height)
+	for len(s.cur) <= L {
+		s.cur = append(s.cur, nil)
+		s.completed = append(s.completed, false)
+	}
+	s.cur[L] = append(s.cur[L], hash...)
+	var old []byte
+	if !s.completed[L] && L < len(s.t.edge) {
+		old = s.t.edge[L]
+	}
+	if len(old)+len(s.cur[L]) < FullBytes {
+		return
+	}
+	full := make([]byte, 0, FullBytes)
+	full = append(append(full, old...), s.cur[L]...)
+	s.Tiles = append(s.Tiles, Tile{ID: ID{Level: uint64(L), Index: id.Index / Width}, Hashes: full})
+	s.cur[L] = s.cur[L][:0:0]
+	s.completed[L] = true
+}
+
+// Commit makes the tree what st staged, once st's tiles are durable in
+// the store. It panics if st was not staged on the tree as it is.
 func (t *Tree) Commit(st *Staged) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if st.base != t.size {
+	if st.base != t.size || st.t != t {
 		panic(fmt.Sprintf("tiles: commit of a stage built on size %d, tree has %d", st.base, t.size))
 	}
-	for L, add := range st.added {
+	for L, cur := range st.cur {
 		for len(t.edge) <= L {
 			t.edge = append(t.edge, make([]byte, 0, FullBytes))
 		}
-		if len(t.edge[L])+len(add) < FullBytes {
+		if !st.completed[L] {
 			// Writes past the current length only: readers holding a
 			// prefix of this array stay valid.
-			t.edge[L] = append(t.edge[L], add...)
+			t.edge[L] = append(t.edge[L], cur...)
 			continue
 		}
-		rest := (len(t.edge[L]) + len(add)) % FullBytes
-		t.edge[L] = append(make([]byte, 0, FullBytes), add[len(add)-rest:]...)
+		t.edge[L] = append(make([]byte, 0, FullBytes), cur...)
 	}
 	for _, tl := range st.Tiles {
 		t.cache.put(tl.ID, tl.Hashes)
@@ -490,25 +505,14 @@ func (t *Tree) nodes(ctx context.Context, ids []compact.NodeID) ([]Hash, error) 
 		needs[i] = n
 	}
 	t.mu.RUnlock()
-	if len(missing) > 0 {
-		got, err := t.r.ReadTiles(ctx, missing)
+	for _, id := range missing {
+		full, err := t.fetch(ctx, id)
 		if err != nil {
-			return nil, fmt.Errorf("read tiles: %w", err)
+			return nil, err
 		}
-		if len(got) != len(missing) {
-			return nil, fmt.Errorf("read tiles: got %d for %d ids", len(got), len(missing))
-		}
-		for i, id := range missing {
-			// Anything not in memory is a full tile below the right edge.
-			if len(got[i]) != FullBytes {
-				return nil, fmt.Errorf("%w: %s holds %d hashes, want %d", ErrMissing, id, len(got[i])/HashSize, Width)
-			}
-			full := slices.Clone(got[i])
-			t.cache.put(id, full)
-			for j := range needs {
-				if needs[j].src == nil && needs[j].id == id {
-					needs[j].src = full
-				}
+		for j := range needs {
+			if needs[j].src == nil && needs[j].id == id {
+				needs[j].src = full
 			}
 		}
 	}
@@ -521,6 +525,58 @@ func (t *Tree) nodes(ctx context.Context, ids []compact.NodeID) ([]Hash, error) 
 		out[i] = subtreeRoot(n.src[n.off*HashSize : end])
 	}
 	return out, nil
+}
+
+// source returns the hashes of tile id when memory holds them: the right
+// edge (trusted: checked at Load, then extended by this tree) or the cache
+// (tiles this tree computed, or read and verified).
+func (t *Tree) source(id ID) []byte {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	if L := id.Level; L < uint64(len(t.edge)) && id.Index == (t.size>>(L*Height))/Width {
+		return t.edge[L]
+	}
+	return t.cache.get(id)
+}
+
+// fetch returns the hashes of the full tile id. A tile read from the store
+// is verified before use: its root must be the entry for it in its parent
+// tile, itself in memory or fetched and verified the same way. The chain
+// ends at a right-edge tile, which the tree trusts, so a stored tile a
+// database writer changed (even together with the event it holds) is
+// ErrMismatch, never a wrong leaf hash or proof.
+func (t *Tree) fetch(ctx context.Context, id ID) ([]byte, error) {
+	if h := t.source(id); h != nil {
+		return h, nil
+	}
+	got, err := t.r.ReadTiles(ctx, []ID{id})
+	if err != nil {
+		return nil, fmt.Errorf("read tiles: %w", err)
+	}
+	if len(got) != 1 || len(got[0]) != FullBytes {
+		n := 0
+		if len(got) == 1 {
+			n = len(got[0]) / HashSize
+		}
+		// Anything not in memory is a full tile below the right edge.
+		return nil, fmt.Errorf("%w: %s holds %d hashes, want %d", ErrMissing, id, n, Width)
+	}
+	full := slices.Clone(got[0])
+	if id.Level+1 >= 64/Height+1 {
+		return nil, fmt.Errorf("%w: %s has no parent", ErrMismatch, id)
+	}
+	parent := ID{Level: id.Level + 1, Index: id.Index / Width}
+	ph, err := t.fetch(ctx, parent)
+	if err != nil {
+		return nil, err
+	}
+	pos := int(id.Index % Width)
+	root := subtreeRoot(full)
+	if len(ph) < (pos+1)*HashSize || !bytes.Equal(root[:], ph[pos*HashSize:(pos+1)*HashSize]) {
+		return nil, fmt.Errorf("%w: stored %s does not hash to its entry in %s", ErrMismatch, id, parent)
+	}
+	t.cache.put(id, full)
+	return full, nil
 }
 
 // edgeNode computes a node from the in-memory right-edge tiles only.

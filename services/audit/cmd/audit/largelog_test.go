@@ -104,7 +104,7 @@ func postgresBackend(t *testing.T) largeBackend {
 				return h
 			}
 			commit := func(ctx context.Context, records []audit.Record, cp audit.StoredCheckpoint, ts []tiles.Tile) error {
-				return appendIndexed(ctx, st, records, cp)
+				return appendIndexed(ctx, st, records, cp, ts)
 			}
 			return head, commit, func() { st.Close() }
 		},
@@ -287,15 +287,15 @@ func ensureLargeLog(t *testing.T, be largeBackend, signer *checkpoint.Signer, n 
 // largeLogCommit is the store's commit of one batch as the Log makes it.
 func largeLogCommit(st *sqlite.Store) largelog.Commit {
 	return func(ctx context.Context, records []audit.Record, cp audit.StoredCheckpoint, ts []tiles.Tile) error {
-		return appendIndexed(ctx, st, records, cp)
+		return appendIndexed(ctx, st, records, cp, ts)
 	}
 }
 
 // appendIndexed commits a batch and its query index rows, as the Log and
 // its indexer do (a bulk-loaded log with no index would have the service
 // index it all at start-up, throttling appends meanwhile).
-func appendIndexed(ctx context.Context, st audit.Store, records []audit.Record, cp audit.StoredCheckpoint) error {
-	if err := st.Append(ctx, audit.Batch{Records: records, Checkpoint: &cp}); err != nil {
+func appendIndexed(ctx context.Context, st audit.Store, records []audit.Record, cp audit.StoredCheckpoint, ts []tiles.Tile) error {
+	if err := st.Append(ctx, audit.Batch{Records: records, Checkpoint: &cp, Tiles: ts}); err != nil {
 		return err
 	}
 	rows := make([]audit.IndexRow, len(records))
@@ -486,7 +486,8 @@ func storeSizes(t *testing.T, db string) storeSize {
 	return s
 }
 
-// noTiles stands in for a store without tiles (before they existed).
+// noTiles is the bulk loader's tree reader: building a log never reads
+// stored tiles back.
 type noTiles struct{}
 
 func (noTiles) ReadTiles(_ context.Context, ids []tiles.ID) ([][]byte, error) {
