@@ -390,6 +390,7 @@ func (l *Log) open(ctx context.Context) (*Adoption, error) {
 	if sc.tilesWritten > 0 {
 		l.logf("audit log: rebuilt Merkle tree tiles missing from the store", "tiles", sc.tilesWritten)
 	}
+	l.opened = OpenInfo{Loaded: base, Checked: sc.head - base, TilesRebuilt: sc.tilesWritten}
 	root := func(size uint64) ([]byte, error) {
 		switch {
 		case size == sc.st.Size():
@@ -448,6 +449,23 @@ func (l *Log) open(ctx context.Context) (*Adoption, error) {
 	l.indexed.Store(min(sc.indexed, sc.head))
 	return &Adoption{Token: token, Findings: slices.Clone(sc.fs.list)}, nil
 }
+
+// OpenInfo says what Open checked.
+type OpenInfo struct {
+	// Loaded is the size of the tree loaded from the store (the latest
+	// checkpoint that carries a compact range, checked against its signed
+	// root); 0 when Open checked the whole store.
+	Loaded uint64
+	// Checked is how many events Open read and re-hashed: those after
+	// Loaded.
+	Checked uint64
+	// TilesRebuilt is how many tiles Open rebuilt from the events and
+	// wrote (a store from before tiles, or one that lost some).
+	TilesRebuilt int
+}
+
+// OpenInfo returns what Open checked, for its log line.
+func (l *Log) OpenInfo() OpenInfo { return l.opened }
 
 // loadBase loads the log's tree from the latest checkpoint that carries a
 // compact range, so that start-up checks only the events after it; it

@@ -116,6 +116,7 @@ type Log struct {
 	tileCache int    // tiles the tree caches
 	crSize    uint64 // size of the last checkpoint stored with its compact range; committer only
 	full      bool   // WithFullVerification
+	opened    OpenInfo
 	queue     chan *request
 	queued    atomic.Int64 // events waiting in queue
 	refresh   chan chan error

@@ -25,6 +25,7 @@ import (
 	"github.com/credmatrix/credmatrix/services/audit/keptfile"
 	"github.com/credmatrix/credmatrix/services/audit/postgres"
 	"github.com/credmatrix/credmatrix/services/audit/sqlite"
+	"github.com/credmatrix/credmatrix/services/audit/tiles"
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -41,6 +42,8 @@ type Config struct {
 	LogLevel         string            `cfg:"log_level" help:"trace, debug, info, warn or error"`
 	Checkpoint       CheckpointConfig  `cfg:"checkpoint"`
 	Commit           CommitConfig      `cfg:"commit"`
+	StartupVerify    string            `cfg:"startup_verify" help:"what start-up checks: bounded (load the Merkle tree from the latest checkpoint that carries its compact range, checked against its signature, and re-hash only the events after it: seconds whatever the log's size) or full (re-hash every event, check every row's columns and rebuild and compare every stored tile: minutes per ten million events; for an operator who suspects the store — 'audit verify --db' does the same offline)"`
+	TileCache        int               `cfg:"tile_cache" help:"stored Merkle tree tiles (8 KiB each) kept in memory for proofs and query checks"`
 	Adopt            string            `cfg:"adopt" help:"adopt, exactly as it is, a store the service refused for reasons an operator may accept (events no checkpoint signs, columns that disagree with their events): the token the refusal printed; the events are then signed and the adoption recorded in the log. Check the store first (audit verify --db)."`
 	Metrics          metrics.Config    `cfg:"metrics"`
 }
@@ -72,10 +75,12 @@ type CommitConfig struct {
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
 	c := Config{
-		Server:   grpcserver.DefaultConfig(),
-		Store:    "sqlite",
-		DBPath:   "credmatrix-audit.db",
-		LogLevel: "info",
+		Server:        grpcserver.DefaultConfig(),
+		Store:         "sqlite",
+		DBPath:        "credmatrix-audit.db",
+		LogLevel:      "info",
+		StartupVerify: "bounded",
+		TileCache:     tiles.DefaultCacheTiles,
 		Checkpoint: CheckpointConfig{
 			KeyFile:   "credmatrix-audit-checkpoint.key",
 			KeptEvery: audit.DefaultKeptInterval,
@@ -106,6 +111,14 @@ func (c Config) Validate() error {
 		}
 	default:
 		errs = append(errs, &config.FieldError{Field: "store", Msg: fmt.Sprintf("%q: want sqlite or postgres", c.Store)})
+	}
+	switch c.StartupVerify {
+	case "bounded", "full":
+	default:
+		errs = append(errs, &config.FieldError{Field: "startup_verify", Msg: fmt.Sprintf("%q: want bounded or full", c.StartupVerify)})
+	}
+	if c.TileCache < 1 || c.TileCache > 1<<20 {
+		errs = append(errs, &config.FieldError{Field: "tile_cache", Msg: "out of range (1 to 1048576 tiles)"})
 	}
 	if c.Checkpoint.KeyFile == "" {
 		errs = append(errs, &config.FieldError{Field: "checkpoint.key_file", Msg: "required: the key that signs checkpoints"})
@@ -221,6 +234,10 @@ func New(ctx context.Context, cfg Config, logger hclog.Logger, opts ...grpcserve
 		audit.WithGroupCommit(cfg.Commit.QueueLimit, cfg.Commit.MaxEvents, cfg.Commit.Window, cfg.Commit.RetryAfter),
 		audit.WithErrorLog(logger.Error),
 		audit.WithAdoption(cfg.Adopt),
+		audit.WithTileCache(cfg.TileCache),
+	}
+	if cfg.StartupVerify == "full" {
+		logOpts = append(logOpts, audit.WithFullVerification())
 	}
 	if cfg.Store == "postgres" {
 		logOpts = append(logOpts, audit.WithFollow(cfg.Postgres.FollowInterval))
@@ -239,7 +256,9 @@ func New(ctx context.Context, cfg Config, logger hclog.Logger, opts ...grpcserve
 			logger.Warn("adopted", "finding", f.String())
 		}
 	}
-	logger.Info("audit log open", "origin", signer.Origin(), "key_id", signer.KeyID(), "size", log.Size(), "kept_file", kept.Path())
+	oi := log.OpenInfo()
+	logger.Info("audit log open", "origin", signer.Origin(), "key_id", signer.KeyID(), "size", log.Size(), "kept_file", kept.Path(),
+		"startup_verify", cfg.StartupVerify, "tree_loaded_at", oi.Loaded, "events_checked", oi.Checked, "tiles_rebuilt", oi.TilesRebuilt)
 	var metricsSrv *metrics.Server
 	if m != nil {
 		m.ObserveLog(log)
