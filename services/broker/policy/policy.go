@@ -24,6 +24,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -175,6 +176,8 @@ type Policy struct {
 	templates map[string]*template
 	// lines maps field paths to source lines, for lint findings.
 	lines lineIndex
+	// residency caches the canonical residency statement of each zone.
+	residency sync.Map
 }
 
 func roleKey(name, accountID string) string { return name + "@" + accountID }

@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -330,25 +331,53 @@ func (p *Policy) SessionPolicy(d Decision, vals RenderValues, extra string) (str
 	if len(stmts) == 0 && !residency && len(extraDeny) == 0 {
 		return "", nil
 	}
+	var b bytes.Buffer
+	b.Grow(512)
+	b.WriteString(`{"Statement":[`)
 	if len(stmts) == 0 {
-		stmts = []map[string]any{{"Sid": "CredmatrixRole", "Effect": "Allow", "Action": "*", "Resource": "*"}}
+		b.WriteString(allowAllStatement)
+	}
+	for i, st := range stmts {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		writeCanonical(&b, st)
 	}
 	if residency {
-		regions := []any{}
-		for _, r := range p.ZoneRegions(d.Account.Residency) {
-			regions = append(regions, r)
-		}
-		stmts = append(stmts, map[string]any{
-			"Sid": "CredmatrixResidency", "Effect": "Deny", "NotAction": globalActions(), "Resource": "*",
-			"Condition": map[string]any{"StringNotLike": map[string]any{"aws:RequestedRegion": regions}},
-		})
+		b.WriteByte(',')
+		b.Write(p.residencyStatement(d.Account.Residency))
 	}
-	stmts = append(stmts, extraDeny...)
-	out := canonicalJSON((&policyDoc{statements: stmts}).document())
-	if len(out) > MaxSessionPolicyBytes {
+	for _, st := range extraDeny {
+		b.WriteByte(',')
+		writeCanonical(&b, st)
+	}
+	b.WriteString(`],"Version":"2012-10-17"}`)
+	if b.Len() > MaxSessionPolicyBytes {
 		return "", &ExtraPolicyError{Msg: fmt.Sprintf("the session policy would exceed %d bytes", MaxSessionPolicyBytes)}
 	}
-	return string(out), nil
+	return b.String(), nil
+}
+
+// allowAllStatement is the canonical statement of a role without a
+// template, which the residency deny and a caller's denies narrow.
+const allowAllStatement = `{"Action":"*","Effect":"Allow","Resource":"*","Sid":"CredmatrixRole"}`
+
+// residencyStatement is the canonical statement denying
+// aws:RequestedRegion outside zone, built once per zone.
+func (p *Policy) residencyStatement(zone string) []byte {
+	if b, ok := p.residency.Load(zone); ok {
+		return b.([]byte)
+	}
+	regions := []any{}
+	for _, r := range p.ZoneRegions(zone) {
+		regions = append(regions, r)
+	}
+	b := canonicalJSON(map[string]any{
+		"Sid": "CredmatrixResidency", "Effect": "Deny", "NotAction": globalActions(), "Resource": "*",
+		"Condition": map[string]any{"StringNotLike": map[string]any{"aws:RequestedRegion": regions}},
+	})
+	p.residency.Store(zone, b)
+	return b
 }
 
 // checkMerge says whether a caller's scope-down policy can be merged
