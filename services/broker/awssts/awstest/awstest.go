@@ -14,7 +14,9 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net/http"
+	"net/url"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -48,6 +50,16 @@ type Endpoint struct {
 	throttled map[string]int // by action
 	policies  map[string]string
 	sessions  int
+	assumed   []Request // every AssumeRole answered
+}
+
+// Request is one request as the endpoint received it.
+type Request struct {
+	// Form is the query-protocol form (Action, RoleArn, Policy, Tags…).
+	Form url.Values
+	// Region is the region the request was signed for (SigV4 credential
+	// scope): the regional endpoint the client meant to call.
+	Region string
 }
 
 // New returns an Endpoint; serve it with httptest.NewServer or any
@@ -90,7 +102,18 @@ func (e *Endpoint) take(key string, rate float64, burst int) bool {
 	return true
 }
 
-var credentialRE = regexp.MustCompile(`Credential=([A-Z0-9]+)/`)
+var (
+	credentialRE = regexp.MustCompile(`Credential=([A-Z0-9]+)/`)
+	scopeRE      = regexp.MustCompile(`Credential=[A-Z0-9]+/[0-9]+/([a-z0-9-]+)/`)
+)
+
+// signingRegion is the region of r's SigV4 credential scope.
+func signingRegion(r *http.Request) string {
+	if m := scopeRE.FindStringSubmatch(r.Header.Get("Authorization")); m != nil {
+		return m[1]
+	}
+	return ""
+}
 
 // accountOfRequest is the account of the key that signed r.
 func (e *Endpoint) accountOfRequest(r *http.Request) string {
@@ -163,6 +186,7 @@ func (e *Endpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		key := "ASIA" + acct + randomHex(2)
 		e.keys[key] = acct
 		e.sessions++
+		e.assumed = append(e.assumed, Request{Form: r.PostForm, Region: signingRegion(r)})
 		e.mu.Unlock()
 		fmt.Fprintf(w, `<%[1]sResponse xmlns="%[2]s">
   <%[1]sResult>
@@ -236,6 +260,15 @@ func (e *Endpoint) Policy(account, roleName, name string) string {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.policies[account+"/"+roleName+"/"+name]
+}
+
+// Assumed returns the request of every session issued, in order: what
+// the broker asked STS (role, duration, session policy, tags,
+// SourceIdentity) and of which region.
+func (e *Endpoint) Assumed() []Request {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return slices.Clone(e.assumed)
 }
 
 // Sessions returns how many sessions AssumeRole issued.
