@@ -22,9 +22,9 @@ import (
 func (a *app) auditCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "audit",
-		Short: "Read the audit log: tail, query, export, verify and replay",
+		Short: "Read the audit log: tail, query, export, verify, replay and archive",
 	}
-	cmd.AddCommand(a.auditTailCommand(), a.auditQueryCommand(), a.auditExportCommand(), a.auditVerifyCommand(), a.auditReplayCommand())
+	cmd.AddCommand(a.auditTailCommand(), a.auditQueryCommand(), a.auditExportCommand(), a.auditVerifyCommand(), a.auditReplayCommand(), a.auditArchiveCommand())
 	return cmd
 }
 

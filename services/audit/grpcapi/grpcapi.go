@@ -319,3 +319,63 @@ func set(items []string) map[string]bool {
 	}
 	return m
 }
+
+// archiveChunk is the size of one ArchiveResponse chunk.
+const archiveChunk = 1 << 20
+
+// chunkSender sends what is written to it as ArchiveResponse chunks.
+type chunkSender struct {
+	stream auditv1.AuditService_ArchiveServer
+	buf    []byte
+}
+
+func (c *chunkSender) Write(p []byte) (int, error) {
+	n := len(p)
+	for len(p) > 0 {
+		k := min(len(p), archiveChunk-len(c.buf))
+		c.buf = append(c.buf, p[:k]...)
+		p = p[k:]
+		if len(c.buf) == archiveChunk {
+			if err := c.flush(); err != nil {
+				return 0, err
+			}
+		}
+	}
+	return n, nil
+}
+
+func (c *chunkSender) flush() error {
+	if len(c.buf) == 0 {
+		return nil
+	}
+	err := c.stream.Send(&auditv1.ArchiveResponse{Chunk: c.buf})
+	c.buf = make([]byte, 0, archiveChunk)
+	return err
+}
+
+// Archive implements auditv1.AuditServiceServer: operators only, like
+// Query.
+func (s *Server) Archive(req *auditv1.ArchiveRequest, stream auditv1.AuditService_ArchiveServer) error {
+	ctx := stream.Context()
+	id, err := s.authorize(ctx, s.readers, "archive")
+	if err != nil {
+		return s.fail("Archive", err)
+	}
+	if id == "" {
+		id = "operator"
+	}
+	cs := &chunkSender{stream: stream, buf: make([]byte, 0, archiveChunk)}
+	info, seq, err := s.log.Archive(ctx, id, req.GetEndSize(), cs)
+	if err == nil {
+		err = cs.flush()
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			return status.FromContextError(ctx.Err()).Err()
+		}
+		return s.fail("Archive", err)
+	}
+	return stream.Send(&auditv1.ArchiveResponse{Summary: &auditv1.ArchiveSummary{
+		FirstSequence: info.First, EndSize: info.End, Sha256: info.SHA256, AuditSequence: seq,
+	}})
+}

@@ -61,6 +61,7 @@ func as(id string) context.Context {
 type fixture struct {
 	signer *checkpoint.Signer
 	client auditv1.AuditServiceClient
+	conn   *grpc.ClientConn
 	store  *sqlite.Store
 }
 
@@ -88,7 +89,7 @@ func newServer(t *testing.T, opts ...grpcapi.Option) fixture {
 		t.Fatalf("grpc.NewClient: %v", err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	return fixture{client: auditv1.NewAuditServiceClient(conn), store: store, signer: signer}
+	return fixture{client: auditv1.NewAuditServiceClient(conn), conn: conn, store: store, signer: signer}
 }
 
 func secured(t *testing.T) fixture {
