@@ -71,6 +71,16 @@ type Store struct {
 // writer, and the next writer restarts the WAL from its start).
 const walCheckpointEvery = 250 * time.Millisecond
 
+// walTruncateBytes bounds the WAL file. With readers always active (a
+// Subscribe tail, queries, the indexer) a PASSIVE checkpoint never finds a
+// moment when the whole WAL is copied and no reader uses it, so the WAL
+// never restarts and grows without end (12 KB per event in a soak with a
+// tail and queries). Past this size the checkpointer runs a TRUNCATE
+// checkpoint: it waits for the short read transactions to move to the
+// newest snapshot (the writer waits meanwhile), copies what is left and
+// truncates the file.
+var walTruncateBytes int64 = 16 << 20
+
 // checkpointWAL runs SQLite WAL checkpoints off the append path, on the
 // other CPU, so that a group commit writes only its own frames.
 func (s *Store) checkpointWAL() {
@@ -85,6 +95,9 @@ func (s *Store) checkpointWAL() {
 			// A failure here (busy, I/O) leaves the frames in the WAL,
 			// which is durable; the next tick retries.
 			_, _ = s.db.Exec("PRAGMA wal_checkpoint(PASSIVE)")
+			if fi, err := os.Stat(s.path + "-wal"); err == nil && fi.Size() > walTruncateBytes {
+				_, _ = s.db.Exec("PRAGMA wal_checkpoint(TRUNCATE)")
+			}
 		}
 	}
 }

@@ -1,0 +1,9 @@
+package sqlite
+
+// SetWALTruncateBytes sets the WAL bound for a test and returns the
+// function that restores it.
+func SetWALTruncateBytes(n int64) (restore func()) {
+	old := walTruncateBytes
+	walTruncateBytes = n
+	return func() { walTruncateBytes = old }
+}
