@@ -10,7 +10,9 @@
 // before T matches it (by session id, subject, issuer, role, account and
 // claims, every given field matching) and it was issued before the
 // revocation's issued_before; a grant is in force from its creation until
-// it is revoked or expires.
+// it is revoked or expires; a static grant (keyguard's key-ring file,
+// recorded at each start) is in force from the first load that has it
+// until a later load does not.
 package replay
 
 import (
@@ -57,6 +59,9 @@ type Grant struct {
 	Created    time.Time         `json:"created"`
 	Expires    time.Time         `json:"expires,omitzero"`
 	RevokedAt  time.Time         `json:"revoked_at,omitzero"`
+	// Static grants come from keyguard's key-ring file (recorded at each
+	// start), not from the API; a later load without one ends it.
+	Static bool `json:"static,omitempty"`
 }
 
 // Entry is one event in a timeline or a key-operation list: its position,
@@ -84,6 +89,7 @@ type Replayer struct {
 	revocations []revocation
 	grants      []Grant
 	grantByID   map[string]int
+	loads       map[string]*staticLoad // static-grant loads not yet complete
 	events      []*auditv1.Event
 	bySubject   map[string][]int // subject or principal -> indexes into events
 	keyOps      []int
@@ -91,7 +97,7 @@ type Replayer struct {
 
 // New returns an empty Replayer.
 func New() *Replayer {
-	return &Replayer{grantByID: map[string]int{}, bySubject: map[string][]int{}}
+	return &Replayer{grantByID: map[string]int{}, bySubject: map[string][]int{}, loads: map[string]*staticLoad{}}
 }
 
 // Apply adds one event. Events must come in sequence order.
@@ -130,6 +136,8 @@ func (r *Replayer) Apply(e *auditv1.Event) {
 				s.RevokedAt, s.RevokedBy = t, rv.seq
 			}
 		}
+	case (k == auditv1.Kind_KIND_GRANT_CREATE || k == auditv1.Kind_KIND_GRANT_REVOKE) && allowed && e.GetKey().GetOperation() == StaticGrantOperation:
+		r.applyStatic(e)
 	case k == auditv1.Kind_KIND_GRANT_CREATE && allowed:
 		d := e.GetKey()
 		g := Grant{
@@ -149,6 +157,80 @@ func (r *Replayer) Apply(e *auditv1.Event) {
 	if k := e.GetKind(); k >= auditv1.Kind_KIND_KEY_ENCRYPT && k <= auditv1.Kind_KIND_KEY_ROTATE {
 		r.keyOps = append(r.keyOps, i)
 	}
+}
+
+// StaticGrantOperation marks the events that record keyguard's static
+// grants (KeyDetail.operation).
+const StaticGrantOperation = "static-grant"
+
+// staticLoad is one recording of the key-ring file's static grants,
+// complete once it holds want grants.
+type staticLoad struct {
+	at     time.Time
+	want   int
+	grants []Grant
+}
+
+// applyStatic adds one event of a static-grant load; a complete load
+// replaces the static grants in force: identical ones stay as they were
+// (created at their first load), others end at this load and the new ones
+// start.
+func (r *Replayer) applyStatic(e *auditv1.Event) {
+	d := e.GetKey()
+	id := d.GetStaticLoad()
+	l := r.loads[id]
+	if l == nil {
+		l = &staticLoad{at: e.GetTime().AsTime(), want: int(d.GetItemCount())}
+		r.loads[id] = l
+	}
+	if e.GetKind() == auditv1.Kind_KIND_GRANT_CREATE {
+		g := Grant{
+			Sequence: e.GetSequence(), GrantID: d.GetGrantId(), Grantee: d.GetGrantee(), DataClass: d.GetDataClass(),
+			Regions: d.GetGrantRegions(), Operations: d.GetGrantOperations(), Context: d.GetGrantRequiredContext(),
+			Created: l.at, Static: true,
+		}
+		if d.GetGrantExpireTime() != nil {
+			g.Expires = d.GetGrantExpireTime().AsTime()
+		}
+		l.grants = append(l.grants, g)
+	}
+	if len(l.grants) < l.want {
+		return
+	}
+	delete(r.loads, id)
+	kept := map[string]bool{}
+	for j := range r.grants {
+		old := &r.grants[j]
+		if !old.Static || !old.RevokedAt.IsZero() {
+			continue
+		}
+		same := false
+		for _, g := range l.grants {
+			if sameGrant(*old, g) {
+				same = true
+			}
+		}
+		if same {
+			kept[old.GrantID] = true
+		} else {
+			old.RevokedAt = l.at
+		}
+	}
+	for _, g := range l.grants {
+		if kept[g.GrantID] {
+			continue
+		}
+		r.grantByID[g.GrantID] = len(r.grants)
+		r.grants = append(r.grants, g)
+	}
+}
+
+// sameGrant reports whether two grants say the same (their sequence and
+// times aside).
+func sameGrant(a, b Grant) bool {
+	return a.GrantID == b.GrantID && a.Grantee == b.Grantee && a.DataClass == b.DataClass &&
+		slices.Equal(a.Regions, b.Regions) && slices.Equal(a.Operations, b.Operations) &&
+		maps.Equal(a.Context, b.Context) && a.Expires.Equal(b.Expires)
 }
 
 func (rv revocation) matches(s *Session) bool {

@@ -31,7 +31,9 @@ log that does not verify, and events no checkpoint signs unless
   sessions  which sessions were live at --at (for a subject, account, role)
   timeline  everything a subject did, in order
   key-ops   every key operation on a data class (and region) in a window
-  grants    the keyguard grants in force at --at`,
+  grants    the keyguard grants in force at --at: those created through the
+            API and the static ones of keyguard's key-ring file (recorded
+            each time keyguard starts)`,
 		Example: `  credmatrix audit replay sessions --at 2026-11-27T10:00:00Z --account prod
   credmatrix audit replay timeline --subject repo:acme/app:ref:refs/heads/main
   credmatrix audit replay key-ops --data-class confidential --region eu-west-1 --bundle audit.bundle`,
@@ -196,13 +198,17 @@ log that does not verify, and events no checkpoint signs unless
 				return writeReplayJSON(a.out, gs)
 			}
 			tw := tabwriter.NewWriter(a.out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "SEQ\tGRANT\tGRANTEE\tCLASS\tREGIONS\tOPERATIONS\tCREATED\tEXPIRES")
+			fmt.Fprintln(tw, "SEQ\tGRANT\tFROM\tGRANTEE\tCLASS\tREGIONS\tOPERATIONS\tCREATED\tEXPIRES")
 			for _, g := range gs {
 				exp := "-"
 				if !g.Expires.IsZero() {
 					exp = ts(g.Expires)
 				}
-				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", g.Sequence, g.GrantID, g.Grantee, g.DataClass,
+				from := "api"
+				if g.Static {
+					from = "key-ring file"
+				}
+				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", g.Sequence, g.GrantID, from, g.Grantee, g.DataClass,
 					orDash(strings.Join(g.Regions, ",")), orDash(strings.Join(g.Operations, ",")), ts(g.Created), exp)
 			}
 			if err := tw.Flush(); err != nil {

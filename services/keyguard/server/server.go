@@ -207,7 +207,7 @@ func LoadKeyrings(path string) (Keyrings, error) {
 		for j, op := range g.Operations {
 			o, ok := keyguard.ParseOperation(op)
 			if !ok {
-				return Keyrings{}, fmt.Errorf("keyring file %s: grants[%d].operations[%d]: unknown operation %q (want encrypt, decrypt, generate_data_key, rewrap or describe)", path, i, j, op)
+				return Keyrings{}, fmt.Errorf("keyring file %s: grants[%d].operations[%d]: unknown operation %q (want encrypt, decrypt, generate-data-key, rewrap or describe)", path, i, j, op)
 			}
 			kg.Operations = append(kg.Operations, o)
 		}
@@ -240,7 +240,14 @@ type Server struct {
 	store    stateStore
 	log      hclog.Logger
 	period   time.Duration
+	// staticPending: the static grants are not in the audit log yet
+	// (audit was unreachable at start); Serve keeps trying.
+	staticPending bool
 }
+
+// staticRecordTimeout bounds the attempt at start-up to record the static
+// grants; after it, Serve keeps trying in the background.
+const staticRecordTimeout = 5 * time.Second
 
 // stateStore is a keyguard.Store the server can close; the postgres one
 // also follows other replicas' changes.
@@ -353,7 +360,15 @@ func New(ctx context.Context, cfg Config, log hclog.Logger, opts ...grpcserver.O
 	}
 	keyguardv1.RegisterKeyguardServiceServer(gs, grpcapi.New(svc, apiOpts...))
 	log.Info("key rings ready", "rings", len(k.Rings), "grants", len(k.Grants), "backend", cfg.Backend, "backend_id", backendID, "state", cfg.State.Driver, "state_version", svc.StateVersion())
-	return &Server{grpc: gs, metrics: metricsSrv, audit: auditConn, appender: appender, svc: svc, store: store, log: log, period: cfg.RotationCheck}, nil
+	// The static grants go into the audit log, so a replay of the log
+	// knows what was in force; no API call ever records them.
+	rctx, cancel := context.WithTimeout(ctx, staticRecordTimeout)
+	err = svc.RecordStaticGrants(rctx)
+	cancel()
+	if err != nil {
+		log.Warn("static grants not recorded in the audit log yet; retrying in the background", "error", err)
+	}
+	return &Server{grpc: gs, metrics: metricsSrv, audit: auditConn, appender: appender, svc: svc, store: store, log: log, period: cfg.RotationCheck, staticPending: err != nil}, nil
 }
 
 // openBackend opens the configured KEK backend and makes sure every ring
@@ -444,18 +459,50 @@ func (s *Server) Serve(ctx context.Context) error {
 			s.follow(loopCtx, f)
 		}
 	}()
+	recorded := make(chan struct{})
+	go func() {
+		defer close(recorded)
+		if s.staticPending {
+			s.recordStaticGrants(loopCtx)
+		}
+	}()
 	merr := make(chan error, 1)
 	go func() { merr <- s.metrics.Serve(loopCtx) }()
 	err := s.grpc.Serve(ctx)
 	cancel()
 	<-done
 	<-followed
+	<-recorded
 	err = errors.Join(err, <-merr)
 	flushCtx, cancelFlush := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancelFlush()
 	// Events of callers that went away are recorded before the
 	// connection closes.
 	return errors.Join(err, s.svc.Flush(flushCtx), s.appender.Close(flushCtx), s.audit.Close(), s.store.Close())
+}
+
+// recordStaticGrants retries recording the static grants, with backoff,
+// until it succeeds or ctx ends.
+func (s *Server) recordStaticGrants(ctx context.Context) {
+	wait := time.Second
+	for {
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		rctx, cancel := context.WithTimeout(ctx, staticRecordTimeout)
+		err := s.svc.RecordStaticGrants(rctx)
+		cancel()
+		if err == nil {
+			s.log.Info("static grants recorded in the audit log")
+			return
+		}
+		s.log.Warn("static grants not recorded in the audit log yet", "error", err, "retry_in", wait)
+		wait = min(2*wait, 30*time.Second)
+	}
 }
 
 // follow reloads the shared state as soon as another replica announces a

@@ -48,9 +48,16 @@ grants:
 	if p := k.Policies[0]; p.RotationPeriod != 720*time.Hour || p.MaxEncryptions != 1000000 || p.MinDecryptVersion != 1 {
 		t.Fatalf("policy %+v", p)
 	}
+	// One spelling (the CLI's) documented and written, the old one read.
+	for _, spelling := range []string{"generate-data-key", "generate_data_key"} {
+		k, err := LoadKeyrings(write("grants:\n  - {principal: p, data_class: c, operations: [" + spelling + "], regions: [r]}\n"))
+		if err != nil || len(k.Grants) != 1 || k.Grants[0].Operations[0] != keyguard.OpGenerateDataKey {
+			t.Fatalf("operation %s: %v %+v", spelling, err, k.Grants)
+		}
+	}
 	for _, tc := range []struct{ name, body, want string }{
 		{"unknown-field", "rings:\n  - {data_class: x, region: y, colour: red}\n", "colour"},
-		{"unknown-operation", "grants:\n  - {principal: p, data_class: c, operations: [shred], regions: [r]}\n", "grants[0].operations[0]"},
+		{"unknown-operation", "grants:\n  - {principal: p, data_class: c, operations: [shred], regions: [r]}\n", "grants[0].operations[0]: unknown operation \"shred\" (want encrypt, decrypt, generate-data-key, rewrap or describe)"},
 		{"not-yaml", "rings: [", "kg.yaml"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

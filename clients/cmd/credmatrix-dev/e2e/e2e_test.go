@@ -158,16 +158,25 @@ func TestDemoFlow(t *testing.T) {
 		got = append(got, row{ev.GetSequence(), ev.GetKind(), ev.GetDecision()})
 	}
 	want := []row{
-		{0, auditv1.Kind_KIND_SESSION_ISSUE, auditv1.Decision_DECISION_ALLOW},
-		{1, auditv1.Kind_KIND_SESSION_ISSUE, auditv1.Decision_DECISION_ALLOW},
-		{2, auditv1.Kind_KIND_KEY_ENCRYPT, auditv1.Decision_DECISION_ALLOW},
-		{3, auditv1.Kind_KIND_KEY_DECRYPT, auditv1.Decision_DECISION_ALLOW},
-		{4, auditv1.Kind_KIND_KEY_DECRYPT, auditv1.Decision_DECISION_ERROR},
-		{5, auditv1.Kind_KIND_SESSION_ISSUE, auditv1.Decision_DECISION_DENY},
+		// keyguard's start: the two static grants of the dev key-ring file.
+		{0, auditv1.Kind_KIND_GRANT_CREATE, auditv1.Decision_DECISION_ALLOW},
+		{1, auditv1.Kind_KIND_GRANT_CREATE, auditv1.Decision_DECISION_ALLOW},
+		{2, auditv1.Kind_KIND_SESSION_ISSUE, auditv1.Decision_DECISION_ALLOW},
+		{3, auditv1.Kind_KIND_SESSION_ISSUE, auditv1.Decision_DECISION_ALLOW},
+		{4, auditv1.Kind_KIND_KEY_ENCRYPT, auditv1.Decision_DECISION_ALLOW},
+		{5, auditv1.Kind_KIND_KEY_DECRYPT, auditv1.Decision_DECISION_ALLOW},
+		{6, auditv1.Kind_KIND_KEY_DECRYPT, auditv1.Decision_DECISION_ERROR},
+		{7, auditv1.Kind_KIND_SESSION_ISSUE, auditv1.Decision_DECISION_DENY},
 	}
 	if diff := cmp.Diff(got, want); diff != "" {
 		t.Fatalf("audit log (-got +want):\n%s", diff)
 	}
+	for _, ev := range events[:2] {
+		if ev.GetKey().GetOperation() != "static-grant" || ev.GetKey().GetItemCount() != 2 || ev.GetKey().GetStaticLoad() == "" {
+			t.Fatalf("static grant event: %v", ev)
+		}
+	}
+	events = events[2:]
 	issued := events[0].GetSession()
 	if issued.GetAccessKeyId() != creds.AccessKeyID || issued.GetAccountId() != "111111111111" || issued.GetRoleName() != "deploy" {
 		t.Fatalf("issuance event: %v", issued)

@@ -842,8 +842,16 @@ type KeyDetail struct {
 	// ring (versions below it are retired).
 	MinDecryptVersion uint32 `protobuf:"varint,15,opt,name=min_decrypt_version,json=minDecryptVersion,proto3" json:"min_decrypt_version,omitempty"`
 	// The keyguard operation, where the event kind alone does not name it:
-	// "describe", "list-grants", "set-min-decrypt-version".
-	Operation     string `protobuf:"bytes,16,opt,name=operation,proto3" json:"operation,omitempty"`
+	// "describe", "list-grants", "set-min-decrypt-version", "static-grant".
+	Operation string `protobuf:"bytes,16,opt,name=operation,proto3" json:"operation,omitempty"`
+	// For operation "static-grant": the load of the key-ring file this event
+	// belongs to. At each start keyguard records every static grant of its
+	// key-ring file as a KIND_GRANT_CREATE event with the same static_load
+	// and item_count = the number of static grants (one
+	// KIND_GRANT_REVOKE event without a grant id when there is none), so a
+	// replay knows the static grants in force and ends those a later,
+	// complete load no longer has.
+	StaticLoad    string `protobuf:"bytes,17,opt,name=static_load,json=staticLoad,proto3" json:"static_load,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -986,6 +994,13 @@ func (x *KeyDetail) GetMinDecryptVersion() uint32 {
 func (x *KeyDetail) GetOperation() string {
 	if x != nil {
 		return x.Operation
+	}
+	return ""
+}
+
+func (x *KeyDetail) GetStaticLoad() string {
+	if x != nil {
+		return x.StaticLoad
 	}
 	return ""
 }
@@ -2747,7 +2762,7 @@ const file_credmatrix_audit_v1_audit_proto_rawDesc = "" +
 	"\x0erevoked_before\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampR\rrevokedBefore\x1a>\n" +
 	"\x10SessionTagsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xef\x06\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x90\a\n" +
 	"\tKeyDetail\x12\x1d\n" +
 	"\n" +
 	"data_class\x18\x01 \x01(\tR\tdataClass\x12\x16\n" +
@@ -2768,7 +2783,9 @@ const file_credmatrix_audit_v1_audit_proto_rawDesc = "" +
 	"\x16grant_required_context\x18\r \x03(\v28.credmatrix.audit.v1.KeyDetail.GrantRequiredContextEntryR\x14grantRequiredContext\x12F\n" +
 	"\x11grant_expire_time\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\x0fgrantExpireTime\x12.\n" +
 	"\x13min_decrypt_version\x18\x0f \x01(\rR\x11minDecryptVersion\x12\x1c\n" +
-	"\toperation\x18\x10 \x01(\tR\toperation\x1aD\n" +
+	"\toperation\x18\x10 \x01(\tR\toperation\x12\x1f\n" +
+	"\vstatic_load\x18\x11 \x01(\tR\n" +
+	"staticLoad\x1aD\n" +
 	"\x16EncryptionContextEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1aG\n" +
