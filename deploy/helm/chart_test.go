@@ -508,7 +508,7 @@ func TestWorkloadShapes(t *testing.T) {
 		{"default/keyguard-statefulset", def, "keyguard", "StatefulSet", &one, true, false},
 		{"production/audit-postgres-deployment", prod, "audit", "Deployment", &two, false, false},
 		{"production/broker-postgres-deployment-hpa", prod, "broker", "Deployment", nil, false, true},
-		{"production/keyguard-postgres-awskms-deployment", prod, "keyguard", "Deployment", &two, false, false},
+		{"production/keyguard-postgres-awskms-deployment-autoscaled", prod, "keyguard", "Deployment", nil, false, true},
 		{"keyguard-postgres-local-keystore-stays-statefulset", render(t, "--set", "keyguard.state.driver=postgres,keyguard.state.postgres.existingSecret=pg,networkPolicy.egress.postgres[0].ipBlock.cidr=10.0.0.0/8"), "keyguard", "StatefulSet", &one, true, false},
 	}
 	for _, tc := range tests {
@@ -565,10 +565,18 @@ func TestIdentitiesCertificatesAndIRSA(t *testing.T) {
 		}
 	})
 	t.Run("callers-verify-audit-by-its-service-name", func(t *testing.T) {
+		// Production runs audit replicas on PostgreSQL: callers resolve
+		// every replica (headless Service) and verify the service name.
 		for _, c := range []string{"broker", "keyguard"} {
 			audit, _ := configOf(t, prod, c)["audit"].(map[string]any)
+			got := []any{audit["target"], audit["server_name"]}
+			want := []any{"dns:///" + name("audit") + "-replicas." + namespace + ".svc:8443", auditHost}
+			if diff := cmp.Diff(got, want); diff != "" {
+				t.Errorf("%s audit (target, server_name) (-got +want):\n%s", c, diff)
+			}
+			audit, _ = configOf(t, def, c)["audit"].(map[string]any)
 			if got, want := audit["target"], auditHost+":8443"; got != want {
-				t.Errorf("%s audit.target = %v, want %v", c, got, want)
+				t.Errorf("default values: %s audit.target = %v, want %v", c, got, want)
 			}
 		}
 	})

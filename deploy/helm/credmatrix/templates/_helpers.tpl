@@ -176,7 +176,14 @@ tls:
 
 {{/* The audit client block of broker and keyguard. */}}
 {{- define "credmatrix.config.auditClient" -}}
-target: {{ printf "%s:%d" (include "credmatrix.serviceHost" (dict "root" . "component" "audit")) (int .Values.grpcPort) | quote }}
+{{- $host := include "credmatrix.serviceHost" (dict "root" . "component" "audit") -}}
+{{- if eq .Values.audit.store "postgres" }}
+{{- /* every replica; appends go to the sequencer (health_service) */}}
+target: {{ printf "dns:///%s-replicas.%s.svc:%d" (include "credmatrix.component.name" (dict "root" . "component" "audit")) .Release.Namespace (int .Values.grpcPort) | quote }}
+server_name: {{ $host | quote }}
+{{- else }}
+target: {{ printf "%s:%d" $host (int .Values.grpcPort) | quote }}
+{{- end }}
 ca_file: /etc/credmatrix/tls/ca.crt
 cert_file: /etc/credmatrix/tls/tls.crt
 key_file: /etc/credmatrix/tls/tls.key
