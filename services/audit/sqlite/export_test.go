@@ -7,3 +7,7 @@ func SetWALTruncateBytes(n int64) (restore func()) {
 	walTruncateBytes = n
 	return func() { walTruncateBytes = old }
 }
+
+// SetTileWrittenHook sets a function run after each tile row is written
+// inside a transaction (before the commit).
+func SetTileWrittenHook(f func()) { testHookTileWritten = f }

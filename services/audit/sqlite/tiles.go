@@ -107,6 +107,10 @@ func (s *Store) AddCompactRange(ctx context.Context, size uint64, compactRange [
 	return nil
 }
 
+// testHookTileWritten, when set (by a test), runs after each tile row is
+// written inside a transaction: the crash test kills the process there.
+var testHookTileWritten func()
+
 // insertTiles writes full tiles in tx. A tile already stored is replaced:
 // tiles are derived from committed events, so a legitimate rewrite has the
 // same content, and a rebuild repairs a damaged one this way.
@@ -117,6 +121,9 @@ func insertTiles(ctx context.Context, tx *sql.Tx, ts []tiles.Tile) error {
 		}
 		if _, err := tx.ExecContext(ctx, "INSERT OR REPLACE INTO tiles (level, idx, hashes) VALUES (?, ?, ?)", int64(t.ID.Level), int64(t.ID.Index), t.Hashes); err != nil {
 			return fmt.Errorf("store %s: %w", t.ID, err)
+		}
+		if testHookTileWritten != nil {
+			testHookTileWritten()
 		}
 	}
 	return nil
