@@ -5,7 +5,10 @@
 #   make lint    gofmt, go vet, buf lint/format, generated code up to date
 #   make proto   regenerate Go from proto/
 #   make run     the local stack in the foreground until Ctrl-C
-#   make bench   benchmarks
+#   make bench   the real binaries under load: one BENCH line per figure, then a table
+#                (BENCH_DURATION=20s per figure); make bench-go: every go test benchmark
+#   make soak    sustained mixed load against the real binaries (SOAK=10m): resources
+#                at start and end, errors
 #   make fuzz    every fuzz target briefly (FUZZTIME=10s each)
 #   make chart-check   helm lint + template of deploy/helm/credmatrix (part of lint)
 #   make images-bin    the static linux/amd64 binaries the container images hold
@@ -40,7 +43,7 @@ HELM_VERSION := v3.22.0
 CHART     := deploy/helm/credmatrix
 GO_TEST_FLAGS ?= -race -count=1 -timeout 15m
 
-.PHONY: all build demo run test lint proto proto-check fmt bench fuzz tools clean setup helm chart-check images-bin release-check tidy cluster-test
+.PHONY: all build demo run test lint proto proto-check fmt bench bench-go bench-bin soak fuzz tools clean setup helm chart-check images-bin release-check tidy cluster-test
 
 all: lint test
 
@@ -58,7 +61,23 @@ run: build
 test: $(HELM) $(LOCAL_KMS)
 	CREDMATRIX_HELM=$(HELM) CREDMATRIX_LOCAL_KMS=$(LOCAL_KMS) go test $(GO_TEST_FLAGS) $(PKGS)
 
-bench:
+# bench and soak start audit, broker and keyguard as processes of the
+# binaries in bin/ (embedded defaults, mTLS) and drive them from
+# credmatrix-bench (clients/cmd/credmatrix-dev/credmatrix-bench).
+BENCH_DURATION ?= 20s
+SOAK ?= 10m
+
+bench-bin: build
+	go build -o $(BIN)/ ./clients/cmd/credmatrix-dev/credmatrix-bench
+
+bench: bench-bin
+	$(BIN)/credmatrix-bench -bin-dir $(BIN) -duration $(BENCH_DURATION)
+
+soak: bench-bin
+	$(BIN)/credmatrix-bench soak -bin-dir $(BIN) -duration $(SOAK)
+
+# bench-go: every `go test` benchmark of every module, in process.
+bench-go:
 	go test -run '^$$' -bench . -benchmem $(PKGS)
 
 # The harness builds with the cluster tag only (make test skips it); it

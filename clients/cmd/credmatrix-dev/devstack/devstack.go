@@ -104,17 +104,6 @@ func EphemeralPorts() Ports {
 	}
 }
 
-// publicConfig is a public listener on addr presenting name's development
-// certificate (valid for localhost, 127.0.0.1 and ::1); off when addr is
-// empty.
-func (s *Stack) publicConfig(addr, name string) grpcserver.PublicConfig {
-	if addr == "" {
-		return grpcserver.PublicConfig{}
-	}
-	f := s.pki.Files(name)
-	return grpcserver.PublicConfig{ListenAddr: addr, TLS: grpcserver.PublicTLSFiles{CertFile: f.CertFile, KeyFile: f.KeyFile}}
-}
-
 // Config configures a stack.
 type Config struct {
 	// StateDir holds certificates, keys, the audit database and the key
@@ -210,86 +199,118 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	if err := s.startIssuer(cfg.Ports.Issuer, filepath.Join(dir, "mint-secret")); err != nil {
 		return nil, err
 	}
-	hmacKey := filepath.Join(dir, "audit-hmac.key")
-	s.hmacKeyFile = hmacKey
-	for _, k := range []struct {
-		path string
-		n    int
-	}{{hmacKey, 32}, {filepath.Join(dir, "local-sts.key"), 32}, {filepath.Join(dir, "keyguard-root.key"), 32}} {
-		if _, err := keyfile.Ensure(k.path, k.n); err != nil {
-			return nil, fmt.Errorf("devstack: %w", err)
-		}
-	}
-	policyFile := filepath.Join(dir, "policy.yaml")
-	if err := os.WriteFile(policyFile, []byte(renderPolicy(cfg.Policy, s.issuerURL)), 0o600); err != nil {
-		return nil, err
-	}
-	keyguardFile := filepath.Join(dir, "keyguard.yaml")
-	if err := os.WriteFile(keyguardFile, []byte(defaultKeyguard), 0o600); err != nil {
+	s.hmacKeyFile = filepath.Join(dir, "audit-hmac.key")
+	if err := PrepareFiles(dir, cfg.Policy, s.issuerURL); err != nil {
 		return nil, err
 	}
 	logger := func(name string) hclog.Logger { return logging.New(cfg.Log, name, cfg.LogLevel) }
+	cfgs := NewConfigs(dir, s.pki, cfg.Ports, s.issuerURL, "")
+	s.auditPublicKeyFile = cfgs.Audit.Checkpoint.KeyFile + ".pub"
+	if cfg.AuditBatch != nil {
+		cfgs.Broker.AuditBatch, cfgs.Keyguard.AuditBatch = *cfg.AuditBatch, *cfg.AuditBatch
+	}
 
 	// audit first: the others refuse to issue without it.
+	if s.audit, err = auditserver.New(ctx, cfgs.Audit, logger("audit"), cfg.AuditOptions...); err != nil {
+		return nil, fmt.Errorf("devstack: audit: %w", err)
+	}
+	s.serve("audit", s.audit.Serve)
+	auditAddr := s.audit.Addr().String()
+	cfgs.Broker.Audit.Target, cfgs.Keyguard.Audit.Target = auditAddr, auditAddr
+
+	if s.broker, err = brokerserver.New(ctx, cfgs.Broker, logger("broker")); err != nil {
+		return nil, fmt.Errorf("devstack: broker: %w", err)
+	}
+	s.serve("broker", s.broker.Serve)
+
+	if s.keyguard, err = keyguardserver.New(ctx, cfgs.Keyguard, logger("keyguard")); err != nil {
+		return nil, fmt.Errorf("devstack: keyguard: %w", err)
+	}
+	s.serve("keyguard", s.keyguard.Serve)
+	return s, nil
+}
+
+// PrepareFiles writes into the state directory dir what the services read
+// besides the PKI: the keys (made once, kept across restarts), the trust
+// policy (policy with its issuer set to issuerURL; the embedded
+// development policy when empty) and keyguard's rings and grants.
+func PrepareFiles(dir, policy, issuerURL string) error {
+	if policy == "" {
+		policy = defaultPolicy
+	}
+	for _, name := range []string{"audit-hmac.key", "local-sts.key", "keyguard-root.key"} {
+		if _, err := keyfile.Ensure(filepath.Join(dir, name), 32); err != nil {
+			return fmt.Errorf("devstack: %w", err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, "policy.yaml"), []byte(renderPolicy(policy, issuerURL)), 0o600); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, "keyguard.yaml"), []byte(defaultKeyguard), 0o600)
+}
+
+// Configs are the configurations of the stack's three services.
+type Configs struct {
+	Audit    auditserver.Config
+	Broker   brokerserver.Config
+	Keyguard keyguardserver.Config
+}
+
+// NewConfigs returns the services' configurations for a state directory
+// prepared by PrepareFiles, the PKI in it, the listen addresses in ports,
+// the dev issuer at issuerURL, and audit reached at auditTarget. Start runs
+// them in this process; the same configurations run the real binaries as
+// separate processes (see package procstack), so both measure and test one
+// stack.
+func NewConfigs(dir string, pki *devpki.Bundle, ports Ports, issuerURL, auditTarget string) Configs {
+	hmacKey := filepath.Join(dir, "audit-hmac.key")
+	publicConfig := func(addr, name string) grpcserver.PublicConfig {
+		if addr == "" {
+			return grpcserver.PublicConfig{}
+		}
+		f := pki.Files(name)
+		return grpcserver.PublicConfig{ListenAddr: addr, TLS: grpcserver.PublicTLSFiles{CertFile: f.CertFile, KeyFile: f.KeyFile}}
+	}
+
 	ac := auditserver.DefaultConfig()
-	ac.Server.ListenAddr = cfg.Ports.Audit
-	ac.Metrics.ListenAddr = cfg.Ports.AuditMetrics
-	ac.Server.TLS = s.pki.Files("audit")
+	ac.Server.ListenAddr = ports.Audit
+	ac.Metrics.ListenAddr = ports.AuditMetrics
+	ac.Server.TLS = pki.Files("audit")
 	ac.DBPath = filepath.Join(dir, "audit.db")
 	// The checkpoint signing key is generated on first start and kept;
 	// its public half (audit-checkpoint.key.pub) is what verify trusts.
 	ac.Checkpoint.KeyFile = filepath.Join(dir, "audit-checkpoint.key")
 	ac.Checkpoint.GenerateKey = true
-	s.auditPublicKeyFile = ac.Checkpoint.KeyFile + ".pub"
 	ac.AppendPrincipals = []string{devpki.SPIFFEID("broker"), devpki.SPIFFEID("keyguard")}
 	ac.ReadPrincipals = []string{devpki.SPIFFEID("cli")}
-	if s.audit, err = auditserver.New(ctx, ac, logger("audit"), cfg.AuditOptions...); err != nil {
-		return nil, fmt.Errorf("devstack: audit: %w", err)
-	}
-	s.serve("audit", s.audit.Serve)
-	auditAddr := s.audit.Addr().String()
 
 	bc := brokerserver.DefaultConfig()
-	bc.Server.ListenAddr = cfg.Ports.Broker
-	bc.Metrics.ListenAddr = cfg.Ports.BrokerMetrics
-	bc.Server.TLS = s.pki.Files("broker")
-	bc.Public = s.publicConfig(cfg.Ports.BrokerPublic, "broker")
-	bc.PolicyFile = policyFile
-	bc.Audit = s.pki.Client("broker", auditAddr)
+	bc.Server.ListenAddr = ports.Broker
+	bc.Metrics.ListenAddr = ports.BrokerMetrics
+	bc.Server.TLS = pki.Files("broker")
+	bc.Public = publicConfig(ports.BrokerPublic, "broker")
+	bc.PolicyFile = filepath.Join(dir, "policy.yaml")
+	bc.Audit = pki.Client("broker", auditTarget)
 	bc.AuditHMACKeyFile = hmacKey
 	bc.LocalSTS.SigningKeyFile = filepath.Join(dir, "local-sts.key")
 	bc.State.SQLitePath = filepath.Join(dir, "broker-state.db")
 	bc.AdminPrincipals = []string{devpki.SPIFFEID("cli")}
-	if cfg.AuditBatch != nil {
-		bc.AuditBatch = *cfg.AuditBatch
-	}
-	if s.broker, err = brokerserver.New(ctx, bc, logger("broker")); err != nil {
-		return nil, fmt.Errorf("devstack: broker: %w", err)
-	}
-	s.serve("broker", s.broker.Serve)
 
 	kc := keyguardserver.DefaultConfig()
-	kc.Server.ListenAddr = cfg.Ports.Keyguard
-	kc.Metrics.ListenAddr = cfg.Ports.KeyguardMetrics
-	kc.Server.TLS = s.pki.Files("keyguard")
-	kc.Public = s.publicConfig(cfg.Ports.KeyguardPublic, "keyguard")
-	kc.Audit = s.pki.Client("keyguard", auditAddr)
+	kc.Server.ListenAddr = ports.Keyguard
+	kc.Metrics.ListenAddr = ports.KeyguardMetrics
+	kc.Server.TLS = pki.Files("keyguard")
+	kc.Public = publicConfig(ports.KeyguardPublic, "keyguard")
+	kc.Audit = pki.Client("keyguard", auditTarget)
 	kc.AuditHMACKeyFile = hmacKey // one key for the stack: investigators recompute every ref with it
-	kc.KeyringFile = keyguardFile
+	kc.KeyringFile = filepath.Join(dir, "keyguard.yaml")
 	kc.Local.KeystoreFile = filepath.Join(dir, "keyguard-keystore.json")
 	kc.Local.RootKeyFile = filepath.Join(dir, "keyguard-root.key")
 	kc.State.SQLitePath = filepath.Join(dir, "keyguard-state.db")
-	kc.OIDC.Issuers = []string{s.issuerURL}
+	kc.OIDC.Issuers = []string{issuerURL}
 	kc.OIDC.Audience = KeyguardAudience
 	kc.Admins = []string{devpki.SPIFFEID("cli")}
-	if cfg.AuditBatch != nil {
-		kc.AuditBatch = *cfg.AuditBatch
-	}
-	if s.keyguard, err = keyguardserver.New(ctx, kc, logger("keyguard")); err != nil {
-		return nil, fmt.Errorf("devstack: keyguard: %w", err)
-	}
-	s.serve("keyguard", s.keyguard.Serve)
-	return s, nil
+	return Configs{Audit: ac, Broker: bc, Keyguard: kc}
 }
 
 // serve runs one service until Close or Stop.
