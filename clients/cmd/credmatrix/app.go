@@ -7,6 +7,7 @@ import (
 	"io"
 	"runtime/debug"
 	"strings"
+	"time"
 
 	"github.com/credmatrix/credmatrix/clients/brokerclient"
 	"github.com/spf13/cobra"
@@ -51,6 +52,9 @@ type app struct {
 	streams
 	getenv func(string) string
 	args   []string // the command line, for serve-credentials --background
+	// now is the clock doctor checks certificates and tokens against
+	// (time.Now when nil; tests set it).
+	now func() time.Time
 
 	brokerAddr, keyguardAddr, auditAddr string
 	caFile, certFile, keyFile           string
@@ -75,7 +79,12 @@ func (e usageError) Unwrap() error { return e.err }
 func usagef(format string, args ...any) error { return usageError{fmt.Errorf(format, args...)} }
 
 func run(ctx context.Context, args []string, s streams, getenv func(string) string) int {
-	a := &app{streams: s, getenv: getenv, args: args}
+	return (&app{streams: s, getenv: getenv, args: args}).execute(ctx, args)
+}
+
+// execute runs the command line and returns the exit code.
+func (a *app) execute(ctx context.Context, args []string) int {
+	s := a.streams
 	root := a.rootCommand()
 	root.SetArgs(args)
 	root.SetIn(s.in)
@@ -199,7 +208,7 @@ Exit codes: 0 ok, 1 error, 2 bad usage, invalid request or a setup problem
 	pf.StringVar(&a.keyFile, "key-file", a.getenv("CREDMATRIX_KEY_FILE"), "client key (PEM) for mTLS (env CREDMATRIX_KEY_FILE)")
 	pf.BoolVar(&a.devPlaintext, "dev-plaintext", a.getenv("CREDMATRIX_DEV_PLAINTEXT") == "true", "connect without TLS (loopback only; development)")
 
-	root.AddCommand(a.credsCommand(), a.serveCredentialsCommand(), a.encryptCommand(), a.decryptCommand(), a.keyguardCommand(), a.auditCommand(), a.policyCommand(), a.adminCommand(), a.rolesCommand())
+	root.AddCommand(a.credsCommand(), a.serveCredentialsCommand(), a.encryptCommand(), a.decryptCommand(), a.keyguardCommand(), a.auditCommand(), a.policyCommand(), a.doctorCommand(), a.adminCommand(), a.rolesCommand())
 	refuseUnknownSubcommands(root)
 	return root
 }
