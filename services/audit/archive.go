@@ -15,6 +15,8 @@ import (
 	"github.com/credmatrix/credmatrix/clients/auditclient/leaf"
 
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
+
+	"github.com/credmatrix/credmatrix/platform/domainerr"
 )
 
 // archiveChunk is how many events or checkpoints an archive reads per
@@ -50,7 +52,7 @@ type ArchiveInfo struct {
 func WriteArchive(ctx context.Context, store Store, tree treeNodes, key *checkpoint.Verifier, first, end uint64, w io.Writer) (ArchiveInfo, error) {
 	info := ArchiveInfo{First: first, End: end}
 	if end <= first {
-		return info, Errorf(Invalid, "end_size: %d is not after the first event to archive (%d)", end, first)
+		return info, domainerr.Errorf(domainerr.Invalid, "end_size: %d is not after the first event to archive (%d)", end, first)
 	}
 	head := &bundle.Bundle{Origin: key.Origin(), PublicKey: key.PublicKey(), First: first}
 	var sizes []uint64
@@ -72,10 +74,10 @@ func WriteArchive(ctx context.Context, store Store, tree treeNodes, key *checkpo
 		from = cps[len(cps)-1].Size + 1
 	}
 	if len(sizes) == 0 || sizes[len(sizes)-1] != end {
-		return info, Errorf(Invalid, "end_size: %d is not the size of a stored signed checkpoint: an archive ends at one", end)
+		return info, domainerr.Errorf(domainerr.Invalid, "end_size: %d is not the size of a stored signed checkpoint: an archive ends at one", end)
 	}
 	if first > 0 && sizes[0] != first {
-		return info, Errorf(Invalid, "the log holds no signed checkpoint at %d, where the archive must start", first)
+		return info, domainerr.Errorf(domainerr.Invalid, "the log holds no signed checkpoint at %d, where the archive must start", first)
 	}
 	var err error
 	if head.Start, err = tree.CompactRangeAt(ctx, first); err != nil {
@@ -136,7 +138,7 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 // when writing fails.
 func (l *Log) Archive(ctx context.Context, operator string, end uint64, w io.Writer) (ArchiveInfo, uint64, error) {
 	if l.signer == nil {
-		return ArchiveInfo{}, 0, Errorf(Unavailable, "this audit log signs no checkpoints (no signing key configured): nothing to archive")
+		return ArchiveInfo{}, 0, domainerr.Errorf(domainerr.Unavailable, "this audit log signs no checkpoints (no signing key configured): nothing to archive")
 	}
 	if err := l.usable(); err != nil {
 		return ArchiveInfo{}, 0, err
@@ -144,19 +146,16 @@ func (l *Log) Archive(ctx context.Context, operator string, end uint64, w io.Wri
 	if end == 0 {
 		cp := l.latest.Load()
 		if cp == nil {
-			return ArchiveInfo{}, 0, Errorf(NotFound, "the audit log is empty: nothing to archive")
+			return ArchiveInfo{}, 0, domainerr.Errorf(domainerr.NotFound, "the audit log is empty: nothing to archive")
 		}
 		end = cp.Size
 	}
 	if latest := l.latest.Load(); latest == nil || end > latest.Size {
-		return ArchiveInfo{}, 0, Errorf(Invalid, "end_size: %d is beyond the latest checkpoint", end)
+		return ArchiveInfo{}, 0, domainerr.Errorf(domainerr.Invalid, "end_size: %d is beyond the latest checkpoint", end)
 	}
 	info, err := WriteArchive(ctx, l.store, l.tree, l.signer.Verifier(), 0, end, w)
 	if err != nil {
-		if ErrorCodeOf(err) != "" {
-			return info, 0, err
-		}
-		return info, 0, unavailable("audit archive failed", err)
+		return info, 0, unavailable("audit archive failed", err) // a domain error stays as it is
 	}
 	e := &auditv1.Event{
 		Id:       fmt.Sprintf("audit-archive-%d-%d-%s", info.First, info.End, hex.EncodeToString(info.SHA256[:8])),

@@ -6,8 +6,8 @@
 // does not match its last checkpoint refused at Open), and the Store
 // interface its backends (sqlite, postgres, memstore) implement.
 //
-// The package knows nothing about gRPC: errors are *Error values with an
-// ErrorCode, mapped to status codes once, in grpcapi.
+// The package knows nothing about gRPC: errors are *domainerr.Error values
+// (platform/domainerr), mapped to status codes once, at the gRPC edge.
 package audit
 
 import (

@@ -20,6 +20,8 @@ import (
 	"github.com/credmatrix/credmatrix/services/audit/tiles"
 
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
+
+	"github.com/credmatrix/credmatrix/platform/domainerr"
 )
 
 // maxFindings bounds the findings a check keeps in detail (it counts the
@@ -655,7 +657,7 @@ func (l *Log) extend(ctx context.Context) error {
 	}
 	if sc.fs.total > 0 {
 		f := sc.fs.first()
-		b := &Error{Code: Unavailable, Message: fmt.Sprintf("audit log stopped: the store failed its check at sequence %d (%s)", f.Sequence, f.What), Err: ErrStoreMismatch}
+		b := &domainerr.Error{Code: domainerr.Unavailable, Message: fmt.Sprintf("audit log stopped: the store failed its check at sequence %d (%s)", f.Sequence, f.What), Err: ErrStoreMismatch}
 		l.broken.Store(b)
 		l.logf("audit log stopped: the store failed its check", "sequence", f.Sequence, "problem", f.What)
 		return b
@@ -685,10 +687,7 @@ func (l *Log) followStore() error {
 	ctx, cancel := context.WithTimeout(context.Background(), commitTimeout)
 	defer cancel()
 	if err := l.extend(ctx); err != nil {
-		if ErrorCodeOf(err) != "" {
-			return err
-		}
-		return unavailable("audit store unavailable", err)
+		return unavailable("audit store unavailable", err) // a domain error stays as it is
 	}
 	return nil
 }

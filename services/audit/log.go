@@ -24,6 +24,8 @@ import (
 	"github.com/credmatrix/credmatrix/services/audit/tiles"
 
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
+
+	"github.com/credmatrix/credmatrix/platform/domainerr"
 )
 
 // Defaults of the Log's tuning options.
@@ -122,7 +124,7 @@ type Log struct {
 	refresh   chan chan error
 	latest    atomic.Pointer[StoredCheckpoint]
 	resync    bool // the store may hold more than the tree; committer only
-	broken    atomic.Pointer[Error]
+	broken    atomic.Pointer[domainerr.Error]
 	adopted   *Adoption
 
 	// The indexer: pending holds events committed and not yet indexed
@@ -344,7 +346,9 @@ func (l *Log) Close() error {
 	return nil
 }
 
-func errShuttingDown() error { return Errorf(Unavailable, "audit log is shutting down") }
+func errShuttingDown() error {
+	return domainerr.Errorf(domainerr.Unavailable, "audit log is shutting down")
+}
 
 // tracerName names the audit log's instrumentation scope.
 const tracerName = "github.com/credmatrix/credmatrix/services/audit"
@@ -382,7 +386,7 @@ func (l *Log) Append(ctx context.Context, source string, events []*auditv1.Event
 type Outcome struct {
 	// Result is the event's durable position; nil when it was refused.
 	Result *auditv1.AppendResult
-	// Err is an Invalid *Error naming the event ("events[2].reason: ...")
+	// Err is an Invalid *domainerr.Error naming the event ("events[2].reason: ...")
 	// when it was refused; nil when it was recorded.
 	Err error
 }
@@ -406,7 +410,7 @@ func (l *Log) AppendEach(ctx context.Context, source string, events []*auditv1.E
 	valid := make([]*auditv1.Event, 0, len(events))
 	for i, e := range events {
 		if verr := validateEvent(e); verr != nil {
-			outcomes[i].Err = Errorf(Invalid, "events[%d]%s", i, verr)
+			outcomes[i].Err = domainerr.Errorf(domainerr.Invalid, "events[%d]%s", i, verr)
 			continue
 		}
 		valid = append(valid, e)
@@ -450,7 +454,7 @@ func (l *Log) record(ctx context.Context, source string, events []*auditv1.Event
 	n := int64(len(events))
 	if l.queued.Add(n) > l.queueLimit {
 		l.queued.Add(-n)
-		return nil, &Error{Code: ResourceExhausted, Message: "audit log overloaded: nothing recorded; retry after the advised delay", RetryAfter: l.retryAfter}
+		return nil, &domainerr.Error{Code: domainerr.ResourceExhausted, Message: "audit log overloaded: nothing recorded; retry after the advised delay", RetryAfter: l.retryAfter}
 	}
 	recorded := timestamppb.New(l.clock())
 	r := &request{ctx: ctx, events: make([]prepared, len(events)), done: make(chan response, 1)}
@@ -462,7 +466,7 @@ func (l *Log) record(ctx context.Context, source string, events []*auditv1.Event
 		rest, err := leaf.Marshal(c)
 		if err != nil {
 			l.queued.Add(-n)
-			return nil, Errorf(Invalid, "events[%d]: cannot be serialised", i)
+			return nil, domainerr.Errorf(domainerr.Invalid, "events[%d]: cannot be serialised", i)
 		}
 		r.events[i] = prepared{event: c, rest: rest}
 	}
@@ -629,7 +633,7 @@ func CompactRangeDue(last, size uint64) bool {
 func (l *Log) sign(size uint64, root []byte) (StoredCheckpoint, error) {
 	note, err := l.signer.Sign(size, root)
 	if err != nil {
-		return StoredCheckpoint{}, &Error{Code: Unavailable, Message: "audit log cannot sign a checkpoint", Err: err}
+		return StoredCheckpoint{}, &domainerr.Error{Code: domainerr.Unavailable, Message: "audit log cannot sign a checkpoint", Err: err}
 	}
 	return StoredCheckpoint{Size: size, Note: note, Time: l.clock().UTC()}, nil
 }
@@ -766,7 +770,7 @@ type Checkpoint struct {
 // sequencer appended).
 func (l *Log) LatestCheckpoint(ctx context.Context) (Checkpoint, error) {
 	if l.signer == nil {
-		return Checkpoint{}, Errorf(Unavailable, "this audit log signs no checkpoints (no signing key configured)")
+		return Checkpoint{}, domainerr.Errorf(domainerr.Unavailable, "this audit log signs no checkpoints (no signing key configured)")
 	}
 	if err := l.usable(); err != nil {
 		return Checkpoint{}, err
@@ -791,11 +795,11 @@ func (l *Log) LatestCheckpoint(ctx context.Context) (Checkpoint, error) {
 	}
 	cp := l.latest.Load()
 	if cp == nil {
-		return Checkpoint{}, Errorf(NotFound, "the audit log is empty: no checkpoint yet")
+		return Checkpoint{}, domainerr.Errorf(domainerr.NotFound, "the audit log is empty: no checkpoint yet")
 	}
 	c, err := l.signer.Verifier().Open(cp.Note)
 	if err != nil {
-		return Checkpoint{}, &Error{Code: Unavailable, Message: "audit log: its latest checkpoint does not verify", Err: err}
+		return Checkpoint{}, &domainerr.Error{Code: domainerr.Unavailable, Message: "audit log: its latest checkpoint does not verify", Err: err}
 	}
 	return Checkpoint{StoredCheckpoint: *cp, Origin: l.signer.Origin(), Root: c.Root, KeyID: l.signer.KeyID()}, nil
 }
@@ -851,12 +855,12 @@ func (l *Log) resolveSize(field string, size uint64) (uint64, error) {
 	if size == 0 {
 		cp := l.latest.Load()
 		if cp == nil {
-			return 0, Errorf(NotFound, "%s: no checkpoint yet; give an explicit size", field)
+			return 0, domainerr.Errorf(domainerr.NotFound, "%s: no checkpoint yet; give an explicit size", field)
 		}
 		return cp.Size, nil
 	}
 	if have := l.tree.Size(); size > have {
-		return 0, Errorf(Invalid, "%s: %d is larger than the log (%d events)", field, size, have)
+		return 0, domainerr.Errorf(domainerr.Invalid, "%s: %d is larger than the log (%d events)", field, size, have)
 	}
 	return size, nil
 }
@@ -872,7 +876,7 @@ func (l *Log) InclusionProof(ctx context.Context, sequence, size uint64) (leaf [
 		return nil, nil, 0, err
 	}
 	if sequence >= size {
-		return nil, nil, 0, Errorf(Invalid, "sequence: %d is not below tree_size %d", sequence, size)
+		return nil, nil, 0, domainerr.Errorf(domainerr.Invalid, "sequence: %d is not below tree_size %d", sequence, size)
 	}
 	h, err := l.tree.LeafHash(ctx, sequence)
 	if err != nil {
@@ -898,9 +902,9 @@ func (l *Log) ConsistencyProof(ctx context.Context, first, second uint64) (hashe
 	}
 	switch {
 	case first == 0:
-		return nil, 0, Errorf(Invalid, "first_size: must be at least 1")
+		return nil, 0, domainerr.Errorf(domainerr.Invalid, "first_size: must be at least 1")
 	case first > second:
-		return nil, 0, Errorf(Invalid, "first_size: %d is larger than second_size %d", first, second)
+		return nil, 0, domainerr.Errorf(domainerr.Invalid, "first_size: %d is larger than second_size %d", first, second)
 	}
 	hashes, err = l.tree.Consistency(ctx, first, second)
 	if err != nil {
@@ -952,9 +956,9 @@ func (l *Log) signedRoot(size uint64) []byte {
 func treeError(err error) error {
 	switch {
 	case errors.Is(err, tiles.ErrSize):
-		return Errorf(Invalid, "%v", err)
+		return domainerr.Errorf(domainerr.Invalid, "%v", err)
 	case errors.Is(err, tiles.ErrMissing), errors.Is(err, tiles.ErrMismatch):
-		return &Error{Code: Unavailable, Message: "audit log: the stored Merkle tree is damaged or incomplete ('audit verify --db' rebuilds and checks it)", Err: err}
+		return &domainerr.Error{Code: domainerr.Unavailable, Message: "audit log: the stored Merkle tree is damaged or incomplete ('audit verify --db' rebuilds and checks it)", Err: err}
 	}
 	return unavailable("audit store unavailable", err)
 }

@@ -24,6 +24,8 @@ import (
 	"github.com/credmatrix/credmatrix/services/audit/memstore"
 
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
+
+	"github.com/credmatrix/credmatrix/platform/domainerr"
 )
 
 const broker = "spiffe://credmatrix.dev/broker"
@@ -266,11 +268,11 @@ func TestAppendValidation(t *testing.T) {
 			store := memstore.New()
 			log := audittest.OpenLog(t, store)
 			res, err := log.Append(context.Background(), broker, tc.events)
-			var got audit.Error
-			if e := (*audit.Error)(nil); errors.As(err, &e) {
+			var got domainerr.Error
+			if e := (*domainerr.Error)(nil); errors.As(err, &e) {
 				got = *e
 			}
-			want := audit.Error{Code: audit.Invalid, Message: tc.want}
+			want := domainerr.Error{Code: domainerr.Invalid, Message: tc.want}
 			if diff := cmp.Diff(got, want); diff != "" || res != nil {
 				t.Errorf("Append = %v, %v; error mismatch (-got +want):\n%s", res, err, diff)
 			}
@@ -304,7 +306,7 @@ func TestAppendEachRefusesOnlyTheBadEvent(t *testing.T) {
 	var gotOutcomes []outcome
 	for _, o := range got {
 		var msg string
-		if e := (*audit.Error)(nil); errors.As(o.Err, &e) {
+		if e := (*domainerr.Error)(nil); errors.As(o.Err, &e) {
 			msg = string(e.Code) + ": " + e.Message
 		}
 		gotOutcomes = append(gotOutcomes, outcome{o.Result, msg})
@@ -336,7 +338,7 @@ func TestAppendEachAllRefusedRecordsNothing(t *testing.T) {
 		t.Errorf("stored %d events, tree %d; want none", n, log.Size())
 	}
 	for _, batch := range [][]*auditv1.Event{nil, make([]*auditv1.Event, audit.MaxBatch+1)} {
-		if _, err := log.AppendEach(context.Background(), broker, batch); audit.ErrorCodeOf(err) != audit.Invalid {
+		if _, err := log.AppendEach(context.Background(), broker, batch); domainerr.CodeOf(err) != domainerr.Invalid {
 			t.Errorf("AppendEach of %d events = %v, want the whole request invalid", len(batch), err)
 		}
 	}
@@ -436,10 +438,10 @@ func TestAppendStoreFailure(t *testing.T) {
 			}
 			tc.fail(store)
 			res, err := log.Append(ctx, broker, events("b"))
-			if audit.ErrorCodeOf(err) != audit.Unavailable || res != nil {
+			if domainerr.CodeOf(err) != domainerr.Unavailable || res != nil {
 				t.Fatalf("Append b on a failing store = %v, %v; want no results and Unavailable", res, err)
 			}
-			var de *audit.Error
+			var de *domainerr.Error
 			if errors.As(err, &de) && strings.Contains(de.Message, "fire") {
 				t.Errorf("the caller-facing message leaks the store's error: %q", de.Message)
 			}
@@ -477,11 +479,11 @@ func TestQueryValidation(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := log.Query(context.Background(), tc.f)
-			var got audit.Error
-			if e := (*audit.Error)(nil); errors.As(err, &e) {
+			var got domainerr.Error
+			if e := (*domainerr.Error)(nil); errors.As(err, &e) {
 				got = *e
 			}
-			if diff := cmp.Diff(got, audit.Error{Code: audit.Invalid, Message: tc.want}); diff != "" {
+			if diff := cmp.Diff(got, domainerr.Error{Code: domainerr.Invalid, Message: tc.want}); diff != "" {
 				t.Errorf("Query error mismatch (-got +want):\n%s", diff)
 			}
 		})
@@ -627,10 +629,10 @@ func TestSubscribeEnds(t *testing.T) {
 		if err := log.Close(); err != nil {
 			t.Fatalf("Close: %v", err)
 		}
-		if err := sub.wait(t); audit.ErrorCodeOf(err) != audit.Unavailable {
+		if err := sub.wait(t); domainerr.CodeOf(err) != domainerr.Unavailable {
 			t.Errorf("Subscribe after Close = %v, want Unavailable", err)
 		}
-		if _, err := log.Append(ctx, broker, events("late")); audit.ErrorCodeOf(err) != audit.Unavailable {
+		if _, err := log.Append(ctx, broker, events("late")); domainerr.CodeOf(err) != domainerr.Unavailable {
 			t.Errorf("Append after Close = %v, want Unavailable", err)
 		}
 	})
@@ -677,8 +679,8 @@ func TestBackpressure(t *testing.T) {
 		runtime.Gosched()
 	}
 	_, err := log.Append(ctx, broker, events("one-too-many"))
-	var de *audit.Error
-	if !errors.As(err, &de) || de.Code != audit.ResourceExhausted || de.RetryAfter != 123*time.Millisecond {
+	var de *domainerr.Error
+	if !errors.As(err, &de) || de.Code != domainerr.ResourceExhausted || de.RetryAfter != 123*time.Millisecond {
 		t.Fatalf("Append on a full queue = %v, want ResourceExhausted with RetryAfter 123ms", err)
 	}
 	close(store.release)

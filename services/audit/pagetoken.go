@@ -3,6 +3,8 @@ package audit
 import (
 	"encoding/base64"
 	"encoding/binary"
+
+	"github.com/credmatrix/credmatrix/platform/domainerr"
 )
 
 // pageTokenVersion prefixes every page token so that the format can change
@@ -26,7 +28,7 @@ func DecodePageToken(token string) (next uint64, err error) {
 	}
 	b, err := base64.RawURLEncoding.DecodeString(token)
 	if err != nil || len(b) != 9 || b[0] != pageTokenVersion {
-		return 0, Errorf(Invalid, "page_token: malformed")
+		return 0, domainerr.Errorf(domainerr.Invalid, "page_token: malformed")
 	}
 	return binary.BigEndian.Uint64(b[1:]), nil
 }

@@ -10,6 +10,8 @@ import (
 	"github.com/credmatrix/credmatrix/clients/auditclient/leaf"
 
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
+
+	"github.com/credmatrix/credmatrix/platform/domainerr"
 )
 
 // Page is one page of a Query.
@@ -56,9 +58,9 @@ func (m Mismatch) String() string {
 func (l *Log) Query(ctx context.Context, f Filter) (Page, error) {
 	switch {
 	case f.PageSize < 0 || f.PageSize > MaxPageSize:
-		return Page{}, Errorf(Invalid, "page_size: must be 0 to %d, got %d", MaxPageSize, f.PageSize)
+		return Page{}, domainerr.Errorf(domainerr.Invalid, "page_size: must be 0 to %d, got %d", MaxPageSize, f.PageSize)
 	case !f.Start.IsZero() && !f.End.IsZero() && f.End.Before(f.Start):
-		return Page{}, Errorf(Invalid, "end_time: before start_time")
+		return Page{}, domainerr.Errorf(domainerr.Invalid, "end_time: before start_time")
 	}
 	from, err := DecodePageToken(f.PageToken)
 	if err != nil {
@@ -194,13 +196,13 @@ func (l *Log) Subscribe(ctx context.Context, from uint64, kinds []auditv1.Kind, 
 		}
 		for _, r := range rows {
 			if r.Sequence != next {
-				return Errorf(Unavailable, "audit store: event %d is missing from the store", next)
+				return domainerr.Errorf(domainerr.Unavailable, "audit store: event %d is missing from the store", next)
 			}
 			want, err := l.tree.LeafHash(ctx, r.Sequence)
 			h := leaf.Hash(r.Data)
 			e, _, derr := CheckRow(r)
 			if err != nil || !bytes.Equal(h[:], want[:]) || derr != nil {
-				return Errorf(Unavailable, "audit store: event %d is not the event the log recorded (the store was modified)", r.Sequence)
+				return domainerr.Errorf(domainerr.Unavailable, "audit store: event %d is not the event the log recorded (the store was modified)", r.Sequence)
 			}
 			next = r.Sequence + 1
 			if len(kinds) > 0 && !slices.Contains(kinds, e.GetKind()) {

@@ -19,6 +19,8 @@ import (
 	"github.com/credmatrix/credmatrix/services/audit/tiles"
 
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
+
+	"github.com/credmatrix/credmatrix/platform/domainerr"
 )
 
 // grown is a log of n events appended in batches of batch events.
@@ -190,7 +192,7 @@ func TestDamagedTreeState(t *testing.T) {
 		if err != nil {
 			t.Fatalf("bounded Open: %v", err)
 		}
-		if _, _, _, err := log.InclusionProof(context.Background(), tiles.Width+5, 0); audit.ErrorCodeOf(err) != audit.Unavailable {
+		if _, _, _, err := log.InclusionProof(context.Background(), tiles.Width+5, 0); domainerr.CodeOf(err) != domainerr.Unavailable {
 			t.Fatalf("InclusionProof through a damaged tile = %v, want Unavailable", err)
 		}
 		log.Close()

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/credmatrix/credmatrix/platform/auditevent"
+	"github.com/credmatrix/credmatrix/platform/domainerr"
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
 )
 
@@ -26,7 +27,7 @@ func validateBatch(events []*auditv1.Event) error {
 	}
 	for i, e := range events {
 		if err := validateEvent(e); err != nil {
-			return Errorf(Invalid, "events[%d]%s", i, err)
+			return domainerr.Errorf(domainerr.Invalid, "events[%d]%s", i, err)
 		}
 	}
 	return nil
@@ -36,9 +37,9 @@ func validateBatch(events []*auditv1.Event) error {
 func validateBatchSize(events []*auditv1.Event) error {
 	switch {
 	case len(events) == 0:
-		return Errorf(Invalid, "events: at least 1 required")
+		return domainerr.Errorf(domainerr.Invalid, "events: at least 1 required")
 	case len(events) > MaxBatch:
-		return Errorf(Invalid, "events: at most %d per batch, got %d", MaxBatch, len(events))
+		return domainerr.Errorf(domainerr.Invalid, "events: at most %d per batch, got %d", MaxBatch, len(events))
 	}
 	return nil
 }

@@ -14,6 +14,8 @@ import (
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
 	"github.com/credmatrix/credmatrix/services/broker/policy"
 	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/credmatrix/credmatrix/platform/domainerr"
 )
 
 // Revocation limits.
@@ -137,7 +139,7 @@ func (s *Service) requireAdmin(ctx context.Context, peer string, kind auditv1.Ki
 	if _, err := s.append(ctx, ev); err != nil {
 		return err
 	}
-	return &Error{Code: PermissionDenied, Message: "operator RPCs need an administrator's mTLS identity"}
+	return &domainerr.Error{Code: domainerr.PermissionDenied, Message: "operator RPCs need an administrator's mTLS identity"}
 }
 
 func validateReason(reason string) error {
@@ -255,7 +257,7 @@ func (s *Service) RevokeSessions(ctx context.Context, peer string, req RevokeReq
 				enforceable++
 			}
 		}
-		return out, &Error{Code: Unavailable, Message: fmt.Sprintf("revocation %s recorded and new sessions are blocked, but updating IAM roles failed (%d of %d updated); retry", r.ID, out.RolesUpdated, enforceable), Err: err}
+		return out, &domainerr.Error{Code: domainerr.Unavailable, Message: fmt.Sprintf("revocation %s recorded and new sessions are blocked, but updating IAM roles failed (%d of %d updated); retry", r.ID, out.RolesUpdated, enforceable), Err: err}
 	}
 	return out, nil
 }
@@ -363,7 +365,7 @@ func (s *Service) ReloadPolicy(ctx context.Context, peer string, dryRun bool) (R
 	}
 	if dryRun {
 		if s.reload == nil {
-			return ReloadResult{}, &Error{Code: FailedPrecondition, Message: ErrReloadDisabled.Error()}
+			return ReloadResult{}, &domainerr.Error{Code: domainerr.FailedPrecondition, Message: ErrReloadDisabled.Error()}
 		}
 		pol, _, err := s.reload(ctx)
 		if err != nil {
@@ -372,7 +374,7 @@ func (s *Service) ReloadPolicy(ctx context.Context, peer string, dryRun bool) (R
 			if errors.As(err, &pe) {
 				msg = truncate(pe.Error(), 4096)
 			}
-			return ReloadResult{}, &Error{Code: FailedPrecondition, Message: "the policy source would be refused: " + msg, Err: err}
+			return ReloadResult{}, &domainerr.Error{Code: domainerr.FailedPrecondition, Message: "the policy source would be refused: " + msg, Err: err}
 		}
 		return ReloadResult{SHA256: pol.SHA256(), Rules: len(pol.Rules()), Changed: pol.SHA256() != s.Policy().SHA256(), DryRun: true}, nil
 	}
@@ -382,7 +384,7 @@ func (s *Service) ReloadPolicy(ctx context.Context, peer string, dryRun bool) (R
 	}
 	gen, err := s.store.RequestReload(ctx, "rpc:"+peer)
 	if err != nil {
-		return res, &Error{Code: Unavailable, Message: "policy reloaded at this replica, but the request could not be passed to the others; retry", Err: err}
+		return res, &domainerr.Error{Code: domainerr.Unavailable, Message: "policy reloaded at this replica, but the request could not be passed to the others; retry", Err: err}
 	}
 	s.markReloaded(gen)
 	return res, nil
@@ -400,7 +402,7 @@ var ErrReloadDisabled = errors.New("policy reload is not configured")
 // it takes effect.
 func (s *Service) Reload(ctx context.Context, trigger string) (ReloadResult, error) {
 	if s.reload == nil {
-		return ReloadResult{}, &Error{Code: FailedPrecondition, Message: ErrReloadDisabled.Error()}
+		return ReloadResult{}, &domainerr.Error{Code: domainerr.FailedPrecondition, Message: ErrReloadDisabled.Error()}
 	}
 	s.reloadMu.Lock()
 	defer s.reloadMu.Unlock()
@@ -422,7 +424,7 @@ func (s *Service) Reload(ctx context.Context, trigger string) (ReloadResult, err
 		if _, aerr := s.append(ctx, ev); aerr != nil {
 			return ReloadResult{}, aerr
 		}
-		return ReloadResult{}, &Error{Code: FailedPrecondition, Message: "new trust policy refused; the policy in force stays: " + msg, Err: err}
+		return ReloadResult{}, &domainerr.Error{Code: domainerr.FailedPrecondition, Message: "new trust policy refused; the policy in force stays: " + msg, Err: err}
 	}
 	changed := pol.SHA256() != cur.policy.SHA256()
 	ev.Reason = "trust policy reloaded"

@@ -13,6 +13,8 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/credmatrix/credmatrix/platform/domainerr"
 )
 
 // actorClaims are the non-secret claims copied into audit events: enough
@@ -36,7 +38,7 @@ func (s *Service) append(ctx context.Context, ev *auditv1.Event) (_ *auditv1.App
 		err = errors.New("audit append returned no result")
 	}
 	if err != nil {
-		return nil, &Error{Code: Unavailable, Message: msgAuditUnavailable, Err: fmt.Errorf("append audit event %s: %w", ev.GetId(), err)}
+		return nil, &domainerr.Error{Code: domainerr.Unavailable, Message: msgAuditUnavailable, Err: fmt.Errorf("append audit event %s: %w", ev.GetId(), err)}
 	}
 	return res, nil
 }

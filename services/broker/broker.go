@@ -7,7 +7,7 @@
 // Provider, Auditor, SecretHasher) and the types that cross them; the
 // implementations live beside it (oidc, localsts, later awssts and the
 // audit client) and the gRPC translation lives in grpcapi. It never
-// imports gRPC: failures are *Error values with a Code.
+// imports gRPC: failures are *domainerr.Error values with a Code.
 package broker
 
 import (

@@ -17,6 +17,8 @@ import (
 	"github.com/credmatrix/credmatrix/services/broker/policy"
 	"github.com/google/go-cmp/cmp"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/credmatrix/credmatrix/platform/domainerr"
 )
 
 func deployDev() []broker.Target { return []broker.Target{{Role: "deploy", Account: "dev"}} }
@@ -110,10 +112,10 @@ func TestIssueSessionProviderFails(t *testing.T) {
 	tests := []struct {
 		name string
 		err  error
-		want broker.Code
+		want domainerr.Code
 	}{
-		{"unavailable/throttled", errors.Join(broker.ErrProviderUnavailable, errors.New("Throttling: Rate exceeded")), broker.Unavailable},
-		{"internal/upstream-invalid", errors.New("ValidationError: 1 validation error detected"), broker.Internal},
+		{"unavailable/throttled", errors.Join(broker.ErrProviderUnavailable, errors.New("Throttling: Rate exceeded")), domainerr.Unavailable},
+		{"internal/upstream-invalid", errors.New("ValidationError: 1 validation error detected"), domainerr.Internal},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -123,12 +125,12 @@ func TestIssueSessionProviderFails(t *testing.T) {
 				t.Fatal(err)
 			}
 			sessions, err := svc.IssueSession(context.Background(), broker.IssueRequest{Token: e.Token(t, "acme/app", "refs/heads/main", time.Hour), Targets: deployDev()})
-			var be *broker.Error
+			var be *domainerr.Error
 			if !errors.As(err, &be) {
-				t.Fatalf("IssueSession error = %v, want *broker.Error", err)
+				t.Fatalf("IssueSession error = %v, want *domainerr.Error", err)
 			}
 			events := e.Auditor.Events()
-			got := []any{broker.ErrorCode(err), len(sessions), len(events), events[0].GetDecision(), strings.Contains(be.Message, "Throttling") || strings.Contains(be.Message, "Validation")}
+			got := []any{domainerr.CodeOf(err), len(sessions), len(events), events[0].GetDecision(), strings.Contains(be.Message, "Throttling") || strings.Contains(be.Message, "Validation")}
 			if diff := cmp.Diff(got, []any{tc.want, 0, 1, auditv1.Decision_DECISION_ERROR, false}); diff != "" {
 				t.Errorf("(code, sessions, events, decision, upstream text in message) (-got +want):\n%s", diff)
 			}
@@ -139,7 +141,7 @@ func TestIssueSessionProviderFails(t *testing.T) {
 func TestSetPolicy(t *testing.T) {
 	e := brokertest.NewEnv(t, "")
 	tok := e.Token(t, "acme/app", "refs/heads/dev", time.Hour)
-	if _, err := e.Service.IssueSession(context.Background(), broker.IssueRequest{Token: tok, Targets: deployDev()}); broker.ErrorCode(err) != broker.PermissionDenied {
+	if _, err := e.Service.IssueSession(context.Background(), broker.IssueRequest{Token: tok, Targets: deployDev()}); domainerr.CodeOf(err) != domainerr.PermissionDenied {
 		t.Fatalf("before SetPolicy: %v, want PermissionDenied", err)
 	}
 	doc := strings.ReplaceAll(brokertest.DefaultPolicy, "ref: refs/heads/main", "ref: refs/heads/dev")
@@ -174,14 +176,6 @@ func TestNewRequiresDependencies(t *testing.T) {
 		if _, err := broker.New(cfg); err == nil {
 			t.Errorf("New without %s succeeded", name)
 		}
-	}
-}
-
-func TestErrorCode(t *testing.T) {
-	wrapped := &broker.Error{Code: broker.NotFound, Message: "session not found"}
-	got := []broker.Code{broker.ErrorCode(nil), broker.ErrorCode(errors.New("x")), broker.ErrorCode(errors.Join(errors.New("ctx"), wrapped))}
-	if diff := cmp.Diff(got, []broker.Code{"", broker.Internal, broker.NotFound}); diff != "" {
-		t.Errorf("ErrorCode (-got +want):\n%s", diff)
 	}
 }
 
@@ -233,12 +227,12 @@ func TestRevokeSessionsReachesTheProvider(t *testing.T) {
 	tests := []struct {
 		name    string
 		err     error
-		code    broker.Code
+		code    domainerr.Code
 		updated int
 		asked   []string
 	}{
 		{"ok", nil, "", 2, []string{"arn:aws:iam::111111111111:role/readonly", "arn:aws:iam::222222222222:role/readonly"}},
-		{"iam-fails", errors.Join(broker.ErrProviderUnavailable, errors.New("Throttling: Rate exceeded")), broker.Unavailable, 0, []string{"arn:aws:iam::111111111111:role/readonly", "arn:aws:iam::222222222222:role/readonly"}},
+		{"iam-fails", errors.Join(broker.ErrProviderUnavailable, errors.New("Throttling: Rate exceeded")), domainerr.Unavailable, 0, []string{"arn:aws:iam::111111111111:role/readonly", "arn:aws:iam::222222222222:role/readonly"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -251,11 +245,11 @@ func TestRevokeSessionsReachesTheProvider(t *testing.T) {
 			}
 			res, err := svc.RevokeSessions(context.Background(), brokertest.AdminPeer, broker.RevokeRequest{Role: "readonly", Reason: "leak"})
 			var msg string
-			var be *broker.Error
+			var be *domainerr.Error
 			if errors.As(err, &be) {
 				msg = be.Message
 			}
-			got := []any{broker.ErrorCode(err), res.RolesUpdated, p.asked(), strings.Contains(msg, "Throttling")}
+			got := []any{domainerr.CodeOf(err), res.RolesUpdated, p.asked(), strings.Contains(msg, "Throttling")}
 			want := []any{tc.code, tc.updated, tc.asked, false}
 			if diff := cmp.Diff(got, want); diff != "" {
 				t.Errorf("(code, roles updated, roles asked, upstream text in message) (-got +want):\n%s", diff)
@@ -264,7 +258,7 @@ func TestRevokeSessionsReachesTheProvider(t *testing.T) {
 			_, err = svc.IssueSession(context.Background(), broker.IssueRequest{
 				Token: e.Token(t, "acme/app", "refs/heads/main", time.Hour), Targets: []broker.Target{{Role: "readonly", Account: "dev"}},
 			})
-			if broker.ErrorCode(err) != broker.PermissionDenied {
+			if domainerr.CodeOf(err) != domainerr.PermissionDenied {
 				t.Errorf("issuance after the revocation: %v", err)
 			}
 		})
@@ -309,17 +303,17 @@ func TestHostileReasonIsAlwaysRecordable(t *testing.T) {
 	jwt := e.Token(t, "acme/app", "refs/heads/main", time.Hour)
 	for _, tc := range []struct {
 		name, token, reason string
-		want                broker.Code
+		want                domainerr.Code
 	}{
-		{"oversized-token/invalid-utf8", strings.Repeat("x", broker.MaxTokenBytes+1), "ship \xff\xfe it", broker.Invalid},
-		{"oversized-token/jwt", strings.Repeat("x", broker.MaxTokenBytes+1), "ship " + jwt, broker.Invalid},
-		{"oversized-token/huge", strings.Repeat("x", broker.MaxTokenBytes+1), strings.Repeat("\x1b[2J", 50000), broker.Invalid},
-		{"forged-token/jwt", jwt[:len(jwt)-4] + "AAAA", "ship " + shortJWT, broker.Unauthenticated},
+		{"oversized-token/invalid-utf8", strings.Repeat("x", broker.MaxTokenBytes+1), "ship \xff\xfe it", domainerr.Invalid},
+		{"oversized-token/jwt", strings.Repeat("x", broker.MaxTokenBytes+1), "ship " + jwt, domainerr.Invalid},
+		{"oversized-token/huge", strings.Repeat("x", broker.MaxTokenBytes+1), strings.Repeat("\x1b[2J", 50000), domainerr.Invalid},
+		{"forged-token/jwt", jwt[:len(jwt)-4] + "AAAA", "ship " + shortJWT, domainerr.Unauthenticated},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e.Auditor.Reset()
 			_, err := e.Service.IssueSession(context.Background(), broker.IssueRequest{Token: tc.token, Targets: deployDev(), Reason: tc.reason})
-			if got := broker.ErrorCode(err); got != tc.want {
+			if got := domainerr.CodeOf(err); got != tc.want {
 				t.Fatalf("IssueSession = %v, want %s", err, tc.want)
 			}
 			events := e.Auditor.Events()

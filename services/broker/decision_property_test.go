@@ -21,6 +21,8 @@ import (
 	"github.com/credmatrix/credmatrix/services/broker/oidc"
 	"github.com/credmatrix/credmatrix/services/broker/policy"
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/credmatrix/credmatrix/platform/domainerr"
 )
 
 // propertyPolicy exercises everything a decision depends on: residency,
@@ -140,10 +142,10 @@ func TestOneDecisionEverywhere(t *testing.T) {
 		case offline.Invalid != nil:
 			seen["invalid"]++
 			want := offline.Invalid.Field + ": " + offline.Invalid.Msg
-			if got := errMessage(issueErr); broker.ErrorCode(issueErr) != broker.Invalid || got != "targets[0]."+want {
+			if got := errMessage(issueErr); domainerr.CodeOf(issueErr) != domainerr.Invalid || got != "targets[0]."+want {
 				t.Fatalf("%s: offline invalid %q; IssueSession %v", label, want, issueErr)
 			}
-			if got := errMessage(exErr); broker.ErrorCode(exErr) != broker.Invalid || got != "target."+want {
+			if got := errMessage(exErr); domainerr.CodeOf(exErr) != domainerr.Invalid || got != "target."+want {
 				t.Fatalf("%s: offline invalid %q; ExplainDecision %v", label, want, exErr)
 			}
 			return
@@ -167,11 +169,14 @@ func TestOneDecisionEverywhere(t *testing.T) {
 			}
 			return
 		}
-		var be *broker.Error
-		if !errors.As(issueErr, &be) || be.Code != broker.PermissionDenied || be.Denial == nil {
+		var be *domainerr.Error
+		if !errors.As(issueErr, &be) || be.Code != domainerr.PermissionDenied {
 			t.Fatalf("%s: IssueSession: %v", label, issueErr)
 		}
-		dn := be.Denial
+		dn, ok := be.Detail.(*broker.Denial)
+		if !ok {
+			t.Fatalf("%s: IssueSession denied without a denial detail: %v", label, issueErr)
+		}
 		if got.Allowed || got.Rule != dn.Rule || got.Reason != dn.Reason {
 			t.Fatalf("%s: denied by %s (%s); explained %v by %s (%s)", label, dn.Rule, dn.Reason, got.Allowed, got.Rule, got.Reason)
 		}
@@ -251,7 +256,7 @@ func TestOneDecisionEverywhere(t *testing.T) {
 }
 
 func errMessage(err error) string {
-	var be *broker.Error
+	var be *domainerr.Error
 	if errors.As(err, &be) {
 		return be.Message
 	}

@@ -1,39 +1,9 @@
 package broker
 
 import (
-	"errors"
 	"time"
-)
 
-// Code classifies a domain error. The gRPC edge maps each code to one
-// status code; nothing else in the service knows about gRPC.
-type Code string
-
-// Error codes.
-const (
-	// Invalid means the request is malformed; the message names the field.
-	Invalid Code = "invalid"
-	// Unauthenticated means the token did not verify; the message is
-	// fixed so that it reveals nothing.
-	Unauthenticated Code = "unauthenticated"
-	// PermissionDenied means the trust policy refused; Error.Denial says
-	// which rule and why.
-	PermissionDenied Code = "permission_denied"
-	// Unavailable means a dependency (audit log, issuer, provider) is down
-	// and nothing was issued; the caller may retry.
-	Unavailable Code = "unavailable"
-	// NotFound means the thing asked about does not exist (or cannot be
-	// shown to this caller).
-	NotFound Code = "not_found"
-	// Internal is a bug or an unexpected failure; callers are told nothing.
-	Internal Code = "internal"
-	// ResourceExhausted means a rate limit refused the request; Error.RetryAfter
-	// says when to retry.
-	ResourceExhausted Code = "resource_exhausted"
-	// FailedPrecondition means the operation cannot run in the current
-	// state (e.g. a new trust policy failed validation); the message says
-	// why.
-	FailedPrecondition Code = "failed_precondition"
+	"github.com/credmatrix/credmatrix/platform/domainerr"
 )
 
 // Messages shown to callers for failures whose cause must stay private.
@@ -42,38 +12,14 @@ const (
 	msgAuditUnavailable    = "audit log unavailable; no credentials issued"
 	msgIssuerUnavailable   = "token issuer unavailable; no credentials issued"
 	msgProviderUnavailable = "credential provider unavailable; no credentials issued"
-	msgInternal            = "internal error"
+	msgInternal            = domainerr.InternalMessage
 	msgStateUnavailable    = "broker state store unavailable; no credentials issued"
 	msgTokenReplayed       = "token verification failed"
 )
 
-// Error is a domain error. Message is safe to show the caller; Err is the
-// cause, for logs only.
-type Error struct {
-	// Code classifies the error.
-	Code Code
-	// Message is what the caller is told.
-	Message string
-	// Err is the underlying cause, if any. Never shown to callers.
-	Err error
-	// Denial details a PermissionDenied error.
-	Denial *Denial
-	// RetryAfter says when a ResourceExhausted request may be retried.
-	RetryAfter time.Duration
-}
-
-// Error returns the message and the cause, for logs.
-func (e *Error) Error() string {
-	if e.Err == nil {
-		return e.Message
-	}
-	return e.Message + ": " + e.Err.Error()
-}
-
-// Unwrap returns the cause.
-func (e *Error) Unwrap() error { return e.Err }
-
-// Denial is what a caller may learn about a refused target.
+// Denial is what a caller may learn about a refused target: the Detail of
+// a PermissionDenied *domainerr.Error, which the gRPC edge turns into a
+// DenialDetail.
 type Denial struct {
 	// Target is the index of the refused target in the request.
 	Target int
@@ -100,19 +46,6 @@ type Denial struct {
 	DecidedAt time.Time
 }
 
-// ErrorCode returns the code of err: the Code of a wrapped *Error,
-// Internal for any other non-nil error and "" for nil.
-func ErrorCode(err error) Code {
-	if err == nil {
-		return ""
-	}
-	var e *Error
-	if errors.As(err, &e) {
-		return e.Code
-	}
-	return Internal
-}
-
 func invalidf(field, msg string) error {
-	return &Error{Code: Invalid, Message: field + ": " + msg}
+	return &domainerr.Error{Code: domainerr.Invalid, Message: field + ": " + msg}
 }

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/credmatrix/credmatrix/platform/domainerr"
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
 	"github.com/credmatrix/credmatrix/services/broker/oidc"
 	"github.com/credmatrix/credmatrix/services/broker/policy"
@@ -97,7 +98,7 @@ func (s *Service) IssueSession(ctx context.Context, req IssueRequest) ([]Session
 	now := s.now()
 	if err := validateToken(req.Token); err != nil && req.Token != "" {
 		// An oversized token is a probe: record it (by HMAC) too.
-		var e *Error
+		var e *domainerr.Error
 		errors.As(err, &e)
 		if aerr := s.auditTokenRefusal(ctx, req, now, auditv1.Decision_DECISION_DENY, e.Message); aerr != nil {
 			return nil, aerr
@@ -219,7 +220,7 @@ func (s *Service) commitFailed(ctx context.Context, req IssueRequest, claims *oi
 		}
 	}
 	if errors.Is(err, ErrJTILost) {
-		return &Error{Code: Unavailable, Message: "single-use token: the request took too long and its reservation lapsed; no credentials issued", Err: err}
+		return &domainerr.Error{Code: domainerr.Unavailable, Message: "single-use token: the request took too long and its reservation lapsed; no credentials issued", Err: err}
 	}
 	return s.stateUnavailable(ctx, err)
 }
@@ -338,7 +339,7 @@ func (s *Service) stateUnavailable(ctx context.Context, err error) error {
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	return &Error{Code: Unavailable, Message: msgStateUnavailable, Err: err}
+	return &domainerr.Error{Code: domainerr.Unavailable, Message: msgStateUnavailable, Err: err}
 }
 
 // Single-use reservations last as long as the request may, and a little
@@ -433,7 +434,7 @@ func (s *Service) rateLimited(ctx context.Context, req IssueRequest, claims *oid
 			return err
 		}
 	}
-	return &Error{Code: ResourceExhausted, Message: "rate limit exceeded; retry later", RetryAfter: wait}
+	return &domainerr.Error{Code: domainerr.ResourceExhausted, Message: "rate limit exceeded; retry later", RetryAfter: wait}
 }
 
 // verifyFailed audits a failed verification and returns the error for the
@@ -448,7 +449,7 @@ func (s *Service) verifyFailed(ctx context.Context, req IssueRequest, now time.T
 		if aerr := s.auditTokenRefusal(ctx, req, now, auditv1.Decision_DECISION_ERROR, msgIssuerUnavailable); aerr != nil {
 			return aerr
 		}
-		return &Error{Code: Unavailable, Message: msgIssuerUnavailable, Err: err}
+		return &domainerr.Error{Code: domainerr.Unavailable, Message: msgIssuerUnavailable, Err: err}
 	}
 	reason := msgUnauthenticated
 	switch {
@@ -460,7 +461,7 @@ func (s *Service) verifyFailed(ctx context.Context, req IssueRequest, now time.T
 	if aerr := s.auditTokenRefusal(ctx, req, now, auditv1.Decision_DECISION_DENY, reason); aerr != nil {
 		return aerr
 	}
-	return &Error{Code: Unauthenticated, Message: msgUnauthenticated, Err: err}
+	return &domainerr.Error{Code: domainerr.Unauthenticated, Message: msgUnauthenticated, Err: err}
 }
 
 // auditTokenRefusal records a refused token, named by its HMAC only.
@@ -506,10 +507,10 @@ func (s *Service) denied(ctx context.Context, req IssueRequest, claims *oidc.Cla
 			}
 		}
 	}
-	return &Error{
-		Code:    PermissionDenied,
+	return &domainerr.Error{
+		Code:    domainerr.PermissionDenied,
 		Message: fmt.Sprintf("targets[%d]: %s", first.Target, first.Reason),
-		Denial:  first,
+		Detail:  first,
 	}
 }
 
@@ -523,12 +524,12 @@ func (s *Service) providerFailed(ctx context.Context, req IssueRequest, claims *
 	}
 	switch {
 	case errors.Is(err, ErrProviderUnavailable):
-		return &Error{Code: Unavailable, Message: msgProviderUnavailable, Err: err}
+		return &domainerr.Error{Code: domainerr.Unavailable, Message: msgProviderUnavailable, Err: err}
 	case errors.Is(err, ErrProviderRefused):
-		return &Error{Code: FailedPrecondition, Message: fmt.Sprintf("AWS refused to issue role %q in account %q (check the role's trust policy); no credentials issued",
+		return &domainerr.Error{Code: domainerr.FailedPrecondition, Message: fmt.Sprintf("AWS refused to issue role %q in account %q (check the role's trust policy); no credentials issued",
 			p.decision.Role.Name, p.decision.Account.Name), Err: err}
 	}
-	return &Error{Code: Internal, Message: msgInternal, Err: fmt.Errorf("provider %s: %w", s.provider.Name(), err)}
+	return &domainerr.Error{Code: domainerr.Internal, Message: msgInternal, Err: fmt.Errorf("provider %s: %w", s.provider.Name(), err)}
 }
 
 // buildSpec turns an allowed decision into what the provider needs.

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/credmatrix/credmatrix/platform/domainerr"
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
 	"github.com/credmatrix/credmatrix/services/broker"
 	"github.com/credmatrix/credmatrix/services/broker/brokertest"
@@ -52,9 +53,9 @@ func TestIssuerOutageIsAuditedAndUnavailable(t *testing.T) {
 		t.Fatal(err)
 	}
 	tok := e.Token(t, "acme/app", "refs/heads/main", time.Hour)
-	issue := func() broker.Code {
+	issue := func() domainerr.Code {
 		_, err := svc.IssueSession(context.Background(), broker.IssueRequest{Token: tok, Targets: deployDev()})
-		return broker.ErrorCode(err)
+		return domainerr.CodeOf(err)
 	}
 	if code := issue(); code != "" {
 		t.Fatal(code)
@@ -63,7 +64,7 @@ func TestIssuerOutageIsAuditedAndUnavailable(t *testing.T) {
 
 	e.Issuer.SetAvailable(false)
 	advance(6 * time.Minute) // stale; refresh fails; grace until 15m
-	got := []broker.Code{issue()}
+	got := []domainerr.Code{issue()}
 	steps := [][]string{keyEvents(e.Auditor)}
 	advance(10 * time.Minute) // past the grace
 	got = append(got, issue())
@@ -73,7 +74,7 @@ func TestIssuerOutageIsAuditedAndUnavailable(t *testing.T) {
 	got = append(got, issue())
 	steps = append(steps, keyEvents(e.Auditor))
 
-	if diff := cmp.Diff(got, []broker.Code{"", broker.Unavailable, ""}); diff != "" {
+	if diff := cmp.Diff(got, []domainerr.Code{"", domainerr.Unavailable, ""}); diff != "" {
 		t.Errorf("(inside the grace, past it, recovered) (-got +want):\n%s", diff)
 	}
 	want := [][]string{
@@ -107,8 +108,8 @@ func TestIssuerOutageFailsClosedWithoutAudit(t *testing.T) {
 	e.Issuer.SetAvailable(false) // nothing fetched yet: discovery fails
 	e.Auditor.SetFailing(true)
 	_, err := e.Service.IssueSession(context.Background(), broker.IssueRequest{Token: tok, Targets: deployDev()})
-	var be *broker.Error
-	if !errorsAs(err, &be) || be.Code != broker.Unavailable || be.Message != "audit log unavailable; no credentials issued" {
+	var be *domainerr.Error
+	if !errorsAs(err, &be) || be.Code != domainerr.Unavailable || be.Message != "audit log unavailable; no credentials issued" {
 		t.Errorf("err = %v, want the audit-unavailable error", err)
 	}
 }
@@ -121,9 +122,9 @@ func TestReloadRefetchesKeysWithUnchangedPolicy(t *testing.T) {
 	e := brokertest.NewEnv(t, "")
 	compromised := e.Issuer.KeyID()
 	old := e.Token(t, "acme/app", "refs/heads/main", time.Hour)
-	issue := func(tok string) broker.Code {
+	issue := func(tok string) domainerr.Code {
 		_, err := e.Service.IssueSession(context.Background(), broker.IssueRequest{Token: tok, Targets: deployDev()})
-		return broker.ErrorCode(err)
+		return domainerr.CodeOf(err)
 	}
 	if code := issue(old); code != "" {
 		t.Fatal(code)
@@ -140,7 +141,7 @@ func TestReloadRefetchesKeysWithUnchangedPolicy(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := []any{before, res.Changed, res.KeysRefreshed, issue(old), issue(e.Token(t, "acme/app", "refs/heads/main", time.Hour))}
-	if diff := cmp.Diff(got, []any{broker.Code(""), false, true, broker.Unauthenticated, broker.Code("")}); diff != "" {
+	if diff := cmp.Diff(got, []any{domainerr.Code(""), false, true, domainerr.Unauthenticated, domainerr.Code("")}); diff != "" {
 		t.Errorf("(before reload, changed, keys refreshed, withdrawn key after, new key after) (-got +want):\n%s", diff)
 	}
 	var audited []string
@@ -161,4 +162,4 @@ func TestReloadRefetchesKeysWithUnchangedPolicy(t *testing.T) {
 	}
 }
 
-func errorsAs(err error, target **broker.Error) bool { return errors.As(err, target) }
+func errorsAs(err error, target **domainerr.Error) bool { return errors.As(err, target) }

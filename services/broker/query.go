@@ -5,6 +5,7 @@ import (
 	"errors"
 	"time"
 
+	"github.com/credmatrix/credmatrix/platform/domainerr"
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
 	"github.com/credmatrix/credmatrix/services/broker/oidc"
 	"github.com/credmatrix/credmatrix/services/broker/policy"
@@ -71,7 +72,7 @@ func (s *Service) ExplainDecision(ctx context.Context, req ExplainRequest) (Expl
 	ireq := IssueRequest{Token: req.Token, Peer: req.Peer, kind: auditv1.Kind_KIND_DECISION_EXPLAIN}
 	if err := validateToken(req.Token); err != nil {
 		if req.Token != "" {
-			var e *Error
+			var e *domainerr.Error
 			errors.As(err, &e)
 			if aerr := s.auditTokenRefusal(ctx, ireq, now, auditv1.Decision_DECISION_DENY, e.Message); aerr != nil {
 				return Explanation{}, aerr
@@ -99,7 +100,7 @@ func (s *Service) ExplainDecision(ctx context.Context, req ExplainRequest) (Expl
 		if _, err := s.append(ctx, ev); err != nil {
 			return Explanation{}, err
 		}
-		return Explanation{}, &Error{Code: ResourceExhausted, Message: "explain rate limit exceeded; retry later", RetryAfter: wait}
+		return Explanation{}, &domainerr.Error{Code: domainerr.ResourceExhausted, Message: "explain rate limit exceeded; retry later", RetryAfter: wait}
 	}
 	o, err := s.decide(ctx, snap.policy, identity(claims), req.Target, now, "")
 	if err != nil {
@@ -143,14 +144,14 @@ func (s *Service) GetSession(ctx context.Context, accessKeyID, sessionToken stri
 	}
 	in, ok := s.provider.(Introspector)
 	if !ok {
-		return nil, &Error{Code: NotFound, Message: "session introspection is only available with the local provider"}
+		return nil, &domainerr.Error{Code: domainerr.NotFound, Message: "session introspection is only available with the local provider"}
 	}
 	info, err := in.Introspect(accessKeyID, sessionToken)
 	switch {
 	case errors.Is(err, ErrSessionNotFound):
-		return nil, &Error{Code: NotFound, Message: "session not found", Err: err}
+		return nil, &domainerr.Error{Code: domainerr.NotFound, Message: "session not found", Err: err}
 	case err != nil:
-		return nil, &Error{Code: Internal, Message: msgInternal, Err: err}
+		return nil, &domainerr.Error{Code: domainerr.Internal, Message: msgInternal, Err: err}
 	}
 	// A revocation covers a session it names, or one of the callers,
 	// roles and accounts it names issued before its time.
@@ -182,8 +183,8 @@ func (s *Service) verifyOnly(ctx context.Context, snap *snapshot, token string) 
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return nil, err
 	case errors.Is(err, oidc.ErrIssuerUnavailable):
-		return nil, &Error{Code: Unavailable, Message: "token issuer unavailable", Err: err}
+		return nil, &domainerr.Error{Code: domainerr.Unavailable, Message: "token issuer unavailable", Err: err}
 	default:
-		return nil, &Error{Code: Unauthenticated, Message: msgUnauthenticated, Err: err}
+		return nil, &domainerr.Error{Code: domainerr.Unauthenticated, Message: msgUnauthenticated, Err: err}
 	}
 }

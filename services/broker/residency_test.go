@@ -22,6 +22,8 @@ import (
 	"github.com/credmatrix/credmatrix/services/broker/awssts"
 	"github.com/credmatrix/credmatrix/services/broker/awssts/awstest"
 	"github.com/credmatrix/credmatrix/services/broker/brokertest"
+
+	"github.com/credmatrix/credmatrix/platform/domainerr"
 )
 
 // residencySeed is the seed of the residency property tests: random, or
@@ -157,9 +159,9 @@ func TestResidencyProperty(t *testing.T) {
 			sessions, err := svc.IssueSession(context.Background(), broker.IssueRequest{Token: tok,
 				Targets: []broker.Target{{Role: []string{"deploy", "read"}[r.IntN(2)], Account: a.name, Region: region}}})
 			if err != nil {
-				var be *broker.Error
+				var be *domainerr.Error
 				if a.zone != "" && region != "" && !inZone(a.zone, region) {
-					if !(errors.As(err, &be) && be.Denial != nil && be.Denial.Rule == "residency") {
+					if dn, ok := denialOf(err, &be); !ok || dn.Rule != "residency" {
 						t.Errorf("request for %s in %s (zone %s) refused, but not by the residency rule: %v", a.name, region, a.zone, err)
 					}
 					outsideRefused++
@@ -234,4 +236,13 @@ func residencyDeny(t *testing.T, doc string) []string {
 	}
 	t.Fatalf("session policy has no residency deny: %s", doc)
 	return nil
+}
+
+// denialOf returns the denial detail of a PermissionDenied domain error.
+func denialOf(err error, be **domainerr.Error) (*broker.Denial, bool) {
+	if !errors.As(err, be) || (*be).Code != domainerr.PermissionDenied {
+		return nil, false
+	}
+	dn, ok := (*be).Detail.(*broker.Denial)
+	return dn, ok
 }

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/credmatrix/credmatrix/platform/domainerr"
 	"github.com/credmatrix/credmatrix/platform/pgtest"
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
 	"github.com/credmatrix/credmatrix/services/broker"
@@ -60,17 +61,17 @@ func TestSingleUseConsumedOnlyOnIssuance(t *testing.T) {
 	tests := []struct {
 		name  string
 		first func(t *testing.T, e *brokertest.Env, p *flakyProvider, svc *broker.Service, tok string) error
-		code  broker.Code
+		code  domainerr.Code
 	}{
 		{"denied/wrong-account", func(t *testing.T, e *brokertest.Env, _ *flakyProvider, svc *broker.Service, tok string) error {
 			return issueWith(svc, tok, broker.Target{Role: "deploy", Account: "prod"})
-		}, broker.PermissionDenied},
+		}, domainerr.PermissionDenied},
 		{"denied/residency", func(t *testing.T, e *brokertest.Env, _ *flakyProvider, svc *broker.Service, tok string) error {
 			return issueWith(svc, tok, broker.Target{Role: "deploy", Account: "dev", Region: "us-east-1"})
-		}, broker.PermissionDenied},
+		}, domainerr.PermissionDenied},
 		{"denied/template-needs-a-missing-claim", func(t *testing.T, e *brokertest.Env, _ *flakyProvider, svc *broker.Service, tok string) error {
 			return issueWith(svc, tok, broker.Target{Role: "readonly", Account: "dev"})
-		}, broker.PermissionDenied},
+		}, domainerr.PermissionDenied},
 		{"denied/frozen", func(t *testing.T, e *brokertest.Env, _ *flakyProvider, svc *broker.Service, tok string) error {
 			if _, err := svc.FreezeAccount(context.Background(), brokertest.AdminPeer, broker.FreezeRequest{Account: "dev", Reason: "drill"}); err != nil {
 				t.Fatal(err)
@@ -80,27 +81,27 @@ func TestSingleUseConsumedOnlyOnIssuance(t *testing.T) {
 				t.Fatal(uerr)
 			}
 			return err
-		}, broker.PermissionDenied},
+		}, domainerr.PermissionDenied},
 		{"invalid/scope-down", func(t *testing.T, e *brokertest.Env, _ *flakyProvider, svc *broker.Service, tok string) error {
 			return issueWith(svc, tok, broker.Target{Role: "deploy", Account: "dev", Policy: `{"Statement":[{"Effect":"Deny","Action":"*","Resource":"*","Action":"s3:*"}]}`})
-		}, broker.Invalid},
+		}, domainerr.Invalid},
 		{"failed/audit-down", func(t *testing.T, e *brokertest.Env, _ *flakyProvider, svc *broker.Service, tok string) error {
 			e.Auditor.SetFailing(true)
 			defer e.Auditor.SetFailing(false)
 			return issueWith(svc, tok, broker.Target{Role: "deploy", Account: "dev"})
-		}, broker.Unavailable},
+		}, domainerr.Unavailable},
 		{"failed/audit-down-after-issuance", func(t *testing.T, e *brokertest.Env, _ *flakyProvider, svc *broker.Service, tok string) error {
 			e.Auditor.FailAfter(0) // credentials minted, their event refused
 			defer e.Auditor.SetFailing(false)
 			return issueWith(svc, tok, broker.Target{Role: "deploy", Account: "dev"})
-		}, broker.Unavailable},
+		}, domainerr.Unavailable},
 		{"failed/provider", func(t *testing.T, e *brokertest.Env, p *flakyProvider, svc *broker.Service, tok string) error {
 			p.mu.Lock()
 			p.fail = true
 			p.mu.Unlock()
 			defer func() { p.mu.Lock(); p.fail = false; p.mu.Unlock() }()
 			return issueWith(svc, tok, broker.Target{Role: "deploy", Account: "dev"})
-		}, broker.Unavailable},
+		}, domainerr.Unavailable},
 		{"failed/caller-cancelled-mid-issuance", func(t *testing.T, e *brokertest.Env, p *flakyProvider, svc *broker.Service, tok string) error {
 			ctx, cancel := context.WithCancel(context.Background())
 			p.mu.Lock()
@@ -109,7 +110,7 @@ func TestSingleUseConsumedOnlyOnIssuance(t *testing.T) {
 			defer func() { p.mu.Lock(); p.onIssue = nil; p.mu.Unlock() }()
 			_, err := svc.IssueSession(ctx, broker.IssueRequest{Token: tok, Targets: []broker.Target{{Role: "deploy", Account: "dev"}}})
 			return err
-		}, broker.Unavailable},
+		}, domainerr.Unavailable},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -121,12 +122,12 @@ func TestSingleUseConsumedOnlyOnIssuance(t *testing.T) {
 				t.Fatal(err)
 			}
 			tok := e.Token(t, "acme/app", "refs/heads/main", time.Hour)
-			got := []broker.Code{broker.ErrorCode(tc.first(t, e, p, svc, tok))}
+			got := []domainerr.Code{domainerr.CodeOf(tc.first(t, e, p, svc, tok))}
 			e.Auditor.Reset()
 			got = append(got,
-				broker.ErrorCode(issueWith(svc, tok, broker.Target{Role: "deploy", Account: "dev"})),
-				broker.ErrorCode(issueWith(svc, tok, broker.Target{Role: "deploy", Account: "dev"})))
-			if diff := cmp.Diff(got, []broker.Code{tc.code, "", broker.Unauthenticated}); diff != "" {
+				domainerr.CodeOf(issueWith(svc, tok, broker.Target{Role: "deploy", Account: "dev"})),
+				domainerr.CodeOf(issueWith(svc, tok, broker.Target{Role: "deploy", Account: "dev"})))
+			if diff := cmp.Diff(got, []domainerr.Code{tc.code, "", domainerr.Unauthenticated}); diff != "" {
 				t.Errorf("(first request, the correct one, a replay) (-got +want):\n%s", diff)
 			}
 			evs := e.Auditor.Events()
@@ -191,19 +192,19 @@ func TestSingleUseOneWinnerAcrossReplicas(t *testing.T) {
 			done := make(chan error, 1)
 			go func() { done <- issueWith(first, tok, deploy) }()
 			<-gated.entered // the first request holds the token
-			var during []broker.Code
+			var during []domainerr.Code
 			for range 3 {
-				during = append(during, broker.ErrorCode(issueWith(other, tok, deploy)))
+				during = append(during, domainerr.CodeOf(issueWith(other, tok, deploy)))
 			}
 			close(gated.gate)
 			if err := <-done; err != nil {
 				t.Fatalf("the first request: %v", err)
 			}
-			after := []broker.Code{broker.ErrorCode(issueWith(other, tok, deploy))}
+			after := []domainerr.Code{domainerr.CodeOf(issueWith(other, tok, deploy))}
 			go func() { <-gated.entered }() // in case the replay got that far (it must not)
-			after = append(after, broker.ErrorCode(issueWith(first, tok, deploy)))
-			want := []broker.Code{broker.Unauthenticated, broker.Unauthenticated, broker.Unauthenticated}
-			if diff := cmp.Diff([][]broker.Code{during, after}, [][]broker.Code{want, want[:2]}); diff != "" {
+			after = append(after, domainerr.CodeOf(issueWith(first, tok, deploy)))
+			want := []domainerr.Code{domainerr.Unauthenticated, domainerr.Unauthenticated, domainerr.Unauthenticated}
+			if diff := cmp.Diff([][]domainerr.Code{during, after}, [][]domainerr.Code{want, want[:2]}); diff != "" {
 				t.Errorf("(uses while held, uses after) (-got +want):\n%s", diff)
 			}
 			var reasons []string

@@ -7,6 +7,8 @@ import (
 	"maps"
 	"sync"
 	"time"
+
+	"github.com/credmatrix/credmatrix/platform/domainerr"
 )
 
 // Store keeps the state broker replicas share: the single-use token ids
@@ -311,8 +313,8 @@ func (s *Service) applyReloadRequest(ctx context.Context) error {
 		return nil
 	}
 	_, err := s.Reload(ctx, "replicated:"+by)
-	var e *Error
-	if err != nil && errors.As(err, &e) && e.Code == Unavailable {
+	var e *domainerr.Error
+	if err != nil && errors.As(err, &e) && e.Code == domainerr.Unavailable {
 		return err // not even audited: fail this request, retry with the next
 	}
 	s.markReloaded(gen)

@@ -16,6 +16,7 @@ import (
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
 
 	"github.com/credmatrix/credmatrix/clients/keyguardclient/envelope"
+	"github.com/credmatrix/credmatrix/platform/domainerr"
 )
 
 // Grant limits of the API.
@@ -49,7 +50,7 @@ func (s *Service) removeGrantLocked(id string) {
 
 // validateGrant checks a grant from the API, naming the field.
 func (s *Service) validateGrant(g *Grant, now time.Time) error {
-	inv := func(msg string) error { return &Error{Code: Invalid, Message: msg} }
+	inv := func(msg string) error { return &domainerr.Error{Code: domainerr.Invalid, Message: msg} }
 	switch {
 	case g.Principal == "":
 		return inv("grant.principal: required")
@@ -84,7 +85,7 @@ func (s *Service) validateGrant(g *Grant, now time.Time) error {
 		}
 	}
 	if err := validateContext(g.RequiredContext); err != nil {
-		return &Error{Code: Invalid, Message: "grant.required_context" + strings.TrimPrefix(ErrorMessage(err), "encryption_context")}
+		return &domainerr.Error{Code: domainerr.Invalid, Message: "grant.required_context" + strings.TrimPrefix(domainerr.MessageOf(err), "encryption_context")}
 	}
 	switch {
 	case g.ExpireTime.IsZero():
@@ -120,7 +121,7 @@ func (s *Service) CreateGrant(ctx context.Context, caller string, g Grant) (Gran
 	g.CreatedBy, g.CreateTime = caller, now.UTC()
 	id, err := newGrantID(s.rand)
 	if err != nil {
-		return Grant{}, 0, &Error{Code: Internal, Message: "internal error", Err: err}
+		return Grant{}, 0, &domainerr.Error{Code: domainerr.Internal, Message: domainerr.InternalMessage, Err: err}
 	}
 	g.ID = id
 	ring := Ring{DataClass: g.DataClass}
@@ -146,7 +147,7 @@ func (s *Service) CreateGrant(ctx context.Context, caller string, g Grant) (Gran
 	}
 	s.gmu.Unlock()
 	if err != nil {
-		return Grant{}, 0, s.fail(ctx, o, &Error{Code: Unavailable, Message: "grant store unavailable; grant not created", Err: err})
+		return Grant{}, 0, s.fail(ctx, o, &domainerr.Error{Code: domainerr.Unavailable, Message: "grant store unavailable; grant not created", Err: err})
 	}
 	return g, seq, nil
 }
@@ -155,10 +156,10 @@ func (s *Service) CreateGrant(ctx context.Context, caller string, g Grant) (Gran
 // once it returns, no request can use the grant any more.
 func (s *Service) RevokeGrant(ctx context.Context, caller, id, reason string) (uint64, error) {
 	if id == "" {
-		return 0, &Error{Code: Invalid, Message: "grant_id: required"}
+		return 0, &domainerr.Error{Code: domainerr.Invalid, Message: "grant_id: required"}
 	}
 	if len(id) > 128 {
-		return 0, &Error{Code: Invalid, Message: "grant_id: exceeds 128 bytes"}
+		return 0, &domainerr.Error{Code: domainerr.Invalid, Message: "grant_id: exceeds 128 bytes"}
 	}
 	if err := s.sync(ctx); err != nil {
 		return 0, err
@@ -177,10 +178,10 @@ func (s *Service) RevokeGrant(ctx context.Context, caller, id, reason string) (u
 		return 0, err
 	}
 	if o.detail == nil {
-		return 0, &Error{Code: NotFound, Message: fmt.Sprintf("grant %q not found", id)}
+		return 0, &domainerr.Error{Code: domainerr.NotFound, Message: fmt.Sprintf("grant %q not found", id)}
 	}
 	if static {
-		return 0, &Error{Code: FailedPrecondition, Message: fmt.Sprintf("grant %s is defined in configuration; remove it there", id)}
+		return 0, &domainerr.Error{Code: domainerr.FailedPrecondition, Message: fmt.Sprintf("grant %s is defined in configuration; remove it there", id)}
 	}
 	if reason == "" {
 		reason = "no reason given"
@@ -201,7 +202,7 @@ func (s *Service) RevokeGrant(ctx context.Context, caller, id, reason string) (u
 	}
 	s.gmu.Unlock()
 	if err != nil {
-		return 0, s.fail(ctx, o, &Error{Code: Unavailable, Message: "grant store unavailable; grant not revoked", Err: err})
+		return 0, s.fail(ctx, o, &domainerr.Error{Code: domainerr.Unavailable, Message: "grant store unavailable; grant not revoked", Err: err})
 	}
 	return seq, nil
 }
@@ -229,7 +230,7 @@ func (s *Service) ListGrants(ctx context.Context, caller string, in ListGrantsIn
 	}
 	switch {
 	case in.PageSize < 0 || in.PageSize > 1000:
-		return nil, "", &Error{Code: Invalid, Message: "page_size: must be 0 to 1000"}
+		return nil, "", &domainerr.Error{Code: domainerr.Invalid, Message: "page_size: must be 0 to 1000"}
 	case in.PageSize == 0:
 		in.PageSize = 100
 	}
@@ -237,7 +238,7 @@ func (s *Service) ListGrants(ctx context.Context, caller string, in ListGrantsIn
 	if in.PageToken != "" {
 		b, err := base64.RawURLEncoding.DecodeString(in.PageToken)
 		if err != nil || len(b) == 0 {
-			return nil, "", &Error{Code: Invalid, Message: "page_token: not a token from ListGrants"}
+			return nil, "", &domainerr.Error{Code: domainerr.Invalid, Message: "page_token: not a token from ListGrants"}
 		}
 		after = string(b)
 	}

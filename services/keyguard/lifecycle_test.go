@@ -20,6 +20,7 @@ import (
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
 
 	"github.com/credmatrix/credmatrix/clients/keyguardclient/envelope"
+	"github.com/credmatrix/credmatrix/platform/domainerr"
 	"github.com/credmatrix/credmatrix/services/keyguard"
 	"github.com/credmatrix/credmatrix/services/keyguard/localkms"
 	"github.com/credmatrix/credmatrix/services/keyguard/sqlite"
@@ -206,25 +207,25 @@ func TestTamperBattery(t *testing.T) {
 		caller string
 		b      []byte
 		ctx    map[string]string
-		want   keyguard.Code
+		want   domainerr.Code
 	}{
-		{"extended/one-byte", app, append(bytes.Clone(ct), 0), encCtx, keyguard.Invalid},
-		{"extended/block", app, append(bytes.Clone(ct), make([]byte, 16)...), encCtx, keyguard.Invalid},
-		{"swapped-wrapped-key", app, swapKey(), encCtx, keyguard.Invalid},
-		{"wrong-context/value", app, ct, map[string]string{"tenant": "acme", "record": "invoice-43"}, keyguard.Invalid},
-		{"wrong-context/missing-pair", app, ct, map[string]string{"tenant": "acme"}, keyguard.Invalid},
-		{"wrong-context/extra-pair", app, ct, map[string]string{"tenant": "acme", "record": "invoice-42", "x": "y"}, keyguard.Invalid},
-		{"wrong-context/none", app, ct, nil, keyguard.Invalid},
-		{"wrong-region/other-ring", reader, setRegion("us-east-1"), encCtx, keyguard.Invalid},
-		{"wrong-region/no-grant", app, setRegion("us-east-1"), encCtx, keyguard.PermissionDenied},
-		{"wrong-class/no-ring", app, bytes.Replace(ct, []byte("confidential"), []byte("confidentiaz"), 1), encCtx, keyguard.NotFound},
-		{"wrong-version/newer", app, setVersion(2), encCtx, keyguard.NotFound},
-		{"wrong-version/zero", app, setVersion(0), encCtx, keyguard.Invalid},
+		{"extended/one-byte", app, append(bytes.Clone(ct), 0), encCtx, domainerr.Invalid},
+		{"extended/block", app, append(bytes.Clone(ct), make([]byte, 16)...), encCtx, domainerr.Invalid},
+		{"swapped-wrapped-key", app, swapKey(), encCtx, domainerr.Invalid},
+		{"wrong-context/value", app, ct, map[string]string{"tenant": "acme", "record": "invoice-43"}, domainerr.Invalid},
+		{"wrong-context/missing-pair", app, ct, map[string]string{"tenant": "acme"}, domainerr.Invalid},
+		{"wrong-context/extra-pair", app, ct, map[string]string{"tenant": "acme", "record": "invoice-42", "x": "y"}, domainerr.Invalid},
+		{"wrong-context/none", app, ct, nil, domainerr.Invalid},
+		{"wrong-region/other-ring", reader, setRegion("us-east-1"), encCtx, domainerr.Invalid},
+		{"wrong-region/no-grant", app, setRegion("us-east-1"), encCtx, domainerr.PermissionDenied},
+		{"wrong-class/no-ring", app, bytes.Replace(ct, []byte("confidential"), []byte("confidentiaz"), 1), encCtx, domainerr.NotFound},
+		{"wrong-version/newer", app, setVersion(2), encCtx, domainerr.NotFound},
+		{"wrong-version/zero", app, setVersion(0), encCtx, domainerr.Invalid},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			out, err := f.svc.Decrypt(ctx, tc.caller, keyguard.DecryptInput{Ciphertext: tc.b, Context: tc.ctx})
-			if got := keyguard.ErrorCode(err); got != tc.want {
+			if got := domainerr.CodeOf(err); got != tc.want {
 				t.Fatalf("Decrypt: %v (code %q), want code %q", err, got, tc.want)
 			}
 			if out.Plaintext != nil {
@@ -242,7 +243,7 @@ func TestTamperBattery(t *testing.T) {
 		}
 		_, err := f.svc.Decrypt(ctx, app, keyguard.DecryptInput{Ciphertext: ct, Context: encCtx})
 		want := "key version 1 of data class confidential in region eu-west-1 is retired (minimum decryption version 2)"
-		if keyguard.ErrorCode(err) != keyguard.FailedPrecondition || keyguard.ErrorMessage(err) != want {
+		if domainerr.CodeOf(err) != domainerr.FailedPrecondition || domainerr.MessageOf(err) != want {
 			t.Fatalf("Decrypt of a retired version: %v, want failed_precondition %q", err, want)
 		}
 		ev := f.lastEvent(t)
@@ -264,7 +265,7 @@ func TestGrants(t *testing.T) {
 
 	t.Run("create-use-revoke", func(t *testing.T) {
 		f := newFull(t, fullOpts{})
-		if _, err := f.svc.Encrypt(ctx, intruder, eu); keyguard.ErrorCode(err) != keyguard.PermissionDenied {
+		if _, err := f.svc.Encrypt(ctx, intruder, eu); domainerr.CodeOf(err) != domainerr.PermissionDenied {
 			t.Fatalf("Encrypt before the grant: %v, want permission_denied", err)
 		}
 		g, _, err := f.svc.CreateGrant(ctx, admin, base)
@@ -290,7 +291,7 @@ func TestGrants(t *testing.T) {
 			t.Fatalf("RevokeGrant: %v", err)
 		}
 		// The very next request fails.
-		if _, err := f.svc.Decrypt(ctx, intruder, keyguard.DecryptInput{Ciphertext: out.Ciphertext, Context: encCtx}); keyguard.ErrorCode(err) != keyguard.PermissionDenied {
+		if _, err := f.svc.Decrypt(ctx, intruder, keyguard.DecryptInput{Ciphertext: out.Ciphertext, Context: encCtx}); domainerr.CodeOf(err) != domainerr.PermissionDenied {
 			t.Fatalf("Decrypt right after revocation: %v, want permission_denied", err)
 		}
 		if ev := f.lastEvent(t); ev.GetDecision() != auditv1.Decision_DECISION_DENY || ev.GetActor().GetPrincipal() != intruder {
@@ -346,7 +347,7 @@ func TestGrants(t *testing.T) {
 			}
 			before := len(f.auditor.recorded())
 			out, err := f.svc.Encrypt(ctx, intruder, tc.in)
-			if keyguard.ErrorCode(err) != keyguard.PermissionDenied || out.Ciphertext != nil {
+			if domainerr.CodeOf(err) != domainerr.PermissionDenied || out.Ciphertext != nil {
 				t.Fatalf("Encrypt: %v, want permission_denied", err)
 			}
 			evs := f.auditor.recorded()[before:]
@@ -386,7 +387,7 @@ func TestGrants(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFull(t, fullOpts{})
 			err := tc.call(f)
-			if keyguard.ErrorCode(err) != keyguard.PermissionDenied || keyguard.ErrorMessage(err) != tc.msg {
+			if domainerr.CodeOf(err) != domainerr.PermissionDenied || domainerr.MessageOf(err) != tc.msg {
 				t.Fatalf("error %v, want permission_denied %q", err, tc.msg)
 			}
 			ev := f.lastEvent(t)
@@ -419,7 +420,7 @@ func TestGrants(t *testing.T) {
 			g := base
 			tc.mutate(&g)
 			_, _, err := f.svc.CreateGrant(ctx, admin, g)
-			if keyguard.ErrorCode(err) != keyguard.Invalid || keyguard.ErrorMessage(err) != tc.wantMsg {
+			if domainerr.CodeOf(err) != domainerr.Invalid || domainerr.MessageOf(err) != tc.wantMsg {
 				t.Fatalf("CreateGrant: %v, want invalid %q", err, tc.wantMsg)
 			}
 		})
@@ -427,20 +428,20 @@ func TestGrants(t *testing.T) {
 
 	t.Run("revoke/static-grant", func(t *testing.T) {
 		f := newFull(t, fullOpts{})
-		if _, err := f.svc.RevokeGrant(ctx, admin, "app-eu", ""); keyguard.ErrorCode(err) != keyguard.FailedPrecondition {
+		if _, err := f.svc.RevokeGrant(ctx, admin, "app-eu", ""); domainerr.CodeOf(err) != domainerr.FailedPrecondition {
 			t.Fatalf("RevokeGrant of a configured grant: %v, want failed_precondition", err)
 		}
 	})
 	t.Run("revoke/unknown", func(t *testing.T) {
 		f := newFull(t, fullOpts{})
-		if _, err := f.svc.RevokeGrant(ctx, admin, "g-nope", ""); keyguard.ErrorCode(err) != keyguard.NotFound {
+		if _, err := f.svc.RevokeGrant(ctx, admin, "g-nope", ""); domainerr.CodeOf(err) != domainerr.NotFound {
 			t.Fatalf("RevokeGrant of an unknown grant: %v, want not_found", err)
 		}
 	})
 	t.Run("audit-down", func(t *testing.T) {
 		f := newFull(t, fullOpts{})
 		f.auditor.setDown(true)
-		if _, _, err := f.svc.CreateGrant(ctx, admin, base); keyguard.ErrorCode(err) != keyguard.Unavailable {
+		if _, _, err := f.svc.CreateGrant(ctx, admin, base); domainerr.CodeOf(err) != domainerr.Unavailable {
 			t.Fatalf("CreateGrant with audit down: %v, want unavailable", err)
 		}
 		f.auditor.setDown(false)
@@ -516,16 +517,16 @@ func TestRotateRewrapRetire(t *testing.T) {
 	if err != nil || !bytes.Equal(dec.Plaintext, secretText) || dec.Key.Version != 2 {
 		t.Fatalf("Decrypt of the rewrapped envelope: %+v %v", dec.Key, err)
 	}
-	if _, err := f.svc.Decrypt(ctx, app, keyguard.DecryptInput{Ciphertext: v1.Ciphertext, Context: encCtx}); keyguard.ErrorCode(err) != keyguard.FailedPrecondition {
+	if _, err := f.svc.Decrypt(ctx, app, keyguard.DecryptInput{Ciphertext: v1.Ciphertext, Context: encCtx}); domainerr.CodeOf(err) != domainerr.FailedPrecondition {
 		t.Fatalf("Decrypt of a retired envelope: %v, want failed_precondition", err)
 	}
-	if _, err := f.svc.Rewrap(ctx, reader, keyguard.DecryptInput{Ciphertext: v1.Ciphertext, Context: encCtx}); keyguard.ErrorCode(err) != keyguard.FailedPrecondition {
+	if _, err := f.svc.Rewrap(ctx, reader, keyguard.DecryptInput{Ciphertext: v1.Ciphertext, Context: encCtx}); domainerr.CodeOf(err) != domainerr.FailedPrecondition {
 		t.Fatalf("Rewrap of a retired envelope: %v, want failed_precondition", err)
 	}
-	if _, err := f.svc.Rewrap(ctx, app, keyguard.DecryptInput{Ciphertext: rw.Ciphertext, Context: encCtx}); keyguard.ErrorCode(err) != keyguard.PermissionDenied {
+	if _, err := f.svc.Rewrap(ctx, app, keyguard.DecryptInput{Ciphertext: rw.Ciphertext, Context: encCtx}); domainerr.CodeOf(err) != domainerr.PermissionDenied {
 		t.Fatalf("Rewrap without a rewrap grant: %v, want permission_denied", err)
 	}
-	if _, err := f.svc.Rewrap(ctx, reader, keyguard.DecryptInput{Ciphertext: rw.Ciphertext, Context: map[string]string{"tenant": "acme"}}); keyguard.ErrorCode(err) != keyguard.Invalid {
+	if _, err := f.svc.Rewrap(ctx, reader, keyguard.DecryptInput{Ciphertext: rw.Ciphertext, Context: map[string]string{"tenant": "acme"}}); domainerr.CodeOf(err) != domainerr.Invalid {
 		t.Fatalf("Rewrap with the wrong context: %v, want invalid", err)
 	}
 	for _, tc := range []struct {
@@ -535,7 +536,7 @@ func TestRotateRewrapRetire(t *testing.T) {
 		{0, "min_decrypt_version: must be 1 to the primary version 2"},
 		{3, "min_decrypt_version: must be 1 to the primary version 2"},
 	} {
-		if _, err := f.svc.SetMinDecryptVersion(ctx, admin, euRing.DataClass, euRing.Region, tc.min, ""); keyguard.ErrorMessage(err) != tc.want {
+		if _, err := f.svc.SetMinDecryptVersion(ctx, admin, euRing.DataClass, euRing.Region, tc.min, ""); domainerr.MessageOf(err) != tc.want {
 			t.Errorf("SetMinDecryptVersion(%d): %v, want %q", tc.min, err, tc.want)
 		}
 	}
@@ -555,7 +556,7 @@ func TestRotateRewrapRetire(t *testing.T) {
 	}
 	// Retirement survives a restart: it is in the state store.
 	f2 := newFull(t, fullOpts{dir: f.dir, keyring: f.keyring})
-	if _, err := f2.svc.Decrypt(ctx, app, keyguard.DecryptInput{Ciphertext: v1.Ciphertext, Context: encCtx}); keyguard.ErrorCode(err) != keyguard.FailedPrecondition {
+	if _, err := f2.svc.Decrypt(ctx, app, keyguard.DecryptInput{Ciphertext: v1.Ciphertext, Context: encCtx}); domainerr.CodeOf(err) != domainerr.FailedPrecondition {
 		t.Fatalf("after restart, Decrypt of a retired envelope: %v, want failed_precondition", err)
 	}
 }
@@ -604,7 +605,7 @@ func TestAutomaticRotation(t *testing.T) {
 	t.Run("audit-down", func(t *testing.T) {
 		f := newFull(t, fullOpts{})
 		f.auditor.setDown(true)
-		if _, _, err := f.svc.RotateKey(ctx, admin, euRing.DataClass, euRing.Region, ""); keyguard.ErrorCode(err) != keyguard.Unavailable {
+		if _, _, err := f.svc.RotateKey(ctx, admin, euRing.DataClass, euRing.Region, ""); domainerr.CodeOf(err) != domainerr.Unavailable {
 			t.Fatalf("RotateKey with audit down: %v", err)
 		}
 		if v, _ := f.keyring.Primary(ctx, euRing.DataClass, euRing.Region); v != 1 {
@@ -636,11 +637,11 @@ func TestGenerateDataKey(t *testing.T) {
 			t.Fatalf("audit event %v holds the data key", ev.GetKind())
 		}
 	}
-	if _, err := f.svc.GenerateDataKey(ctx, writer, keyguard.GenerateDataKeyInput{DataClass: "confidential", Region: "eu-west-1"}); keyguard.ErrorCode(err) != keyguard.PermissionDenied {
+	if _, err := f.svc.GenerateDataKey(ctx, writer, keyguard.GenerateDataKeyInput{DataClass: "confidential", Region: "eu-west-1"}); domainerr.CodeOf(err) != domainerr.PermissionDenied {
 		t.Fatalf("GenerateDataKey without a grant: %v", err)
 	}
 	f.auditor.setDown(true)
-	if out, err := f.svc.GenerateDataKey(ctx, app, keyguard.GenerateDataKeyInput{DataClass: "confidential", Region: "eu-west-1", Context: encCtx}); keyguard.ErrorCode(err) != keyguard.Unavailable || out.PlaintextKey != nil {
+	if out, err := f.svc.GenerateDataKey(ctx, app, keyguard.GenerateDataKeyInput{DataClass: "confidential", Region: "eu-west-1", Context: encCtx}); domainerr.CodeOf(err) != domainerr.Unavailable || out.PlaintextKey != nil {
 		t.Fatalf("GenerateDataKey with audit down: %v", err)
 	}
 }
@@ -659,11 +660,11 @@ func TestBatchOneAppend(t *testing.T) {
 	if n := f.auditor.appends.Load() - before; n != 1 {
 		t.Errorf("%d audit appends for one batch, want 1", n)
 	}
-	var codes []keyguard.Code
+	var codes []domainerr.Code
 	for _, r := range res {
-		codes = append(codes, keyguard.ErrorCode(r.Err))
+		codes = append(codes, domainerr.CodeOf(r.Err))
 	}
-	if diff := cmp.Diff(codes, []keyguard.Code{"", keyguard.PermissionDenied, keyguard.Invalid, ""}); diff != "" {
+	if diff := cmp.Diff(codes, []domainerr.Code{"", domainerr.PermissionDenied, domainerr.Invalid, ""}); diff != "" {
 		t.Errorf("item codes (-got +want):\n%s", diff)
 	}
 	if res[0].Output.AuditSequence+2 != res[3].Output.AuditSequence {
@@ -675,7 +676,7 @@ func TestBatchOneAppend(t *testing.T) {
 	}
 	f.auditor.setDown(true)
 	for i, r := range f.svc.EncryptBatch(ctx, app, items[:1]) {
-		if keyguard.ErrorCode(r.Err) != keyguard.Unavailable || r.Output.Ciphertext != nil {
+		if domainerr.CodeOf(r.Err) != domainerr.Unavailable || r.Output.Ciphertext != nil {
 			t.Errorf("item %d with audit down: %+v", i, r)
 		}
 	}
@@ -778,14 +779,14 @@ func TestBackendDown(t *testing.T) {
 	}
 	want := "key backend unavailable; operation not performed"
 	enc, err := svc.Encrypt(ctx, app, keyguard.EncryptInput{DataClass: euRing.DataClass, Region: euRing.Region, Plaintext: secretText, Context: encCtx})
-	if keyguard.ErrorCode(err) != keyguard.Unavailable || keyguard.ErrorMessage(err) != want || enc.Ciphertext != nil {
+	if domainerr.CodeOf(err) != domainerr.Unavailable || domainerr.MessageOf(err) != want || enc.Ciphertext != nil {
 		t.Fatalf("Encrypt with KMS down: %v", err)
 	}
 	if ev := f.lastEvent(t); ev.GetDecision() != auditv1.Decision_DECISION_ERROR || ev.GetReason() != want {
 		t.Errorf("event %v", ev)
 	}
 	dec, err := svc.Decrypt(ctx, app, keyguard.DecryptInput{Ciphertext: ct, Context: encCtx})
-	if keyguard.ErrorCode(err) != keyguard.Unavailable || dec.Plaintext != nil {
+	if domainerr.CodeOf(err) != domainerr.Unavailable || dec.Plaintext != nil {
 		t.Fatalf("Decrypt with KMS down: %v", err)
 	}
 }

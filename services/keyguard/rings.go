@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/credmatrix/credmatrix/platform/domainerr"
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
 )
 
@@ -104,7 +105,7 @@ func (s *Service) isAdmin(ctx context.Context, o *op) error {
 	if s.admins[o.caller] {
 		return nil
 	}
-	deny := &Error{Code: PermissionDenied, Message: fmt.Sprintf("%s is not a keyguard administrator", o.caller)}
+	deny := &domainerr.Error{Code: domainerr.PermissionDenied, Message: fmt.Sprintf("%s is not a keyguard administrator", o.caller)}
 	if _, err := s.record(ctx, o, auditv1.Decision_DECISION_DENY, deny.Message); err != nil {
 		return err
 	}
@@ -121,7 +122,7 @@ func (s *Service) ring(dataClass, region string) (Ring, *ringState, error) {
 	r := Ring{DataClass: dataClass, Region: region}
 	rs, ok := s.rings[r]
 	if !ok {
-		return r, nil, &Error{Code: NotFound, Message: fmt.Sprintf("no key ring for data class %s in region %s", dataClass, region)}
+		return r, nil, &domainerr.Error{Code: domainerr.NotFound, Message: fmt.Sprintf("no key ring for data class %s in region %s", dataClass, region)}
 	}
 	return r, rs, nil
 }
@@ -132,7 +133,7 @@ func (s *Service) ring(dataClass, region string) (Ring, *ringState, error) {
 // an error; audit down means no rotation.
 func (s *Service) RotateKey(ctx context.Context, caller, dataClass, region, reason string) (KeyRef, uint64, error) {
 	if len(reason) > 1024 {
-		return KeyRef{}, 0, &Error{Code: Invalid, Message: "reason: exceeds 1024 bytes"}
+		return KeyRef{}, 0, &domainerr.Error{Code: domainerr.Invalid, Message: "reason: exceeds 1024 bytes"}
 	}
 	r, rs, err := s.ring(dataClass, region)
 	if err != nil {
@@ -294,9 +295,9 @@ func (s *Service) SetMinDecryptVersion(ctx context.Context, caller, dataClass, r
 	}
 	switch {
 	case min == 0 || min > primary:
-		return 0, &Error{Code: Invalid, Message: fmt.Sprintf("min_decrypt_version: must be 1 to the primary version %d", primary)}
+		return 0, &domainerr.Error{Code: domainerr.Invalid, Message: fmt.Sprintf("min_decrypt_version: must be 1 to the primary version %d", primary)}
 	case min < rs.policy.MinDecryptVersion:
-		return 0, &Error{Code: Invalid, Message: fmt.Sprintf("min_decrypt_version: below the configured floor %d", rs.policy.MinDecryptVersion)}
+		return 0, &domainerr.Error{Code: domainerr.Invalid, Message: fmt.Sprintf("min_decrypt_version: below the configured floor %d", rs.policy.MinDecryptVersion)}
 	}
 	o.version = primary
 	if reason == "" {
@@ -307,7 +308,7 @@ func (s *Service) SetMinDecryptVersion(ctx context.Context, caller, dataClass, r
 		return 0, err
 	}
 	if err := s.store.SetMinDecryptVersion(ctx, r, min); err != nil {
-		return 0, s.fail(ctx, o, &Error{Code: Unavailable, Message: "state store unavailable; minimum version not changed", Err: err})
+		return 0, s.fail(ctx, o, &domainerr.Error{Code: domainerr.Unavailable, Message: "state store unavailable; minimum version not changed", Err: err})
 	}
 	rs.storedMin.Store(min)
 	return seq, nil

@@ -21,6 +21,7 @@ import (
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
 
 	"github.com/credmatrix/credmatrix/clients/keyguardclient/envelope"
+	"github.com/credmatrix/credmatrix/platform/domainerr"
 )
 
 // SystemPrincipal is the actor of the operations keyguard performs on its
@@ -220,13 +221,13 @@ type DecryptOutput struct {
 // errAuditUnavailable is what the caller learns when the audit log cannot
 // record an operation: it was not performed, and may be retried.
 func errAuditUnavailable(err error) error {
-	return &Error{Code: Unavailable, Message: "audit log unavailable; operation not performed", Err: err}
+	return &domainerr.Error{Code: domainerr.Unavailable, Message: "audit log unavailable; operation not performed", Err: err}
 }
 
 // errAuthFailed is the one answer to every failure to authenticate an
 // envelope, whichever check failed, so the answer leaks nothing.
 func errAuthFailed(err error) error {
-	return &Error{Code: Invalid, Message: "ciphertext: authentication failed (wrong encryption context or tampered data)", Err: err}
+	return &domainerr.Error{Code: domainerr.Invalid, Message: "ciphertext: authentication failed (wrong encryption context or tampered data)", Err: err}
 }
 
 // op is one operation in flight: what the audit event needs to say about
@@ -268,7 +269,7 @@ func (s *Service) newDataKey(ctx context.Context, ring Ring) (*dataKey, error) {
 	}
 	dk := &dataKey{version: version, key: make([]byte, DataKeySize)}
 	if _, err := io.ReadFull(s.rand, dk.key); err != nil {
-		return dk, &Error{Code: Internal, Message: "internal error", Err: fmt.Errorf("generate data key: %w", err)}
+		return dk, &domainerr.Error{Code: domainerr.Internal, Message: domainerr.InternalMessage, Err: fmt.Errorf("generate data key: %w", err)}
 	}
 	if dk.wrapped, err = s.backend.Wrap(ctx, ring.DataClass, ring.Region, version, dk.key); err != nil {
 		clear(dk.key)
@@ -283,7 +284,7 @@ func (s *Service) sealWith(dk *dataKey, ring Ring, encCtx map[string]string, pla
 		DataClass: ring.DataClass, Region: ring.Region, KeyVersion: dk.version, WrappedKey: dk.wrapped,
 	}, encCtx, plaintext, s.rand)
 	if err != nil {
-		return sealed{version: dk.version}, &Error{Code: Internal, Message: "internal error", Err: err}
+		return sealed{version: dk.version}, &domainerr.Error{Code: domainerr.Internal, Message: domainerr.InternalMessage, Err: err}
 	}
 	return sealed{ciphertext: ct, version: dk.version}, nil
 }
@@ -311,7 +312,7 @@ func (s *Service) open(ctx context.Context, o *op, ciphertext []byte, encCtx map
 		case errors.Is(err, ErrUnwrap):
 			err = errAuthFailed(err)
 		case errors.Is(err, ErrKeyNotFound):
-			err = &Error{Code: NotFound, Message: fmt.Sprintf("no key version %d for data class %s in region %s", o.version, o.ring.DataClass, o.ring.Region), Err: err}
+			err = &domainerr.Error{Code: domainerr.NotFound, Message: fmt.Sprintf("no key version %d for data class %s in region %s", o.version, o.ring.DataClass, o.ring.Region), Err: err}
 		default:
 			err = backendError(o.ring, err)
 		}
@@ -323,7 +324,7 @@ func (s *Service) open(ctx context.Context, o *op, ciphertext []byte, encCtx map
 		if errors.Is(err, envelope.ErrAuthentication) {
 			return nil, errAuthFailed(err)
 		}
-		return nil, &Error{Code: Invalid, Message: "ciphertext: " + err.Error(), Err: err}
+		return nil, &domainerr.Error{Code: domainerr.Invalid, Message: "ciphertext: " + err.Error(), Err: err}
 	}
 	return plaintext, nil
 }
@@ -332,7 +333,7 @@ func (s *Service) open(ctx context.Context, o *op, ciphertext []byte, encCtx map
 func parse(caller string, kind auditv1.Kind, operation Operation, ciphertext []byte, encCtx map[string]string) (*op, error) {
 	h, _, err := envelope.ParseHeader(ciphertext)
 	if err != nil {
-		return nil, &Error{Code: Invalid, Message: "ciphertext: " + err.Error(), Err: err}
+		return nil, &domainerr.Error{Code: domainerr.Invalid, Message: "ciphertext: " + err.Error(), Err: err}
 	}
 	return &op{
 		caller: caller, kind: kind, operation: operation,
@@ -447,7 +448,7 @@ func (s *Service) EncryptBatch(ctx context.Context, caller string, items []Encry
 		}
 		if err != nil {
 			res[i].Err = err
-			evs = append(evs, pending{ev: s.event(ctx, o, auditv1.Decision_DECISION_ERROR, ErrorMessage(err))})
+			evs = append(evs, pending{ev: s.event(ctx, o, auditv1.Decision_DECISION_ERROR, domainerr.MessageOf(err))})
 			continue
 		}
 		s.rings[o.ring].count(sl.version, s.kick)
@@ -498,7 +499,7 @@ func (s *Service) DecryptBatch(ctx context.Context, caller string, items []Decry
 		plaintext, err := s.open(ctx, o, in.Ciphertext, in.Context)
 		if err != nil {
 			res[i].Err = err
-			evs = append(evs, pending{ev: s.event(ctx, o, auditv1.Decision_DECISION_ERROR, ErrorMessage(err))})
+			evs = append(evs, pending{ev: s.event(ctx, o, auditv1.Decision_DECISION_ERROR, domainerr.MessageOf(err))})
 			continue
 		}
 		o.size = len(plaintext)
@@ -558,7 +559,7 @@ func (s *Service) GenerateDataKey(ctx context.Context, caller string, in Generat
 	}
 	dataKey := make([]byte, DataKeySize)
 	if _, err := io.ReadFull(s.rand, dataKey); err != nil {
-		return GenerateDataKeyOutput{}, s.fail(ctx, o, &Error{Code: Internal, Message: "internal error", Err: fmt.Errorf("generate data key: %w", err)})
+		return GenerateDataKeyOutput{}, s.fail(ctx, o, &domainerr.Error{Code: domainerr.Internal, Message: domainerr.InternalMessage, Err: fmt.Errorf("generate data key: %w", err)})
 	}
 	sl, err := s.seal(ctx, o.ring, in.Context, dataKey)
 	o.version = sl.version
@@ -639,7 +640,7 @@ func (s *Service) Rewrap(ctx context.Context, caller string, in DecryptInput) (R
 func (s *Service) check(o *op) error {
 	rs, ok := s.rings[o.ring]
 	if !ok {
-		return &Error{Code: NotFound, Message: fmt.Sprintf("no key ring for data class %s in region %s", o.ring.DataClass, o.ring.Region)}
+		return &domainerr.Error{Code: domainerr.NotFound, Message: fmt.Sprintf("no key ring for data class %s in region %s", o.ring.DataClass, o.ring.Region)}
 	}
 	now := s.clock()
 	s.gmu.RLock()
@@ -653,11 +654,11 @@ func (s *Service) check(o *op) error {
 	if o.grantID == "" {
 		// One message whatever part of the grant failed (region,
 		// operation, context, expiry): the caller learns no more.
-		return &Error{Code: PermissionDenied, Message: fmt.Sprintf("no grant allows %s to %s data class %s in region %s", o.caller, o.operation, o.ring.DataClass, o.ring.Region)}
+		return &domainerr.Error{Code: domainerr.PermissionDenied, Message: fmt.Sprintf("no grant allows %s to %s data class %s in region %s", o.caller, o.operation, o.ring.DataClass, o.ring.Region)}
 	}
 	if o.operation == OpDecrypt || o.operation == OpRewrap {
 		if min := rs.minDecrypt(); o.version < min {
-			return &Error{Code: FailedPrecondition, Message: fmt.Sprintf("key version %d of data class %s in region %s is retired (minimum decryption version %d)", o.version, o.ring.DataClass, o.ring.Region, min)}
+			return &domainerr.Error{Code: domainerr.FailedPrecondition, Message: fmt.Sprintf("key version %d of data class %s in region %s is retired (minimum decryption version %d)", o.version, o.ring.DataClass, o.ring.Region, min)}
 		}
 	}
 	return nil
@@ -666,10 +667,10 @@ func (s *Service) check(o *op) error {
 // deniedEvent returns the audit event of a refused operation, or nil when
 // nothing is recorded (no such ring).
 func (s *Service) deniedEvent(ctx context.Context, o *op, err error) *auditv1.Event {
-	if ErrorCode(err) == NotFound {
+	if domainerr.CodeOf(err) == domainerr.NotFound {
 		return nil
 	}
-	return s.event(ctx, o, auditv1.Decision_DECISION_DENY, ErrorMessage(err))
+	return s.event(ctx, o, auditv1.Decision_DECISION_DENY, domainerr.MessageOf(err))
 }
 
 // authorize is check for single operations: a denial is audited before it
@@ -690,7 +691,7 @@ func (s *Service) authorize(ctx context.Context, o *op) error {
 // fail audits an allowed operation that failed, then returns its error, or
 // Unavailable if even the failure cannot be recorded.
 func (s *Service) fail(ctx context.Context, o *op, cause error) error {
-	if _, err := s.record(ctx, o, auditv1.Decision_DECISION_ERROR, ErrorMessage(cause)); err != nil {
+	if _, err := s.record(ctx, o, auditv1.Decision_DECISION_ERROR, domainerr.MessageOf(cause)); err != nil {
 		return err
 	}
 	return cause
@@ -703,13 +704,13 @@ func backendError(ring Ring, err error) error {
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return err
 	case errors.Is(err, ErrBackendUnavailable):
-		return &Error{Code: Unavailable, Message: "key backend unavailable; operation not performed", Err: err}
+		return &domainerr.Error{Code: domainerr.Unavailable, Message: "key backend unavailable; operation not performed", Err: err}
 	case errors.Is(err, ErrKeyNotFound):
 		// The ring is configured but the backend has no key for it: a
 		// deployment error, not the caller's.
-		return &Error{Code: Internal, Message: "internal error", Err: fmt.Errorf("key ring %s missing in backend: %w", ring, err)}
+		return &domainerr.Error{Code: domainerr.Internal, Message: domainerr.InternalMessage, Err: fmt.Errorf("key ring %s missing in backend: %w", ring, err)}
 	}
-	return &Error{Code: Internal, Message: "internal error", Err: fmt.Errorf("key ring %s: %w", ring, err)}
+	return &domainerr.Error{Code: domainerr.Internal, Message: domainerr.InternalMessage, Err: fmt.Errorf("key ring %s: %w", ring, err)}
 }
 
 // record appends the audit event of o and returns its sequence number. Any

@@ -24,6 +24,8 @@ import (
 	"github.com/credmatrix/credmatrix/clients/keyguardclient/envelope"
 	"github.com/credmatrix/credmatrix/services/keyguard"
 	"github.com/credmatrix/credmatrix/services/keyguard/localkms"
+
+	"github.com/credmatrix/credmatrix/platform/domainerr"
 )
 
 // fakeAuditor records events in memory, or fails every Append while down.
@@ -245,10 +247,10 @@ func TestDenied(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			before := len(h.auditor.recorded())
 			err := tc.call()
-			if got := keyguard.ErrorCode(err); got != keyguard.PermissionDenied {
+			if got := domainerr.CodeOf(err); got != domainerr.PermissionDenied {
 				t.Fatalf("error %v: code %q, want permission_denied", err, got)
 			}
-			if got := keyguard.ErrorMessage(err); got != tc.wantMsg {
+			if got := domainerr.MessageOf(err); got != tc.wantMsg {
 				t.Errorf("message %q, want %q", got, tc.wantMsg)
 			}
 			events := h.auditor.recorded()[before:]
@@ -263,7 +265,7 @@ func TestDenied(t *testing.T) {
 func TestNoRing(t *testing.T) {
 	h := newHarness(t)
 	_, err := h.svc.Encrypt(context.Background(), app, keyguard.EncryptInput{DataClass: "confidential", Region: "ap-south-1", Plaintext: secretText})
-	if keyguard.ErrorCode(err) != keyguard.NotFound || keyguard.ErrorMessage(err) != "no key ring for data class confidential in region ap-south-1" {
+	if domainerr.CodeOf(err) != domainerr.NotFound || domainerr.MessageOf(err) != "no key ring for data class confidential in region ap-south-1" {
 		t.Fatalf("Encrypt in a region without a ring: %v", err)
 	}
 }
@@ -275,7 +277,7 @@ func TestAuditDown(t *testing.T) {
 	want := "audit log unavailable; operation not performed"
 
 	enc, err := h.svc.Encrypt(context.Background(), app, keyguard.EncryptInput{DataClass: "confidential", Region: "eu-west-1", Plaintext: secretText})
-	if keyguard.ErrorCode(err) != keyguard.Unavailable || keyguard.ErrorMessage(err) != want {
+	if domainerr.CodeOf(err) != domainerr.Unavailable || domainerr.MessageOf(err) != want {
 		t.Errorf("Encrypt with audit down: %v, want unavailable %q", err, want)
 	}
 	if diff := cmp.Diff(enc, keyguard.EncryptOutput{}); diff != "" {
@@ -283,7 +285,7 @@ func TestAuditDown(t *testing.T) {
 	}
 
 	dec, err := h.svc.Decrypt(context.Background(), app, keyguard.DecryptInput{Ciphertext: ct, Context: encCtx})
-	if keyguard.ErrorCode(err) != keyguard.Unavailable || keyguard.ErrorMessage(err) != want {
+	if domainerr.CodeOf(err) != domainerr.Unavailable || domainerr.MessageOf(err) != want {
 		t.Errorf("Decrypt with audit down: %v, want unavailable %q", err, want)
 	}
 	if diff := cmp.Diff(dec, keyguard.DecryptOutput{}); diff != "" {
@@ -291,7 +293,7 @@ func TestAuditDown(t *testing.T) {
 	}
 
 	// A denial that cannot be recorded is Unavailable too.
-	if _, err := h.svc.Encrypt(context.Background(), intruder, keyguard.EncryptInput{DataClass: "confidential", Region: "eu-west-1"}); keyguard.ErrorCode(err) != keyguard.Unavailable {
+	if _, err := h.svc.Encrypt(context.Background(), intruder, keyguard.EncryptInput{DataClass: "confidential", Region: "eu-west-1"}); domainerr.CodeOf(err) != domainerr.Unavailable {
 		t.Errorf("denied Encrypt with audit down: %v, want unavailable", err)
 	}
 	if n := len(h.auditor.recorded()); n != 1 {
@@ -317,24 +319,24 @@ func TestDecryptFailures(t *testing.T) {
 	tests := []struct {
 		name     string
 		in       keyguard.DecryptInput
-		wantCode keyguard.Code
+		wantCode domainerr.Code
 		wantMsg  string
 		audited  bool
 	}{
-		{"invalid/wrong-context", keyguard.DecryptInput{Ciphertext: ct, Context: map[string]string{"tenant": "acme"}}, keyguard.Invalid, authFailed, true},
-		{"invalid/tampered-wrapped-key", keyguard.DecryptInput{Ciphertext: tamperedKey, Context: encCtx}, keyguard.Invalid, authFailed, true},
-		{"invalid/tampered-body", keyguard.DecryptInput{Ciphertext: tamperedBody, Context: encCtx}, keyguard.Invalid, authFailed, true},
-		{"not-found/key-version", keyguard.DecryptInput{Ciphertext: otherVersion, Context: encCtx}, keyguard.NotFound, "no key version 9 for data class confidential in region eu-west-1", true},
-		{"invalid/garbage", keyguard.DecryptInput{Ciphertext: []byte("not an envelope")}, keyguard.Invalid, "ciphertext: envelope: malformed: bad magic 0x6e6f7420 (want \"CMKG\"): not a keyguard envelope", false},
-		{"invalid/truncated", keyguard.DecryptInput{Ciphertext: ct[:20]}, keyguard.Invalid, "ciphertext: envelope: malformed: truncated at region (offset 20: need 9 bytes, have 0)", false},
-		{"invalid/empty", keyguard.DecryptInput{}, keyguard.Invalid, "ciphertext: required", false},
+		{"invalid/wrong-context", keyguard.DecryptInput{Ciphertext: ct, Context: map[string]string{"tenant": "acme"}}, domainerr.Invalid, authFailed, true},
+		{"invalid/tampered-wrapped-key", keyguard.DecryptInput{Ciphertext: tamperedKey, Context: encCtx}, domainerr.Invalid, authFailed, true},
+		{"invalid/tampered-body", keyguard.DecryptInput{Ciphertext: tamperedBody, Context: encCtx}, domainerr.Invalid, authFailed, true},
+		{"not-found/key-version", keyguard.DecryptInput{Ciphertext: otherVersion, Context: encCtx}, domainerr.NotFound, "no key version 9 for data class confidential in region eu-west-1", true},
+		{"invalid/garbage", keyguard.DecryptInput{Ciphertext: []byte("not an envelope")}, domainerr.Invalid, "ciphertext: envelope: malformed: bad magic 0x6e6f7420 (want \"CMKG\"): not a keyguard envelope", false},
+		{"invalid/truncated", keyguard.DecryptInput{Ciphertext: ct[:20]}, domainerr.Invalid, "ciphertext: envelope: malformed: truncated at region (offset 20: need 9 bytes, have 0)", false},
+		{"invalid/empty", keyguard.DecryptInput{}, domainerr.Invalid, "ciphertext: required", false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			before := len(h.auditor.recorded())
 			out, err := h.svc.Decrypt(context.Background(), app, tc.in)
-			if keyguard.ErrorCode(err) != tc.wantCode || keyguard.ErrorMessage(err) != tc.wantMsg {
-				t.Fatalf("Decrypt error %v (code %q), want %q %q", err, keyguard.ErrorCode(err), tc.wantCode, tc.wantMsg)
+			if domainerr.CodeOf(err) != tc.wantCode || domainerr.MessageOf(err) != tc.wantMsg {
+				t.Fatalf("Decrypt error %v (code %q), want %q %q", err, domainerr.CodeOf(err), tc.wantCode, tc.wantMsg)
 			}
 			if out.Plaintext != nil {
 				t.Error("failed Decrypt returned a plaintext")
@@ -380,7 +382,7 @@ func TestEncryptValidation(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := h.svc.Encrypt(context.Background(), app, tc.in)
-			if keyguard.ErrorCode(err) != keyguard.Invalid || keyguard.ErrorMessage(err) != tc.wantMsg {
+			if domainerr.CodeOf(err) != domainerr.Invalid || domainerr.MessageOf(err) != tc.wantMsg {
 				t.Fatalf("Encrypt error %v, want invalid %q", err, tc.wantMsg)
 			}
 		})
@@ -468,20 +470,6 @@ func TestNewRejectsBadConfig(t *testing.T) {
 	}
 }
 
-func TestErrorHelpers(t *testing.T) {
-	wrapped := fmt.Errorf("outer: %w", &keyguard.Error{Code: keyguard.NotFound, Message: "no such ring", Err: errors.New("cause")})
-	if keyguard.ErrorCode(wrapped) != keyguard.NotFound || keyguard.ErrorMessage(wrapped) != "no such ring" {
-		t.Errorf("wrapped domain error: code %q message %q", keyguard.ErrorCode(wrapped), keyguard.ErrorMessage(wrapped))
-	}
-	plain := errors.New("dial tcp 10.0.0.1: secret detail")
-	if keyguard.ErrorCode(plain) != keyguard.Internal || keyguard.ErrorMessage(plain) != "internal error" {
-		t.Errorf("plain error: code %q message %q", keyguard.ErrorCode(plain), keyguard.ErrorMessage(plain))
-	}
-	if keyguard.ErrorCode(nil) != "" {
-		t.Error("ErrorCode(nil) is not empty")
-	}
-}
-
 // TestHostileTextIsAlwaysRecordable: text an in-process caller or an
 // administrator's grant puts in an event — not UTF-8, raw tokens, control
 // characters — never makes the event unrecordable (the fake auditor refuses
@@ -494,7 +482,7 @@ func TestHostileTextIsAlwaysRecordable(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		op   func() error
-		want keyguard.Code
+		want domainerr.Code
 	}{
 		{"encrypt/context-jwt-and-escapes", func() error {
 			_, err := h.svc.Encrypt(ctx, app, keyguard.EncryptInput{DataClass: "confidential", Region: "eu-west-1", Plaintext: []byte("x"),
@@ -504,16 +492,16 @@ func TestHostileTextIsAlwaysRecordable(t *testing.T) {
 		{"encrypt/caller-not-utf8-denied", func() error {
 			_, err := h.svc.Encrypt(ctx, "spiffe://x/\xff"+jwt, keyguard.EncryptInput{DataClass: "confidential", Region: "eu-west-1", Plaintext: []byte("x")})
 			return err
-		}, keyguard.PermissionDenied},
+		}, domainerr.PermissionDenied},
 		{"grant/non-admin-not-utf8-denied", func() error {
 			_, _, err := h.svc.CreateGrant(ctx, intruder, keyguard.Grant{Principal: "p\xff" + jwt, DataClass: "confidential\x1b", Regions: []string{jwt}})
 			return err
-		}, keyguard.PermissionDenied},
+		}, domainerr.PermissionDenied},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before := len(h.auditor.recorded())
 			err := tc.op()
-			if got := keyguard.ErrorCode(err); got != tc.want {
+			if got := domainerr.CodeOf(err); got != tc.want {
 				t.Fatalf("error %v, want code %q", err, tc.want)
 			}
 			evs := h.auditor.recorded()[before:]

@@ -7,6 +7,8 @@ import (
 	"maps"
 	"slices"
 	"sync"
+
+	"github.com/credmatrix/credmatrix/platform/domainerr"
 )
 
 // How replicas agree.
@@ -32,7 +34,7 @@ func errStateUnavailable(err error) error {
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return err
 	}
-	return &Error{Code: Unavailable, Message: "state store unavailable; operation not performed", Err: err}
+	return &domainerr.Error{Code: domainerr.Unavailable, Message: "state store unavailable; operation not performed", Err: err}
 }
 
 // sync brings the in-memory copy up to the store's current version. Every

@@ -12,6 +12,8 @@ import (
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
 	"github.com/credmatrix/credmatrix/services/keyguard"
 	"github.com/credmatrix/credmatrix/services/keyguard/localkms"
+
+	"github.com/credmatrix/credmatrix/platform/domainerr"
 )
 
 // TestRecordStaticGrants: the static grants, which no API call creates,
@@ -64,7 +66,7 @@ func TestRecordStaticGrants(t *testing.T) {
 		t.Fatalf("empty load: %v", evs)
 	}
 	a.setDown(true)
-	if err := svc.RecordStaticGrants(context.Background()); keyguard.ErrorCode(err) != keyguard.Unavailable {
+	if err := svc.RecordStaticGrants(context.Background()); domainerr.CodeOf(err) != domainerr.Unavailable {
 		t.Fatalf("audit down: %v, want Unavailable", err)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/credmatrix/credmatrix/clients/keyguardclient/envelope"
+	"github.com/credmatrix/credmatrix/platform/domainerr"
 )
 
 // namePattern is the data class and region syntax, as shown in messages.
@@ -16,9 +17,9 @@ const namePattern = "[a-z0-9-]{1,63}"
 func validateName(field, v string) error {
 	switch {
 	case v == "":
-		return &Error{Code: Invalid, Message: field + ": required"}
+		return &domainerr.Error{Code: domainerr.Invalid, Message: field + ": required"}
 	case !envelope.ValidName(v):
-		return &Error{Code: Invalid, Message: field + ": must match " + namePattern}
+		return &domainerr.Error{Code: domainerr.Invalid, Message: field + ": must match " + namePattern}
 	}
 	return nil
 }
@@ -38,7 +39,7 @@ func quoteKey(k string) string {
 func validateContext(ctx map[string]string) error {
 	const field = "encryption_context"
 	if len(ctx) > MaxContextPairs {
-		return &Error{Code: Invalid, Message: fmt.Sprintf("%s: at most %d pairs", field, MaxContextPairs)}
+		return &domainerr.Error{Code: domainerr.Invalid, Message: fmt.Sprintf("%s: at most %d pairs", field, MaxContextPairs)}
 	}
 	keys := make([]string, 0, len(ctx))
 	for k := range ctx {
@@ -65,7 +66,7 @@ func validateContext(ctx map[string]string) error {
 		default:
 			continue
 		}
-		return &Error{Code: Invalid, Message: name + ": " + msg}
+		return &domainerr.Error{Code: domainerr.Invalid, Message: name + ": " + msg}
 	}
 	return nil
 }
@@ -78,7 +79,7 @@ func (in *EncryptInput) validate() error {
 		return err
 	}
 	if len(in.Plaintext) > MaxPlaintextSize {
-		return &Error{Code: Invalid, Message: fmt.Sprintf("plaintext: exceeds %d bytes", MaxPlaintextSize)}
+		return &domainerr.Error{Code: domainerr.Invalid, Message: fmt.Sprintf("plaintext: exceeds %d bytes", MaxPlaintextSize)}
 	}
 	return validateContext(in.Context)
 }
@@ -86,9 +87,9 @@ func (in *EncryptInput) validate() error {
 func (in *DecryptInput) validate() error {
 	switch {
 	case len(in.Ciphertext) == 0:
-		return &Error{Code: Invalid, Message: "ciphertext: required"}
+		return &domainerr.Error{Code: domainerr.Invalid, Message: "ciphertext: required"}
 	case len(in.Ciphertext) > MaxCiphertextSize:
-		return &Error{Code: Invalid, Message: fmt.Sprintf("ciphertext: exceeds %d bytes", MaxCiphertextSize)}
+		return &domainerr.Error{Code: domainerr.Invalid, Message: fmt.Sprintf("ciphertext: exceeds %d bytes", MaxCiphertextSize)}
 	}
 	return validateContext(in.Context)
 }
@@ -131,7 +132,7 @@ func (c *Config) validate() error {
 			}
 		}
 		if err := validateContext(g.RequiredContext); err != nil {
-			return fmt.Errorf("keyguard: config: grants[%d]: required context: %s", i, ErrorMessage(err))
+			return fmt.Errorf("keyguard: config: grants[%d]: required context: %s", i, domainerr.MessageOf(err))
 		}
 		if strings.HasPrefix(g.ID, "g-") {
 			return fmt.Errorf("keyguard: config: grants[%d]: id %q: the prefix \"g-\" is kept for grants created through the API", i, g.ID)

@@ -1,21 +1,19 @@
 // Package grpcapi serves the audit.v1 AuditService over gRPC. It only
 // translates: protobuf requests become calls on audit.Log, domain errors
-// become gRPC statuses in one place (toStatus), and the caller's identity,
-// supplied by the server plumbing from the mTLS certificate, is checked
-// against the principals allowed to append or read.
+// become gRPC statuses through the one mapping every service shares
+// (grpcserver.ToStatus), and the caller's identity, supplied by the server
+// plumbing from the mTLS certificate, is checked against the principals
+// allowed to append or read.
 package grpcapi
 
 import (
 	"context"
-	"errors"
 
 	"github.com/hashicorp/go-hclog"
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/credmatrix/credmatrix/platform/domainerr"
+	"github.com/credmatrix/credmatrix/platform/grpcserver"
 	"github.com/credmatrix/credmatrix/services/audit"
 
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
@@ -84,18 +82,18 @@ func New(log *audit.Log, opts ...Option) *Server {
 func (s *Server) Append(ctx context.Context, req *auditv1.AppendRequest) (*auditv1.AppendResponse, error) {
 	source, err := s.authorize(ctx, s.appenders, "append to")
 	if err != nil {
-		return nil, s.fail("Append", err)
+		return nil, s.fail(ctx, err)
 	}
 	if !req.GetRefuseIndividually() {
 		results, err := s.log.Append(ctx, source, req.GetEvents())
 		if err != nil {
-			return nil, s.fail("Append", err)
+			return nil, s.fail(ctx, err)
 		}
 		return &auditv1.AppendResponse{Results: results}, nil
 	}
 	outcomes, err := s.log.AppendEach(ctx, source, req.GetEvents())
 	if err != nil {
-		return nil, s.fail("Append", err)
+		return nil, s.fail(ctx, err)
 	}
 	resp := &auditv1.AppendResponse{Results: make([]*auditv1.AppendResult, len(outcomes))}
 	for i, o := range outcomes {
@@ -104,7 +102,7 @@ func (s *Server) Append(ctx context.Context, req *auditv1.AppendRequest) (*audit
 			continue
 		}
 		s.logger.Warn("audit event refused; the rest of its batch is recorded", "source", source, "error", o.Err)
-		st := status.Convert(toStatus(o.Err))
+		st := grpcserver.ToStatus(o.Err)
 		resp.Results[i] = &auditv1.AppendResult{
 			Id:      req.GetEvents()[i].GetId(),
 			Refusal: &auditv1.AppendRefusal{Code: int32(st.Code()), Message: st.Message()},
@@ -116,7 +114,7 @@ func (s *Server) Append(ctx context.Context, req *auditv1.AppendRequest) (*audit
 // Query implements auditv1.AuditServiceServer.
 func (s *Server) Query(ctx context.Context, req *auditv1.QueryRequest) (*auditv1.QueryResponse, error) {
 	if _, err := s.authorize(ctx, s.readers, "query"); err != nil {
-		return nil, s.fail("Query", err)
+		return nil, s.fail(ctx, err)
 	}
 	f := audit.Filter{
 		Kinds:     req.GetKinds(),
@@ -131,19 +129,19 @@ func (s *Server) Query(ctx context.Context, req *auditv1.QueryRequest) (*auditv1
 	}
 	if ts := req.GetStartTime(); ts != nil {
 		if ts.CheckValid() != nil {
-			return nil, s.fail("Query", audit.Errorf(audit.Invalid, "start_time: not a valid timestamp"))
+			return nil, s.fail(ctx, domainerr.Errorf(domainerr.Invalid, "start_time: not a valid timestamp"))
 		}
 		f.Start = ts.AsTime()
 	}
 	if ts := req.GetEndTime(); ts != nil {
 		if ts.CheckValid() != nil {
-			return nil, s.fail("Query", audit.Errorf(audit.Invalid, "end_time: not a valid timestamp"))
+			return nil, s.fail(ctx, domainerr.Errorf(domainerr.Invalid, "end_time: not a valid timestamp"))
 		}
 		f.End = ts.AsTime()
 	}
 	page, err := s.log.Query(ctx, f)
 	if err != nil {
-		return nil, s.fail("Query", err)
+		return nil, s.fail(ctx, err)
 	}
 	resp := &auditv1.QueryResponse{Events: page.Events, NextPageToken: page.NextPageToken}
 	for _, m := range page.Mismatches {
@@ -160,18 +158,18 @@ func (s *Server) Query(ctx context.Context, req *auditv1.QueryRequest) (*auditv1
 // ListCheckpoints implements auditv1.AuditServiceServer.
 func (s *Server) ListCheckpoints(ctx context.Context, req *auditv1.ListCheckpointsRequest) (*auditv1.ListCheckpointsResponse, error) {
 	if _, err := s.authorize(ctx, s.readers, "read"); err != nil {
-		return nil, s.fail("ListCheckpoints", err)
+		return nil, s.fail(ctx, err)
 	}
 	n := int(req.GetPageSize())
 	switch {
 	case n < 0 || n > audit.MaxPageSize:
-		return nil, s.fail("ListCheckpoints", audit.Errorf(audit.Invalid, "page_size: must be 0 to %d, got %d", audit.MaxPageSize, n))
+		return nil, s.fail(ctx, domainerr.Errorf(domainerr.Invalid, "page_size: must be 0 to %d, got %d", audit.MaxPageSize, n))
 	case n == 0:
 		n = audit.MaxPageSize
 	}
 	cps, err := s.log.Checkpoints(ctx, req.GetFromSize(), n)
 	if err != nil {
-		return nil, s.fail("ListCheckpoints", err)
+		return nil, s.fail(ctx, err)
 	}
 	resp := &auditv1.ListCheckpointsResponse{Checkpoints: make([]*auditv1.StoredCheckpoint, len(cps))}
 	for i, cp := range cps {
@@ -185,7 +183,7 @@ func (s *Server) ListCheckpoints(ctx context.Context, req *auditv1.ListCheckpoin
 func (s *Server) Subscribe(req *auditv1.SubscribeRequest, stream auditv1.AuditService_SubscribeServer) error {
 	ctx := stream.Context()
 	if _, err := s.authorize(ctx, s.readers, "subscribe to"); err != nil {
-		return s.fail("Subscribe", err)
+		return s.fail(ctx, err)
 	}
 	var sendErr error
 	err := s.log.Subscribe(ctx, req.GetFromSequence(), req.GetKinds(), func(e *auditv1.Event) error {
@@ -195,18 +193,18 @@ func (s *Server) Subscribe(req *auditv1.SubscribeRequest, stream auditv1.AuditSe
 	if sendErr != nil {
 		return sendErr // the transport's own status; the stream is gone
 	}
-	return s.fail("Subscribe", err)
+	return s.fail(ctx, err)
 }
 
 // GetCheckpoint implements auditv1.AuditServiceServer: a signed
 // checkpoint covering every durable event.
 func (s *Server) GetCheckpoint(ctx context.Context, _ *auditv1.GetCheckpointRequest) (*auditv1.GetCheckpointResponse, error) {
 	if _, err := s.authorize(ctx, s.readers, "read"); err != nil {
-		return nil, s.fail("GetCheckpoint", err)
+		return nil, s.fail(ctx, err)
 	}
 	cp, err := s.log.LatestCheckpoint(ctx)
 	if err != nil {
-		return nil, s.fail("GetCheckpoint", err)
+		return nil, s.fail(ctx, err)
 	}
 	return &auditv1.GetCheckpointResponse{
 		SignedNote: cp.Note,
@@ -221,11 +219,11 @@ func (s *Server) GetCheckpoint(ctx context.Context, _ *auditv1.GetCheckpointRequ
 // GetInclusionProof implements auditv1.AuditServiceServer.
 func (s *Server) GetInclusionProof(ctx context.Context, req *auditv1.GetInclusionProofRequest) (*auditv1.GetInclusionProofResponse, error) {
 	if _, err := s.authorize(ctx, s.readers, "read"); err != nil {
-		return nil, s.fail("GetInclusionProof", err)
+		return nil, s.fail(ctx, err)
 	}
 	leaf, path, size, err := s.log.InclusionProof(ctx, req.GetSequence(), req.GetTreeSize())
 	if err != nil {
-		return nil, s.fail("GetInclusionProof", err)
+		return nil, s.fail(ctx, err)
 	}
 	return &auditv1.GetInclusionProofResponse{Sequence: req.GetSequence(), TreeSize: size, LeafHash: leaf, Hashes: path}, nil
 }
@@ -233,11 +231,11 @@ func (s *Server) GetInclusionProof(ctx context.Context, req *auditv1.GetInclusio
 // GetConsistencyProof implements auditv1.AuditServiceServer.
 func (s *Server) GetConsistencyProof(ctx context.Context, req *auditv1.GetConsistencyProofRequest) (*auditv1.GetConsistencyProofResponse, error) {
 	if _, err := s.authorize(ctx, s.readers, "read"); err != nil {
-		return nil, s.fail("GetConsistencyProof", err)
+		return nil, s.fail(ctx, err)
 	}
 	proof, second, err := s.log.ConsistencyProof(ctx, req.GetFirstSize(), req.GetSecondSize())
 	if err != nil {
-		return nil, s.fail("GetConsistencyProof", err)
+		return nil, s.fail(ctx, err)
 	}
 	return &auditv1.GetConsistencyProofResponse{FirstSize: req.GetFirstSize(), SecondSize: second, Hashes: proof}, nil
 }
@@ -249,67 +247,13 @@ func (s *Server) authorize(ctx context.Context, allowed map[string]bool, action 
 	if len(allowed) == 0 || ok && allowed[id] {
 		return id, nil
 	}
-	return "", audit.Errorf(audit.PermissionDenied, "caller may not %s the audit log", action)
+	return "", domainerr.Errorf(domainerr.PermissionDenied, "caller may not %s the audit log", action)
 }
 
-// fail logs the cause of a server-side failure once and maps err.
-func (s *Server) fail(method string, err error) error {
-	if err == nil {
-		return nil
-	}
-	switch audit.ErrorCodeOf(err) {
-	case audit.Unavailable, audit.ResourceExhausted:
-		s.logger.Warn("audit request failed", "method", method, "error", err)
-	case "":
-		if !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
-			s.logger.Error("audit request failed", "method", method, "error", err)
-		}
-	}
-	return toStatus(err)
-}
-
-// toStatus is the one mapping from domain errors to gRPC statuses. Only a
-// domain error's Message reaches the caller; anything unrecognised is
-// Internal with a fixed message.
-func toStatus(err error) error {
-	if err == nil {
-		return nil
-	}
-	switch {
-	case errors.Is(err, context.Canceled):
-		return status.Error(codes.Canceled, context.Canceled.Error())
-	case errors.Is(err, context.DeadlineExceeded):
-		return status.Error(codes.DeadlineExceeded, context.DeadlineExceeded.Error())
-	}
-	var e *audit.Error
-	if !errors.As(err, &e) {
-		return status.Error(codes.Internal, "internal error")
-	}
-	switch e.Code {
-	case audit.Invalid:
-		return status.Error(codes.InvalidArgument, e.Message)
-	case audit.Unavailable:
-		return withRetry(codes.Unavailable, e)
-	case audit.NotFound:
-		return status.Error(codes.NotFound, e.Message)
-	case audit.PermissionDenied:
-		return status.Error(codes.PermissionDenied, e.Message)
-	case audit.ResourceExhausted:
-		return withRetry(codes.ResourceExhausted, e)
-	}
-	return status.Error(codes.Internal, "internal error")
-}
-
-// withRetry is the status of a retryable error, with a RetryInfo detail
-// when the domain advised a delay.
-func withRetry(code codes.Code, e *audit.Error) error {
-	st := status.New(code, e.Message)
-	if e.RetryAfter > 0 {
-		if d, err := st.WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(e.RetryAfter)}); err == nil {
-			st = d
-		}
-	}
-	return st.Err()
+// fail logs the cause of err once and returns its status (grpcserver.Fail:
+// the one mapping shared by every service).
+func (s *Server) fail(ctx context.Context, err error) error {
+	return grpcserver.Fail(ctx, s.logger, err).Err()
 }
 
 func set(items []string) map[string]bool {
@@ -359,7 +303,7 @@ func (s *Server) Archive(req *auditv1.ArchiveRequest, stream auditv1.AuditServic
 	ctx := stream.Context()
 	id, err := s.authorize(ctx, s.readers, "archive")
 	if err != nil {
-		return s.fail("Archive", err)
+		return s.fail(ctx, err)
 	}
 	if id == "" {
 		id = "operator"
@@ -371,9 +315,9 @@ func (s *Server) Archive(req *auditv1.ArchiveRequest, stream auditv1.AuditServic
 	}
 	if err != nil {
 		if ctx.Err() != nil {
-			return status.FromContextError(ctx.Err()).Err()
+			return grpcserver.ToStatus(ctx.Err()).Err()
 		}
-		return s.fail("Archive", err)
+		return s.fail(ctx, err)
 	}
 	return stream.Send(&auditv1.ArchiveResponse{Summary: &auditv1.ArchiveSummary{
 		FirstSequence: info.First, EndSize: info.End, Sha256: info.SHA256, AuditSequence: seq,

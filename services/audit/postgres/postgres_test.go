@@ -15,6 +15,7 @@ import (
 	"github.com/credmatrix/credmatrix/services/audit/postgres"
 	"github.com/credmatrix/credmatrix/services/audit/storetest"
 
+	"github.com/credmatrix/credmatrix/platform/domainerr"
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
 )
 
@@ -90,7 +91,7 @@ func TestFailover(t *testing.T) {
 		t.Fatal("both replicas hold the sequencer lock")
 	}
 	_, err = appendTo(logB, "b-refused")
-	if audit.ErrorCodeOf(err) != audit.Unavailable || !errors.Is(err, postgres.ErrNotSequencer) {
+	if domainerr.CodeOf(err) != domainerr.Unavailable || !errors.Is(err, postgres.ErrNotSequencer) {
 		t.Fatalf("append to the replica = %v, want Unavailable (not the sequencer)", err)
 	}
 	// The replica serves reads of what the sequencer wrote, once it has

@@ -34,6 +34,8 @@ import (
 	"github.com/credmatrix/credmatrix/services/audit/keptfile"
 
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
+
+	"github.com/credmatrix/credmatrix/platform/domainerr"
 )
 
 // Exec runs one SQL statement on the store's database as a database
@@ -289,7 +291,7 @@ func running(t *testing.T, log *audit.Log) string {
 	if !errors.Is(err, audit.ErrStoreMismatch) {
 		t.Fatalf("append after the edit: %v", err)
 	}
-	if _, err := log.LatestCheckpoint(ctx); audit.ErrorCodeOf(err) != audit.Unavailable {
+	if _, err := log.LatestCheckpoint(ctx); domainerr.CodeOf(err) != domainerr.Unavailable {
 		t.Errorf("a stopped log still serves checkpoints: %v", err)
 	}
 	seq := "?"

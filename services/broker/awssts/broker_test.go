@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/credmatrix/credmatrix/platform/domainerr"
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
 	"github.com/credmatrix/credmatrix/services/broker"
 	"github.com/credmatrix/credmatrix/services/broker/awssts"
@@ -70,13 +71,13 @@ func TestBrokerHidesUpstreamErrors(t *testing.T) {
 	_, err = svc.IssueSession(context.Background(), broker.IssueRequest{
 		Token: e.Token(t, "acme/app", "refs/heads/main", time.Hour), Targets: []broker.Target{{Role: "deploy", Account: "dev"}},
 	})
-	var be *broker.Error
+	var be *domainerr.Error
 	if !errors.As(err, &be) {
 		t.Fatalf("err = %v", err)
 	}
 	ev := e.Auditor.Events()[0]
 	got := []any{be.Code, be.Message, ev.GetDecision(), strings.Contains(ev.String(), "not authorized")}
-	want := []any{broker.FailedPrecondition, `AWS refused to issue role "deploy" in account "dev" (check the role's trust policy); no credentials issued`,
+	want := []any{domainerr.FailedPrecondition, `AWS refused to issue role "deploy" in account "dev" (check the role's trust policy); no credentials issued`,
 		auditv1.Decision_DECISION_ERROR, false}
 	if diff := cmp.Diff(got, want); diff != "" {
 		t.Errorf("(code, message, audited decision, upstream text in event) (-got +want):\n%s", diff)

@@ -1,6 +1,7 @@
 // Package grpcapi serves the broker over gRPC: it translates
 // credmatrix.broker.v1 messages to domain calls and back, and maps domain
-// errors to statuses in one place (toStatus).
+// errors to statuses through the mapping every service shares
+// (grpcserver.ToStatus), adding the denial detail of a refused request.
 //
 // Handlers do nothing else. Authentication of the connection, logging,
 // metrics, tracing and panic recovery are interceptors of the shared
@@ -10,13 +11,18 @@ package grpcapi
 
 import (
 	"context"
+	"errors"
 	"regexp"
 	"strconv"
 	"strings"
 
+	"github.com/credmatrix/credmatrix/platform/domainerr"
+	"github.com/credmatrix/credmatrix/platform/grpcserver"
 	brokerv1 "github.com/credmatrix/credmatrix/proto/credmatrix/broker/v1"
 	"github.com/credmatrix/credmatrix/services/broker"
 	"github.com/credmatrix/credmatrix/services/broker/policy"
+	"github.com/hashicorp/go-hclog"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
@@ -47,11 +53,11 @@ func WithIdentity(f func(ctx context.Context) (string, bool)) Option {
 	return func(s *Server) { s.identity = f }
 }
 
-// WithErrorHandler sets a function called with every error a handler
-// returns, before it becomes a status. Statuses carry only safe messages;
-// this is where the cause can be logged, once.
-func WithErrorHandler(f func(ctx context.Context, err error)) Option {
-	return func(s *Server) { s.onError = f }
+// WithLogger sets where the causes of failed requests are logged, once,
+// by the rule every service shares (grpcserver.Fail); statuses carry only
+// safe messages. The default discards them.
+func WithLogger(l hclog.Logger) Option {
+	return func(s *Server) { s.log = l }
 }
 
 // Server implements brokerv1.BrokerServiceServer.
@@ -59,26 +65,30 @@ type Server struct {
 	brokerv1.UnimplementedBrokerServiceServer
 	b        Broker
 	identity func(context.Context) (string, bool)
-	onError  func(context.Context, error)
+	log      hclog.Logger
 }
 
 var _ brokerv1.BrokerServiceServer = (*Server)(nil)
 
 // New returns a Server for b.
 func New(b Broker, opts ...Option) *Server {
-	s := &Server{b: b}
+	s := &Server{b: b, log: hclog.NewNullLogger()}
 	for _, opt := range opts {
 		opt(s)
 	}
 	return s
 }
 
-// fail reports err to the error handler and returns its status.
+// fail logs the cause of err once and returns its status: the shared
+// mapping (grpcserver.Fail), plus the DenialDetail of a policy denial.
 func (s *Server) fail(ctx context.Context, err error) error {
-	if s.onError != nil {
-		s.onError(ctx, err)
+	st := grpcserver.Fail(ctx, s.log, err)
+	if e, ok := errors.AsType[*domainerr.Error](err); ok && st.Code() == codes.PermissionDenied {
+		if d, ok := e.Detail.(*broker.Denial); ok {
+			st = withDenial(st, d)
+		}
 	}
-	return toStatus(err)
+	return st.Err()
 }
 
 // IssueSession implements brokerv1.BrokerServiceServer.
@@ -194,13 +204,13 @@ func (s *Server) RevokeSessions(ctx context.Context, req *brokerv1.RevokeSession
 	}
 	if ts := req.GetIssuedBefore(); ts != nil {
 		if err := ts.CheckValid(); err != nil {
-			return nil, s.fail(ctx, &broker.Error{Code: broker.Invalid, Message: "issued_before: invalid"})
+			return nil, s.fail(ctx, &domainerr.Error{Code: domainerr.Invalid, Message: "issued_before: invalid"})
 		}
 		in.IssuedBefore = ts.AsTime()
 	}
 	if d := req.GetBlockFor(); d != nil {
 		if err := d.CheckValid(); err != nil || d.AsDuration() == 0 {
-			return nil, s.fail(ctx, &broker.Error{Code: broker.Invalid, Message: "block_for: invalid"})
+			return nil, s.fail(ctx, &domainerr.Error{Code: domainerr.Invalid, Message: "block_for: invalid"})
 		}
 		in.BlockFor = d.AsDuration()
 	}
@@ -283,7 +293,7 @@ func targetFromProto(field string, t *brokerv1.SessionTarget) (broker.Target, er
 	out := broker.Target{Role: t.GetRole(), Account: t.GetAccount(), Region: t.GetRegion(), Policy: t.GetPolicy()}
 	if d := t.GetDuration(); d != nil {
 		if err := d.CheckValid(); err != nil {
-			return broker.Target{}, &broker.Error{Code: broker.Invalid, Message: field + ".duration: invalid"}
+			return broker.Target{}, &domainerr.Error{Code: domainerr.Invalid, Message: field + ".duration: invalid"}
 		}
 		out.Duration = d.AsDuration()
 	}

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/credmatrix/credmatrix/platform/domainerr"
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
 	"github.com/credmatrix/credmatrix/services/broker"
 	"github.com/credmatrix/credmatrix/services/broker/brokertest"
@@ -108,9 +109,9 @@ func TestSIGHUPRefetchesKeys(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	issue := func(tok string) broker.Code {
+	issue := func(tok string) domainerr.Code {
 		_, err := svc.IssueSession(context.Background(), broker.IssueRequest{Token: tok, Targets: []broker.Target{{Role: "deploy", Account: "dev"}}})
-		return broker.ErrorCode(err)
+		return domainerr.CodeOf(err)
 	}
 	compromised := e.Issuer.KeyID()
 	old := e.Token(t, "acme/app", "refs/heads/main", time.Hour)
@@ -162,7 +163,7 @@ func TestSIGHUPRefetchesKeys(t *testing.T) {
 	if got, want := reloads()[0], "signal: trust policy unchanged; signing keys refetched"; got != want {
 		t.Errorf("reload event %q, want %q", got, want)
 	}
-	if code := issue(old); code != broker.Unauthenticated {
+	if code := issue(old); code != domainerr.Unauthenticated {
 		t.Errorf("withdrawn key after SIGHUP: %v, want unauthenticated", code)
 	}
 }

@@ -24,7 +24,6 @@ import (
 	"github.com/credmatrix/credmatrix/platform/grpcclient"
 	"github.com/credmatrix/credmatrix/platform/grpcserver"
 	"github.com/credmatrix/credmatrix/platform/keyfile"
-	"github.com/credmatrix/credmatrix/platform/logging"
 	"github.com/credmatrix/credmatrix/platform/metrics"
 	brokerv1 "github.com/credmatrix/credmatrix/proto/credmatrix/broker/v1"
 	"github.com/credmatrix/credmatrix/services/broker"
@@ -347,9 +346,7 @@ func New(ctx context.Context, cfg Config, log hclog.Logger, opts ...grpcserver.O
 	}
 	brokerv1.RegisterBrokerServiceServer(gs, grpcapi.New(svc,
 		grpcapi.WithIdentity(grpcserver.PeerIdentity),
-		grpcapi.WithErrorHandler(func(ctx context.Context, err error) {
-			logging.WithTrace(ctx, log).Warn("request failed", "error", err)
-		}),
+		grpcapi.WithLogger(log),
 	))
 	log.Info("trust policy loaded", "file", cfg.PolicyFile, "sha256", pol.SHA256(), "rules", len(pol.Rules()), "provider", provider.Name(), "state", cfg.State.Driver)
 	return &Server{grpc: gs, metrics: metricsSrv, audit: auditConn, appender: appender, store: store, svc: svc, log: log, cfg: cfg, lastSeen: pol.SHA256()}, nil

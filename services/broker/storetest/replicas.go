@@ -10,6 +10,8 @@ import (
 
 	"github.com/credmatrix/credmatrix/services/broker"
 	"github.com/credmatrix/credmatrix/services/broker/brokertest"
+
+	"github.com/credmatrix/credmatrix/platform/domainerr"
 )
 
 // RunReplicas runs two broker Services as replicas on two handles of one
@@ -24,16 +26,16 @@ func RunReplicas(t *testing.T, newPair func(t *testing.T) (broker.Store, broker.
 		sa, sb := newPair(t)
 		return e, e.Replica(t, sa), e.Replica(t, sb)
 	}
-	issue := func(t *testing.T, e *brokertest.Env, svc *broker.Service, repo string) broker.Code {
+	issue := func(t *testing.T, e *brokertest.Env, svc *broker.Service, repo string) domainerr.Code {
 		t.Helper()
 		_, err := svc.IssueSession(ctx, broker.IssueRequest{Token: e.Token(t, repo, "refs/heads/main", time.Hour),
 			Targets: []broker.Target{{Role: "deploy", Account: "dev"}}})
-		return broker.ErrorCode(err)
+		return domainerr.CodeOf(err)
 	}
 
 	t.Run("freeze-and-unfreeze-bind-the-other-at-once", func(t *testing.T) {
 		e, a, b := setup(t)
-		var got []broker.Code
+		var got []domainerr.Code
 		for range 10 {
 			if _, err := a.FreezeAccount(ctx, brokertest.AdminPeer, broker.FreezeRequest{Account: "dev", Reason: "incident"}); err != nil {
 				t.Fatal(err)
@@ -44,9 +46,9 @@ func RunReplicas(t *testing.T, newPair func(t *testing.T) (broker.Store, broker.
 			}
 			got = append(got, issue(t, e, a, "acme/app"))
 		}
-		want := []broker.Code{}
+		want := []domainerr.Code{}
 		for range 10 {
-			want = append(want, broker.PermissionDenied, "")
+			want = append(want, domainerr.PermissionDenied, "")
 		}
 		if diff := cmp.Diff(got, want); diff != "" {
 			t.Errorf("(other replica after freeze, after unfreeze)×10 (-got +want):\n%s", diff)
@@ -62,7 +64,7 @@ func RunReplicas(t *testing.T, newPair func(t *testing.T) (broker.Store, broker.
 		if _, err := a.RevokeSessions(ctx, brokertest.AdminPeer, broker.RevokeRequest{Subject: sub, Reason: "leak"}); err != nil {
 			t.Fatal(err)
 		}
-		if code := issue(t, e, b, "acme/app"); code != broker.PermissionDenied {
+		if code := issue(t, e, b, "acme/app"); code != domainerr.PermissionDenied {
 			t.Errorf("other replica right after RevokeSessions returned: %q, want PermissionDenied", code)
 		}
 	})
@@ -77,8 +79,8 @@ func RunReplicas(t *testing.T, newPair func(t *testing.T) (broker.Store, broker.
 		if _, err := a.ReloadPolicy(ctx, brokertest.AdminPeer, false); err != nil {
 			t.Fatal(err)
 		}
-		got := []broker.Code{issue(t, e, b, "acme/app"), issue(t, e, b, "acme/other")}
-		if diff := cmp.Diff(got, []broker.Code{broker.PermissionDenied, ""}); diff != "" {
+		got := []domainerr.Code{issue(t, e, b, "acme/app"), issue(t, e, b, "acme/other")}
+		if diff := cmp.Diff(got, []domainerr.Code{domainerr.PermissionDenied, ""}); diff != "" {
 			t.Errorf("other replica right after ReloadPolicy returned: (old repo, new repo) (-got +want):\n%s", diff)
 		}
 		var reloads []string

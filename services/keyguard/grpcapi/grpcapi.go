@@ -1,6 +1,7 @@
 // Package grpcapi serves keyguard's v1 gRPC API: it translates protobuf
 // requests into calls on the keyguard domain and domain results and errors
-// back into protobuf responses and gRPC statuses. It holds no rules of its
+// back into protobuf responses and gRPC statuses (through the mapping every
+// service shares, grpcserver.Fail). It holds no rules of its
 // own beyond the shape of the API (who the caller is, batch limits); the
 // interceptors of the shared server plumbing do logging, metrics, tracing
 // and panic recovery.
@@ -9,11 +10,9 @@ package grpcapi
 import (
 	"context"
 	"errors"
-	"fmt"
 	"strings"
 
 	"github.com/hashicorp/go-hclog"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -21,6 +20,8 @@ import (
 
 	keyguardv1 "github.com/credmatrix/credmatrix/proto/credmatrix/keyguard/v1"
 
+	"github.com/credmatrix/credmatrix/platform/domainerr"
+	"github.com/credmatrix/credmatrix/platform/grpcserver"
 	"github.com/credmatrix/credmatrix/services/keyguard"
 	"github.com/credmatrix/credmatrix/services/keyguard/oidcauth"
 )
@@ -111,64 +112,30 @@ func (s *Server) caller(ctx context.Context) (string, error) {
 		token, ok := strings.CutPrefix(vals[0], "Bearer ")
 		switch {
 		case len(vals) != 1 || !ok || token == "":
-			return "", status.Error(codes.Unauthenticated, "authorization: want one \"Bearer <token>\"")
+			return "", domainerr.Errorf(domainerr.Unauthenticated, "authorization: want one \"Bearer <token>\"")
 		case s.bearer == nil:
-			return "", status.Error(codes.Unauthenticated, "authorization: bearer tokens are not accepted by this keyguard")
+			return "", domainerr.Errorf(domainerr.Unauthenticated, "authorization: bearer tokens are not accepted by this keyguard")
 		}
 		caller, err := s.bearer(ctx, token)
 		if errors.Is(err, oidcauth.ErrIssuerUnavailable) {
-			s.log.Warn("bearer token not verified: its issuer is unavailable", "error", err)
-			return "", status.Error(codes.Unavailable, "token issuer unavailable; retry later")
+			return "", &domainerr.Error{Code: domainerr.Unavailable, Message: "token issuer unavailable; retry later", Err: err}
 		}
 		if err != nil || caller == "" {
-			s.log.Debug("bearer token refused", "error", err)
-			return "", status.Error(codes.Unauthenticated, "invalid bearer token")
+			return "", &domainerr.Error{Code: domainerr.Unauthenticated, Message: "invalid bearer token", Err: err}
 		}
 		return caller, nil
 	}
 	caller, ok := s.identify(ctx)
 	if !ok || caller == "" {
-		return "", status.Error(codes.Unauthenticated, "caller identity required")
+		return "", domainerr.Errorf(domainerr.Unauthenticated, "caller identity required")
 	}
 	return caller, nil
 }
 
-// toStatus maps a domain error to the gRPC status the caller sees. Only the
-// domain's safe message crosses; anything unknown is Internal with a fixed
-// message.
-func toStatus(err error) *status.Status {
-	if e, ok := errors.AsType[*keyguard.Error](err); ok {
-		switch e.Code {
-		case keyguard.Invalid:
-			return status.New(codes.InvalidArgument, e.Message)
-		case keyguard.NotFound:
-			return status.New(codes.NotFound, e.Message)
-		case keyguard.PermissionDenied:
-			return status.New(codes.PermissionDenied, e.Message)
-		case keyguard.FailedPrecondition:
-			return status.New(codes.FailedPrecondition, e.Message)
-		case keyguard.Unavailable:
-			return status.New(codes.Unavailable, e.Message)
-		}
-		return status.New(codes.Internal, "internal error")
-	}
-	switch {
-	case errors.Is(err, context.Canceled):
-		return status.New(codes.Canceled, "request cancelled")
-	case errors.Is(err, context.DeadlineExceeded):
-		return status.New(codes.DeadlineExceeded, "deadline exceeded")
-	}
-	return status.New(codes.Internal, "internal error")
-}
-
-// fail converts err for the caller, logging its cause once when the caller
-// is not told it.
-func (s *Server) fail(method string, err error) *status.Status {
-	st := toStatus(err)
-	if c := st.Code(); c == codes.Internal || c == codes.Unavailable {
-		s.log.Error("request failed", "method", method, "code", c.String(), "error", err)
-	}
-	return st
+// fail logs the cause of err once and returns the status the caller sees,
+// by the mapping every service shares (grpcserver.Fail).
+func (s *Server) fail(ctx context.Context, err error) *status.Status {
+	return grpcserver.Fail(ctx, s.log, err)
 }
 
 func keyRef(k keyguard.KeyRef) *keyguardv1.KeyRef {
@@ -183,7 +150,7 @@ func (s *Server) encrypt(ctx context.Context, caller string, req *keyguardv1.Enc
 		Context:   req.GetEncryptionContext(),
 	})
 	if err != nil {
-		return nil, s.fail("Encrypt", err)
+		return nil, s.fail(ctx, err)
 	}
 	return &keyguardv1.EncryptResponse{Ciphertext: out.Ciphertext, Key: keyRef(out.Key), AuditSequence: out.AuditSequence}, nil
 }
@@ -194,7 +161,7 @@ func (s *Server) decrypt(ctx context.Context, caller string, req *keyguardv1.Dec
 		Context:    req.GetEncryptionContext(),
 	})
 	if err != nil {
-		return nil, s.fail("Decrypt", err)
+		return nil, s.fail(ctx, err)
 	}
 	return &keyguardv1.DecryptResponse{Plaintext: out.Plaintext, Key: keyRef(out.Key), AuditSequence: out.AuditSequence}, nil
 }
@@ -203,7 +170,7 @@ func (s *Server) decrypt(ctx context.Context, caller string, req *keyguardv1.Dec
 func (s *Server) Encrypt(ctx context.Context, req *keyguardv1.EncryptRequest) (*keyguardv1.EncryptResponse, error) {
 	caller, err := s.caller(ctx)
 	if err != nil {
-		return nil, err
+		return nil, s.fail(ctx, err).Err()
 	}
 	resp, st := s.encrypt(ctx, caller, req)
 	return resp, st.Err()
@@ -213,7 +180,7 @@ func (s *Server) Encrypt(ctx context.Context, req *keyguardv1.EncryptRequest) (*
 func (s *Server) Decrypt(ctx context.Context, req *keyguardv1.DecryptRequest) (*keyguardv1.DecryptResponse, error) {
 	caller, err := s.caller(ctx)
 	if err != nil {
-		return nil, err
+		return nil, s.fail(ctx, err).Err()
 	}
 	resp, st := s.decrypt(ctx, caller, req)
 	return resp, st.Err()
@@ -223,11 +190,11 @@ func (s *Server) Decrypt(ctx context.Context, req *keyguardv1.DecryptRequest) (*
 func checkBatch(n int, req proto.Message) error {
 	switch {
 	case n == 0:
-		return status.Error(codes.InvalidArgument, "items: required")
+		return domainerr.Errorf(domainerr.Invalid, "items: required")
 	case n > MaxBatchItems:
-		return status.Error(codes.InvalidArgument, fmt.Sprintf("items: at most %d", MaxBatchItems))
+		return domainerr.Errorf(domainerr.Invalid, "items: at most %d", MaxBatchItems)
 	case proto.Size(req) > MaxBatchBytes:
-		return status.Error(codes.InvalidArgument, fmt.Sprintf("items: exceed %d bytes in total", MaxBatchBytes))
+		return domainerr.Errorf(domainerr.Invalid, "items: exceed %d bytes in total", MaxBatchBytes)
 	}
 	return nil
 }
@@ -242,10 +209,10 @@ func itemError(st *status.Status) *keyguardv1.ItemError {
 func (s *Server) BatchEncrypt(ctx context.Context, req *keyguardv1.BatchEncryptRequest) (*keyguardv1.BatchEncryptResponse, error) {
 	caller, err := s.caller(ctx)
 	if err != nil {
-		return nil, err
+		return nil, s.fail(ctx, err).Err()
 	}
 	if err := checkBatch(len(req.GetItems()), req); err != nil {
-		return nil, err
+		return nil, s.fail(ctx, err).Err()
 	}
 	items := make([]keyguard.EncryptInput, len(req.GetItems()))
 	for i, it := range req.GetItems() {
@@ -255,7 +222,7 @@ func (s *Server) BatchEncrypt(ctx context.Context, req *keyguardv1.BatchEncryptR
 	resp := &keyguardv1.BatchEncryptResponse{Results: make([]*keyguardv1.BatchEncryptResult, len(res))}
 	for i, r := range res {
 		if r.Err != nil {
-			resp.Results[i] = &keyguardv1.BatchEncryptResult{Result: &keyguardv1.BatchEncryptResult_Error{Error: itemError(s.fail("BatchEncrypt", r.Err))}}
+			resp.Results[i] = &keyguardv1.BatchEncryptResult{Result: &keyguardv1.BatchEncryptResult_Error{Error: itemError(s.fail(ctx, r.Err))}}
 			continue
 		}
 		resp.Results[i] = &keyguardv1.BatchEncryptResult{Result: &keyguardv1.BatchEncryptResult_Response{Response: &keyguardv1.EncryptResponse{
@@ -271,10 +238,10 @@ func (s *Server) BatchEncrypt(ctx context.Context, req *keyguardv1.BatchEncryptR
 func (s *Server) BatchDecrypt(ctx context.Context, req *keyguardv1.BatchDecryptRequest) (*keyguardv1.BatchDecryptResponse, error) {
 	caller, err := s.caller(ctx)
 	if err != nil {
-		return nil, err
+		return nil, s.fail(ctx, err).Err()
 	}
 	if err := checkBatch(len(req.GetItems()), req); err != nil {
-		return nil, err
+		return nil, s.fail(ctx, err).Err()
 	}
 	items := make([]keyguard.DecryptInput, len(req.GetItems()))
 	for i, it := range req.GetItems() {
@@ -284,7 +251,7 @@ func (s *Server) BatchDecrypt(ctx context.Context, req *keyguardv1.BatchDecryptR
 	resp := &keyguardv1.BatchDecryptResponse{Results: make([]*keyguardv1.BatchDecryptResult, len(res))}
 	for i, r := range res {
 		if r.Err != nil {
-			resp.Results[i] = &keyguardv1.BatchDecryptResult{Result: &keyguardv1.BatchDecryptResult_Error{Error: itemError(s.fail("BatchDecrypt", r.Err))}}
+			resp.Results[i] = &keyguardv1.BatchDecryptResult{Result: &keyguardv1.BatchDecryptResult_Error{Error: itemError(s.fail(ctx, r.Err))}}
 			continue
 		}
 		resp.Results[i] = &keyguardv1.BatchDecryptResult{Result: &keyguardv1.BatchDecryptResult_Response{Response: &keyguardv1.DecryptResponse{
@@ -298,13 +265,13 @@ func (s *Server) BatchDecrypt(ctx context.Context, req *keyguardv1.BatchDecryptR
 func (s *Server) GenerateDataKey(ctx context.Context, req *keyguardv1.GenerateDataKeyRequest) (*keyguardv1.GenerateDataKeyResponse, error) {
 	caller, err := s.caller(ctx)
 	if err != nil {
-		return nil, err
+		return nil, s.fail(ctx, err).Err()
 	}
 	out, err := s.svc.GenerateDataKey(ctx, caller, keyguard.GenerateDataKeyInput{
 		DataClass: req.GetDataClass(), Region: req.GetRegion(), Context: req.GetEncryptionContext(),
 	})
 	if err != nil {
-		return nil, s.fail("GenerateDataKey", err).Err()
+		return nil, s.fail(ctx, err).Err()
 	}
 	return &keyguardv1.GenerateDataKeyResponse{
 		PlaintextDataKey: out.PlaintextKey, WrappedDataKey: out.WrappedKey, Key: keyRef(out.Key), AuditSequence: out.AuditSequence,
@@ -315,11 +282,11 @@ func (s *Server) GenerateDataKey(ctx context.Context, req *keyguardv1.GenerateDa
 func (s *Server) Rewrap(ctx context.Context, req *keyguardv1.RewrapRequest) (*keyguardv1.RewrapResponse, error) {
 	caller, err := s.caller(ctx)
 	if err != nil {
-		return nil, err
+		return nil, s.fail(ctx, err).Err()
 	}
 	out, err := s.svc.Rewrap(ctx, caller, keyguard.DecryptInput{Ciphertext: req.GetCiphertext(), Context: req.GetEncryptionContext()})
 	if err != nil {
-		return nil, s.fail("Rewrap", err).Err()
+		return nil, s.fail(ctx, err).Err()
 	}
 	return &keyguardv1.RewrapResponse{Ciphertext: out.Ciphertext, FromKey: keyRef(out.From), ToKey: keyRef(out.To), AuditSequence: out.AuditSequence}, nil
 }
@@ -328,11 +295,11 @@ func (s *Server) Rewrap(ctx context.Context, req *keyguardv1.RewrapRequest) (*ke
 func (s *Server) RotateKey(ctx context.Context, req *keyguardv1.RotateKeyRequest) (*keyguardv1.RotateKeyResponse, error) {
 	caller, err := s.caller(ctx)
 	if err != nil {
-		return nil, err
+		return nil, s.fail(ctx, err).Err()
 	}
 	ref, seq, err := s.svc.RotateKey(ctx, caller, req.GetDataClass(), req.GetRegion(), req.GetReason())
 	if err != nil {
-		return nil, s.fail("RotateKey", err).Err()
+		return nil, s.fail(ctx, err).Err()
 	}
 	return &keyguardv1.RotateKeyResponse{Key: keyRef(ref), AuditSequence: seq}, nil
 }
@@ -341,11 +308,11 @@ func (s *Server) RotateKey(ctx context.Context, req *keyguardv1.RotateKeyRequest
 func (s *Server) SetMinDecryptVersion(ctx context.Context, req *keyguardv1.SetMinDecryptVersionRequest) (*keyguardv1.SetMinDecryptVersionResponse, error) {
 	caller, err := s.caller(ctx)
 	if err != nil {
-		return nil, err
+		return nil, s.fail(ctx, err).Err()
 	}
 	seq, err := s.svc.SetMinDecryptVersion(ctx, caller, req.GetDataClass(), req.GetRegion(), req.GetMinDecryptVersion(), req.GetReason())
 	if err != nil {
-		return nil, s.fail("SetMinDecryptVersion", err).Err()
+		return nil, s.fail(ctx, err).Err()
 	}
 	return &keyguardv1.SetMinDecryptVersionResponse{AuditSequence: seq}, nil
 }
@@ -389,29 +356,29 @@ func grantToProto(g keyguard.Grant) *keyguardv1.Grant {
 func (s *Server) CreateGrant(ctx context.Context, req *keyguardv1.CreateGrantRequest) (*keyguardv1.CreateGrantResponse, error) {
 	caller, err := s.caller(ctx)
 	if err != nil {
-		return nil, err
+		return nil, s.fail(ctx, err).Err()
 	}
 	pg := req.GetGrant()
 	if pg == nil {
-		return nil, status.Error(codes.InvalidArgument, "grant: required")
+		return nil, s.fail(ctx, domainerr.Errorf(domainerr.Invalid, "grant: required")).Err()
 	}
 	g := keyguard.Grant{Principal: pg.GetPrincipal(), DataClass: pg.GetDataClass(), Regions: pg.GetRegions(), RequiredContext: pg.GetRequiredContext()}
 	for i, op := range pg.GetOperations() {
 		o, ok := operationFromProto(op)
 		if !ok {
-			return nil, status.Error(codes.InvalidArgument, fmt.Sprintf("grant.operations[%d]: unknown operation %v", i, op))
+			return nil, s.fail(ctx, domainerr.Errorf(domainerr.Invalid, "grant.operations[%d]: unknown operation %v", i, op)).Err()
 		}
 		g.Operations = append(g.Operations, o)
 	}
 	if pg.GetExpireTime() != nil {
 		if err := pg.GetExpireTime().CheckValid(); err != nil {
-			return nil, status.Error(codes.InvalidArgument, "grant.expire_time: not a valid timestamp")
+			return nil, s.fail(ctx, domainerr.Errorf(domainerr.Invalid, "grant.expire_time: not a valid timestamp")).Err()
 		}
 		g.ExpireTime = pg.GetExpireTime().AsTime()
 	}
 	out, seq, err := s.svc.CreateGrant(ctx, caller, g)
 	if err != nil {
-		return nil, s.fail("CreateGrant", err).Err()
+		return nil, s.fail(ctx, err).Err()
 	}
 	return &keyguardv1.CreateGrantResponse{Grant: grantToProto(out), AuditSequence: seq}, nil
 }
@@ -420,11 +387,11 @@ func (s *Server) CreateGrant(ctx context.Context, req *keyguardv1.CreateGrantReq
 func (s *Server) RevokeGrant(ctx context.Context, req *keyguardv1.RevokeGrantRequest) (*keyguardv1.RevokeGrantResponse, error) {
 	caller, err := s.caller(ctx)
 	if err != nil {
-		return nil, err
+		return nil, s.fail(ctx, err).Err()
 	}
 	seq, err := s.svc.RevokeGrant(ctx, caller, req.GetGrantId(), req.GetReason())
 	if err != nil {
-		return nil, s.fail("RevokeGrant", err).Err()
+		return nil, s.fail(ctx, err).Err()
 	}
 	return &keyguardv1.RevokeGrantResponse{AuditSequence: seq}, nil
 }
@@ -433,13 +400,13 @@ func (s *Server) RevokeGrant(ctx context.Context, req *keyguardv1.RevokeGrantReq
 func (s *Server) ListGrants(ctx context.Context, req *keyguardv1.ListGrantsRequest) (*keyguardv1.ListGrantsResponse, error) {
 	caller, err := s.caller(ctx)
 	if err != nil {
-		return nil, err
+		return nil, s.fail(ctx, err).Err()
 	}
 	gs, next, err := s.svc.ListGrants(ctx, caller, keyguard.ListGrantsInput{
 		Principal: req.GetPrincipal(), DataClass: req.GetDataClass(), PageSize: int(req.GetPageSize()), PageToken: req.GetPageToken(),
 	})
 	if err != nil {
-		return nil, s.fail("ListGrants", err).Err()
+		return nil, s.fail(ctx, err).Err()
 	}
 	resp := &keyguardv1.ListGrantsResponse{NextPageToken: next}
 	for _, g := range gs {
@@ -452,11 +419,11 @@ func (s *Server) ListGrants(ctx context.Context, req *keyguardv1.ListGrantsReque
 func (s *Server) DescribeKeyRing(ctx context.Context, req *keyguardv1.DescribeKeyRingRequest) (*keyguardv1.DescribeKeyRingResponse, error) {
 	caller, err := s.caller(ctx)
 	if err != nil {
-		return nil, err
+		return nil, s.fail(ctx, err).Err()
 	}
 	d, err := s.svc.DescribeKeyRing(ctx, caller, req.GetDataClass(), req.GetRegion())
 	if err != nil {
-		return nil, s.fail("DescribeKeyRing", err).Err()
+		return nil, s.fail(ctx, err).Err()
 	}
 	resp := &keyguardv1.DescribeKeyRingResponse{
 		DataClass: d.Ring.DataClass, Region: d.Ring.Region, Backend: d.Backend,

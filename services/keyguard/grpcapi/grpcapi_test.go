@@ -25,6 +25,7 @@ import (
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
 	keyguardv1 "github.com/credmatrix/credmatrix/proto/credmatrix/keyguard/v1"
 
+	"github.com/credmatrix/credmatrix/platform/domainerr"
 	"github.com/credmatrix/credmatrix/services/keyguard"
 	"github.com/credmatrix/credmatrix/services/keyguard/grpcapi"
 	"github.com/credmatrix/credmatrix/services/keyguard/localkms"
@@ -338,13 +339,13 @@ func TestErrorMapping(t *testing.T) {
 		wantMsg  string
 		wantLog  bool
 	}{
-		{"invalid", &keyguard.Error{Code: keyguard.Invalid, Message: "region: required"}, codes.InvalidArgument, "region: required", false},
-		{"not-found", &keyguard.Error{Code: keyguard.NotFound, Message: "no ring"}, codes.NotFound, "no ring", false},
-		{"permission-denied", &keyguard.Error{Code: keyguard.PermissionDenied, Message: "no grant"}, codes.PermissionDenied, "no grant", false},
-		{"unavailable", fmt.Errorf("wrapped: %w", &keyguard.Error{Code: keyguard.Unavailable, Message: "audit down", Err: errors.New("dial 10.0.0.7")}), codes.Unavailable, "audit down", true},
-		{"internal-domain", &keyguard.Error{Code: keyguard.Internal, Message: "bad config detail", Err: errors.New("cause")}, codes.Internal, "internal error", true},
+		{"invalid", &domainerr.Error{Code: domainerr.Invalid, Message: "region: required"}, codes.InvalidArgument, "region: required", false},
+		{"not-found", &domainerr.Error{Code: domainerr.NotFound, Message: "no ring"}, codes.NotFound, "no ring", false},
+		{"permission-denied", &domainerr.Error{Code: domainerr.PermissionDenied, Message: "no grant"}, codes.PermissionDenied, "no grant", false},
+		{"unavailable", fmt.Errorf("wrapped: %w", &domainerr.Error{Code: domainerr.Unavailable, Message: "audit down", Err: errors.New("dial 10.0.0.7")}), codes.Unavailable, "audit down", true},
+		{"internal-domain", &domainerr.Error{Code: domainerr.Internal, Message: "bad config detail", Err: errors.New("cause")}, codes.Internal, "internal error", true},
 		{"internal-unknown", errors.New("kms: AccessDeniedException arn:aws:kms:secret"), codes.Internal, "internal error", true},
-		{"unknown-code", &keyguard.Error{Code: "weird", Message: "do not show"}, codes.Internal, "internal error", true},
+		{"unknown-code", &domainerr.Error{Code: "weird", Message: "do not show"}, codes.Internal, "internal error", true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -11,6 +11,7 @@ import (
 
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
 
+	"github.com/credmatrix/credmatrix/platform/domainerr"
 	"github.com/credmatrix/credmatrix/services/keyguard"
 	"github.com/credmatrix/credmatrix/services/keyguard/localkms"
 )
@@ -91,7 +92,7 @@ func RunReplicas(t *testing.T, newPair func(t *testing.T) (keyguard.Store, keygu
 			}
 			// The creator has a copy holding the grant; its very next
 			// request must not use it.
-			if _, err := encrypt(creator); keyguard.ErrorCode(err) != keyguard.PermissionDenied {
+			if _, err := encrypt(creator); domainerr.CodeOf(err) != domainerr.PermissionDenied {
 				t.Fatalf("round %d: Encrypt at the other replica right after RevokeGrant returned = %v, want PermissionDenied", i, err)
 			}
 		}
@@ -112,7 +113,7 @@ func RunReplicas(t *testing.T, newPair func(t *testing.T) (keyguard.Store, keygu
 		if _, err := a.SetMinDecryptVersion(ctx, admin, eu.DataClass, eu.Region, 2, "retire v1"); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := b.Decrypt(ctx, app, keyguard.DecryptInput{Ciphertext: old.Ciphertext, Context: encCtx}); keyguard.ErrorCode(err) != keyguard.FailedPrecondition {
+		if _, err := b.Decrypt(ctx, app, keyguard.DecryptInput{Ciphertext: old.Ciphertext, Context: encCtx}); domainerr.CodeOf(err) != domainerr.FailedPrecondition {
 			t.Errorf("Decrypt of a retired version at the other replica = %v, want FailedPrecondition", err)
 		}
 		d, err := b.DescribeKeyRing(ctx, admin, eu.DataClass, eu.Region)
@@ -195,10 +196,10 @@ func RunReplicas(t *testing.T, newPair func(t *testing.T) (keyguard.Store, keygu
 		down.down = true
 		down.mu.Unlock()
 		out, err := encrypt(svc)
-		if keyguard.ErrorCode(err) != keyguard.Unavailable || out.Ciphertext != nil {
+		if domainerr.CodeOf(err) != domainerr.Unavailable || out.Ciphertext != nil {
 			t.Fatalf("Encrypt while the state store is unreadable = %v (ciphertext %d bytes), want Unavailable and nothing", err, len(out.Ciphertext))
 		}
-		if got := keyguard.ErrorMessage(err); got != "state store unavailable; operation not performed" {
+		if got := domainerr.MessageOf(err); got != "state store unavailable; operation not performed" {
 			t.Errorf("message %q", got)
 		}
 	})
