@@ -66,6 +66,7 @@ func (l *Log) runIndexer() {
 	defer close(l.idxStopped)
 	t := time.NewTicker(indexRetry)
 	defer t.Stop()
+	var mark watermark
 	for {
 		select {
 		case <-l.done:
@@ -73,7 +74,7 @@ func (l *Log) runIndexer() {
 		case <-l.idxWake:
 		case <-t.C:
 		}
-		for l.indexSome() {
+		for l.indexSome(&mark) {
 			select {
 			case <-l.done:
 				return
@@ -83,20 +84,33 @@ func (l *Log) runIndexer() {
 	}
 }
 
+// watermark is the indexer's knowledge of the index watermark: after its
+// own AddIndex it knows it without reading it again; another writer's
+// progress (a replica's sequencer) shows as ErrSequence, and then it reads.
+type watermark struct {
+	at    uint64
+	known bool
+}
+
 // indexSome indexes one batch of the events the tree holds and the index
 // does not cover; it reports whether it made progress.
-func (l *Log) indexSome() bool {
+func (l *Log) indexSome(mark *watermark) bool {
 	if l.usable() != nil {
 		return false
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), commitTimeout)
 	defer cancel()
-	from, err := l.store.IndexedUpTo(ctx)
-	if err != nil {
-		l.logf("query index: cannot read its watermark", "error", err)
-		return false
+	if !mark.known {
+		w, err := l.store.IndexedUpTo(ctx)
+		if err != nil {
+			l.logf("query index: cannot read its watermark", "error", err)
+			return false
+		}
+		*mark = watermark{at: w, known: true}
+		l.setIndexed(w)
 	}
-	l.setIndexed(from)
+	from := mark.at
+	var err error
 	size := l.tree.Size()
 	if from >= size {
 		return false
@@ -120,11 +134,14 @@ func (l *Log) indexSome() bool {
 	err = l.store.AddIndex(ctx, from, rows)
 	switch {
 	case err == nil:
-		l.setIndexed(from + uint64(len(rows)))
+		mark.at = from + uint64(len(rows))
+		l.setIndexed(mark.at)
 		return true
 	case errors.Is(err, ErrSequence):
+		mark.known = false
 		return true // another indexer moved the watermark: read it again
 	default:
+		mark.known = false
 		if !errors.Is(err, errNotWriter) {
 			l.logf("query index: cannot store index rows", "from", from, "error", err)
 		}

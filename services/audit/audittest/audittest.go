@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -53,6 +54,8 @@ func RunAppendBenchmark(b *testing.B, log *audit.Log, callers int) {
 	ctx := context.Background()
 	lat := make([][]time.Duration, callers)
 	var wg sync.WaitGroup
+	var ru0 syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
 	b.ResetTimer()
 	start := time.Now()
 	for c := range callers {
@@ -79,11 +82,20 @@ func RunAppendBenchmark(b *testing.B, log *audit.Log, callers int) {
 	wg.Wait()
 	elapsed := time.Since(start)
 	b.StopTimer()
+	var ru1 syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
 	var all []time.Duration
 	for _, l := range lat {
 		all = append(all, l...)
 	}
 	ReportLatency(b, all, elapsed)
+	// CPU per event (the whole process: callers, committer, indexer,
+	// store), which a busy machine distorts less than events/s.
+	cpu := time.Duration(ru1.Utime.Nano() + ru1.Stime.Nano() - ru0.Utime.Nano() - ru0.Stime.Nano())
+	if n := len(all); n > 0 {
+		b.ReportMetric(float64(cpu.Microseconds())/float64(n), "cpu-us/event")
+	}
+	b.ReportMetric(float64(log.IndexLag()), "index-lag-events")
 }
 
 // ReportLatency reports events/s over elapsed and the p50/p99 of lat, in ms.

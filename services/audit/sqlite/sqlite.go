@@ -59,6 +59,7 @@ type Store struct {
 	mu      sync.Mutex
 	inserts map[string]*sql.Stmt // prepared multi-row INSERTs by table and row count
 	heads   *sql.Stmt            // head and last checkpoint, in the append transaction
+	addCP   *sql.Stmt            // INSERT of a checkpoint
 
 	stop      chan struct{} // ends checkpointWAL
 	closeOnce sync.Once
@@ -151,7 +152,10 @@ func Open(ctx context.Context, path string) (*Store, error) {
 	s.idx, _ = sql.Open("sqlite", dsn(path, "immediate", "journal_mode(WAL)", "synchronous(NORMAL)", "wal_autocheckpoint(0)"))
 	s.idx.SetMaxOpenConns(1)
 	s.rdb, _ = sql.Open("sqlite", dsn(path, "deferred", "journal_mode(WAL)", "query_only(1)"))
-	if s.heads, err = s.db.PrepareContext(ctx, `SELECT (SELECT COALESCE(MAX(sequence) + 1, 0) FROM events), (SELECT COALESCE(MAX(tree_size), 0) FROM checkpoints)`); err != nil {
+	if s.heads, err = s.db.PrepareContext(ctx, `SELECT (SELECT COALESCE(MAX(sequence) + 1, 0) FROM events), (SELECT COALESCE(MAX(tree_size), 0) FROM checkpoints)`); err == nil {
+		s.addCP, err = s.db.PrepareContext(ctx, "INSERT INTO checkpoints (tree_size, time_unix_nano, note, compact_range) VALUES (?, ?, ?, ?)")
+	}
+	if err != nil {
 		s.closeHandles()
 		return nil, fmt.Errorf("open audit store %s: %w", path, err)
 	}
@@ -431,8 +435,7 @@ func (s *Store) Append(ctx context.Context, b audit.Batch) error {
 		}
 	}
 	if cp := b.Checkpoint; cp != nil {
-		if _, err := tx.ExecContext(ctx, "INSERT INTO checkpoints (tree_size, time_unix_nano, note, compact_range) VALUES (?, ?, ?, ?)",
-			int64(cp.Size), audit.UnixNano(cp.Time), cp.Note, encodeRange(cp.CompactRange)); err != nil {
+		if _, err := tx.StmtContext(ctx, s.addCP).ExecContext(ctx, int64(cp.Size), audit.UnixNano(cp.Time), cp.Note, encodeRange(cp.CompactRange)); err != nil {
 			return fmt.Errorf("append: checkpoint: %w", err)
 		}
 	}
@@ -857,8 +860,10 @@ func (s *Store) closeHandles() error {
 	for _, st := range s.inserts {
 		st.Close()
 	}
-	if s.heads != nil {
-		s.heads.Close()
+	for _, st := range []*sql.Stmt{s.heads, s.addCP} {
+		if st != nil {
+			st.Close()
+		}
 	}
 	s.mu.Unlock()
 	errs := []error{s.db.Close()}
