@@ -676,7 +676,7 @@ func TestIdentitiesCertificatesAndIRSA(t *testing.T) {
 			t.Errorf("audit secret references (-got +want):\n%s", diff)
 		}
 		cp, _ := configOf(t, prod, "audit")["checkpoint"].(map[string]any)
-		if diff := cmp.Diff(cp, map[string]any{"key_file": "/etc/credmatrix/keys/checkpoint-signing-key"}); diff != "" {
+		if diff := cmp.Diff(cp, map[string]any{"key_file": "/etc/credmatrix/keys/checkpoint-signing-key", "kept_file": "/var/lib/credmatrix/audit.kept"}); diff != "" {
 			t.Errorf("audit checkpoint config (-got +want):\n%s", diff)
 		}
 	})

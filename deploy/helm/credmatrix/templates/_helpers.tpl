@@ -209,9 +209,9 @@ chart does not model go in <component>.config, merged last.
 {{- $_ = set $c "postgres" (dict "dsn_file" (printf "/etc/credmatrix/keys/%s" $v.postgres.dsnKey)) -}}
 {{- end -}}
 {{- if $v.checkpointKey.existingSecret -}}
-{{- $_ = set $c "checkpoint" (dict "key_file" (printf "/etc/credmatrix/keys/%s" $v.checkpointKey.key)) -}}
+{{- $_ = set $c "checkpoint" (dict "key_file" (printf "/etc/credmatrix/keys/%s" $v.checkpointKey.key) "kept_file" "/var/lib/credmatrix/audit.kept") -}}
 {{- else -}}
-{{- $_ = set $c "checkpoint" (dict "key_file" "/var/lib/credmatrix/checkpoint.key" "generate_key" true) -}}
+{{- $_ = set $c "checkpoint" (dict "key_file" "/var/lib/credmatrix/checkpoint.key" "generate_key" true "kept_file" "/var/lib/credmatrix/audit.kept") -}}
 {{- end -}}
 {{- include "credmatrix.config.metrics" (dict "root" . "config" $c) -}}
 {{- toYaml (mustMergeOverwrite $c (deepCopy $v.config)) -}}
