@@ -841,6 +841,15 @@ func (l *Log) Queued() int { return int(l.queued.Load()) }
 // Size returns the number of durable events in the tree.
 func (l *Log) Size() uint64 { return l.tree.Size() }
 
+// SignedSize returns the tree size of the latest checkpoint the log
+// serves (0 before the first).
+func (l *Log) SignedSize() uint64 {
+	if cp := l.latest.Load(); cp != nil {
+		return cp.Size
+	}
+	return 0
+}
+
 // Origin returns the log origin, or "" without a signer.
 func (l *Log) Origin() string {
 	if l.signer == nil {

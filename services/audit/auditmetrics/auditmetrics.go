@@ -41,10 +41,9 @@ type Metrics struct {
 	batch     prometheus.Observer
 	commitErr prometheus.Counter
 	cps       prometheus.Counter
-	// lastCP is the time (unix nanoseconds) and size of the newest stored
+	// lastCPTime is the time (unix nanoseconds) of the newest stored
 	// checkpoint; 0 when there is none.
 	lastCPTime atomic.Int64
-	lastCPSize atomic.Uint64
 	reg        prometheus.Registerer
 }
 
@@ -121,7 +120,7 @@ func (m *Metrics) ObserveLog(l *audit.Log) {
 			Name: CheckpointSizeBehind,
 			Help: "Durable events not yet covered by a signed checkpoint.",
 		}, func() float64 {
-			size, cp := l.Size(), m.lastCPSize.Load()
+			size, cp := l.Size(), l.SignedSize()
 			if cp > size {
 				return 0
 			}
@@ -141,7 +140,6 @@ func (m *Metrics) Store(ctx context.Context, s audit.Store) audit.Store {
 
 func (m *Metrics) noteCheckpoint(cp audit.StoredCheckpoint) {
 	m.lastCPTime.Store(cp.Time.UnixNano())
-	m.lastCPSize.Store(cp.Size)
 }
 
 func (m *Metrics) committed(start time.Time, b audit.Batch, err error) {
