@@ -12,6 +12,8 @@ import (
 	"testing"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/credmatrix/credmatrix/platform/pgtest"
 )
 
 // chartDir is the chart, relative to this package.
@@ -38,11 +40,7 @@ func helmBinary(t *testing.T) string {
 			return c
 		}
 	}
-	const how = "run `make helm` (go install helm.sh/helm/v3/cmd/helm@v3.22.0 into bin/) or set CREDMATRIX_HELM"
-	if os.Getenv("CREDMATRIX_REQUIRE_DEPS") == "1" {
-		t.Fatalf("missing test dependency helm (CREDMATRIX_REQUIRE_DEPS=1): %s", how)
-	}
-	t.Skipf("missing test dependency helm: %s", how)
+	pgtest.MissingDependency(t, "helm", "run `make helm` (go install helm.sh/helm/v3/cmd/helm@v3.22.0 into bin/) or set CREDMATRIX_HELM")
 	return ""
 }
 

@@ -36,12 +36,28 @@ type Cluster struct {
 	run  func(name string, args ...string) *exec.Cmd
 }
 
-// MissingDependency skips t, or fails it when RequireEnv is set.
+// SkipReportEnv names a file to which MissingDependency appends one line
+// per skip ("<test>: <what> not available: <how>"): `make test` sets it and
+// prints the file at the end, because go test shows a passing package's
+// skip messages only with -v.
+const SkipReportEnv = "CREDMATRIX_SKIP_REPORT"
+
+// MissingDependency skips t, or fails it when RequireEnv is set. Every test
+// that needs a tool or service it cannot start itself calls it, so the
+// skip says what is missing and how to get it.
 func MissingDependency(t testing.TB, what, how string) {
 	t.Helper()
 	msg := fmt.Sprintf("%s not available: %s", what, how)
 	if os.Getenv(RequireEnv) == "1" {
 		t.Fatalf("%s (%s=1: dependencies are required here)", msg, RequireEnv)
+	}
+	if report := os.Getenv(SkipReportEnv); report != "" {
+		// One short write with O_APPEND: lines of concurrent test
+		// binaries do not interleave.
+		if f, err := os.OpenFile(report, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644); err == nil {
+			_, _ = f.WriteString(t.Name() + ": " + msg + "\n")
+			f.Close()
+		}
 	}
 	t.Skip(msg)
 }
