@@ -312,18 +312,21 @@ func New(cfg Config, log hclog.Logger, opts ...Option) (*Server, error) {
 }
 
 // newGRPC builds the gRPC server of one listener: metrics, panic recovery
-// and request logging first, then the listener's access check (identity or
+// and request logging first, then the answer to a request that did not
+// decode (malformed.go), then the listener's access check (identity or
 // public allow-list), then the service's interceptors.
 func (s *Server) newGRPC(o *options, name string, creds credentials.TransportCredentials, access grpc.UnaryServerInterceptor, accessStream grpc.StreamServerInterceptor, extra ...grpc.ServerOption) *grpc.Server {
 	logUnary, logStream := s.logInterceptors(name)
-	unary := []grpc.UnaryServerInterceptor{s.recoverUnary, logUnary, access}
-	stream := []grpc.StreamServerInterceptor{s.recoverStream, logStream, accessStream}
+	codec := newDecodeCodec()
+	unary := []grpc.UnaryServerInterceptor{s.recoverUnary, logUnary, codec.unary, access}
+	stream := []grpc.StreamServerInterceptor{s.recoverStream, logStream, codec.stream, accessStream}
 	if o.metrics != nil {
 		unary = append([]grpc.UnaryServerInterceptor{o.metrics.Unary()}, unary...)
 		stream = append([]grpc.StreamServerInterceptor{o.metrics.Stream()}, stream...)
 	}
 	serverOpts := []grpc.ServerOption{
 		grpc.Creds(creds),
+		grpc.ForceServerCodecV2(codec),
 		grpc.StatsHandler(otelgrpc.NewServerHandler(o.otelOpts...)),
 		grpc.MaxRecvMsgSize(s.cfg.MaxRecvMsgBytes),
 		grpc.ChainUnaryInterceptor(append(unary, o.unary...)...),

@@ -224,7 +224,7 @@ func TestPoisonTable(t *testing.T) {
 		code := func(valid, tooLong codes.Code) codes.Code {
 			switch p.name {
 			case "invalid-utf8":
-				return codes.Internal // the gRPC codec refuses the request
+				return codes.InvalidArgument // the request does not decode (platform/grpcserver answers for gRPC's codec)
 			case "oversized":
 				return tooLong
 			}
@@ -233,7 +233,7 @@ func TestPoisonTable(t *testing.T) {
 		// Requests refused as malformed before any decision are not
 		// audited (they never were); every decided request is.
 		events := func(c codes.Code) int {
-			if c == codes.Internal || c == codes.InvalidArgument || c == codes.Unauthenticated {
+			if c == codes.InvalidArgument || c == codes.Unauthenticated {
 				return 0
 			}
 			return 1
@@ -359,7 +359,7 @@ func TestPoisonTable(t *testing.T) {
 			want := f.valid
 			switch {
 			case invalid:
-				want = codes.Internal
+				want = codes.InvalidArgument
 			case f.admin && p.name == "oversized":
 				want = codes.InvalidArgument // beyond the request's limits
 			case p.name == "control":
