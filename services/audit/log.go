@@ -104,7 +104,9 @@ type Log struct {
 	keptEv time.Duration
 	adopt  string
 	follow time.Duration
-	logf   func(msg string, keyvals ...any)
+	// zone, when set, is the one residency zone whose events the log keeps.
+	zone string
+	logf func(msg string, keyvals ...any)
 
 	queueLimit int64
 	maxCommit  int
@@ -244,6 +246,22 @@ func WithErrorLog(logf func(msg string, keyvals ...any)) Option {
 	return func(l *Log) { l.logf = logf }
 }
 
+// WithResidencyZone makes the log keep the events of one residency zone
+// only: an event whose residency_zone is another (or empty) is refused as
+// invalid and recorded nowhere, so a misrouted event never lands in a
+// log outside its zone. Without it the log keeps events of every zone.
+func WithResidencyZone(zone string) Option {
+	return func(l *Log) { l.zone = zone }
+}
+
+// zoneError is why e cannot be recorded in this log, or nil.
+func (l *Log) zoneError(e *auditv1.Event) error {
+	if l.zone == "" || e.GetResidencyZone() == l.zone {
+		return nil
+	}
+	return fmt.Errorf(".residency_zone: %q: this log keeps the events of residency zone %q only", e.GetResidencyZone(), l.zone)
+}
+
 // WithGroupCommit tunes group commit: at most queueLimit events wait (more
 // get ResourceExhausted with retryAfter), one commit takes at most
 // maxEvents events, and the committer waits up to window for more requests
@@ -378,6 +396,11 @@ func (l *Log) Append(ctx context.Context, source string, events []*auditv1.Event
 	if err := validateBatch(events); err != nil {
 		return nil, err
 	}
+	for i, e := range events {
+		if err := l.zoneError(e); err != nil {
+			return nil, domainerr.Errorf(domainerr.Invalid, "events[%d]%s", i, err)
+		}
+	}
 	return l.record(ctx, source, events)
 }
 
@@ -409,7 +432,11 @@ func (l *Log) AppendEach(ctx context.Context, source string, events []*auditv1.E
 	outcomes = make([]Outcome, len(events))
 	valid := make([]*auditv1.Event, 0, len(events))
 	for i, e := range events {
-		if verr := validateEvent(e); verr != nil {
+		verr := validateEvent(e)
+		if verr == nil {
+			verr = l.zoneError(e)
+		}
+		if verr != nil {
 			outcomes[i].Err = domainerr.Errorf(domainerr.Invalid, "events[%d]%s", i, verr)
 			continue
 		}

@@ -86,6 +86,9 @@ func validateEvent(e *auditv1.Event) error {
 	if !isLowerHex(e.GetSpanId(), 16) {
 		return fmt.Errorf(".span_id: must be empty or 16 lowercase hex digits")
 	}
+	if z := e.GetResidencyZone(); z != "" && !auditevent.ValidZone(z) {
+		return fmt.Errorf(".residency_zone: must be empty or a zone name (1 to 32 of [a-z0-9-], starting with a letter)")
+	}
 	for i, ref := range e.GetSecretRefs() {
 		switch {
 		case ref.GetName() == "" || len(ref.GetName()) > 64:

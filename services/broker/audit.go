@@ -30,6 +30,9 @@ var actorClaims = []string{
 // make it unrecordable: secret-shaped values become SecretRefs, control
 // characters are escaped and oversized text is cut with a marker.
 func (s *Service) append(ctx context.Context, ev *auditv1.Event) (_ *auditv1.AppendResult, err error) {
+	if ev.ResidencyZone == "" {
+		ev.ResidencyZone = s.zoneOf(ev)
+	}
 	auditevent.Normalise(ev, s.hasher)
 	ctx, span := startSpan(ctx, "broker.audit_append", eventAttrs(ev)...)
 	defer func() { endSpan(span, err) }()
@@ -128,4 +131,32 @@ func newUUID() string {
 	b[6] = b[6]&0x0f | 0x40
 	b[8] = b[8]&0x3f | 0x80
 	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
+}
+
+// zoneOf is the residency zone an event is about, which decides the audit
+// log it goes to: the zone of the accounts it names (its target, or the
+// accounts an administrator froze or revoked) when they are all in one
+// zone; "" (the global log) when it names none, or accounts of several
+// zones or of none.
+func (s *Service) zoneOf(ev *auditv1.Event) string {
+	ids := []string{ev.GetSession().GetAccountId(), ev.GetAdmin().GetAccountId()}
+	ids = append(ids, ev.GetAdmin().GetAccountIds()...)
+	pol := s.Policy()
+	zone, seen := "", false
+	for _, id := range ids {
+		if id == "" {
+			continue
+		}
+		z := ""
+		if a, ok := pol.Account(id); ok {
+			z = a.Residency
+		}
+		switch {
+		case !seen:
+			zone, seen = z, true
+		case z != zone:
+			return ""
+		}
+	}
+	return zone
 }

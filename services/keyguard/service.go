@@ -61,6 +61,10 @@ type Config struct {
 	// Rand supplies data keys, salts and ids; nil means crypto/rand.Reader.
 	// It must be safe for concurrent use.
 	Rand io.Reader
+	// ZoneOf returns the data-residency zone of a region ("" for none); an
+	// event is stamped with the zone of the ring (or grant regions) it is
+	// about, which decides the audit log it goes to. Nil: no zones.
+	ZoneOf func(region string) string
 	// BackendName names the backend in audit events ("local", "awskms").
 	// Required.
 	BackendName string
@@ -79,6 +83,7 @@ type Service struct {
 	clock       func() time.Time
 	rand        io.Reader
 	backendName string
+	zoneOf      func(region string) string
 	admins      map[string]bool
 	rings       map[Ring]*ringState
 
@@ -118,6 +123,7 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 		clock:       cfg.Clock,
 		rand:        cfg.Rand,
 		backendName: cfg.BackendName,
+		zoneOf:      cfg.ZoneOf,
 		admins:      map[string]bool{},
 		rings:       make(map[Ring]*ringState, len(cfg.Rings)),
 		grants:      map[string]*Grant{},
@@ -746,6 +752,8 @@ func (s *Service) event(ctx context.Context, o *op, decision auditv1.Decision, r
 		Rule:     o.grantID,
 		Actor:    &auditv1.Actor{Principal: o.caller},
 		Detail:   &auditv1.Event_Key{Key: kd},
+		// The log the event goes to: its ring's zone.
+		ResidencyZone: s.zoneOfDetail(kd),
 	}
 	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
 		ev.TraceId = sc.TraceID().String()
@@ -753,6 +761,30 @@ func (s *Service) event(ctx context.Context, o *op, decision auditv1.Decision, r
 	}
 	annotateRequest(ctx, ev)
 	return ev
+}
+
+// zoneOfDetail is the residency zone an event is about: that of its
+// ring's region, or of every region of the grant it records when they
+// are all in one zone; "" (the global log) otherwise.
+func (s *Service) zoneOfDetail(kd *auditv1.KeyDetail) string {
+	if s.zoneOf == nil {
+		return ""
+	}
+	regions := kd.GetGrantRegions()
+	if kd.GetRegion() != "" {
+		regions = append([]string{kd.GetRegion()}, regions...)
+	}
+	zone, seen := "", false
+	for _, r := range regions {
+		z := s.zoneOf(r)
+		switch {
+		case !seen:
+			zone, seen = z, true
+		case z != zone:
+			return ""
+		}
+	}
+	return zone
 }
 
 // append records one event durably. Every event passes through

@@ -15,6 +15,7 @@ import (
 
 	"github.com/credmatrix/credmatrix/clients/auditclient/checkpoint"
 	"github.com/credmatrix/credmatrix/platform/auditappend"
+	"github.com/credmatrix/credmatrix/platform/auditevent"
 	"github.com/credmatrix/credmatrix/platform/config"
 	"github.com/credmatrix/credmatrix/platform/grpcserver"
 	"github.com/credmatrix/credmatrix/platform/metrics"
@@ -39,6 +40,7 @@ type Config struct {
 	Postgres         PostgresConfig    `cfg:"postgres"`
 	AppendPrincipals []string          `cfg:"append_principals" help:"mTLS identities (certificate URI SANs) allowed to append: the broker and keyguard"`
 	ReadPrincipals   []string          `cfg:"read_principals" help:"mTLS identities allowed to query and subscribe: operators"`
+	ResidencyZone    string            `cfg:"residency_zone" help:"the one data-residency zone whose events this log keeps (each zone's log has its own store, checkpoint key and origin); events of another zone, or of none, are refused. Empty: events of every zone"`
 	LogLevel         string            `cfg:"log_level" help:"trace, debug, info, warn or error"`
 	Checkpoint       CheckpointConfig  `cfg:"checkpoint"`
 	Commit           CommitConfig      `cfg:"commit"`
@@ -119,6 +121,9 @@ func (c Config) Validate() error {
 	}
 	if c.TileCache < 1 || c.TileCache > 1<<20 {
 		errs = append(errs, &config.FieldError{Field: "tile_cache", Msg: "out of range (1 to 1048576 tiles)"})
+	}
+	if c.ResidencyZone != "" && !auditevent.ValidZone(c.ResidencyZone) {
+		errs = append(errs, &config.FieldError{Field: "residency_zone", Msg: "must be a zone name (1 to 32 of [a-z0-9-], starting with a letter)"})
 	}
 	if c.Checkpoint.KeyFile == "" {
 		errs = append(errs, &config.FieldError{Field: "checkpoint.key_file", Msg: "required: the key that signs checkpoints"})
@@ -238,6 +243,9 @@ func New(ctx context.Context, cfg Config, logger hclog.Logger, opts ...grpcserve
 	}
 	if cfg.StartupVerify == "full" {
 		logOpts = append(logOpts, audit.WithFullVerification())
+	}
+	if cfg.ResidencyZone != "" {
+		logOpts = append(logOpts, audit.WithResidencyZone(cfg.ResidencyZone))
 	}
 	if cfg.Store == "postgres" {
 		logOpts = append(logOpts, audit.WithFollow(cfg.Postgres.FollowInterval))

@@ -36,7 +36,6 @@ import (
 	"github.com/credmatrix/credmatrix/services/broker/postgres"
 	"github.com/credmatrix/credmatrix/services/broker/sqlite"
 	"github.com/hashicorp/go-hclog"
-	"google.golang.org/grpc"
 )
 
 // LocalSTSConfig configures the local provider.
@@ -91,6 +90,7 @@ type Config struct {
 	PolicyReloadInterval time.Duration           `cfg:"policy_reload_interval" help:"how often the policy file is checked for changes (reloaded atomically; a bad file keeps the old policy); 0 disables. SIGHUP and the ReloadPolicy RPC reload too"`
 	Audit                grpcclient.Config       `cfg:"audit"`
 	AuditHMACKeyFile     string                  `cfg:"audit_hmac_key_file" help:"file holding the 32-byte hex key of the HMACs that name secrets in audit events"`
+	AuditZones           []string                `cfg:"audit_zones" help:"zone=target entries: the audit log of each data-residency zone (own store, checkpoint key and origin); an event about an account of a zone goes to that zone's log only (audit's TLS settings apply), events about no single zone to audit.target. Empty: every event to audit.target"`
 	AuditBatch           auditappend.Config      `cfg:"audit_batch"`
 	AdminPrincipals      []string                `cfg:"admin_principals" help:"mTLS identities (certificate URI SANs) allowed to revoke, freeze and reload"`
 	State                StateConfig             `cfg:"state"`
@@ -189,9 +189,10 @@ var PublicMethods = []string{
 // Server is a running broker.
 type Server struct {
 	grpc     *grpcserver.Server
-	metrics  *metrics.Server // nil when metrics are off
-	audit    *grpc.ClientConn
-	appender *auditappend.Appender
+	metrics  *metrics.Server       // nil when metrics are off
+	audit    func() error          // closes the audit connections
+	appender *auditappend.Appender // the global log's
+	zones    *auditappend.Zones
 	store    broker.Store
 	svc      *broker.Service
 	log      hclog.Logger
@@ -285,13 +286,22 @@ func New(ctx context.Context, cfg Config, log hclog.Logger, opts ...grpcserver.O
 	}
 	// grpc.NewClient connects lazily: an audit service that is down now
 	// makes requests fail UNAVAILABLE, not the start-up.
-	auditConn, err := grpcclient.Dial(cfg.Audit)
+	zoneTargets, err := auditappend.ParseZoneTargets(cfg.AuditZones)
 	if err != nil {
-		store.Close()
-		return nil, fmt.Errorf("audit client: %w", err)
+		return failEarly(err)
 	}
-	appender := auditappend.New(auditConn, auditappend.WithConfig(cfg.AuditBatch))
-	var auditor broker.Auditor = appender
+	zones, appender, closeAudit, err := auditappend.DialZones(cfg.Audit, zoneTargets, auditappend.WithConfig(cfg.AuditBatch))
+	if err != nil {
+		return failEarly(err)
+	}
+	if len(zoneTargets) > 0 {
+		for _, a := range pol.Accounts() {
+			if _, ok := zoneTargets[a.Residency]; a.Residency != "" && !ok {
+				log.Warn("an account's residency zone has no audit log: its requests will fail (audit unavailable) until audit_zones names one", "account", a.Name, "zone", a.Residency)
+			}
+		}
+	}
+	var auditor broker.Auditor = zones
 	var metricsSrv *metrics.Server
 	if cfg.Metrics.Enabled() {
 		reg := metrics.NewRegistry()
@@ -299,7 +309,7 @@ func New(ctx context.Context, cfg Config, log hclog.Logger, opts ...grpcserver.O
 		provider, auditor = m.Provider(provider), m.Auditor(auditor)
 		opts = append([]grpcserver.Option{grpcserver.WithMetrics(reg), grpcserver.WithUnaryInterceptors(brokermetrics.IssueTimer(m))}, opts...)
 		if metricsSrv, err = metrics.Listen(cfg.Metrics, reg, log); err != nil {
-			auditConn.Close()
+			closeAudit()
 			store.Close()
 			return nil, err
 		}
@@ -333,14 +343,14 @@ func New(ctx context.Context, cfg Config, log hclog.Logger, opts ...grpcserver.O
 	})
 	if err != nil {
 		metricsSrv.Close()
-		auditConn.Close()
+		closeAudit()
 		store.Close()
 		return nil, err
 	}
 	gs, err := grpcserver.New(cfg.Server, log, append(opts, grpcserver.WithPublic(cfg.Public, PublicMethods...))...)
 	if err != nil {
 		metricsSrv.Close()
-		auditConn.Close()
+		closeAudit()
 		store.Close()
 		return nil, err
 	}
@@ -349,7 +359,7 @@ func New(ctx context.Context, cfg Config, log hclog.Logger, opts ...grpcserver.O
 		grpcapi.WithLogger(log),
 	))
 	log.Info("trust policy loaded", "file", cfg.PolicyFile, "sha256", pol.SHA256(), "rules", len(pol.Rules()), "provider", provider.Name(), "state", cfg.State.Driver)
-	return &Server{grpc: gs, metrics: metricsSrv, audit: auditConn, appender: appender, store: store, svc: svc, log: log, cfg: cfg, lastSeen: pol.SHA256()}, nil
+	return &Server{grpc: gs, metrics: metricsSrv, audit: closeAudit, appender: appender, zones: zones, store: store, svc: svc, log: log, cfg: cfg, lastSeen: pol.SHA256()}, nil
 }
 
 // Addr is where the broker listens for mTLS callers.
@@ -396,7 +406,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	// they are recorded before the connection closes.
 	actx, cancel := context.WithTimeout(context.Background(), auditappend.DefaultTimeout)
 	defer cancel()
-	return errors.Join(err, <-merr, s.appender.Close(actx), s.audit.Close(), s.store.Close())
+	return errors.Join(err, <-merr, s.zones.Close(actx), s.audit(), s.store.Close())
 }
 
 // follower is a store that announces changes made by other replicas.
@@ -482,6 +492,6 @@ func (s *Server) reload(ctx context.Context, trigger string) {
 func (s *Server) Stop() {
 	s.grpc.Stop()
 	s.metrics.Close()
-	s.audit.Close()
+	s.audit()
 	s.store.Close()
 }

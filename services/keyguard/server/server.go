@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path"
 	"strings"
 	"time"
 
@@ -33,7 +34,6 @@ import (
 	"github.com/credmatrix/credmatrix/services/keyguard/postgres"
 	"github.com/credmatrix/credmatrix/services/keyguard/sqlite"
 	"github.com/hashicorp/go-hclog"
-	"google.golang.org/grpc"
 	"gopkg.in/yaml.v3"
 )
 
@@ -72,6 +72,8 @@ type Config struct {
 	Public           grpcserver.PublicConfig `cfg:"public"`
 	Audit            grpcclient.Config       `cfg:"audit"`
 	AuditHMACKeyFile string                  `cfg:"audit_hmac_key_file" help:"file holding the 32-byte hex key of the HMACs that stand for secret-shaped values callers put in audit events (it may be the broker's key)"`
+	AuditZones       []string                `cfg:"audit_zones" help:"zone=target entries: the audit log of each data-residency zone (own store, checkpoint key and origin); an operation on a ring of a zone is recorded in that zone's log only (audit's TLS settings apply), events about no single zone at audit.target. Empty: every event at audit.target"`
+	ResidencyZones   []string                `cfg:"residency_zones" help:"zone=region entries (the region may be a pattern, e.g. eu=eu-*): the residency zone of each ring's region, which decides the audit log of its events; a region no entry matches has no zone"`
 	AuditBatch       auditappend.Config      `cfg:"audit_batch"`
 	KeyringFile      string                  `cfg:"keyring_file" help:"YAML file of key rings (data class x region, rotation policy) and static grants"`
 	State            StateConfig             `cfg:"state"`
@@ -233,9 +235,10 @@ var PublicMethods = []string{
 // Server is a running keyguard.
 type Server struct {
 	grpc     *grpcserver.Server
-	metrics  *metrics.Server // nil when metrics are off
-	audit    *grpc.ClientConn
-	appender *auditappend.Appender
+	metrics  *metrics.Server       // nil when metrics are off
+	audit    func() error          // closes the audit connections
+	appender *auditappend.Appender // the global log's
+	zones    *auditappend.Zones
 	svc      *keyguard.Service
 	store    stateStore
 	log      hclog.Logger
@@ -315,17 +318,33 @@ func New(ctx context.Context, cfg Config, log hclog.Logger, opts ...grpcserver.O
 		store.Close()
 		return nil, err
 	}
-	auditConn, err := grpcclient.Dial(cfg.Audit)
+	zoneTargets, err := auditappend.ParseZoneTargets(cfg.AuditZones)
 	if err != nil {
 		store.Close()
-		return nil, fmt.Errorf("audit client: %w", err)
+		return nil, err
 	}
-	appender := auditappend.New(auditConn, auditappend.WithConfig(cfg.AuditBatch))
-	var auditor keyguard.Auditor = appender
+	zoneOf, err := parseResidencyZones(cfg.ResidencyZones)
+	if err != nil {
+		store.Close()
+		return nil, err
+	}
+	zones, appender, closeAudit, err := auditappend.DialZones(cfg.Audit, zoneTargets, auditappend.WithConfig(cfg.AuditBatch))
+	if err != nil {
+		store.Close()
+		return nil, err
+	}
+	if len(zoneTargets) > 0 {
+		for _, r := range k.Rings {
+			if z := zoneOf(r.Region); z != "" && zoneTargets[z] == "" {
+				log.Warn("a key ring's residency zone has no audit log: its operations will fail (audit unavailable) until audit_zones names one", "ring", r.String(), "zone", z)
+			}
+		}
+	}
+	var auditor keyguard.Auditor = zones
 	var metricsSrv *metrics.Server
 	fail := func(err error) (*Server, error) {
 		metricsSrv.Close()
-		auditConn.Close()
+		closeAudit()
 		store.Close()
 		return nil, err
 	}
@@ -339,7 +358,7 @@ func New(ctx context.Context, cfg Config, log hclog.Logger, opts ...grpcserver.O
 		}
 	}
 	svc, err := keyguard.New(ctx, keyguard.Config{
-		Backend: backend, BackendName: cfg.Backend, Auditor: auditor, Hasher: hasher, Store: store,
+		Backend: backend, BackendName: cfg.Backend, ZoneOf: zoneOf, Auditor: auditor, Hasher: hasher, Store: store,
 		Rings: k.Rings, RingPolicies: k.Policies, Grants: k.Grants, Admins: cfg.Admins,
 	})
 	if err != nil {
@@ -368,7 +387,7 @@ func New(ctx context.Context, cfg Config, log hclog.Logger, opts ...grpcserver.O
 	if err != nil {
 		log.Warn("static grants not recorded in the audit log yet; retrying in the background", "error", err)
 	}
-	return &Server{grpc: gs, metrics: metricsSrv, audit: auditConn, appender: appender, svc: svc, store: store, log: log, period: cfg.RotationCheck, staticPending: err != nil}, nil
+	return &Server{grpc: gs, metrics: metricsSrv, audit: closeAudit, appender: appender, zones: zones, svc: svc, store: store, log: log, period: cfg.RotationCheck, staticPending: err != nil}, nil
 }
 
 // openBackend opens the configured KEK backend and makes sure every ring
@@ -478,7 +497,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	defer cancelFlush()
 	// Events of callers that went away are recorded before the
 	// connection closes.
-	return errors.Join(err, s.svc.Flush(flushCtx), s.appender.Close(flushCtx), s.audit.Close(), s.store.Close())
+	return errors.Join(err, s.svc.Flush(flushCtx), s.zones.Close(flushCtx), s.audit(), s.store.Close())
 }
 
 // recordStaticGrants retries recording the static grants, with backoff,
@@ -555,6 +574,35 @@ func (s *Server) rotationLoop(ctx context.Context) {
 func (s *Server) Stop() {
 	s.grpc.Stop()
 	s.metrics.Close()
-	s.audit.Close()
+	s.audit()
 	s.store.Close()
+}
+
+// parseResidencyZones reads residency_zones ("zone=region-pattern"
+// entries, a zone may have several) into the function that names a
+// region's zone: the first entry that matches.
+func parseResidencyZones(entries []string) (func(region string) string, error) {
+	type entry struct{ zone, pattern string }
+	var es []entry
+	for i, e := range entries {
+		zone, pattern, ok := strings.Cut(e, "=")
+		if !ok || pattern == "" {
+			return nil, &config.FieldError{Field: fmt.Sprintf("residency_zones[%d]", i), Msg: fmt.Sprintf("%q: want zone=region (a pattern such as eu-* allowed)", e)}
+		}
+		if !auditevent.ValidZone(zone) {
+			return nil, &config.FieldError{Field: fmt.Sprintf("residency_zones[%d]", i), Msg: fmt.Sprintf("%q is not a zone name", zone)}
+		}
+		if _, err := path.Match(pattern, ""); err != nil {
+			return nil, &config.FieldError{Field: fmt.Sprintf("residency_zones[%d]", i), Msg: fmt.Sprintf("bad region pattern %q", pattern)}
+		}
+		es = append(es, entry{zone, pattern})
+	}
+	return func(region string) string {
+		for _, e := range es {
+			if ok, _ := path.Match(e.pattern, region); ok {
+				return e.zone
+			}
+		}
+		return ""
+	}, nil
 }

@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -125,6 +126,18 @@ type Config struct {
 	// AuditBatch, when set, tunes the audit appenders of the broker and
 	// keyguard instead of their defaults.
 	AuditBatch *auditappend.Config
+	// Zones, when set, give each data-residency zone an audit log of its
+	// own (own database, checkpoint key and origin) beside the global one;
+	// the broker and keyguard send each event to its zone's log.
+	Zones []Zone
+}
+
+// Zone is one data-residency zone of the stack.
+type Zone struct {
+	// Name is the zone, as the trust policy's accounts name it ("eu").
+	Name string
+	// Regions are keyguard's region patterns of the zone ("eu-*").
+	Regions []string
 }
 
 // Stack is a running local stack.
@@ -139,6 +152,8 @@ type Stack struct {
 	hmacKeyFile        string // the audit HMAC key of broker and keyguard
 
 	audit    *auditserver.Server
+	zones    map[string]*auditserver.Server // by zone
+	zoneKeys map[string]string              // verifier key file of each zone's checkpoints
 	broker   *brokerserver.Server
 	keyguard *keyguardserver.Server
 
@@ -217,6 +232,23 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	s.serve("audit", s.audit.Serve)
 	auditAddr := s.audit.Addr().String()
 	cfgs.Broker.Audit.Target, cfgs.Keyguard.Audit.Target = auditAddr, auditAddr
+
+	// One more audit service per zone, keeping that zone's events only.
+	s.zones, s.zoneKeys = map[string]*auditserver.Server{}, map[string]string{}
+	for _, z := range cfg.Zones {
+		zc := ZoneAuditConfig(cfgs.Audit, dir, z.Name)
+		srv, err := auditserver.New(ctx, zc, logger("audit-"+z.Name), cfg.AuditOptions...)
+		if err != nil {
+			return nil, fmt.Errorf("devstack: audit of zone %s: %w", z.Name, err)
+		}
+		s.zones[z.Name], s.zoneKeys[z.Name] = srv, zc.Checkpoint.KeyFile+".pub"
+		s.serve("audit-"+z.Name, srv.Serve)
+		cfgs.Broker.AuditZones = append(cfgs.Broker.AuditZones, z.Name+"="+srv.Addr().String())
+		for _, r := range z.Regions {
+			cfgs.Keyguard.ResidencyZones = append(cfgs.Keyguard.ResidencyZones, z.Name+"="+r)
+		}
+	}
+	cfgs.Keyguard.AuditZones = cfgs.Broker.AuditZones
 
 	if s.broker, err = brokerserver.New(ctx, cfgs.Broker, logger("broker")); err != nil {
 		return nil, fmt.Errorf("devstack: broker: %w", err)
@@ -313,6 +345,19 @@ func NewConfigs(dir string, pki *devpki.Bundle, ports Ports, issuerURL, auditTar
 	return Configs{Audit: ac, Broker: bc, Keyguard: kc}
 }
 
+// ZoneAuditConfig is the configuration of the audit log of one residency
+// zone beside the global log ac: its own database, checkpoint key (so its
+// own origin) and listen address, refusing events of any other zone.
+func ZoneAuditConfig(ac auditserver.Config, dir, zone string) auditserver.Config {
+	zc := ac
+	zc.Server.ListenAddr, zc.Metrics.ListenAddr = "127.0.0.1:0", ""
+	zc.DBPath = filepath.Join(dir, "audit-"+zone+".db")
+	zc.Checkpoint.KeyFile = filepath.Join(dir, "audit-checkpoint-"+zone+".key")
+	zc.Checkpoint.KeptFile = ""
+	zc.ResidencyZone = zone
+	return zc
+}
+
 // serve runs one service until Close or Stop.
 func (s *Stack) serve(name string, serve func(context.Context) error) {
 	ctx, cancel := context.WithCancel(context.Background())
@@ -343,6 +388,30 @@ func (s *Stack) StopAudit() {
 	stop()
 	<-done
 }
+
+// StopZoneAudit takes the audit service of one zone down at once, leaving
+// the others running: tests check that only that zone fails closed.
+func (s *Stack) StopZoneAudit(zone string) {
+	s.zones[zone].Stop()
+	s.mu.Lock()
+	stop, done := s.stops["audit-"+zone], s.dones["audit-"+zone]
+	s.mu.Unlock()
+	stop()
+	<-done
+}
+
+// ZoneAuditAddrs returns the listen address of each zone's audit service.
+func (s *Stack) ZoneAuditAddrs() map[string]string {
+	out := map[string]string{}
+	for z, srv := range s.zones {
+		out[z] = srv.Addr().String()
+	}
+	return out
+}
+
+// ZoneAuditPublicKeyFiles returns the file of each zone's checkpoint
+// verifier key.
+func (s *Stack) ZoneAuditPublicKeyFiles() map[string]string { return maps.Clone(s.zoneKeys) }
 
 // Addrs returns the services' listen addresses.
 func (s *Stack) Addrs() (audit, broker, keyguard string) {
@@ -459,7 +528,11 @@ func (s *Stack) Close() error {
 	}
 	defer s.lock.release()
 	// Reverse order: the callers of audit go first.
-	for _, name := range []string{"keyguard", "broker", "audit"} {
+	names := []string{"keyguard", "broker", "audit"}
+	for z := range s.zones {
+		names = append(names, "audit-"+z)
+	}
+	for _, name := range names {
 		s.mu.Lock()
 		stop, done := s.stops[name], s.dones[name]
 		s.mu.Unlock()

@@ -240,6 +240,12 @@ type Event struct {
 	TraceId string `protobuf:"bytes,11,opt,name=trace_id,json=traceId,proto3" json:"trace_id,omitempty"`
 	// W3C span id (16 lowercase hex digits) of the span that decided.
 	SpanId string `protobuf:"bytes,12,opt,name=span_id,json=spanId,proto3" json:"span_id,omitempty"`
+	// The data-residency zone the event is about: the zone of the account
+	// (broker) or of the key ring's region (keyguard) it concerns; empty for
+	// events about no single zone. Producers send each event to the audit log
+	// of its zone, and a log configured for a zone refuses events of any
+	// other.
+	ResidencyZone string `protobuf:"bytes,13,opt,name=residency_zone,json=residencyZone,proto3" json:"residency_zone,omitempty"`
 	// Details specific to the kind.
 	//
 	// Types that are valid to be assigned to Detail:
@@ -367,6 +373,13 @@ func (x *Event) GetTraceId() string {
 func (x *Event) GetSpanId() string {
 	if x != nil {
 		return x.SpanId
+	}
+	return ""
+}
+
+func (x *Event) GetResidencyZone() string {
+	if x != nil {
+		return x.ResidencyZone
 	}
 	return ""
 }
@@ -2700,7 +2713,7 @@ var File_credmatrix_audit_v1_audit_proto protoreflect.FileDescriptor
 
 const file_credmatrix_audit_v1_audit_proto_rawDesc = "" +
 	"\n" +
-	"\x1fcredmatrix/audit/v1/audit.proto\x12\x13credmatrix.audit.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfd\x05\n" +
+	"\x1fcredmatrix/audit/v1/audit.proto\x12\x13credmatrix.audit.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa4\x06\n" +
 	"\x05Event\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12.\n" +
@@ -2714,7 +2727,8 @@ const file_credmatrix_audit_v1_audit_proto_rawDesc = "" +
 	"\x0esource_service\x18\n" +
 	" \x01(\tR\rsourceService\x12\x19\n" +
 	"\btrace_id\x18\v \x01(\tR\atraceId\x12\x17\n" +
-	"\aspan_id\x18\f \x01(\tR\x06spanId\x12>\n" +
+	"\aspan_id\x18\f \x01(\tR\x06spanId\x12%\n" +
+	"\x0eresidency_zone\x18\r \x01(\tR\rresidencyZone\x12>\n" +
 	"\asession\x18\x14 \x01(\v2\".credmatrix.audit.v1.SessionDetailH\x00R\asession\x122\n" +
 	"\x03key\x18\x15 \x01(\v2\x1e.credmatrix.audit.v1.KeyDetailH\x00R\x03key\x12;\n" +
 	"\x06policy\x18\x16 \x01(\v2!.credmatrix.audit.v1.PolicyDetailH\x00R\x06policy\x128\n" +
