@@ -26,6 +26,9 @@ import (
 // Session is one issued session, as its KIND_SESSION_ISSUE event
 // recorded it (fields named as in SessionDetail and Actor).
 type Session struct {
+	// Log names the audit log the event came from when several were
+	// replayed together (ApplyIn): a residency zone, or "global".
+	Log         string    `json:"log,omitempty"`
 	Sequence    uint64    `json:"sequence"`
 	SessionID   string    `json:"session_id"`
 	Principal   string    `json:"principal"`
@@ -49,6 +52,7 @@ type Session struct {
 // Grant is one keyguard grant, from its KIND_GRANT_CREATE event (fields
 // named as in KeyDetail), with the time a KIND_GRANT_REVOKE ended it.
 type Grant struct {
+	Log        string            `json:"log,omitempty"` // as Session.Log
 	Sequence   uint64            `json:"sequence"`
 	GrantID    string            `json:"grant_id"`
 	Grantee    string            `json:"grantee"`
@@ -67,6 +71,7 @@ type Grant struct {
 // Entry is one event in a timeline or a key-operation list: its position,
 // producer time, kind, decision, actor subject and a one-line summary.
 type Entry struct {
+	Log      string    `json:"log,omitempty"` // as Session.Log
 	Sequence uint64    `json:"sequence"`
 	Time     time.Time `json:"time"`
 	Kind     string    `json:"kind"`
@@ -91,6 +96,7 @@ type Replayer struct {
 	grantByID   map[string]int
 	loads       map[string]*staticLoad // static-grant loads not yet complete
 	events      []*auditv1.Event
+	logs        []string         // the log of each event (ApplyIn)
 	bySubject   map[string][]int // subject or principal -> indexes into events
 	keyOps      []int
 }
@@ -101,9 +107,18 @@ func New() *Replayer {
 }
 
 // Apply adds one event. Events must come in sequence order.
-func (r *Replayer) Apply(e *auditv1.Event) {
+func (r *Replayer) Apply(e *auditv1.Event) { r.ApplyIn("", e) }
+
+// ApplyIn adds one event of the audit log named log, when the logs of
+// several residency zones are replayed together: every answer built from
+// the event names its log. Each log's events must come in its sequence
+// order; events of different logs are interleaved by time, so that what
+// one log records (a revocation, a static-grant load recorded across
+// zones) applies to what another recorded before it.
+func (r *Replayer) ApplyIn(log string, e *auditv1.Event) {
 	i := len(r.events)
 	r.events = append(r.events, e)
+	r.logs = append(r.logs, log)
 	a := e.GetActor()
 	for _, s := range uniq(a.GetSubject(), a.GetPrincipal()) {
 		r.bySubject[s] = append(r.bySubject[s], i)
@@ -114,7 +129,7 @@ func (r *Replayer) Apply(e *auditv1.Event) {
 	case k == auditv1.Kind_KIND_SESSION_ISSUE && allowed:
 		s := e.GetSession()
 		r.sessions = append(r.sessions, Session{
-			Sequence: e.GetSequence(), SessionID: s.GetSessionId(), Principal: a.GetPrincipal(), Subject: a.GetSubject(),
+			Log: log, Sequence: e.GetSequence(), SessionID: s.GetSessionId(), Principal: a.GetPrincipal(), Subject: a.GetSubject(),
 			Issuer: a.GetIssuer(), AccountID: s.GetAccountId(), AccountName: s.GetAccountName(), RoleName: s.GetRoleName(),
 			Region: s.GetRegion(), AccessKeyID: s.GetAccessKeyId(), Issued: t, Expires: s.GetExpiration().AsTime(),
 			claims: a.GetClaims(),
@@ -137,11 +152,11 @@ func (r *Replayer) Apply(e *auditv1.Event) {
 			}
 		}
 	case (k == auditv1.Kind_KIND_GRANT_CREATE || k == auditv1.Kind_KIND_GRANT_REVOKE) && allowed && e.GetKey().GetOperation() == StaticGrantOperation:
-		r.applyStatic(e)
+		r.applyStatic(log, e)
 	case k == auditv1.Kind_KIND_GRANT_CREATE && allowed:
 		d := e.GetKey()
 		g := Grant{
-			Sequence: e.GetSequence(), GrantID: d.GetGrantId(), Grantee: d.GetGrantee(), DataClass: d.GetDataClass(),
+			Log: log, Sequence: e.GetSequence(), GrantID: d.GetGrantId(), Grantee: d.GetGrantee(), DataClass: d.GetDataClass(),
 			Regions: d.GetGrantRegions(), Operations: d.GetGrantOperations(), Context: d.GetGrantRequiredContext(), Created: t,
 		}
 		if d.GetGrantExpireTime() != nil {
@@ -175,7 +190,7 @@ type staticLoad struct {
 // replaces the static grants in force: identical ones stay as they were
 // (created at their first load), others end at this load and the new ones
 // start.
-func (r *Replayer) applyStatic(e *auditv1.Event) {
+func (r *Replayer) applyStatic(log string, e *auditv1.Event) {
 	d := e.GetKey()
 	id := d.GetStaticLoad()
 	l := r.loads[id]
@@ -185,7 +200,7 @@ func (r *Replayer) applyStatic(e *auditv1.Event) {
 	}
 	if e.GetKind() == auditv1.Kind_KIND_GRANT_CREATE {
 		g := Grant{
-			Sequence: e.GetSequence(), GrantID: d.GetGrantId(), Grantee: d.GetGrantee(), DataClass: d.GetDataClass(),
+			Log: log, Sequence: e.GetSequence(), GrantID: d.GetGrantId(), Grantee: d.GetGrantee(), DataClass: d.GetDataClass(),
 			Regions: d.GetGrantRegions(), Operations: d.GetGrantOperations(), Context: d.GetGrantRequiredContext(),
 			Created: l.at, Static: true,
 		}
@@ -278,7 +293,7 @@ func (r *Replayer) SessionsAt(t time.Time, f SessionFilter) []Session {
 func (r *Replayer) Timeline(subject string) []Entry {
 	var out []Entry
 	for _, i := range r.bySubject[subject] {
-		out = append(out, entry(r.events[i]))
+		out = append(out, r.entry(i))
 	}
 	return out
 }
@@ -299,7 +314,7 @@ func (r *Replayer) KeyOps(dataClass, region string, from, to time.Time) []Entry 
 			!to.IsZero() && !t.Before(to):
 			continue
 		}
-		out = append(out, entry(e))
+		out = append(out, r.entry(i))
 	}
 	return out
 }
@@ -325,9 +340,10 @@ func (r *Replayer) GrantsAt(t time.Time, dataClass string) []Grant {
 // Events is the number of events applied.
 func (r *Replayer) Events() int { return len(r.events) }
 
-func entry(e *auditv1.Event) Entry {
+func (r *Replayer) entry(i int) Entry {
+	e := r.events[i]
 	return Entry{
-		Sequence: e.GetSequence(), Time: e.GetTime().AsTime(), Kind: ShortKind(e.GetKind()),
+		Log: r.logs[i], Sequence: e.GetSequence(), Time: e.GetTime().AsTime(), Kind: ShortKind(e.GetKind()),
 		Decision: ShortDecision(e.GetDecision()), Subject: e.GetActor().GetSubject(), Summary: Summary(e),
 	}
 }

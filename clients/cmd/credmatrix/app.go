@@ -59,6 +59,8 @@ type app struct {
 	brokerAddr, keyguardAddr, auditAddr string
 	caFile, certFile, keyFile           string
 	devPlaintext                        bool
+	// zones are the audit commands' residency-zone logs (audit_zones.go).
+	zones zoneFlags
 
 	// started is set once a command's own code runs: an error before
 	// that (unknown command, bad arguments) is a usage error.

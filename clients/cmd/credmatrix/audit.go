@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -32,6 +33,7 @@ func (a *app) auditCommand() *cobra.Command {
 // says how many it printed.
 type eventPrinter struct {
 	json  bool
+	zoned bool // events come from several logs: each names its log
 	w     io.Writer
 	err   io.Writer // where the count goes when stdout is JSON lines
 	table table
@@ -52,11 +54,20 @@ var eventHeader = []string{"SEQ", "TIME", "KIND", "DECISION", "PRINCIPAL", "DETA
 
 // add buffers one event (a table is aligned over all its rows).
 func (p *eventPrinter) add(ev *auditv1.Event) error {
+	return p.addFrom("", ev)
+}
+
+// addFrom buffers one event of the audit log named log.
+func (p *eventPrinter) addFrom(log string, ev *auditv1.Event) error {
 	p.n++
 	if p.json {
-		return p.writeJSON(ev)
+		return p.writeJSONFrom(log, ev)
 	}
-	p.table.add(eventRow(ev))
+	row := eventRow(ev)
+	if p.zoned {
+		row = append([]string{log}, row...)
+	}
+	p.table.add(row)
 	return nil
 }
 
@@ -69,10 +80,22 @@ func (p *eventPrinter) stream(ev *auditv1.Event) error {
 	return p.table.stream(p.w, eventRow(ev))
 }
 
-func (p *eventPrinter) writeJSON(ev *auditv1.Event) error {
+func (p *eventPrinter) writeJSON(ev *auditv1.Event) error { return p.writeJSONFrom("", ev) }
+
+// writeJSONFrom prints ev as one JSON line; with several logs read, its
+// first field, "audit_log", names the log it came from.
+func (p *eventPrinter) writeJSONFrom(log string, ev *auditv1.Event) error {
 	b, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(ev)
 	if err != nil {
 		return err
+	}
+	if p.zoned {
+		name, _ := json.Marshal(log)
+		rest := strings.TrimSpace(string(b[1:]))
+		if rest != "}" {
+			rest = "," + rest
+		}
+		b = []byte(`{"audit_log":` + string(name) + rest)
 	}
 	_, err = fmt.Fprintf(p.w, "%s\n", b)
 	return err
@@ -278,7 +301,11 @@ json prints one event per line for other programs.`,
 			if err != nil {
 				return err
 			}
-			conn, err := a.dial(a.auditAddr)
+			l, _, err := a.oneLog(&a.zones, "")
+			if err != nil {
+				return err
+			}
+			conn, err := a.dial(l.addr)
 			if err != nil {
 				return err
 			}
@@ -313,6 +340,7 @@ json prints one event per line for other programs.`,
 	f.BoolVarP(&follow, "follow", "f", true, "keep streaming new events until interrupted")
 	f.StringSliceVar(&kinds, "kind", nil, "only these kinds (e.g. session-issue,key-encrypt)")
 	f.StringVarP(&output, "output", "o", "table", "output: table or json (one event per line)")
+	a.zoneFlagSet(f, &a.zones)
 	return cmd
 }
 
@@ -359,37 +387,17 @@ func (a *app) auditQueryCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			conn, err := a.dial(a.auditAddr)
+			logs, zoned, err := a.logs(&a.zones, "")
 			if err != nil {
 				return err
 			}
-			defer conn.Close()
-			client := auditclient.New(conn)
-			note := ""
-			if account != "" {
-				id, found, err := resolveAccount(cmd.Context(), client, account)
-				if err != nil {
-					return err
-				}
-				if !found {
-					p.summary(fmt.Sprintf("no session event in the log names account %q; try its 12-digit id", account))
-					return nil
-				}
-				req.AccountId = id
-				if id != account {
-					note = fmt.Sprintf("account %s is %s", account, id)
-				}
+			if !zoned {
+				return a.queryOne(cmd.Context(), logs[0], req, account, p)
 			}
-			if err := client.Query(cmd.Context(), req, p.add); err != nil {
-				return err
-			}
-			if err := p.flush(); err != nil {
-				return err
-			}
-			p.summary(note)
-			return nil
+			return a.queryZones(cmd.Context(), logs, req, account, p)
 		},
 	}
+	a.zoneFlagSet(cmd.Flags(), &a.zones)
 	f := cmd.Flags()
 	f.StringVar(&since, "since", "", "only events at or after this RFC 3339 time")
 	f.StringVar(&until, "until", "", "only events before this RFC 3339 time")

@@ -26,6 +26,8 @@ import (
 // database drivers.
 type logSource struct {
 	bundlePath, publicKeyFile, keptFile string
+	// addr is the audit service's address (--audit-addr when empty).
+	addr string
 }
 
 func (a *app) logSourceFlags(f *pflag.FlagSet, s *logSource, withBundle bool) {
@@ -124,7 +126,11 @@ func (a *app) fetchLog(ctx context.Context, s *logSource, v *checkpoint.Verifier
 	if err != nil {
 		return nil, nil, err
 	}
-	conn, err := a.dial(a.auditAddr)
+	addr := s.addr
+	if addr == "" {
+		addr = a.auditAddr
+	}
+	conn, err := a.dial(addr)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -185,6 +191,14 @@ damaged store), run the audit binary where the store is:
 			if out == "" {
 				return usagef("--out: required")
 			}
+			l, zoned, err := a.oneLog(&a.zones, src.publicKeyFile)
+			if err != nil {
+				return err
+			}
+			if zoned {
+				src.addr, src.publicKeyFile = l.addr, l.publicKeyFile
+				src.keptFile = keptFileOf(src.keptFile, l)
+			}
 			var v *checkpoint.Verifier
 			if src.publicKeyFile != "" {
 				var err error
@@ -213,6 +227,7 @@ damaged store), run the audit binary where the store is:
 		},
 	}
 	a.logSourceFlags(cmd.Flags(), &src, false)
+	a.zoneFlagSet(cmd.Flags(), &a.zones)
 	cmd.Flags().StringVarP(&out, "out", "O", "", "bundle file to write")
 	return cmd
 }

@@ -43,42 +43,59 @@ log that does not verify, and events no checkpoint signs unless
 	pf.StringVarP(&output, "output", "o", "table", "output: table or json")
 	pf.BoolVar(&includeUnsigned, "include-unsigned", false, "also replay events after the last signed checkpoint (nothing proves them: anyone with write access to the store could have written them)")
 
-	// load verifies the log and replays it.
+	a.zoneFlagSet(pf, &a.zones)
+
+	// zoned is set by load when the logs of several residency zones are
+	// replayed together: every answer then names its log.
+	zoned := false
+	// load verifies the log (every log, with zones) and replays it.
 	load := func(cmd *cobra.Command) (*replay.Replayer, error) {
 		if output != "table" && output != "json" {
 			return nil, usagef("--output %q: want table or json", output)
 		}
-		v, err := src.verifier()
+		logs, z, err := a.logs(&a.zones, src.publicKeyFile)
 		if err != nil {
 			return nil, err
 		}
-		kept, err := src.kept()
-		if err != nil {
-			return nil, err
+		if !z {
+			evs, err := a.verifiedEvents(cmd, src, "", includeUnsigned)
+			if err != nil {
+				return nil, err
+			}
+			return replayAll([][]zonedEvent{evs}), nil
 		}
-		r, err := a.verifyLog(cmd.Context(), &src, verify.Options{Key: v, Trusted: kept, KeepEvents: true})
-		if err != nil {
-			return nil, err
+		zoned = true
+		if src.bundlePath != "" {
+			return nil, usagef("--bundle holds one audit log; with --audit-zone set, replay reads every zone's log from its service")
 		}
-		switch {
-		case r.OK():
-		case r.OnlyUnsigned() && includeUnsigned:
-			fmt.Fprintf(a.err, "warning: including %d UNSIGNED event(s), %d to %d: no checkpoint signs them (--include-unsigned)\n", r.Unsigned, r.VerifiedSize, r.Events-1)
-		case r.OnlyUnsigned():
-			return nil, fmt.Errorf("%w, refusing to replay it: %s (pass --include-unsigned to replay them anyway)", errNotVerified, r.Problem)
-		default:
-			return nil, fmt.Errorf("%w, refusing to replay it: %s", errNotVerified, r.Problem)
+		var perLog [][]zonedEvent
+		for _, l := range logs {
+			if err := checkKeyFile(l); err != nil {
+				return nil, err
+			}
+			one := src
+			one.addr, one.publicKeyFile, one.keptFile = l.addr, l.publicKeyFile, keptFileOf(src.keptFile, l)
+			evs, err := a.verifiedEvents(cmd, one, l.name, includeUnsigned)
+			if err != nil {
+				a.logFailed(l, err)
+				return nil, fmt.Errorf("audit log %s: %w", l.name, err)
+			}
+			perLog = append(perLog, evs)
 		}
-		rp := replay.New()
-		for _, e := range r.DecodedEvents {
-			rp.Apply(e)
+		return replayAll(perLog), nil
+	}
+	// logCol is the LOG cell of a row ("" unless zoned).
+	logCol := func(log string) string {
+		if !zoned {
+			return ""
 		}
-		if r.Unsigned > 0 && includeUnsigned {
-			fmt.Fprintf(a.err, "replayed %d events: %d verified (tree size %d) and %d UNSIGNED\n", rp.Events(), r.VerifiedSize, r.VerifiedSize, r.Unsigned)
-		} else {
-			fmt.Fprintf(a.err, "replayed %d verified events (tree size %d)\n", rp.Events(), r.VerifiedSize)
+		return log + "\t"
+	}
+	logHead := func() string {
+		if !zoned {
+			return ""
 		}
-		return rp, nil
+		return "LOG\t"
 	}
 	parseTime := func(flag, v string, required bool) (time.Time, error) {
 		if v == "" {
@@ -116,9 +133,9 @@ log that does not verify, and events no checkpoint signs unless
 				return writeReplayJSON(a.out, ss)
 			}
 			tw := tabwriter.NewWriter(a.out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "SEQ\tSESSION\tSUBJECT\tACCOUNT\tROLE\tREGION\tISSUED\tEXPIRES\tACCESS KEY")
+			fmt.Fprintln(tw, logHead()+"SEQ\tSESSION\tSUBJECT\tACCOUNT\tROLE\tREGION\tISSUED\tEXPIRES\tACCESS KEY")
 			for _, s := range ss {
-				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Sequence, orDash(s.SessionID), orDash(s.Subject),
+				fmt.Fprintf(tw, logCol(s.Log)+"%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Sequence, orDash(s.SessionID), orDash(s.Subject),
 					orDash(s.AccountName+" "+s.AccountID), s.RoleName, orDash(s.Region), ts(s.Issued), ts(s.Expires), orDash(s.AccessKeyID))
 			}
 			if err := tw.Flush(); err != nil {
@@ -147,7 +164,7 @@ log that does not verify, and events no checkpoint signs unless
 			if err != nil {
 				return err
 			}
-			return printEntries(a.out, output, rp.Timeline(tlSubject))
+			return printEntries(a.out, output, zoned, rp.Timeline(tlSubject))
 		},
 	}
 	timeline.Flags().StringVar(&tlSubject, "subject", "", "the subject or principal")
@@ -170,7 +187,7 @@ log that does not verify, and events no checkpoint signs unless
 			if err != nil {
 				return err
 			}
-			return printEntries(a.out, output, rp.KeyOps(class, region, from, to))
+			return printEntries(a.out, output, zoned, rp.KeyOps(class, region, from, to))
 		},
 	}
 	kf := keyOps.Flags()
@@ -198,7 +215,7 @@ log that does not verify, and events no checkpoint signs unless
 				return writeReplayJSON(a.out, gs)
 			}
 			tw := tabwriter.NewWriter(a.out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "SEQ\tGRANT\tFROM\tGRANTEE\tCLASS\tREGIONS\tOPERATIONS\tCREATED\tEXPIRES")
+			fmt.Fprintln(tw, logHead()+"SEQ\tGRANT\tFROM\tGRANTEE\tCLASS\tREGIONS\tOPERATIONS\tCREATED\tEXPIRES")
 			for _, g := range gs {
 				exp := "-"
 				if !g.Expires.IsZero() {
@@ -208,7 +225,7 @@ log that does not verify, and events no checkpoint signs unless
 				if g.Static {
 					from = "key-ring file"
 				}
-				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", g.Sequence, g.GrantID, from, g.Grantee, g.DataClass,
+				fmt.Fprintf(tw, logCol(g.Log)+"%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", g.Sequence, g.GrantID, from, g.Grantee, g.DataClass,
 					orDash(strings.Join(g.Regions, ",")), orDash(strings.Join(g.Operations, ",")), ts(g.Created), exp)
 			}
 			if err := tw.Flush(); err != nil {
@@ -233,18 +250,63 @@ func writeReplayJSON(w io.Writer, v any) error {
 	return enc.Encode(v)
 }
 
-func printEntries(w io.Writer, output string, es []replay.Entry) error {
+func printEntries(w io.Writer, output string, zoned bool, es []replay.Entry) error {
 	if output == "json" {
 		return writeReplayJSON(w, es)
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SEQ\tTIME\tKIND\tDECISION\tSUBJECT\tDETAIL")
+	head, col := "", func(string) string { return "" }
+	if zoned {
+		head, col = "LOG\t", func(log string) string { return log + "\t" }
+	}
+	fmt.Fprintln(tw, head+"SEQ\tTIME\tKIND\tDECISION\tSUBJECT\tDETAIL")
 	for _, e := range es {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", e.Sequence, ts(e.Time), e.Kind, e.Decision, orDash(e.Subject), orDash(e.Summary))
+		fmt.Fprintf(tw, col(e.Log)+"%d\t%s\t%s\t%s\t%s\t%s\n", e.Sequence, ts(e.Time), e.Kind, e.Decision, orDash(e.Subject), orDash(e.Summary))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
 	fmt.Fprintf(w, "%d event(s)\n", len(es))
 	return nil
+}
+
+// verifiedEvents verifies one log exactly as 'audit verify' does and
+// returns its events (those no checkpoint signs only with
+// includeUnsigned), each naming log ("" when it is the only log).
+func (a *app) verifiedEvents(cmd *cobra.Command, src logSource, log string, includeUnsigned bool) ([]zonedEvent, error) {
+	v, err := src.verifier()
+	if err != nil {
+		return nil, err
+	}
+	kept, err := src.kept()
+	if err != nil {
+		return nil, err
+	}
+	r, err := a.verifyLog(cmd.Context(), &src, verify.Options{Key: v, Trusted: kept, KeepEvents: true})
+	if err != nil {
+		return nil, err
+	}
+	of := ""
+	if log != "" {
+		of = " of audit log " + log
+	}
+	switch {
+	case r.OK():
+	case r.OnlyUnsigned() && includeUnsigned:
+		fmt.Fprintf(a.err, "warning: including %d UNSIGNED event(s)%s, %d to %d: no checkpoint signs them (--include-unsigned)\n", r.Unsigned, of, r.VerifiedSize, r.Events-1)
+	case r.OnlyUnsigned():
+		return nil, fmt.Errorf("%w, refusing to replay it: %s (pass --include-unsigned to replay them anyway)", errNotVerified, r.Problem)
+	default:
+		return nil, fmt.Errorf("%w, refusing to replay it: %s", errNotVerified, r.Problem)
+	}
+	evs := make([]zonedEvent, 0, len(r.DecodedEvents))
+	for _, e := range r.DecodedEvents {
+		evs = append(evs, zonedEvent{log: log, ev: e})
+	}
+	if r.Unsigned > 0 && includeUnsigned {
+		fmt.Fprintf(a.err, "replayed %d events%s: %d verified (tree size %d) and %d UNSIGNED\n", len(evs), of, r.VerifiedSize, r.VerifiedSize, r.Unsigned)
+	} else {
+		fmt.Fprintf(a.err, "replayed %d verified events%s (tree size %d)\n", len(evs), of, r.VerifiedSize)
+	}
+	return evs, nil
 }

@@ -1,10 +1,12 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -44,38 +46,91 @@ does not verify.`,
 			if output != "table" && output != "json" {
 				return usagef("--output %q: want table or json", output)
 			}
-			v, err := src.verifier()
+			logs, zoned, err := a.logs(&a.zones, src.publicKeyFile)
 			if err != nil {
 				return err
 			}
-			kept, err := src.kept()
-			if err != nil {
-				return err
+			if !zoned {
+				return a.verifyOne(cmd.Context(), src, output, "")
 			}
-			r, err := a.verifyLog(cmd.Context(), &src, verify.Options{Key: v, Trusted: kept})
-			if err != nil {
-				return err
+			if src.bundlePath != "" {
+				// A bundle is one log: --zone says whose key verifies it.
+				if len(logs) != 1 {
+					return usagef("--bundle holds one audit log: say whose with --zone (one of %s)", strings.Join(logNames(logs), ", "))
+				}
+				logs[0].addr = ""
 			}
-			if output == "json" {
-				enc := json.NewEncoder(a.out)
-				if err := enc.Encode(r); err != nil {
+			// Every log on its own: its own key, its own kept checkpoint.
+			var failed []string
+			var firstErr error
+			for _, l := range logs {
+				if err := checkKeyFile(l); err != nil {
 					return err
 				}
-			} else {
-				r.WriteText(a.out, kept != nil)
-			}
-			if !r.OK() {
-				return fmt.Errorf("%w: %s", errNotVerified, r.Problem)
-			}
-			if src.keptFile != "" && len(r.Latest) > 0 {
-				if err := os.WriteFile(src.keptFile, r.Latest, 0o600); err != nil {
-					return fmt.Errorf("--checkpoint-file: %w", err)
+				one := src
+				one.addr, one.publicKeyFile, one.keptFile = l.addr, l.publicKeyFile, keptFileOf(src.keptFile, l)
+				if output == "table" {
+					fmt.Fprintf(a.out, "== audit log %s (%s) ==\n", l.name, orDash(l.addr))
 				}
+				if err := a.verifyOne(cmd.Context(), one, output, l.name); err != nil {
+					if !errors.Is(err, errNotVerified) {
+						a.logFailed(l, err)
+					}
+					failed = append(failed, l.name)
+					if firstErr == nil {
+						firstErr = err
+					}
+				}
+			}
+			if firstErr != nil {
+				return fmt.Errorf("audit log(s) %s: %w", strings.Join(failed, ", "), firstErr)
 			}
 			return nil
 		},
 	}
 	a.logSourceFlags(cmd.Flags(), &src, true)
+	a.zoneFlagSet(cmd.Flags(), &a.zones)
 	cmd.Flags().StringVarP(&output, "output", "o", "table", "output: table or json")
 	return cmd
+}
+
+// verifyOne verifies one log (name: its name when several are verified,
+// which JSON output then carries as "audit_log").
+func (a *app) verifyOne(ctx context.Context, src logSource, output, name string) error {
+	v, err := src.verifier()
+	if err != nil {
+		return err
+	}
+	kept, err := src.kept()
+	if err != nil {
+		return err
+	}
+	r, err := a.verifyLog(ctx, &src, verify.Options{Key: v, Trusted: kept})
+	if err != nil {
+		return err
+	}
+	switch {
+	case output == "json" && name != "":
+		if err := json.NewEncoder(a.out).Encode(struct {
+			Log    string         `json:"audit_log"`
+			Report *verify.Report `json:"report"`
+		}{name, r}); err != nil {
+			return err
+		}
+	case output == "json":
+		if err := json.NewEncoder(a.out).Encode(r); err != nil {
+			return err
+		}
+	default:
+		r.WriteText(a.out, kept != nil)
+	}
+	if !r.OK() {
+		return fmt.Errorf("%w: %s", errNotVerified, r.Problem)
+	}
+	if src.keptFile != "" && len(r.Latest) > 0 {
+		if err := os.WriteFile(src.keptFile, r.Latest, 0o600); err != nil {
+			return fmt.Errorf("--checkpoint-file: %w", err)
+		}
+	}
+	return nil
 }

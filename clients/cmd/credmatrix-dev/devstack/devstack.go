@@ -21,6 +21,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -500,6 +501,15 @@ func (s *Stack) Env() []string {
 		if e.url != "" {
 			env = append(env, e.name+"="+e.url)
 		}
+	}
+	// With zones, the audit commands read every zone's log too.
+	if len(s.zones) > 0 {
+		var addrs, keys []string
+		for _, z := range slices.Sorted(maps.Keys(s.zones)) {
+			addrs = append(addrs, z+"="+s.zones[z].Addr().String())
+			keys = append(keys, z+"="+s.zoneKeys[z])
+		}
+		env = append(env, "CREDMATRIX_AUDIT_ZONES="+strings.Join(addrs, ","), "CREDMATRIX_AUDIT_ZONE_PUBLIC_KEY_FILES="+strings.Join(keys, ","))
 	}
 	return env
 }
