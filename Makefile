@@ -2,7 +2,8 @@
 #
 #   make demo    build, start the local stack, run the CI-runner story, stop
 #   make test    every test of every module
-#   make lint    gofmt, go vet, buf lint/format, generated code up to date
+#   make lint    gofmt, go vet, staticcheck, buf lint/format/breaking, generated
+#                code up to date, the chart
 #   make proto   regenerate Go from proto/
 #   make run     the local stack in the foreground until Ctrl-C
 #   make bench   the real binaries under load: one BENCH line per figure, then a table
@@ -35,6 +36,13 @@ PKGS      := $(addsuffix /...,$(addprefix ./,$(MODULES)))
 BIN       := $(CURDIR)/bin
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 BUF       := $(BIN)/buf
+# staticcheck, pinned in tools/staticcheck/go.mod (a tool line), built into bin/.
+STATICCHECK := $(BIN)/staticcheck
+# buf breaking compares proto/ with this: the main branch of this clone (the
+# local branch, else origin/main, as in a CI checkout that has no local
+# main). Against a release: make lint BREAKING_AGAINST='.git#tag=v0.1.0'
+# (in a shallow clone, first: git fetch --depth=1 origin tag v0.1.0).
+BREAKING_AGAINST ?= $(shell git rev-parse -q --verify refs/heads/main >/dev/null && echo '.git#branch=main' || echo '.git#ref=origin/main')
 HELM      := $(BIN)/helm
 # local-kms: a real AWS KMS implementation the awskms tests run against.
 LOCAL_KMS := $(BIN)/local-kms
@@ -98,6 +106,10 @@ $(BUF): tools/buf/go.mod tools/buf/go.sum
 	@mkdir -p $(BIN)
 	GOWORK=off go -C tools/buf build -o $(BUF) github.com/bufbuild/buf/cmd/buf
 
+$(STATICCHECK): tools/staticcheck/go.mod tools/staticcheck/go.sum
+	@mkdir -p $(BIN)
+	GOWORK=off go -C tools/staticcheck build -o $(STATICCHECK) honnef.co/go/tools/cmd/staticcheck
+
 # helm, built from source through the module proxy (~90 s once), then cached
 # as a file: make rebuilds it only when HELM_VERSION changes.
 $(HELM): Makefile
@@ -108,7 +120,7 @@ $(HELM): Makefile
 
 helm: $(HELM)
 
-tools: $(BUF) $(HELM) $(LOCAL_KMS)
+tools: $(BUF) $(STATICCHECK) $(HELM) $(LOCAL_KMS)
 
 # Built outside the workspace (GOWORK=off, from bin/), so it never touches
 # our go.mod files.
@@ -148,12 +160,16 @@ proto-check: $(BUF)
 	@git diff --exit-code -- proto || { echo "generated code is out of date: run 'make proto' and commit" >&2; exit 1; }
 	@test -z "$$(git status --porcelain -- proto)" || { git status --porcelain -- proto; echo "make proto created untracked files: commit them" >&2; exit 1; }
 
-lint: $(BUF)
-	@out=$$(gofmt -l $(MODULES)); if [ -n "$$out" ]; then echo "gofmt needed:" >&2; echo "$$out" >&2; exit 1; fi
+lint: $(BUF) $(STATICCHECK)
+	@out=$$(gofmt -l $(MODULES) tools); if [ -n "$$out" ]; then echo "gofmt needed:" >&2; echo "$$out" >&2; exit 1; fi
 	go vet $(PKGS)
 	go vet -tags cluster ./deploy/clustertest
+	$(STATICCHECK) $(PKGS)
+	cd tools/release && GOWORK=off go vet ./... && GOWORK=off $(STATICCHECK) ./...
+	$(STATICCHECK) -tags cluster ./deploy/clustertest
 	$(BUF) lint
 	$(BUF) format -d --exit-code
+	$(BUF) breaking --against '$(BREAKING_AGAINST)'
 	@$(MAKE) --no-print-directory proto-check
 	@$(MAKE) --no-print-directory chart-check
 

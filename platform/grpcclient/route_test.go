@@ -10,7 +10,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
-	healthgrpc "google.golang.org/grpc/health/grpc_health_v1"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
@@ -37,7 +36,7 @@ func startBackend(t *testing.T) *backend {
 		b.hits.Add(1)
 		return status.Error(codes.Unimplemented, "counted")
 	}))
-	healthgrpc.RegisterHealthServer(srv, b.health)
+	healthpb.RegisterHealthServer(srv, b.health)
 	go srv.Serve(lis)
 	t.Cleanup(srv.Stop)
 	return b

@@ -34,7 +34,6 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
-	healthgrpc "google.golang.org/grpc/health/grpc_health_v1"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/reflection"
@@ -303,10 +302,10 @@ func New(cfg Config, log hclog.Logger, opts ...Option) (*Server, error) {
 
 	// Not ready until Serve runs.
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
-	healthgrpc.RegisterHealthServer(s.main.grpc, s.health)
+	healthpb.RegisterHealthServer(s.main.grpc, s.health)
 	reflection.Register(s.main.grpc)
 	if s.public != nil {
-		healthgrpc.RegisterHealthServer(s.public.grpc, s.health)
+		healthpb.RegisterHealthServer(s.public.grpc, s.health)
 	}
 	return s, nil
 }

@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -638,61 +637,45 @@ func TestSubscribeEnds(t *testing.T) {
 	})
 }
 
-// blockingStore holds every Append until release is closed, so a test can
-// fill the commit queue deterministically.
-type blockingStore struct {
-	audit.Store
-	entered chan struct{}
-	release chan struct{}
-}
-
-func (s *blockingStore) Append(ctx context.Context, b audit.Batch) error {
-	s.entered <- struct{}{}
-	<-s.release
-	return s.Store.Append(ctx, b)
-}
-
-// TestBackpressure fills the queue behind a stuck commit: the next append
-// is refused with ResourceExhausted and retry advice, records nothing, and
-// every queued append is still acknowledged once the store moves again.
+// TestBackpressure holds the committer inside one commit and sends two
+// more appends into a queue that has room for one event: exactly one of
+// them is refused at once with ResourceExhausted and retry advice and
+// records nothing; the other waits and is acknowledged once the store
+// moves again. No timing: the refusal is the first answer to arrive,
+// because the queued append cannot be answered while the store is held.
 func TestBackpressure(t *testing.T) {
 	ctx := context.Background()
-	store := &blockingStore{Store: memstore.New(), entered: make(chan struct{}, 10), release: make(chan struct{})}
-	log := audittest.OpenLog(t, store, audit.WithGroupCommit(audit.MaxBatch, 0, 0, 123*time.Millisecond))
+	store := audittest.NewBlockingStore(t, memstore.New())
+	log := audittest.OpenLog(t, store, audit.WithGroupCommit(1, 0, 0, 123*time.Millisecond))
+	t.Cleanup(store.Unblock) // before the log closes, even if the test fails early
 
 	firstDone := make(chan error, 1)
 	go func() { _, err := log.Append(ctx, broker, events("first")); firstDone <- err }()
-	<-store.entered // the committer is stuck in the store with "first"
+	<-store.Entered // the committer is stuck in the store with "first"
 
-	big := make([]string, audit.MaxBatch)
-	for i := range big {
-		big[i] = fmt.Sprintf("big-%d", i)
+	type answer struct {
+		id  string
+		err error
 	}
-	fill := make(chan error, 1)
-	go func() { _, err := log.Append(ctx, broker, events(big...)); fill <- err }()
-	// Poll, with a deadline, until the full batch waits in the queue.
-	deadline := time.Now().Add(10 * time.Second)
-	for log.Queued() < audit.MaxBatch {
-		if time.Now().After(deadline) {
-			t.Fatalf("the batch never reached the queue (%d queued)", log.Queued())
-		}
-		runtime.Gosched()
+	answers := make(chan answer, 2)
+	for _, id := range []string{"second", "third"} {
+		go func() { _, err := log.Append(ctx, broker, events(id)); answers <- answer{id, err} }()
 	}
-	_, err := log.Append(ctx, broker, events("one-too-many"))
+	refused := <-answers
 	var de *domainerr.Error
-	if !errors.As(err, &de) || de.Code != domainerr.ResourceExhausted || de.RetryAfter != 123*time.Millisecond {
-		t.Fatalf("Append on a full queue = %v, want ResourceExhausted with RetryAfter 123ms", err)
+	if !errors.As(refused.err, &de) || de.Code != domainerr.ResourceExhausted || de.RetryAfter != 123*time.Millisecond {
+		t.Fatalf("first answer while the store is held: %s = %v, want ResourceExhausted with RetryAfter 123ms", refused.id, refused.err)
 	}
-	close(store.release)
+	store.Unblock()
 	if err := <-firstDone; err != nil {
 		t.Errorf("first append: %v", err)
 	}
-	if err := <-fill; err != nil {
-		t.Errorf("queued append: %v", err)
+	if queued := <-answers; queued.err != nil {
+		t.Errorf("queued append %s: %v", queued.id, queued.err)
 	}
 	for _, e := range readAll(t, store) {
-		if e.GetId() == "one-too-many" {
-			t.Errorf("the refused event was stored")
+		if e.GetId() == refused.id {
+			t.Errorf("the refused event %s was stored", refused.id)
 		}
 	}
 }

@@ -129,3 +129,40 @@ func BenchEvent(id string) *auditv1.Event {
 		SecretRefs: []*auditv1.SecretRef{{Name: "session_token", HmacSha256: make([]byte, 32), KeyId: "hmac-1"}},
 	}
 }
+
+// BlockingStore wraps a Store so that every Append waits until Unblock:
+// Entered receives once for each Append that reached the store. A test
+// holds the committer inside one commit with it and fills the queue
+// behind that commit deterministically, without timing.
+type BlockingStore struct {
+	audit.Store
+	// Entered receives when an Append reaches the store (buffered: a test
+	// may ignore later ones).
+	Entered chan struct{}
+
+	release chan struct{}
+	once    sync.Once
+}
+
+// NewBlockingStore returns store wrapped, blocked; it is unblocked when
+// the test ends at the latest. A test that opens a Log on it after this
+// call registers its own t.Cleanup(s.Unblock) too, so that it runs before
+// the Log's Close.
+func NewBlockingStore(t testing.TB, store audit.Store) *BlockingStore {
+	s := &BlockingStore{Store: store, Entered: make(chan struct{}, 64), release: make(chan struct{})}
+	t.Cleanup(s.Unblock)
+	return s
+}
+
+// Append waits until Unblock, then appends.
+func (s *BlockingStore) Append(ctx context.Context, b audit.Batch) error {
+	select {
+	case s.Entered <- struct{}{}:
+	default:
+	}
+	<-s.release
+	return s.Store.Append(ctx, b)
+}
+
+// Unblock lets every waiting and later Append through.
+func (s *BlockingStore) Unblock() { s.once.Do(func() { close(s.release) }) }

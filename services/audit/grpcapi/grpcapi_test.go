@@ -2,7 +2,6 @@ package grpcapi_test
 
 import (
 	"context"
-	"fmt"
 	"net"
 	"path/filepath"
 	"strings"
@@ -26,6 +25,7 @@ import (
 	"github.com/credmatrix/credmatrix/services/audit"
 	"github.com/credmatrix/credmatrix/services/audit/audittest"
 	"github.com/credmatrix/credmatrix/services/audit/grpcapi"
+	"github.com/credmatrix/credmatrix/services/audit/memstore"
 	"github.com/credmatrix/credmatrix/services/audit/sqlite"
 
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
@@ -379,47 +379,72 @@ func TestCheckpointAndProofs(t *testing.T) {
 	}
 }
 
+// TestOverloadIsResourceExhaustedWithRetryInfo holds the committer inside
+// one commit (a blocking store) behind a queue with room for one event,
+// then sends two appends: the first answer is RESOURCE_EXHAUSTED with a
+// RetryInfo delay (the queued append cannot be answered while the store is
+// held), and the queued one succeeds once the store moves. The overload is
+// made to happen; the test never depends on timing.
 func TestOverloadIsResourceExhaustedWithRetryInfo(t *testing.T) {
-	f := newServer(t)
-	// The queue holds MaxBatch events: a second full batch while the first
-	// waits would overflow. Block commits by holding many requests in
-	// flight and look for at least one RESOURCE_EXHAUSTED with RetryInfo.
+	store := audittest.NewBlockingStore(t, memstore.New())
+	log := audittest.OpenLog(t, store, audit.WithGroupCommit(1, 0, 0, 75*time.Millisecond))
+	t.Cleanup(store.Unblock) // before the log closes, even if the test fails early
+	client := serveLog(t, log)
 	ctx := context.Background()
-	results := make(chan error, 16)
-	for g := range 16 {
-		go func() {
-			var batch []*auditv1.Event
-			for i := range audit.MaxBatch {
-				batch = append(batch, event(fmt.Sprintf("o-%d-%d", g, i), auditv1.Kind_KIND_KEY_ENCRYPT))
-			}
-			_, err := f.client.Append(ctx, &auditv1.AppendRequest{Events: batch})
-			results <- err
-		}()
+	appendOne := func(id string) error {
+		_, err := client.Append(ctx, &auditv1.AppendRequest{Events: []*auditv1.Event{event(id, auditv1.Kind_KIND_KEY_ENCRYPT)}})
+		return err
 	}
-	var exhausted int
-	for range 16 {
-		err := <-results
-		if err == nil {
-			continue
-		}
-		st := status.Convert(err)
-		if st.Code() != codes.ResourceExhausted {
-			t.Fatalf("Append = %v, want OK or ResourceExhausted", err)
-		}
-		exhausted++
-		var ri *errdetails.RetryInfo
-		for _, d := range st.Details() {
-			if r, ok := d.(*errdetails.RetryInfo); ok {
-				ri = r
-			}
-		}
-		if ri == nil || ri.GetRetryDelay().AsDuration() <= 0 {
-			t.Errorf("RESOURCE_EXHAUSTED without a RetryInfo delay: %v", st.Details())
+
+	first := make(chan error, 1)
+	go func() { first <- appendOne("first") }()
+	<-store.Entered // the committer holds "first" inside the store
+
+	type answer struct {
+		id  string
+		err error
+	}
+	answers := make(chan answer, 2)
+	for _, id := range []string{"second", "third"} {
+		go func() { answers <- answer{id, appendOne(id)} }()
+	}
+	refused := <-answers
+	st := status.Convert(refused.err)
+	var delay time.Duration
+	for _, d := range st.Details() {
+		if ri, ok := d.(*errdetails.RetryInfo); ok {
+			delay = ri.GetRetryDelay().AsDuration()
 		}
 	}
-	if exhausted == 0 {
-		t.Skip("the committer kept up with 16 concurrent full batches; no overload to observe")
+	if st.Code() != codes.ResourceExhausted || delay != 75*time.Millisecond {
+		t.Fatalf("first answer while the store is held: %s = %v %q with retry delay %v; want RESOURCE_EXHAUSTED with RetryInfo 75ms", refused.id, st.Code(), st.Message(), delay)
 	}
+	store.Unblock()
+	if err := <-first; err != nil {
+		t.Errorf("first append: %v", err)
+	}
+	if queued := <-answers; queued.err != nil {
+		t.Errorf("queued append %s: %v", queued.id, queued.err)
+	}
+}
+
+// serveLog serves log over an in-memory connection to an unauthenticated
+// caller (dev mode: no principal lists).
+func serveLog(t *testing.T, log *audit.Log) auditv1.AuditServiceClient {
+	t.Helper()
+	lis := bufconn.Listen(1 << 20)
+	srv := grpc.NewServer()
+	auditv1.RegisterAuditServiceServer(srv, grpcapi.New(log))
+	go srv.Serve(lis)
+	t.Cleanup(srv.Stop)
+	conn, err := grpc.NewClient("passthrough:///bufnet",
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
+		grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatalf("grpc.NewClient: %v", err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return auditv1.NewAuditServiceClient(conn)
 }
 
 func TestStoreDownIsUnavailable(t *testing.T) {

@@ -51,9 +51,3 @@ func (c *lru) put(id ID, hashes []byte) {
 		delete(c.byID, el.Value.(*entry).id)
 	}
 }
-
-func (c *lru) len() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.order.Len()
-}

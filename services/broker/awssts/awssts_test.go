@@ -31,6 +31,9 @@ type fakeAWS struct {
 	fail  []fakeError // served first, one per call
 	gate  chan struct{}
 	n     atomic.Int32
+	// arrived, when set, receives once per call that reached the endpoint
+	// (before the gate), so a test can wait for a call instead of polling.
+	arrived chan struct{}
 
 	// now is the clock of sessions' aws:TokenIssueTime (time.Now when
 	// nil); keyPerAccount makes AssumeRole answer an access key naming
@@ -49,13 +52,18 @@ type stsSession struct {
 }
 
 type fakeError struct {
-	status           int
-	code, message    string
-	service, xmlname string
+	status        int
+	code, message string
 }
 
 func (f *fakeAWS) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	f.n.Add(1)
+	if f.arrived != nil {
+		select {
+		case f.arrived <- struct{}{}:
+		default:
+		}
+	}
 	if f.gate != nil {
 		<-f.gate
 	}
@@ -365,17 +373,17 @@ func TestRetryStaysInsideTheDeadline(t *testing.T) {
 }
 
 func TestSingleFlight(t *testing.T) {
-	f := &fakeAWS{gate: make(chan struct{})}
+	f := &fakeAWS{gate: make(chan struct{}), arrived: make(chan struct{}, 1)}
 	p := newProvider(t, f, awssts.Config{})
 	const n = 8
-	var wg sync.WaitGroup
-	var started atomic.Int32
+	var wg, started sync.WaitGroup
 	results := make(chan string, n)
 	for i := range n {
 		wg.Add(1)
+		started.Add(1)
 		go func() {
 			defer wg.Done()
-			started.Add(1)
+			started.Done()
 			s := spec()
 			s.SessionID = fmt.Sprintf("session-%d", i) // per-session ids do not split the flight
 			s.SourceIdentity = "cm-" + s.SessionID
@@ -387,12 +395,11 @@ func TestSingleFlight(t *testing.T) {
 			results <- creds.AccessKeyID
 		}()
 	}
-	// Hold the first call at the endpoint until every caller has
-	// started; then answer it.
-	deadline := time.Now().Add(5 * time.Second)
-	for (f.n.Load() == 0 || started.Load() < n) && time.Now().Before(deadline) {
-		time.Sleep(time.Millisecond)
-	}
+	// Hold the first call at the endpoint until every caller has started
+	// and a call has reached the endpoint (waits, not a poll that could
+	// give up); then answer it.
+	started.Wait()
+	<-f.arrived
 	close(f.gate)
 	wg.Wait()
 	close(results)

@@ -386,6 +386,9 @@ func TestOperatorDryRuns(t *testing.T) {
 	if code, _, _ := s.issue(t); code != codes.PermissionDenied || !dryUnfreeze.GetDryRun() {
 		t.Errorf("after an unfreeze dry run: issuance %v, dry %v; want still frozen", code, dryUnfreeze.GetDryRun())
 	}
+	if got := events() - n; got != 1 || dryUnfreeze.GetAuditEventId() != "" {
+		t.Errorf("unfreeze dry run: %d new events, audit event id %q; want only the denied issuance's event and no id", got, dryUnfreeze.GetAuditEventId())
+	}
 	if _, err := s.client.UnfreezeAccount(ctx, &brokerv1.UnfreezeAccountRequest{OuPath: "/root", Reason: "drill over"}); err != nil {
 		t.Fatal(err)
 	}

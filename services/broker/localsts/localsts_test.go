@@ -163,6 +163,7 @@ func TestCredentialsRedacted(t *testing.T) {
 	session := broker.Session{ID: "x", Credentials: creds}
 	for name, out := range map[string]string{
 		"%v": fmt.Sprintf("%v", creds), "%+v": fmt.Sprintf("%+v", creds), "%#v": fmt.Sprintf("%#v", creds),
+		//lint:ignore S1025 the test checks what fmt's %s verb prints
 		"%s": fmt.Sprintf("%s", creds), "nested %+v": fmt.Sprintf("%+v", session), "nested %#v": fmt.Sprintf("%#v", &session),
 		"slog": logged.String(),
 	} {

@@ -280,7 +280,7 @@ func (v *Verifier) Verify(ctx context.Context, raw string) (string, error) {
 	if len(raw) > MaxTokenBytes {
 		return "", fmt.Errorf("%w: larger than %d bytes", ErrInvalidToken, MaxTokenBytes)
 	}
-	jws, err := jose.ParseSigned(raw, allowedAlgs)
+	jws, err := jose.ParseSignedCompact(raw, allowedAlgs) // a bearer JWT: compact serialisation only
 	if err != nil {
 		return "", fmt.Errorf("%w: %v", ErrInvalidToken, err)
 	}

@@ -188,7 +188,7 @@ func (s *soaker) mix() []soakOp {
 			i := w.rnd.IntN(len(w.sealed))
 			resp, err := w.keyguard.Decrypt(ctx, &keyguardv1.DecryptRequest{Ciphertext: w.sealed[i], EncryptionContext: soakContext})
 			if err == nil && !bytes.Equal(resp.GetPlaintext(), w.plain[i]) {
-				return errors.New("Decrypt returned a different plaintext")
+				return errors.New("decrypt returned a different plaintext")
 			}
 			return err
 		}},

@@ -160,12 +160,11 @@ type Stack struct {
 
 	lock *stateLock // held on the state directory while the stack runs
 
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	mu     sync.Mutex
-	errs   []error
-	stops  map[string]context.CancelFunc
-	dones  map[string]chan struct{}
+	wg    sync.WaitGroup
+	mu    sync.Mutex
+	errs  []error
+	stops map[string]context.CancelFunc
+	dones map[string]chan struct{}
 }
 
 // Start brings up the stack; every service is serving when it returns.

@@ -107,10 +107,9 @@ type poisonRow struct {
 	want   codes.Code
 	events int // audited events the request must yield
 	// results
-	got      codes.Code
-	gotEvs   []*auditv1.Event
-	gotErr   string
-	recorded string
+	got    codes.Code
+	gotEvs []*auditv1.Event
+	gotErr string
 }
 
 // TestPoisonTable runs every caller-controlled field that reaches an audit

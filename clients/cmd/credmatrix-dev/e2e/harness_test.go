@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"sort"
 	"strings"
 	"sync"
@@ -51,7 +50,7 @@ func binaries(t testing.TB) built {
 			buildErr = err
 			return
 		}
-		cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", dir+string(filepath.Separator),
+		cmd := exec.Command("go", "build", "-o", dir+string(filepath.Separator),
 			"./services/audit/cmd/audit", "./services/broker/cmd/broker", "./services/keyguard/cmd/keyguard",
 			"./clients/cmd/credmatrix", "./clients/cmd/credmatrix-dev")
 		cmd.Dir = root
