@@ -12,7 +12,8 @@
 #                at start and end, errors
 #   make fuzz    every fuzz target briefly (FUZZTIME=10s each)
 #   make chart-check   helm lint + template of deploy/helm/credmatrix (part of lint)
-#   make images-bin    the static linux/amd64 binaries the container images hold
+#   make images-bin    the static linux/amd64 and linux/arm64 binaries the
+#                      container images hold
 #   make release-check VERSION=v0.x.y   install the CLI and build an app against
 #                      the client libraries from a module proxy of this tree
 #   make tidy          go mod tidy of every module (siblings at MODULE_VERSION)
@@ -49,6 +50,8 @@ LOCAL_KMS := $(BIN)/local-kms
 LOCAL_KMS_VERSION := v0.0.0-20260228092603-2a5e92d09ab6
 HELM_VERSION := v3.22.0
 CHART     := deploy/helm/credmatrix
+# The architectures of the container images (docker buildx --platform).
+IMAGE_ARCHES := amd64 arm64
 GO_TEST_FLAGS ?= -race -count=1 -timeout 15m
 
 .PHONY: all build demo run test lint proto proto-check fmt bench bench-go bench-bin soak fuzz tools clean setup helm chart-check images-bin release-check tidy cluster-test
@@ -139,16 +142,19 @@ chart-check: $(HELM)
 	$(HELM) lint --strict $(CHART) -f $(CHART)/ci/production-values.yaml -f $(CHART)/ci/github-runners-values.yaml
 	$(HELM) template credmatrix $(CHART) --namespace credmatrix -f $(CHART)/ci/production-values.yaml -f $(CHART)/ci/github-runners-values.yaml > /dev/null
 
-# images-bin builds exactly what deploy/docker/Dockerfile puts in the images:
-# static (CGO_ENABLED=0), trimmed, stripped linux/amd64 binaries.
+# images-bin builds exactly what deploy/docker/Dockerfile puts in the images,
+# for each image architecture: static (CGO_ENABLED=0), trimmed, stripped.
 images-bin:
-	@mkdir -p $(BIN)/linux-amd64
-	CGO_ENABLED=0 GOOS=linux GOARCH=amd64 go build -trimpath -ldflags="-s -w" -o $(BIN)/linux-amd64/ \
-		./services/audit/cmd/audit ./services/broker/cmd/broker ./services/keyguard/cmd/keyguard ./deploy/cmd/credmatrix-probe
-	@for f in $(BIN)/linux-amd64/*; do \
-		if go version -m $$f | grep -q 'CGO_ENABLED=1'; then echo "$$f is not static" >&2; exit 1; fi; \
+	@for arch in $(IMAGE_ARCHES); do mkdir -p $(BIN)/linux-$$arch; \
+		echo "linux/$$arch:"; \
+		CGO_ENABLED=0 GOOS=linux GOARCH=$$arch go build -trimpath -ldflags="-s -w" -o $(BIN)/linux-$$arch/ \
+			./services/audit/cmd/audit ./services/broker/cmd/broker ./services/keyguard/cmd/keyguard ./deploy/cmd/credmatrix-probe || exit 1; \
+		for f in $(BIN)/linux-$$arch/*; do \
+			go version -m $$f | grep -q 'CGO_ENABLED=0' || { echo "$$f is not static" >&2; exit 1; }; \
+			go version -m $$f | grep -q "GOARCH=$$arch" || { echo "$$f is not linux/$$arch" >&2; exit 1; }; \
+		done; \
+		ls -l $(BIN)/linux-$$arch/; \
 	done
-	@ls -l $(BIN)/linux-amd64/
 
 proto: $(BUF)
 	$(BUF) format -w

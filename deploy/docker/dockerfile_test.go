@@ -24,7 +24,7 @@ func read(t *testing.T, path string) string {
 func stages(dockerfile string) map[string][]string {
 	out := map[string][]string{}
 	cur := ""
-	from := regexp.MustCompile(`^FROM\s+\S+(?:\s+AS\s+(\S+))?`)
+	from := regexp.MustCompile(`^FROM\s+(?:--platform=\S+\s+)?\S+(?:\s+AS\s+(\S+))?`)
 	for _, l := range strings.Split(dockerfile, "\n") {
 		if m := from.FindStringSubmatch(l); m != nil {
 			cur = m[1]
@@ -78,13 +78,29 @@ func TestDockerfile(t *testing.T) {
 		}
 	})
 	t.Run("same-binaries-as-make-images-bin", func(t *testing.T) {
-		got := buildPackages(t, df, "FROM ${GO_IMAGE} AS build")
+		got := buildPackages(t, df, "FROM --platform=${BUILDPLATFORM} ${GO_IMAGE} AS build")
 		want := buildPackages(t, read(t, filepath.Join("..", "..", "Makefile")), "\nimages-bin:")
 		if len(got) != 4 {
 			t.Errorf("Dockerfile builds %v; want the three services and the probe", got)
 		}
 		if diff := cmp.Diff(got, want); diff != "" {
 			t.Errorf("Dockerfile vs make images-bin packages (-Dockerfile +Makefile):\n%s", diff)
+		}
+	})
+	t.Run("multi-arch", func(t *testing.T) {
+		// buildx builds one image per --platform: the build stage runs on
+		// the builder's platform and cross-compiles for the target one,
+		// which BuildKit passes in TARGETOS/TARGETARCH (a default would
+		// build every image for one architecture).
+		build := strings.Join(st["build"], "\n")
+		for _, want := range []string{"FROM --platform=${BUILDPLATFORM} ${GO_IMAGE} AS build", "ARG TARGETOS\n", "ARG TARGETARCH\n", "GOOS=${TARGETOS} GOARCH=${TARGETARCH} go build"} {
+			if !strings.Contains(build+"\n", want) {
+				t.Errorf("build stage lacks %q", want)
+			}
+		}
+		mk := read(t, filepath.Join("..", "..", "Makefile"))
+		if !regexp.MustCompile(`(?m)^IMAGE_ARCHES := amd64 arm64$`).MatchString(mk) {
+			t.Errorf("make images-bin does not build amd64 and arm64")
 		}
 	})
 	for _, svc := range []string{"audit", "broker", "keyguard"} {
