@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
 	keyguardv1 "github.com/credmatrix/credmatrix/proto/credmatrix/keyguard/v1"
 
 	"github.com/credmatrix/credmatrix/platform/domainerr"
@@ -51,6 +52,7 @@ type Service interface {
 	RevokeGrant(ctx context.Context, caller, id, reason string) (uint64, error)
 	ListGrants(ctx context.Context, caller string, in keyguard.ListGrantsInput) ([]keyguard.Grant, string, error)
 	DescribeKeyRing(ctx context.Context, caller, dataClass, region string) (keyguard.RingDescription, error)
+	RefuseBearer(ctx context.Context, r keyguard.BearerRefusal) error
 }
 
 var _ Service = (*keyguard.Service)(nil)
@@ -105,8 +107,11 @@ func New(svc Service, opts ...Option) *Server {
 }
 
 // caller returns the verified identity of the requester: its OIDC bearer
-// token if it sent one, else its certificate.
-func (s *Server) caller(ctx context.Context) (string, error) {
+// token if it sent one, else its certificate. A bearer token that is
+// refused is audited as an attempt at kind (by its HMAC only) before the
+// refusal is returned; kind is KIND_UNSPECIFIED for reads, which keyguard
+// does not audit.
+func (s *Server) caller(ctx context.Context, kind auditv1.Kind) (string, error) {
 	if md, _ := metadata.FromIncomingContext(ctx); len(md.Get("authorization")) > 0 {
 		vals := md.Get("authorization")
 		token, ok := strings.CutPrefix(vals[0], "Bearer ")
@@ -117,13 +122,24 @@ func (s *Server) caller(ctx context.Context) (string, error) {
 			return "", domainerr.Errorf(domainerr.Unauthenticated, "authorization: bearer tokens are not accepted by this keyguard")
 		}
 		caller, err := s.bearer(ctx, token)
+		if err == nil && caller != "" {
+			return caller, nil
+		}
+		refused := &domainerr.Error{Code: domainerr.Unauthenticated, Message: "invalid bearer token", Err: err}
 		if errors.Is(err, oidcauth.ErrIssuerUnavailable) {
-			return "", &domainerr.Error{Code: domainerr.Unavailable, Message: "token issuer unavailable; retry later", Err: err}
+			refused = &domainerr.Error{Code: domainerr.Unavailable, Message: "token issuer unavailable; retry later", Err: err}
 		}
-		if err != nil || caller == "" {
-			return "", &domainerr.Error{Code: domainerr.Unauthenticated, Message: "invalid bearer token", Err: err}
+		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || kind == auditv1.Kind_KIND_UNSPECIFIED {
+			return "", refused
 		}
-		return caller, nil
+		mtls, _ := s.identify(ctx)
+		if aerr := s.svc.RefuseBearer(ctx, keyguard.BearerRefusal{
+			Kind: kind, Token: token, Peer: mtls,
+			IssuerUnavailable: refused.Code == domainerr.Unavailable, Reason: refused.Message,
+		}); aerr != nil {
+			return "", aerr // not even the refusal could be recorded: Unavailable
+		}
+		return "", refused
 	}
 	caller, ok := s.identify(ctx)
 	if !ok || caller == "" {
@@ -168,7 +184,7 @@ func (s *Server) decrypt(ctx context.Context, caller string, req *keyguardv1.Dec
 
 // Encrypt seals one plaintext.
 func (s *Server) Encrypt(ctx context.Context, req *keyguardv1.EncryptRequest) (*keyguardv1.EncryptResponse, error) {
-	caller, err := s.caller(ctx)
+	caller, err := s.caller(ctx, auditv1.Kind_KIND_KEY_ENCRYPT)
 	if err != nil {
 		return nil, s.fail(ctx, err).Err()
 	}
@@ -178,7 +194,7 @@ func (s *Server) Encrypt(ctx context.Context, req *keyguardv1.EncryptRequest) (*
 
 // Decrypt opens one envelope.
 func (s *Server) Decrypt(ctx context.Context, req *keyguardv1.DecryptRequest) (*keyguardv1.DecryptResponse, error) {
-	caller, err := s.caller(ctx)
+	caller, err := s.caller(ctx, auditv1.Kind_KIND_KEY_DECRYPT)
 	if err != nil {
 		return nil, s.fail(ctx, err).Err()
 	}
@@ -207,7 +223,7 @@ func itemError(st *status.Status) *keyguardv1.ItemError {
 // event (all recorded in one append), and reports failures per item, in
 // request order.
 func (s *Server) BatchEncrypt(ctx context.Context, req *keyguardv1.BatchEncryptRequest) (*keyguardv1.BatchEncryptResponse, error) {
-	caller, err := s.caller(ctx)
+	caller, err := s.caller(ctx, auditv1.Kind_KIND_KEY_ENCRYPT)
 	if err != nil {
 		return nil, s.fail(ctx, err).Err()
 	}
@@ -236,7 +252,7 @@ func (s *Server) BatchEncrypt(ctx context.Context, req *keyguardv1.BatchEncryptR
 // event (all recorded in one append), and reports failures per item, in
 // request order.
 func (s *Server) BatchDecrypt(ctx context.Context, req *keyguardv1.BatchDecryptRequest) (*keyguardv1.BatchDecryptResponse, error) {
-	caller, err := s.caller(ctx)
+	caller, err := s.caller(ctx, auditv1.Kind_KIND_KEY_DECRYPT)
 	if err != nil {
 		return nil, s.fail(ctx, err).Err()
 	}
@@ -263,7 +279,7 @@ func (s *Server) BatchDecrypt(ctx context.Context, req *keyguardv1.BatchDecryptR
 
 // GenerateDataKey returns a fresh data key, in plaintext and wrapped.
 func (s *Server) GenerateDataKey(ctx context.Context, req *keyguardv1.GenerateDataKeyRequest) (*keyguardv1.GenerateDataKeyResponse, error) {
-	caller, err := s.caller(ctx)
+	caller, err := s.caller(ctx, auditv1.Kind_KIND_KEY_GENERATE_DATA_KEY)
 	if err != nil {
 		return nil, s.fail(ctx, err).Err()
 	}
@@ -280,7 +296,7 @@ func (s *Server) GenerateDataKey(ctx context.Context, req *keyguardv1.GenerateDa
 
 // Rewrap moves an envelope to the newest key version of its ring.
 func (s *Server) Rewrap(ctx context.Context, req *keyguardv1.RewrapRequest) (*keyguardv1.RewrapResponse, error) {
-	caller, err := s.caller(ctx)
+	caller, err := s.caller(ctx, auditv1.Kind_KIND_KEY_REWRAP)
 	if err != nil {
 		return nil, s.fail(ctx, err).Err()
 	}
@@ -293,7 +309,7 @@ func (s *Server) Rewrap(ctx context.Context, req *keyguardv1.RewrapRequest) (*ke
 
 // RotateKey adds a key version to a ring.
 func (s *Server) RotateKey(ctx context.Context, req *keyguardv1.RotateKeyRequest) (*keyguardv1.RotateKeyResponse, error) {
-	caller, err := s.caller(ctx)
+	caller, err := s.caller(ctx, auditv1.Kind_KIND_KEY_ROTATE)
 	if err != nil {
 		return nil, s.fail(ctx, err).Err()
 	}
@@ -306,7 +322,7 @@ func (s *Server) RotateKey(ctx context.Context, req *keyguardv1.RotateKeyRequest
 
 // SetMinDecryptVersion retires the versions of a ring below a minimum.
 func (s *Server) SetMinDecryptVersion(ctx context.Context, req *keyguardv1.SetMinDecryptVersionRequest) (*keyguardv1.SetMinDecryptVersionResponse, error) {
-	caller, err := s.caller(ctx)
+	caller, err := s.caller(ctx, auditv1.Kind_KIND_KEY_ROTATE)
 	if err != nil {
 		return nil, s.fail(ctx, err).Err()
 	}
@@ -354,7 +370,7 @@ func grantToProto(g keyguard.Grant) *keyguardv1.Grant {
 
 // CreateGrant creates a grant.
 func (s *Server) CreateGrant(ctx context.Context, req *keyguardv1.CreateGrantRequest) (*keyguardv1.CreateGrantResponse, error) {
-	caller, err := s.caller(ctx)
+	caller, err := s.caller(ctx, auditv1.Kind_KIND_GRANT_CREATE)
 	if err != nil {
 		return nil, s.fail(ctx, err).Err()
 	}
@@ -385,7 +401,7 @@ func (s *Server) CreateGrant(ctx context.Context, req *keyguardv1.CreateGrantReq
 
 // RevokeGrant removes a grant.
 func (s *Server) RevokeGrant(ctx context.Context, req *keyguardv1.RevokeGrantRequest) (*keyguardv1.RevokeGrantResponse, error) {
-	caller, err := s.caller(ctx)
+	caller, err := s.caller(ctx, auditv1.Kind_KIND_GRANT_REVOKE)
 	if err != nil {
 		return nil, s.fail(ctx, err).Err()
 	}
@@ -398,7 +414,7 @@ func (s *Server) RevokeGrant(ctx context.Context, req *keyguardv1.RevokeGrantReq
 
 // ListGrants lists grants.
 func (s *Server) ListGrants(ctx context.Context, req *keyguardv1.ListGrantsRequest) (*keyguardv1.ListGrantsResponse, error) {
-	caller, err := s.caller(ctx)
+	caller, err := s.caller(ctx, auditv1.Kind_KIND_UNSPECIFIED)
 	if err != nil {
 		return nil, s.fail(ctx, err).Err()
 	}
@@ -417,7 +433,7 @@ func (s *Server) ListGrants(ctx context.Context, req *keyguardv1.ListGrantsReque
 
 // DescribeKeyRing describes a ring.
 func (s *Server) DescribeKeyRing(ctx context.Context, req *keyguardv1.DescribeKeyRingRequest) (*keyguardv1.DescribeKeyRingResponse, error) {
-	caller, err := s.caller(ctx)
+	caller, err := s.caller(ctx, auditv1.Kind_KIND_UNSPECIFIED)
 	if err != nil {
 		return nil, s.fail(ctx, err).Err()
 	}

@@ -382,14 +382,19 @@ func TestPoisonTable(t *testing.T) {
 		{
 			id := fmt.Sprint("row-", len(rows))
 			req := &keyguardv1.EncryptRequest{DataClass: "internal", Region: "eu-west-1", Plaintext: []byte("p"), EncryptionContext: map[string]string{"row": id}}
-			as := bearer(p.value)
-			// keyguard takes a sub of at most 512 bytes of printable UTF-8
-			// as a principal and refuses other tokens at its edge.
-			want := codes.PermissionDenied
-			if p.name == "oversized" || p.name == "control" {
-				want = codes.Unauthenticated
+			tok := mint(map[string]any{"sub": p.value}, devstack.KeyguardAudience)
+			as := func(ctx context.Context) context.Context {
+				return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tok)
 			}
-			add(&poisonRow{producer: "keyguard", field: "principal (token sub)", scenario: "no grant: denied", payload: p.name, want: want, events: events(want), marker: byRow(id),
+			// keyguard takes a sub of at most 512 bytes of printable UTF-8
+			// as a principal and refuses other tokens at its edge, where
+			// the refusal is audited by the token's HMAC (nothing else of
+			// the request is recorded).
+			want, marker := codes.PermissionDenied, byRow(id)
+			if p.name == "oversized" || p.name == "control" {
+				want, marker = codes.Unauthenticated, byToken(tok)
+			}
+			add(&poisonRow{producer: "keyguard", field: "principal (token sub)", scenario: "no grant: denied", payload: p.name, want: want, events: 1, marker: marker,
 				call: func(ctx context.Context) error {
 					_, err := keyguard.Encrypt(as(ctx), req)
 					return err
