@@ -80,7 +80,9 @@ test: $(HELM) $(LOCAL_KMS)
 
 # bench and soak start audit, broker and keyguard as processes of the
 # binaries in bin/ (embedded defaults, mTLS) and drive them from
-# credmatrix-bench (clients/cmd/credmatrix-dev/credmatrix-bench).
+# credmatrix-bench (clients/cmd/credmatrix-dev/credmatrix-bench); BENCH_FLAGS passes
+# more flags (e.g. -only issue_session -profile /tmp/prof: CPU profiles of each
+# process; bin/credmatrix-bench -h lists them).
 BENCH_DURATION ?= 20s
 SOAK ?= 10m
 
@@ -88,7 +90,7 @@ bench-bin: build
 	go build -o $(BIN)/ ./clients/cmd/credmatrix-dev/credmatrix-bench
 
 bench: bench-bin
-	$(BIN)/credmatrix-bench -bin-dir $(BIN) -duration $(BENCH_DURATION)
+	$(BIN)/credmatrix-bench -bin-dir $(BIN) -duration $(BENCH_DURATION) $(BENCH_FLAGS)
 
 soak: bench-bin
 	$(BIN)/credmatrix-bench soak -bin-dir $(BIN) -duration $(SOAK)

@@ -16,10 +16,12 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"runtime/pprof"
 	"strconv"
 	"time"
 
 	"github.com/credmatrix/credmatrix/platform/config"
+	"github.com/credmatrix/credmatrix/platform/internal/loopback"
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -28,6 +30,14 @@ import (
 
 // Path is where the endpoint serves metrics.
 const Path = "/metrics"
+
+// PprofPath is where the endpoint serves Go runtime profiles when
+// Config.Pprof is set (net/http/pprof's paths: heap, goroutine, profile …).
+const PprofPath = "/debug/pprof/"
+
+// MaxProfileSeconds is the longest CPU profile or trace the endpoint can
+// serve (its write timeout is a little longer).
+const MaxProfileSeconds = 12
 
 // LatencyBuckets are the histogram buckets, in seconds, of every latency
 // metric: from half a millisecond (a local KEK wrap) to ten seconds (an
@@ -38,6 +48,11 @@ var LatencyBuckets = []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 
 // "metrics" key.
 type Config struct {
 	ListenAddr string `cfg:"listen_addr" help:"host:port of the Prometheus endpoint (plain HTTP, path /metrics; port 0 picks a free port); must differ from the gRPC address; empty turns metrics off"`
+	// Pprof serves the Go runtime's profiles for diagnosis (make bench
+	// profiles the real binaries with it). Profiles hold code locations
+	// and sizes, not memory contents, but they are nobody's business off
+	// the machine: loopback only.
+	Pprof bool `cfg:"pprof" help:"diagnosis: also serve Go runtime profiles (net/http/pprof) under /debug/pprof/ on this endpoint; refused unless listen_addr is loopback"`
 }
 
 // Enabled reports whether an endpoint is configured.
@@ -47,6 +62,9 @@ func (c Config) Enabled() bool { return c.ListenAddr != "" }
 // relative to c ("listen_addr").
 func (c Config) Validate() error {
 	if c.ListenAddr == "" {
+		if c.Pprof {
+			return &config.FieldError{Field: "pprof", Msg: "needs listen_addr (profiles are served on the metrics endpoint)"}
+		}
 		return nil
 	}
 	_, port, err := net.SplitHostPort(c.ListenAddr)
@@ -55,6 +73,9 @@ func (c Config) Validate() error {
 	}
 	if _, perr := strconv.ParseUint(port, 10, 16); perr != nil {
 		return &config.FieldError{Field: "listen_addr", Msg: fmt.Sprintf("port %q must be a number from 0 to 65535", port)}
+	}
+	if c.Pprof && !loopback.HostPort(c.ListenAddr) {
+		return &config.FieldError{Field: "pprof", Msg: fmt.Sprintf("refused: listen_addr %q is not loopback (use 127.0.0.1, ::1 or localhost)", c.ListenAddr)}
 	}
 	return nil
 }
@@ -116,6 +137,10 @@ func Listen(cfg Config, gatherer prometheus.Gatherer, log hclog.Logger) (*Server
 		MaxRequestsInFlight: 4,
 		Timeout:             10 * time.Second,
 	}))
+	if cfg.Pprof {
+		mux.HandleFunc("GET "+PprofPath+"profile", serveCPUProfile)
+		mux.HandleFunc("GET "+PprofPath+"{name}", serveProfile)
+	}
 	return &Server{
 		lis: lis,
 		log: log,
@@ -127,6 +152,51 @@ func Listen(cfg Config, gatherer prometheus.Gatherer, log hclog.Logger) (*Server
 			MaxHeaderBytes:    8 << 10,
 		},
 	}, nil
+}
+
+// serveCPUProfile writes a CPU profile of ?seconds= (default 5, at most
+// MaxProfileSeconds) in pprof's format.
+func serveCPUProfile(w http.ResponseWriter, r *http.Request) {
+	sec := 5
+	if v := r.URL.Query().Get("seconds"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > MaxProfileSeconds {
+			http.Error(w, fmt.Sprintf("seconds: want 1 to %d", MaxProfileSeconds), http.StatusBadRequest)
+			return
+		}
+		sec = n
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	if err := pprof.StartCPUProfile(w); err != nil {
+		// Another profile is running: say so before anything is written.
+		http.Error(w, "a CPU profile is already running", http.StatusConflict)
+		return
+	}
+	t := time.NewTimer(time.Duration(sec) * time.Second)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-r.Context().Done():
+	}
+	pprof.StopCPUProfile()
+}
+
+// serveProfile writes a named runtime profile (heap, allocs, goroutine,
+// mutex, block, threadcreate) in pprof's format, or as text with
+// ?debug=1 or 2.
+func serveProfile(w http.ResponseWriter, r *http.Request) {
+	p := pprof.Lookup(r.PathValue("name"))
+	if p == nil {
+		http.Error(w, "unknown profile", http.StatusNotFound)
+		return
+	}
+	debug, _ := strconv.Atoi(r.URL.Query().Get("debug"))
+	if debug > 0 {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	} else {
+		w.Header().Set("Content-Type", "application/octet-stream")
+	}
+	_ = p.WriteTo(w, debug) // a failed write means the client went away
 }
 
 // Addr is where the endpoint listens; nil for a nil Server (metrics off).

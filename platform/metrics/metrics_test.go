@@ -34,18 +34,25 @@ func fieldOf(err error) string {
 func TestConfigValidate(t *testing.T) {
 	tests := []struct {
 		name, addr, wantField string
+		pprof                 bool
 	}{
-		{"ok/off", "", ""},
-		{"ok/loopback", "127.0.0.1:9090", ""},
-		{"ok/all-interfaces", ":9090", ""},
-		{"ok/ephemeral", "127.0.0.1:0", ""},
-		{"bad/no-port", "127.0.0.1", "listen_addr"},
-		{"bad/port-range", "127.0.0.1:70000", "listen_addr"},
-		{"bad/port-name", "127.0.0.1:http", "listen_addr"},
+		{"ok/off", "", "", false},
+		{"ok/loopback", "127.0.0.1:9090", "", false},
+		{"ok/all-interfaces", ":9090", "", false},
+		{"ok/ephemeral", "127.0.0.1:0", "", false},
+		{"ok/pprof-loopback", "127.0.0.1:9090", "", true},
+		{"ok/pprof-localhost", "localhost:9090", "", true},
+		{"ok/pprof-ipv6-loopback", "[::1]:9090", "", true},
+		{"bad/no-port", "127.0.0.1", "listen_addr", false},
+		{"bad/port-range", "127.0.0.1:70000", "listen_addr", false},
+		{"bad/port-name", "127.0.0.1:http", "listen_addr", false},
+		{"bad/pprof-all-interfaces", ":9090", "pprof", true},
+		{"bad/pprof-routable", "10.0.0.1:9090", "pprof", true},
+		{"bad/pprof-metrics-off", "", "pprof", true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			got := fieldOf(metrics.Config{ListenAddr: tc.addr}.Validate())
+			got := fieldOf(metrics.Config{ListenAddr: tc.addr, Pprof: tc.pprof}.Validate())
 			if diff := cmp.Diff(got, tc.wantField); diff != "" {
 				t.Errorf("field (-got +want):\n%s", diff)
 			}
@@ -207,4 +214,63 @@ func TestListenRefusesEmptyAndBusy(t *testing.T) {
 	if _, err := metrics.Listen(metrics.Config{ListenAddr: a.Addr().String()}, metrics.NewRegistry(), nil); err == nil {
 		t.Error("Listen on a busy port succeeded")
 	}
+}
+
+// TestPprof: profiles are served only when asked for, a CPU profile
+// for the seconds requested within the bound, in pprof's format.
+func TestPprof(t *testing.T) {
+	get := func(t *testing.T, url string) (int, []byte) {
+		t.Helper()
+		resp, err := http.Get(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.StatusCode, b
+	}
+	start := func(t *testing.T, pprof bool) string {
+		t.Helper()
+		s, err := metrics.Listen(metrics.Config{ListenAddr: "127.0.0.1:0", Pprof: pprof}, metrics.NewRegistry(), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- s.Serve(ctx) }()
+		t.Cleanup(func() { cancel(); <-done })
+		return "http://" + s.Addr().String()
+	}
+	t.Run("off", func(t *testing.T) {
+		base := start(t, false)
+		for _, p := range []string{"heap", "goroutine", "profile?seconds=1"} {
+			if code, _ := get(t, base+metrics.PprofPath+p); code != http.StatusNotFound {
+				t.Errorf("%s with pprof off: HTTP %d, want 404", p, code)
+			}
+		}
+	})
+	t.Run("on", func(t *testing.T) {
+		base := start(t, true)
+		for _, p := range []string{"heap", "goroutine", "allocs", "profile?seconds=1"} {
+			code, body := get(t, base+metrics.PprofPath+p)
+			// pprof's format is gzipped protobuf.
+			if code != http.StatusOK || len(body) < 2 || body[0] != 0x1f || body[1] != 0x8b {
+				t.Errorf("%s: HTTP %d, %d bytes: want a gzipped profile", p, code, len(body))
+			}
+		}
+		if code, body := get(t, base+metrics.PprofPath+"goroutine?debug=1"); code != http.StatusOK || !strings.Contains(string(body), "goroutine profile:") {
+			t.Errorf("goroutine?debug=1: HTTP %d, %.80q", code, body)
+		}
+		for _, p := range []string{"nope", "profile?seconds=0", "profile?seconds=999", "profile?seconds=x"} {
+			if code, _ := get(t, base+metrics.PprofPath+p); code != http.StatusNotFound && code != http.StatusBadRequest {
+				t.Errorf("%s: HTTP %d, want 404 or 400", p, code)
+			}
+		}
+		if code, _ := get(t, base+metrics.Path); code != http.StatusOK {
+			t.Errorf("metrics beside pprof: HTTP %d", code)
+		}
+	})
 }

@@ -7,8 +7,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
+	"path/filepath"
+	"runtime/pprof"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -22,8 +26,10 @@ import (
 	"github.com/credmatrix/credmatrix/clients/auditclient/leaf"
 	"github.com/credmatrix/credmatrix/clients/auditclient/replay"
 	"github.com/credmatrix/credmatrix/clients/auditclient/verify"
+	"github.com/credmatrix/credmatrix/clients/cmd/credmatrix-dev/devstack"
 	"github.com/credmatrix/credmatrix/clients/cmd/credmatrix-dev/procstack"
 	"github.com/credmatrix/credmatrix/platform/auditappend"
+	"github.com/credmatrix/credmatrix/platform/metrics"
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
 	brokerv1 "github.com/credmatrix/credmatrix/proto/credmatrix/broker/v1"
 	keyguardv1 "github.com/credmatrix/credmatrix/proto/credmatrix/keyguard/v1"
@@ -48,7 +54,8 @@ type figure struct {
 	rssOf []string           // the services whose peak the BENCH line reports
 	ratio bool               // report ops/s over the no-op baseline's
 	unit  string
-	load  [2]float64 // 1-minute load average before and after
+	load  [2]float64               // 1-minute load average before and after
+	cpu   map[string]time.Duration // CPU time per process ("client": this one) in the measured window
 	goal  string
 	extra string
 }
@@ -67,6 +74,7 @@ type benchFlags struct {
 	warm         time.Duration
 	only         string
 	verifyEvents int
+	profileDir   string
 }
 
 func runBench(ctx context.Context, args []string, out, errw io.Writer, getenv func(string) string) error {
@@ -82,6 +90,7 @@ func runBench(ctx context.Context, args []string, out, errw io.Writer, getenv fu
 	fs.DurationVar(&f.warm, "warmup", 0, "unmeasured load before each figure (default: a fifth of -duration, at most 3s)")
 	fs.StringVar(&f.only, "only", "", "comma-separated figures to run (default: all): "+strings.Join(figureNames, ","))
 	fs.IntVar(&f.verifyEvents, "verify-events", 200_000, "most events of the log verify_replay verifies (the first ones, up to a signed checkpoint)")
+	fs.StringVar(&f.profileDir, "profile", "", "write CPU profiles of every service and of this process during each figure's measured window (at most 12s of it) to this directory as <figure>-<process>.pprof (the services serve them with metrics.pprof; profiling costs a little throughput)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return err
@@ -116,7 +125,16 @@ func runBench(ctx context.Context, args []string, out, errw io.Writer, getenv fu
 	}
 	defer cleanup()
 	fmt.Fprintf(errw, "credmatrix-bench: starting audit, broker and keyguard from %s (state in %s; load average %.2f)\n", f.binDir, dir, loadAvg())
-	stack, err := procstack.Start(ctx, procstack.Config{BinDir: f.binDir, StateDir: dir, LogLevel: f.logLevel})
+	var adjust func(*devstack.Configs)
+	if f.profileDir != "" {
+		if err := os.MkdirAll(f.profileDir, 0o755); err != nil {
+			return err
+		}
+		adjust = func(c *devstack.Configs) {
+			c.Audit.Metrics.Pprof, c.Broker.Metrics.Pprof, c.Keyguard.Metrics.Pprof = true, true, true
+		}
+	}
+	stack, err := procstack.Start(ctx, procstack.Config{BinDir: f.binDir, StateDir: dir, LogLevel: f.logLevel, Adjust: adjust})
 	if err != nil {
 		return err
 	}
@@ -142,11 +160,12 @@ func contains(list []string, s string) bool {
 }
 
 type bencher struct {
-	stack   *procstack.Stack
-	f       benchFlags
-	errw    io.Writer
-	figures []*figure
-	conns   []*grpc.ClientConn
+	stack    *procstack.Stack
+	f        benchFlags
+	errw     io.Writer
+	figures  []*figure
+	conns    []*grpc.ClientConn
+	profiles sync.WaitGroup // profiles being taken
 }
 
 // dialN opens n connections to service as identity: each caller has its
@@ -203,15 +222,118 @@ func (b *bencher) runAll(ctx context.Context, want map[string]bool) error {
 	return errors.Join(errs...)
 }
 
-// measure runs o under the sampler and records the load average.
+// measure runs o under the sampler and records the load average and the
+// CPU time every process used in the measured window.
 func (b *bencher) measure(ctx context.Context, name string, n int, o op) *figure {
 	fig := &figure{name: name}
 	fig.load[0] = loadAvg()
 	s := startSampler(b.stack.Procs, 200*time.Millisecond)
-	fig.m = drive(ctx, n, b.f.warm, b.f.duration, o)
+	begin := time.Now()
+	cpu := make(chan map[string]time.Duration, 1)
+	go func() {
+		// CPU times at the start and the end of the measured window.
+		t := time.NewTimer(time.Until(begin.Add(b.f.warm)))
+		defer t.Stop()
+		select {
+		case <-ctx.Done():
+			cpu <- nil
+			return
+		case <-t.C:
+		}
+		first := cpuTimes(b.stack.Procs)
+		if b.f.profileDir != "" {
+			b.profile(ctx, name, min(b.f.duration, metrics.MaxProfileSeconds*time.Second))
+		}
+		t.Reset(time.Until(begin.Add(b.f.warm + b.f.duration)))
+		select {
+		case <-ctx.Done():
+			cpu <- nil
+			return
+		case <-t.C:
+		}
+		last := cpuTimes(b.stack.Procs)
+		for k, v := range last {
+			last[k] = v - first[k]
+		}
+		cpu <- last
+	}()
+	fig.m = driveFrom(ctx, begin, n, b.f.warm, b.f.duration, o)
+	fig.cpu = <-cpu
+	b.profiles.Wait()
 	fig.rss = s.Stop()
 	fig.load[1] = loadAvg()
 	return fig
+}
+
+// profile starts CPU profiles of every service and of this process for d
+// and writes them to the profile directory when done.
+func (b *bencher) profile(ctx context.Context, figure string, d time.Duration) {
+	sec := max(int(d/time.Second), 1)
+	for name, p := range b.stack.Procs {
+		url := strings.TrimSuffix(p.MetricsURL, metrics.Path) + metrics.PprofPath + fmt.Sprintf("profile?seconds=%d", sec)
+		file := filepath.Join(b.f.profileDir, figure+"-"+name+".pprof")
+		b.profiles.Go(func() {
+			if err := fetchTo(ctx, url, file); err != nil {
+				fmt.Fprintf(b.errw, "credmatrix-bench: profile of %s: %v\n", name, err)
+			}
+		})
+	}
+	file := filepath.Join(b.f.profileDir, figure+"-client.pprof")
+	f, err := os.Create(file)
+	if err != nil {
+		fmt.Fprintf(b.errw, "credmatrix-bench: %v\n", err)
+		return
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		fmt.Fprintf(b.errw, "credmatrix-bench: profile of this process: %v\n", err)
+		return
+	}
+	b.profiles.Go(func() {
+		t := time.NewTimer(time.Duration(sec) * time.Second)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+		}
+		pprof.StopCPUProfile()
+		f.Close()
+	})
+}
+
+// fetchTo saves what url answers to file.
+func fetchTo(ctx context.Context, url, file string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return fmt.Errorf("%s: %s: %s", url, resp.Status, strings.TrimSpace(string(msg)))
+	}
+	f, err := os.Create(file)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// cpuPerUnit is the CPU time of a process per unit, in microseconds.
+func (f *figure) cpuPerUnit(proc string) (float64, bool) {
+	d, ok := f.cpu[proc]
+	if !ok || f.m.units == 0 {
+		return 0, false
+	}
+	return float64(d.Microseconds()) / float64(f.m.units), true
 }
 
 func (b *bencher) noop(ctx context.Context) (*figure, error) {
@@ -394,6 +516,11 @@ func (b *bencher) verifyReplay(ctx context.Context) (*figure, error) {
 	fig := &figure{name: "verify_replay", unit: "events", goal: ">= 1000000 events/s"}
 	fig.extra = fmt.Sprintf("%d events, %.0f MiB bundle; latency is of one pass", n, float64(len(raw))/(1<<20))
 	fig.load[0] = loadAvg()
+	if b.f.profileDir != "" {
+		if f, err := os.Create(filepath.Join(b.f.profileDir, "verify_replay-client.pprof")); err == nil && pprof.StartCPUProfile(f) == nil {
+			defer func() { pprof.StopCPUProfile(); f.Close() }()
+		}
+	}
 	// One caller, passes back to back, at least one whole pass measured.
 	fig.m = drive(ctx, 1, 0, max(b.f.duration, time.Second), func(context.Context, int) (int, error) {
 		return n, pass()
@@ -496,7 +623,7 @@ func (b *bencher) print(w io.Writer) {
 	}
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "figure\tunits/s\tp50 ms\tp99 ms\tcalls\tratio\tRSS MiB broker\tkeyguard\taudit\tload avg\t goal\t")
+	fmt.Fprintln(tw, "figure\tunits/s\tp50 ms\tp99 ms\tcalls\tratio\tRSS MiB broker\tkeyguard\taudit\tCPU µs/unit client\tbroker\tkeyguard\taudit\ttotal\tload avg\t goal\t")
 	for _, f := range b.figures {
 		rss := func(s string) string {
 			if v, ok := f.rss[s]; ok {
@@ -508,9 +635,23 @@ func (b *bencher) print(w io.Writer) {
 		if f.ratio && base > 0 {
 			r = fmt.Sprintf("%.2f", ratio(f))
 		}
-		fmt.Fprintf(tw, "%s\t%.0f %s\t%.2f\t%.2f\t%d\t%s\t%s\t%s\t%s\t%.1f→%.1f\t %s\t\n",
+		var total float64
+		cpu := func(p string) string {
+			v, ok := f.cpuPerUnit(p)
+			if !ok {
+				return "-"
+			}
+			total += v
+			return fmt.Sprintf("%.0f", v)
+		}
+		cpus := []string{cpu("client"), cpu("broker"), cpu("keyguard"), cpu("audit")}
+		tot := "-"
+		if total > 0 {
+			tot = fmt.Sprintf("%.0f", total)
+		}
+		fmt.Fprintf(tw, "%s\t%.0f %s\t%.2f\t%.2f\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.1f→%.1f\t %s\t\n",
 			f.name, f.m.perSecond(), f.unit, f.m.quantile(0.50), f.m.quantile(0.99), f.m.calls, r,
-			rss("broker"), rss("keyguard"), rss("audit"), f.load[0], f.load[1], f.goal)
+			rss("broker"), rss("keyguard"), rss("audit"), cpus[0], cpus[1], cpus[2], cpus[3], tot, f.load[0], f.load[1], f.goal)
 	}
 	tw.Flush()
 	fmt.Fprintf(w, "\n%d concurrent callers, each with its own mTLS connection (audit_append_64: %d callers through one appender); %s measured per figure after %s of warm-up.\n",
@@ -520,5 +661,7 @@ func (b *bencher) print(w io.Writer) {
 			fmt.Fprintf(w, "  %s: %s\n", f.name, f.extra)
 		}
 	}
-	fmt.Fprintf(w, "ratio = units/s over the no-op call's (same run). Load average: the machine's 1-minute average before→after each figure (2 cores: above ~2 the figures are not representative).\n")
+	fmt.Fprintf(w, "ratio = units/s over the no-op call's (same run). CPU µs/unit: user+system CPU time of each process in the measured window over the units done\n"+
+		"(client: this load generator; on a busy machine this is the steadier figure: 2 cores sustain at most 2,000,000/total units/s).\n"+
+		"Load average: the machine's 1-minute average before→after each figure (2 cores: above ~2 the figures are not representative).\n")
 }

@@ -51,7 +51,11 @@ func (m measured) quantile(q float64) float64 {
 // measured window count, and units/s is over the window. A caller stops at
 // its first error (counted, the first one kept).
 func drive(ctx context.Context, callers int, warm, dur time.Duration, o op) measured {
-	begin := time.Now()
+	return driveFrom(ctx, time.Now(), callers, warm, dur, o)
+}
+
+// driveFrom is drive with the warm-up starting at begin.
+func driveFrom(ctx context.Context, begin time.Time, callers int, warm, dur time.Duration, o op) measured {
 	mstart, mend := begin.Add(warm), begin.Add(warm+dur)
 	var (
 		wg    sync.WaitGroup
@@ -161,6 +165,48 @@ func rssMiB(pid int) (float64, error) {
 		}
 	}
 	return 0, fmt.Errorf("no VmRSS in /proc/%d/status", pid)
+}
+
+// clockTicks is the unit of the CPU times in /proc/<pid>/stat (USER_HZ,
+// 100 on Linux).
+const clockTicks = 100
+
+// cpuTime reads the user+system CPU time a process has used from /proc.
+func cpuTime(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) may hold spaces: count from after it.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("/proc/%d/stat: no command name", pid)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	// f[0] is field 3 (state); utime and stime are fields 14 and 15.
+	if len(f) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f))
+	}
+	ut, err1 := strconv.ParseInt(f[11], 10, 64)
+	st, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("/proc/%d/stat: bad utime/stime", pid)
+	}
+	return time.Duration(ut+st) * time.Second / clockTicks, nil
+}
+
+// cpuTimes reads the CPU time of each process and of this one ("client").
+func cpuTimes(procs map[string]*procstack.Proc) map[string]time.Duration {
+	out := map[string]time.Duration{}
+	for name, p := range procs {
+		if d, err := cpuTime(p.Pid()); err == nil {
+			out[name] = d
+		}
+	}
+	if d, err := cpuTime(os.Getpid()); err == nil {
+		out["client"] = d
+	}
+	return out
 }
 
 // openFDs counts a process's open file descriptors from /proc.
