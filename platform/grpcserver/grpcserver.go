@@ -53,6 +53,12 @@ const (
 	DefaultMaxRecvMsgBytes = 4 << 20
 )
 
+// StreamWorkers is the number of goroutines per listener that run RPC
+// handlers (see grpc.NumStreamWorkers): about the calls a service has in
+// flight at once under load. Handlers mostly wait (for audit, a store),
+// so this is well above the CPU count.
+const StreamWorkers = 32
+
 // TLSFiles names the PEM files of a server's TLS identity. ClientCAFile is
 // required: the service port is mutual TLS, every client presents a
 // certificate signed by that CA. Callers without a certificate use the
@@ -324,6 +330,12 @@ func (s *Server) newGRPC(o *options, name string, creds credentials.TransportCre
 		stream = append([]grpc.StreamServerInterceptor{o.metrics.Stream()}, stream...)
 	}
 	serverOpts := []grpc.ServerOption{
+		// Handlers run on long-lived workers whose stacks have already
+		// grown to what a handler needs, instead of a fresh goroutine
+		// per RPC that grows its stack (copying it) several times on
+		// every call; when every worker is busy gRPC starts a goroutine
+		// as before, so this never queues a call.
+		grpc.NumStreamWorkers(StreamWorkers),
 		grpc.Creds(creds),
 		grpc.ForceServerCodecV2(codec),
 		grpc.StatsHandler(otelgrpc.NewServerHandler(o.otelOpts...)),

@@ -23,6 +23,9 @@ import (
 type Store struct {
 	db      *sql.DB
 	inserts atomic.Uint64
+	// version reads the state version, prepared once: every decision
+	// reads it, and parsing the query each time cost more than running it.
+	version *sql.Stmt
 }
 
 var _ broker.Store = (*Store)(nil)
@@ -53,6 +56,10 @@ func Open(ctx context.Context, path string) (*Store, error) {
 	}
 	s := &Store{db: db}
 	if err := s.migrate(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open broker store %s: %w", path, err)
+	}
+	if s.version, err = db.PrepareContext(ctx, `SELECT version FROM state WHERE id = 1`); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open broker store %s: %w", path, err)
 	}
@@ -358,7 +365,7 @@ func (s *Store) Freezes(ctx context.Context) ([]string, error) {
 }
 
 // Close implements broker.Store.
-func (s *Store) Close() error { return s.db.Close() }
+func (s *Store) Close() error { return errors.Join(s.version.Close(), s.db.Close()) }
 
 // nanos stores a time as Unix nanoseconds, the zero time as 0.
 func nanos(t time.Time) int64 {

@@ -18,7 +18,7 @@ func bump(ctx context.Context, tx *sql.Tx) error {
 // StateVersion implements broker.Store.
 func (s *Store) StateVersion(ctx context.Context) (uint64, error) {
 	var v uint64
-	if err := s.db.QueryRowContext(ctx, `SELECT version FROM state WHERE id = 1`).Scan(&v); err != nil {
+	if err := s.version.QueryRowContext(ctx).Scan(&v); err != nil {
 		return 0, fmt.Errorf("read state version: %w", err)
 	}
 	return v, nil

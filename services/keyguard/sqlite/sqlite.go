@@ -28,6 +28,9 @@ import (
 type Store struct {
 	db   *sql.DB
 	lock chan struct{}
+	// version reads the state version, prepared once: every decision
+	// reads it, and parsing the query each time cost more than running it.
+	version *sql.Stmt
 
 	closeOnce sync.Once
 	closeErr  error
@@ -96,7 +99,12 @@ func Open(ctx context.Context, path string) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("open keyguard state %s: %w", path, err)
 	}
-	return &Store{db: db, lock: make(chan struct{}, 1)}, nil
+	version, err := db.PrepareContext(ctx, `SELECT version FROM state WHERE id = 1`)
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open keyguard state %s: %w", path, err)
+	}
+	return &Store{db: db, lock: make(chan struct{}, 1), version: version}, nil
 }
 
 func migrate(ctx context.Context, db *sql.DB) error {
@@ -125,7 +133,7 @@ func migrate(ctx context.Context, db *sql.DB) error {
 
 // Close closes the database. It is safe to call more than once.
 func (s *Store) Close() error {
-	s.closeOnce.Do(func() { s.closeErr = s.db.Close() })
+	s.closeOnce.Do(func() { s.closeErr = errors.Join(s.version.Close(), s.db.Close()) })
 	return s.closeErr
 }
 
@@ -151,7 +159,7 @@ func (s *Store) write(ctx context.Context, bump bool, f func(tx *sql.Tx) error) 
 // Version implements keyguard.Store.
 func (s *Store) Version(ctx context.Context) (uint64, error) {
 	var v uint64
-	if err := s.db.QueryRowContext(ctx, `SELECT version FROM state WHERE id = 1`).Scan(&v); err != nil {
+	if err := s.version.QueryRowContext(ctx).Scan(&v); err != nil {
 		return 0, fmt.Errorf("read state version: %w", err)
 	}
 	return v, nil
