@@ -1,9 +1,11 @@
 package auditevent
 
 import (
+	"bytes"
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"unicode"
 	"unicode/utf8"
 
@@ -34,9 +36,98 @@ const (
 // holds a secret-shaped value (see ContainsSecret), or nil. Within a map
 // the smallest bad key is reported, so the answer does not depend on map
 // order. It runs in time linear in the size of m.
+//
+// Most events are clean, and for them Check costs one serialisation: the
+// wire form holds every string of m verbatim, and serialising a proto3
+// message fails on a string that is not valid UTF-8, so a message that
+// serialises and whose bytes contain neither mark every secret shape
+// starts with ("eyJ", "-----BEGIN ") has no bad string. Anything else
+// (including a mark that only bytes fields or numbers hold) is walked
+// field by field, which finds and names the bad string.
 func Check(m proto.Message) error {
+	if clean(m) {
+		return nil
+	}
 	var p path
 	return checkMessage(m.ProtoReflect(), &p)
+}
+
+// CleanWire reports whether wire, the serialised form of a message that
+// serialised without error and whose strings are all proto3 (as every
+// credmatrix message's), provably holds no string Check refuses: it
+// contains neither mark a secret shape starts with. When it reports
+// false, Check the message itself: it finds and names the bad string, or
+// finds none (the mark was in bytes or numbers).
+func CleanWire(wire []byte) bool {
+	return !bytes.Contains(wire, []byte(jwsMark)) && !bytes.Contains(wire, []byte(pemBegin))
+}
+
+// wireBufs recycles the buffers clean serialises into.
+var wireBufs = sync.Pool{New: func() any { return new([]byte) }}
+
+// maxPooledWire is the largest buffer wireBufs keeps.
+const maxPooledWire = 64 << 10
+
+// clean reports whether m provably holds no bad string (see Check).
+func clean(m proto.Message) bool {
+	if !utf8Enforced(m.ProtoReflect().Descriptor()) {
+		return false
+	}
+	bp := wireBufs.Get().(*[]byte)
+	b, err := proto.MarshalOptions{}.MarshalAppend((*bp)[:0], m)
+	ok := err == nil && CleanWire(b)
+	if cap(b) <= maxPooledWire {
+		*bp = b
+		wireBufs.Put(bp)
+	}
+	return ok
+}
+
+// enforced memoises utf8Enforced per message type. Descriptors never
+// change, so this is a cache of facts, not state.
+var enforced sync.Map // protoreflect.MessageDescriptor -> bool
+
+// utf8Enforced reports whether serialising a message of type md fails on
+// any string that is not valid UTF-8: every string field it can reach
+// (map keys and values, nested messages) is proto3.
+func utf8Enforced(md protoreflect.MessageDescriptor) bool {
+	if v, ok := enforced.Load(md); ok {
+		return v.(bool)
+	}
+	ok := walkEnforced(md, map[protoreflect.FullName]bool{})
+	enforced.Store(md, ok)
+	return ok
+}
+
+func walkEnforced(md protoreflect.MessageDescriptor, seen map[protoreflect.FullName]bool) bool {
+	if seen[md.FullName()] {
+		return true // being checked higher up the walk
+	}
+	seen[md.FullName()] = true
+	fields := md.Fields()
+	for i := 0; i < fields.Len(); i++ {
+		fd := fields.Get(i)
+		if fd.IsMap() {
+			if !walkField(fd.MapKey(), seen) || !walkField(fd.MapValue(), seen) {
+				return false
+			}
+			continue
+		}
+		if !walkField(fd, seen) {
+			return false
+		}
+	}
+	return true
+}
+
+func walkField(fd protoreflect.FieldDescriptor, seen map[protoreflect.FullName]bool) bool {
+	switch fd.Kind() {
+	case protoreflect.StringKind:
+		return fd.Syntax() == protoreflect.Proto3
+	case protoreflect.MessageKind, protoreflect.GroupKind:
+		return walkEnforced(fd.Message(), seen)
+	}
+	return true
 }
 
 func checkText(s string) string {

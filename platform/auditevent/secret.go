@@ -25,7 +25,8 @@ const (
 	jwsMinHeader    = 10 // "eyJ" and at least 7 more characters
 	jwsMinPayload   = 10
 	jwsMinSignature = 16
-	macMinLen       = 43 // base64url of 32 bytes
+	macMinLen       = 43    // base64url of 32 bytes
+	jwsMark         = "eyJ" // every base64url shape starts with it
 	pemBegin        = "-----BEGIN "
 	pemDashes       = "-----"
 	pemEnd          = "-----END "
@@ -67,7 +68,7 @@ func SecretSpans(s string) [][2]int {
 
 // mayHoldSecret is the cheap test every secret shape needs to pass.
 func mayHoldSecret(s string) bool {
-	return strings.Contains(s, "eyJ") || strings.Contains(s, pemBegin)
+	return strings.Contains(s, jwsMark) || strings.Contains(s, pemBegin)
 }
 
 // secretSpans calls yield with every match (spans of different shapes may
@@ -88,7 +89,7 @@ type run struct{ start, end, eyj int }
 // base64url characters, keeping the last two. It returns false when yield
 // asked to stop.
 func jwsSpans(s string, yield func(start, end int) bool) bool {
-	first := strings.Index(s, "eyJ")
+	first := strings.Index(s, jwsMark)
 	if first < 0 {
 		return true
 	}

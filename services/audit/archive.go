@@ -166,7 +166,7 @@ func (l *Log) Archive(ctx context.Context, operator string, end uint64, w io.Wri
 		Actor:    &auditv1.Actor{Principal: operator},
 		Detail:   &auditv1.Event_Admin{Admin: &auditv1.AdminDetail{Action: "archive"}},
 	}
-	res, err := l.record(ctx, SourceAudit, []*auditv1.Event{e})
+	res, err := l.record(ctx, SourceAudit, []*auditv1.Event{e}, true)
 	if err != nil {
 		return info, 0, err
 	}

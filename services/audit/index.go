@@ -20,6 +20,13 @@ const maxPending = 4 * indexBatch * 16
 // often a following Log looks at the watermark another writer moves.
 const indexRetry = time.Second
 
+// indexDelay is how long the indexer lets a small lag grow before it
+// writes it: at a low rate every commit holds one or a few events, and one
+// index transaction per commit would double the write transactions.
+// Queries scan the events the index does not cover yet, so the delay
+// costs them nothing but a few rows.
+const indexDelay = 100 * time.Millisecond
+
 // handToIndexer gives the indexer the events of a batch just committed.
 func (l *Log) handToIndexer(records []Record) {
 	l.idxMu.Lock()
@@ -72,6 +79,13 @@ func (l *Log) runIndexer() {
 		case <-l.done:
 			return
 		case <-l.idxWake:
+			if l.IndexLag() < indexBatch {
+				select {
+				case <-time.After(indexDelay):
+				case <-l.done:
+					return
+				}
+			}
 		case <-t.C:
 		}
 		for l.indexSome(&mark) {

@@ -608,7 +608,7 @@ func (l *Log) recordAdoption(ctx context.Context, a *Adoption) error {
 	if err := validateEvent(e); err != nil {
 		return fmt.Errorf("adoption event%s", err)
 	}
-	res, err := l.record(ctx, SourceAudit, []*auditv1.Event{e})
+	res, err := l.record(ctx, SourceAudit, []*auditv1.Event{e}, true)
 	if err != nil {
 		return fmt.Errorf("record the adoption: %w", err)
 	}

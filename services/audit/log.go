@@ -21,11 +21,11 @@ import (
 
 	"github.com/credmatrix/credmatrix/clients/auditclient/checkpoint"
 	"github.com/credmatrix/credmatrix/clients/auditclient/leaf"
+	"github.com/credmatrix/credmatrix/platform/auditevent"
+	"github.com/credmatrix/credmatrix/platform/domainerr"
 	"github.com/credmatrix/credmatrix/services/audit/tiles"
 
 	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
-
-	"github.com/credmatrix/credmatrix/platform/domainerr"
 )
 
 // Defaults of the Log's tuning options.
@@ -391,9 +391,25 @@ const tracerName = "github.com/credmatrix/credmatrix/services/audit"
 // that covers waiting for the group commit; it names the event count and
 // the first sequence number, never event content.
 func (l *Log) Append(ctx context.Context, source string, events []*auditv1.Event) (results []*auditv1.AppendResult, err error) {
+	return l.appendAll(ctx, source, events, false)
+}
+
+// AppendOwned is Append for a caller that hands its events over (the gRPC
+// handler, whose request nothing else reads): the log stamps and numbers
+// them in place instead of copying each one first. The caller must not
+// use the events again, and each must appear once.
+func (l *Log) AppendOwned(ctx context.Context, source string, events []*auditv1.Event) (results []*auditv1.AppendResult, err error) {
+	return l.appendAll(ctx, source, events, true)
+}
+
+func (l *Log) appendAll(ctx context.Context, source string, events []*auditv1.Event, owned bool) (results []*auditv1.AppendResult, err error) {
 	ctx, span := otel.Tracer(tracerName).Start(ctx, "audit.commit", trace.WithAttributes(attribute.Int("credmatrix.audit.batch_size", len(events))))
 	defer func() { endCommitSpan(span, results, err) }()
-	if err := validateBatch(events); err != nil {
+	if err := validateBatchSize(events); err != nil {
+		return nil, err
+	}
+	ps, err := prepareAll(events, source, timestamppb.New(l.clock()), owned)
+	if err != nil {
 		return nil, err
 	}
 	for i, e := range events {
@@ -401,7 +417,7 @@ func (l *Log) Append(ctx context.Context, source string, events []*auditv1.Event
 			return nil, domainerr.Errorf(domainerr.Invalid, "events[%d]%s", i, err)
 		}
 	}
-	return l.record(ctx, source, events)
+	return l.enqueue(ctx, ps)
 }
 
 // Outcome is what became of one event of AppendEach: recorded (Result)
@@ -423,6 +439,16 @@ type Outcome struct {
 // batch (Invalid), an overloaded log (ResourceExhausted) or a store
 // failure (Unavailable), and then nothing is recorded.
 func (l *Log) AppendEach(ctx context.Context, source string, events []*auditv1.Event) (outcomes []Outcome, err error) {
+	return l.appendEach(ctx, source, events, false)
+}
+
+// AppendEachOwned is AppendEach for a caller that hands its events over
+// (see AppendOwned). Refused events are left as they were.
+func (l *Log) AppendEachOwned(ctx context.Context, source string, events []*auditv1.Event) (outcomes []Outcome, err error) {
+	return l.appendEach(ctx, source, events, true)
+}
+
+func (l *Log) appendEach(ctx context.Context, source string, events []*auditv1.Event, owned bool) (outcomes []Outcome, err error) {
 	ctx, span := otel.Tracer(tracerName).Start(ctx, "audit.commit", trace.WithAttributes(attribute.Int("credmatrix.audit.batch_size", len(events))))
 	var results []*auditv1.AppendResult
 	defer func() { endCommitSpan(span, results, err) }()
@@ -430,9 +456,10 @@ func (l *Log) AppendEach(ctx context.Context, source string, events []*auditv1.E
 		return nil, err
 	}
 	outcomes = make([]Outcome, len(events))
-	valid := make([]*auditv1.Event, 0, len(events))
+	valid := make([]prepared, 0, len(events))
+	recorded := timestamppb.New(l.clock())
 	for i, e := range events {
-		verr := validateEvent(e)
+		p, verr := prepare(e, source, recorded, owned)
 		if verr == nil {
 			verr = l.zoneError(e)
 		}
@@ -440,7 +467,7 @@ func (l *Log) AppendEach(ctx context.Context, source string, events []*auditv1.E
 			outcomes[i].Err = domainerr.Errorf(domainerr.Invalid, "events[%d]%s", i, verr)
 			continue
 		}
-		valid = append(valid, e)
+		valid = append(valid, p)
 	}
 	if refused := len(events) - len(valid); refused > 0 {
 		span.SetAttributes(attribute.Int("credmatrix.audit.refused", refused))
@@ -448,7 +475,7 @@ func (l *Log) AppendEach(ctx context.Context, source string, events []*auditv1.E
 	if len(valid) == 0 {
 		return outcomes, nil
 	}
-	if results, err = l.record(ctx, source, valid); err != nil {
+	if results, err = l.enqueue(ctx, valid); err != nil {
 		return nil, err
 	}
 	j := 0
@@ -470,9 +497,63 @@ func endCommitSpan(span trace.Span, results []*auditv1.AppendResult, err error) 
 	span.End()
 }
 
-// record hands valid events to the committer and waits until they are
-// durable.
-func (l *Log) record(ctx context.Context, source string, events []*auditv1.Event) ([]*auditv1.AppendResult, error) {
+// record validates events and hands them to the committer, and waits
+// until they are durable; owned events are stamped in place, others
+// copied first. Any invalid event rejects the batch.
+func (l *Log) record(ctx context.Context, source string, events []*auditv1.Event, owned bool) ([]*auditv1.AppendResult, error) {
+	ps, err := prepareAll(events, source, timestamppb.New(l.clock()), owned)
+	if err != nil {
+		return nil, err
+	}
+	return l.enqueue(ctx, ps)
+}
+
+// prepareAll prepares every event; any invalid one is the error (Invalid,
+// naming it).
+func prepareAll(events []*auditv1.Event, source string, recorded *timestamppb.Timestamp, owned bool) ([]prepared, error) {
+	ps := make([]prepared, len(events))
+	for i, e := range events {
+		p, err := prepare(e, source, recorded, owned)
+		if err != nil {
+			return nil, domainerr.Errorf(domainerr.Invalid, "events[%d]%s", i, err)
+		}
+		ps[i] = p
+	}
+	return ps, nil
+}
+
+// prepare validates e (see validateEvent) and makes it ready for the
+// committer: e or a copy of it stamped with recorded and source, and its
+// serialisation. The strings are checked on that serialisation
+// (auditevent.CleanWire), so a clean event is serialised once; the
+// field-by-field check runs only on one that may hold a bad string, to
+// name it.
+func prepare(e *auditv1.Event, source string, recorded *timestamppb.Timestamp, owned bool) (prepared, error) {
+	if err := validateFields(e); err != nil {
+		return prepared{}, err
+	}
+	c := e
+	if !owned {
+		c = proto.CloneOf(e)
+	}
+	c.Sequence = 0
+	c.RecordedTime = recorded
+	c.SourceService = source
+	rest, err := leaf.Marshal(c)
+	if err != nil || !auditevent.CleanWire(rest) {
+		if cerr := auditevent.Check(c); cerr != nil {
+			return prepared{}, cerr
+		}
+		if err != nil {
+			return prepared{}, fmt.Errorf(": cannot be serialised")
+		}
+	}
+	return prepared{event: c, rest: rest}, nil
+}
+
+// enqueue hands prepared events to the committer and waits until they
+// are durable.
+func (l *Log) enqueue(ctx context.Context, events []prepared) ([]*auditv1.AppendResult, error) {
 	select {
 	case <-l.done:
 		return nil, errShuttingDown()
@@ -483,20 +564,7 @@ func (l *Log) record(ctx context.Context, source string, events []*auditv1.Event
 		l.queued.Add(-n)
 		return nil, &domainerr.Error{Code: domainerr.ResourceExhausted, Message: "audit log overloaded: nothing recorded; retry after the advised delay", RetryAfter: l.retryAfter}
 	}
-	recorded := timestamppb.New(l.clock())
-	r := &request{ctx: ctx, events: make([]prepared, len(events)), done: make(chan response, 1)}
-	for i, e := range events {
-		c := proto.CloneOf(e)
-		c.Sequence = 0
-		c.RecordedTime = recorded
-		c.SourceService = source
-		rest, err := leaf.Marshal(c)
-		if err != nil {
-			l.queued.Add(-n)
-			return nil, domainerr.Errorf(domainerr.Invalid, "events[%d]: cannot be serialised", i)
-		}
-		r.events[i] = prepared{event: c, rest: rest}
-	}
+	r := &request{ctx: ctx, events: events, done: make(chan response, 1)}
 	l.queue <- r // never blocks: capacity is queueLimit requests of >= 1 event
 	select {
 	case resp := <-r.done:

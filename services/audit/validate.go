@@ -19,20 +19,6 @@ var (
 	maxEventTime = time.Unix(0, math.MaxInt64)
 )
 
-// validateBatch checks a batch against the contract before anything is
-// sequenced, so that a bad event rejects the whole batch.
-func validateBatch(events []*auditv1.Event) error {
-	if err := validateBatchSize(events); err != nil {
-		return err
-	}
-	for i, e := range events {
-		if err := validateEvent(e); err != nil {
-			return domainerr.Errorf(domainerr.Invalid, "events[%d]%s", i, err)
-		}
-	}
-	return nil
-}
-
 // validateBatchSize checks what is wrong with a batch as a whole.
 func validateBatchSize(events []*auditv1.Event) error {
 	switch {
@@ -52,6 +38,17 @@ func validateBatchSize(events []*auditv1.Event) error {
 // at every string (UTF-8, secret shapes) run only on events of at most
 // MaxEventBytes.
 func validateEvent(e *auditv1.Event) error {
+	if err := validateFields(e); err != nil {
+		return err
+	}
+	// Every string: valid UTF-8 (what serialisation needs) and no secret
+	// shape, with the same detector the producers' normaliser uses.
+	return auditevent.Check(e)
+}
+
+// validateFields is validateEvent without the check of every string
+// (auditevent.Check), which prepare runs on the serialised event.
+func validateFields(e *auditv1.Event) error {
 	if e == nil {
 		return fmt.Errorf(": required")
 	}
@@ -98,11 +95,6 @@ func validateEvent(e *auditv1.Event) error {
 		case ref.GetKeyId() == "":
 			return fmt.Errorf(".secret_refs[%d].key_id: required: name the HMAC key so investigators can recompute it", i)
 		}
-	}
-	// Every string: valid UTF-8 (what serialisation needs) and no secret
-	// shape, with the same detector the producers' normaliser uses.
-	if err := auditevent.Check(e); err != nil {
-		return err
 	}
 	return nil
 }

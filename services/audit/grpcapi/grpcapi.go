@@ -85,13 +85,14 @@ func (s *Server) Append(ctx context.Context, req *auditv1.AppendRequest) (*audit
 		return nil, s.fail(ctx, err)
 	}
 	if !req.GetRefuseIndividually() {
-		results, err := s.log.Append(ctx, source, req.GetEvents())
+		// The request is this handler's: the log may stamp its events.
+		results, err := s.log.AppendOwned(ctx, source, req.GetEvents())
 		if err != nil {
 			return nil, s.fail(ctx, err)
 		}
 		return &auditv1.AppendResponse{Results: results}, nil
 	}
-	outcomes, err := s.log.AppendEach(ctx, source, req.GetEvents())
+	outcomes, err := s.log.AppendEachOwned(ctx, source, req.GetEvents())
 	if err != nil {
 		return nil, s.fail(ctx, err)
 	}
