@@ -475,6 +475,12 @@ func TestBadValuesFailAtInstall(t *testing.T) {
 		{"pattern/public-host", []string{"--set", "broker.public.host=Not A Host"}, "/broker/public/host"},
 		{"pattern/admin-principal-without-path", []string{"--set", "broker.adminPrincipals[0]=spiffe://prod.example.com"}, "/broker/adminPrincipals/0"},
 		{"typo/public", []string{"--set", "broker.public.hots=x"}, "hots"},
+		{"pattern/audit-zone-name", []string{"--set", "audit.zones[0].name=EU,audit.zones[0].target=a:1,audit.zones[0].to[0].ipBlock.cidr=10.0.0.0/8"}, "/audit/zones/0/name"},
+		{"reserved/audit-zone-global", []string{"--set", "audit.zones[0].name=global,audit.zones[0].target=a:1,audit.zones[0].to[0].ipBlock.cidr=10.0.0.0/8"}, "/audit/zones/0/name"},
+		{"pattern/audit-zone-target-without-port", []string{"--set", "audit.zones[0].name=eu,audit.zones[0].target=audit.eu,audit.zones[0].to[0].ipBlock.cidr=10.0.0.0/8"}, "/audit/zones/0/target"},
+		{"required/audit-zone-egress", []string{"--set", "audit.zones[0].name=eu,audit.zones[0].target=audit.eu:8443"}, "audit.zones[0].to: required"},
+		{"conflict/audit-zone-twice", []string{"--set", "audit.zones[0].name=eu,audit.zones[0].target=a:1,audit.zones[0].to[0].ipBlock.cidr=10.0.0.0/8,audit.zones[1].name=eu,audit.zones[1].target=b:1,audit.zones[1].to[0].ipBlock.cidr=10.0.0.0/8"}, "zone eu listed twice"},
+		{"pattern/keyguard-residency-zone", []string{"--set", "keyguard.residencyZones[0]=eu-west-1"}, "/keyguard/residencyZones/0"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -728,5 +734,55 @@ func flattenKeys(prefix string, v any, out *[]string) {
 			p = prefix + "." + k
 		}
 		flattenKeys(p, child, out)
+	}
+}
+
+// TestAuditZones: audit.zones names each zone's log to broker and keyguard
+// (audit_zones), keyguard.residencyZones maps regions to zones, and egress
+// to each zone's log is allowed to its peers on its port. Without zones
+// (the default) neither setting is rendered: one log.
+func TestAuditZones(t *testing.T) {
+	ms := render(t, "--set", "audit.zones[0].name=eu,audit.zones[0].target=audit.eu.example.internal:9443,audit.zones[0].to[0].ipBlock.cidr=10.30.0.0/16",
+		"--set", "audit.zones[1].name=us,audit.zones[1].target=audit.us.example.internal:8443,audit.zones[1].to[0].ipBlock.cidr=10.40.0.0/16",
+		"--set", "keyguard.residencyZones={eu=eu-*,us=us-*}")
+	config := func(ms manifests, c string) map[string]any {
+		var cfg map[string]any
+		if err := yaml.Unmarshal([]byte(ms.get(t, "ConfigMap", name(c)+"-config").Data["config.yaml"]), &cfg); err != nil {
+			t.Fatal(err)
+		}
+		return cfg
+	}
+	wantZones := []any{"eu=audit.eu.example.internal:9443", "us=audit.us.example.internal:8443"}
+	for _, c := range []string{"broker", "keyguard"} {
+		if diff := cmp.Diff(config(ms, c)["audit_zones"], wantZones); diff != "" {
+			t.Errorf("%s audit_zones (-got +want):\n%s", c, diff)
+		}
+	}
+	if diff := cmp.Diff(config(ms, "keyguard")["residency_zones"], []any{"eu=eu-*", "us=us-*"}); diff != "" {
+		t.Errorf("keyguard residency_zones (-got +want):\n%s", diff)
+	}
+	if _, ok := config(ms, "audit")["audit_zones"]; ok {
+		t.Error("audit's own config names zone logs")
+	}
+	dns := rule{Ports: []string{"53/UDP", "53/TCP"}, From: []string{"ns:kubernetes.io/metadata.name=kube-system,pod:k8s-app=kube-dns"}}
+	toAudit := rule{Ports: []string{"8443/TCP"}, From: []string{podPeer("audit")}}
+	eu := rule{Ports: []string{"9443/TCP"}, From: []string{"ip:map[cidr:10.30.0.0/16]"}}
+	us := rule{Ports: []string{"8443/TCP"}, From: []string{"ip:map[cidr:10.40.0.0/16]"}}
+	if diff := cmp.Diff(egressRules(t, ms, "keyguard"), []rule{dns, toAudit, eu, us}); diff != "" {
+		t.Errorf("keyguard egress (-got +want):\n%s", diff)
+	}
+	if diff := cmp.Diff(egressRules(t, ms, "audit"), []rule{dns}); diff != "" {
+		t.Errorf("audit egress (-got +want):\n%s", diff)
+	}
+
+	def := render(t)
+	for _, c := range []string{"broker", "keyguard"} {
+		cfg := config(def, c)
+		if _, ok := cfg["audit_zones"]; ok {
+			t.Errorf("%s: audit_zones rendered without audit.zones", c)
+		}
+		if _, ok := cfg["residency_zones"]; ok {
+			t.Errorf("%s: residency_zones rendered without keyguard.residencyZones", c)
+		}
 	}
 }

@@ -189,6 +189,17 @@ cert_file: /etc/credmatrix/tls/tls.crt
 key_file: /etc/credmatrix/tls/tls.key
 {{- end -}}
 
+{{/* audit_zones of broker and keyguard: zone=target per audit.zones entry. */}}
+{{- define "credmatrix.config.auditZones" -}}
+{{- $zones := list -}}
+{{- range .root.Values.audit.zones -}}
+{{- $zones = append $zones (printf "%s=%s" .name .target) -}}
+{{- end -}}
+{{- with $zones -}}
+{{- $_ := set $.config "audit_zones" . -}}
+{{- end -}}
+{{- end -}}
+
 {{/*
 Config files: keys and names as in each binary's --help. Settings the
 chart does not model go in <component>.config, merged last.
@@ -224,6 +235,7 @@ chart does not model go in <component>.config, merged last.
 {{- $_ = set $c "policy_file" "/etc/credmatrix/policy/policy.yaml" -}}
 {{- $_ = set $c "audit_hmac_key_file" (printf "/etc/credmatrix/keys/%s" $v.keys.auditHMACKey) -}}
 {{- $_ = set $c "provider" $v.provider -}}
+{{- include "credmatrix.config.auditZones" (dict "root" . "config" $c) -}}
 {{- with $v.adminPrincipals -}}
 {{- $_ = set $c "admin_principals" . -}}
 {{- end -}}
@@ -260,6 +272,10 @@ chart does not model go in <component>.config, merged last.
 {{- $_ = set $c "admins" . -}}
 {{- end -}}
 {{- $_ = set $c "backend" $v.backend -}}
+{{- include "credmatrix.config.auditZones" (dict "root" . "config" $c) -}}
+{{- with $v.residencyZones -}}
+{{- $_ = set $c "residency_zones" . -}}
+{{- end -}}
 {{- if eq $v.backend "local" -}}
 {{- $_ = set $c "local" (dict "keystore_file" "/var/lib/credmatrix/keystore" "root_key_file" (printf "/etc/credmatrix/keys/%s" $v.local.rootKey)) -}}
 {{- else -}}

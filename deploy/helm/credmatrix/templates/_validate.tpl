@@ -74,6 +74,16 @@ names the value to fix.
 {{- if and .Values.networkPolicy.enabled .Values.networkPolicy.egress.enabled (not .Values.networkPolicy.egress.postgres) (or (eq .Values.audit.store "postgres") (eq .Values.broker.state.driver "postgres") (eq .Values.keyguard.state.driver "postgres")) -}}
 {{- fail "networkPolicy.egress.postgres: required with audit.store=postgres, broker.state.driver=postgres or keyguard.state.driver=postgres (the PostgreSQL server's peers, e.g. an ipBlock of its subnet), or egress to it is denied" -}}
 {{- end -}}
+{{- $seenZones := dict -}}
+{{- range $i, $z := .Values.audit.zones -}}
+{{- if hasKey $seenZones $z.name -}}
+{{- fail (printf "audit.zones[%d]: zone %s listed twice" $i $z.name) -}}
+{{- end -}}
+{{- $_ := set $seenZones $z.name true -}}
+{{- if and $.Values.networkPolicy.enabled $.Values.networkPolicy.egress.enabled (not $z.to) -}}
+{{- fail (printf "audit.zones[%d].to: required with networkPolicy.egress.enabled (the peers of zone %s's audit service, e.g. an ipBlock), or egress to it is denied and that zone's requests all fail" $i $z.name) -}}
+{{- end -}}
+{{- end -}}
 {{- if and (eq .Values.probes.mode "grpc") (eq (int .Values.probes.grpcPort) (int .Values.grpcPort)) -}}
 {{- fail "probes.grpcPort: must differ from grpcPort (the service port requires mTLS, which the kubelet's grpc probe cannot do)" -}}
 {{- end -}}
