@@ -176,8 +176,24 @@ rules:
 		return []string{"AWS_ACCESS_KEY_ID=" + accessKey, "AWS_SECRET_ACCESS_KEY=test-secret", "AWS_REGION=eu-west-1",
 			"AWS_EC2_METADATA_DISABLED=true", "AWS_CONFIG_FILE=" + filepath.Join(root, "no-aws-config"), "AWS_SHARED_CREDENTIALS_FILE=" + filepath.Join(root, "no-aws-credentials")}
 	}
-	procs := map[string]*svcproc.Proc{
-		"audit": svcproc.Start(t, filepath.Join(bin, "audit"), svcproc.CleanEnv(), common("audit")...),
+	operator := func(id string) (cert, key string) { return ca.Issue("op", id) }
+	probeCert, probeKey := operator(prodAuditor)
+	procs := map[string]*svcproc.Proc{}
+	waitServing := func(replica string) {
+		t.Run("serving/"+replica, func(t *testing.T) {
+			svcproc.WaitServing(t, filepath.Join(bin, "credmatrix-probe"), []string{
+				"--addr=127.0.0.1:" + ports[replica], "--server-name=" + host(strings.TrimSuffix(replica, "-2")), "--ca-file=" + ca.File,
+				"--cert-file=" + probeCert, "--key-file=" + probeKey, "--timeout=2s",
+			}, procs[replica])
+		})
+	}
+	// Audit serves before its callers start: a caller that dials it too
+	// early waits out gRPC's reconnect backoff, failing closed meanwhile
+	// (keyguard dials at start to record its static grants).
+	procs["audit"] = svcproc.Start(t, filepath.Join(bin, "audit"), svcproc.CleanEnv(), common("audit")...)
+	waitServing("audit")
+	if t.Failed() {
+		return
 	}
 	// The chart passes the broker's DSN from its Secret as this variable.
 	procs["broker"] = svcproc.Start(t, filepath.Join(bin, "broker"),
@@ -189,15 +205,8 @@ rules:
 			append(common(replica), "--awskms.endpoint="+kmsEndpoint)...)
 	}
 
-	operator := func(id string) (cert, key string) { return ca.Issue("op", id) }
-	probeCert, probeKey := operator(prodAuditor)
-	for _, replica := range []string{"audit", "broker", "keyguard", "keyguard-2"} {
-		t.Run("serving/"+replica, func(t *testing.T) {
-			svcproc.WaitServing(t, filepath.Join(bin, "credmatrix-probe"), []string{
-				"--addr=127.0.0.1:" + ports[replica], "--server-name=" + host(strings.TrimSuffix(replica, "-2")), "--ca-file=" + ca.File,
-				"--cert-file=" + probeCert, "--key-file=" + probeKey, "--timeout=2s",
-			}, procs[replica])
-		})
+	for _, replica := range []string{"broker", "keyguard", "keyguard-2"} {
+		waitServing(replica)
 	}
 	if t.Failed() {
 		return

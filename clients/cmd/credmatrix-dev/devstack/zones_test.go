@@ -2,7 +2,9 @@ package devstack_test
 
 import (
 	"context"
+	"fmt"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -10,6 +12,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/credmatrix/credmatrix/clients/cmd/credmatrix-dev/devstack"
 	"github.com/credmatrix/credmatrix/platform/grpcclient"
@@ -32,9 +35,9 @@ zones:
   - name: us
     regions: [us-east-1]
 accounts:
-  - {id: "111111111111", name: eu-acct, region: eu-west-1, residency: eu}
-  - {id: "222222222222", name: us-acct, region: us-east-1, residency: us}
-  - {id: "333333333333", name: shared, region: eu-west-1}
+  - {id: "111111111111", name: eu-acct, ou: /root/eu, region: eu-west-1, residency: eu}
+  - {id: "222222222222", name: us-acct, ou: /root/us, region: us-east-1, residency: us}
+  - {id: "333333333333", name: shared, ou: /root/shared, region: eu-west-1}
 roles:
   - {name: deploy, account: eu-acct}
   - {name: deploy, account: us-acct}
@@ -99,6 +102,53 @@ func TestAuditPerResidencyZone(t *testing.T) {
 		}
 	}
 
+	// Events of no single zone go to the global log: a denial before the
+	// target account is known, actions naming accounts of several zones or
+	// none, a grant over two zones. One zone's go to its log.
+	if err := issue("no-such-account"); status.Code(err) != codes.PermissionDenied && status.Code(err) != codes.InvalidArgument && status.Code(err) != codes.NotFound {
+		t.Fatalf("issue in an unknown account: %v", err)
+	}
+	admin := func(name string, call func(context.Context) error) {
+		t.Helper()
+		c, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		if err := call(c); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+	}
+	admin("freeze eu-acct", func(c context.Context) error {
+		_, err := broker.FreezeAccount(c, &brokerv1.FreezeAccountRequest{Account: "eu-acct", Reason: "drill eu"})
+		return err
+	})
+	admin("unfreeze eu-acct", func(c context.Context) error {
+		_, err := broker.UnfreezeAccount(c, &brokerv1.UnfreezeAccountRequest{Account: "eu-acct", Reason: "drill eu over"})
+		return err
+	})
+	admin("freeze /root", func(c context.Context) error {
+		_, err := broker.FreezeAccount(c, &brokerv1.FreezeAccountRequest{OuPath: "/root", Reason: "drill all"})
+		return err
+	})
+	admin("unfreeze /root", func(c context.Context) error {
+		_, err := broker.UnfreezeAccount(c, &brokerv1.UnfreezeAccountRequest{OuPath: "/root", Reason: "drill all over"})
+		return err
+	})
+	admin("revoke in us-acct", func(c context.Context) error {
+		_, err := broker.RevokeSessions(c, &brokerv1.RevokeSessionsRequest{Subject: "repo:someone/else:ref:refs/heads/main", AccountId: "222222222222", Reason: "drill us"})
+		return err
+	})
+	admin("revoke by subject", func(c context.Context) error {
+		_, err := broker.RevokeSessions(c, &brokerv1.RevokeSessionsRequest{Subject: "repo:someone/else:ref:refs/heads/main", Reason: "drill subject"})
+		return err
+	})
+	for _, regions := range [][]string{{"eu-west-1"}, {"eu-west-1", "us-east-1"}} {
+		admin(fmt.Sprint("grant over ", regions), func(c context.Context) error {
+			_, err := keyguard.CreateGrant(c, &keyguardv1.CreateGrantRequest{Grant: &keyguardv1.Grant{Principal: "spiffe://credmatrix.dev/zone-test",
+				DataClass: "internal", Operations: []keyguardv1.Operation{keyguardv1.Operation_OPERATION_ENCRYPT}, Regions: regions,
+				ExpireTime: timestamppb.New(time.Now().Add(time.Hour))}})
+			return err
+		})
+	}
+
 	// Read every log back.
 	logs := map[string]string{"": auditAddr}
 	for z, addr := range stack.ZoneAuditAddrs() {
@@ -122,12 +172,30 @@ func TestAuditPerResidencyZone(t *testing.T) {
 			case ev.GetKind() == auditv1.Kind_KIND_KEY_ENCRYPT:
 				what := "encrypt " + ev.GetKey().GetRegion()
 				where[what] = append(where[what], zone)
+			case ev.GetKind() == auditv1.Kind_KIND_SESSION_ISSUE && ev.GetSession().GetAccountId() == "":
+				where["denial before the account"] = append(where["denial before the account"], zone)
+			case ev.GetAdmin() != nil && ev.GetReason() != "":
+				what := ev.GetAdmin().GetAction() + " " + ev.GetReason()
+				where[what] = append(where[what], zone)
+			case ev.GetKind() == auditv1.Kind_KIND_GRANT_CREATE && ev.GetKey().GetOperation() == "static-grant":
+				what := "grant " + ev.GetKey().GetGrantId()
+				where[what] = append(where[what], zone)
+			case ev.GetKind() == auditv1.Kind_KIND_GRANT_CREATE:
+				what := "grant over " + strings.Join(ev.GetKey().GetGrantRegions(), "+")
+				where[what] = append(where[what], zone)
 			}
 		}
 	}
 	want := map[string][]string{
 		"session 111111111111": {"eu"}, "session 222222222222": {"us"}, "session 333333333333": {""},
 		"encrypt eu-west-1": {"eu"}, "encrypt us-east-1": {"us"},
+		"denial before the account": {""},
+		"freeze drill eu":           {"eu"}, "unfreeze drill eu over": {"eu"},
+		"freeze drill all": {""}, "unfreeze drill all over": {""},
+		"revoke sessions drill us": {"us"}, "revoke sessions drill subject": {""},
+		// the key-ring file's static grants (recorded at start) and the API's
+		"grant cli-confidential-eu": {"eu"}, "grant cli-internal": {""},
+		"grant over eu-west-1": {"eu"}, "grant over eu-west-1+us-east-1": {""},
 	}
 	for k := range where {
 		sort.Strings(where[k])
