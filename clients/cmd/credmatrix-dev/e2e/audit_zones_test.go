@@ -1,17 +1,29 @@
 package e2e
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
-	"github.com/google/go-cmp/cmp"
+	gocmp "github.com/google/go-cmp/cmp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/credmatrix/credmatrix/clients/cmd/credmatrix-dev/devstack"
+	"github.com/credmatrix/credmatrix/clients/cmd/credmatrix-dev/procstack"
+	auditv1 "github.com/credmatrix/credmatrix/proto/credmatrix/audit/v1"
+	brokerv1 "github.com/credmatrix/credmatrix/proto/credmatrix/broker/v1"
+	keyguardv1 "github.com/credmatrix/credmatrix/proto/credmatrix/keyguard/v1"
+	"github.com/credmatrix/credmatrix/services/broker/devissuer"
 )
 
 // zonesPolicy has an account in zone eu, one in zone us and one in no
@@ -79,7 +91,7 @@ func TestAuditCLIAcrossZones(t *testing.T) {
 			rows[m[1]] = f[0]
 		}
 	}
-	if diff := cmp.Diff(rows, map[string]string{"eu-acct": "eu", "us-acct": "us", "shared": "global"}); diff != "" || !strings.HasPrefix(out, "LOG ") {
+	if diff := gocmp.Diff(rows, map[string]string{"eu-acct": "eu", "us-acct": "us", "shared": "global"}); diff != "" || !strings.HasPrefix(out, "LOG ") {
 		t.Fatalf("query across zones (-got +want):\n%s\n%s", diff, out)
 	}
 	if !strings.HasSuffix(out, "\n3 events (global 1, eu 1, us 1)\n") {
@@ -107,7 +119,7 @@ func TestAuditCLIAcrossZones(t *testing.T) {
 			t.Errorf("event of zone %q in the %s log", ev.Zone, ev.Log)
 		}
 	}
-	if diff := cmp.Diff(got, map[string]string{"eu-west-1": "eu", "us-east-1": "us"}); diff != "" {
+	if diff := gocmp.Diff(got, map[string]string{"eu-west-1": "eu", "us-east-1": "us"}); diff != "" {
 		t.Errorf("key-encrypt events per log (-got +want):\n%s", diff)
 	}
 	// --zone reads one log; tail and export need it.
@@ -173,5 +185,127 @@ func TestAuditCLIAcrossZones(t *testing.T) {
 	// Replay refuses a partial picture.
 	if r := c.run("", "audit", "replay", "sessions", "--at", "now"); r.code != exitUnavailable || !strings.Contains(r.stderr, "audit log us") {
 		t.Errorf("replay with the us log down: %+v", r)
+	}
+}
+
+// TestAuditZonesAcrossBinaries runs the real binaries as processes, audit
+// once for the global log and once per zone (residency_zone set), with the
+// broker and keyguard configured through their config files
+// (audit_zones, residency_zones): each event lands in its zone's log, a
+// producer that sends an event to another zone's log is refused, and a
+// zone's audit process killed fails that zone only.
+func TestAuditZonesAcrossBinaries(t *testing.T) {
+	ctx := context.Background()
+	st, err := procstack.Start(ctx, procstack.Config{BinDir: binaries(t).dir, StateDir: t.TempDir(), Policy: zonesPolicy,
+		Zones: []devstack.Zone{{Name: "eu", Regions: []string{"eu-*"}}, {Name: "us", Regions: []string{"us-*"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	killed := false
+	t.Cleanup(func() {
+		if err := st.Close(); err != nil && !killed {
+			t.Errorf("close: %v", err)
+		}
+	})
+	dial := func(service, identity string) *grpc.ClientConn {
+		conn, err := st.Dial(service, identity)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		return conn
+	}
+	broker := brokerv1.NewBrokerServiceClient(dial("broker", "cli"))
+	keyguard := keyguardv1.NewKeyguardServiceClient(dial("keyguard", "cli"))
+	tok, err := st.Issuer.Mint(devissuer.GitHubActionsClaims("acme/app", "refs/heads/main", "9", "credmatrix"), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	issue := func(account string) codes.Code {
+		c, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		_, err := broker.IssueSession(c, &brokerv1.IssueSessionRequest{Token: tok, Targets: []*brokerv1.SessionTarget{{Role: "deploy", Account: account}}})
+		return status.Code(err)
+	}
+	encrypt := func(region string) codes.Code {
+		c, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		_, err := keyguard.Encrypt(c, &keyguardv1.EncryptRequest{DataClass: "internal", Region: region, Plaintext: []byte("zoned")})
+		return status.Code(err)
+	}
+	got := map[string]codes.Code{}
+	for _, a := range []string{"eu-acct", "us-acct", "shared"} {
+		got["issue "+a] = issue(a)
+	}
+	for _, r := range []string{"eu-west-1", "us-east-1"} {
+		got["encrypt "+r] = encrypt(r)
+	}
+	wantOK := map[string]codes.Code{"issue eu-acct": codes.OK, "issue us-acct": codes.OK, "issue shared": codes.OK, "encrypt eu-west-1": codes.OK, "encrypt us-east-1": codes.OK}
+	if diff := gocmp.Diff(got, wantOK); diff != "" {
+		t.Fatalf("with every log up (-got +want):\n%s", diff)
+	}
+
+	// What each log holds, read with the credmatrix binary.
+	cliCert := st.PKI.Client("cli", "")
+	c := &cli{t: t, env: map[string]string{
+		"CREDMATRIX_AUDIT_ADDR": st.Procs["audit"].Addr, "CREDMATRIX_AUDIT_PUBLIC_KEY_FILE": st.AuditPublicKeyFile(),
+		"CREDMATRIX_AUDIT_ZONES":                 "eu=" + st.Procs["audit-eu"].Addr + ",us=" + st.Procs["audit-us"].Addr,
+		"CREDMATRIX_AUDIT_ZONE_PUBLIC_KEY_FILES": "eu=" + st.ZoneAuditPublicKeyFile("eu") + ",us=" + st.ZoneAuditPublicKeyFile("us"),
+		"CREDMATRIX_CA_FILE":                     cliCert.CAFile, "CREDMATRIX_CERT_FILE": cliCert.CertFile, "CREDMATRIX_KEY_FILE": cliCert.KeyFile,
+	}}
+	where := map[string]string{}
+	for _, line := range strings.Split(strings.TrimSpace(c.ok("", "audit", "query", "--kind", "session-issue,key-encrypt", "--output", "json")), "\n") {
+		var ev struct {
+			Log     string `json:"audit_log"`
+			Zone    string `json:"residency_zone"`
+			Session struct {
+				Account string `json:"account_name"`
+			} `json:"session"`
+			Key struct {
+				Region string `json:"region"`
+			} `json:"key"`
+		}
+		if err := json.Unmarshal([]byte(line), &ev); err != nil {
+			t.Fatalf("%q: %v", line, err)
+		}
+		if ev.Log != cmp.Or(ev.Zone, "global") {
+			t.Errorf("event of zone %q in the %s log", ev.Zone, ev.Log)
+		}
+		where[ev.Session.Account+ev.Key.Region] = ev.Log
+	}
+	if diff := gocmp.Diff(where, map[string]string{"eu-acct": "eu", "us-acct": "us", "shared": "global", "eu-west-1": "eu", "us-east-1": "us"}); diff != "" {
+		t.Errorf("the log of each event (-got +want):\n%s", diff)
+	}
+	c.ok("", "audit", "verify")
+
+	// A producer that sends a us event to the eu log is refused, and
+	// nothing of it is recorded there.
+	euAudit := auditv1.NewAuditServiceClient(dial("audit-eu", "broker"))
+	stray := &auditv1.Event{Id: "7d0f5a43-1a52-4a8e-9c1e-5b7a2f1e0c11", Time: timestamppb.Now(), Kind: auditv1.Kind_KIND_KEY_ENCRYPT,
+		Decision: auditv1.Decision_DECISION_ALLOW, ResidencyZone: "us", SourceService: "broker"}
+	if _, err := euAudit.Append(ctx, &auditv1.AppendRequest{Events: []*auditv1.Event{stray}}); status.Code(err) != codes.InvalidArgument ||
+		!strings.Contains(status.Convert(err).Message(), `residency_zone: "us": this log keeps the events of residency zone "eu" only`) {
+		t.Errorf("a us event appended to the eu log: %v, want InvalidArgument for its zone", err)
+	}
+	if out := c.ok("", "audit", "query", "--zone", "eu", "--output", "json"); strings.Contains(out, stray.GetId()) {
+		t.Errorf("the eu log recorded the us event:\n%s", out)
+	}
+
+	// The us audit process dies: us requests fail closed, the rest go on.
+	killed = true
+	if err := syscall.Kill(st.Procs["audit-us"].Pid(), syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-st.Procs["audit-us"].Exited()
+	got = map[string]codes.Code{}
+	for _, a := range []string{"eu-acct", "us-acct", "shared"} {
+		got["issue "+a] = issue(a)
+	}
+	for _, r := range []string{"eu-west-1", "us-east-1"} {
+		got["encrypt "+r] = encrypt(r)
+	}
+	want := map[string]codes.Code{"issue eu-acct": codes.OK, "issue us-acct": codes.Unavailable, "issue shared": codes.OK, "encrypt eu-west-1": codes.OK, "encrypt us-east-1": codes.Unavailable}
+	if diff := gocmp.Diff(got, want); diff != "" {
+		t.Errorf("with the us audit process killed (-got +want):\n%s", diff)
 	}
 }

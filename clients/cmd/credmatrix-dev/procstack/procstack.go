@@ -25,6 +25,7 @@ import (
 	"github.com/credmatrix/credmatrix/clients/cmd/credmatrix-dev/devstack"
 	"github.com/credmatrix/credmatrix/platform/devpki"
 	"github.com/credmatrix/credmatrix/platform/grpcclient"
+	auditserver "github.com/credmatrix/credmatrix/services/audit/server"
 	"github.com/credmatrix/credmatrix/services/broker/devissuer"
 )
 
@@ -46,6 +47,14 @@ type Config struct {
 	StartTimeout time.Duration
 	// Adjust, if set, changes the configurations before they are written.
 	Adjust func(*devstack.Configs)
+	// Policy is the broker's trust policy YAML (the development policy if
+	// empty).
+	Policy string
+	// Zones, when set, run one more audit process per residency zone
+	// ("audit-<zone>", its own database, checkpoint key and origin); the
+	// broker and keyguard send each zone's events to it (see
+	// devstack.Config.Zones).
+	Zones []devstack.Zone
 }
 
 // Stack is the running stack.
@@ -54,6 +63,8 @@ type Stack struct {
 	Procs map[string]*Proc
 	// Configs are the configurations the processes run with.
 	Configs devstack.Configs
+	// ZoneAudits are the configurations of the zones' audit processes.
+	ZoneAudits map[string]auditserver.Config
 	// PKI is the development certificate bundle (clients dial as "cli",
 	// "broker" or "keyguard").
 	PKI *devpki.Bundle
@@ -137,7 +148,7 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := devstack.PrepareFiles(dir, "", issuerURL); err != nil {
+	if err := devstack.PrepareFiles(dir, cfg.Policy, issuerURL); err != nil {
 		return nil, err
 	}
 	ports, err := freePorts()
@@ -146,15 +157,43 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	}
 	s.Configs = devstack.NewConfigs(dir, s.PKI, ports, issuerURL, ports.Audit)
 	s.Configs.Audit.LogLevel, s.Configs.Broker.LogLevel, s.Configs.Keyguard.LogLevel = cfg.LogLevel, cfg.LogLevel, cfg.LogLevel
+	s.ZoneAudits = map[string]auditserver.Config{}
+	for _, z := range cfg.Zones {
+		zp, err := freePorts()
+		if err != nil {
+			return nil, err
+		}
+		zc := devstack.ZoneAuditConfig(s.Configs.Audit, dir, z.Name)
+		zc.Server.ListenAddr, zc.Metrics.ListenAddr = zp.Audit, zp.AuditMetrics
+		s.ZoneAudits[z.Name] = zc
+		s.Configs.Broker.AuditZones = append(s.Configs.Broker.AuditZones, z.Name+"="+zp.Audit)
+		for _, r := range z.Regions {
+			s.Configs.Keyguard.ResidencyZones = append(s.Configs.Keyguard.ResidencyZones, z.Name+"="+r)
+		}
+	}
+	s.Configs.Keyguard.AuditZones = s.Configs.Broker.AuditZones
 	if cfg.Adjust != nil {
 		cfg.Adjust(&s.Configs)
 	}
 	files := map[string]string{}
-	for name, pair := range map[string][2]any{
+	configs := map[string][2]any{
 		"audit":    {s.Configs.Audit, defaultsOf("audit")},
 		"broker":   {s.Configs.Broker, defaultsOf("broker")},
 		"keyguard": {s.Configs.Keyguard, defaultsOf("keyguard")},
-	} {
+	}
+	addrs := map[string][2]string{
+		"audit":    {s.Configs.Audit.Server.ListenAddr, s.Configs.Audit.Metrics.ListenAddr},
+		"broker":   {s.Configs.Broker.Server.ListenAddr, s.Configs.Broker.Metrics.ListenAddr},
+		"keyguard": {s.Configs.Keyguard.Server.ListenAddr, s.Configs.Keyguard.Metrics.ListenAddr},
+	}
+	binaries := map[string]string{"audit": "audit", "broker": "broker", "keyguard": "keyguard"}
+	first := []string{"audit"}
+	for z, zc := range s.ZoneAudits {
+		name := "audit-" + z
+		configs[name], addrs[name], binaries[name] = [2]any{zc, defaultsOf("audit")}, [2]string{zc.Server.ListenAddr, zc.Metrics.ListenAddr}, "audit"
+		first = append(first, name)
+	}
+	for name, pair := range configs {
 		b, err := MarshalConfig(pair[0], pair[1])
 		if err != nil {
 			return nil, fmt.Errorf("procstack: %s config: %w", name, err)
@@ -164,15 +203,11 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 			return nil, err
 		}
 	}
-	addrs := map[string][2]string{
-		"audit":    {s.Configs.Audit.Server.ListenAddr, s.Configs.Audit.Metrics.ListenAddr},
-		"broker":   {s.Configs.Broker.Server.ListenAddr, s.Configs.Broker.Metrics.ListenAddr},
-		"keyguard": {s.Configs.Keyguard.Server.ListenAddr, s.Configs.Keyguard.Metrics.ListenAddr},
-	}
-	// audit first: the others refuse to record anything without it.
-	for _, group := range [][]string{{"audit"}, {"broker", "keyguard"}} {
+	// audit first (every zone's too): the others refuse to record
+	// anything without it.
+	for _, group := range [][]string{first, {"broker", "keyguard"}} {
 		for _, name := range group {
-			p, err := s.start(filepath.Join(bin, name), name, files[name], addrs[name])
+			p, err := s.start(filepath.Join(bin, binaries[name]), name, files[name], addrs[name])
 			if err != nil {
 				return nil, err
 			}
@@ -201,6 +236,11 @@ func (s *Stack) Dial(service, identity string, opts ...grpc.DialOption) (*grpc.C
 	return grpcclient.Dial(s.PKI.Client(identity, p.Addr), opts...)
 }
 
+// ZoneAuditPublicKeyFile is the verifier key of a zone's audit log.
+func (s *Stack) ZoneAuditPublicKeyFile(zone string) string {
+	return s.ZoneAudits[zone].Checkpoint.KeyFile + ".pub"
+}
+
 // AuditPublicKeyFile is the verifier key of the audit log's checkpoints.
 func (s *Stack) AuditPublicKeyFile() string { return s.Configs.Audit.Checkpoint.KeyFile + ".pub" }
 
@@ -212,7 +252,11 @@ func (s *Stack) Close() error {
 		return nil
 	}
 	var errs []error
-	for _, name := range []string{"keyguard", "broker", "audit"} {
+	names := []string{"keyguard", "broker", "audit"}
+	for z := range s.ZoneAudits {
+		names = append(names, "audit-"+z)
+	}
+	for _, name := range names {
 		p := s.Procs[name]
 		if p == nil {
 			continue
