@@ -95,7 +95,7 @@ type Replayer struct {
 	grants      []Grant
 	grantByID   map[string]int
 	loads       map[string]*staticLoad // static-grant loads not yet complete
-	events      []*auditv1.Event
+	events      []item
 	logs        []string         // the log of each event (ApplyIn)
 	bySubject   map[string][]int // subject or principal -> indexes into events
 	keyOps      []int
@@ -117,12 +117,10 @@ func (r *Replayer) Apply(e *auditv1.Event) { r.ApplyIn("", e) }
 // zones) applies to what another recorded before it.
 func (r *Replayer) ApplyIn(log string, e *auditv1.Event) {
 	i := len(r.events)
-	r.events = append(r.events, e)
+	r.events = append(r.events, item{decoded: e})
 	r.logs = append(r.logs, log)
 	a := e.GetActor()
-	for _, s := range uniq(a.GetSubject(), a.GetPrincipal()) {
-		r.bySubject[s] = append(r.bySubject[s], i)
-	}
+	r.index(i, a.GetSubject(), a.GetPrincipal(), e.GetKind())
 	t := e.GetTime().AsTime()
 	allowed := e.GetDecision() == auditv1.Decision_DECISION_ALLOW
 	switch k := e.GetKind(); {
@@ -169,7 +167,15 @@ func (r *Replayer) ApplyIn(log string, e *auditv1.Event) {
 			r.grants[j].RevokedAt = t
 		}
 	}
-	if k := e.GetKind(); k >= auditv1.Kind_KIND_KEY_ENCRYPT && k <= auditv1.Kind_KIND_KEY_ROTATE {
+}
+
+// index adds event i to the timeline of its actor and, for a key
+// operation, to the key operations.
+func (r *Replayer) index(i int, subject, principal string, k auditv1.Kind) {
+	for _, s := range uniq(subject, principal) {
+		r.bySubject[s] = append(r.bySubject[s], i)
+	}
+	if k >= auditv1.Kind_KIND_KEY_ENCRYPT && k <= auditv1.Kind_KIND_KEY_ROTATE {
 		r.keyOps = append(r.keyOps, i)
 	}
 }
@@ -293,7 +299,7 @@ func (r *Replayer) SessionsAt(t time.Time, f SessionFilter) []Session {
 func (r *Replayer) Timeline(subject string) []Entry {
 	var out []Entry
 	for _, i := range r.bySubject[subject] {
-		out = append(out, r.entry(i))
+		out = append(out, r.entry(i, r.events[i].event()))
 	}
 	return out
 }
@@ -304,7 +310,7 @@ func (r *Replayer) Timeline(subject string) []Entry {
 func (r *Replayer) KeyOps(dataClass, region string, from, to time.Time) []Entry {
 	var out []Entry
 	for _, i := range r.keyOps {
-		e := r.events[i]
+		e := r.events[i].event()
 		k := e.GetKey()
 		t := e.GetTime().AsTime()
 		switch {
@@ -314,7 +320,7 @@ func (r *Replayer) KeyOps(dataClass, region string, from, to time.Time) []Entry 
 			!to.IsZero() && !t.Before(to):
 			continue
 		}
-		out = append(out, r.entry(i))
+		out = append(out, r.entry(i, e))
 	}
 	return out
 }
@@ -340,8 +346,7 @@ func (r *Replayer) GrantsAt(t time.Time, dataClass string) []Grant {
 // Events is the number of events applied.
 func (r *Replayer) Events() int { return len(r.events) }
 
-func (r *Replayer) entry(i int) Entry {
-	e := r.events[i]
+func (r *Replayer) entry(i int, e *auditv1.Event) Entry {
 	return Entry{
 		Log: r.logs[i], Sequence: e.GetSequence(), Time: e.GetTime().AsTime(), Kind: ShortKind(e.GetKind()),
 		Decision: ShortDecision(e.GetDecision()), Subject: e.GetActor().GetSubject(), Summary: Summary(e),

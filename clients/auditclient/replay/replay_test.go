@@ -8,6 +8,7 @@ import (
 	"github.com/google/go-cmp/cmp/cmpopts"
 
 	"github.com/credmatrix/credmatrix/clients/auditclient/auditclienttest"
+	"github.com/credmatrix/credmatrix/clients/auditclient/leaf"
 	"github.com/credmatrix/credmatrix/clients/auditclient/replay"
 )
 
@@ -19,6 +20,80 @@ func scenario(t *testing.T) *replay.Replayer {
 		r.Apply(e)
 	}
 	return r
+}
+
+// scenarioLeaves replays the scenario from its leaf bytes (ApplyLeaf).
+func scenarioLeaves(t *testing.T) *replay.Replayer {
+	t.Helper()
+	r := replay.New()
+	for i, e := range auditclienttest.Scenario() {
+		e.Sequence = uint64(i)
+		data, err := leaf.Marshal(e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l, err := replay.ReadLeaf(data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := r.ApplyLeaf(l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return r
+}
+
+// TestLeavesReplayLikeEvents: replaying leaf bytes (only state-changing
+// events decoded whole) answers every question exactly as replaying the
+// decoded events does.
+func TestLeavesReplayLikeEvents(t *testing.T) {
+	want, got := scenario(t), scenarioLeaves(t)
+	at := auditclienttest.At
+	opt := cmp.AllowUnexported(replay.Session{})
+	for s := -1; s <= 110; s++ {
+		if diff := cmp.Diff(got.SessionsAt(at(s), replay.SessionFilter{}), want.SessionsAt(at(s), replay.SessionFilter{}), opt); diff != "" {
+			t.Errorf("SessionsAt(%d) (-leaves +events):\n%s", s, diff)
+		}
+		if diff := cmp.Diff(got.GrantsAt(at(s), ""), want.GrantsAt(at(s), "")); diff != "" {
+			t.Errorf("GrantsAt(%d) (-leaves +events):\n%s", s, diff)
+		}
+	}
+	for _, sub := range []string{auditclienttest.Alice, auditclienttest.Billing, auditclienttest.GitHub + "#" + auditclienttest.Bob, "nobody"} {
+		if diff := cmp.Diff(got.Timeline(sub), want.Timeline(sub)); diff != "" {
+			t.Errorf("Timeline(%s) (-leaves +events):\n%s", sub, diff)
+		}
+	}
+	if diff := cmp.Diff(got.KeyOps("", "", time.Time{}, time.Time{}), want.KeyOps("", "", time.Time{}, time.Time{})); diff != "" {
+		t.Errorf("KeyOps (-leaves +events):\n%s", diff)
+	}
+	if got.Events() != want.Events() {
+		t.Errorf("Events() = %d, want %d", got.Events(), want.Events())
+	}
+}
+
+// TestReadLeafRefusesBrokenBytes: truncated or garbled leaf bytes are an
+// error, never a half-read event.
+func TestReadLeafRefusesBrokenBytes(t *testing.T) {
+	e := auditclienttest.Scenario()[0]
+	e.Sequence = 7
+	data, err := leaf.Marshal(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := replay.ReadLeaf(data)
+	if err != nil || l.Sequence != 7 || !l.Time.Equal(e.GetTime().AsTime()) || l.Kind != e.GetKind() || l.Decision != e.GetDecision() ||
+		l.Subject != e.GetActor().GetSubject() || l.Principal != e.GetActor().GetPrincipal() {
+		t.Fatalf("ReadLeaf = %+v, %v; want the event's fields", l, err)
+	}
+	for _, bad := range [][]byte{data[:len(data)-1], {0x0a, 0x05, 'a'}, {0xff}} {
+		if _, err := replay.ReadLeaf(bad); err == nil {
+			t.Errorf("ReadLeaf(%x) succeeded", bad)
+		}
+	}
+	// An actor subject that is not UTF-8.
+	if _, err := replay.ReadLeaf([]byte{0x4a, 0x03, 0x1a, 0x01, 0xff}); err == nil {
+		t.Error("ReadLeaf with a non-UTF-8 subject succeeded")
+	}
 }
 
 func sessionIDs(ss []replay.Session) []string {

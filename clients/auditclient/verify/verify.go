@@ -150,6 +150,10 @@ type Report struct {
 	Problems []*Problem `json:"problems,omitempty"`
 	// DecodedEvents are the decoded events (when Options.KeepEvents).
 	DecodedEvents []*auditv1.Event `json:"-"`
+	// Leaves are the events' leaf bytes (when Options.KeepLeaves), the
+	// same events DecodedEvents would hold: those at their own sequence,
+	// up to the first misplaced one.
+	Leaves [][]byte `json:"-"`
 }
 
 // OK reports whether the log verified.
@@ -193,6 +197,10 @@ type Options struct {
 	Trusted []byte
 	// KeepEvents returns the decoded events in the report, for replay.
 	KeepEvents bool
+	// KeepLeaves returns the events' leaf bytes in the report, for
+	// replay.ApplyLeaf, which decodes only what it uses. Without
+	// KeepEvents only the sequence of each event is decoded.
+	KeepLeaves bool
 }
 
 // Bundle verifies b. A bundle that starts after the first event (First >
@@ -208,6 +216,9 @@ func Bundle(b *bundle.Bundle, opts Options) *Report {
 	hashes := make([][32]byte, len(b.Events))
 	if opts.KeepEvents {
 		r.DecodedEvents = make([]*auditv1.Event, 0, len(b.Events))
+	}
+	if opts.KeepLeaves {
+		r.Leaves = make([][]byte, 0, len(b.Events))
 	}
 	var seqProblem *Problem // the first misplaced event: positions after it shift
 	var undecodable []*Problem
@@ -259,6 +270,9 @@ func Bundle(b *bundle.Bundle, opts Options) *Report {
 		if got == seq {
 			if opts.KeepEvents && seqProblem == nil {
 				r.DecodedEvents = append(r.DecodedEvents, e)
+			}
+			if opts.KeepLeaves && seqProblem == nil {
+				r.Leaves = append(r.Leaves, b.Events[i])
 			}
 			continue
 		}

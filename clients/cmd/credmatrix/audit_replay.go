@@ -62,13 +62,13 @@ log that does not verify, and events no checkpoint signs unless
 			if err != nil {
 				return nil, err
 			}
-			return replayAll([][]zonedEvent{evs}), nil
+			return replayAll([][]zonedLeaf{evs})
 		}
 		zoned = true
 		if src.bundlePath != "" {
 			return nil, usagef("--bundle holds one audit log; with --audit-zone set, replay reads every zone's log from its service")
 		}
-		var perLog [][]zonedEvent
+		var perLog [][]zonedLeaf
 		for _, l := range logs {
 			if err := checkKeyFile(l); err != nil {
 				return nil, err
@@ -82,7 +82,7 @@ log that does not verify, and events no checkpoint signs unless
 			}
 			perLog = append(perLog, evs)
 		}
-		return replayAll(perLog), nil
+		return replayAll(perLog)
 	}
 	// logCol is the LOG cell of a row ("" unless zoned).
 	logCol := func(log string) string {
@@ -273,7 +273,7 @@ func printEntries(w io.Writer, output string, zoned bool, es []replay.Entry) err
 // verifiedEvents verifies one log exactly as 'audit verify' does and
 // returns its events (those no checkpoint signs only with
 // includeUnsigned), each naming log ("" when it is the only log).
-func (a *app) verifiedEvents(cmd *cobra.Command, src logSource, log string, includeUnsigned bool) ([]zonedEvent, error) {
+func (a *app) verifiedEvents(cmd *cobra.Command, src logSource, log string, includeUnsigned bool) ([]zonedLeaf, error) {
 	v, err := src.verifier()
 	if err != nil {
 		return nil, err
@@ -282,7 +282,7 @@ func (a *app) verifiedEvents(cmd *cobra.Command, src logSource, log string, incl
 	if err != nil {
 		return nil, err
 	}
-	r, err := a.verifyLog(cmd.Context(), &src, verify.Options{Key: v, Trusted: kept, KeepEvents: true})
+	r, err := a.verifyLog(cmd.Context(), &src, verify.Options{Key: v, Trusted: kept, KeepLeaves: true})
 	if err != nil {
 		return nil, err
 	}
@@ -299,9 +299,13 @@ func (a *app) verifiedEvents(cmd *cobra.Command, src logSource, log string, incl
 	default:
 		return nil, fmt.Errorf("%w, refusing to replay it: %s", errNotVerified, r.Problem)
 	}
-	evs := make([]zonedEvent, 0, len(r.DecodedEvents))
-	for _, e := range r.DecodedEvents {
-		evs = append(evs, zonedEvent{log: log, ev: e})
+	evs := make([]zonedLeaf, 0, len(r.Leaves))
+	for _, data := range r.Leaves {
+		l, err := replay.ReadLeaf(data)
+		if err != nil {
+			return nil, fmt.Errorf("%w, refusing to replay it: %v", errNotVerified, err)
+		}
+		evs = append(evs, zonedLeaf{log: log, leaf: l})
 	}
 	if r.Unsigned > 0 && includeUnsigned {
 		fmt.Fprintf(a.err, "replayed %d events%s: %d verified (tree size %d) and %d UNSIGNED\n", len(evs), of, r.VerifiedSize, r.VerifiedSize, r.Unsigned)

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/spf13/pflag"
 	"google.golang.org/protobuf/proto"
@@ -140,13 +141,25 @@ type zonedEvent struct {
 	ev  *auditv1.Event
 }
 
+// zonedLeaf is a verified event's leaf bytes, read for replay, and the
+// log it came from.
+type zonedLeaf struct {
+	log  string
+	leaf replay.Leaf
+}
+
 // merge interleaves the events of several logs, each given in its
 // sequence order, by time: the next event is always the earliest of the
 // logs' next ones (ties: the log listed first), so each log keeps its own
 // order and events of different logs, which have only time in common,
 // meet in time order.
 func merge(perLog [][]zonedEvent) []zonedEvent {
-	var out []zonedEvent
+	return mergeBy(perLog, func(z zonedEvent) time.Time { return z.ev.GetTime().AsTime() })
+}
+
+// mergeBy is merge for events whose time is at(event).
+func mergeBy[T any](perLog [][]T, at func(T) time.Time) []T {
+	var out []T
 	next := make([]int, len(perLog))
 	for {
 		best := -1
@@ -154,7 +167,7 @@ func merge(perLog [][]zonedEvent) []zonedEvent {
 			if next[i] == len(evs) {
 				continue
 			}
-			if best < 0 || evs[next[i]].ev.GetTime().AsTime().Before(perLog[best][next[best]].ev.GetTime().AsTime()) {
+			if best < 0 || at(evs[next[i]]).Before(at(perLog[best][next[best]])) {
 				best = i
 			}
 		}
@@ -166,13 +179,15 @@ func merge(perLog [][]zonedEvent) []zonedEvent {
 	}
 }
 
-// replayAll replays the logs' events together, merged by time.
-func replayAll(perLog [][]zonedEvent) *replay.Replayer {
+// replayAll replays the logs' verified events together, merged by time.
+func replayAll(perLog [][]zonedLeaf) (*replay.Replayer, error) {
 	rp := replay.New()
-	for _, z := range merge(perLog) {
-		rp.ApplyIn(z.log, z.ev)
+	for _, z := range mergeBy(perLog, func(z zonedLeaf) time.Time { return z.leaf.Time }) {
+		if err := rp.ApplyLeafIn(z.log, z.leaf); err != nil {
+			return nil, fmt.Errorf("%w, refusing to replay it: %v", errNotVerified, err)
+		}
 	}
-	return rp
+	return rp, nil
 }
 
 // logFailed says on standard error which log failed, so that the answers
