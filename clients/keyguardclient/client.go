@@ -29,7 +29,6 @@ import (
 
 	"github.com/credmatrix/credmatrix/clients/keyguardclient/envelope"
 	keyguardv1 "github.com/credmatrix/credmatrix/proto/credmatrix/keyguard/v1"
-	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 )
@@ -44,7 +43,7 @@ type Client struct {
 	limits  CacheLimits
 	nowFunc func() time.Time
 	token   func(ctx context.Context) (string, error)
-	cacheM  *prometheus.CounterVec
+	observe func(cache, result string)
 }
 
 // Option configures a Client.
@@ -76,9 +75,9 @@ func New(conn grpc.ClientConnInterface, opts ...Option) *Client {
 	}
 	c.enc = newKeyCache(c.limits, c.nowFunc)
 	c.dec = newKeyCache(c.limits, c.nowFunc)
-	if c.cacheM != nil {
-		c.enc.observe = func(r string) { c.cacheM.WithLabelValues("encrypt", r).Inc() }
-		c.dec.observe = func(r string) { c.cacheM.WithLabelValues("decrypt", r).Inc() }
+	if obs := c.observe; obs != nil {
+		c.enc.observe = func(r string) { obs("encrypt", r) }
+		c.dec.observe = func(r string) { obs("decrypt", r) }
 	}
 	return c
 }

@@ -7,8 +7,6 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // TestCacheOutcomes checks the result each lookup reports: a first use
@@ -53,19 +51,18 @@ func TestCacheOutcomes(t *testing.T) {
 	}
 }
 
-// TestWithMetricsSharedRegistry: two clients may register on one
-// registry (their counts add up) instead of panicking.
-func TestWithMetricsSharedRegistry(t *testing.T) {
-	reg := prometheus.NewRegistry()
-	a := New(nil, WithMetrics(reg))
-	b := New(nil, WithMetrics(reg))
+// TestWithCacheObserver: the observer hears each lookup of each cache,
+// named by cache and result.
+func TestWithCacheObserver(t *testing.T) {
+	var got []string
+	c := New(nil, WithCacheObserver(func(cache, result string) { got = append(got, cache+"/"+result) }))
 	fetch := func(context.Context) (*DataKey, error) { return &DataKey{}, nil }
-	for _, cl := range []*Client{a, b} {
-		if _, err := cl.enc.get(context.Background(), "k", 1, fetch); err != nil {
+	for _, kc := range []*keyCache{c.enc, c.enc, c.dec} {
+		if _, err := kc.get(context.Background(), "k", 1, fetch); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if v := testutil.ToFloat64(a.cacheM.WithLabelValues("encrypt", "miss")); v != 2 {
-		t.Errorf("misses = %v, want 2 (one per client)", v)
+	if diff := cmp.Diff(got, []string{"encrypt/miss", "encrypt/hit", "decrypt/miss"}); diff != "" {
+		t.Errorf("observed (-got +want):\n%s", diff)
 	}
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/credmatrix/credmatrix/clients/cmd/credmatrix-dev/devstack"
 	"github.com/credmatrix/credmatrix/clients/keyguardclient"
+	"github.com/credmatrix/credmatrix/clients/keyguardclient/keyguardprom"
 	"github.com/credmatrix/credmatrix/platform/grpcclient"
 	brokerv1 "github.com/credmatrix/credmatrix/proto/credmatrix/broker/v1"
 	"github.com/credmatrix/credmatrix/services/broker/devissuer"
@@ -179,7 +180,7 @@ func TestMetricsAfterDemoFlow(t *testing.T) {
 	}
 	defer kconn.Close()
 	appReg := prometheus.NewRegistry()
-	kg := keyguardclient.New(kconn, keyguardclient.WithMetrics(appReg))
+	kg := keyguardclient.New(kconn, keyguardprom.WithMetrics(appReg))
 	encCtx := map[string]string{"table": "customers"}
 	ct, _, err := kg.Encrypt(ctx, "confidential", "eu-west-1", []byte("iban=DE89"), encCtx)
 	if err != nil {
@@ -242,10 +243,10 @@ func TestMetricsAfterDemoFlow(t *testing.T) {
 		{"keyguard/generate-data-key", kf, "credmatrix_keyguard_key_operations_total", map[string]string{"data_class": "internal", "region": "eu-west-1", "op": "generate_data_key", "decision": "allow"}, 1},
 		{"keyguard/kek-wrap", kf, "credmatrix_keyguard_kek_request_duration_seconds", map[string]string{"backend": "local", "call": "wrap", "data_class": "confidential", "region": "eu-west-1"}, 1},
 		{"keyguard/kek-unwrap", kf, "credmatrix_keyguard_kek_request_duration_seconds", map[string]string{"backend": "local", "call": "unwrap", "data_class": "confidential", "region": "eu-west-1"}, 1},
-		{"client/cache-miss-encrypt", cf, keyguardclient.DataKeyCacheRequests, map[string]string{"cache": "encrypt", "result": "miss"}, 1},
-		{"client/cache-hit-encrypt", cf, keyguardclient.DataKeyCacheRequests, map[string]string{"cache": "encrypt", "result": "hit"}, 2},
-		{"client/cache-miss-decrypt", cf, keyguardclient.DataKeyCacheRequests, map[string]string{"cache": "decrypt", "result": "miss"}, 1},
-		{"client/cache-hit-decrypt", cf, keyguardclient.DataKeyCacheRequests, map[string]string{"cache": "decrypt", "result": "hit"}, 2},
+		{"client/cache-miss-encrypt", cf, keyguardprom.DataKeyCacheRequests, map[string]string{"cache": "encrypt", "result": "miss"}, 1},
+		{"client/cache-hit-encrypt", cf, keyguardprom.DataKeyCacheRequests, map[string]string{"cache": "encrypt", "result": "hit"}, 2},
+		{"client/cache-miss-decrypt", cf, keyguardprom.DataKeyCacheRequests, map[string]string{"cache": "decrypt", "result": "miss"}, 1},
+		{"client/cache-hit-decrypt", cf, keyguardprom.DataKeyCacheRequests, map[string]string{"cache": "decrypt", "result": "hit"}, 2},
 		{"audit/queue-empty", af, "credmatrix_audit_queue_events", nil, 0},
 		{"audit/checkpoint-lag-known", af, "credmatrix_audit_checkpoints_total", nil, -2}, // exists (see below)
 	}

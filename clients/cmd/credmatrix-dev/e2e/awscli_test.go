@@ -156,10 +156,16 @@ func TestAWSCLICredentialProcess(t *testing.T) {
 // BenchmarkCredentialProcess measures a whole `credmatrix creds --output
 // credential-process` process, as the AWS CLI runs it: cached (the common
 // case) and uncached (a fresh cache each time, so one issuance per run).
+// The CLI is built as released (its build tags); CREDMATRIX_BENCH_CLI=FILE
+// measures another build of it instead (dist/credmatrix-linux-amd64, an
+// older one).
 //
-//	go test -run '^$' -bench CredentialProcess ./clients/cmd/credmatrix
+//	go test -run '^$' -bench CredentialProcess ./clients/cmd/credmatrix-dev/e2e
 func BenchmarkCredentialProcess(b *testing.B) {
 	bin := credmatrixBinary(b)
+	if other := os.Getenv("CREDMATRIX_BENCH_CLI"); other != "" {
+		bin = other
+	}
 	dir := b.TempDir()
 	stack, err := devstack.Start(context.Background(), devstack.Config{StateDir: dir, Ports: devstack.EphemeralPorts()})
 	if err != nil {

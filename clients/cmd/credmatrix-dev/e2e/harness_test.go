@@ -50,13 +50,21 @@ func binaries(t testing.TB) built {
 			buildErr = err
 			return
 		}
-		cmd := exec.Command("go", "build", "-o", dir+string(filepath.Separator),
-			"./services/audit/cmd/audit", "./services/broker/cmd/broker", "./services/keyguard/cmd/keyguard",
-			"./clients/cmd/credmatrix", "./clients/cmd/credmatrix-dev")
-		cmd.Dir = root
-		cmd.Env = append(os.Environ(), "GOFLAGS=-buildvcs=false")
-		out, err := cmd.CombinedOutput()
-		buildOut, buildErr = string(out), err
+		// The CLI with the build tags of its release binaries (make dist),
+		// so that these tests and BenchmarkCredentialProcess run what ships.
+		for _, args := range [][]string{
+			{"./services/audit/cmd/audit", "./services/broker/cmd/broker", "./services/keyguard/cmd/keyguard", "./clients/cmd/credmatrix-dev"},
+			{"-tags", "grpcnotrace", "./clients/cmd/credmatrix"},
+		} {
+			cmd := exec.Command("go", append([]string{"build", "-o", dir + string(filepath.Separator)}, args...)...)
+			cmd.Dir = root
+			cmd.Env = append(os.Environ(), "GOFLAGS=-buildvcs=false")
+			out, err := cmd.CombinedOutput()
+			buildOut, buildErr = string(out), err
+			if err != nil {
+				return
+			}
+		}
 		bins = built{
 			dir:        dir,
 			credmatrix: filepath.Join(dir, "credmatrix"), audit: filepath.Join(dir, "audit"),
