@@ -3,7 +3,6 @@ package audit
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"hash"
 	"io"
@@ -153,18 +152,22 @@ func (l *Log) Archive(ctx context.Context, operator string, end uint64, w io.Wri
 	if latest := l.latest.Load(); latest == nil || end > latest.Size {
 		return ArchiveInfo{}, 0, domainerr.Errorf(domainerr.Invalid, "end_size: %d is beyond the latest checkpoint", end)
 	}
-	info, err := WriteArchive(ctx, l.store, l.tree, l.signer.Verifier(), 0, end, w)
+	first := l.FirstSequence()
+	if end <= first {
+		return ArchiveInfo{}, 0, domainerr.Errorf(domainerr.Invalid, "end_size: %d is not after the first event this service holds (%d; the events before it were archived and pruned)", end, first)
+	}
+	info, err := WriteArchive(ctx, l.store, l.tree, l.signer.Verifier(), first, end, w)
 	if err != nil {
 		return info, 0, unavailable("audit archive failed", err) // a domain error stays as it is
 	}
 	e := &auditv1.Event{
-		Id:       fmt.Sprintf("audit-archive-%d-%d-%s", info.First, info.End, hex.EncodeToString(info.SHA256[:8])),
+		Id:       archiveEventID(info.First, info.End, info.SHA256),
 		Time:     timestamppb.New(l.clock()),
 		Kind:     auditv1.Kind_KIND_AUDIT_ADMIN,
 		Decision: auditv1.Decision_DECISION_ALLOW,
-		Reason:   fmt.Sprintf("archived events %d to %d (%d bytes, sha256 %s)", info.First, info.End-1, info.Bytes, hex.EncodeToString(info.SHA256)),
+		Reason:   archiveReason(info.First, info.End, info.Bytes, info.SHA256),
 		Actor:    &auditv1.Actor{Principal: operator},
-		Detail:   &auditv1.Event_Admin{Admin: &auditv1.AdminDetail{Action: "archive"}},
+		Detail:   &auditv1.Event_Admin{Admin: &auditv1.AdminDetail{Action: ActionArchive}},
 	}
 	res, err := l.record(ctx, SourceAudit, []*auditv1.Event{e}, true)
 	if err != nil {

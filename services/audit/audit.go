@@ -106,6 +106,16 @@ type Store interface {
 	// the Log does so once after rebuilding the tree of a store from before
 	// tiles, so that its next start-up is bounded.
 	AddCompactRange(ctx context.Context, size uint64, compactRange [][]byte) error
+	// Prune records that the log's events below p.End were archived and
+	// pruned, and deletes the stored events (and their index rows) below
+	// p.Keep(), the first row a full verification needs; checkpoints and
+	// tiles stay. p.End must be larger than the recorded End, p.Base must
+	// not be below the recorded Base, and Keep() <= p.Base <= p.End <=
+	// Head (otherwise ErrSequence); the index watermark moves up to Keep()
+	// if it was below. The record is durable when Prune returns nil; the
+	// deletion may run in several transactions (bounded WAL), so a crash
+	// may leave rows below Keep() that the next Prune deletes.
+	Prune(ctx context.Context, p PruneState) error
 	// View calls f with a Reader that sees the store as of one instant
 	// (one read transaction), so that events, checkpoints and the index
 	// watermark read together are consistent while a sequencer appends.
@@ -142,7 +152,27 @@ type Reader interface {
 	// entry per id in order, nil for a tile that is not stored
 	// (tiles.Reader).
 	ReadTiles(ctx context.Context, ids []tiles.ID) ([][]byte, error)
+	// Pruned returns what Prune recorded (zero when nothing was pruned).
+	Pruned(ctx context.Context) (PruneState, error)
 }
+
+// PruneState is how much of the log was archived and pruned from the
+// store.
+type PruneState struct {
+	// End is the first sequence the log serves: the events below it were
+	// archived (a sealed bundle the log recorded) and pruned. 0: none.
+	End uint64
+	// Base is the size of a stored checkpoint that carries a compact range
+	// (Base <= End), from which a full verification of the store loads
+	// the tree and re-hashes the events after it: the store keeps the rows
+	// from Keep() on.
+	Base uint64
+}
+
+// Keep returns the first stored row the log still needs: the first leaf
+// of the partial tile at Base, whose leaves the tree's right edge at Base
+// is rebuilt from (tiles hold only full tiles).
+func (p PruneState) Keep() uint64 { return tiles.EdgeLeaves(p.Base) }
 
 // Batch is one group commit: events, the checkpoint that signs the tree
 // they complete and the tree tiles they complete.

@@ -6,13 +6,17 @@ import (
 
 	"github.com/credmatrix/credmatrix/clients/auditclient/bundle"
 	"github.com/credmatrix/credmatrix/clients/auditclient/checkpoint"
+	"github.com/credmatrix/credmatrix/clients/auditclient/leaf"
 	"github.com/credmatrix/credmatrix/clients/auditclient/verify"
+	"github.com/credmatrix/credmatrix/services/audit/tiles"
 )
 
 // exportChunk is how many rows or checkpoints one store call returns.
 const exportChunk = 4096
 
-// ExportBundle exports everything in store as it is, in one snapshot: the
+// ExportBundle exports everything in store as it is, in one snapshot (from
+// the first event the log serves, when older ones were archived and
+// pruned: the bundle then starts from the tree's compact range there): the
 // leaf bytes of every stored row exactly as stored (not decoded and
 // re-serialised, so the bundle holds the evidence itself, an undecodable
 // row included, for verify to report by position) and every stored
@@ -34,7 +38,10 @@ func ExportBundle(ctx context.Context, store Store, origin, publicKey string) (*
 		if err != nil {
 			return fmt.Errorf("export: read index watermark: %w", err)
 		}
-		for from := uint64(0); ; {
+		if b.First, b.Start, err = prunedStart(ctx, r); err != nil {
+			return fmt.Errorf("export: %w", err)
+		}
+		for from := b.First; ; {
 			rows, err := r.ReadRows(ctx, from, exportChunk)
 			if err != nil {
 				return fmt.Errorf("export events from %d: %w", from, err)
@@ -57,7 +64,7 @@ func ExportBundle(ctx context.Context, store Store, origin, publicKey string) (*
 			}
 			from = rows[len(rows)-1].Sequence + 1
 		}
-		for from := uint64(0); ; {
+		for from := b.First; ; {
 			cps, err := r.Checkpoints(ctx, from, exportChunk)
 			if err != nil {
 				return fmt.Errorf("export checkpoints: %w", err)
@@ -93,4 +100,53 @@ func VerifyStore(ctx context.Context, store Store, key *checkpoint.Verifier, kep
 		r.AddColumnMismatch(m.Sequence, m.Columns)
 	}
 	return r, nil
+}
+
+// prunedStart returns where an export of the store r starts: 0, or the
+// first event the log serves when older ones were archived and pruned,
+// with the compact range of the tree there (read from the stored tiles,
+// from the prune base checkpoint; unverified here: verify.Bundle checks it
+// against the signed checkpoints after it).
+func prunedStart(ctx context.Context, r Reader) (uint64, [][]byte, error) {
+	p, err := r.Pruned(ctx)
+	if err != nil || p.End == 0 {
+		return 0, nil, err
+	}
+	if p.Base == 0 {
+		return 0, nil, nil // nothing was deleted: every row is there
+	}
+	cps, err := r.Checkpoints(ctx, p.Base, 1)
+	if err != nil {
+		return 0, nil, err
+	}
+	if len(cps) == 0 || cps[0].Size != p.Base || cps[0].CompactRange == nil {
+		return 0, nil, fmt.Errorf("the store was pruned up to %d and holds no checkpoint of size %d with its compact range", p.End, p.Base)
+	}
+	// The leaves from the edge of the tree at Base to End: the tree at
+	// Base needs the first ones, the compact range at End all of them
+	// (fewer than a tile and a commit batch).
+	keep := p.Keep()
+	var hashes []tiles.Hash
+	for next := keep; next < p.End; {
+		rows, err := r.ReadRows(ctx, next, int(min(exportChunk, p.End-next)))
+		if err != nil {
+			return 0, nil, err
+		}
+		if len(rows) == 0 {
+			return 0, nil, fmt.Errorf("event %d is missing", next)
+		}
+		for _, row := range rows {
+			if row.Sequence != next {
+				return 0, nil, fmt.Errorf("event %d is missing", next)
+			}
+			hashes = append(hashes, leaf.Hash(row.Data))
+			next++
+		}
+	}
+	t, err := tiles.Load(ctx, r, p.Base, hashes[:p.Base-keep], cps[0].CompactRange, tiles.WithCacheTiles(0))
+	if err != nil {
+		return 0, nil, fmt.Errorf("the tree at the prune base %d: %w", p.Base, err)
+	}
+	t.Append(hashes[p.Base-keep:]...)
+	return p.End, t.CompactRange(), nil
 }

@@ -99,6 +99,10 @@ type scan struct {
 	// events, written back (damaged ones only on adoption).
 	badTiles     []tiles.Tile
 	tilesWritten int
+	// pruneEnd is the largest end of a prune the log's own events read
+	// record (ActionPrune): a store whose pruned state goes beyond it was
+	// pruned behind the log's back.
+	pruneEnd uint64
 }
 
 // scanStore reads, in one snapshot, every row from the tree's head on,
@@ -219,6 +223,12 @@ func (l *Log) checkColumns(row Row, sc *scan) {
 			index = append(index, c)
 		} else {
 			key = append(key, c)
+		}
+	}
+	if a := e.GetAdmin(); a != nil && a.GetAction() == ActionPrune && e.GetSourceService() == SourceAudit && e.GetKind() == auditv1.Kind_KIND_AUDIT_ADMIN {
+		var first, end uint64
+		if _, err := fmt.Sscanf(e.GetId(), "audit-prune-%d-%d-", &first, &end); err == nil {
+			sc.pruneEnd = max(sc.pruneEnd, end)
 		}
 	}
 	if slices.Contains(key, "sequence") {
@@ -418,6 +428,11 @@ func (l *Log) open(ctx context.Context) (*Adoption, error) {
 	if err := l.checkTrust(&sc, root, keptAbove); err != nil {
 		return nil, err
 	}
+	if p := l.pruned.Load(); p.End > 0 && base <= p.End && sc.pruneEnd < p.End {
+		// The events read include where the log records its prunes (after
+		// the pruned range): one must cover what the store says is gone.
+		sc.fs.add(Finding{Sequence: p.End, What: fmt.Sprintf("the store says the events below %d were archived and pruned, but no prune the log recorded reaches %d (events were deleted behind its back)", p.End, p.End)})
+	}
 	if sc.fs.total == 0 {
 		l.tree.Commit(sc.st)
 		l.latest.Store(sc.latest)
@@ -475,23 +490,32 @@ func (l *Log) OpenInfo() OpenInfo { return l.opened }
 // store is checked, as with WithFullVerification, for a store from before
 // tiles or whose tree state does not check out). What it loads is
 // trusted only once it matches a checkpoint signed by the log's key.
+//
+// A store whose older events were archived and pruned (Prune) is checked
+// in full from its prune base: the last checkpoint with a compact range
+// at or below the pruned end, whose tree loads from the stored tiles.
 func (l *Log) loadBase(ctx context.Context) (uint64, error) {
+	p, err := l.store.Pruned(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("read the pruned state: %w", err)
+	}
+	l.pruned.Store(&p)
 	if l.full || l.signer == nil {
-		return 0, nil
+		return l.loadPrunedBase(ctx, p)
 	}
 	cp, ok, err := l.store.LatestCompactRange(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("read the latest compact range: %w", err)
 	}
-	if !ok {
-		return 0, nil
+	if !ok || cp.Size < p.Base {
+		return l.loadPrunedBase(ctx, p)
 	}
 	t, err := l.loadTreeAt(ctx, cp)
 	if err != nil {
 		// Derived data that does not check out is not a reason to refuse
 		// the store, only to check all of it: the full check decides.
 		l.logf("audit log: the stored tree state does not check out; checking the whole store", "tree_size", cp.Size, "problem", err.Error())
-		return 0, nil
+		return l.loadPrunedBase(ctx, p)
 	}
 	l.tree, l.crSize = t, cp.Size
 	return cp.Size, nil
@@ -661,6 +685,9 @@ func (l *Log) extend(ctx context.Context) error {
 		l.broken.Store(b)
 		l.logf("audit log stopped: the store failed its check", "sequence", f.Sequence, "problem", f.What)
 		return b
+	}
+	if p, err := l.store.Pruned(ctx); err == nil && p.End > l.FirstSequence() {
+		l.pruned.Store(&p) // the sequencer pruned
 	}
 	if sc.st.Size() == base {
 		if sc.latest != nil && (old == nil || sc.latest.Size > old.Size) {

@@ -128,6 +128,8 @@ type Log struct {
 	resync    bool // the store may hold more than the tree; committer only
 	broken    atomic.Pointer[domainerr.Error]
 	adopted   *Adoption
+	pruned    atomic.Pointer[PruneState] // what the store pruned (never nil once open)
+	pruneMu   sync.Mutex                 // one Prune at a time
 
 	// The indexer: pending holds events committed and not yet indexed
 	// (the committer hands them over so the indexer need not read them
@@ -330,6 +332,7 @@ func Open(ctx context.Context, store Store, opts ...Option) (*Log, error) {
 		return nil, errors.New("audit log: a kept checkpoint needs a signer")
 	}
 	l.queue = make(chan *request, l.queueLimit)
+	l.pruned.Store(&PruneState{})
 	l.tree = tiles.New(l.store, tiles.WithCacheTiles(l.tileCache))
 	adoption, err := l.open(ctx)
 	if err != nil {

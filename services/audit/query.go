@@ -74,6 +74,10 @@ func (l *Log) Query(ctx context.Context, f Filter) (Page, error) {
 	}
 	f.Kinds = normaliseKinds(f.Kinds)
 	size := l.tree.Size() // serve what the tree covers, nothing beyond
+	// The events below the first one served were archived and pruned: a
+	// query covers the events the service holds (GetCheckpoint's
+	// first_sequence says where they start).
+	from = max(from, l.FirstSequence())
 	indexed, err := l.store.IndexedUpTo(ctx)
 	if err != nil {
 		return Page{}, unavailable("audit store unavailable", err)
@@ -171,6 +175,8 @@ func (q *pageQuery) check(r Row, indexed bool) {
 // holds at its sequence. It returns when ctx ends (with ctx's error),
 // when send fails (with send's error, unchanged), when the Log is closed
 // or when the store fails or holds a leaf the tree does not (Unavailable).
+// A subscription from (or, after a prune, still at) a sequence the log
+// archived and pruned fails with FailedPrecondition naming the archive.
 // send must not modify the event.
 func (l *Log) Subscribe(ctx context.Context, from uint64, kinds []auditv1.Kind, send func(*auditv1.Event) error) error {
 	kinds = normaliseKinds(kinds)
@@ -178,6 +184,9 @@ func (l *Log) Subscribe(ctx context.Context, from uint64, kinds []auditv1.Kind, 
 	for {
 		if err := l.usable(); err != nil {
 			return err
+		}
+		if first := l.FirstSequence(); next < first {
+			return prunedError("from_sequence", next, first)
 		}
 		// Take the wake-up channel before reading, so an append that
 		// lands after the read still wakes us.

@@ -25,7 +25,7 @@ func (a *app) auditCommand() *cobra.Command {
 		Use:   "audit",
 		Short: "Read the audit log: tail, query, export, verify, replay and archive",
 	}
-	cmd.AddCommand(a.auditTailCommand(), a.auditQueryCommand(), a.auditExportCommand(), a.auditVerifyCommand(), a.auditReplayCommand(), a.auditArchiveCommand())
+	cmd.AddCommand(a.auditTailCommand(), a.auditQueryCommand(), a.auditExportCommand(), a.auditVerifyCommand(), a.auditReplayCommand(), a.auditArchiveCommand(), a.auditPruneCommand())
 	return cmd
 }
 

@@ -28,11 +28,15 @@ type logSource struct {
 	bundlePath, publicKeyFile, keptFile string
 	// addr is the audit service's address (--audit-addr when empty).
 	addr string
+	// archives are the archive files of the log's older, pruned ranges,
+	// in log order: they and the log form one chain.
+	archives []string
 }
 
 func (a *app) logSourceFlags(f *pflag.FlagSet, s *logSource, withBundle bool) {
 	if withBundle {
 		f.StringVar(&s.bundlePath, "bundle", "", "read the log from this exported bundle instead of the service")
+		f.StringArrayVar(&s.archives, "archive", nil, "archive file of an older range of the log that was pruned from the service (repeat, oldest first): the archives and the log must form one chain")
 	}
 	f.StringVar(&s.publicKeyFile, "public-key-file", a.getenv("CREDMATRIX_AUDIT_PUBLIC_KEY_FILE"), "trusted checkpoint verifier key of the log (env CREDMATRIX_AUDIT_PUBLIC_KEY_FILE)")
 	f.StringVar(&s.keptFile, "checkpoint-file", "", "a signed checkpoint you kept from an earlier run: the log must extend it")
@@ -99,6 +103,46 @@ func (a *app) verifyLog(ctx context.Context, s *logSource, opts verify.Options) 
 		r.AddColumnMismatch(m.GetSequence(), m.GetColumns())
 	}
 	return r, nil
+}
+
+// verifyChain verifies the log like verifyLog and, with --archive files,
+// each archive on its own (the same key; a kept checkpoint applies to the
+// log) and that the archives and the log form one chain (verify.Chain:
+// each starts where the previous one ends, at the same tree root). The
+// report is the log's, extended with the archives' events (and decoded
+// events or leaves, for a replay) before its own.
+func (a *app) verifyChain(ctx context.Context, s *logSource, opts verify.Options) (*verify.Report, error) {
+	var reports []*verify.Report
+	for _, path := range s.archives {
+		r, err := verifyArchiveFile(path, verify.Options{Key: opts.Key, KeepEvents: opts.KeepEvents, KeepLeaves: opts.KeepLeaves})
+		if err != nil {
+			return nil, usagef("--archive: %v", err)
+		}
+		reports = append(reports, r)
+	}
+	live, err := a.verifyLog(ctx, s, opts)
+	if err != nil || len(reports) == 0 {
+		return live, err
+	}
+	if p := verify.Chain(append(reports, live)); p != nil && live.OK() {
+		live.Add(p)
+	}
+	var events []*auditv1.Event
+	var leaves [][]byte
+	for _, r := range reports {
+		live.Events += r.Events
+		live.Checkpoints += r.Checkpoints
+		events = append(events, r.DecodedEvents...)
+		leaves = append(leaves, r.Leaves...)
+	}
+	live.First = reports[0].First
+	if opts.KeepEvents {
+		live.DecodedEvents = append(events, live.DecodedEvents...)
+	}
+	if opts.KeepLeaves {
+		live.Leaves = append(leaves, live.Leaves...)
+	}
+	return live, nil
 }
 
 // fetchLog reads the log from the chosen source and, if then is set,

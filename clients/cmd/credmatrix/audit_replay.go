@@ -68,6 +68,9 @@ log that does not verify, and events no checkpoint signs unless
 		if src.bundlePath != "" {
 			return nil, usagef("--bundle holds one audit log; with --audit-zone set, replay reads every zone's log from its service")
 		}
+		if len(src.archives) > 0 {
+			return nil, usagef("--archive belongs to one audit log; with --audit-zone set, replay reads every zone's log from its service")
+		}
 		var perLog [][]zonedLeaf
 		for _, l := range logs {
 			if err := checkKeyFile(l); err != nil {
@@ -282,7 +285,7 @@ func (a *app) verifiedEvents(cmd *cobra.Command, src logSource, log string, incl
 	if err != nil {
 		return nil, err
 	}
-	r, err := a.verifyLog(cmd.Context(), &src, verify.Options{Key: v, Trusted: kept, KeepLeaves: true})
+	r, err := a.verifyChain(cmd.Context(), &src, verify.Options{Key: v, Trusted: kept, KeepLeaves: true})
 	if err != nil {
 		return nil, err
 	}

@@ -60,6 +60,9 @@ does not verify.`,
 				}
 				logs[0].addr = ""
 			}
+			if len(src.archives) > 0 && len(logs) != 1 {
+				return usagef("--archive belongs to one audit log: say whose with --zone (one of %s)", strings.Join(logNames(logs), ", "))
+			}
 			// Every log on its own: its own key, its own kept checkpoint.
 			var failed []string
 			var firstErr error
@@ -105,7 +108,7 @@ func (a *app) verifyOne(ctx context.Context, src logSource, output, name string)
 	if err != nil {
 		return err
 	}
-	r, err := a.verifyLog(ctx, &src, verify.Options{Key: v, Trusted: kept})
+	r, err := a.verifyChain(ctx, &src, verify.Options{Key: v, Trusted: kept})
 	if err != nil {
 		return err
 	}

@@ -94,3 +94,78 @@ func TestArchive(t *testing.T) {
 		}
 	})
 }
+
+// TestPrune: through gRPC, only operators prune, only the archive the log
+// recorded; after it GetCheckpoint names the first sequence and the start
+// hashes, an export (auditclient.Export) starts there and chains with the
+// archive, a tail from a pruned sequence is FailedPrecondition naming the
+// archive, and proofs keep working.
+func TestPrune(t *testing.T) {
+	f := secured(t)
+	ctx := as(broker)
+	for b := range 20 {
+		var evs []*auditv1.Event
+		for i := range 30 {
+			evs = append(evs, event(fmt.Sprintf("prune-%d-%d", b, i), auditv1.Kind_KIND_KEY_ENCRYPT))
+		}
+		if _, err := f.client.Append(ctx, &auditv1.AppendRequest{Events: evs}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	client := auditclient.New(f.conn)
+	var file bytes.Buffer
+	sum, err := client.Archive(as(operator), 300, &file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.Prune(as(broker), sum); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("Prune by the broker = %v, want PermissionDenied", err)
+	}
+	bad := &auditv1.ArchiveSummary{FirstSequence: 0, EndSize: 300, Sha256: bytes.Repeat([]byte{1}, 32)}
+	if _, err := client.Prune(as(operator), bad); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("Prune of an archive the log did not record = %v, want FailedPrecondition", err)
+	}
+	if _, err := f.client.Prune(as(operator), &auditv1.PruneRequest{EndSize: 300, Sha256: []byte("short")}); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("Prune with a short digest = %v, want InvalidArgument", err)
+	}
+	res, err := client.Prune(as(operator), sum)
+	if err != nil {
+		t.Fatalf("Prune: %v", err)
+	}
+	if res.GetFirstSequence() != 300 || res.GetAuditSequence() <= sum.GetAuditSequence() {
+		t.Fatalf("Prune = %v", res)
+	}
+	cp, err := f.client.GetCheckpoint(as(operator), &auditv1.GetCheckpointRequest{})
+	if err != nil || cp.GetFirstSequence() != 300 || len(cp.GetStartHashes()) == 0 {
+		t.Fatalf("GetCheckpoint after the prune = first %d, %d start hashes, %v", cp.GetFirstSequence(), len(cp.GetStartHashes()), err)
+	}
+	b, err := client.Export(as(operator), auditclient.ExportOptions{Verifier: f.signer.Verifier()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	live := verify.Bundle(b, verify.Options{Key: f.signer.Verifier()})
+	archived, err := bundle.Read(&file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	arch := verify.Bundle(archived, verify.Options{Key: f.signer.Verifier()})
+	if !live.OK() || live.First != 300 || live.VerifiedSize != cp.GetTreeSize() {
+		t.Fatalf("export after the prune: first %d, verified to %d, %v", live.First, live.VerifiedSize, live.Problem)
+	}
+	if p := verify.Chain([]*verify.Report{arch, live}); p != nil {
+		t.Fatalf("archive + export after the prune: %v", p)
+	}
+	stream, err := f.client.Subscribe(as(operator), &auditv1.SubscribeRequest{FromSequence: 10})
+	if err == nil {
+		_, err = stream.Recv()
+	}
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(status.Convert(err).Message(), "archive bundle") {
+		t.Fatalf("Subscribe from a pruned sequence = %v, want FailedPrecondition naming the archive", err)
+	}
+	if _, err := f.client.GetInclusionProof(as(operator), &auditv1.GetInclusionProofRequest{Sequence: 10}); err != nil {
+		t.Fatalf("inclusion proof of a pruned event: %v", err)
+	}
+	if _, err := f.client.GetConsistencyProof(as(operator), &auditv1.GetConsistencyProofRequest{FirstSize: 30}); err != nil {
+		t.Fatalf("consistency proof from a pruned size: %v", err)
+	}
+}

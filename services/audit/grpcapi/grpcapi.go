@@ -207,13 +207,21 @@ func (s *Server) GetCheckpoint(ctx context.Context, _ *auditv1.GetCheckpointRequ
 	if err != nil {
 		return nil, s.fail(ctx, err)
 	}
+	// Events before first_sequence were archived and pruned: an export
+	// starts there, from the tree's compact range at that size.
+	start, err := s.log.StartHashes(ctx)
+	if err != nil {
+		return nil, s.fail(ctx, err)
+	}
 	return &auditv1.GetCheckpointResponse{
-		SignedNote: cp.Note,
-		Origin:     cp.Origin,
-		TreeSize:   cp.Size,
-		RootHash:   cp.Root,
-		KeyId:      cp.KeyID,
-		Time:       timestamppb.New(cp.Time),
+		SignedNote:    cp.Note,
+		Origin:        cp.Origin,
+		TreeSize:      cp.Size,
+		RootHash:      cp.Root,
+		KeyId:         cp.KeyID,
+		Time:          timestamppb.New(cp.Time),
+		FirstSequence: s.log.FirstSequence(),
+		StartHashes:   start,
 	}, nil
 }
 
@@ -323,4 +331,22 @@ func (s *Server) Archive(req *auditv1.ArchiveRequest, stream auditv1.AuditServic
 	return stream.Send(&auditv1.ArchiveResponse{Summary: &auditv1.ArchiveSummary{
 		FirstSequence: info.First, EndSize: info.End, Sha256: info.SHA256, AuditSequence: seq,
 	}})
+}
+
+// Prune implements auditv1.AuditServiceServer: operators only, like
+// Archive. The range and digest must be those of an archive the log
+// recorded (audit.Log.Prune).
+func (s *Server) Prune(ctx context.Context, req *auditv1.PruneRequest) (*auditv1.PruneResponse, error) {
+	id, err := s.authorize(ctx, s.readers, "prune")
+	if err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	if id == "" {
+		id = "operator"
+	}
+	res, err := s.log.Prune(ctx, id, req.GetFirstSequence(), req.GetEndSize(), req.GetSha256())
+	if err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	return &auditv1.PruneResponse{FirstSequence: res.First, AuditSequence: res.Sequence}, nil
 }

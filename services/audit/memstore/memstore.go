@@ -37,6 +37,8 @@ type Data struct {
 	IndexedUpTo uint64
 	// Tiles are the stored Merkle tree tiles.
 	Tiles map[tiles.ID][]byte
+	// Pruned is what Prune recorded.
+	Pruned audit.PruneState
 }
 
 // data is the log shared by a Store and the handles Reopen makes from it,
@@ -80,7 +82,7 @@ func (s *Store) Append(ctx context.Context, b audit.Batch) error {
 	}
 	s.d.mu.Lock()
 	defer s.d.mu.Unlock()
-	next := uint64(len(s.d.Rows))
+	next := s.d.head()
 	seen := make(map[audit.EventKey]bool, len(b.Records))
 	for i, r := range b.Records {
 		if want := next + uint64(i); r.Event.GetSequence() != want {
@@ -403,6 +405,37 @@ func (s *Store) Repair(ctx context.Context, keys []audit.Row, indexFrom uint64) 
 	return nil
 }
 
+// Pruned implements audit.Reader.
+func (s *Store) Pruned(ctx context.Context) (audit.PruneState, error) {
+	if err := s.check(ctx); err != nil {
+		return audit.PruneState{}, err
+	}
+	s.d.mu.RLock()
+	defer s.d.mu.RUnlock()
+	return s.d.Pruned, nil
+}
+
+// Prune implements audit.Store.
+func (s *Store) Prune(ctx context.Context, p audit.PruneState) error {
+	if err := s.check(ctx); err != nil {
+		return err
+	}
+	s.d.mu.Lock()
+	defer s.d.mu.Unlock()
+	keep, head := p.Keep(), s.d.head()
+	if keep > p.Base || p.Base > p.End || p.End <= s.d.Pruned.End || p.Base < s.d.Pruned.Base || p.End > head || keep >= head {
+		return fmt.Errorf("prune to %d (base %d; pruned to %d, base %d, head %d): %w", p.End, p.Base, s.d.Pruned.End, s.d.Pruned.Base, head, audit.ErrSequence)
+	}
+	s.d.Pruned = p
+	s.d.IndexedUpTo = max(s.d.IndexedUpTo, keep)
+	i := s.d.search(keep)
+	for _, r := range s.d.Rows[:i] {
+		delete(s.d.byKey, r.Key)
+	}
+	s.d.Rows = append([]audit.Row(nil), s.d.Rows[i:]...)
+	return nil
+}
+
 // AddCheckpoint implements audit.Store.
 func (s *Store) AddCheckpoint(ctx context.Context, cp audit.StoredCheckpoint) error {
 	if err := s.check(ctx); err != nil {
@@ -468,6 +501,7 @@ func (s *Store) View(ctx context.Context, f func(audit.Reader) error) error {
 		Checkpoints: append([]audit.StoredCheckpoint(nil), s.d.Checkpoints...),
 		IndexedUpTo: s.d.IndexedUpTo,
 		Tiles:       maps.Clone(s.d.Tiles),
+		Pruned:      s.d.Pruned,
 	}}
 	s.d.mu.RUnlock()
 	return f(view{d: snap})
@@ -490,6 +524,7 @@ func (v view) LatestCheckpoint(context.Context) (audit.StoredCheckpoint, bool, e
 func (v view) LatestCompactRange(context.Context) (audit.StoredCheckpoint, bool, error) {
 	return v.d.latestCompactRange()
 }
+func (v view) Pruned(context.Context) (audit.PruneState, error) { return v.d.Pruned, nil }
 func (v view) ReadTiles(_ context.Context, ids []tiles.ID) ([][]byte, error) {
 	return v.d.readTiles(ids), nil
 }

@@ -181,6 +181,12 @@ var migrations = []string{
 	);
 	ALTER TABLE audit_tiles ALTER COLUMN hashes SET STORAGE EXTERNAL;
 	ALTER TABLE audit_checkpoints ADD COLUMN compact_range BYTEA;`,
+	// Version 4: how much of the log was archived and pruned (one row).
+	`CREATE TABLE audit_pruned (
+		end_size BIGINT NOT NULL CHECK (end_size >= 0),
+		base     BIGINT NOT NULL CHECK (base >= 0 AND base <= end_size)
+	);
+	INSERT INTO audit_pruned (end_size, base) VALUES (0, 0);`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {

@@ -55,6 +55,7 @@ type Store struct {
 	tmp  string // OpenReadOnly's private copy of the evidence, removed by Close
 	v3   bool   // the file has the v3 layout (event_index); read-only opens of older files lack it
 	v4   bool   // the file has tiles and compact ranges (v4); read-only opens of older files lack them
+	v5   bool   // the file records pruning (v5)
 
 	mu      sync.Mutex
 	inserts map[string]*sql.Stmt // prepared multi-row INSERTs by table and row count
@@ -137,6 +138,7 @@ func Open(ctx context.Context, path string) (*Store, error) {
 		// a background goroutine checkpoints (see checkpointWAL).
 		"wal_autocheckpoint(0)",
 		"foreign_keys(1)",
+		"temp_store(MEMORY)",
 	}
 	// Writers take the write lock at BEGIN, so a transaction never fails
 	// half-way with SQLITE_BUSY on lock upgrade.
@@ -144,12 +146,12 @@ func Open(ctx context.Context, path string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open audit store %s: %w", path, err)
 	}
-	s := &Store{db: db, path: path, v3: true, v4: true, inserts: make(map[string]*sql.Stmt), stop: make(chan struct{}), done: make(chan struct{})}
+	s := &Store{db: db, path: path, v3: true, v4: true, v5: true, inserts: make(map[string]*sql.Stmt), stop: make(chan struct{}), done: make(chan struct{})}
 	if err := s.migrate(ctx); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open audit store %s: %w", path, err)
 	}
-	s.idx, _ = sql.Open("sqlite", dsn(path, "immediate", "journal_mode(WAL)", "synchronous(NORMAL)", "wal_autocheckpoint(0)"))
+	s.idx, _ = sql.Open("sqlite", dsn(path, "immediate", "journal_mode(WAL)", "synchronous(NORMAL)", "wal_autocheckpoint(0)", "temp_store(MEMORY)"))
 	s.idx.SetMaxOpenConns(1)
 	s.rdb, _ = sql.Open("sqlite", dsn(path, "deferred", "journal_mode(WAL)", "query_only(1)"))
 	if s.heads, err = s.db.PrepareContext(ctx, `SELECT (SELECT COALESCE(MAX(sequence) + 1, 0) FROM events), (SELECT COALESCE(MAX(tree_size), 0) FROM checkpoints)`); err == nil {
@@ -230,8 +232,10 @@ func OpenReadOnly(ctx context.Context, path string) (*Store, error) {
 	case version == 2:
 	case version == 3:
 		s.v3 = true
-	case version == len(migrations):
+	case version == 4:
 		s.v3, s.v4 = true, true
+	case version == len(migrations):
+		s.v3, s.v4, s.v5 = true, true, true
 	default:
 		s.Close()
 		return nil, fmt.Errorf("open audit store %s read-only: schema version %d (this binary reads 2 to %d)", path, version, len(migrations))
@@ -332,6 +336,12 @@ var migrations = []string{
 		PRIMARY KEY (level, idx)
 	) STRICT, WITHOUT ROWID;
 	ALTER TABLE checkpoints ADD COLUMN compact_range BLOB;`,
+	// Version 5: how much of the log was archived and pruned (one row).
+	`CREATE TABLE pruned (
+		end_size INTEGER NOT NULL CHECK (end_size >= 0),
+		base     INTEGER NOT NULL CHECK (base >= 0 AND base <= end_size)
+	) STRICT;
+	INSERT INTO pruned (end_size, base) VALUES (0, 0);`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {
@@ -456,14 +466,14 @@ type querier interface {
 
 // reader implements audit.Reader over a querier.
 type reader struct {
-	q      querier
-	v3, v4 bool
+	q          querier
+	v3, v4, v5 bool
 }
 
 // Head implements audit.Reader.
 func (s *Store) Head(ctx context.Context) (uint64, error) { return s.reader().Head(ctx) }
 
-func (s *Store) reader() reader { return reader{q: s.rdb, v3: s.v3, v4: s.v4} }
+func (s *Store) reader() reader { return reader{q: s.rdb, v3: s.v3, v4: s.v4, v5: s.v5} }
 
 func (r reader) Head(ctx context.Context) (uint64, error) {
 	var head uint64
@@ -852,7 +862,7 @@ func (s *Store) View(ctx context.Context, f func(audit.Reader) error) error {
 	if err := tx.QueryRowContext(ctx, "SELECT COUNT(*) FROM checkpoints WHERE tree_size < 0").Scan(&n); err != nil {
 		return fmt.Errorf("view: %w", err)
 	}
-	return f(reader{q: tx, v3: s.v3, v4: s.v4})
+	return f(reader{q: tx, v3: s.v3, v4: s.v4, v5: s.v5})
 }
 
 func (s *Store) closeHandles() error {

@@ -57,6 +57,9 @@ func Run(t *testing.T, open func(t *testing.T, dir string) audit.Store) {
 		{"tiles", s.testTiles},
 		{"tiles/persistence", s.testTilesPersistence},
 		{"compact-range", s.testCompactRange},
+		{"prune", s.testPrune},
+		{"prune/unindexed", s.testPruneUnindexed},
+		{"prune/persistence", s.testPrunePersistence},
 	} {
 		t.Run(tc.name, tc.run)
 	}
@@ -1008,5 +1011,157 @@ func (s suite) testCompactRange(t *testing.T) {
 	}
 	if err := st.AddCheckpoint(ctx, *withRange(5)); !errors.Is(err, audit.ErrSequence) {
 		t.Errorf("AddCheckpoint of a stored size = %v", err)
+	}
+}
+
+// prunedLog appends 600 events in two batches signed at 300 and 600,
+// indexes them and stores a full tile.
+func (s suite) prunedLog(t *testing.T, st audit.Store) {
+	t.Helper()
+	ctx := context.Background()
+	if err := st.Append(ctx, Batch(Events(0, 300, "pr"), cpPtr(300))); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Append(ctx, Batch(Events(300, 300, "pr"), cpPtr(600))); err != nil {
+		t.Fatal(err)
+	}
+	IndexAll(t, st)
+	if err := st.AddTiles(ctx, []tiles.Tile{fullTile(0, 0, 7)}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func mustPruned(t *testing.T, r audit.Reader, want audit.PruneState) {
+	t.Helper()
+	got, err := r.Pruned(context.Background())
+	if err != nil || got != want {
+		t.Errorf("Pruned = %+v, %v; want %+v", got, err, want)
+	}
+}
+
+func (s suite) testPrune(t *testing.T) {
+	ctx := context.Background()
+	st := s.fresh(t)
+	mustPruned(t, st, audit.PruneState{})
+	s.prunedLog(t, st)
+	for _, bad := range []audit.PruneState{
+		{End: 601, Base: 290}, // beyond the head
+		{End: 300, Base: 301}, // base after end
+		{End: 0, Base: 0},     // nothing
+		{End: 620, Base: 610}, // beyond the head
+	} {
+		if err := st.Prune(ctx, bad); !errors.Is(err, audit.ErrSequence) {
+			t.Errorf("Prune(%+v) = %v, want ErrSequence", bad, err)
+		}
+	}
+	mustPruned(t, st, audit.PruneState{})
+	mustHead(t, st, 600)
+
+	p := audit.PruneState{End: 300, Base: 290}
+	if p.Keep() != 256 {
+		t.Fatalf("Keep() = %d, want 256", p.Keep())
+	}
+	if err := st.Prune(ctx, p); err != nil {
+		t.Fatalf("Prune(%+v): %v", p, err)
+	}
+	mustPruned(t, st, p)
+	mustHead(t, st, 600) // the head never goes back
+	rows, err := st.ReadRows(ctx, 0, 5)
+	if err != nil || len(rows) != 5 || rows[0].Sequence != 256 {
+		t.Fatalf("ReadRows(0) after the prune = %d rows from %v, %v; want from 256", len(rows), rows, err)
+	}
+	if rows[0].Index == nil {
+		t.Error("a kept row lost its index row")
+	}
+	if got := mustRead(t, st, 250, 1); len(got) != 1 || got[0].GetSequence() != 256 {
+		t.Errorf("Read(250) after the prune = %v, want event 256", got)
+	}
+	if got := query(t, st, audit.Filter{}, 0, 600, 1000); len(got) != 600-256 || got[0].GetSequence() != 256 {
+		t.Errorf("Query after the prune = %d events, want %d from 256", len(got), 600-256)
+	}
+	found, err := st.Lookup(ctx, []audit.EventKey{audit.KeyOf(Event(3, "pr-3")), audit.KeyOf(Event(400, "pr-400"))})
+	if err != nil || len(found) != 1 || found[audit.KeyOf(Event(400, "pr-400"))] == nil {
+		t.Errorf("Lookup of a pruned and a kept key = %v, %v; want only the kept one", found, err)
+	}
+	cps, err := st.Checkpoints(ctx, 0, 10)
+	if err != nil || len(cps) != 2 {
+		t.Errorf("Checkpoints after the prune = %v, %v; want both (checkpoints stay)", cps, err)
+	}
+	ts, err := st.ReadTiles(ctx, []tiles.ID{{Level: 0, Index: 0}})
+	if err != nil || !bytes.Equal(ts[0], fullTile(0, 0, 7).Hashes) {
+		t.Errorf("ReadTiles after the prune = %v: tiles stay", err)
+	}
+	if err := st.View(ctx, func(r audit.Reader) error { mustPruned(t, r, p); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	// A prune never goes back, and never moves the base back.
+	for _, bad := range []audit.PruneState{{End: 300, Base: 290}, {End: 200, Base: 100}, {End: 400, Base: 280}} {
+		if err := st.Prune(ctx, bad); !errors.Is(err, audit.ErrSequence) {
+			t.Errorf("Prune(%+v) after %+v = %v, want ErrSequence", bad, p, err)
+		}
+	}
+	// The log goes on.
+	mustAppend(t, st, Events(600, 2, "after"))
+	mustHead(t, st, 602)
+	again := Event(602, "pr-500")
+	again.Time = Event(500, "").GetTime()
+	if err := Append(ctx, st, []*auditv1.Event{again}); !errors.Is(err, audit.ErrDuplicateID) {
+		t.Errorf("Append of a kept key = %v, want ErrDuplicateID", err)
+	}
+	// A later prune with the same base deletes nothing more.
+	p2 := audit.PruneState{End: 600, Base: 290}
+	if err := st.Prune(ctx, p2); err != nil {
+		t.Fatalf("Prune(%+v): %v", p2, err)
+	}
+	mustPruned(t, st, p2)
+	if rows, _ := st.ReadRows(ctx, 0, 1); len(rows) != 1 || rows[0].Sequence != 256 {
+		t.Errorf("ReadRows(0) after a prune with the same base = %v, want from 256", rows)
+	}
+}
+
+func (s suite) testPruneUnindexed(t *testing.T) {
+	ctx := context.Background()
+	st := s.fresh(t)
+	if err := st.Append(ctx, Batch(Events(0, 600, "pu"), cpPtr(600))); err != nil {
+		t.Fatal(err)
+	}
+	rows := make([]audit.IndexRow, 100)
+	for i, e := range Events(0, 100, "pu") {
+		rows[i] = audit.IndexRowOf(e)
+	}
+	if err := st.AddIndex(ctx, 0, rows); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Prune(ctx, audit.PruneState{End: 520, Base: 515}); err != nil {
+		t.Fatal(err)
+	}
+	// The watermark moves to the first kept row: the indexer goes on
+	// from there.
+	if n, err := st.IndexedUpTo(ctx); n != 512 || err != nil {
+		t.Errorf("IndexedUpTo after the prune = %d, %v; want 512", n, err)
+	}
+	IndexAll(t, st)
+	if n, _ := st.IndexedUpTo(ctx); n != 600 {
+		t.Errorf("IndexedUpTo after indexing = %d, want 600", n)
+	}
+	if got := query(t, st, audit.Filter{Kinds: []auditv1.Kind{auditv1.Kind_KIND_AUDIT_ADMIN}}, 0, 600, 1000); len(got) != 600-512 {
+		t.Errorf("indexed Query after the prune = %d events, want %d", len(got), 600-512)
+	}
+}
+
+func (s suite) testPrunePersistence(t *testing.T) {
+	dir := t.TempDir()
+	st, closeFirst := s.openAt(t, dir)
+	s.prunedLog(t, st)
+	p := audit.PruneState{End: 600, Base: 300}
+	if err := st.Prune(context.Background(), p); err != nil {
+		t.Fatal(err)
+	}
+	closeFirst()
+	st, _ = s.openAt(t, dir)
+	mustPruned(t, st, p)
+	mustHead(t, st, 600)
+	if got := mustRead(t, st, 0, 1000); len(got) != 600-256 || got[0].GetSequence() != 256 {
+		t.Errorf("Read after reopen = %d events, want %d from 256", len(got), 600-256)
 	}
 }
