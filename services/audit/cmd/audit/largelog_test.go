@@ -269,7 +269,7 @@ func ensureLargeLog(t *testing.T, be largeBackend, signer *checkpoint.Signer, n 
 	}
 	last := time.Now()
 	stats, err := largelog.Build(ctx, commit, tiles.New(noTiles{}), signer, largelog.Options{
-		Events: n, Seed: 1,
+		Events: n, Seed: 1, CheckpointEvery: 10000,
 		Progress: func(done uint64) {
 			if time.Since(last) > 10*time.Second {
 				last = time.Now()
