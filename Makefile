@@ -17,6 +17,10 @@
 #   make release-check VERSION=v0.x.y   install the CLI and build an app against
 #                      the client libraries from a module proxy of this tree
 #   make tidy          go mod tidy of every module (siblings at MODULE_VERSION)
+#   make dist VERSION=v0.x.y   the release binaries in dist/: credmatrix for
+#                      linux/darwin (amd64, arm64) and windows/amd64, the services
+#                      for linux (amd64, arm64); SHA256SUMS and a CycloneDX SBOM;
+#                      checked after the build (make verify-dist checks again)
 #   make cluster-test  3 brokers, 2 keyguards, 2 audit replicas as processes on one
 #                      PostgreSQL: propagation, kill -9, IAM on 100 roles, CPU per
 #                      operation; prints a table (a few minutes)
@@ -54,7 +58,7 @@ CHART     := deploy/helm/credmatrix
 IMAGE_ARCHES := amd64 arm64
 GO_TEST_FLAGS ?= -race -count=1 -timeout 15m
 
-.PHONY: all build demo run test lint proto proto-check fmt bench bench-go bench-bin soak fuzz tools clean setup helm chart-check images-bin release-check tidy cluster-test
+.PHONY: all build demo run test lint proto proto-check fmt bench bench-go bench-bin soak fuzz tools clean setup helm chart-check images-bin release-check tidy dist verify-dist cluster-test
 
 all: lint test
 
@@ -198,10 +202,24 @@ $(RELEASE): $(wildcard tools/release/*.go) tools/release/go.mod tools/release/go
 # then, outside the workspace, go install of the CLI at that version and an
 # external module that imports and tests the client libraries.
 release-check: $(RELEASE)
+	cd tools/release && GOWORK=off go test -count=1 ./...
 	$(RELEASE) check -version $(RELEASE_VERSION)
 
 tidy: $(RELEASE)
 	$(RELEASE) tidy -version $(MODULE_VERSION)
 
+# dist: the release binaries, static (CGO_ENABLED=0), -trimpath, stripped
+# (-s -w), stamped with VERSION (-X), with SHA256SUMS and sbom.cdx.json (the
+# modules each binary links, read from its build information); then every
+# file, checksum, build setting and SBOM entry is checked. The GitHub Action
+# downloads these files from the release of its version.
+DIST := $(CURDIR)/dist
+dist: $(RELEASE)
+	$(RELEASE) dist -version $(VERSION) -out $(DIST)
+	@ls -l $(DIST)
+
+verify-dist: $(RELEASE)
+	$(RELEASE) verify-dist -version $(VERSION) -dir $(DIST)
+
 clean:
-	rm -rf $(BIN)
+	rm -rf $(BIN) $(DIST)

@@ -25,6 +25,12 @@ const (
 	ExitConfig = 2 // the configuration is invalid
 )
 
+// version is the release the binary was built as: release builds set it
+// with -ldflags "-X github.com/credmatrix/credmatrix/platform/daemon.version=v0.1.0"
+// (make dist does). Every service prints it with --version and logs it at
+// start.
+var version = "dev"
+
 // Service is a started service.
 type Service interface {
 	// Addr is where it listens.
@@ -51,6 +57,11 @@ type Spec[C any] struct {
 // Main runs the service described by spec with the process's arguments
 // (args[0] is the program name) and returns the exit code.
 func Main[C any](ctx context.Context, spec Spec[C], args []string, getenv func(string) string, stderr io.Writer) int {
+	if len(args) == 2 && (args[1] == "--version" || args[1] == "-version") {
+		// On the diagnostics stream, as --help.
+		fmt.Fprintf(stderr, "%s %s\n", spec.Name, version)
+		return ExitOK
+	}
 	cfg := spec.Defaults
 	err := config.Load(&cfg, config.Options{
 		Name: spec.Name, EnvPrefix: spec.EnvPrefix, Args: args[1:], Getenv: getenv, Usage: stderr,
@@ -85,7 +96,7 @@ func Main[C any](ctx context.Context, spec Spec[C], args []string, getenv func(s
 		log.Error("start failed", "error", err)
 		return ExitFailed
 	}
-	log.Info("started", "addr", svc.Addr().String())
+	log.Info("started", "addr", svc.Addr().String(), "version", version)
 	if err := svc.Serve(ctx); err != nil {
 		log.Error("serve failed", "error", err)
 		return ExitFailed

@@ -59,6 +59,7 @@ func TestMainExitCodes(t *testing.T) {
 		{name: "config/invalid", args: []string{"test"}, want: ExitConfig, wantLog: "listen: required"},
 		{name: "config/unknown-flag", args: []string{"test", "--nope"}, want: ExitConfig, wantLog: "nope"},
 		{name: "config/help", args: []string{"test", "--help"}, want: ExitOK, wantLog: "--listen"},
+		{name: "version", args: []string{"test", "--version"}, want: ExitOK, wantLog: "test dev\n"},
 		{name: "start/fails", args: []string{"test", "--listen", "x:1"}, startErr: errors.New("db locked"), want: ExitFailed, wantLog: "db locked"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

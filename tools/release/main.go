@@ -10,6 +10,13 @@
 //	    go install …/clients/cmd/credmatrix@VERSION, runs it, builds an
 //	    external module that imports brokerclient, keyguardclient and
 //	    auditclient, and runs the client packages' examples from the proxy.
+//	release dist -version v0.1.0 [-out dist]
+//	    the release binaries (the CLI for linux, darwin and windows, the
+//	    services for linux; amd64 and arm64): static, -trimpath, stripped,
+//	    version-stamped; SHA256SUMS and a CycloneDX SBOM of the modules each
+//	    binary links; then verify-dist on the result.
+//	release verify-dist -version v0.1.0 [-dir dist]
+//	    checks a dist: every file, checksum, build setting and SBOM entry.
 //
 // Run it from the repository root (make release-check does).
 package main
@@ -32,7 +39,7 @@ func main() {
 
 func run(ctx context.Context, args []string) int {
 	if len(args) == 0 {
-		fmt.Fprintln(os.Stderr, "usage: release proxy|check|tidy [flags]")
+		fmt.Fprintln(os.Stderr, "usage: release proxy|check|tidy|dist|verify-dist [flags]")
 		return 2
 	}
 	var err error
@@ -43,8 +50,12 @@ func run(ctx context.Context, args []string) int {
 		err = tidyCmd(ctx, args[1:])
 	case "check":
 		err = checkCmd(ctx, args[1:])
+	case "dist":
+		err = distCmd(ctx, args[1:])
+	case "verify-dist":
+		err = verifyDistCmd(ctx, args[1:])
 	default:
-		fmt.Fprintf(os.Stderr, "release: unknown command %q (want proxy, check or tidy)\n", args[0])
+		fmt.Fprintf(os.Stderr, "release: unknown command %q (want proxy, check, tidy, dist or verify-dist)\n", args[0])
 		return 2
 	}
 	var ue usageError
