@@ -6,9 +6,10 @@
 #   git make gcc   build (gcc for go test -race)
 #   postgresql     throwaway PostgreSQL clusters in the store tests
 #   awscli         the real AWS CLI v2 (/usr/bin/aws) as a credential_process consumer
+#   curl           the GitHub Action's install script (its test runs it)
 set -euo pipefail
 
-packages=(git make gcc postgresql awscli)
+packages=(git make gcc postgresql awscli curl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
