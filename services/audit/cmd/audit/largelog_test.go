@@ -220,6 +220,23 @@ func TestLargeLog(t *testing.T) {
 	stopAudit(t, srv2)
 	report("append_empty", "events_per_s=%.0f p50_ms=%.3f p99_ms=%.3f ratio_large_to_empty=%.3f", empty.rate, empty.p50, empty.p99, large.rate/empty.rate)
 
+	// audit verify --db: every event re-hashed and every checkpoint
+	// checked, offline, streaming the store (time and peak RSS).
+	if *llStore == "sqlite" {
+		pub := filepath.Join(dir, "checkpoint.key.pub")
+		if err := os.WriteFile(pub, []byte(signer.PublicKey()+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		t0 := time.Now()
+		cmd := exec.Command(bin, "verify", "--db", filepath.Join(dir, "audit.db"), "--public-key-file", pub)
+		out, err := cmd.CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "verified: ") {
+			t.Fatalf("audit verify --db: %v\n%s", err, out)
+		}
+		peak := float64(cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss) / 1024 // KiB on Linux
+		report("verify_db", "seconds=%.1f peak_rss_mib=%.1f", time.Since(t0).Seconds(), peak)
+	}
+
 	sizes := be.sizes(t)
 	total := sizes.db + sizes.wal
 	report("bytes", "store=%s per_event=%.1f db=%d wal=%d", *llStore, float64(total)/float64(n), sizes.db, sizes.wal)
