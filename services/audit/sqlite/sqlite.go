@@ -189,6 +189,11 @@ func OpenReadOnly(ctx context.Context, path string) (*Store, error) {
 	if _, err := os.Stat(path); err != nil {
 		return nil, fmt.Errorf("open audit store read-only: %w", err)
 	}
+	// A file: URI needs an absolute path ("dir/audit.db" would name a
+	// host "dir").
+	if abs, err := filepath.Abs(path); err == nil {
+		path = abs
+	}
 	q := url.Values{}
 	q.Set("mode", "ro")
 	var tmp string

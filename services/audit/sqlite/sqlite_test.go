@@ -3,6 +3,7 @@ package sqlite_test
 import (
 	"context"
 	"database/sql"
+	"os"
 	"path/filepath"
 	"testing"
 
@@ -77,5 +78,32 @@ func TestOpenRejectsNewerSchema(t *testing.T) {
 	if s, err := sqlite.Open(context.Background(), path); err == nil {
 		s.Close()
 		t.Errorf("Open of a schema newer than the binary succeeded, want an error")
+	}
+}
+
+// TestOpenReadOnlyRelativePath: the forensic open takes a path relative
+// to the working directory ("dir/audit.db" is not a URI host).
+func TestOpenReadOnlyRelativePath(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	if err := os.Mkdir(filepath.Join(dir, "sub"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	st, err := sqlite.Open(ctx, filepath.Join(dir, "sub", "audit.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := storetest.Append(ctx, st, storetest.Events(0, 3, "rel")); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	t.Chdir(dir)
+	ro, err := sqlite.OpenReadOnly(ctx, filepath.Join("sub", "audit.db"))
+	if err != nil {
+		t.Fatalf("OpenReadOnly of a relative path: %v", err)
+	}
+	defer ro.Close()
+	if h, err := ro.Head(ctx); h != 3 || err != nil {
+		t.Fatalf("Head = %d, %v; want 3", h, err)
 	}
 }
