@@ -91,8 +91,9 @@ func ExportBundle(ctx context.Context, store Store, origin, publicKey string) (*
 
 // verifySegment is how many events VerifyStore holds in memory at once
 // (at least: a segment ends at a signed checkpoint, and the last one runs
-// to the head).
-var verifySegment uint64 = 1 << 16
+// to the head). 16,384 events kept 'audit verify --db' at about 75 MiB
+// peak RSS on a log of 10 million; 65,536 at 194 MiB.
+var verifySegment uint64 = 1 << 14
 
 // maxColumnMismatches bounds the column disagreements VerifyStore keeps.
 const maxColumnMismatches = 10000
