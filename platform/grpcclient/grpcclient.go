@@ -11,11 +11,13 @@ import (
 	"net"
 	"net/url"
 	"strings"
+	"time"
 
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	_ "google.golang.org/grpc/health" // client-side health checking (HealthService)
@@ -143,6 +145,14 @@ func TLSConfig(c Config) (*tls.Config, error) {
 	return cfg, nil
 }
 
+// reconnectBackoff paces reconnection to a service that is down. gRPC's
+// default lets the wait grow to 120 s, so a producer whose audit service
+// was down for a few minutes went on failing closed for up to two more
+// minutes after audit came back; capped at 2 s, a service that returns is
+// used again within about 2 s, for the cost of one connection attempt per
+// client every 2 s while it is down.
+var reconnectBackoff = backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second}
+
 // Dial validates cfg and returns a client connection (grpc.NewClient: no I/O
 // happens until the first call). opts are appended after the defaults, so a
 // caller may add interceptors or per-call credentials.
@@ -173,6 +183,7 @@ func dial(cfg Config, otelOpts []otelgrpc.Option, opts []grpc.DialOption) (*grpc
 	all := []grpc.DialOption{
 		grpc.WithTransportCredentials(creds),
 		grpc.WithStatsHandler(otelgrpc.NewClientHandler(otelOpts...)),
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: reconnectBackoff, MinConnectTimeout: 20 * time.Second}),
 	}
 	target := cfg.Target
 	if addrs, ok := listAddrs(cfg.Target); ok {
