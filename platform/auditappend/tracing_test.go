@@ -44,6 +44,11 @@ func TestBatchSpansLinkEveryRequest(t *testing.T) {
 	waitQueued(t, a, 4)
 	close(f.gate)
 	wg.Wait()
+	// A batch span ends after its callers are answered: Close waits until
+	// the appender has finished with every batch, spans included.
+	if err := a.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 
 	names := map[string]string{} // span id -> name
 	var batches []sdktrace.ReadOnlySpan
