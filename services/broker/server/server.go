@@ -25,6 +25,7 @@ import (
 	"github.com/credmatrix/credmatrix/platform/grpcserver"
 	"github.com/credmatrix/credmatrix/platform/keyfile"
 	"github.com/credmatrix/credmatrix/platform/metrics"
+	"github.com/credmatrix/credmatrix/platform/pgnotify"
 	brokerv1 "github.com/credmatrix/credmatrix/proto/credmatrix/broker/v1"
 	"github.com/credmatrix/credmatrix/services/broker"
 	"github.com/credmatrix/credmatrix/services/broker/awssts"
@@ -393,7 +394,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	go func() {
 		defer close(followed)
 		if f, ok := s.store.(follower); ok {
-			s.follow(wctx, f)
+			pgnotify.Refresh(wctx, f.Follow, s.svc.RefreshState, s.log)
 		}
 	}()
 	merr := make(chan error, 1)
@@ -412,29 +413,6 @@ func (s *Server) Serve(ctx context.Context) error {
 // follower is a store that announces changes made by other replicas.
 type follower interface {
 	Follow(ctx context.Context, changed func(), onError func(error))
-}
-
-// follow refreshes the shared state (and performs reload requests) as
-// soon as a replica announces a change, so that requests rarely wait for
-// it; decisions never use a stale copy either way (see broker.Service).
-func (s *Server) follow(ctx context.Context, f follower) {
-	changes := make(chan struct{}, 1)
-	go f.Follow(ctx, func() {
-		select {
-		case changes <- struct{}{}:
-		default: // a refresh is pending already
-		}
-	}, func(err error) { s.log.Warn("state change notifications interrupted; reconnecting", "error", err) })
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-changes:
-			if err := s.svc.RefreshState(ctx); err != nil && ctx.Err() == nil {
-				s.log.Error("refreshing the shared state failed; requests will retry it", "error", err)
-			}
-		}
-	}
 }
 
 // watch reloads on file changes and SIGHUP until ctx ends.

@@ -24,6 +24,7 @@ import (
 	"github.com/credmatrix/credmatrix/platform/grpcserver"
 	"github.com/credmatrix/credmatrix/platform/keyfile"
 	"github.com/credmatrix/credmatrix/platform/metrics"
+	"github.com/credmatrix/credmatrix/platform/pgnotify"
 	keyguardv1 "github.com/credmatrix/credmatrix/proto/credmatrix/keyguard/v1"
 	"github.com/credmatrix/credmatrix/services/keyguard"
 	"github.com/credmatrix/credmatrix/services/keyguard/awskms"
@@ -475,7 +476,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	go func() {
 		defer close(followed)
 		if f, ok := s.store.(follower); ok {
-			s.follow(loopCtx, f)
+			pgnotify.Refresh(loopCtx, f.Follow, s.svc.Refresh, s.log)
 		}
 	}()
 	recorded := make(chan struct{})
@@ -521,29 +522,6 @@ func (s *Server) recordStaticGrants(ctx context.Context) {
 		}
 		s.log.Warn("static grants not recorded in the audit log yet", "error", err, "retry_in", wait)
 		wait = min(2*wait, 30*time.Second)
-	}
-}
-
-// follow reloads the shared state as soon as another replica announces a
-// change, so that requests rarely wait for a reload (they never decide on
-// a stale copy either way: see keyguard.Service).
-func (s *Server) follow(ctx context.Context, f follower) {
-	changes := make(chan struct{}, 1)
-	go f.Follow(ctx, func() {
-		select {
-		case changes <- struct{}{}:
-		default: // a refresh is pending already
-		}
-	}, func(err error) { s.log.Warn("state change notifications interrupted; reconnecting", "error", err) })
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-changes:
-			if err := s.svc.Refresh(ctx); err != nil && ctx.Err() == nil {
-				s.log.Error("reloading the shared state failed; requests will retry it", "error", err)
-			}
-		}
 	}
 }
 
